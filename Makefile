@@ -1,0 +1,108 @@
+# aesim Makefile
+#   make            build/aesim-train, build/aesim-search, build/libaesim.a
+#   make test       build and run the whole test suite (ends with "N passed, N failed")
+#   make asan       serial (MPI=0) build with AddressSanitizer+UBSan, runs the unit tests
+#   make bench      benchmarks against PyTorch/FAISS (not part of the tests)
+#   make run        the README main job (Fashion-MNIST, 2 ranks)
+#   make clean
+# Switches: MPI=0 (serial stubs instead of Open MPI), OMP=0 (no OpenMP),
+#           WERROR=1 (-Werror, used by CI), BUILD=dir (output folder).
+
+MPI ?= 1
+OMP ?= 1
+WERROR ?= 0
+BUILD ?= build
+MPICC ?= mpicc
+PYTHON ?= /usr/bin/python3
+
+# Required libraries, found with pkg-config (no hard-coded system paths).
+PKGS := openblas libpng zlib libzip
+PKG_OK := $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),$(p)))
+PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
+
+ifeq ($(MPI),1)
+  CC := $(MPICC)
+  PAR_SRC := src/par_mpi.c
+else
+  CC ?= cc
+  ifeq ($(origin CC),default)
+    CC := cc
+  endif
+  PAR_SRC := src/par_serial.c
+endif
+
+CFLAGS ?= -O2
+CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -MMD -MP -Iinclude -I$(BUILD)
+CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+ifeq ($(OMP),1)
+  CFLAGS += -fopenmp
+  LDFLAGS += -fopenmp
+endif
+ifeq ($(WERROR),1)
+  CFLAGS += -Werror
+endif
+CFLAGS += -DAESIM_MPI=$(MPI) -DAESIM_OMP=$(OMP)
+
+MAINS := $(wildcard src/*_main.c)
+LIB_SRC := $(filter-out $(MAINS) src/par_mpi.c src/par_serial.c,$(wildcard src/*.c)) $(PAR_SRC)
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+PROGS := $(MAINS:src/%_main.c=$(BUILD)/aesim-%)
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test asan bench run clean deps-check
+all: deps-check $(PROGS) $(BUILD)/libaesim.a
+
+deps-check:
+	@for p in $(PKGS); do \
+	  if pkg-config --exists $$p; then echo "  ✓ $$p $$(pkg-config --modversion $$p)"; \
+	  else echo "  ✗ $$p (missing: run ./launch/install-deps.sh)"; fi; done
+	@if [ "$(MPI)" = 1 ]; then \
+	  if command -v $(MPICC) >/dev/null; then echo "  ✓ MPI ($(MPICC))"; \
+	  else echo "  ✗ MPI: $(MPICC) not found (run ./launch/install-deps.sh, or build with MPI=0)"; exit 1; fi; fi
+	@test -z "$(PKG_MISSING)" || { echo "error: missing libraries: $(PKG_MISSING)"; exit 1; }
+
+# Build information printed by rank 0 at start-up.
+$(BUILD)/build_info.h: FORCE | $(BUILD)
+	@printf '#define AESIM_BUILD_INFO "%s; CFLAGS %s; MPI=%s OMP=%s; git %s"\n' \
+	  "$$($(CC) --version | head -n1)" "$(filter -O% -f% -m%,$(CFLAGS))" "$(MPI)" "$(OMP)" \
+	  "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo -dirty)" > $@.tmp
+	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+FORCE:
+
+$(BUILD) $(BUILD)/obj $(BUILD)/tests:
+	@mkdir -p $@
+
+$(BUILD)/obj/%.o: src/%.c $(BUILD)/build_info.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libaesim.a: $(LIB_OBJ)
+	$(AR) rcs $@ $^
+
+$(BUILD)/aesim-%: $(BUILD)/obj/%_main.o $(BUILD)/libaesim.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/obj/%_main.o: src/%_main.c $(BUILD)/build_info.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
+
+test: all $(TESTS)
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MPI=$(MPI) bash tests/run_tests.sh
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan:
+	$(MAKE) MPI=0 BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" test
+
+bench: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash launch/bench.sh
+
+run: all
+	@bash launch/quickstart.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*_main.d)

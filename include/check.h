@@ -1,0 +1,36 @@
+/*
+ * check.h - the one wrapper for calls that must not fail.
+ *
+ * Allocation and other system calls whose failure leaves nothing sensible to
+ * do go through these macros.  On failure they print the call, file:line and
+ * the errno text, prefixed with "[rank r]", then end the whole MPI job with
+ * par_abort() (a plain exit() would strand the other ranks).  Errors caused by
+ * user input are not handled here: they are returned as Err (err.h).
+ * Modelled on llm.c's llmc/utils.h mallocCheck/fopenCheck.
+ */
+#ifndef AESIM_CHECK_H
+#define AESIM_CHECK_H
+
+#include <stddef.h>
+
+/* Prints "aesim: fatal: <message> (<file>:<line>)" to stderr and ends the job
+ * with exit status 1 on every rank.  Never returns. */
+_Noreturn void check_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* malloc/calloc that never return NULL (size 0 returns a valid pointer).
+ * The memory is 64-byte aligned (cache line / AVX-512); free it with free(). */
+void *check_malloc(size_t bytes, const char *file, int line);
+void *check_calloc(size_t count, size_t size, const char *file, int line);
+
+#define xmalloc(bytes) check_malloc((bytes), __FILE__, __LINE__)
+#define xcalloc(count, size) check_calloc((count), (size), __FILE__, __LINE__)
+
+/* Ends the job if cond is false, naming the expression: for invariants that
+ * must also hold in release builds (e.g. size overflow checks). */
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (!(cond)) check_fail(__FILE__, __LINE__, "check failed: %s", #cond); \
+    } while (0)
+
+#endif

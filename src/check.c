@@ -1,0 +1,50 @@
+/*
+ * check.c - fatal-error reporting and checked allocation (see check.h).
+ * Ends the job through par_abort() so that no rank is left waiting.
+ */
+#include "check.h"
+
+#include "par.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Alignment of every checked allocation, in bytes: one cache line, which is
+ * also the width of an AVX-512 vector. */
+#define CHECK_ALIGN 64
+
+void check_fail(const char *file, int line, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "[rank %d] aesim: fatal: %s (%s:%d)\n", par_world_rank(), msg, file, line);
+    fflush(stderr);
+    par_abort(1);
+}
+
+void *check_malloc(size_t bytes, const char *file, int line)
+{
+    void *p = NULL;
+    size_t n = bytes ? bytes : 1;
+    n = (n + CHECK_ALIGN - 1) / CHECK_ALIGN * CHECK_ALIGN;
+    if (n < bytes) check_fail(file, line, "malloc of %zu bytes overflows", bytes);
+    int rc = posix_memalign(&p, CHECK_ALIGN, n);
+    if (rc != 0 || !p)
+        check_fail(file, line, "malloc of %zu bytes failed: %s", bytes, strerror(rc ? rc : ENOMEM));
+    return p;
+}
+
+void *check_calloc(size_t count, size_t size, const char *file, int line)
+{
+    if (size && count > (size_t)-1 / size)
+        check_fail(file, line, "calloc of %zu x %zu bytes overflows", count, size);
+    void *p = check_malloc(count * size, file, line);
+    memset(p, 0, count * size);
+    return p;
+}
