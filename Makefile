@@ -106,3 +106,8 @@ clean:
 	rm -rf build build-asan
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*_main.d)
+
+# Test helper programs (tests/tool_*.c): built by `make test`, run by the
+# Python tests, never run on their own.
+TOOLS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/tool_*.c))
+test: $(TOOLS)

@@ -146,7 +146,7 @@ int par_agree(const ParCtx *ctx, Err *err)
     if (ctx->rank == first) {
         sent.code = err->code;
         if (ctx->size > 1)
-            snprintf(sent.msg, sizeof sent.msg, "[rank %d] %s", first, err->msg);
+            snprintf(sent.msg, sizeof sent.msg, "[rank %d] %.1000s", first, err->msg);
         else
             memcpy(sent.msg, err->msg, sizeof sent.msg);
     }

@@ -1,0 +1,2 @@
+build/obj/err.o: src/err.c include/err.h
+include/err.h:
