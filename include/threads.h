@@ -1,0 +1,33 @@
+/*
+ * threads.h - the explicit choice of ranks x OpenMP threads x BLAS threads.
+ *
+ * Oversubscribing cores is the classic way to make an MPI+OpenMP+BLAS job
+ * crawl (two ranks each spinning two OpenMP threads on two cores were seen
+ * 17x slower).  Default: OpenMP threads per rank = max(1, cores on this node
+ * / ranks on this node), and BLAS single-threaded, because the kernels
+ * parallelise over images with OpenMP and call BLAS inside (conv2d.h).
+ * The user may ask for more with --threads; the choice is printed once.
+ * Not thread-safe: call once from the main thread at start-up.
+ */
+#ifndef AESIM_THREADS_H
+#define AESIM_THREADS_H
+
+#include "par.h"
+
+typedef struct ThreadPlan {
+    int cores;          /* cores this process may run on (sched_getaffinity) */
+    int omp_threads;    /* OpenMP threads per rank for the kernels */
+    int blas_threads;   /* OpenBLAS threads per call (1: kernels own the parallelism) */
+    int oversubscribed; /* 1 if local ranks x omp x blas > cores */
+} ThreadPlan;
+
+/* Decides and applies the plan (omp_set_num_threads, openblas_set_num_threads).
+ * requested <= 0 means the default above.  Collective-free: uses
+ * ctx->local_size only. */
+ThreadPlan threads_setup(const ParCtx *ctx, int requested);
+
+/* Prints the plan once (rank 0), e.g. "threads: 2 ranks/node x 1 OpenMP x 1
+ * BLAS = 2 of 2 cores", with a warning when oversubscribed. */
+void threads_print(const ParCtx *ctx, const ThreadPlan *plan);
+
+#endif

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages aesim needs to build, run and test, if any
+# are missing (apt-get; uses sudo when not root).  Safe to run again.
+set -euo pipefail
+PKGS=(
+  build-essential pkg-config            # compiler, make, pkg-config
+  openmpi-bin libopenmpi-dev            # mpirun, mpicc
+  libopenblas-dev                       # GEMM
+  libpng-dev zlib1g-dev libzip-dev      # PNG, zlib, npz (zip) files
+  libcmocka-dev                         # C unit-test framework
+  dataset-fashion-mnist                 # default training data (/usr/share/datasets/fashion-mnist)
+  gnuplot-nox                           # loss-curve plot
+  python3 python3-numpy python3-torch python3-faiss python3-pil   # reference implementations for tests
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} Debian packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

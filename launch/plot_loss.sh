@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# plot_loss.sh - draws the training curves of an aesim metrics CSV as a PNG.
+#
+# Usage: launch/plot_loss.sh METRICS_CSV OUT_PNG [WIDTHxHEIGHT]
+#   METRICS_CSV  the file aesim-train writes (columns
+#                step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds;
+#                see include/metrics.h)
+#   OUT_PNG      the image to write (replaced atomically: temp name, then mv)
+#   WIDTHxHEIGHT image size in pixels, default 1000x600
+# Draws train loss and val loss against step on a log y axis, and val PSNR
+# (dB) on a second y axis.  Empty fields (values not measured at that step),
+# non-positive losses (no logarithm) and infinite PSNR are left out.
+#
+# Needs gnuplot (Debian: apt-get install gnuplot-nox); uses the pngcairo
+# terminal when gnuplot has it, else png.  Set GNUPLOT to use another binary.
+# Does not: read anything but the CSV, talk to MPI, or modify the CSV.
+set -euo pipefail
+
+HEADER="step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds"
+DEFAULT_SIZE=1000x600
+GNUPLOT=${GNUPLOT:-gnuplot}
+
+die() { echo "plot_loss.sh: error: $*" >&2; exit 1; }
+
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: $0 METRICS_CSV OUT_PNG [WIDTHxHEIGHT]" >&2
+    exit 2
+fi
+csv=$1
+out=$2
+size=${3:-$DEFAULT_SIZE}
+[[ $size =~ ^([1-9][0-9]*)x([1-9][0-9]*)$ ]] || die "size '$size' is not WIDTHxHEIGHT (e.g. $DEFAULT_SIZE)"
+width=${BASH_REMATCH[1]}
+height=${BASH_REMATCH[2]}
+
+command -v "$GNUPLOT" >/dev/null 2>&1 ||
+    die "gnuplot not found ('$GNUPLOT'); install it with: apt-get install gnuplot-nox"
+[ -f "$csv" ] || die "$csv: no such file (is the path right? aesim-train writes metrics.csv in its output folder)"
+[ -r "$csv" ] || die "$csv: not readable (check its permissions)"
+first=$(head -n 1 "$csv")
+[ "$first" = "$HEADER" ] ||
+    die "$csv: header is '$first', expected '$HEADER' (not an aesim metrics file?)"
+rows=$(tail -n +2 "$csv" | grep -c . || true)
+[ "$rows" -gt 0 ] || die "$csv: no rows yet (the run has not logged a step; try again later)"
+outdir=$(dirname -- "$out")
+[ -d "$outdir" ] && [ -w "$outdir" ] || die "$out: folder '$outdir' does not exist or is not writable"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/aesim_plot.XXXXXX")
+tmp_out="$out.tmp.$$"
+trap 'rm -rf "$work"; rm -f "$tmp_out"' EXIT
+
+# Split the CSV into plain "x y" files, keeping only numeric fields
+# (empty = not measured); losses must be > 0 for the log axis.
+num='^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$'
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $3 ~ re && $3 + 0 > 0 { print $1, $3 }' "$csv" >"$work/train.dat"
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $4 ~ re && $4 + 0 > 0 { print $1, $4 }' "$csv" >"$work/val.dat"
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $5 ~ re { print $1, $5 }' "$csv" >"$work/psnr.dat"
+
+plots=()
+[ -s "$work/train.dat" ] && plots+=("'$work/train.dat' using 1:2 axes x1y1 with lines lw 1.5 lc rgb '#1f77b4' title 'train loss'")
+[ -s "$work/val.dat" ] && plots+=("'$work/val.dat' using 1:2 axes x1y1 with linespoints lw 1.5 pt 7 ps 0.6 lc rgb '#ff7f0e' title 'val loss'")
+[ -s "$work/psnr.dat" ] && plots+=("'$work/psnr.dat' using 1:2 axes x1y2 with linespoints lw 1.5 pt 5 ps 0.6 lc rgb '#2ca02c' title 'val PSNR (dB)'")
+[ ${#plots[@]} -gt 0 ] || die "$csv: $rows rows but no plottable values (all losses empty or <= 0)"
+
+if "$GNUPLOT" -e 'set terminal pngcairo' >/dev/null 2>&1; then
+    term="pngcairo size $width,$height enhanced font 'sans,10'"
+else
+    term="png size $width,$height"
+fi
+{
+    echo "set terminal $term"
+    echo "set output '$work/plot.png'"
+    echo "set title 'aesim training ($rows rows)' noenhanced"
+    echo "set xlabel 'step'"
+    echo "set ylabel 'loss (MSE)'"
+    echo "set logscale y"
+    echo "set format y '%g'"
+    echo "set ytics nomirror"
+    echo "set grid xtics ytics"
+    echo "set key outside bottom center horizontal"
+    if [ -s "$work/psnr.dat" ]; then
+        echo "set y2label 'val PSNR (dB)'"
+        echo "set y2tics"
+    fi
+    ( IFS=,; echo "plot ${plots[*]}" )
+} >"$work/plot.gp"
+
+"$GNUPLOT" "$work/plot.gp" 2>"$work/gnuplot.err" ||
+    die "gnuplot failed: $(tr '\n' ' ' <"$work/gnuplot.err")"
+[ -s "$work/plot.png" ] || die "gnuplot wrote no image (messages: $(tr '\n' ' ' <"$work/gnuplot.err"))"
+cp -- "$work/plot.png" "$tmp_out" || die "$out: cannot write the temporary file $tmp_out"
+mv -f -- "$tmp_out" "$out" || die "$out: cannot rename $tmp_out into place"
+echo "plot_loss.sh: wrote $out (${width}x${height}, $rows rows)"

@@ -1,0 +1,379 @@
+/*
+ * model.c - autoencoder architecture parsing, allocation, initialisation,
+ * forward and backward passes (see include/model.h).
+ *
+ * Data flow: input -> [conv+act | maxpool | upsample]* -> sigmoid output.
+ * Each layer's post-activation output is kept for the backward pass; the
+ * layer kernels (conv2d.c, maxpool.c, upsample.c, act.c, loss.c) do the math.
+ * Does not: communicate (the trainer allreduces grads), own an optimizer, or
+ * read files.  Threading: the kernels parallelise over images (OpenMP).
+ */
+#include "model.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "act.h"
+#include "check.h"
+#include "loss.h"
+#include "maxpool.h"
+#include "rng.h"
+#include "upsample.h"
+
+/* Kernel size of a conv token without an explicit `kK`. */
+#define MODEL_DEFAULT_KERNEL 3
+
+static const struct { const char *name, *spec; int C, H, W; } PRESETS[] = {
+    { "mnist", "c16 p c8 p c8 | c16 u c16 u c1", 1, 28, 28 },
+    { "imagenet32", "c16 c16 p c32 c32 p c8 | c32 u c16 u c16 c3", 3, 32, 32 },
+    { "imagenet64", "c16 c16 p c32 c32 p c32 p c8 | c32 u c32 u c16 u c16 c3", 3, 64, 64 },
+};
+#define N_PRESETS (sizeof PRESETS / sizeof PRESETS[0])
+
+const char *model_preset_spec(const char *name)
+{
+    for (size_t i = 0; i < N_PRESETS; i++)
+        if (strcmp(name, PRESETS[i].name) == 0) return PRESETS[i].spec;
+    return NULL;
+}
+
+const char *model_default_preset(int C, int H, int W)
+{
+    for (size_t i = 0; i < N_PRESETS; i++)
+        if (PRESETS[i].C == C && PRESETS[i].H == H && PRESETS[i].W == W) return PRESETS[i].name;
+    return NULL;
+}
+
+/* Reads one token's conv parameters "cN" or "cNkK"; returns 0 if malformed. */
+static int parse_conv_token(const char *tok, int *ch, int *k)
+{
+    char *end;
+    long n = strtol(tok + 1, &end, 10);
+    if (end == tok + 1 || !isdigit((unsigned char)tok[1])) return 0;
+    long kk = MODEL_DEFAULT_KERNEL;
+    if (*end == 'k') {
+        const char *ks = end + 1;
+        if (!isdigit((unsigned char)*ks)) return 0;
+        kk = strtol(ks, &end, 10);
+    }
+    if (*end != '\0') return 0;
+    if (n < 1 || n > MODEL_MAX_CHANNELS || kk < 1 || kk > MODEL_MAX_KERNEL) return 0;
+    *ch = (int)n;
+    *k = (int)kk;
+    return 1;
+}
+
+int model_parse(ModelSpec *s, const char *spec_or_preset, int C, int H, int W, Err *err)
+{
+    const char *text = model_preset_spec(spec_or_preset);
+    if (!text) text = spec_or_preset;
+    memset(s, 0, sizeof *s);
+    s->C = C;
+    s->H = H;
+    s->W = W;
+    s->n_encoder = -1;
+    if (strlen(text) >= MODEL_SPEC_MAX)
+        return err_set(err, AE_EARG, "--arch: spec longer than %d characters", MODEL_SPEC_MAX - 1);
+    char buf[MODEL_SPEC_MAX];
+    snprintf(buf, sizeof buf, "%s", text);
+    int c = C, h = H, w = W;
+    for (char *save = NULL, *tok = strtok_r(buf, " ,\t\n", &save); tok; tok = strtok_r(NULL, " ,\t\n", &save)) {
+        int i = s->n_layers;
+        if (strcmp(tok, "|") == 0) {
+            if (s->n_encoder >= 0) return err_set(err, AE_EARG, "--arch '%s': more than one '|'", text);
+            if (i == 0) return err_set(err, AE_EARG, "--arch '%s': the encoder before '|' is empty", text);
+            s->n_encoder = i;
+            continue;
+        }
+        if (i >= MODEL_MAX_LAYERS)
+            return err_set(err, AE_EARG, "--arch '%s': more than %d layers", text, MODEL_MAX_LAYERS);
+        if (tok[0] == 'c') {
+            int ch, k;
+            if (!parse_conv_token(tok, &ch, &k))
+                return err_set(err, AE_EARG,
+                               "--arch '%s': bad conv token '%s' (expected cN or cNkK, N in 1..%d, odd K <= %d)",
+                               text, tok, MODEL_MAX_CHANNELS, MODEL_MAX_KERNEL);
+            if (k % 2 == 0)
+                return err_set(err, AE_EARG, "--arch '%s': kernel size in '%s' must be odd ('same' padding)", text, tok);
+            s->kind[i] = LAYER_CONV;
+            s->channels[i] = ch;
+            s->kernel[i] = k;
+            c = ch;
+        } else if (strcmp(tok, "p") == 0) {
+            if (h % 2 || w % 2)
+                return err_set(err, AE_EARG,
+                               "--arch '%s': pooling (token %d) at %dx%d needs even H and W; use an input size "
+                               "divisible by 2^(number of poolings)", text, i + 1, h, w);
+            s->kind[i] = LAYER_MAXPOOL;
+            h /= 2;
+            w /= 2;
+        } else if (strcmp(tok, "u") == 0) {
+            if ((int64_t)h * 2 > 65536 || (int64_t)w * 2 > 65536)
+                return err_set(err, AE_EARG, "--arch '%s': upsampling beyond 65536 pixels", text);
+            s->kind[i] = LAYER_UPSAMPLE;
+            h *= 2;
+            w *= 2;
+        } else {
+            return err_set(err, AE_EARG, "--arch '%s': unknown token '%s' (expected cN, cNkK, p, u or |)", text, tok);
+        }
+        s->n_layers++;
+    }
+    if (s->n_encoder < 0)
+        return err_set(err, AE_EARG, "--arch '%s': no '|' marking the end of the encoder", text);
+    if (s->n_encoder == s->n_layers)
+        return err_set(err, AE_EARG, "--arch '%s': the decoder after '|' is empty", text);
+    if (s->kind[s->n_layers - 1] != LAYER_CONV)
+        return err_set(err, AE_EARG, "--arch '%s': the last layer must be a conv (it gets the sigmoid)", text);
+    if (c != C || h != H || w != W)
+        return err_set(err, AE_ESHAPE,
+                       "--arch '%s': output is %dx%dx%d but the images are %dx%dx%d (HxWxC); the decoder must "
+                       "undo every pooling and end with c%d", text, h, w, c, H, W, C, C);
+    /* Canonical text: tokens joined by single spaces. */
+    size_t len = 0;
+    for (int i = 0; i < s->n_layers; i++) {
+        if (i == s->n_encoder) len += (size_t)snprintf(s->text + len, sizeof s->text - len, "| ");
+        if (s->kind[i] == LAYER_CONV && s->kernel[i] == MODEL_DEFAULT_KERNEL)
+            len += (size_t)snprintf(s->text + len, sizeof s->text - len, "c%d ", s->channels[i]);
+        else if (s->kind[i] == LAYER_CONV)
+            len += (size_t)snprintf(s->text + len, sizeof s->text - len, "c%dk%d ", s->channels[i], s->kernel[i]);
+        else
+            len += (size_t)snprintf(s->text + len, sizeof s->text - len, "%s ", s->kind[i] == LAYER_MAXPOOL ? "p" : "u");
+        CHECK(len < sizeof s->text);
+    }
+    if (len) s->text[len - 1] = '\0';
+    return AE_OK;
+}
+
+void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
+{
+    assert(max_batch >= 1 && nthreads >= 1);
+    memset(m, 0, sizeof *m);
+    m->spec = *spec;
+    m->max_batch = max_batch;
+    m->nthreads = nthreads;
+    int c = spec->C, h = spec->H, w = spec->W;
+    size_t act_total = 0, act_max = (size_t)c * h * w, scratch = 0;
+    int last_conv = -1;
+    for (int i = 0; i < spec->n_layers; i++)
+        if (spec->kind[i] == LAYER_CONV) last_conv = i;
+    for (int i = 0; i < spec->n_layers; i++) {
+        Layer *L = &m->layers[i];
+        L->kind = spec->kind[i];
+        L->C = c;
+        L->H = h;
+        L->W = w;
+        if (L->kind == LAYER_CONV) {
+            L->OC = spec->channels[i];
+            L->OH = h;
+            L->OW = w;
+            L->act = i == last_conv ? ACT_SIGMOID : ACT_RELU;
+            L->conv.C = c;
+            L->conv.OC = L->OC;
+            L->conv.K = spec->kernel[i];
+            m->n_params += (size_t)L->OC * c * L->conv.K * L->conv.K + (size_t)L->OC;
+            m->n_conv++;
+            size_t need = conv2d_scratch_floats(&L->conv, h, w, nthreads);
+            if (need > scratch) scratch = need;
+        } else {
+            L->OC = c;
+            L->OH = L->kind == LAYER_MAXPOOL ? h / 2 : h * 2;
+            L->OW = L->kind == LAYER_MAXPOOL ? w / 2 : w * 2;
+        }
+        c = L->OC;
+        h = L->OH;
+        w = L->OW;
+        size_t per = (size_t)c * h * w;
+        act_total += per;
+        if (per > act_max) act_max = per;
+    }
+    m->params = xcalloc(m->n_params, sizeof(float));
+    m->grads = xcalloc(m->n_params, sizeof(float));
+    m->acts = xcalloc(act_total * (size_t)max_batch, sizeof(float));
+    m->input = xcalloc((size_t)spec->C * spec->H * spec->W * (size_t)max_batch, sizeof(float));
+    for (int k = 0; k < 2; k++) m->dbuf[k] = xcalloc(act_max * (size_t)max_batch, sizeof(float));
+    m->scratch = xcalloc(scratch ? scratch : 1, sizeof(float));
+    /* Carve the blocks into per-layer pointers (llm.c malloc_and_point). */
+    size_t p = 0, a = 0;
+    for (int i = 0; i < spec->n_layers; i++) {
+        Layer *L = &m->layers[i];
+        L->out = m->acts + a;
+        a += (size_t)L->OC * L->OH * L->OW * (size_t)max_batch;
+        if (L->kind != LAYER_CONV) continue;
+        size_t nw = (size_t)L->OC * L->C * L->conv.K * L->conv.K;
+        L->conv.w = m->params + p;
+        L->conv.dw = m->grads + p;
+        p += nw;
+        L->conv.b = m->params + p;
+        L->conv.db = m->grads + p;
+        p += (size_t)L->OC;
+    }
+    assert(p == m->n_params);
+}
+
+void model_free(Model *m)
+{
+    free(m->params);
+    free(m->grads);
+    free(m->acts);
+    free(m->input);
+    free(m->dbuf[0]);
+    free(m->dbuf[1]);
+    free(m->scratch);
+    memset(m, 0, sizeof *m);
+}
+
+void model_init_glorot(Model *m, uint64_t seed)
+{
+    Rng rng;
+    rng_seed(&rng, seed, 0);
+    for (int i = 0; i < m->spec.n_layers; i++) {
+        const Layer *L = &m->layers[i];
+        if (L->kind != LAYER_CONV) continue;
+        int kk = L->conv.K * L->conv.K;
+        float limit = (float)sqrt(6.0 / ((double)L->C * kk + (double)L->OC * kk));
+        size_t nw = (size_t)L->OC * L->C * kk;
+        for (size_t j = 0; j < nw; j++) L->conv.w[j] = rng_uniform_f32(&rng, -limit, limit);
+        memset(L->conv.b, 0, (size_t)L->OC * sizeof(float));
+    }
+}
+
+/* Runs layers [0, n) on x[N]; returns the output of layer n-1. */
+static const float *forward_layers(Model *m, const float *x, int N, int n)
+{
+    assert(N >= 1 && N <= m->max_batch);
+    const float *in = x;
+    for (int i = 0; i < n; i++) {
+        Layer *L = &m->layers[i];
+        size_t numel = (size_t)N * L->OC * L->OH * L->OW;
+        switch (L->kind) {
+        case LAYER_CONV:
+            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            if (L->act == ACT_RELU)
+                relu_forward(L->out, L->out, numel);
+            else
+                sigmoid_forward(L->out, L->out, numel);
+            break;
+        case LAYER_MAXPOOL:
+            maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
+            break;
+        case LAYER_UPSAMPLE:
+            upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
+            break;
+        }
+        in = L->out;
+    }
+    return in;
+}
+
+const float *model_forward(Model *m, const float *x, int N)
+{
+    return forward_layers(m, x, N, m->spec.n_layers);
+}
+
+const float *model_encode(Model *m, const float *x, int N)
+{
+    return forward_layers(m, x, N, m->spec.n_encoder);
+}
+
+void model_bottleneck_shape(const Model *m, int *C, int *H, int *W)
+{
+    const Layer *L = &m->layers[m->spec.n_encoder - 1];
+    *C = L->OC;
+    *H = L->OH;
+    *W = L->OW;
+}
+
+int model_embedding_dim(const Model *m)
+{
+    int c, h, w;
+    model_bottleneck_shape(m, &c, &h, &w);
+    return c * h * w;
+}
+
+void model_zero_grad(Model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
+
+double model_forward_backward(Model *m, const float *x, int N, double inv_count)
+{
+    const int n = m->spec.n_layers;
+    const float *y = forward_layers(m, x, N, n);
+    size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
+    double sse = mse_sum(y, x, numel);
+    /* g holds dL/d(output of layer i) as we walk back. */
+    float *g = m->dbuf[0], *gnext = m->dbuf[1];
+    mse_backward(g, y, x, numel, inv_count);
+    for (int i = n - 1; i >= 0; i--) {
+        Layer *L = &m->layers[i];
+        const float *in = i > 0 ? m->layers[i - 1].out : x;
+        size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
+        switch (L->kind) {
+        case LAYER_CONV:
+            if (L->act == ACT_RELU)
+                relu_backward(g, g, L->out, out_numel);
+            else
+                sigmoid_backward(g, g, L->out, out_numel);
+            /* The input gradient of the first layer is never needed. */
+            conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            break;
+        case LAYER_MAXPOOL:
+            maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
+            break;
+        case LAYER_UPSAMPLE:
+            upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
+            break;
+        }
+        float *t = g;
+        g = gnext;
+        gnext = t;
+    }
+    return sse;
+}
+
+int model_num_tensors(const Model *m) { return 2 * m->n_conv; }
+
+ParamTensor model_tensor(const Model *m, int i)
+{
+    assert(i >= 0 && i < 2 * m->n_conv);
+    ParamTensor t;
+    memset(&t, 0, sizeof t);
+    int j = 0;
+    for (int l = 0; l < m->spec.n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        if (L->kind != LAYER_CONV) continue;
+        if (j == i / 2) {
+            int is_bias = i % 2;
+            snprintf(t.name, sizeof t.name, "conv%d.%s", j, is_bias ? "bias" : "weight");
+            const float *p = is_bias ? L->conv.b : L->conv.w;
+            t.offset = (size_t)(p - m->params);
+            if (is_bias) {
+                t.ndim = 1;
+                t.shape[0] = L->OC;
+                t.numel = (size_t)L->OC;
+            } else {
+                t.ndim = 4;
+                t.shape[0] = L->OC;
+                t.shape[1] = L->C;
+                t.shape[2] = t.shape[3] = L->conv.K;
+                t.numel = (size_t)L->OC * L->C * L->conv.K * L->conv.K;
+            }
+            return t;
+        }
+        j++;
+    }
+    assert(0 && "tensor index out of range");
+    return t;
+}
+
+double model_forward_flops(const Model *m)
+{
+    double f = 0;
+    for (int i = 0; i < m->spec.n_layers; i++) {
+        const Layer *L = &m->layers[i];
+        if (L->kind == LAYER_CONV)
+            f += 2.0 * L->OC * L->C * L->conv.K * L->conv.K * (double)L->OH * L->OW;
+    }
+    return f;
+}

@@ -1,0 +1,56 @@
+/*
+ * threads.c - thread plan for one rank (see include/threads.h).
+ */
+#define _GNU_SOURCE
+#include "threads.h"
+
+#include <cblas.h>
+#include <sched.h>
+#include <unistd.h>
+#if AESIM_OMP
+#include <omp.h>
+#endif
+
+/* Declared by OpenBLAS (cblas.h of Debian's libopenblas-dev); the prototype
+ * is repeated here in case a cblas.h from another BLAS is picked up. */
+void openblas_set_num_threads(int num_threads);
+
+static int count_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+ThreadPlan threads_setup(const ParCtx *ctx, int requested)
+{
+    ThreadPlan p;
+    /* Under mpirun each rank is often bound to one core; count the node's
+     * cores then, not the binding. */
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    int aff = count_cores();
+    p.cores = ctx->local_size > 1 && online > aff ? (int)online : aff;
+    int per_rank = p.cores / (ctx->local_size > 0 ? ctx->local_size : 1);
+    p.omp_threads = requested > 0 ? requested : (per_rank > 0 ? per_rank : 1);
+#if !AESIM_OMP
+    p.omp_threads = 1;
+#endif
+    p.blas_threads = 1;
+#if AESIM_OMP
+    omp_set_num_threads(p.omp_threads);
+#endif
+    openblas_set_num_threads(p.blas_threads);
+    p.oversubscribed = ctx->local_size * p.omp_threads * p.blas_threads > p.cores;
+    return p;
+}
+
+void threads_print(const ParCtx *ctx, const ThreadPlan *p)
+{
+    par_log0(ctx, "threads: %d rank(s)/node x %d OpenMP x %d BLAS = %d of %d cores%s\n", ctx->local_size,
+             p->omp_threads, p->blas_threads, ctx->local_size * p->omp_threads * p->blas_threads, p->cores,
+             p->oversubscribed ? "  (WARNING: oversubscribed; expect a large slowdown)" : "");
+}

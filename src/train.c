@@ -1,0 +1,232 @@
+/*
+ * train.c - data-parallel training loop (see include/train.h).
+ *
+ * Does: sharded batches, gradient allreduce, optimizer, validation, progress,
+ * metrics, reconstruction grids, checkpoints.  Does not: parse options, load
+ * data or build the model (train_main.c).  MPI only through par.h; rank 0
+ * alone writes files and prints.  Threading: the kernels' OpenMP.
+ */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "fileio.h"
+#include "metrics.h"
+#include "png_io.h"
+#include "progress.h"
+#include "sampler.h"
+#include "timer.h"
+
+/* Target width in pixels of a reconstruction grid tile (small images are
+ * upscaled by an integer factor to about this). */
+#define TRAIN_GRID_TILE_PX 96
+/* Grey border between grid tiles, pixels. */
+#define TRAIN_GRID_PAD 2
+
+/* Per-rank seconds spent in each phase of a step. */
+enum { PH_DATA, PH_COMPUTE, PH_ALLREDUCE, PH_OPTIMIZER, PH_COUNT };
+static const char *PHASE_NAMES[PH_COUNT] = { "data", "forward+backward", "allreduce", "optimizer" };
+
+static size_t image_numel(const Dataset *ds) { return (size_t)ds->C * ds->H * ds->W; }
+
+double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit)
+{
+    int64_t n = limit > 0 && limit < ds->n ? limit : ds->n;
+    int64_t lo = n * ctx->rank / ctx->size, hi = n * (ctx->rank + 1) / ctx->size;
+    size_t chw = image_numel(ds);
+    double acc[2] = { 0, (double)(hi - lo) }; /* sum of squared errors, images */
+    for (int64_t i = lo; i < hi; i += m->max_batch) {
+        int nb = (int)(hi - i < m->max_batch ? hi - i : m->max_batch);
+        for (int j = 0; j < nb; j++) dataset_get_f32(m->input + (size_t)j * chw, ds, i + j);
+        const float *y = model_forward(m, m->input, nb);
+        for (size_t k = 0; k < (size_t)nb * chw; k++) {
+            double d = (double)y[k] - m->input[k];
+            acc[0] += d * d;
+        }
+    }
+    par_allreduce_sum_f64(ctx, acc, 2);
+    return acc[1] > 0 ? acc[0] / (acc[1] * (double)chw) : NAN;
+}
+
+/* Rank 0: originals of the first grid_n validation images over their
+ * reconstructions. */
+static int write_grid(const TrainConfig *cfg, Model *m, const Dataset *val, int64_t epoch, Err *err)
+{
+    int n = cfg->grid_n < val->n ? cfg->grid_n : (int)val->n;
+    if (n > m->max_batch) n = m->max_batch;
+    if (n <= 0) return AE_OK;
+    size_t chw = image_numel(val);
+    float *tiles = xmalloc(2 * (size_t)n * chw * sizeof(float));
+    for (int j = 0; j < n; j++) dataset_get_f32(m->input + (size_t)j * chw, val, j);
+    memcpy(tiles, m->input, (size_t)n * chw * sizeof(float));
+    memcpy(tiles + (size_t)n * chw, model_forward(m, m->input, n), (size_t)n * chw * sizeof(float));
+    char path[ARG_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/recon_epoch%03lld.png", cfg->out, (long long)epoch + 1);
+    int scale = TRAIN_GRID_TILE_PX / val->W > 1 ? TRAIN_GRID_TILE_PX / val->W : 1;
+    int rc = png_write_grid(path, tiles, 2 * n, 2, n, val->C, val->H, val->W, scale, TRAIN_GRID_PAD, err);
+    free(tiles);
+    return rc;
+}
+
+static int save_checkpoint(const ParCtx *ctx, const TrainConfig *cfg, const Model *m, const Optimizer *opt,
+                           const CkptState *st, Err *err)
+{
+    if (ctx->rank == 0) {
+        char path[ARG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/checkpoint.npz", cfg->out);
+        ckpt_save(path, m, opt, st, err);
+    }
+    return par_agree(ctx, err);
+}
+
+static void report_phases(const ParCtx *ctx, const double *t, int64_t steps)
+{
+    par_log0(ctx, "time per step (ms, min/avg/max over ranks):");
+    for (int p = 0; p < PH_COUNT; p++) {
+        ParStats s = par_stats(ctx, steps ? 1e3 * t[p] / steps : 0);
+        par_log0(ctx, "%s %s %.2f/%.2f/%.2f (max on rank %d)", p ? ";" : "", PHASE_NAMES[p], s.min, s.avg, s.max,
+                 s.max_rank);
+    }
+    par_log0(ctx, "\n");
+}
+
+int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
+              const Dataset *val, const CkptState *start, TrainResult *res, Err *err)
+{
+    const int64_t n = train->n, B = cfg->batch_size;
+    const int64_t nb = sampler_num_batches(n, B);
+    const size_t chw = image_numel(train);
+    CkptState st = *start;
+    memset(res, 0, sizeof *res);
+    int64_t *perm = xmalloc((size_t)n * sizeof *perm);
+    double phase[PH_COUNT] = { 0 };
+
+    MetricsLog log = { 0 };
+    Progress prog;
+    if (ctx->rank == 0) {
+        char path[ARG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/metrics.csv", cfg->out);
+        metrics_open(&log, path, st.step > 0, st.step, err);
+    }
+    if (par_agree(ctx, err)) {
+        free(perm);
+        return err->code;
+    }
+    int64_t total = (int64_t)cfg->epochs * nb;
+    if (cfg->max_steps > 0 && cfg->max_steps < total) total = cfg->max_steps;
+    const double t0 = timer_now();
+    if (ctx->rank == 0)
+        progress_init(&prog, stdout, isatty(STDOUT_FILENO), total - st.step, nb, cfg->epochs, cfg->log_every, t0);
+
+    int64_t images_done = 0, steps_done = 0, csv_images = 0;
+    double csv_loss = 0, csv_t = t0;
+    int64_t csv_steps = 0;
+    int stop = 0, rc = AE_OK;
+    for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
+        sampler_epoch_permutation(perm, n, st.seed, st.epoch);
+        for (; st.batch < nb; st.batch++) {
+            double ta = timer_now();
+            int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;
+            sampler_rank_slice(len, ctx->rank, ctx->size, &off, &cnt);
+            for (int64_t i = 0; i < cnt; i++) dataset_get_f32(m->input + (size_t)i * chw, train, perm[first + off + i]);
+            double tb = timer_now();
+            model_zero_grad(m);
+            double sse = cnt ? model_forward_backward(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw)) : 0;
+            double tc = timer_now();
+            par_allreduce_sum_f32(ctx, m->grads, m->n_params);
+            par_allreduce_sum_f64(ctx, &sse, 1);
+            double td = timer_now();
+            double loss = sse / ((double)len * (double)chw);
+            if (!isfinite(loss)) {
+                rc = err_set(err, AE_ENUMERIC,
+                             "loss is %g at step %lld (epoch %lld): training diverged; the last checkpoint in %s "
+                             "is kept (try a smaller --lr)", loss, (long long)st.step + 1, (long long)st.epoch + 1,
+                             cfg->out);
+                stop = 1;
+                break;
+            }
+            optimizer_step(opt, m->params, m->grads);
+            double te = timer_now();
+            phase[PH_DATA] += tb - ta;
+            phase[PH_COMPUTE] += tc - tb;
+            phase[PH_ALLREDUCE] += td - tc;
+            phase[PH_OPTIMIZER] += te - td;
+            st.step++;
+            steps_done++;
+            images_done += len;
+            res->last_train_loss = loss;
+            csv_loss += loss;
+            csv_steps++;
+            csv_images += len;
+            if (ctx->rank == 0) {
+                double now = timer_now();
+                progress_update(&prog, st.step - start->step, (int)st.epoch + 1, loss, images_done / (now - t0), now);
+                if (csv_steps >= cfg->csv_every) {
+                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
+                                        NAN, NAN, csv_images / (now - csv_t), now - t0, err);
+                    csv_loss = 0;
+                    csv_steps = 0;
+                    csv_images = 0;
+                    csv_t = now;
+                }
+            }
+            int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
+            if (cfg->ckpt_every > 0 && st.step % cfg->ckpt_every == 0 && !last && st.batch + 1 < nb) {
+                CkptState next = st;
+                next.batch++;
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, err);
+            } else {
+                rc = par_agree(ctx, err); /* a failed CSV write on rank 0 stops every rank */
+            }
+            if (rc || last) {
+                stop = 1;
+                st.batch++;
+                break;
+            }
+        }
+        if (rc) break;
+        /* End of an epoch (or of max-steps): validate, grid, checkpoint. */
+        if (ctx->rank == 0) progress_finish(&prog);
+        res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
+        res->val_psnr_db = metrics_psnr_db(res->val_loss);
+        double now = timer_now();
+        par_log0(ctx, "epoch %lld/%d: step %lld, train loss %.5f, val loss %.5f, val PSNR %.2f dB, %.0f img/s\n",
+                 (long long)st.epoch + 1, cfg->epochs, (long long)st.step, res->last_train_loss, res->val_loss,
+                 res->val_psnr_db, images_done / (now - t0));
+        if (ctx->rank == 0) {
+            rc = metrics_append(&log, st.step, st.epoch + (double)st.batch / nb,
+                                csv_steps ? csv_loss / csv_steps : res->last_train_loss, res->val_loss,
+                                res->val_psnr_db, csv_steps ? csv_images / (now - csv_t) : NAN, now - t0, err);
+            csv_loss = 0;
+            csv_steps = 0;
+            csv_images = 0;
+            csv_t = now;
+            if (!rc) rc = write_grid(cfg, m, val, st.epoch, err);
+        }
+        if ((rc = par_agree(ctx, err))) break;
+        CkptState next = st;
+        if (st.batch >= nb) {
+            next.epoch++;
+            next.batch = 0;
+        }
+        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, err))) break;
+        if (stop) break;
+    }
+    if (st.batch >= nb) {
+        st.epoch++;
+        st.batch = 0;
+    }
+    if (rc == AE_OK && ctx->rank == 0) progress_finish(&prog);
+    res->state = st;
+    res->seconds = timer_now() - t0;
+    res->images_per_s = res->seconds > 0 ? images_done / res->seconds : 0;
+    if (rc == AE_OK) report_phases(ctx, phase, steps_done);
+    if (ctx->rank == 0) metrics_close(&log);
+    free(perm);
+    return rc;
+}

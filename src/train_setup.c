@@ -1,0 +1,136 @@
+/*
+ * train_setup.c - data loading, architecture choice, model and optimizer
+ * construction, and resume for aesim-train (see include/train_setup.h).
+ * Rank 0 reads the checkpoint and broadcasts it; every rank reads the data
+ * sources itself.  MPI through par.h only.
+ */
+#include "train_setup.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "check.h"
+
+/* Names of the test images in a MNIST-style folder, tried in order. */
+static const char *const IDX_TEST_NAMES[] = { "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte" };
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, Dataset *val, Err *err)
+{
+    memset(train, 0, sizeof *train);
+    memset(val, 0, sizeof *val);
+    char val_src[ARG_PATH_MAX + 64] = "";
+    snprintf(val_src, sizeof val_src, "%s", cfg->val);
+    if (!val_src[0] && is_dir(cfg->data)) {
+        for (size_t i = 0; i < sizeof IDX_TEST_NAMES / sizeof *IDX_TEST_NAMES && !val_src[0]; i++) {
+            char p[ARG_PATH_MAX + 64];
+            snprintf(p, sizeof p, "%s/%s", cfg->data, IDX_TEST_NAMES[i]);
+            struct stat st;
+            if (stat(p, &st) == 0) snprintf(val_src, sizeof val_src, "%s", p);
+        }
+    }
+    Dataset all;
+    memset(&all, 0, sizeof all);
+    err_clear(err);
+    if (val_src[0]) {
+        if (!dataset_open(train, cfg->data, err) && !dataset_open(val, val_src, err) &&
+            (train->C != val->C || train->H != val->H || train->W != val->W))
+            err_set(err, AE_ESHAPE, "validation images %s are %dx%dx%d but training images %s are %dx%dx%d (HxWxC)",
+                    val->source, val->H, val->W, val->C, train->source, train->H, train->W, train->C);
+    } else if (!dataset_open(&all, cfg->data, err)) {
+        dataset_split(train, val, &all, cfg->val_fraction, cfg->seed, err);
+        dataset_free(&all);
+    }
+    return par_agree(ctx, err);
+}
+
+/* Rank 0 reads the checkpoint; every rank gets its meta fields. */
+static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, Err *err)
+{
+    memset(ck, 0, sizeof *ck);
+    if (ctx->rank == 0) ckpt_read(ck, path, err);
+    if (par_agree(ctx, err)) return err->code;
+    /* Broadcast the scalar part; the arrays stay on rank 0. */
+    Checkpoint meta = *ck;
+    meta.arrays = NULL;
+    meta.n_arrays = 0;
+    par_bcast(ctx, &meta, sizeof meta, 0);
+    if (ctx->rank != 0) *ck = meta;
+    return AE_OK;
+}
+
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int nthreads, Model *m,
+                      Optimizer *opt, CkptState *start, Err *err)
+{
+    Checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    memset(start, 0, sizeof *start);
+    start->seed = cfg->seed;
+    start->batch_size = cfg->batch_size;
+    const char *arch = cfg->arch[0] ? cfg->arch : model_default_preset(C, H, W);
+    if (cfg->resume[0]) {
+        if (read_checkpoint(ctx, cfg->resume, &ck, err)) return err->code;
+        if (ck.C != C || ck.H != H || ck.W != W) {
+            err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but --data has %dx%dx%d (HxWxC)",
+                    cfg->resume, ck.H, ck.W, ck.C, H, W, C);
+            ckpt_free(&ck);
+            return err->code;
+        }
+        arch = ck.arch;
+        *start = ck.state;
+        if (start->batch_size != cfg->batch_size)
+            par_log0(ctx, "note: --batch-size %d differs from the checkpoint's %lld; the epoch's remaining "
+                     "batches use the new size\n", cfg->batch_size, (long long)start->batch_size);
+        start->batch_size = cfg->batch_size;
+    }
+    ModelSpec spec;
+    if (!arch)
+        err_set(err, AE_ESHAPE, "no preset fits %dx%dx%d images (HxWxC): give --arch (see --help)", H, W, C);
+    else if (!model_parse(&spec, arch, C, H, W, err) && cfg->resume[0] && cfg->arch[0]) {
+        ModelSpec asked;
+        if (!model_parse(&asked, cfg->arch, C, H, W, err) && strcmp(asked.text, spec.text) != 0)
+            err_set(err, AE_EARG, "--arch '%s' differs from the architecture of %s ('%s'); drop --arch to resume",
+                    asked.text, cfg->resume, spec.text);
+    }
+    if (par_agree(ctx, err)) {
+        ckpt_free(&ck);
+        return err->code;
+    }
+    int per_rank = (cfg->batch_size + ctx->size - 1) / ctx->size;
+    model_build(m, &spec, per_rank, nthreads);
+    OptKind kind = cfg->resume[0] ? ck.opt_kind : cfg->opt;
+    optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
+    if (cfg->resume[0]) {
+        if (ctx->rank == 0) ckpt_restore(&ck, m, opt, err);
+        ckpt_free(&ck);
+        if (par_agree(ctx, err)) return err->code;
+        opt->t = start->step;
+        par_bcast(ctx, opt->m, opt->n * sizeof(float), 0);
+        if (opt->v) par_bcast(ctx, opt->v, opt->n * sizeof(float), 0);
+    } else if (ctx->rank == 0) {
+        model_init_glorot(m, cfg->seed);
+    }
+    par_bcast(ctx, m->params, m->n_params * sizeof(float), 0);
+    return AE_OK;
+}
+
+unsigned long train_param_checksum(const Model *m)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const unsigned char *p = (const unsigned char *)m->params;
+    size_t left = m->n_params * sizeof(float);
+    while (left) {
+        uInt c = left > (1u << 30) ? (1u << 30) : (uInt)left;
+        crc = crc32(crc, p, c);
+        p += c;
+        left -= c;
+    }
+    return crc;
+}

@@ -1,0 +1,186 @@
+"""MPI tests of aesim-train on real images (../shared/data, read-only).
+
+- P = 1 and P = 2 (same seed, same global batch of 30 images, which does not
+  split evenly) give the same per-step loss curve over 25 steps and the same
+  final weights within float tolerance; P = 3 and 4 (--oversubscribe) too.
+- Every rank ends with bitwise-identical parameters (CRC-32 printed per rank).
+- Samples are neither dropped nor double counted: an epoch of 7 batches of a
+  data set whose size does not divide by the batch or by P has the loss of
+  exactly those images (compared with P = 1).
+- Resume: 10 steps on 2 ranks, then resume for 15 on 3 ranks == 25 straight
+  steps on 1 rank (same schedule), within tolerance.
+- The downsampled-ImageNet npz path trains (imagenet32 preset, 2 ranks).
+- Bad input ends every rank with a message naming the file and a non-zero
+  exit, never a hang: missing file, wrong format, image size that does not
+  fit --arch, bad spec, unwritable output folder, bad option.
+"""
+import csv
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.environ.get("AESIM_BUILD", "build")
+BIN = os.path.join(ROOT, BUILD, "aesim-train")
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+MNIST = os.path.join(SHARED, "mnist", "t10k-images-idx3-ubyte.gz")
+IMAGENET32 = os.path.join(SHARED, "imagenet-sample", "sample32_data_batch.npz")
+TMP = os.environ.get("AESIM_TEST_TMP") or tempfile.mkdtemp()
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+# Loss curves of different P agree to float rounding (different summation order).
+RTOL = 1e-4
+
+
+def train(np_, out, *args, check=True, timeout=300):
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np_), BIN,
+           "--threads", "1", "--out", out, *args]
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def losses(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return {int(r["step"]): float(r["train_loss"]) for r in rows if r["val_loss"] == ""}
+
+
+def checksums(stderr):
+    return re.findall(r"\[rank (\d+)\] parameter checksum crc32 ([0-9a-f]+)", stderr)
+
+
+MNIST_ARGS = ["--data", MNIST, "--val-fraction", "0.05", "--batch-size", "30", "--max-steps", "25",
+              "--csv-every", "1", "--seed", "7", "--grid", "4"]
+
+
+class MpiTrain(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.runs = {}
+        for p in (1, 2, 3, 4):
+            out = os.path.join(TMP, f"mnist_p{p}")
+            cls.runs[p] = (out, train(p, out, *MNIST_ARGS))
+
+    def test_same_loss_curve_for_any_P(self):
+        ref = losses(self.runs[1][0])
+        self.assertEqual(sorted(ref), list(range(1, 26)))
+        self.assertLess(ref[25], ref[1], "the loss did not go down")
+        for p in (2, 3, 4):
+            got = losses(self.runs[p][0])
+            self.assertEqual(sorted(got), sorted(ref), f"P={p} steps")
+            for s in ref:
+                self.assertLessEqual(abs(got[s] - ref[s]), RTOL * abs(ref[s]), f"P={p} step {s}: {got[s]} vs {ref[s]}")
+
+    def test_same_weights_for_any_P(self):
+        ref = np.load(os.path.join(self.runs[1][0], "checkpoint.npz"))
+        for p in (2, 3, 4):
+            got = np.load(os.path.join(self.runs[p][0], "checkpoint.npz"))
+            for k in ref.files:
+                if k.startswith("conv"):
+                    np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-5, err_msg=f"P={p} {k}")
+            self.assertEqual(list(got["meta.state"]), list(ref["meta.state"]), f"P={p} state")
+
+    def test_ranks_hold_identical_parameters(self):
+        for p in (2, 3, 4):
+            sums = checksums(self.runs[p][1].stderr)
+            self.assertEqual(sorted(int(r) for r, _ in sums), list(range(p)), self.runs[p][1].stderr)
+            self.assertEqual(len({c for _, c in sums}), 1, f"P={p} ranks differ: {sums}")
+
+    def test_outputs_exist(self):
+        out = self.runs[2][0]
+        for f in ("checkpoint.npz", "metrics.csv", "recon_epoch001.png"):
+            self.assertTrue(os.path.getsize(os.path.join(out, f)) > 0, f)
+        self.assertFalse([f for f in os.listdir(out) if ".tmp" in f], "temporary files left behind")
+
+    def test_full_epoch_counts_every_sample(self):
+        # 203 images, batch 30: 6 full batches + one of 23; P = 3 splits 23 as 8+8+7.
+        # Epoch loss with P=1 and P=3 must agree, and the step count must be 7.
+        data = os.path.join(TMP, "small203.npz")
+        if not os.path.exists(data):
+            with np.load(IMAGENET32) as z:
+                np.savez(data, data=z["data"][:203], labels=z["labels"][:203])
+        runs = []
+        for p in (1, 3):
+            out = os.path.join(TMP, f"epoch_p{p}")
+            train(p, out, "--data", data, "--val", data, "--val-limit", "20", "--batch-size", "30",
+                  "--epochs", "1", "--csv-every", "1")
+            runs.append(losses(out))
+        self.assertEqual(sorted(runs[0]), list(range(1, 8)))
+        for s in runs[0]:
+            self.assertLessEqual(abs(runs[1][s] - runs[0][s]), RTOL * runs[0][s], f"step {s}")
+
+    def test_resume_with_other_P_continues_schedule(self):
+        out = os.path.join(TMP, "resume")
+        args = [a for a in MNIST_ARGS]
+        args[args.index("--max-steps") + 1] = "10"
+        train(2, out, *args)
+        ck = os.path.join(out, "checkpoint.npz")
+        self.assertEqual(int(np.load(ck)["meta.state"][1]), 10)
+        out2 = os.path.join(TMP, "resumed")
+        train(3, out2, *MNIST_ARGS, "--resume", ck)
+        ref = np.load(os.path.join(self.runs[1][0], "checkpoint.npz"))
+        got = np.load(os.path.join(out2, "checkpoint.npz"))
+        self.assertEqual(int(got["meta.state"][1]), 25)
+        for k in ref.files:
+            if k.startswith("conv") or k.startswith("opt."):
+                np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        got_l, ref_l = losses(out2), losses(self.runs[1][0])
+        for s in range(11, 26):
+            self.assertLessEqual(abs(got_l[s] - ref_l[s]), RTOL * ref_l[s], f"step {s}")
+
+    def test_imagenet_npz(self):
+        out = os.path.join(TMP, "imagenet32")
+        p = train(2, out, "--data", IMAGENET32, "--batch-size", "16", "--max-steps", "6", "--val-limit", "32")
+        self.assertIn("bottleneck 8x8x8 = 512 values", p.stdout)
+        self.assertTrue(os.path.exists(os.path.join(out, "recon_epoch001.png")))
+
+
+class BadInput(unittest.TestCase):
+    def fails(self, args, *needles, np_=2):
+        out = os.path.join(TMP, "bad")
+        p = train(np_, out, *args, check=False, timeout=120)
+        self.assertNotEqual(p.returncode, 0, f"{args} succeeded")
+        for n in needles:
+            self.assertIn(n, p.stderr, f"{args}: message lacks {n!r}:\n{p.stderr}")
+        self.assertNotIn("Segmentation", p.stderr)
+        return p
+
+    def test_missing_file(self):
+        self.fails(["--data", "/nonexistent/train.npz"], "/nonexistent/train.npz")
+
+    def test_wrong_format(self):
+        bad = os.path.join(TMP, "not_an_npz.npz")
+        with open(bad, "wb") as f:
+            f.write(b"this is not a zip file" * 10)
+        self.fails(["--data", bad], bad)
+
+    def test_image_size_does_not_fit_arch(self):
+        self.fails(["--data", MNIST, "--arch", "imagenet32"], "28x28x1")
+
+    def test_bad_spec(self):
+        self.fails(["--data", MNIST, "--arch", "c16 p c8 p p | u u c1"], "pooling")
+        self.fails(["--data", MNIST, "--arch", "c16 q | c1"], "unknown token 'q'")
+
+    def test_unwritable_output(self):
+        self.fails(["--data", MNIST, "--max-steps", "1", "--out", "/etc/passwd/out"], "/etc/passwd")
+
+    def test_bad_option(self):
+        self.fails(["--batch-size", "0"], "--batch-size")
+        self.fails(["--frobnicate"], "--frobnicate")
+
+    def test_help(self):
+        p = subprocess.run([BIN, "--help"], env=ENV, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0)
+        for opt in ("--data", "--val", "--arch", "--batch-size", "--lr", "--resume", "--threads", "--out"):
+            self.assertIn(opt, p.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

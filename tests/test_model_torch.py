@@ -1,0 +1,107 @@
+"""The whole aesim model against PyTorch (Debian python3-torch).
+
+For the presets and a custom spec, tests/tool_model_ref (C) writes its
+initial checkpoint, the batch of every step, the output, bottleneck, loss and
+gradients of step 0, and the checkpoint after 10 optimizer steps.  PyTorch,
+given the same weights (read from the checkpoint with numpy alone) and the
+same batches, must give the same values.
+
+Reference: PyTorch in float64 (so the comparison measures aesim's float32
+error, not PyTorch's).  Tolerance, per tensor: |aesim - torch| <=
+RTOL * |torch| + ATOL_FRAC * max|torch|, with RTOL = 1e-4 (the issue's 1e-4
+relative) and ATOL_FRAC = 1e-4 (the same relative bound, measured against the
+tensor's scale, so elements near zero, e.g. gradients of almost-dead units,
+are judged against the tensor's magnitude rather than their own).
+"""
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+import aesim_torch
+
+BUILD = os.environ.get("AESIM_BUILD", "build")
+TOOL = os.path.join(BUILD, "tests", "tool_model_ref")
+RTOL = 1e-4
+ATOL_FRAC = 1e-4
+STEPS = 10
+
+CASES = [
+    # name, spec, C, H, W, N, optimizer
+    ("mnist", "mnist", 1, 28, 28, 4, "adam"),
+    ("imagenet32", "imagenet32", 3, 32, 32, 3, "adam"),
+    ("imagenet64", "imagenet64", 3, 64, 64, 2, "adam"),
+    ("custom_k5_sgd", "c6k5 p c4 | c5 u c3k1 c2", 2, 12, 10, 3, "sgd"),
+]
+
+
+def close(test, name, got, ref):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    test.assertEqual(got.shape, ref.shape, name)
+    err = np.abs(got - ref)
+    bound = RTOL * np.abs(ref) + ATOL_FRAC * np.abs(ref).max()
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    test.assertTrue(np.all(err <= bound),
+                    f"{name}: max abs err {err.max():.3e}, worst {worst}: aesim {got[worst]:.9g} "
+                    f"torch {ref[worst]:.9g} (bound {bound[worst]:.3e})")
+
+
+class ModelVsTorch(unittest.TestCase):
+    def run_case(self, name, spec, C, H, W, N, opt):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
+            subprocess.run([TOOL, spec, str(C), str(H), str(W), str(N), str(STEPS), opt, d], check=True)
+            init = np.load(os.path.join(d, "init.npz"))
+            final = np.load(os.path.join(d, "final.npz"))
+            ref = np.load(os.path.join(d, "ref.npz"))
+            arch = bytes(init["meta.arch"]).decode()
+            self.assertEqual(list(init["meta.input_shape"]), [C, H, W])
+            model = aesim_torch.build(arch, C, torch.float64)
+            aesim_torch.load_npz(model, init)
+            x = torch.from_numpy(ref["x"].astype(np.float64))
+            # Forward, bottleneck and loss of step 0.
+            y = model(x[0])
+            close(self, f"{name} output", ref["y0"], y.detach().numpy())
+            z = model.encoder(x[0]).reshape(N, -1)
+            close(self, f"{name} bottleneck", ref["z0"], z.detach().numpy())
+            loss = torch.nn.functional.mse_loss(y, x[0])
+            close(self, f"{name} loss", ref["loss"][:1], [loss.item()])
+            # Gradients of step 0.
+            model.zero_grad()
+            loss.backward()
+            for j, conv in enumerate(model.convs):
+                close(self, f"{name} grad conv{j}.weight", ref[f"grad.conv{j}.weight"], conv.weight.grad.numpy())
+                close(self, f"{name} grad conv{j}.bias", ref[f"grad.conv{j}.bias"], conv.bias.grad.numpy())
+            # STEPS optimizer steps on the same batches.
+            model = aesim_torch.build(arch, C, torch.float64)
+            aesim_torch.load_npz(model, init)
+            if opt == "adam":
+                o = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+            else:
+                o = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            losses = []
+            for s in range(STEPS):
+                o.zero_grad()
+                l = torch.nn.functional.mse_loss(model(x[s]), x[s])
+                losses.append(l.item())
+                l.backward()
+                o.step()
+            close(self, f"{name} losses over {STEPS} steps", ref["loss"], losses)
+            for j, conv in enumerate(model.convs):
+                close(self, f"{name} conv{j}.weight after {STEPS} steps", final[f"conv{j}.weight"],
+                      conv.weight.detach().numpy())
+                close(self, f"{name} conv{j}.bias after {STEPS} steps", final[f"conv{j}.bias"],
+                      conv.bias.detach().numpy())
+            self.assertEqual(int(final["meta.state"][1]), STEPS)
+
+    def test_cases(self):
+        for case in CASES:
+            with self.subTest(case=case[0]):
+                self.run_case(*case)
+
+
+if __name__ == "__main__":
+    unittest.main()

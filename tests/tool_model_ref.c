@@ -1,0 +1,113 @@
+/*
+ * tool_model_ref.c - runs the aesim model on seeded data and writes every
+ * intermediate result for tests/test_model_torch.py to compare with PyTorch.
+ *
+ * usage: tool_model_ref ARCH C H W N STEPS OPTIMIZER OUT_DIR
+ * Writes OUT_DIR/init.npz (checkpoint before training, via ckpt_save),
+ * OUT_DIR/final.npz (checkpoint after STEPS optimizer steps) and
+ * OUT_DIR/ref.npz with: x [STEPS][N][C][H][W] (batch of each step), y0 (output
+ * of step 0's batch before any update), z0 (bottleneck of that batch), loss
+ * [STEPS] (mean squared error per pixel before each update), and
+ * grad.convJ.weight / grad.convJ.bias (gradients of step 0).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "ckpt.h"
+#include "model.h"
+#include "npy.h"
+#include "optimizer.h"
+#include "rng.h"
+
+static void die(const Err *e)
+{
+    fprintf(stderr, "tool_model_ref: %s\n", e->msg);
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 9) {
+        fprintf(stderr, "usage: %s ARCH C H W N STEPS adam|sgd OUT_DIR\n", argv[0]);
+        return 2;
+    }
+    int C = atoi(argv[2]), H = atoi(argv[3]), W = atoi(argv[4]), N = atoi(argv[5]), steps = atoi(argv[6]);
+    const char *out = argv[8];
+    Err err;
+    err_clear(&err);
+    ModelSpec spec;
+    if (model_parse(&spec, argv[1], C, H, W, &err)) die(&err);
+    Model m;
+    model_build(&m, &spec, N, 2);
+    model_init_glorot(&m, 1234);
+    /* Non-zero biases so that their paths are tested too. */
+    Rng rng;
+    rng_seed(&rng, 99, 1);
+    for (int i = 0; i < model_num_tensors(&m); i++) {
+        ParamTensor t = model_tensor(&m, i);
+        if (t.ndim == 1)
+            for (size_t j = 0; j < t.numel; j++) m.params[t.offset + j] = rng_uniform_f32(&rng, -0.05f, 0.05f);
+    }
+    Optimizer opt;
+    AdamConfig ac = { 1e-3f, 0.9f, 0.999f, 1e-7f };
+    optimizer_init(&opt, strcmp(argv[7], "sgd") == 0 ? OPT_SGD : OPT_ADAM, &ac, 0.9f, m.n_params);
+    CkptState st = { 0, 0, 0, 1234, N };
+    char path[4096];
+    snprintf(path, sizeof path, "%s/init.npz", out);
+    if (ckpt_save(path, &m, &opt, &st, &err)) die(&err);
+
+    size_t chw = (size_t)C * H * W, img = (size_t)N * chw;
+    int D = model_embedding_dim(&m);
+    float *x = xmalloc((size_t)steps * img * sizeof(float));
+    for (size_t i = 0; i < (size_t)steps * img; i++) x[i] = rng_uniform_f32(&rng, 0.f, 1.f);
+    float *y0 = xmalloc(img * sizeof(float)), *z0 = xmalloc((size_t)N * D * sizeof(float));
+    float *g0 = xmalloc(m.n_params * sizeof(float));
+    double *loss = xmalloc((size_t)steps * sizeof(double));
+    memcpy(z0, model_encode(&m, x, N), (size_t)N * D * sizeof(float));
+    for (int s = 0; s < steps; s++) {
+        model_zero_grad(&m);
+        double sse = model_forward_backward(&m, x + (size_t)s * img, N, 1.0 / (double)img);
+        loss[s] = sse / (double)img;
+        if (s == 0) {
+            memcpy(y0, model_forward(&m, x, N), img * sizeof(float));
+            memcpy(g0, m.grads, m.n_params * sizeof(float));
+        }
+        optimizer_step(&opt, m.params, m.grads);
+    }
+    st.step = steps;
+    snprintf(path, sizeof path, "%s/final.npz", out);
+    if (ckpt_save(path, &m, &opt, &st, &err)) die(&err);
+
+    int nt = model_num_tensors(&m), n = 0;
+    NpyArray *a = xcalloc((size_t)nt + 4, sizeof *a);
+    a[n] = (NpyArray){ .name = "x", .dtype = NPY_F32, .ndim = 5, .shape = { steps, N, C, H, W }, .data = x };
+    n++;
+    a[n] = (NpyArray){ .name = "y0", .dtype = NPY_F32, .ndim = 4, .shape = { N, C, H, W }, .data = y0 };
+    n++;
+    a[n] = (NpyArray){ .name = "z0", .dtype = NPY_F32, .ndim = 2, .shape = { N, D }, .data = z0 };
+    n++;
+    a[n] = (NpyArray){ .name = "loss", .dtype = NPY_F64, .ndim = 1, .shape = { steps }, .data = loss };
+    n++;
+    for (int i = 0; i < nt; i++) {
+        ParamTensor t = model_tensor(&m, i);
+        NpyArray *g = &a[n++];
+        snprintf(g->name, sizeof g->name, "grad.%s", t.name);
+        g->dtype = NPY_F32;
+        g->ndim = t.ndim;
+        memcpy(g->shape, t.shape, sizeof t.shape);
+        g->data = g0 + t.offset;
+    }
+    snprintf(path, sizeof path, "%s/ref.npz", out);
+    if (npz_write(path, a, n, &err)) die(&err);
+    free(a);
+    free(x);
+    free(y0);
+    free(z0);
+    free(g0);
+    free(loss);
+    optimizer_free(&opt);
+    model_free(&m);
+    return 0;
+}
