@@ -77,7 +77,7 @@ fi
     echo "set format y '%g'"
     echo "set ytics nomirror"
     echo "set grid xtics ytics"
-    echo "set key outside bottom center horizontal"
+    echo "set key outside top center horizontal"
     if [ -s "$work/psnr.dat" ]; then
         echo "set y2label 'val PSNR (dB)'"
         echo "set y2tics"

@@ -121,7 +121,10 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     if (cfg->max_steps > 0 && cfg->max_steps < total) total = cfg->max_steps;
     const double t0 = timer_now();
     if (ctx->rank == 0)
-        progress_init(&prog, stdout, isatty(STDOUT_FILENO), total - st.step, nb, cfg->epochs, cfg->log_every, t0);
+    {
+        progress_init(&prog, stdout, isatty(STDOUT_FILENO), total, nb, cfg->epochs, cfg->log_every, t0);
+        progress_set_start_step(&prog, st.step, t0);
+    }
 
     int64_t images_done = 0, steps_done = 0, csv_images = 0;
     double csv_loss = 0, csv_t = t0;
@@ -165,7 +168,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             csv_images += len;
             if (ctx->rank == 0) {
                 double now = timer_now();
-                progress_update(&prog, st.step - start->step, (int)st.epoch + 1, loss, images_done / (now - t0), now);
+                progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / (now - t0), now);
                 if (csv_steps >= cfg->csv_every) {
                     rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
                                         NAN, NAN, csv_images / (now - csv_t), now - t0, err);
