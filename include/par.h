@@ -40,6 +40,9 @@ _Noreturn void par_abort(int code);
  * in check_fail(), which has no ctx. */
 int par_world_rank(void);
 
+/* 1 if this process was started by mpirun/srun (even with one rank). */
+int par_launched_by_mpirun(void);
+
 /* 1 if the build has MPI (MPI=1), 0 for the serial stubs. */
 int par_has_mpi(void);
 

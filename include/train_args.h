@@ -15,6 +15,12 @@
 /* Longest path option, bytes including the NUL. */
 #define ARG_PATH_MAX 4096
 
+/* How rank 0 shows progress: a live bar redrawn with '\r' (terminals) or
+ * plain lines (logs).  AUTO = bar only when stdout is a terminal and the
+ * process is not under mpirun, whose forwarded stdout looks like a terminal
+ * even when it goes to a file (launch/train.sh asks for the bar itself). */
+enum { PROGRESS_AUTO = 0, PROGRESS_BAR = 1, PROGRESS_LINES = 2 };
+
 typedef struct TrainConfig {
     char data[ARG_PATH_MAX];   /* training source(s), comma-separated */
     char val[ARG_PATH_MAX];    /* validation source, "" = split off val_fraction */
@@ -35,6 +41,7 @@ typedef struct TrainConfig {
     double log_every;          /* seconds between progress lines when not on a terminal */
     int grid_n;                /* validation images in the reconstruction grid */
     int64_t csv_every;         /* optimizer steps per metrics.csv row */
+    int progress;              /* PROGRESS_AUTO, PROGRESS_BAR or PROGRESS_LINES */
     int help;                  /* --help was given */
 } TrainConfig;
 

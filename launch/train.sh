@@ -16,4 +16,6 @@ if [ "$np" -gt "$cores" ]; then args+=(--oversubscribe --bind-to none);
 elif [ "$np" -lt "$cores" ]; then args+=(--bind-to none); fi
 # Open MPI refuses to run as root without these (containers, CI).
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-exec mpirun "${args[@]}" "$bin" "$@"
+progress=lines
+[ -t 1 ] && progress=bar
+exec mpirun "${args[@]}" "$bin" --progress "$progress" "$@"

@@ -78,6 +78,12 @@ int par_world_rank(void)
 
 int par_has_mpi(void) { return 1; }
 
+int par_launched_by_mpirun(void)
+{
+    /* Open MPI's launcher sets these (mpirun, and srun with PMIx). */
+    return getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
+}
+
 static void allreduce_chunked(const ParCtx *ctx, void *buf, size_t n, size_t esize, MPI_Datatype t,
                               MPI_Op op)
 {

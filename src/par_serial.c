@@ -24,6 +24,7 @@ void par_finalize(ParCtx *ctx) { (void)ctx; }
 void par_abort(int code) { exit(code); }
 int par_world_rank(void) { return 0; }
 int par_has_mpi(void) { return 0; }
+int par_launched_by_mpirun(void) { return 0; }
 void par_allreduce_sum_f32(const ParCtx *ctx, float *buf, size_t n) { (void)ctx; (void)buf; (void)n; }
 void par_allreduce_sum_f64(const ParCtx *ctx, double *buf, size_t n) { (void)ctx; (void)buf; (void)n; }
 void par_allreduce_sum_i64(const ParCtx *ctx, int64_t *buf, size_t n) { (void)ctx; (void)buf; (void)n; }

@@ -122,7 +122,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     const double t0 = timer_now();
     if (ctx->rank == 0)
     {
-        progress_init(&prog, stdout, isatty(STDOUT_FILENO), total, nb, cfg->epochs, cfg->log_every, t0);
+        int bar = cfg->progress == PROGRESS_BAR ||
+                  (cfg->progress == PROGRESS_AUTO && isatty(STDOUT_FILENO) && !par_launched_by_mpirun());
+        progress_init(&prog, stdout, bar, total, nb, cfg->epochs, cfg->log_every, t0);
         progress_set_start_step(&prog, st.step, t0);
     }
 

@@ -15,7 +15,7 @@
 enum {
     OPT_DATA = 256, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
-    OPT_CKPT_EVERY, OPT_RESUME, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_HELP
+    OPT_CKPT_EVERY, OPT_RESUME, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -41,6 +41,7 @@ static const struct option LONG_OPTS[] = {
     { "log-every", required_argument, 0, OPT_LOG_EVERY },
     { "grid", required_argument, 0, OPT_GRID },
     { "csv-every", required_argument, 0, OPT_CSV_EVERY },
+    { "progress", required_argument, 0, OPT_PROGRESS },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -88,6 +89,8 @@ void train_args_usage(FILE *out)
 "                        recon_epochNNN.png (validation originals over reconstructions)\n"
 "  --ckpt-every N        also checkpoint every N steps (default 500; 0 = epoch ends only)\n"
 "  --resume CKPT         continue from a checkpoint (any number of ranks)\n"
+"  --progress MODE       bar (live, for terminals), lines (for logs) or auto (default: bar on a\n"
+"                        terminal outside mpirun; launch/train.sh picks bar on a terminal)\n"
 "  --log-every S         seconds between progress lines when stdout is not a terminal (default 10)\n"
 "  --grid N              validation images in the reconstruction grid (default 8)\n"
 "  --csv-every N         steps per metrics.csv row, train loss averaged over them (default 20)\n"
@@ -212,6 +215,12 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             break;
         case OPT_CSV_EVERY:
             if (!(rc = parse_i64(name, optarg, 1, INT64_MAX, &i, err))) c->csv_every = i;
+            break;
+        case OPT_PROGRESS:
+            if (strcmp(optarg, "auto") == 0) c->progress = PROGRESS_AUTO;
+            else if (strcmp(optarg, "bar") == 0) c->progress = PROGRESS_BAR;
+            else if (strcmp(optarg, "lines") == 0) c->progress = PROGRESS_LINES;
+            else rc = err_set(err, AE_EARG, "--progress: '%s' is not auto, bar or lines", optarg);
             break;
         case 'h':
         case OPT_HELP: c->help = 1; break;
