@@ -31,8 +31,8 @@ else
   PAR_SRC := src/par_serial.c
 endif
 
-CFLAGS ?= -O2
-CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -MMD -MP -Iinclude -I$(BUILD)
+OPT ?= -O2
+CFLAGS += $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -MMD -MP -Iinclude -I$(BUILD)
 CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifeq ($(OMP),1)
@@ -41,6 +41,11 @@ ifeq ($(OMP),1)
 endif
 ifeq ($(WERROR),1)
   CFLAGS += -Werror
+endif
+# SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer (make asan).
+ifeq ($(SAN),1)
+  CFLAGS += -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
 endif
 CFLAGS += -DAESIM_MPI=$(MPI) -DAESIM_OMP=$(OMP)
 
@@ -92,9 +97,8 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a | $(BUILD)/tests
 test: all $(TESTS)
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) MPI=$(MPI) bash tests/run_tests.sh
 
-ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
-	$(MAKE) MPI=0 BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" test
+	$(MAKE) MPI=0 SAN=1 OPT=-O1 BUILD=build-asan test
 
 bench: all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash launch/bench.sh

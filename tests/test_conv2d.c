@@ -1,0 +1,246 @@
+/*
+ * test_conv2d.c - conv2d forward/backward (im2col + BLAS, OpenMP over images)
+ * against the naive double-precision reference in naive_ref.h and central
+ * finite differences of L = sum(r * y) computed on that reference.
+ *
+ * Shapes cover 1x1 images (all padding), odd H/W, C=1, OC=1, N=1 and 5,
+ * K=3 and 5 (padding wider than the image), 28x28x1, 7x7x8 and 64x64x3, each
+ * run with nthreads 1 and 3 (3 > N exercises the team-size clamp).  Scratch
+ * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
+ * so a sanitizer build catches overruns and any read of stale scratch shows.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <cmocka.h>
+
+#include "check.h"
+#include "conv2d.h"
+#include "naive_ref.h"
+#include "testutil.h"
+
+/* Forward: float sums of <= C*K*K = 144 products of values in [-1, 1]. */
+#define FWD_ATOL 1e-5
+#define FWD_RTOL 1e-5
+/* Backward: float sums of up to N*H*W = 784 products (dw), compared with a
+ * double finite difference that is exact up to ~1e-11 (L is linear). */
+#define BWD_ATOL 1e-4
+#define BWD_RTOL 1e-4
+
+typedef struct Shape { int N, C, OC, H, W, K; } Shape;
+
+static const Shape FWD_SHAPES[] = {
+    {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 1, 16, 28, 28, 3},
+    {3, 8, 8, 7, 7, 3}, {2, 3, 16, 64, 64, 3}, {2, 2, 3, 6, 9, 5}, {1, 2, 2, 2, 3, 5},
+    {4, 16, 1, 9, 4, 3},
+};
+static const Shape BWD_SHAPES[] = {
+    {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 2, 3, 6, 9, 5},
+    {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3},
+};
+static const int NTHREADS[] = {1, 3};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* One problem: float tensors for the kernel, double copies for the reference. */
+typedef struct Problem {
+    Shape s;
+    size_t nx, ny, nw, nb;
+    float *x, *w, *b, *r;          /* r = dL/dy of L = sum(r * y) */
+    double *xd, *wd, *bd, *rd, *yd; /* reference copies, yd scratch output */
+} Problem;
+
+static void problem_init(Problem *p, Shape s, uint64_t seed)
+{
+    p->s = s;
+    p->nx = (size_t)s.N * s.C * s.H * s.W;
+    p->ny = (size_t)s.N * s.OC * s.H * s.W;
+    p->nw = (size_t)s.OC * s.C * s.K * s.K;
+    p->nb = (size_t)s.OC;
+    p->x = xmalloc(sizeof(float) * p->nx);
+    p->w = xmalloc(sizeof(float) * p->nw);
+    p->b = xmalloc(sizeof(float) * p->nb);
+    p->r = xmalloc(sizeof(float) * p->ny);
+    test_fill_uniform(p->x, p->nx, &seed, -1.0f, 1.0f);
+    test_fill_uniform(p->w, p->nw, &seed, -1.0f, 1.0f);
+    test_fill_uniform(p->b, p->nb, &seed, -1.0f, 1.0f);
+    test_fill_uniform(p->r, p->ny, &seed, -1.0f, 1.0f);
+    p->xd = xmalloc(sizeof(double) * p->nx);
+    p->wd = xmalloc(sizeof(double) * p->nw);
+    p->bd = xmalloc(sizeof(double) * p->nb);
+    p->rd = xmalloc(sizeof(double) * p->ny);
+    p->yd = xmalloc(sizeof(double) * p->ny);
+    ref_to_double(p->xd, p->x, p->nx);
+    ref_to_double(p->wd, p->w, p->nw);
+    ref_to_double(p->bd, p->b, p->nb);
+    ref_to_double(p->rd, p->r, p->ny);
+}
+
+static void problem_free(Problem *p)
+{
+    free(p->x); free(p->w); free(p->b); free(p->r);
+    free(p->xd); free(p->wd); free(p->bd); free(p->rd); free(p->yd);
+}
+
+/* L = sum(r * conv(x; w, b)) on the double reference. */
+static double problem_loss(void *ctx)
+{
+    Problem *p = ctx;
+    const Shape s = p->s;
+    ref_conv2d(p->yd, p->xd, p->wd, p->bd, s.N, s.C, s.OC, s.H, s.W, s.K);
+    return ref_dot(p->rd, p->yd, p->ny);
+}
+
+static void fill_nan(float *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) a[i] = NAN;
+}
+
+static float *alloc_scratch(const Conv2d *l, int H, int W, int nthreads)
+{
+    const size_t n = conv2d_scratch_floats(l, H, W, nthreads);
+    float *s = xmalloc(sizeof(float) * n);
+    fill_nan(s, n);
+    return s;
+}
+
+static Conv2d layer_of(const Problem *p, float *dw, float *db)
+{
+    Conv2d l = {.C = p->s.C, .OC = p->s.OC, .K = p->s.K, .w = p->w, .b = p->b, .dw = dw, .db = db};
+    return l;
+}
+
+static void test_forward_matches_naive(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < COUNT(FWD_SHAPES); i++) {
+        Problem p;
+        const Shape s = FWD_SHAPES[i];
+        problem_init(&p, s, 1000 + i);
+        ref_conv2d(p.yd, p.xd, p.wd, p.bd, s.N, s.C, s.OC, s.H, s.W, s.K);
+        float *y = xmalloc(sizeof(float) * p.ny);
+        double *tmp = xmalloc(sizeof(double) * p.ny);
+        for (size_t t = 0; t < COUNT(NTHREADS); t++) {
+            Conv2d l = layer_of(&p, NULL, NULL);
+            float *scratch = alloc_scratch(&l, s.H, s.W, NTHREADS[t]);
+            fill_nan(y, p.ny);  /* y must be overwritten */
+            conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, NTHREADS[t]);
+            char name[128];
+            snprintf(name, sizeof name, "y N%d C%d OC%d %dx%d K%d nthreads %d", s.N, s.C, s.OC, s.H, s.W, s.K,
+                     NTHREADS[t]);
+            assert_true(ref_check(name, y, p.yd, p.ny, FWD_ATOL, FWD_RTOL, tmp));
+            free(scratch);
+        }
+        free(y);
+        free(tmp);
+        problem_free(&p);
+    }
+}
+
+static void test_backward_matches_finite_differences(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < COUNT(BWD_SHAPES); i++) {
+        Problem p;
+        const Shape s = BWD_SHAPES[i];
+        problem_init(&p, s, 2000 + i);
+        double *gx = xmalloc(sizeof(double) * p.nx), *gw = xmalloc(sizeof(double) * p.nw);
+        double *gb = xmalloc(sizeof(double) * p.nb);
+        ref_grad_fd(gx, p.xd, p.nx, problem_loss, &p, REF_FD_EPS);
+        ref_grad_fd(gw, p.wd, p.nw, problem_loss, &p, REF_FD_EPS);
+        ref_grad_fd(gb, p.bd, p.nb, problem_loss, &p, REF_FD_EPS);
+        float *dx = xmalloc(sizeof(float) * p.nx), *dw = xmalloc(sizeof(float) * p.nw);
+        float *db = xmalloc(sizeof(float) * p.nb);
+        double *tmp = xmalloc(sizeof(double) * (p.nx + p.nw + p.nb));
+        for (size_t t = 0; t < COUNT(NTHREADS); t++) {
+            Conv2d l = layer_of(&p, dw, db);
+            float *scratch = alloc_scratch(&l, s.H, s.W, NTHREADS[t]);
+            memset(dw, 0, sizeof(float) * p.nw);
+            memset(db, 0, sizeof(float) * p.nb);
+            fill_nan(dx, p.nx);  /* dx must be overwritten */
+            conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, NTHREADS[t]);
+            char name[3][128];
+            const char *what[3] = {"dx", "dw", "db"};
+            for (int k = 0; k < 3; k++)
+                snprintf(name[k], sizeof name[k], "%s N%d C%d OC%d %dx%d K%d nthreads %d", what[k], s.N, s.C,
+                         s.OC, s.H, s.W, s.K, NTHREADS[t]);
+            assert_true(ref_check(name[0], dx, gx, p.nx, BWD_ATOL, BWD_RTOL, tmp));
+            assert_true(ref_check(name[1], dw, gw, p.nw, BWD_ATOL, BWD_RTOL, tmp));
+            assert_true(ref_check(name[2], db, gb, p.nb, BWD_ATOL, BWD_RTOL, tmp));
+            free(scratch);
+        }
+        free(gx); free(gw); free(gb); free(dx); free(dw); free(db); free(tmp);
+        problem_free(&p);
+    }
+}
+
+/* dw/db are accumulated: start from nonzero values P, one call gives P + G,
+ * a second call P + 2G; dx is overwritten, not accumulated, and dx == NULL
+ * gives the same dw/db. */
+static void test_backward_accumulates_and_dx_null(void **state)
+{
+    (void)state;
+    const Shape s = {5, 3, 4, 7, 5, 3};
+    const int nthreads = 3;
+    Problem p;
+    problem_init(&p, s, 3000);
+    const size_t np = p.nw + p.nb;
+    float *g1 = xcalloc(np, sizeof(float)), *acc = xmalloc(sizeof(float) * np);
+    float *init = xmalloc(sizeof(float) * np), *want = xmalloc(sizeof(float) * np);
+    float *dx1 = xmalloc(sizeof(float) * p.nx), *dx2 = xmalloc(sizeof(float) * p.nx);
+    uint64_t seed = 3001;
+    test_fill_uniform(init, np, &seed, -1.0f, 1.0f);
+
+    Conv2d l = layer_of(&p, g1, g1 + p.nw);
+    float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
+    conv2d_backward(dx1, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);  /* G from zero */
+
+    memcpy(acc, init, sizeof(float) * np);
+    l.dw = acc;
+    l.db = acc + p.nw;
+    conv2d_backward(dx2, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
+    for (size_t i = 0; i < np; i++) want[i] = init[i] + g1[i];
+    assert_true(check_tensor("P + G", acc, want, np, 1e-6, 1e-6));
+    assert_true(check_tensor("dx overwritten", dx2, dx1, p.nx, 0.0, 0.0));
+
+    conv2d_backward(NULL, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
+    for (size_t i = 0; i < np; i++) want[i] = init[i] + 2.0f * g1[i];
+    assert_true(check_tensor("P + 2G (dx NULL)", acc, want, np, 1e-5, 1e-5));
+
+    memset(acc, 0, sizeof(float) * np);
+    conv2d_backward(NULL, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
+    conv2d_backward(NULL, p.r, p.x, &l, s.N, s.H, s.W, scratch, 1);
+    for (size_t i = 0; i < np; i++) want[i] = 2.0f * g1[i];
+    assert_true(check_tensor("2G from zero", acc, want, np, 1e-5, 1e-5));
+
+    free(scratch); free(g1); free(acc); free(init); free(want); free(dx1); free(dx2);
+    problem_free(&p);
+}
+
+/* The scratch size grows with the thread count and covers a col matrix per thread. */
+static void test_scratch_size(void **state)
+{
+    (void)state;
+    const Conv2d l = {.C = 3, .OC = 16, .K = 3};
+    const size_t one = conv2d_scratch_floats(&l, 64, 64, 1);
+    assert_true(one >= (size_t)3 * 9 * 64 * 64 + 16 * 3 * 9 + 16);
+    assert_int_equal(conv2d_scratch_floats(&l, 64, 64, 4), 4 * one);
+}
+
+int main(void)
+{
+    /* BLAS must be single-threaded inside the OpenMP image loop (conv2d.h). */
+    openblas_set_num_threads(1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_forward_matches_naive),
+        cmocka_unit_test(test_backward_matches_finite_differences),
+        cmocka_unit_test(test_backward_accumulates_and_dx_null),
+        cmocka_unit_test(test_scratch_size),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
