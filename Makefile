@@ -16,7 +16,7 @@ MPICC ?= mpicc
 PYTHON ?= /usr/bin/python3
 
 # Required libraries, found with pkg-config (no hard-coded system paths).
-PKGS := openblas libpng zlib libzip
+PKGS := openblas libpng zlib libzip jansson
 PKG_OK := $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),$(p)))
 PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
 

@@ -7,6 +7,7 @@ PKGS=(
   openmpi-bin libopenmpi-dev            # mpirun, mpicc
   libopenblas-dev                       # GEMM
   libpng-dev zlib1g-dev libzip-dev      # PNG, zlib, npz (zip) files
+  libjansson-dev                        # JSON (search manifest, --json results)
   libcmocka-dev                         # C unit-test framework
   dataset-fashion-mnist                 # default training data (/usr/share/datasets/fashion-mnist)
   gnuplot-nox                           # loss-curve plot
