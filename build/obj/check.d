@@ -1,5 +1,0 @@
-build/obj/check.o: src/check.c include/check.h include/par.h \
- include/err.h
-include/check.h:
-include/par.h:
-include/err.h:

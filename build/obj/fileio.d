@@ -1,3 +1,0 @@
-build/obj/fileio.o: src/fileio.c include/fileio.h include/err.h
-include/fileio.h:
-include/err.h:
