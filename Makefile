@@ -1,5 +1,5 @@
 # aesim Makefile
-#   make            build/aesim-train, build/aesim-search, build/libaesim.a
+#   make            build/aesim-train (and every other src/*_main.c program), build/libaesim.a
 #   make test       build and run the whole test suite (ends with "N passed, N failed")
 #   make asan       serial (MPI=0) build with AddressSanitizer+UBSan, runs the unit tests
 #   make bench      benchmarks against PyTorch/FAISS (not part of the tests)
@@ -57,6 +57,8 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test asan bench run clean deps-check
+# Keep intermediate objects (no 'rm build/obj/x_main.o' after linking).
+.SECONDARY:
 all: deps-check $(PROGS) $(BUILD)/libaesim.a
 
 deps-check:

@@ -6,7 +6,8 @@
  * 17x slower).  Default: OpenMP threads per rank = max(1, cores on this node
  * / ranks on this node), and BLAS single-threaded, because the kernels
  * parallelise over images with OpenMP and call BLAS inside (conv2d.h).
- * The user may ask for more with --threads; the choice is printed once.
+ * --threads, else OMP_NUM_THREADS, overrides the default; the choice and
+ * where it came from are printed once.
  * Not thread-safe: call once from the main thread at start-up.
  */
 #ifndef AESIM_THREADS_H
@@ -19,10 +20,11 @@ typedef struct ThreadPlan {
     int omp_threads;    /* OpenMP threads per rank for the kernels */
     int blas_threads;   /* OpenBLAS threads per call (1: kernels own the parallelism) */
     int oversubscribed; /* 1 if local ranks x omp x blas > cores */
+    const char *source; /* "--threads", "OMP_NUM_THREADS" or "default" (static string) */
 } ThreadPlan;
 
 /* Decides and applies the plan (omp_set_num_threads, openblas_set_num_threads).
- * requested <= 0 means the default above.  Collective-free: uses
+ * requested <= 0 means OMP_NUM_THREADS if set, else the default above.  Collective-free: uses
  * ctx->local_size only. */
 ThreadPlan threads_setup(const ParCtx *ctx, int requested);
 

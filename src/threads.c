@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <unistd.h>
 #if AESIM_OMP
 #include <omp.h>
@@ -35,7 +36,12 @@ ThreadPlan threads_setup(const ParCtx *ctx, int requested)
     int aff = count_cores();
     p.cores = ctx->local_size > 1 && online > aff ? (int)online : aff;
     int per_rank = p.cores / (ctx->local_size > 0 ? ctx->local_size : 1);
-    p.omp_threads = requested > 0 ? requested : (per_rank > 0 ? per_rank : 1);
+    /* Precedence: --threads, then OMP_NUM_THREADS (an explicit choice made
+     * in the environment, e.g. by SLURM scripts), then cores / local ranks. */
+    const char *env = getenv("OMP_NUM_THREADS");
+    int env_threads = env ? atoi(env) : 0;
+    p.source = requested > 0 ? "--threads" : env_threads > 0 ? "OMP_NUM_THREADS" : "default";
+    p.omp_threads = requested > 0 ? requested : env_threads > 0 ? env_threads : (per_rank > 0 ? per_rank : 1);
 #if !AESIM_OMP
     p.omp_threads = 1;
 #endif
@@ -50,7 +56,7 @@ ThreadPlan threads_setup(const ParCtx *ctx, int requested)
 
 void threads_print(const ParCtx *ctx, const ThreadPlan *p)
 {
-    par_log0(ctx, "threads: %d rank(s)/node x %d OpenMP x %d BLAS = %d of %d cores%s\n", ctx->local_size,
-             p->omp_threads, p->blas_threads, ctx->local_size * p->omp_threads * p->blas_threads, p->cores,
+    par_log0(ctx, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS = %d of %d cores%s\n", ctx->local_size,
+             p->omp_threads, p->source, p->blas_threads, ctx->local_size * p->omp_threads * p->blas_threads, p->cores,
              p->oversubscribed ? "  (WARNING: oversubscribed; expect a large slowdown)" : "");
 }

@@ -1,7 +1,7 @@
 """test_knn_faiss.py - exact k-NN / range search of src/knn.c against FAISS.
 
 Runs build/tests/tool_knn (AESIM_BUILD names the build folder) on random
-vectors and on the real SIFT vectors in /work/shared/data/siftsmall
+vectors and on the real SIFT vectors in ../shared/data/siftsmall
 (siftmicro_base.fvecs = the first 100 siftsmall base vectors,
 siftsmall_query.fvecs; see SOURCE.txt there), and compares with
 faiss.IndexFlatL2 / IndexFlatIP (Debian python3-faiss):
@@ -34,7 +34,7 @@ except ImportError:  # python3-faiss is a required test dependency here
 
 BUILD = os.environ.get("AESIM_BUILD", "build")
 TOOL = os.path.join(BUILD, "tests", "tool_knn")
-SIFT = "/work/shared/data/siftsmall"
+SIFT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "siftsmall")
 RTOL = 1e-4
 faiss.omp_set_num_threads(1)
 
