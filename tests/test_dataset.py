@@ -37,7 +37,7 @@ if not TMP_ROOT:
     TMP_ROOT = tempfile.mkdtemp(prefix="aesim_test_dataset_")
     atexit.register(shutil.rmtree, TMP_ROOT, ignore_errors=True)
 
-DATA = "/work/shared/data"
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 IMAGENET = os.path.join(DATA, "imagenet-sample")
 MNIST = os.path.join(DATA, "mnist")
 FASHION = "/usr/share/datasets/fashion-mnist"
