@@ -16,7 +16,7 @@ MPICC ?= mpicc
 PYTHON ?= /usr/bin/python3
 
 # Required libraries, found with pkg-config (no hard-coded system paths).
-PKGS := openblas libpng zlib libzip jansson
+PKGS := openblas libpng zlib libzip jansson libjpeg
 PKG_OK := $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),$(p)))
 PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
 
@@ -117,3 +117,14 @@ clean:
 # Python tests, never run on their own.
 TOOLS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/tool_*.c))
 test: $(TOOLS)
+
+# ---- fuzzing (issue 3) ----------------------------------------------------
+# make fuzz [FUZZ_SECONDS=N]: builds the libFuzzer targets in fuzz/ with clang
+# (ASan+UBSan) into $(BUILD)-fuzz and runs each for N seconds (default 30).
+# CI: make fuzz FUZZ_SECONDS=6  (5 targets, < 60 s with the build).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+.PHONY: fuzz
+fuzz:
+	@bash fuzz/run.sh "$(FUZZ_CC)" "$(BUILD)-fuzz" "$(FUZZ_SECONDS)" "$(shell pkg-config --cflags $(PKGS) 2>/dev/null)" \
+	  "$(shell pkg-config --libs $(PKGS) 2>/dev/null)"

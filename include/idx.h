@@ -37,4 +37,31 @@
  * corrupt gzip stream), AE_ENOMEM.  On error *data = NULL. */
 int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MAX_DIMS], Err *err);
 
+/* A sequential reader of an IDX file's data (for files too large to hold
+ * twice, and for aesim-pack).  idx_stream_open reads and checks the header
+ * with the same size checks as idx_read_u8 (before anything is allocated),
+ * then idx_stream_read delivers the data in order; the read that reaches
+ * the last byte also checks that nothing follows it. */
+typedef struct IdxStream {
+    void *gz;                    /* gzFile, owned */
+    char path[4096];             /* for messages */
+    int ndim;                    /* 1..IDX_MAX_DIMS */
+    int64_t dims[IDX_MAX_DIMS];  /* dims[ndim..) = 0 */
+    int64_t numel;               /* product of dims */
+    int64_t pos;                 /* bytes delivered so far */
+    int plain;                   /* 1 if the file is not gzip-compressed (data at byte 4 + 4*ndim) */
+} IdxStream;
+
+/* Opens path and reads its header.  Errors as idx_read_u8 (except
+ * AE_ENOMEM).  On error nothing is held. */
+int idx_stream_open(IdxStream *s, const char *path, Err *err);
+
+/* Reads the next n bytes (n <= numel - pos, asserted) into buf.  Errors:
+ * AE_EFORMAT (truncated, corrupt gzip data, trailing bytes after the last
+ * element; message names the file). */
+int idx_stream_read(IdxStream *s, uint8_t *buf, int64_t n, Err *err);
+
+/* Closes the file; s may be NULL or closed. */
+void idx_stream_close(IdxStream *s);
+
 #endif

@@ -63,6 +63,31 @@ typedef struct NpyArray {
                                   even for an empty array); borrowed when writing. */
 } NpyArray;
 
+/* What an .npy header says, as parsed by npy_header_read. */
+typedef struct NpyHeader {
+    NpyDtype dtype;
+    int big_endian;        /* 1 if descr starts with '>' (multi-byte types only) */
+    int fortran_order;     /* 1 if the header says fortran_order: True */
+    int ndim;
+    int64_t shape[NPY_MAX_DIMS];
+    uint64_t data_offset;  /* bytes from the start of the .npy to its data */
+    uint64_t data_bytes;   /* numel * itemsize, checked against the bytes present */
+} NpyHeader;
+
+/* Sequential byte source for npy_header_read: reads exactly n bytes into
+ * buf and returns 0, or returns an AE_* code with err set. */
+typedef int (*NpyReadFn)(void *ctx, void *buf, uint64_t n, Err *err);
+
+/* Reads and parses an .npy header (versions 1.0, 2.0, 3.0) from a source
+ * holding `total` bytes in all, leaving the source at the first data byte.
+ * Unlike npy_read, big-endian data and fortran_order are NOT refused here
+ * (they are reported in *hd for the caller to handle or refuse); everything
+ * else is checked as in npy_read, including that total equals
+ * data_offset + data_bytes.  `what` names the file (and member) in
+ * messages.  Errors: AE_EFORMAT (message ends with a hint), or the reader's
+ * code. */
+int npy_header_read(NpyHeader *hd, NpyReadFn read, void *ctx, uint64_t total, const char *what, Err *err);
+
 /* Bytes per element of t (1, 2, 4 or 8). */
 size_t npy_dtype_size(NpyDtype t);
 

@@ -7,8 +7,10 @@ PKGS=(
   openmpi-bin libopenmpi-dev            # mpirun, mpicc
   libopenblas-dev                       # GEMM
   libpng-dev zlib1g-dev libzip-dev      # PNG, zlib, npz (zip) files
+  libjpeg62-turbo-dev                   # JPEG images (libjpeg-turbo)
   libjansson-dev                        # JSON (search manifest, --json results)
   libcmocka-dev                         # C unit-test framework
+  clang libclang-rt-14-dev              # libFuzzer targets (make fuzz)
   dataset-fashion-mnist                 # default training data (/usr/share/datasets/fashion-mnist)
   gnuplot-nox                           # loss-curve plot
   python3 python3-numpy python3-torch python3-faiss python3-pil   # reference implementations for tests

@@ -1,46 +1,60 @@
 /*
- * dataset.c - loads images from npz (downsampled ImageNet) or IDX (MNIST)
- * files into one uint8 NCHW block, concatenates several sources, converts
- * to float and splits off a validation set (see include/dataset.h).
+ * dataset.c - the Dataset of include/dataset.h: opens every source of a
+ * spec (image_source.h), keeps mapped ones mapped and decodes the others
+ * straight into one block, concatenates, converts to float, and splits
+ * off a validation set (as views, without copying pixels).
  *
- * Does not augment, normalise per channel or stream from disk: the whole
- * dataset lives in memory (Fashion-MNIST train is 47 MB, Imagenet32 one
- * batch ~ 400 MB).  Loading is serial; dataset_get_batch_f32 uses OpenMP
- * over images (owner-writes, no BLAS inside).  No MPI.
+ * Storage: a refcounted DatasetStore holds the open sources (mappings,
+ * names) and the in-memory block, cut into segments (one per source);
+ * every Dataset made from it (the opened one, the train/val views of
+ * dataset_split) holds a reference and, for views, its own row index.
+ * Does not augment or normalise.  Loading is serial apart from the
+ * sources' own OpenMP decoding; dataset_get_batch_f32 uses OpenMP over
+ * images (owner-writes, no BLAS inside).  No MPI.
  */
 #include "dataset.h"
 
 #include "check.h"
-#include "idx.h"
-#include "npy.h"
+#include "image_source.h"
 #include "rng.h"
 
 #include <assert.h>
-#include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* Pixel scale: uint8 0..255 maps to float 0..1. */
 #define PIXEL_MAX 255.0f
-/* Channels of the downsampled-ImageNet rows (R, G, B planes). */
-#define NPZ_CHANNELS 3
-/* Longest path we build (folder + file name), bytes incl. NUL. */
-#define DATASET_PATH_BYTES 4096
-/* File-kind signatures: zip local header "PK", gzip 0x1f 0x8b, IDX 0 0. */
-#define SNIFF_BYTES 4
-/* IDX name parts swapped to find the labels file next to the images. */
-#define IDX_IMAGES_TAG "images-idx3"
-#define IDX_LABELS_TAG "labels-idx1"
 /* A batch gather below this many output floats stays serial: thread start-up
  * (~ microseconds) would cost more than the copy. */
 #define DATASET_OMP_MIN_FLOATS 65536
 /* Alignment of the pixel block, as xmalloc (check.c). */
 #define DATASET_ALIGN 64
+
+/* A run of images with the same origin. */
+typedef struct Segment {
+    int64_t first;        /* physical index of its first image */
+    int64_t n;
+    const uint8_t *pix;   /* [n][C][H][W] (mapped pages or part of the block) */
+    ImageSource *src;     /* where it came from (names) */
+    int64_t *src_rows;    /* [n] row in src of each image when some were skipped; NULL = identity */
+} Segment;
+
+typedef struct DatasetStore {
+    int refs;
+    int n_seg;
+    Segment *seg;         /* [n_seg], in order */
+    uint8_t *block;       /* the in-memory images, owned (may be NULL) */
+    ImageSource **srcs;   /* kept open for mappings and names */
+    int n_src;
+} DatasetStore;
+
+struct DatasetImpl {
+    DatasetStore *st;
+    int64_t *rows;        /* [n] physical index of each image (views), or NULL = identity */
+};
 
 /* Allocation sized by the files' contents: failing is AE_ENOMEM for the
  * caller, not a fatal error, so this does not use xmalloc.  Free with free(). */
@@ -56,234 +70,73 @@ int64_t dataset_image_bytes(const Dataset *ds)
     return (int64_t)ds->C * ds->H * ds->W;
 }
 
+static void store_unref(DatasetStore *st)
+{
+    if (!st || --st->refs > 0) return;
+    for (int i = 0; i < st->n_seg; i++) free(st->seg[i].src_rows);
+    free(st->seg);
+    free(st->block);
+    image_source_close_all(st->srcs, st->n_src);
+    free(st);
+}
+
 void dataset_free(Dataset *ds)
 {
     if (!ds) return;
-    free(ds->pixels);
+    if (ds->impl) {
+        store_unref(ds->impl->st);
+        free(ds->impl->rows);
+        free(ds->impl);
+    } else {
+        free(ds->pixels);
+    }
     free(ds->labels);
     memset(ds, 0, sizeof *ds);
 }
 
-/* Converts an integer label array to int32 in out[n]; -1 if the dtype is not
- * an integer or a value does not fit in int32. */
-static int labels_to_i32(int32_t *out, const NpyArray *a, int64_t n)
+/* Segment holding physical image p. */
+static const Segment *find_segment(const DatasetStore *st, int64_t p)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t v;
-        switch (a->dtype) {
-        case NPY_U8: v = ((const uint8_t *)a->data)[i]; break;
-        case NPY_I8: v = ((const int8_t *)a->data)[i]; break;
-        case NPY_I16: v = ((const int16_t *)a->data)[i]; break;
-        case NPY_U16: v = ((const uint16_t *)a->data)[i]; break;
-        case NPY_I32: v = ((const int32_t *)a->data)[i]; break;
-        case NPY_U32: v = ((const uint32_t *)a->data)[i]; break;
-        case NPY_I64: v = ((const int64_t *)a->data)[i]; break;
-        case NPY_U64: {
-            uint64_t u = ((const uint64_t *)a->data)[i];
-            if (u > INT32_MAX) return -1;
-            v = (int64_t)u;
-            break;
-        }
-        default: return -1;
-        }
-        if (v < INT32_MIN || v > INT32_MAX) return -1;
-        out[i] = (int32_t)v;
+    int lo = 0, hi = st->n_seg - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (st->seg[mid].first <= p) lo = mid;
+        else hi = mid - 1;
     }
-    return 0;
+    return &st->seg[lo];
 }
 
-/* Integer square root: the S with S*S == q, or -1 if q is not a square. */
-static int64_t exact_isqrt(int64_t q)
+const uint8_t *dataset_image(const Dataset *ds, int64_t i)
 {
-    if (q < 0) return -1;
-    int64_t s = (int64_t)sqrt((double)q);
-    while (s > 0 && s * s > q) s--;
-    while ((s + 1) * (s + 1) <= q) s++;
-    return s * s == q ? s : -1;
+    assert(i >= 0 && i < ds->n);
+    int64_t img = dataset_image_bytes(ds);
+    if (ds->pixels) return ds->pixels + i * img;
+    int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
+    const Segment *s = find_segment(ds->impl->st, p);
+    return s->pix + (p - s->first) * img;
 }
 
-static void set_source(Dataset *ds, const char *path)
+void dataset_get_u8(uint8_t *out, const Dataset *ds, int64_t i)
 {
-    snprintf(ds->source, sizeof ds->source, "%.3900s (%" PRId64 " images %dx%dx%d%s)", path, ds->n, ds->C, ds->H,
-             ds->W, ds->labels ? ", labelled" : "");
+    memcpy(out, dataset_image(ds, i), (size_t)dataset_image_bytes(ds));
 }
 
-/* Downsampled-ImageNet npz: 'data' uint8 (N, 3*S*S) and optional 'labels'. */
-static int load_npz(Dataset *ds, const char *path, Err *err)
+int32_t dataset_label(const Dataset *ds, int64_t i)
 {
-    static const char *const wanted[] = {"data", "labels"};
-    NpyArray *arr = NULL;
-    int narr = 0;
-    if (npz_read_only(path, wanted, 2, &arr, &narr, err)) return err->code;
-    NpyArray *data = NULL;
-    const NpyArray *labels = npz_find(arr, narr, "labels");
-    for (int i = 0; i < narr; i++)
-        if (strcmp(arr[i].name, "data") == 0) data = &arr[i];
-    int rc = AE_OK;
-    char shp[64];
-    if (!data) {
-        rc = err_set(err, AE_EFORMAT,
-                     "%s has no member 'data' (hint: expected the downsampled-ImageNet layout: data uint8 (N, 3*S*S), "
-                     "labels (N,))",
-                     path);
-        goto done;
-    }
-    if (data->dtype != NPY_U8 || data->ndim != 2) {
-        snprintf(shp, sizeof shp, "%d-D", data->ndim);
-        rc = err_set(err, AE_EFORMAT,
-                     "%s: member 'data' is %s %s, expected uint8 of shape (N, 3*S*S) (hint: save images as "
-                     "uint8 rows of R, G, B planes)",
-                     path, npy_dtype_descr(data->dtype), shp);
-        goto done;
-    }
-    int64_t n = data->shape[0], row = data->shape[1];
-    int64_t s = row % NPZ_CHANNELS == 0 ? exact_isqrt(row / NPZ_CHANNELS) : -1;
-    if (s <= 0 || s > INT_MAX) {
-        rc = err_set(err, AE_EFORMAT,
-                     "%s: 'data' rows have %" PRId64 " values, not 3*S*S for an integer S > 0 (hint: each row must "
-                     "hold the R, G and B planes of an SxS image)",
-                     path, row);
-        goto done;
-    }
-    if (n == 0) {
-        rc = err_set(err, AE_EFORMAT, "%s: 'data' holds no images (hint: check the file)", path);
-        goto done;
-    }
-    int32_t *lab = NULL;
-    if (labels) {
-        if (labels->ndim != 1 || labels->shape[0] != n) {
-            rc = err_set(err, AE_EFORMAT,
-                         "%s: 'labels' has %d dimensions and %" PRId64 " entries for %" PRId64
-                         " images (hint: labels must be a (N,) integer array)",
-                         path, labels->ndim, labels->ndim ? labels->shape[0] : 1, n);
-            goto done;
-        }
-        lab = alloc_or_null((size_t)n * sizeof *lab);
-        if (!lab) {
-            rc = err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRId64 " labels", path, n);
-            goto done;
-        }
-        if (labels_to_i32(lab, labels, n)) {
-            free(lab);
-            rc = err_set(err, AE_EFORMAT,
-                         "%s: 'labels' (%s) is not an integer array with values in int32 range (hint: save labels "
-                         "as integers)",
-                         path, npy_dtype_descr(labels->dtype));
-            goto done;
-        }
-    }
-    /* The rows are already [C][H][W] per image: take the buffer as is. */
-    ds->n = n;
-    ds->C = NPZ_CHANNELS;
-    ds->H = ds->W = (int)s;
-    ds->pixels = data->data;
-    data->data = NULL;
-    ds->labels = lab;
-    set_source(ds, path);
-done:
-    npz_free(arr, narr);
-    return rc;
+    assert(i >= 0 && i < ds->n);
+    return ds->labels ? ds->labels[i] : -1;
 }
 
-/* Path of the labels file next to an IDX images file: "images-idx3" in the
- * last path component replaced by "labels-idx1".  Returns 0 and fills out
- * if the name has the tag, -1 otherwise. */
-static int idx_labels_path(char *out, size_t cap, const char *images)
+int dataset_name(char *out, size_t cap, const Dataset *ds, int64_t i)
 {
-    const char *slash = strrchr(images, '/');
-    const char *base = slash ? slash + 1 : images;
-    const char *tag = strstr(base, IDX_IMAGES_TAG);
-    if (!tag) return -1;
-    int k = snprintf(out, cap, "%.*s%s%s", (int)(tag - images), images, IDX_LABELS_TAG, tag + strlen(IDX_IMAGES_TAG));
-    return k > 0 && (size_t)k < cap ? 0 : -1;
-}
-
-/* IDX images (n, H, W) plus the labels file next to it, if any. */
-static int load_idx(Dataset *ds, const char *path, Err *err)
-{
-    uint8_t *pix = NULL;
-    int nd;
-    int64_t dims[IDX_MAX_DIMS];
-    if (idx_read_u8(path, &pix, &nd, dims, err)) return err->code;
-    if (nd != 3 || dims[0] == 0 || dims[1] == 0 || dims[2] == 0 || dims[1] > INT_MAX || dims[2] > INT_MAX) {
-        free(pix);
-        return err_set(err, AE_EFORMAT,
-                       "%s: IDX images must have 3 non-zero dimensions (n, rows, cols); this file has %d (first %" PRId64
-                       ") (hint: pass the images file, not the labels file)",
-                       path, nd, dims[0]);
-    }
-    int32_t *lab = NULL;
-    char lpath[DATASET_PATH_BYTES];
-    struct stat st;
-    if (idx_labels_path(lpath, sizeof lpath, path) == 0 && stat(lpath, &st) == 0) {
-        uint8_t *l8 = NULL;
-        int lnd;
-        int64_t ldims[IDX_MAX_DIMS];
-        if (idx_read_u8(lpath, &l8, &lnd, ldims, err)) {
-            free(pix);
-            return err->code;
-        }
-        if (lnd != 1 || ldims[0] != dims[0]) {
-            free(pix);
-            free(l8);
-            return err_set(err, AE_EFORMAT,
-                           "%s: labels file has %d dimensions and %" PRId64 " labels but %s has %" PRId64
-                           " images (hint: the labels file must belong to the images file)",
-                           lpath, lnd, ldims[0], path, dims[0]);
-        }
-        lab = alloc_or_null((size_t)dims[0] * sizeof *lab);
-        if (!lab) {
-            free(pix);
-            free(l8);
-            return err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRId64 " labels", lpath, dims[0]);
-        }
-        for (int64_t i = 0; i < dims[0]; i++) lab[i] = l8[i];
-        free(l8);
-    }
-    ds->n = dims[0];
-    ds->C = 1;
-    ds->H = (int)dims[1];
-    ds->W = (int)dims[2];
-    ds->pixels = pix;
-    ds->labels = lab;
-    set_source(ds, path);
-    return AE_OK;
-}
-
-/* One source: a file (kind from its first bytes) or an MNIST-layout folder. */
-static int load_one(Dataset *ds, const char *path, Err *err)
-{
-    memset(ds, 0, sizeof *ds);
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path; separate several sources with commas)",
-                       path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-        char file[DATASET_PATH_BYTES];
-        int k = snprintf(file, sizeof file, "%s/%s.gz", path, DATASET_IDX_TRAIN_IMAGES);
-        if (k < 0 || (size_t)k >= sizeof file) return err_set(err, AE_EIO, "%.200s...: path too long", path);
-        if (stat(file, &st) != 0) {
-            snprintf(file, sizeof file, "%s/%s", path, DATASET_IDX_TRAIN_IMAGES);
-            if (stat(file, &st) != 0)
-                return err_set(err, AE_EIO,
-                               "folder %s holds neither %s.gz nor %s (hint: give a Fashion-MNIST/MNIST folder, an "
-                               "IDX file or an npz)",
-                               path, DATASET_IDX_TRAIN_IMAGES, DATASET_IDX_TRAIN_IMAGES);
-        }
-        return load_idx(ds, file, err);
-    }
-    uint8_t head[SNIFF_BYTES] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check permissions)", path, strerror(errno));
-    size_t got = fread(head, 1, sizeof head, f);
-    fclose(f);
-    if (got >= 2 && head[0] == 'P' && head[1] == 'K') return load_npz(ds, path, err);
-    if (got >= 2 && ((head[0] == 0x1f && head[1] == 0x8b) || (head[0] == 0 && head[1] == 0)))
-        return load_idx(ds, path, err);
-    return err_set(err, AE_EFORMAT,
-                   "%s: not an npz (zip) nor an IDX file (plain or gzip): first bytes %02x %02x %02x %02x, %zu bytes "
-                   "read (hint: give a downsampled-ImageNet .npz, an MNIST IDX file or its folder)",
-                   path, head[0], head[1], head[2], head[3], got);
+    assert(i >= 0 && i < ds->n && cap >= 1);
+    out[0] = '\0';
+    if (!ds->impl) return 0;
+    int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
+    const Segment *s = find_segment(ds->impl->st, p);
+    int64_t r = p - s->first;
+    if (s->src_rows) r = s->src_rows[r];
+    return s->src ? image_source_name(s->src, r, out, cap) : 0;
 }
 
 /* Appends ", text" (or "text" when empty) to dst, truncating. */
@@ -295,84 +148,153 @@ static void append_source(char *dst, size_t cap, const char *text)
     dst[k] = '\0';
 }
 
+/* Reads the non-mapped source s into block[0..) in windows, dropping
+ * skipped images; *kept receives the count, seg->src_rows the source rows
+ * when something was skipped. */
+static int read_source(ImageSource *s, uint8_t *block, Segment *seg, int64_t *kept, Err *err)
+{
+    int64_t img = (int64_t)s->C * s->H * s->W;
+    int64_t per = IMAGE_SOURCE_WINDOW_BYTES / img;
+    if (per < 1) per = 1;
+    uint8_t *ok = xmalloc((size_t)(per < s->n ? per : s->n));
+    int64_t out = 0;
+    int rc = AE_OK;
+    for (int64_t at = 0; at < s->n && rc == AE_OK; at += per) {
+        int64_t m = s->n - at < per ? s->n - at : per;
+        uint8_t *dst = block + out * img;
+        rc = image_source_read(s, at, m, dst, ok, err);
+        if (rc) break;
+        for (int64_t k = 0; k < m; k++) {
+            if (!ok[k]) {
+                if (!seg->src_rows) {
+                    seg->src_rows = xmalloc((size_t)s->n * sizeof *seg->src_rows);
+                    for (int64_t j = 0; j < out; j++) seg->src_rows[j] = j;
+                }
+                continue;
+            }
+            if (block + out * img != dst + k * img) memmove(block + out * img, dst + k * img, (size_t)img);
+            if (seg->src_rows) seg->src_rows[out] = at + k;
+            out++;
+        }
+    }
+    free(ok);
+    *kept = out;
+    return rc;
+}
+
+static void describe(char *out, size_t cap, const ImageSource *s, int64_t kept)
+{
+    char extra[IMAGE_SOURCE_NOTE_BYTES + 64] = "";
+    if (s->n_skipped)
+        snprintf(extra, sizeof extra, ", %" PRId64 " bad files skipped, first: %.600s", s->n_skipped, s->skip_note);
+    snprintf(out, cap, "%.3000s (%" PRId64 " images %dx%dx%d%s%s%s)", s->path, kept, s->C, s->H, s->W,
+             s->labels ? ", labelled" : "", s->mapped ? ", mapped" : "", extra);
+}
+
 int dataset_open(Dataset *ds, const char *spec, Err *err)
 {
+    return dataset_open_opts(ds, spec, NULL, err);
+}
+
+int dataset_open_opts(Dataset *ds, const char *spec, const DatasetOptions *opts, Err *err)
+{
     memset(ds, 0, sizeof *ds);
-    if (!spec || !*spec)
-        return err_set(err, AE_EARG, "no dataset given (hint: give an .npz, an IDX file or a folder; several separated by commas)");
-    size_t len = strlen(spec);
-    int nparts = 1;
-    for (size_t i = 0; i < len; i++) nparts += spec[i] == ',';
-    char *buf = xmalloc(len + 1);
-    memcpy(buf, spec, len + 1);
-    Dataset *parts = xcalloc((size_t)nparts, sizeof *parts);
-    int loaded = 0, rc = AE_OK;
-    char *item = buf;
-    for (int p = 0; p < nparts; p++) {
-        char *comma = strchr(item, ',');
-        if (comma) *comma = '\0';
-        if (!*item) {
-            rc = err_set(err, AE_EARG, "empty item in the dataset list '%.900s' (hint: separate paths with single commas)",
-                         spec);
-            break;
-        }
-        rc = load_one(&parts[p], item, err);
-        if (rc) break;
-        loaded++;
-        const Dataset *a = &parts[0], *b = &parts[p];
+    ImageSource **srcs;
+    int ns;
+    if (image_source_open_spec(&srcs, &ns, spec, opts, err)) return err->code;
+    const ImageSource *a = srcs[0];
+    char da[DATASET_SOURCE_BYTES], db[DATASET_SOURCE_BYTES];
+    for (int i = 1; i < ns; i++) {
+        const ImageSource *b = srcs[i];
         if (b->C != a->C || b->H != a->H || b->W != a->W) {
-            rc = err_set(err, AE_ESHAPE,
-                         "%.400s has images of %dx%dx%d (CxHxW) but %.400s has %dx%dx%d (hint: concatenated sources "
-                         "must have the same channels and size)",
-                         a->source, a->C, a->H, a->W, b->source, b->C, b->H, b->W);
-            break;
+            describe(da, sizeof da, a, a->n);
+            describe(db, sizeof db, b, b->n);
+            err_set(err, AE_ESHAPE, "%.400s has images of %dx%dx%d (CxHxW) but %.400s has %dx%dx%d (hint: concatenated "
+                    "sources must have the same channels and size; set ?size= and ?channels=)", da, a->C, a->H, a->W, db,
+                    b->C, b->H, b->W);
+            image_source_close_all(srcs, ns);
+            return AE_ESHAPE;
         }
-        item = comma ? comma + 1 : item + strlen(item);
     }
-    if (rc == AE_OK && nparts == 1) {
-        *ds = parts[0];
-        loaded = 0;
-    } else if (rc == AE_OK) {
-        int64_t img = dataset_image_bytes(&parts[0]), n = 0;
-        int all_labels = 1;
-        for (int p = 0; p < nparts; p++) {
-            n += parts[p].n;
-            all_labels &= parts[p].labels != NULL;
-        }
-        uint8_t *pix = alloc_or_null((size_t)(n * img));
-        int32_t *lab = all_labels ? alloc_or_null((size_t)n * sizeof *lab) : NULL;
-        if (!pix || (all_labels && !lab)) {
-            free(pix);
-            free(lab);
-            rc = err_set(err, AE_ENOMEM, "cannot allocate %" PRId64 " images for '%.900s' (hint: free memory)", n, spec);
+    int64_t img = (int64_t)a->C * a->H * a->W, in_memory = 0, total = 0;
+    int all_labels = 1, n_mapped = 0;
+    for (int i = 0; i < ns; i++) {
+        if (!srcs[i]->mapped) in_memory += srcs[i]->n;
+        all_labels &= srcs[i]->labels != NULL;
+        n_mapped += srcs[i]->mapped != NULL;
+    }
+    DatasetStore *st = xcalloc(1, sizeof *st);
+    st->refs = 1;
+    st->srcs = srcs;
+    st->n_src = ns;
+    st->seg = xcalloc((size_t)ns, sizeof *st->seg);
+    int rc = AE_OK;
+    if (in_memory > 0) {
+        st->block = alloc_or_null((size_t)(in_memory * img));
+        if (!st->block)
+            rc = err_set(err, AE_ENOMEM, "cannot allocate %" PRId64 " images of %" PRId64 " bytes for '%.900s' (hint: "
+                         "free memory, or pack the data with aesim-pack so it can be mapped)", in_memory, img, spec);
+    }
+    int64_t cursor = 0, skipped = 0;
+    for (int i = 0; i < ns && rc == AE_OK; i++) {
+        ImageSource *s = srcs[i];
+        Segment *g = &st->seg[st->n_seg];
+        g->first = total;
+        g->src = s;
+        int64_t kept = s->n;
+        if (s->mapped) {
+            g->pix = s->mapped;
         } else {
-            int64_t at = 0;
-            for (int p = 0; p < nparts; p++) {
-                memcpy(pix + at * img, parts[p].pixels, (size_t)(parts[p].n * img));
-                if (lab) memcpy(lab + at, parts[p].labels, (size_t)parts[p].n * sizeof *lab);
-                at += parts[p].n;
-                append_source(ds->source, sizeof ds->source, parts[p].source);
-            }
-            ds->n = n;
-            ds->C = parts[0].C;
-            ds->H = parts[0].H;
-            ds->W = parts[0].W;
-            ds->pixels = pix;
-            ds->labels = lab;
+            g->pix = st->block + cursor * img;
+            rc = read_source(s, st->block + cursor * img, g, &kept, err);
+            cursor += kept;
+        }
+        if (rc) break;
+        g->n = kept;
+        skipped += s->n_skipped;
+        total += kept;
+        if (kept > 0) st->n_seg++;
+        else {
+            free(g->src_rows);
+            g->src_rows = NULL;
+        }
+        describe(da, sizeof da, s, kept);
+        append_source(ds->source, sizeof ds->source, da);
+    }
+    if (rc == AE_OK && total == 0)
+        rc = err_set(err, AE_EFORMAT, "no images in '%.900s'%s (hint: check the files)", spec,
+                     skipped ? ": every file was bad and skipped" : "");
+    if (rc == AE_OK && all_labels) {
+        ds->labels = alloc_or_null((size_t)total * sizeof *ds->labels);
+        if (!ds->labels) rc = err_set(err, AE_ENOMEM, "cannot allocate %" PRId64 " labels", total);
+        for (int i = 0; rc == AE_OK && i < st->n_seg; i++) {
+            const Segment *g = &st->seg[i];
+            for (int64_t k = 0; k < g->n; k++)
+                ds->labels[g->first + k] = g->src->labels[g->src_rows ? g->src_rows[k] : k];
         }
     }
-    for (int p = 0; p < loaded; p++) dataset_free(&parts[p]);
-    free(parts);
-    free(buf);
-    if (rc) memset(ds, 0, sizeof *ds);
-    return rc;
+    if (rc) {
+        free(ds->labels);
+        store_unref(st);
+        memset(ds, 0, sizeof *ds);
+        return rc;
+    }
+    ds->n = total;
+    ds->C = a->C;
+    ds->H = a->H;
+    ds->W = a->W;
+    ds->n_skipped = skipped;
+    if (st->n_seg == 1) ds->pixels = (uint8_t *)st->seg[0].pix; /* read-only when mapped */
+    else if (n_mapped == 0) ds->pixels = st->block;
+    ds->impl = xcalloc(1, sizeof *ds->impl);
+    ds->impl->st = st;
+    return AE_OK;
 }
 
 void dataset_get_f32(float *out, const Dataset *ds, int64_t i)
 {
-    assert(i >= 0 && i < ds->n);
     int64_t img = dataset_image_bytes(ds);
-    const uint8_t *p = ds->pixels + i * img;
+    const uint8_t *p = dataset_image(ds, i);
     for (int64_t k = 0; k < img; k++) out[k] = (float)p[k] / PIXEL_MAX;
 }
 
@@ -386,8 +308,9 @@ void dataset_get_batch_f32(float *out, const Dataset *ds, const int64_t *idx, in
     for (int64_t k = 0; k < count; k++) dataset_get_f32(out + k * img, ds, idx[k]);
 }
 
-/* Copies the images with keep[i] == want from src into dst (in order). */
-static void copy_subset(Dataset *dst, const Dataset *src, const uint8_t *in_val, uint8_t want, int64_t count,
+/* Makes dst the images of src with in_val[i] == want (in order): a view
+ * sharing src's store, or a copy for a hand-made src. */
+static void take_subset(Dataset *dst, const Dataset *src, const uint8_t *in_val, uint8_t want, int64_t count,
                         const char *role)
 {
     int64_t img = dataset_image_bytes(src);
@@ -395,12 +318,21 @@ static void copy_subset(Dataset *dst, const Dataset *src, const uint8_t *in_val,
     dst->C = src->C;
     dst->H = src->H;
     dst->W = src->W;
-    dst->pixels = xmalloc((size_t)(count * img));
     dst->labels = src->labels ? xmalloc((size_t)count * sizeof *dst->labels) : NULL;
+    int64_t *rows = NULL;
+    if (src->impl) {
+        dst->impl = xcalloc(1, sizeof *dst->impl);
+        dst->impl->st = src->impl->st;
+        dst->impl->st->refs++;
+        rows = dst->impl->rows = xmalloc((size_t)count * sizeof *rows);
+    } else {
+        dst->pixels = xmalloc((size_t)(count * img));
+    }
     int64_t k = 0;
     for (int64_t i = 0; i < src->n; i++) {
         if (in_val[i] != want) continue;
-        memcpy(dst->pixels + k * img, src->pixels + i * img, (size_t)img);
+        if (rows) rows[k] = src->impl->rows ? src->impl->rows[i] : i;
+        else memcpy(dst->pixels + k * img, src->pixels + i * img, (size_t)img);
         if (dst->labels) dst->labels[k] = src->labels[i];
         k++;
     }
@@ -437,8 +369,8 @@ int dataset_split(Dataset *train, Dataset *val, const Dataset *src, double frac,
         idx[j] = t;
         in_val[idx[i]] = 1;
     }
-    copy_subset(train, src, in_val, 0, src->n - nval, "train");
-    copy_subset(val, src, in_val, 1, nval, "val");
+    take_subset(train, src, in_val, 0, src->n - nval, "train");
+    take_subset(val, src, in_val, 1, nval, "val");
     free(idx);
     free(in_val);
     return AE_OK;

@@ -1,11 +1,13 @@
 /*
  * idx.c - MNIST IDX reader through zlib (see include/idx.h for the format).
- * Reads the whole file into one buffer; does not write IDX, does not
- * convert types.  No shared state, no MPI.
+ * Reads the whole file into one buffer (idx_read_u8) or streams it
+ * (idx_stream_*); does not write IDX, does not convert types.  No shared state, no MPI.
  */
 #include "idx.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -62,11 +64,10 @@ static int64_t gz_read_full(gzFile gz, uint8_t *buf, uint64_t n)
     return (int64_t)done;
 }
 
-int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MAX_DIMS], Err *err)
+int idx_stream_open(IdxStream *s, const char *path, Err *err)
 {
-    *data = NULL;
-    *ndim = 0;
-    for (int i = 0; i < IDX_MAX_DIMS; i++) dims[i] = 0;
+    memset(s, 0, sizeof *s);
+    snprintf(s->path, sizeof s->path, "%s", path);
     struct stat st;
     if (stat(path, &st) != 0)
         return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", path, strerror(errno));
@@ -75,7 +76,6 @@ int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MA
     gzFile gz = gzopen(path, "rb");
     if (!gz) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check permissions)", path, strerror(errno));
     int rc = AE_OK;
-    uint8_t *buf = NULL;
     uint8_t head[IDX_MAGIC_BYTES + IDX_MAX_DIMS * IDX_DIM_BYTES];
     int64_t got = gz_read_full(gz, head, IDX_MAGIC_BYTES);
     if (got != IDX_MAGIC_BYTES) {
@@ -105,16 +105,16 @@ int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MA
     int64_t numel = 1;
     for (int i = 0; i < nd; i++) {
         const uint8_t *b = head + IDX_MAGIC_BYTES + i * IDX_DIM_BYTES;
-        dims[i] = (int64_t)((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]);
-        if (dims[i] != 0 && numel > INT64_MAX / dims[i]) {
+        s->dims[i] = (int64_t)((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]);
+        if (s->dims[i] != 0 && numel > INT64_MAX / s->dims[i]) {
             rc = err_set(err, AE_EFORMAT, "%s: the IDX dimensions overflow (hint: the header is corrupt)", path);
             goto done;
         }
-        numel *= dims[i];
+        numel *= s->dims[i];
     }
     int64_t header_bytes = IDX_MAGIC_BYTES + (int64_t)nd * IDX_DIM_BYTES;
     int64_t file_bytes = (int64_t)st.st_size;
-    /* Check the claimed size against the file before allocating it. */
+    /* Check the claimed size against the file before anything trusts it. */
     int plain = gzdirect(gz);
     if (plain && numel != file_bytes - header_bytes) {
         rc = err_set(err, AE_EFORMAT,
@@ -130,37 +130,71 @@ int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MA
                      path, numel, file_bytes);
         goto done;
     }
-    if ((uint64_t)numel > SIZE_MAX || !(buf = alloc_or_null((size_t)numel))) {
-        rc = err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRId64 " bytes (hint: free memory)", path, numel);
-        goto done;
-    }
-    got = gz_read_full(gz, buf, (uint64_t)numel);
-    if (got != numel) {
-        if (got < 0)
-            rc = err_set(err, AE_EFORMAT, "%s: corrupt gzip data: %s (hint: re-download the file)", path,
-                         gz_errtext(gz, path));
-        else
-            rc = err_set(err, AE_EFORMAT,
-                         "%s: truncated: the data ends after %" PRId64 " of %" PRId64
-                         " bytes (hint: re-download the file)",
-                         path, got, numel);
-        goto done;
-    }
-    uint8_t extra;
-    got = gz_read_full(gz, &extra, 1);
-    if (got != 0) {
-        rc = err_set(err, AE_EFORMAT, "%s: %s after the %" PRId64 " data bytes the header announces (hint: the header is wrong or the file is damaged)",
-                     path, got < 0 ? gz_errtext(gz, path) : "extra bytes", numel);
-        goto done;
-    }
-    *data = buf;
-    *ndim = nd;
-    buf = NULL;
+    s->ndim = nd;
+    s->numel = numel;
+    s->plain = plain;
 done:
-    free(buf);
-    gzclose(gz);
     if (rc) {
-        for (int i = 0; i < IDX_MAX_DIMS; i++) dims[i] = 0;
+        gzclose(gz);
+        memset(s->dims, 0, sizeof s->dims);
+    } else {
+        s->gz = gz;
     }
+    return rc;
+}
+
+int idx_stream_read(IdxStream *s, uint8_t *buf, int64_t n, Err *err)
+{
+    assert(n >= 0 && n <= s->numel - s->pos);
+    gzFile gz = s->gz;
+    int64_t got = gz_read_full(gz, buf, (uint64_t)n);
+    if (got != n) {
+        if (got < 0)
+            return err_set(err, AE_EFORMAT, "%s: corrupt gzip data: %s (hint: re-download the file)", s->path,
+                           gz_errtext(gz, s->path));
+        return err_set(err, AE_EFORMAT,
+                       "%s: truncated: the data ends after %" PRId64 " of %" PRId64 " bytes (hint: re-download the file)",
+                       s->path, s->pos + got, s->numel);
+    }
+    s->pos += n;
+    if (s->pos == s->numel) {
+        uint8_t extra;
+        got = gz_read_full(gz, &extra, 1);
+        if (got != 0)
+            return err_set(err, AE_EFORMAT,
+                           "%s: %s after the %" PRId64 " data bytes the header announces (hint: the header is wrong or "
+                           "the file is damaged)", s->path, got < 0 ? gz_errtext(gz, s->path) : "extra bytes", s->numel);
+    }
+    return AE_OK;
+}
+
+void idx_stream_close(IdxStream *s)
+{
+    if (!s) return;
+    if (s->gz) gzclose(s->gz);
+    s->gz = NULL;
+}
+
+int idx_read_u8(const char *path, uint8_t **data, int *ndim, int64_t dims[IDX_MAX_DIMS], Err *err)
+{
+    *data = NULL;
+    *ndim = 0;
+    for (int i = 0; i < IDX_MAX_DIMS; i++) dims[i] = 0;
+    IdxStream s;
+    if (idx_stream_open(&s, path, err)) return err->code;
+    uint8_t *buf = NULL;
+    int rc = AE_OK;
+    if ((uint64_t)s.numel > SIZE_MAX || !(buf = alloc_or_null((size_t)s.numel)))
+        rc = err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRId64 " bytes (hint: free memory)", path, s.numel);
+    else
+        rc = idx_stream_read(&s, buf, s.numel, err);
+    if (rc == AE_OK) {
+        *data = buf;
+        *ndim = s.ndim;
+        for (int i = 0; i < IDX_MAX_DIMS; i++) dims[i] = s.dims[i];
+    } else {
+        free(buf);
+    }
+    idx_stream_close(&s);
     return rc;
 }

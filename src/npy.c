@@ -151,6 +151,7 @@ static void format_shape(char *buf, size_t cap, const int64_t *shape, int ndim)
 
 typedef struct Header {
     NpyDtype dtype;
+    int big_endian;
     int fortran_order;
     int ndim;
     int64_t shape[NPY_MAX_DIMS];
@@ -178,8 +179,9 @@ static int parse_string(const char **p, char *out, size_t cap)
     return 0;
 }
 
-/* Maps a descr string to a supported dtype, or explains in why. */
-static int dtype_from_descr(const char *descr, NpyDtype *t, char *why, size_t whycap)
+/* Maps a descr string to a supported dtype (*big = 1 for '>' multi-byte
+ * types), or explains in why. */
+static int dtype_from_descr(const char *descr, NpyDtype *t, int *big, char *why, size_t whycap)
 {
     char order = '|';
     const char *s = descr;
@@ -193,11 +195,8 @@ static int dtype_from_descr(const char *descr, NpyDtype *t, char *why, size_t wh
         char want[8];
         snprintf(want, sizeof want, "%c%zu", d->kind, d->size);
         if (strcmp(s, want) != 0) continue;
-        if (d->size > 1 && order == '>') {
-            snprintf(why, whycap, "big-endian data (descr '%s') is not supported", descr);
-            return -1;
-        }
         if (d->size > 1 && order == '|') break; /* '|' only makes sense for 1-byte types */
+        *big = d->size > 1 && order == '>';
         *t = d->t;
         return 0;
     }
@@ -230,7 +229,7 @@ static int parse_header(const char *h, Header *hd, char *why, size_t whycap)
                 return -1;
             }
             if (parse_string(&p, tok, sizeof tok)) goto malformed;
-            if (dtype_from_descr(tok, &hd->dtype, why, whycap)) return -1;
+            if (dtype_from_descr(tok, &hd->dtype, &hd->big_endian, why, whycap)) return -1;
             have_descr = 1;
         } else if (strcmp(tok, "fortran_order") == 0) {
             if (strncmp(p, "True", 4) == 0) {
@@ -357,9 +356,19 @@ static uint32_t le32(const uint8_t *b)
     return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
-/* Parses one .npy of `total` bytes from rd into out (data allocated here).
- * `what` names the file (and member) in messages. */
-static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const char *what, Err *err)
+/* Adapts a Reader to NpyReadFn. */
+typedef struct ReaderCtx {
+    Reader *rd;
+    const char *what;
+} ReaderCtx;
+
+static int reader_fn(void *ctx, void *buf, uint64_t n, Err *err)
+{
+    ReaderCtx *c = ctx;
+    return read_exact(c->rd, buf, n, c->what, "header", err);
+}
+
+int npy_header_read(NpyHeader *out, NpyReadFn read, void *ctx, uint64_t total, const char *what, Err *err)
 {
     uint8_t pre[NPY_PREFIX_V2];
     memset(out, 0, sizeof *out);
@@ -367,7 +376,7 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
         return err_set(err, AE_EFORMAT,
                        "%s: truncated: %" PRIu64 " bytes is shorter than an .npy header (hint: re-create it with numpy.save)",
                        what, total);
-    if (read_exact(rd, pre, NPY_PREFIX_V1, what, "header", err)) return err->code;
+    if (read(ctx, pre, NPY_PREFIX_V1, err)) return err->code;
     if (memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN) != 0)
         return err_set(err, AE_EFORMAT,
                        "%s: not an .npy array (the first bytes are not \\x93NUMPY) (hint: write it with numpy.save)",
@@ -379,7 +388,7 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
         hlen = (uint64_t)pre[8] | (uint64_t)pre[9] << 8;
     } else if ((major == 2 || major == 3) && minor == 0) {
         prefix = NPY_PREFIX_V2;
-        if (total < NPY_PREFIX_V2 || read_exact(rd, pre + NPY_PREFIX_V1, 2, what, "header", err))
+        if (total < NPY_PREFIX_V2 || read(ctx, pre + NPY_PREFIX_V1, 2, err))
             return err_set(err, AE_EFORMAT, "%s: truncated inside the .npy header (hint: re-create it with numpy.save)",
                            what);
         hlen = le32(pre + 8);
@@ -394,7 +403,7 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
                        " follow (hint: the file is truncated or not an .npy)",
                        what, hlen, total - prefix);
     char *h = xmalloc((size_t)hlen + 1);
-    if (read_exact(rd, h, hlen, what, "header", err)) {
+    if (read(ctx, h, hlen, err)) {
         free(h);
         return err->code;
     }
@@ -402,16 +411,14 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
     Header hd;
     memset(&hd, 0, sizeof hd);
     char why[256];
-    int bad = parse_header(h, &hd, why, sizeof why);
+    int bad = strlen(h) != hlen;
+    if (bad) snprintf(why, sizeof why, "the header dict holds a NUL byte");
+    else bad = parse_header(h, &hd, why, sizeof why);
     free(h);
     if (bad)
         return err_set(err, AE_EFORMAT,
                        "%s: %s (hint: save a C-order little-endian numeric array, e.g. numpy.save(path, a.astype('<f4')))",
                        what, why);
-    if (hd.fortran_order)
-        return err_set(err, AE_EFORMAT,
-                       "%s: fortran_order=True arrays are not supported (hint: save numpy.ascontiguousarray(a))",
-                       what);
     size_t isz = npy_dtype_size(hd.dtype);
     int64_t numel, bytes;
     char shp[NPY_MAX_DIMS * 24];
@@ -422,16 +429,46 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
     uint64_t avail = total - prefix - hlen;
     if ((uint64_t)bytes != avail)
         return err_set(err, AE_EFORMAT,
-                       "%s: the header says %s shape %s = %" PRId64 " bytes of data but %" PRIu64
+                       "%s: the header says %s%s shape %s = %" PRId64 " bytes of data but %" PRIu64
                        " bytes follow (hint: the file is truncated or was not written by numpy)",
-                       what, npy_dtype_descr(hd.dtype), shp, bytes, avail);
-    if ((uint64_t)bytes > SIZE_MAX)
-        return err_set(err, AE_ENOMEM, "%s: %" PRId64 " bytes do not fit in memory here", what, bytes);
+                       what, hd.big_endian ? ">" : "", npy_dtype_descr(hd.dtype), shp, bytes, avail);
+    out->dtype = hd.dtype;
+    out->big_endian = hd.big_endian;
+    out->fortran_order = hd.fortran_order;
+    out->ndim = hd.ndim;
+    memcpy(out->shape, hd.shape, sizeof hd.shape);
+    out->data_offset = prefix + hlen;
+    out->data_bytes = (uint64_t)bytes;
+    return AE_OK;
+}
+
+/* Parses one .npy of `total` bytes from rd into out (data allocated here).
+ * `what` names the file (and member) in messages. */
+static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const char *what, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    NpyHeader hd;
+    ReaderCtx rc = {rd, what};
+    if (npy_header_read(&hd, reader_fn, &rc, total, what, err)) return err->code;
+    if (hd.big_endian)
+        return err_set(err, AE_EFORMAT,
+                       "%s: big-endian data (descr '>%s') is not supported (hint: save a C-order little-endian numeric "
+                       "array, e.g. numpy.save(path, a.astype('<f4')))",
+                       what, npy_dtype_descr(hd.dtype) + 1);
+    if (hd.fortran_order)
+        return err_set(err, AE_EFORMAT,
+                       "%s: fortran_order=True arrays are not supported (hint: save numpy.ascontiguousarray(a))",
+                       what);
+    uint64_t bytes = hd.data_bytes;
+    char shp[NPY_MAX_DIMS * 24];
+    format_shape(shp, sizeof shp, hd.shape, hd.ndim);
+    if (bytes > SIZE_MAX)
+        return err_set(err, AE_ENOMEM, "%s: %" PRIu64 " bytes do not fit in memory here", what, bytes);
     void *data = alloc_or_null((size_t)bytes);
     if (!data)
-        return err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRId64 " bytes for shape %s (hint: free memory or use a smaller file)",
+        return err_set(err, AE_ENOMEM, "%s: cannot allocate %" PRIu64 " bytes for shape %s (hint: free memory or use a smaller file)",
                        what, bytes, shp);
-    if (read_exact(rd, data, (uint64_t)bytes, what, "array data", err)) {
+    if (read_exact(rd, data, bytes, what, "array data", err)) {
         free(data);
         return err->code;
     }

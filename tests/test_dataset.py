@@ -85,7 +85,7 @@ class DatasetTest(unittest.TestCase):
         with open(prefix + ".meta") as f:
             head = f.readline().split()
             source = f.readline().rstrip("\n")
-        n, c, h, w, has_labels, nf = (int(x) for x in head)
+        n, c, h, w, has_labels, nf = (int(x) for x in head[:6])
         out = {"source": source, "shape": (n, c, h, w)}
         out["pixels"] = np.fromfile(prefix + ".u8", dtype=np.uint8).reshape(n, c, h, w)
         out["labels"] = np.fromfile(prefix + ".i32", dtype="<i4") if has_labels else None
@@ -315,7 +315,6 @@ class DatasetTest(unittest.TestCase):
             "notsquare.npz": {"data": data[:, :-3]},  # 3*S*S - 3 values
             "notthree.npz": {"data": data[:, :-1]},  # not a multiple of 3
             "float.npz": {"data": data.astype(np.float32)},
-            "fourd.npz": {"data": data.reshape(4, 3, 5, 5)},
             "nolen.npz": {"data": np.zeros((4, 0), np.uint8)},
             "noimages.npz": {"data": np.zeros((0, 12), np.uint8)},
             "labellen.npz": {"data": data, "labels": np.arange(5)},
@@ -326,6 +325,10 @@ class DatasetTest(unittest.TestCase):
             p = self.path(name)
             np.savez(p, **members)
             self.refused(p, AE_EFORMAT, p)
+        # A 4-D uint8 'data' member is a plain (N, C, H, W) image array.
+        p = self.path("fourd.npz")
+        np.savez(p, data=data.reshape(4, 3, 5, 5))
+        self.assert_dataset(self.open(p), data.reshape(4, 3, 5, 5), None)
         p = write_file(self.path("text.bin"), b"hello, world\n")
         self.refused(p, AE_EFORMAT, p)
         p = write_file(self.path("zip.npz"), b"PK\x03\x04 truncated")
