@@ -1,0 +1,52 @@
+/*
+ * search_main.c - aesim-search: encode images into a sharded vector
+ * database and search it (index / query / eval; see include/search.h).
+ * Main only: init -> options -> thread plan -> run the subcommand ->
+ * finalize.  Informational lines go to stderr, so stdout carries only the
+ * results (query) or the table (eval).
+ * Exit status: 0 success, 1 runtime error (message on stderr), 2 bad usage.
+ */
+#include <stdio.h>
+
+#include "build_info.h"
+#include "par.h"
+#include "search.h"
+#include "search_args.h"
+#include "threads.h"
+
+static int finish(ParCtx *ctx, const Err *err, int code)
+{
+    if (err && err->code) par_err0(ctx, "aesim-search: error: %s\n", err->msg);
+    par_finalize(ctx);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    ParCtx ctx;
+    par_init(&ctx, &argc, &argv);
+    Err err;
+    err_clear(&err);
+    SearchConfig cfg;
+    if (search_args_parse(&cfg, argc, argv, &err)) return finish(&ctx, &err, 2);
+    if (cfg.help) {
+        if (ctx.rank == 0) search_args_usage(stdout);
+        return finish(&ctx, NULL, 0);
+    }
+    par_err0(&ctx, "aesim-search %s | %d rank(s) | %s\n", argv[1], ctx.size, AESIM_BUILD_INFO);
+    ThreadPlan plan = threads_setup(&ctx, cfg.threads);
+    if (ctx.rank == 0) {
+        /* threads_print writes to stdout; keep stdout for results. */
+        fprintf(stderr, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS = %d of %d cores%s\n", ctx.local_size,
+                plan.omp_threads, plan.source, plan.blas_threads,
+                ctx.local_size * plan.omp_threads * plan.blas_threads, plan.cores,
+                plan.oversubscribed ? "  (WARNING: oversubscribed; expect a large slowdown)" : "");
+    }
+    int rc;
+    switch (cfg.cmd) {
+    case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
+    case SEARCH_QUERY: rc = search_query(&ctx, &cfg, plan.omp_threads, &err); break;
+    default: rc = search_eval(&ctx, &cfg, plan.omp_threads, &err); break;
+    }
+    return finish(&ctx, &err, rc ? 1 : 0);
+}
