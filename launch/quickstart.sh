@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
-# The README's main job: trains the mnist-preset autoencoder on Fashion-MNIST
-# (Debian's dataset-fashion-mnist: 60,000 train images, 10,000 test images
-# used for validation) with 2 MPI ranks, then plots the loss curve.
-# Outputs in runs/fashion-mnist/.  Extra arguments go to aesim-train.
+# The README's main job, with 2 MPI ranks on Fashion-MNIST (Debian's
+# dataset-fashion-mnist: 60,000 train images, 10,000 test images):
+#   1. aesim-train: the mnist-preset autoencoder, validated on the test images;
+#   2. aesim-search index: the 60,000 training images -> a sharded vector DB;
+#   3. aesim-search query: 8 test images -> their 8 nearest neighbours, as TSV
+#      and a contact sheet;
+#   4. aesim-search eval: precision@10 by label, aesim encoder vs raw pixels vs
+#      PCA of the same dimension (first EVAL_QUERIES test images);
+#   5. the loss curve as a PNG.
+# Outputs in runs/fashion-mnist/ (OUT=dir to change).  EPOCHS=n trains longer.
+# Extra arguments go to aesim-train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/fashion-mnist}
-make -s
-launch/train.sh 2 --data /usr/share/datasets/fashion-mnist --epochs "${EPOCHS:-3}" --out "$out" "$@"
+data=/usr/share/datasets/fashion-mnist
+mpi() { launch/mpi.sh 2 "$@"; }
+make -s all
+launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --out "$out" "$@"
+rm -rf "$out/db"
+mpi build/aesim-search index --model "$out/checkpoint.npz" --data "$data/train-images-idx3-ubyte.gz" --db "$out/db"
+mpi build/aesim-search query --model "$out/checkpoint.npz" --db "$out/db" --k 8 \
+    --data "$data/t10k-images-idx3-ubyte.gz" --ids 0-7 --out "$out/neighbours.tsv" --sheet "$out/neighbours.png"
+mpi build/aesim-search eval --model "$out/checkpoint.npz" --db "$out/db" -k 10 \
+    --queries "$data/t10k-images-idx3-ubyte.gz" --max-queries "${EVAL_QUERIES:-2000}" \
+    --baseline pixels,pca --out "$out/precision_at_10.txt"
+cat "$out/precision_at_10.txt"
 launch/plot_loss.sh "$out/metrics.csv" "$out/loss.png"
 cat <<MSG
 
 Outputs in $out/:
-  checkpoint.npz       weights + optimizer state (numpy.load-able; resume with --resume $out/checkpoint.npz)
-  metrics.csv          step, epoch, train/val loss, val PSNR (dB), images/s, seconds
-  recon_epoch*.png     validation images (top row) over their reconstructions
-  loss.png             loss curve
+  checkpoint.npz         weights + optimizer state (numpy.load-able; resume with --resume $out/checkpoint.npz)
+  metrics.csv            step, epoch, train/val loss, val PSNR (dB), images/s, seconds
+  recon_epoch*.png       validation images (top row) over their reconstructions
+  loss.png               loss curve
+  db/                    vector database: manifest.json + shard-*.{vectors,ids,labels}.npy
+  neighbours.tsv/.png    8 test images and their 8 nearest training images (contact sheet)
+  precision_at_10.txt    precision@10 by label: aesim encoder vs raw pixels vs PCA
 MSG
