@@ -128,3 +128,17 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	@bash fuzz/run.sh "$(FUZZ_CC)" "$(BUILD)-fuzz" "$(FUZZ_SECONDS)" "$(shell pkg-config --cflags $(PKGS) 2>/dev/null)" \
 	  "$(shell pkg-config --libs $(PKGS) 2>/dev/null)"
+
+# ---- reliability tooling (issue 5) ------------------------------------------
+# make check-asan: the test suite under AddressSanitizer + UBSan (serial build,
+#   the same as make asan).
+# make valgrind: a serial MPI=0 OMP=0 -g build in $(BUILD)-valgrind, then short
+#   training runs (fresh, resume past a damaged checkpoint, a NaN stop) under
+#   valgrind memcheck; fails on any invalid access or definite leak
+#   (tests/valgrind_train.sh).
+.PHONY: check-asan valgrind
+check-asan: asan
+
+valgrind:
+	$(MAKE) MPI=0 OMP=0 OPT="-O1 -g" BUILD=$(BUILD)-valgrind all
+	@BUILD=$(BUILD)-valgrind PYTHON=$(PYTHON) bash tests/valgrind_train.sh

@@ -30,13 +30,31 @@ typedef struct TrainResult {
     double val_psnr_db;    /* 10 log10(1 / val_loss) */
     double images_per_s;   /* global training throughput, whole run */
     double seconds;        /* wall time of the loop */
+    int stopped;           /* 1: a stop signal (signals.h) ended training early, after a
+                              checkpoint; val_loss/val_psnr_db are then NaN (not measured) */
 } TrainResult;
 
 /* Trains from *start (step/epoch/batch; zero for a fresh run) until
- * cfg->epochs or cfg->max_steps.  Returns AE_OK, or a collective error
- * (the same code on every rank, message in err): AE_ENUMERIC when the loss
- * or gradient becomes NaN/Inf (the last checkpoint is kept), AE_EIO when
- * an output cannot be written. */
+ * cfg->epochs or cfg->max_steps, or until a stop signal.  Returns AE_OK, or a
+ * collective error (the same code on every rank, message in err):
+ *   AE_ENUMERIC when the loss, the summed gradient or the updated weights
+ *     hold NaN/Inf; the message names the step, nothing is saved after the
+ *     previous step, so the last checkpoint stays the last good one.  That is
+ *     the divergence test: the loss is the MSE of sigmoid outputs against
+ *     targets in [0, 1], bounded by 1, so a "loss > X * first loss" rule could
+ *     never fire; divergence shows up as overflow to Inf/NaN.
+ *   AE_EIO when an output cannot be written (the message names the file and
+ *     the errno text, and which checkpoint is intact).
+ * Stop signals (signals.h: SIGTERM, SIGINT, SIGUSR1, to any rank or to
+ * mpirun): handlers are installed for the duration of the call; the request
+ * is agreed in the per-step allreduce, every rank finishes the step, rank 0
+ * appends the metrics row and writes a checkpoint (validation is skipped),
+ * res->stopped = 1 and AE_OK is returned on every rank.
+ * Checkpoints: OUT/ckpt-stepN.npz + OUT/checkpoint.npz every
+ * cfg->ckpt_every steps and at each epoch end, cfg->keep kept (ckpt.h).
+ * Test-only fault injection: if the environment variable
+ * AESIM_FAULT_NAN_STEP=K is set (K >= 1), the highest rank writes a NaN into
+ * its local gradient at step K before the allreduce.  Never set it otherwise. */
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
               const Dataset *val, const CkptState *start, TrainResult *res, Err *err);
 

@@ -36,7 +36,8 @@ typedef struct TrainConfig {
     uint64_t seed;
     char out[ARG_PATH_MAX];    /* output folder */
     int64_t ckpt_every;        /* checkpoint every N steps (0 = only at epoch ends) */
-    char resume[ARG_PATH_MAX]; /* checkpoint to resume from, "" = fresh start */
+    char resume[ARG_PATH_MAX]; /* checkpoint file or folder to resume from, "" = fresh start */
+    int keep;                  /* step checkpoints kept in the output folder (ckpt.h), >= 1 */
     int threads;               /* OpenMP threads per rank, 0 = cores / ranks per node */
     double log_every;          /* seconds between progress lines when not on a terminal */
     int grid_n;                /* validation images in the reconstruction grid */

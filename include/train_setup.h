@@ -24,9 +24,11 @@
 int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, Dataset *val, Err *err);
 
 /* Builds *m (max batch = ceil(batch / P) images per rank) and *opt for the
- * images' shape.  With cfg->resume: the architecture, weights, optimizer
- * state and *start come from the checkpoint (its architecture must match
- * --arch if both are given, and the image shape).  Otherwise Glorot init from
+ * images' shape.  With cfg->resume (a checkpoint file or an output folder):
+ * rank 0 picks the newest intact checkpoint (ckpt_read_latest: damaged ones
+ * are refused with the reason on stderr and the next older one is used) and
+ * the architecture, weights, optimizer state and *start come from it (its
+ * architecture must match --arch if both are given, and the image shape).  Otherwise Glorot init from
  * cfg->seed and *start = step 0.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
  * spec or shape, AE_EIO/AE_EFORMAT for the checkpoint. */
 int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int nthreads, Model *m,

@@ -2,9 +2,11 @@
  * train.c - data-parallel training loop (see include/train.h).
  *
  * Does: sharded batches, gradient allreduce, optimizer, validation, progress,
- * metrics, reconstruction grids, checkpoints.  Does not: parse options, load
- * data or build the model (train_main.c).  MPI only through par.h; rank 0
- * alone writes files and prints.  Threading: the kernels' OpenMP.
+ * metrics, reconstruction grids, rotating checkpoints, graceful stop on
+ * SIGTERM/SIGINT/SIGUSR1 (signals.h), NaN/Inf detection.  Does not: parse
+ * options, load data or build the model (train_main.c).  MPI only through
+ * par.h; rank 0 alone writes files and prints (besides one "[rank r]" line
+ * per rank when a stop signal arrives).  Threading: the kernels' OpenMP.
  */
 #include "train.h"
 
@@ -20,6 +22,7 @@
 #include "png_io.h"
 #include "progress.h"
 #include "sampler.h"
+#include "signals.h"
 #include "timer.h"
 
 /* Target width in pixels of a reconstruction grid tile (small images are
@@ -27,6 +30,16 @@
 #define TRAIN_GRID_TILE_PX 96
 /* Grey border between grid tiles, pixels. */
 #define TRAIN_GRID_PAD 2
+
+/* Test-only fault injection (see train.h): the environment variable naming
+ * the 1-based step at which the highest rank poisons its local gradient. */
+#define TRAIN_FAULT_NAN_ENV "AESIM_FAULT_NAN_STEP"
+/* Seconds a rank stopped by a signal may take from here to its exit (freeing,
+ * MPI_Finalize) before signals_exit_watchdog ends it with status 0: finalize
+ * of a stopped job takes milliseconds unless mpirun is shutting the job down,
+ * in which case it never returns.  Must stay below the SIGTERM-to-SIGKILL gap
+ * of mpirun (odls_base_sigkill_timeout, see signals.h) to exit 0. */
+#define TRAIN_STOP_EXIT_GRACE_S 2
 
 /* Per-rank seconds spent in each phase of a step. */
 enum { PH_DATA, PH_COMPUTE, PH_ALLREDUCE, PH_OPTIMIZER, PH_COUNT };
@@ -73,16 +86,52 @@ static int write_grid(const TrainConfig *cfg, Model *m, const Dataset *val, int6
     return rc;
 }
 
+/* Rank 0 writes OUT/ckpt-stepN.npz and makes it OUT/checkpoint.npz (ckpt.h);
+ * `last` [FILEIO_PATH_MAX] names the newest checkpoint written so far ("" =
+ * none by this run).  On failure the message says what is still intact.
+ * Collective: the status is agreed. */
 static int save_checkpoint(const ParCtx *ctx, const TrainConfig *cfg, const Model *m, const Optimizer *opt,
-                           const CkptState *st, Err *err)
+                           const CkptState *st, char *last, Err *err)
 {
     if (ctx->rank == 0) {
-        char path[ARG_PATH_MAX + 32];
-        snprintf(path, sizeof path, "%s/checkpoint.npz", cfg->out);
-        ckpt_save(path, m, opt, st, err);
+        char written[FILEIO_PATH_MAX];
+        Err e;
+        err_clear(&e);
+        if (ckpt_save_rotate(cfg->out, m, opt, st, cfg->keep, written, &e) == AE_OK) {
+            snprintf(last, FILEIO_PATH_MAX, "%s", written);
+        } else {
+            size_t len = strlen(e.msg);
+            if (last[0])
+                snprintf(e.msg + len, sizeof e.msg - len, "; the previous checkpoint %.300s is intact (make "
+                         "room, then --resume %.300s)", last, cfg->out);
+            else
+                snprintf(e.msg + len, sizeof e.msg - len, "; earlier checkpoints in %.300s are intact", cfg->out);
+            *err = e;
+        }
     }
     return par_agree(ctx, err);
 }
+
+/* 1 if every x[i] is finite. */
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* The step of TRAIN_FAULT_NAN_ENV, or 0 when unset or not a positive integer. */
+static int64_t fault_nan_step(void)
+{
+    const char *s = getenv(TRAIN_FAULT_NAN_ENV);
+    if (!s || !*s) return 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    return *end == '\0' && v > 0 ? (int64_t)v : 0;
+}
+
+/* Text for messages: the newest checkpoint of this run, or the folder. */
+static const char *kept_ckpt(const char *last, const char *out) { return last[0] ? last : out; }
 
 static void report_phases(const ParCtx *ctx, const double *t, int64_t steps)
 {
@@ -117,6 +166,11 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         free(perm);
         return err->code;
     }
+    SignalGuard sig;
+    signals_install(&sig);
+    const int64_t nan_step = fault_nan_step();
+    char last_ckpt[FILEIO_PATH_MAX] = "";
+    int signalled = 0;
     int64_t total = (int64_t)cfg->epochs * nb;
     if (cfg->max_steps > 0 && cfg->max_steps < total) total = cfg->max_steps;
     const double t0 = timer_now();
@@ -142,20 +196,39 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             double tb = timer_now();
             model_zero_grad(m);
             double sse = cnt ? model_forward_backward(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw)) : 0;
+            if (nan_step == st.step + 1 && ctx->rank == ctx->size - 1) m->grads[0] = NAN;
             double tc = timer_now();
             par_allreduce_sum_f32(ctx, m->grads, m->n_params);
-            par_allreduce_sum_f64(ctx, &sse, 1);
+            /* The loss sum and the stop requests (signals.h) share one small
+             * allreduce, so every rank sees a signal sent to any rank at the
+             * same step. */
+            double red[2] = { sse, signals_pending() ? 1.0 : 0.0 };
+            par_allreduce_sum_f64(ctx, red, 2);
+            const int stop_asked = red[1] > 0;
             double td = timer_now();
-            double loss = sse / ((double)len * (double)chw);
-            if (!isfinite(loss)) {
+            double loss = red[0] / ((double)len * (double)chw);
+            /* The loss and the summed gradient are the same bits on every
+             * rank, so every rank takes the same decision here. */
+            int finite_grad = all_finite(m->grads, m->n_params);
+            if (!isfinite(loss) || !finite_grad) {
                 rc = err_set(err, AE_ENUMERIC,
-                             "loss is %g at step %lld (epoch %lld): training diverged; the last checkpoint in %s "
-                             "is kept (try a smaller --lr)", loss, (long long)st.step + 1, (long long)st.epoch + 1,
-                             cfg->out);
+                             "%s is not finite at step %lld (epoch %lld, loss %g): training diverged; nothing was "
+                             "saved after step %lld, the last checkpoint %s is kept (try a smaller --lr)",
+                             isfinite(loss) ? "the gradient" : "the loss", (long long)st.step + 1,
+                             (long long)st.epoch + 1, loss, (long long)st.step, kept_ckpt(last_ckpt, cfg->out));
                 stop = 1;
                 break;
             }
             optimizer_step(opt, m->params, m->grads);
+            if (!all_finite(m->params, m->n_params)) {
+                rc = err_set(err, AE_ENUMERIC,
+                             "the weights are not finite after step %lld (epoch %lld): training diverged; nothing "
+                             "was saved after step %lld, the last checkpoint %s is kept (try a smaller --lr)",
+                             (long long)st.step + 1, (long long)st.epoch + 1, (long long)st.step,
+                             kept_ckpt(last_ckpt, cfg->out));
+                stop = 1;
+                break;
+            }
             double te = timer_now();
             phase[PH_DATA] += tb - ta;
             phase[PH_COMPUTE] += tc - tb;
@@ -181,10 +254,33 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 }
             }
             int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
+            if (stop_asked) {
+                /* Pre-emption: log what was trained, checkpoint, leave
+                 * without validation (mpirun may SIGKILL soon). */
+                int here = signals_pending();
+                fprintf(stderr, "[rank %d] stop requested (%s): stopping after step %lld\n", ctx->rank,
+                        here ? signals_name(here) : "signal received by another rank", (long long)st.step);
+                if (ctx->rank == 0 && csv_steps > 0 && rc == AE_OK) {
+                    double now = timer_now();
+                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
+                                        NAN, NAN, csv_images / (now - csv_t), now - t0, err);
+                    csv_steps = 0;
+                }
+                CkptState next = st;
+                if (++next.batch >= nb) {
+                    next.epoch++;
+                    next.batch = 0;
+                }
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
+                signalled = 1;
+                stop = 1;
+                st.batch++;
+                break;
+            }
             if (cfg->ckpt_every > 0 && st.step % cfg->ckpt_every == 0 && !last && st.batch + 1 < nb) {
                 CkptState next = st;
                 next.batch++;
-                rc = save_checkpoint(ctx, cfg, m, opt, &next, err);
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
             } else {
                 rc = par_agree(ctx, err); /* a failed CSV write on rank 0 stops every rank */
             }
@@ -194,7 +290,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 break;
             }
         }
-        if (rc) break;
+        if (rc || signalled) break;
         /* End of an epoch (or of max-steps): validate, grid, checkpoint. */
         if (ctx->rank == 0) progress_finish(&prog);
         res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
@@ -219,7 +315,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             next.epoch++;
             next.batch = 0;
         }
-        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, err))) break;
+        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err))) break;
         if (stop) break;
     }
     if (st.batch >= nb) {
@@ -227,6 +323,14 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         st.batch = 0;
     }
     if (rc == AE_OK && ctx->rank == 0) progress_finish(&prog);
+    signals_restore(&sig);
+    if (signalled && rc == AE_OK) {
+        res->val_loss = res->val_psnr_db = NAN;
+        par_log0(ctx, "stopped by a signal after step %lld: checkpoint %s written; continue with --resume %s\n",
+                 (long long)st.step, last_ckpt, cfg->out);
+        signals_exit_watchdog(TRAIN_STOP_EXIT_GRACE_S);
+    }
+    res->stopped = signalled;
     res->state = st;
     res->seconds = timer_now() - t0;
     res->images_per_s = res->seconds > 0 ? images_done / res->seconds : 0;

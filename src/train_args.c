@@ -9,13 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
+
 /* The default training data: Debian's dataset-fashion-mnist package. */
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 
 enum {
     OPT_DATA = 256, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
-    OPT_CKPT_EVERY, OPT_RESUME, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_HELP
+    OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -37,6 +39,7 @@ static const struct option LONG_OPTS[] = {
     { "out", required_argument, 0, OPT_OUT },
     { "ckpt-every", required_argument, 0, OPT_CKPT_EVERY },
     { "resume", required_argument, 0, OPT_RESUME },
+    { "keep", required_argument, 0, OPT_KEEP },
     { "threads", required_argument, 0, OPT_THREADS },
     { "log-every", required_argument, 0, OPT_LOG_EVERY },
     { "grid", required_argument, 0, OPT_GRID },
@@ -85,15 +88,32 @@ void train_args_usage(FILE *out)
 "  --seed N              seed of the initial weights and of every epoch's shuffle (default 42)\n"
 "\n"
 "Output and restart\n"
-"  --out DIR             output folder (default runs/aesim): checkpoint.npz, metrics.csv,\n"
+"  --out DIR             output folder (default runs/aesim): checkpoint.npz (the newest\n"
+"                        checkpoint), ckpt-stepNNNNNNNN.npz (the last --keep ones), metrics.csv,\n"
 "                        recon_epochNNN.png (validation originals over reconstructions)\n"
 "  --ckpt-every N        also checkpoint every N steps (default 500; 0 = epoch ends only)\n"
-"  --resume CKPT         continue from a checkpoint (any number of ranks)\n"
+"  --keep N              step checkpoints kept in --out, newest first (default 3); each is\n"
+"                        written atomically and carries a CRC-32 per tensor\n"
+"  --resume CKPT|DIR     continue from a checkpoint (any number of ranks; the same number of\n"
+"                        ranks and --threads reproduces an uninterrupted run bit for bit).\n"
+"                        DIR: its newest intact checkpoint.  A damaged (truncated, bit-flipped)\n"
+"                        checkpoint is refused with the reason and the next older one is used.\n"
 "  --progress MODE       bar (live, for terminals), lines (for logs) or auto (default: bar on a\n"
 "                        terminal outside mpirun; launch/train.sh picks bar on a terminal)\n"
 "  --log-every S         seconds between progress lines when stdout is not a terminal (default 10)\n"
 "  --grid N              validation images in the reconstruction grid (default 8)\n"
 "  --csv-every N         steps per metrics.csv row, train loss averaged over them (default 20)\n"
+"\n"
+"Stopping and faults\n"
+"  SIGTERM, SIGINT or SIGUSR1 to mpirun or to any rank: every rank finishes the current step,\n"
+"  rank 0 writes a checkpoint, all exit with status 0; resume with --resume DIR.  On SIGTERM or\n"
+"  SIGINT, mpirun (Open MPI 4.1) sends the ranks SIGTERM after odls_base_sigkill_timeout s\n"
+"  (default 1) and SIGKILL as long again later, and itself exits 1: for steps longer than that,\n"
+"  set OMPI_MCA_odls_base_sigkill_timeout=60, or send SIGUSR1 (forwarded at once, no SIGKILL).\n"
+"  A SIGINT after a stop request ends the process at once.\n"
+"  NaN/Inf in the loss, gradients or weights stops training with an error naming the step; the\n"
+"  last checkpoint is kept.  A dead rank ends the whole job (Open MPI aborts it); a failed write\n"
+"  (full disk, read-only folder) stops with the file and errno text; older files stay intact.\n"
 "\n"
 "Threads\n"
 "  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
@@ -144,6 +164,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     c->seed = 42;
     snprintf(c->out, sizeof c->out, "runs/aesim");
     c->ckpt_every = 500;
+    c->keep = CKPT_KEEP_DEFAULT;
     c->log_every = 10;
     c->grid_n = 8;
     c->csv_every = 20;
@@ -204,6 +225,9 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->ckpt_every = i;
             break;
         case OPT_RESUME: rc = copy_str(c->resume, sizeof c->resume, name, optarg, err); break;
+        case OPT_KEEP:
+            if (!(rc = parse_i64(name, optarg, 1, 1000000, &i, err))) c->keep = (int)i;
+            break;
         case OPT_THREADS:
             if (!(rc = parse_i64(name, optarg, 1, 1024, &i, err))) c->threads = (int)i;
             break;

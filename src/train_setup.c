@@ -51,11 +51,15 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
     return par_agree(ctx, err);
 }
 
-/* Rank 0 reads the checkpoint; every rank gets its meta fields. */
+/* Rank 0 reads the newest intact checkpoint for --resume (a file or a
+ * folder; damaged ones are reported on stderr and skipped, ckpt.h); every
+ * rank gets its meta fields. */
 static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, Err *err)
 {
     memset(ck, 0, sizeof *ck);
-    if (ctx->rank == 0) ckpt_read(ck, path, err);
+    if (ctx->rank == 0 && ckpt_read_latest(ck, path, stderr, err) == AE_OK)
+        par_log0(ctx, "resuming from %s (step %lld, epoch %lld, batch %lld)\n", ck->path, (long long)ck->state.step,
+                 (long long)ck->state.epoch + 1, (long long)ck->state.batch);
     if (par_agree(ctx, err)) return err->code;
     /* Broadcast the scalar part; the arrays stay on rank 0. */
     Checkpoint meta = *ck;
@@ -79,7 +83,7 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         if (read_checkpoint(ctx, cfg->resume, &ck, err)) return err->code;
         if (ck.C != C || ck.H != H || ck.W != W) {
             err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but --data has %dx%dx%d (HxWxC)",
-                    cfg->resume, ck.H, ck.W, ck.C, H, W, C);
+                    ck.path, ck.H, ck.W, ck.C, H, W, C);
             ckpt_free(&ck);
             return err->code;
         }
@@ -97,7 +101,7 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         ModelSpec asked;
         if (!model_parse(&asked, cfg->arch, C, H, W, err) && strcmp(asked.text, spec.text) != 0)
             err_set(err, AE_EARG, "--arch '%s' differs from the architecture of %s ('%s'); drop --arch to resume",
-                    asked.text, cfg->resume, spec.text);
+                    asked.text, ck.path, spec.text);
     }
     if (par_agree(ctx, err)) {
         ckpt_free(&ck);

@@ -1,0 +1,401 @@
+/*
+ * test_ckpt.c - checkpoint verification and rotation (ckpt.h).
+ *
+ * References: zlib's crc32 computed here over the members as npz_read returns
+ * them (the format promise of meta.crc32), the model/optimizer buffers we
+ * wrote (bitwise round trip), and the file system itself (stat: which step
+ * files exist, st_ino of checkpoint.npz).  Damage is made the way it happens:
+ * truncation (a crash or full disk during a non-atomic copy), one flipped
+ * bit in the file, and an edited tensor written back with valid zip CRCs
+ * (only meta.crc32 can catch that).  Scratch files go under $AESIM_TEST_TMP
+ * (or /tmp).  No MPI.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cmocka.h>
+
+#include "check.h"
+#include "ckpt.h"
+#include "fileio.h"
+#include "npy.h"
+#include "testutil.h"
+
+/* A small model: conv 1->2, pool, upsample, conv 2->1 on 1x4x4 images. */
+#define SPEC "c2 p | u c1"
+#define IMG_C 1
+#define IMG_HW 4
+
+/* Room for the scratch folder's path: short, so every file path built from
+ * it fits FILEIO_PATH_MAX. */
+#define DIR_BYTES 256
+
+typedef struct Fixture {
+    char dir[DIR_BYTES];
+    Model m;
+    Optimizer opt;
+} Fixture;
+
+static void fill_model(Fixture *f, uint64_t seed)
+{
+    uint64_t s = seed;
+    test_fill_uniform(f->m.params, f->m.n_params, &s, -1.0f, 1.0f);
+    test_fill_uniform(f->opt.m, f->opt.n, &s, -0.1f, 0.1f);
+    test_fill_uniform(f->opt.v, f->opt.n, &s, 0.0f, 0.01f);
+}
+
+static int setup(void **state)
+{
+    Fixture *f = xcalloc(1, sizeof *f);
+    const char *tmp = getenv("AESIM_TEST_TMP");
+    snprintf(f->dir, sizeof f->dir, "%s/ckptXXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(f->dir)) return -1;
+    ModelSpec spec;
+    Err err;
+    err_clear(&err);
+    if (model_parse(&spec, SPEC, IMG_C, IMG_HW, IMG_HW, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    model_build(&f->m, &spec, 1, 1);
+    AdamConfig adam = { 1e-3f, 0.9f, 0.999f, 1e-7f };
+    optimizer_init(&f->opt, OPT_ADAM, &adam, 0.9f, f->m.n_params);
+    fill_model(f, 1);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    Fixture *f = *state;
+    char cmd[FILEIO_PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", f->dir);
+    optimizer_free(&f->opt);
+    model_free(&f->m);
+    free(f);
+    return 0;
+}
+
+static CkptState state_at(int64_t step)
+{
+    CkptState st = { step, step / 10, step % 10, 7, 30 };
+    return st;
+}
+
+static void path_in(char *out, const Fixture *f, const char *name)
+{
+    snprintf(out, FILEIO_PATH_MAX, "%s/%s", f->dir, name);
+}
+
+static void step_file(char *out, const Fixture *f, int64_t step)
+{
+    snprintf(out, FILEIO_PATH_MAX, "%s/ckpt-step%08lld.npz", f->dir, (long long)step);
+}
+
+static int exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static void truncate_half(const char *p)
+{
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(truncate(p, st.st_size / 2), 0);
+}
+
+/* Offset of the first occurrence of needle[len] in the file, or -1. */
+static long find_bytes(const char *p, const void *needle, size_t len)
+{
+    FILE *fp = fopen(p, "rb");
+    assert_non_null(fp);
+    static unsigned char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, fp);
+    fclose(fp);
+    for (size_t i = 0; i + len <= n; i++)
+        if (memcmp(buf + i, needle, len) == 0) return (long)i;
+    return -1;
+}
+
+/* Flips one bit at byte `off` of the file. */
+static void flip_bit(const char *p, long off)
+{
+    FILE *fp = fopen(p, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, off, SEEK_SET), 0);
+    int c = fgetc(fp);
+    assert_true(c != EOF);
+    assert_int_equal(fseek(fp, off, SEEK_SET), 0);
+    fputc(c ^ 0x10, fp);
+    assert_int_equal(fclose(fp), 0);
+}
+
+static void test_roundtrip_and_crc_format(void **state)
+{
+    Fixture *f = *state;
+    char p[FILEIO_PATH_MAX];
+    path_in(p, f, "rt.npz");
+    Err err;
+    err_clear(&err);
+    CkptState st = state_at(1234);
+    assert_int_equal(ckpt_save(p, &f->m, &f->opt, &st, &err), AE_OK);
+
+    /* meta.crc32 is the last member and holds zlib crc32 of each other one. */
+    NpyArray *a;
+    int n;
+    assert_int_equal(npz_read(p, &a, &n, &err), AE_OK);
+    assert_string_equal(a[n - 1].name, "meta.crc32");
+    assert_int_equal(a[n - 1].dtype, NPY_U32);
+    assert_int_equal(npy_numel(&a[n - 1]), n - 1);
+    const uint32_t *crc = a[n - 1].data;
+    for (int i = 0; i < n - 1; i++) {
+        size_t bytes = (size_t)npy_numel(&a[i]) * npy_dtype_size(a[i].dtype);
+        assert_int_equal(crc[i], (uint32_t)crc32(crc32(0L, Z_NULL, 0), a[i].data, (uInt)bytes));
+    }
+    npz_free(a, n);
+
+    Checkpoint ck;
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_OK);
+    assert_int_equal(ck.state.step, 1234);
+    assert_int_equal(ck.state.epoch, 123);
+    assert_int_equal(ck.state.batch, 4);
+    assert_int_equal(ck.state.seed, 7);
+    assert_string_equal(ck.arch, f->m.spec.text);
+    Fixture g;
+    model_build(&g.m, &f->m.spec, 1, 1);
+    optimizer_init(&g.opt, OPT_ADAM, &f->opt.adam, 0.9f, g.m.n_params);
+    assert_int_equal(ckpt_restore(&ck, &g.m, &g.opt, &err), AE_OK);
+    assert_memory_equal(g.m.params, f->m.params, f->m.n_params * sizeof(float));
+    assert_memory_equal(g.opt.m, f->opt.m, f->opt.n * sizeof(float));
+    assert_memory_equal(g.opt.v, f->opt.v, f->opt.n * sizeof(float));
+    optimizer_free(&g.opt);
+    model_free(&g.m);
+    ckpt_free(&ck);
+}
+
+static void test_damage_is_refused(void **state)
+{
+    Fixture *f = *state;
+    char p[FILEIO_PATH_MAX];
+    Err err;
+    err_clear(&err);
+    CkptState st = state_at(5);
+    Checkpoint ck;
+
+    /* Truncated. */
+    path_in(p, f, "trunc.npz");
+    assert_int_equal(ckpt_save(p, &f->m, &f->opt, &st, &err), AE_OK);
+    truncate_half(p);
+    assert_int_not_equal(ckpt_read(&ck, p, &err), AE_OK);
+    assert_non_null(strstr(err.msg, p));
+    assert_null(ck.arrays);
+
+    /* One bit flipped in the weights (found by their bytes in the file). */
+    path_in(p, f, "flip.npz");
+    err_clear(&err);
+    assert_int_equal(ckpt_save(p, &f->m, &f->opt, &st, &err), AE_OK);
+    long off = find_bytes(p, f->m.params, 2 * sizeof(float));
+    assert_true(off > 0);
+    flip_bit(p, off + 1);
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, p));
+
+    /* A tensor edited and written back as a valid zip: only meta.crc32 sees it. */
+    path_in(p, f, "edit.npz");
+    err_clear(&err);
+    assert_int_equal(ckpt_save(p, &f->m, &f->opt, &st, &err), AE_OK);
+    NpyArray *a;
+    int n;
+    assert_int_equal(npz_read(p, &a, &n, &err), AE_OK);
+    const NpyArray *w = npz_find(a, n, "conv1.weight");
+    assert_non_null(w);
+    ((float *)w->data)[0] += 1.0f;
+    assert_int_equal(npz_write(p, a, n, &err), AE_OK);
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "conv1.weight"));
+    assert_non_null(strstr(err.msg, "CRC-32"));
+
+    /* Same file without meta.crc32 but still claiming version 2. */
+    assert_int_equal(npz_write(p, a, n - 1, &err), AE_OK);
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "meta.crc32"));
+
+    /* Version 1 (before meta.crc32) is still read. */
+    ((float *)w->data)[0] -= 1.0f;
+    NpyArray *state_m = (NpyArray *)npz_find(a, n, "meta.state");
+    ((int64_t *)state_m->data)[0] = 1;
+    err_clear(&err);
+    assert_int_equal(npz_write(p, a, n - 1, &err), AE_OK);
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_OK);
+    assert_int_equal(ck.state.step, 5);
+    ckpt_free(&ck);
+    npz_free(a, n);
+
+    /* Non-finite weights are never saved by training: refused on load. */
+    path_in(p, f, "nan.npz");
+    float keep = f->m.params[3];
+    f->m.params[3] = NAN;
+    assert_int_equal(ckpt_save(p, &f->m, &f->opt, &st, &err), AE_OK);
+    f->m.params[3] = keep;
+    assert_int_equal(ckpt_read(&ck, p, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "nan"));
+}
+
+static void test_rotation(void **state)
+{
+    Fixture *f = *state;
+    Err err;
+    err_clear(&err);
+    char p[FILEIO_PATH_MAX], latest[FILEIO_PATH_MAX], stale[FILEIO_PATH_MAX], other[FILEIO_PATH_MAX];
+    path_in(latest, f, "checkpoint.npz");
+    /* Left by a crashed writer, and a file that is not ours. */
+    path_in(stale, f, "ckpt-step00000009.npz.tmp.12345");
+    path_in(other, f, "ckpt-notes.txt");
+    FILE *fp = fopen(stale, "wb");
+    fclose(fp);
+    fp = fopen(other, "wb");
+    fclose(fp);
+    for (int64_t s = 1; s <= 5; s++) {
+        CkptState st = state_at(s);
+        char written[FILEIO_PATH_MAX];
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, written, &err), AE_OK);
+        step_file(p, f, s);
+        assert_string_equal(written, p);
+    }
+    for (int64_t s = 1; s <= 5; s++) {
+        step_file(p, f, s);
+        assert_int_equal(exists(p), s >= 3);
+    }
+    assert_false(exists(stale));
+    assert_true(exists(other));
+    /* checkpoint.npz is the newest step file itself (hard link). */
+    struct stat a, b;
+    step_file(p, f, 5);
+    assert_int_equal(stat(latest, &a), 0);
+    assert_int_equal(stat(p, &b), 0);
+    assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+    Checkpoint ck;
+    assert_int_equal(ckpt_read(&ck, latest, &err), AE_OK);
+    assert_int_equal(ck.state.step, 5);
+    ckpt_free(&ck);
+
+    /* Saving an older step (a run resumed from step 2 into this folder)
+     * removes the abandoned newer steps, keeps at most `keep` older ones. */
+    CkptState st = state_at(2);
+    assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 1, NULL, &err), AE_OK);
+    for (int64_t s = 1; s <= 5; s++) {
+        step_file(p, f, s);
+        assert_int_equal(exists(p), s == 2);
+    }
+    assert_int_equal(ckpt_read(&ck, latest, &err), AE_OK);
+    assert_int_equal(ck.state.step, 2);
+    ckpt_free(&ck);
+}
+
+/* Runs ckpt_read_latest, capturing the notes; returns the status. */
+static int read_latest(Checkpoint *ck, const char *arg, char *notes, size_t cap, Err *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *ms = open_memstream(&buf, &len);
+    assert_non_null(ms);
+    int rc = ckpt_read_latest(ck, arg, ms, err);
+    fclose(ms);
+    snprintf(notes, cap, "%s", buf ? buf : "");
+    free(buf);
+    return rc;
+}
+
+static void test_resume_falls_back(void **state)
+{
+    Fixture *f = *state;
+    Err err;
+    err_clear(&err);
+    char notes[8192], p[FILEIO_PATH_MAX], latest[FILEIO_PATH_MAX];
+    Checkpoint ck;
+
+    assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_EIO);
+    assert_non_null(strstr(err.msg, "no checkpoint"));
+
+    for (int64_t s = 10; s <= 30; s += 10) {
+        fill_model(f, (uint64_t)s);
+        CkptState st = state_at(s);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, &err), AE_OK);
+    }
+    assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 30);
+    assert_string_equal(notes, "");
+    ckpt_free(&ck);
+
+    /* The newest is truncated (so is checkpoint.npz: the same file). */
+    step_file(p, f, 30);
+    truncate_half(p);
+    assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 20);
+    assert_non_null(strstr(notes, p));
+    step_file(p, f, 20);
+    assert_string_equal(ck.path, p);
+    /* The weights are those saved at step 20. */
+    fill_model(f, 20);
+    Fixture g;
+    model_build(&g.m, &f->m.spec, 1, 1);
+    optimizer_init(&g.opt, OPT_ADAM, &f->opt.adam, 0.9f, g.m.n_params);
+    assert_int_equal(ckpt_restore(&ck, &g.m, &g.opt, &err), AE_OK);
+    assert_memory_equal(g.m.params, f->m.params, f->m.n_params * sizeof(float));
+    optimizer_free(&g.opt);
+    model_free(&g.m);
+    ckpt_free(&ck);
+
+    /* Naming the damaged file (or checkpoint.npz) falls back the same way. */
+    path_in(latest, f, "checkpoint.npz");
+    assert_int_equal(read_latest(&ck, latest, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 20);
+    ckpt_free(&ck);
+    step_file(p, f, 30);
+    assert_int_equal(read_latest(&ck, p, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 20);
+    ckpt_free(&ck);
+    /* Naming step 20 never goes forward to 30, only back to 10. */
+    step_file(p, f, 20);
+    flip_bit(p, find_bytes(p, f->m.params, 2 * sizeof(float)) + 1);
+    assert_int_equal(read_latest(&ck, p, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 10);
+    ckpt_free(&ck);
+
+    /* A damaged file of another name: refused, no guessing. */
+    char own[FILEIO_PATH_MAX];
+    path_in(own, f, "mine.npz");
+    FILE *fp = fopen(own, "wb");
+    fputs("not a zip", fp);
+    fclose(fp);
+    assert_int_not_equal(read_latest(&ck, own, notes, sizeof notes, &err), AE_OK);
+    assert_non_null(strstr(err.msg, own));
+
+    /* Nothing intact: the error says so. */
+    step_file(p, f, 10);
+    truncate_half(p);
+    assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "none of the 3 checkpoints"));
+    assert_null(ck.arrays);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_roundtrip_and_crc_format, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damage_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
