@@ -62,6 +62,11 @@ typedef struct DatasetItem {
     DatasetOptions opts;  /* the defaults passed in, overridden by the item's options */
 } DatasetItem;
 
+/* Applies "key=value&key=value..." (the part after '?' of an item, also
+ * aesim-train's --data-opts) to *o with dataset_options_set.  Errors:
+ * AE_EARG naming the option that is not KEY=VALUE, too long, or unknown. */
+int dataset_options_parse(DatasetOptions *o, const char *kv, Err *err);
+
 /* Parses one item (no commas) with `defaults` as the starting options.
  * Errors: AE_EARG (empty path, path too long, unknown kind when the text
  * before ':' looks like one, unknown key, bad value, '=' missing; the

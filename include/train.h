@@ -28,8 +28,10 @@ typedef struct TrainResult {
     double last_train_loss;/* mean loss of the last step */
     double val_loss;       /* mean squared error per pixel on the validation set */
     double val_psnr_db;    /* 10 log10(1 / val_loss) */
-    double images_per_s;   /* global training throughput, whole run */
-    double seconds;        /* wall time of the loop */
+    double images_per_s;   /* global training images per second of training steps
+                              (validation, grids and checkpoints excluded) */
+    double seconds;        /* wall time of the loop, everything included */
+    int64_t steps_run;     /* optimizer steps taken by this run (0: nothing to train) */
     int stopped;           /* 1: a stop signal (signals.h) ended training early, after a
                               checkpoint; val_loss/val_psnr_db are then NaN (not measured) */
 } TrainResult;

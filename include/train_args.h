@@ -24,6 +24,7 @@ enum { PROGRESS_AUTO = 0, PROGRESS_BAR = 1, PROGRESS_LINES = 2 };
 typedef struct TrainConfig {
     char data[ARG_PATH_MAX];   /* training source(s), comma-separated */
     char val[ARG_PATH_MAX];    /* validation source, "" = split off val_fraction */
+    char data_opts[1024];      /* dataset options KEY=VALUE[&KEY=VALUE...] for --data and --val */
     double val_fraction;       /* fraction of data held out when val == "" */
     int64_t val_limit;         /* evaluate on at most this many val images (0 = all) */
     char arch[1024];           /* preset name or spec; "" = preset for the image shape */

@@ -159,6 +159,31 @@ int dataset_options_set(DatasetOptions *o, const char *key, const char *value, E
 }
 
 /* The kind named by item[0..len), or -1. */
+int dataset_options_parse(DatasetOptions *o, const char *kv, Err *err)
+{
+    const char *s = kv;
+    while (*s) {
+        const char *amp = strchr(s, '&');
+        size_t len = amp ? (size_t)(amp - s) : strlen(s);
+        const char *eq = memchr(s, '=', len);
+        if (!eq || eq == s)
+            return err_set(err, AE_EARG, "option '%.*s' is not KEY=VALUE (hint: e.g. size=64x64&channels=3)",
+                           (int)(len > 100 ? 100 : len), s);
+        char key[VALUE_BYTES], value[VALUE_BYTES];
+        size_t klen = (size_t)(eq - s), vlen = len - klen - 1;
+        if (klen >= sizeof key || vlen >= sizeof value)
+            return err_set(err, AE_EARG, "option '%.*s' is too long", (int)(len > 100 ? 100 : len), s);
+        memcpy(key, s, klen);
+        key[klen] = '\0';
+        memcpy(value, eq + 1, vlen);
+        value[vlen] = '\0';
+        if (dataset_options_set(o, key, value, err)) return err->code;
+        s += len;
+        if (*s == '&') s++;
+    }
+    return AE_OK;
+}
+
 static int kind_from(const char *s, size_t len)
 {
     for (int k = 1; k < N_KINDS; k++)
@@ -199,29 +224,10 @@ int dataset_item_parse(DatasetItem *out, const char *item, const DatasetOptions 
     memcpy(out->path, p, plen);
     out->path[plen] = '\0';
     if (!q) return AE_OK;
-    const char *s = q + 1;
-    while (*s) {
-        const char *amp = strchr(s, '&');
-        size_t len = amp ? (size_t)(amp - s) : strlen(s);
-        const char *eq = memchr(s, '=', len);
-        if (!eq || eq == s)
-            return err_set(err, AE_EARG, "option '%.*s' in dataset item '%.300s' is not KEY=VALUE (hint: e.g. "
-                           "?size=64x64&channels=3)", (int)(len > 100 ? 100 : len), s, item);
-        char key[VALUE_BYTES], value[VALUE_BYTES];
-        size_t klen = (size_t)(eq - s), vlen = len - klen - 1;
-        if (klen >= sizeof key || vlen >= sizeof value)
-            return err_set(err, AE_EARG, "option in dataset item '%.300s' is too long", item);
-        memcpy(key, s, klen);
-        key[klen] = '\0';
-        memcpy(value, eq + 1, vlen);
-        value[vlen] = '\0';
-        if (dataset_options_set(&out->opts, key, value, err)) {
-            char msg[ERR_MSG_BYTES];
-            snprintf(msg, sizeof msg, "%s", err->msg);
-            return err_set(err, AE_EARG, "in '%.300s': %s", item, msg);
-        }
-        s += len;
-        if (*s == '&') s++;
+    if (dataset_options_parse(&out->opts, q + 1, err)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return err_set(err, AE_EARG, "in dataset item '%.300s': %s", item, msg);
     }
     return AE_OK;
 }

@@ -133,15 +133,19 @@ static int64_t fault_nan_step(void)
 /* Text for messages: the newest checkpoint of this run, or the folder. */
 static const char *kept_ckpt(const char *last, const char *out) { return last[0] ? last : out; }
 
+/* One line: mean milliseconds per step of each phase, min/avg/max over
+ * ranks (printed at once so that other ranks' output cannot split it). */
 static void report_phases(const ParCtx *ctx, const double *t, int64_t steps)
 {
-    par_log0(ctx, "time per step (ms, min/avg/max over ranks):");
+    char line[512];
+    size_t len = (size_t)snprintf(line, sizeof line, "time per step (ms, min/avg/max over ranks):");
     for (int p = 0; p < PH_COUNT; p++) {
         ParStats s = par_stats(ctx, steps ? 1e3 * t[p] / steps : 0);
-        par_log0(ctx, "%s %s %.2f/%.2f/%.2f (max on rank %d)", p ? ";" : "", PHASE_NAMES[p], s.min, s.avg, s.max,
-                 s.max_rank);
+        if (len < sizeof line)
+            len += (size_t)snprintf(line + len, sizeof line - len, "%s %s %.2f/%.2f/%.2f (max on rank %d)",
+                                    p ? ";" : "", PHASE_NAMES[p], s.min, s.avg, s.max, s.max_rank);
     }
-    par_log0(ctx, "\n");
+    par_log0(ctx, "%s\n", line);
 }
 
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
@@ -152,6 +156,14 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     const size_t chw = image_numel(train);
     CkptState st = *start;
     memset(res, 0, sizeof *res);
+    res->state = st;
+    res->val_loss = res->val_psnr_db = res->last_train_loss = NAN;
+    if (st.epoch >= cfg->epochs || (cfg->max_steps > 0 && st.step >= cfg->max_steps)) {
+        par_log0(ctx, "nothing to train: the checkpoint is at step %lld, epoch %lld of %d%s; raise --epochs%s to "
+                 "train further\n", (long long)st.step, (long long)st.epoch, cfg->epochs,
+                 st.epoch >= cfg->epochs ? " (all done)" : "", cfg->max_steps > 0 ? " or --max-steps" : "");
+        return AE_OK;
+    }
     int64_t *perm = xmalloc((size_t)n * sizeof *perm);
     double phase[PH_COUNT] = { 0 };
 
@@ -182,8 +194,11 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         progress_set_start_step(&prog, st.step, t0);
     }
 
-    int64_t images_done = 0, steps_done = 0, csv_images = 0;
-    double csv_loss = 0, csv_t = t0;
+    /* Throughput counts training time only (not validation, grids or
+     * checkpoints): train_s is the sum of step times, csv_s of those since
+     * the last CSV row. */
+    int64_t images_done = 0, steps_done = 0, csv_images = 0, epoch_steps = 0;
+    double csv_loss = 0, csv_s = 0, train_s = 0, epoch_loss = 0;
     int64_t csv_steps = 0;
     int stop = 0, rc = AE_OK;
     for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
@@ -192,7 +207,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             double ta = timer_now();
             int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;
             sampler_rank_slice(len, ctx->rank, ctx->size, &off, &cnt);
-            for (int64_t i = 0; i < cnt; i++) dataset_get_f32(m->input + (size_t)i * chw, train, perm[first + off + i]);
+            dataset_get_batch_f32(m->input, train, perm + first + off, cnt);
             double tb = timer_now();
             model_zero_grad(m);
             double sse = cnt ? model_forward_backward(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw)) : 0;
@@ -234,6 +249,8 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             phase[PH_COMPUTE] += tc - tb;
             phase[PH_ALLREDUCE] += td - tc;
             phase[PH_OPTIMIZER] += te - td;
+            train_s += te - ta;
+            csv_s += te - ta;
             st.step++;
             steps_done++;
             images_done += len;
@@ -241,16 +258,18 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             csv_loss += loss;
             csv_steps++;
             csv_images += len;
+            epoch_loss += loss;
+            epoch_steps++;
             if (ctx->rank == 0) {
                 double now = timer_now();
-                progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / (now - t0), now);
+                progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / train_s, now);
                 if (csv_steps >= cfg->csv_every) {
                     rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / (now - csv_t), now - t0, err);
+                                        NAN, NAN, csv_images / csv_s, now - t0, err);
                     csv_loss = 0;
                     csv_steps = 0;
                     csv_images = 0;
-                    csv_t = now;
+                    csv_s = 0;
                 }
             }
             int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
@@ -263,7 +282,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 if (ctx->rank == 0 && csv_steps > 0 && rc == AE_OK) {
                     double now = timer_now();
                     rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / (now - csv_t), now - t0, err);
+                                        NAN, NAN, csv_images / csv_s, now - t0, err);
                     csv_steps = 0;
                 }
                 CkptState next = st;
@@ -296,17 +315,20 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
         res->val_psnr_db = metrics_psnr_db(res->val_loss);
         double now = timer_now();
-        par_log0(ctx, "epoch %lld/%d: step %lld, train loss %.5f, val loss %.5f, val PSNR %.2f dB, %.0f img/s\n",
-                 (long long)st.epoch + 1, cfg->epochs, (long long)st.step, res->last_train_loss, res->val_loss,
-                 res->val_psnr_db, images_done / (now - t0));
+        par_log0(ctx, "epoch %lld/%d: step %lld, train loss %.5f (mean of the epoch's %lld steps), val loss %.5f, "
+                 "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, (long long)st.step,
+                 epoch_steps ? epoch_loss / epoch_steps : NAN, (long long)epoch_steps, res->val_loss,
+                 res->val_psnr_db, train_s > 0 ? images_done / train_s : 0);
+        epoch_loss = 0;
+        epoch_steps = 0;
         if (ctx->rank == 0) {
             rc = metrics_append(&log, st.step, st.epoch + (double)st.batch / nb,
                                 csv_steps ? csv_loss / csv_steps : res->last_train_loss, res->val_loss,
-                                res->val_psnr_db, csv_steps ? csv_images / (now - csv_t) : NAN, now - t0, err);
+                                res->val_psnr_db, csv_steps ? csv_images / csv_s : NAN, now - t0, err);
             csv_loss = 0;
             csv_steps = 0;
             csv_images = 0;
-            csv_t = now;
+            csv_s = 0;
             if (!rc) rc = write_grid(cfg, m, val, st.epoch, err);
         }
         if ((rc = par_agree(ctx, err))) break;
@@ -333,7 +355,8 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     res->stopped = signalled;
     res->state = st;
     res->seconds = timer_now() - t0;
-    res->images_per_s = res->seconds > 0 ? images_done / res->seconds : 0;
+    res->steps_run = steps_done;
+    res->images_per_s = train_s > 0 ? images_done / train_s : 0;
     if (rc == AE_OK) report_phases(ctx, phase, steps_done);
     if (ctx->rank == 0) metrics_close(&log);
     free(perm);

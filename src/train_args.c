@@ -15,13 +15,14 @@
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 
 enum {
-    OPT_DATA = 256, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
+    OPT_DATA = 256, OPT_DATA_OPTS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
     { "data", required_argument, 0, OPT_DATA },
+    { "data-opts", required_argument, 0, OPT_DATA_OPTS },
     { "val", required_argument, 0, OPT_VAL },
     { "val-fraction", required_argument, 0, OPT_VAL_FRACTION },
     { "val-limit", required_argument, 0, OPT_VAL_LIMIT },
@@ -63,6 +64,11 @@ void train_args_usage(FILE *out)
 "                        several files form one set), an IDX images file (.gz or plain;\n"
 "                        labels read from the matching *labels-idx1* file), or a folder\n"
 "                        holding train-images-idx3-ubyte[.gz] (MNIST / Fashion-MNIST).\n"
+"                        Any source may carry options: KIND:PATH?key=value&... (PNG/JPEG\n"
+"                        folders, list files, .npy/.npz arrays, CIFAR, aesim stores; see\n"
+"                        datasets/README.md).\n"
+"  --data-opts K=V[&K=V] options for every --data and --val source, e.g.\n"
+"                        'size=64x64&channels=3&fit=crop' (resize with a box filter, centre crop)\n"
 "  --val SRC[,SRC...]    held-out validation images (default: split off --val-fraction;\n"
 "                        for a MNIST-style folder: its t10k-images file)\n"
 "  --val-fraction F      fraction of --data held out by seed when --val is not given (default 0.05)\n"
@@ -181,6 +187,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
         switch (o) {
         case OPT_DATA: rc = copy_str(c->data, sizeof c->data, name, optarg, err); break;
         case OPT_VAL: rc = copy_str(c->val, sizeof c->val, name, optarg, err); break;
+        case OPT_DATA_OPTS: rc = copy_str(c->data_opts, sizeof c->data_opts, name, optarg, err); break;
         case OPT_VAL_FRACTION:
             if (!(rc = parse_f64(name, optarg, 1e-9, 0.5, &f, err))) c->val_fraction = f;
             break;

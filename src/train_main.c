@@ -64,11 +64,15 @@ int main(int argc, char **argv)
     /* Per-rank diagnostic: equal on every rank iff the weights are identical. */
     fprintf(stderr, "[rank %d] parameter checksum crc32 %08lx after step %lld\n", ctx.rank,
             train_param_checksum(&model), (long long)res.state.step);
-    if (rc == AE_OK)
-        par_log0(&ctx, "done: %lld steps in %.1f s, %.0f images/s | val loss %.5f | val PSNR %.2f dB\n"
-                 "outputs: %s/checkpoint.npz  %s/metrics.csv  %s/recon_epoch*.png\n",
-                 (long long)res.state.step, res.seconds, res.images_per_s, res.val_loss, res.val_psnr_db,
-                 cfg.out, cfg.out, cfg.out);
+    fflush(stderr);
+    if (rc == AE_OK && res.stopped)
+        par_log0(&ctx, "stopped by a signal at step %lld after %lld steps of this run; resume with --resume %s\n",
+                 (long long)res.state.step, (long long)res.steps_run, cfg.out);
+    else if (rc == AE_OK && res.steps_run > 0)
+        par_log0(&ctx, "done: %lld steps in %.1f s (now at step %lld), %.0f images/s | val loss %.5f | val PSNR "
+                 "%.2f dB\noutputs: %s/checkpoint.npz  %s/metrics.csv  %s/recon_epoch*.png\n",
+                 (long long)res.steps_run, res.seconds, (long long)res.state.step, res.images_per_s, res.val_loss,
+                 res.val_psnr_db, cfg.out, cfg.out, cfg.out);
     optimizer_free(&opt);
     model_free(&model);
     dataset_free(&train);

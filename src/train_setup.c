@@ -12,6 +12,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "dataset_opts.h"
 
 /* Names of the test images in a MNIST-style folder, tried in order. */
 static const char *const IDX_TEST_NAMES[] = { "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte" };
@@ -39,12 +40,18 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
     Dataset all;
     memset(&all, 0, sizeof all);
     err_clear(err);
-    if (val_src[0]) {
-        if (!dataset_open(train, cfg->data, err) && !dataset_open(val, val_src, err) &&
+    DatasetOptions opts;
+    dataset_options_default(&opts);
+    if (dataset_options_parse(&opts, cfg->data_opts, err)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        err_set(err, AE_EARG, "--data-opts: %.900s", msg);
+    } else if (val_src[0]) {
+        if (!dataset_open_opts(train, cfg->data, &opts, err) && !dataset_open_opts(val, val_src, &opts, err) &&
             (train->C != val->C || train->H != val->H || train->W != val->W))
             err_set(err, AE_ESHAPE, "validation images %s are %dx%dx%d but training images %s are %dx%dx%d (HxWxC)",
                     val->source, val->H, val->W, val->C, train->source, train->H, train->W, train->C);
-    } else if (!dataset_open(&all, cfg->data, err)) {
+    } else if (!dataset_open_opts(&all, cfg->data, &opts, err)) {
         dataset_split(train, val, &all, cfg->val_fraction, cfg->seed, err);
         dataset_free(&all);
     }
@@ -89,9 +96,20 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         }
         arch = ck.arch;
         *start = ck.state;
-        if (start->batch_size != cfg->batch_size)
-            par_log0(ctx, "note: --batch-size %d differs from the checkpoint's %lld; the epoch's remaining "
-                     "batches use the new size\n", cfg->batch_size, (long long)start->batch_size);
+        if (start->batch_size != cfg->batch_size && start->batch > 0) {
+            /* Mid-epoch, the position is a count of old-size batches: it maps
+             * onto the new size only if the images done divide evenly. */
+            int64_t done = start->batch * start->batch_size;
+            if (done % cfg->batch_size != 0) {
+                err_set(err, AE_EARG, "%s stopped after %lld images of epoch %lld with --batch-size %lld; to "
+                        "resume mid-epoch use a --batch-size that divides %lld (or the same size), or resume "
+                        "from an epoch-end checkpoint", ck.path, (long long)done, (long long)start->epoch + 1,
+                        (long long)start->batch_size, (long long)done);
+                ckpt_free(&ck);
+                return par_agree(ctx, err);
+            }
+            start->batch = done / cfg->batch_size;
+        }
         start->batch_size = cfg->batch_size;
     }
     ModelSpec spec;
