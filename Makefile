@@ -109,7 +109,7 @@ run: all
 	@bash launch/quickstart.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf $(BUILD) $(BUILD)-valgrind $(BUILD)-fuzz build-asan
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*_main.d)
 
