@@ -3,17 +3,19 @@
 # FAISS on this machine, and against the machine's own limits (OpenBLAS
 # sgemm GFLOP/s, memory read GB/s).  Measures; changes nothing in the build.
 #
-#   launch/bench.sh                 full suite (~10-15 min on 2 cores)
+#   launch/bench.sh                 full suite (~8-15 min on 2 cores)
 #   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (< 2 min): a smoke test
 #
 # Steps: builds bench/*.c into $BUILD/bench/ (linked with $BUILD/libaesim.a,
 # made first by `make BUILD=$BUILD`), runs every workload (each program prints
 # JSON result lines, collected in $BUILD/bench/results.jsonl; the full output
-# goes to $BUILD/bench/log.txt), then bench/report.py writes the tables to
-# bench/results/latest.md (quick mode: $BUILD/bench/latest-quick.md) and
-# prints them.
+# goes to $BUILD/bench/log.txt; quick mode: results-quick.jsonl, log-quick.txt),
+# then bench/report.py writes the tables to bench/results/latest.md (quick
+# mode: $BUILD/bench/latest-quick.md) and prints them; the raw JSON lines are
+# copied beside the report (latest.jsonl).
 # Workloads (T = BENCH_THREADS, default: the cores of this machine):
-#   limits    sgemm 2048^3 and a 1 GiB OpenMP read, T threads (and 1)
+#   limits    sgemm 2048^3, register FMA peak and a 1 GiB OpenMP read, T
+#             threads (and 1), at the start and again at the end
 #   train     imagenet64 / imagenet32 / mnist presets, global batch 128:
 #             aesim 1 rank x T threads and T ranks x 1 thread (mpirun);
 #             PyTorch as installed and tuned (settings x malloc environments)
@@ -74,8 +76,9 @@ elif [ -w /dev/shm ]; then tmp=$(mktemp -d /dev/shm/aesim-bench.XXXXXX)
 else tmp=$(mktemp -d "$out_dir/tmp.XXXXXX"); fi
 trap 'rm -rf "$tmp"' EXIT
 
-results="$out_dir/results.jsonl"
-log="$out_dir/log.txt"
+suffix=$([ "$QUICK" = 1 ] && echo -quick || true)
+results="$out_dir/results$suffix.jsonl"
+log="$out_dir/log$suffix.txt"
 : >"$results"
 : >"$log"
 # collect: JSON lines to $results, everything to $log, progress to the terminal.
@@ -99,8 +102,17 @@ info threads "$T"
 info openblas_coretype "${OPENBLAS_CORETYPE:-unset}"
 info git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
 
-echo "== machine limits (T=$T)"
-"$out_dir/bench_limits" --threads "$T" --gemm-n "$gemm_n" --mem-mib "$mem_mib" --runs "$lim_runs" | collect
+load() {  # load SECTION: the load average when a section starts (noise indicator)
+    printf '{"kind": "load", "section": "%s", "loadavg": "%s"}\n' "$1" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$results"
+}
+# The limits are measured at the start and again at the end; the report takes
+# the best run of either (other jobs on the cores can only lower a limit).
+limits() {
+    echo "== machine limits (T=$T)"
+    load "limits"
+    "$out_dir/bench_limits" --threads "$T" --gemm-n "$gemm_n" --mem-mib "$mem_mib" --runs "$lim_runs" | collect
+}
+limits
 
 # PyTorch: each malloc environment is a separate process (glibc reads its
 # tunables at start-up).  "keep" stops glibc from returning freed memory to
@@ -112,13 +124,15 @@ torch_envs=("default|" "malloc keep|GLIBC_TUNABLES=$malloc_keep"
             "malloc keep+THP|GLIBC_TUNABLES=$malloc_keep:glibc.malloc.hugetlb=1")
 run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
     local preset=$1 mode=$2 data=$3 steps=$4 warm=$5; shift 5
-    local e label envset
+    local e label envset extra
     for e in "${torch_envs[@]}"; do
-        label=${e%%|*} envset=${e#*|}
+        label=${e%%|*} envset=${e#*|} extra=()
+        # The per-layer profile runs in the "malloc keep" process (on its
+        # fastest setting): without page-fault noise in the layer times.
+        [ "$label" = "malloc keep" ] && extra=("$@")
         env ${envset:+"$envset"} "$PYTHON" bench/torch_train.py --preset "$preset" --mode "$mode" --data "$data" \
             --threads "$T" --steps "$steps" --warmup "$warm" --runs "$runs" --settings default,channels_last \
-            --env-label "$label" "$@" | collect
-        shift $#  # the profile runs in the first (as installed) process only
+            --env-label "$label" ${extra[@]+"${extra[@]}"} | collect
     done
     # PyTorch's own im2col + BLAS convolution, as aesim computes it; BLAS
     # single-threaded inside PyTorch's parallel loop over images, as aesim.
@@ -128,23 +142,25 @@ run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
         --env-label "default" | collect
 }
 
-train_one() {  # train_one PRESET STEPS WARMUP [--profile P]
-    local preset=$1 steps=$2 warm=$3; shift 3
+train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer profile)
+    local preset=$1 steps=$2 warm=$3 prof=$4
     echo "== train $preset B=$batch"
+    load "train $preset"
     "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
-        --runs "$runs" --data-out "$tmp/$preset.npy" "$@" | collect
+        --runs "$runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
     if [ "$T" -gt 1 ]; then
         mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_train" --preset "$preset" --batch "$batch" \
             --threads 1 --steps "$steps" --warmup "$warm" --runs "$runs" | collect
     fi
-    run_torch "$preset" train "$tmp/$preset.npy" "$steps" "$warm" ${1:+--profile "$profile"}
+    run_torch "$preset" train "$tmp/$preset.npy" "$steps" "$warm" --profile "$prof"
 }
 
-train_one imagenet64 "$steps64" "$warm64" --profile "$profile"
-train_one imagenet32 "$steps32" "$warm32"
-train_one mnist "$stepsmn" "$warmmn"
+train_one imagenet64 "$steps64" "$warm64" "$profile"
+train_one imagenet32 "$steps32" "$warm32" 0
+train_one mnist "$stepsmn" "$warmmn" 0
 
 echo "== encode imagenet64 B=$enc_batch"
+load "encode imagenet64"
 "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
     --warmup "$warmenc" --runs "$runs" --data-out "$tmp/enc64.npy" | collect
 run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
@@ -152,6 +168,7 @@ run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
 knn_pair() {  # knn_pair D NQ-LIST
     local d=$1 nq=$2
     echo "== knn N=$knn_n d=$d nq=$nq"
+    load "knn d=$d"
     mkdir -p "$tmp/knn$d"
     "$out_dir/bench_knn" --n "$knn_n" --d "$d" --k 10 --nq "$nq" --runs "$runs" --threads "$T" \
         --data-dir "$tmp/knn$d" | collect
@@ -161,7 +178,11 @@ knn_pair() {  # knn_pair D NQ-LIST
 knn_pair 512 "$knn_large,100"
 knn_pair 392 1
 
+limits
 info loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 info suite_seconds "$(( $(date +%s) - t_start ))"
 mkdir -p "$(dirname "$report")"
 "$PYTHON" bench/report.py --results "$results" --out "$report"
+# The raw lines go next to the report, so it can be regenerated
+# (bench/report.py --results X.jsonl --out X.md) or compared later.
+cp "$results" "${report%.md}.jsonl"

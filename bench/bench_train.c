@@ -1,0 +1,420 @@
+/*
+ * bench_train.c - throughput of aesim's training step and encoder, and a
+ * per-layer profile of the training step (issue 6).
+ *
+ * Workloads (--mode):
+ *   train   one data-parallel Adam step per iteration, exactly the step of
+ *           aesim-train (train.c): model_zero_grad -> model_forward_backward
+ *           with inv_count = 1/(B*C*H*W) -> allreduce(grads, loss) ->
+ *           optimizer_step; the global batch B is split over the ranks with
+ *           sampler_rank_slice, as aesim-train does;
+ *   encode  model_encode of B images (one rank).
+ * The batch is one fixed set of B random images uniform in [0, 1), in
+ * memory for the whole run (no data loading is timed); --data-out saves it
+ * as .npy so bench/torch_train.py times PyTorch on the same data.
+ * Timing: --warmup steps untimed, then --runs runs of --steps steps each,
+ * each run timed on rank 0 between barriers.
+ * --profile P (train, one rank): P more steps run through a copy of the
+ * layer loop of model_forward_backward with a timer around every kernel,
+ * giving per-layer forward / backward milliseconds (medians over the P
+ * steps); the copy's gradients are checked bit-for-bit against
+ * model_forward_backward first, so the profile times the same computation.
+ * For each conv it also times its GEMMs alone (same M/N/K, per-thread
+ * buffers, same threading as conv2d.c) to split GEMM time from im2col/col2im
+ * and the rest.
+ *
+ * FLOPs: 2 x multiply-adds of the convolutions (model_forward_flops);
+ * training = 3 x forward (forward, input grad, weight grad).
+ * Output: JSON lines (bench_common.h) on rank 0.
+ * Threading/MPI: run under mpirun for several ranks (par.h); threads per
+ * rank set by threads_setup (OpenMP over images, BLAS single-threaded).
+ * Does not: read real data, write checkpoints, or validate.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "act.h"
+#include "bench_common.h"
+#include "check.h"
+#include "conv2d.h"
+#include "gemm.h"
+#include "loss.h"
+#include "maxpool.h"
+#include "model.h"
+#include "npy.h"
+#include "optimizer.h"
+#include "par.h"
+#include "rng.h"
+#include "sampler.h"
+#include "threads.h"
+#include "timer.h"
+#include "upsample.h"
+
+#if AESIM_OMP
+#include <omp.h>
+#endif
+
+/* Seeds of the random batch and of the weights: any fixed values. */
+#define BENCH_DATA_SEED 6u
+#define BENCH_WEIGHT_SEED 42u
+/* Extra rows of the profile after the layers: loss, optimizer, zero_grad. */
+#define PROFILE_EXTRA_ROWS 3
+/* Most profiled steps kept. */
+#define PROFILE_MAX_STEPS 64
+
+/* Input shapes of the presets (the inverse of model_default_preset). */
+static const struct { int C, H, W; } PRESET_SHAPES[] = { { 1, 28, 28 }, { 3, 32, 32 }, { 3, 64, 64 } };
+
+static int preset_shape(const char *name, int *C, int *H, int *W)
+{
+    for (size_t i = 0; i < sizeof PRESET_SHAPES / sizeof PRESET_SHAPES[0]; i++) {
+        const char *p = model_default_preset(PRESET_SHAPES[i].C, PRESET_SHAPES[i].H, PRESET_SHAPES[i].W);
+        if (p && strcmp(p, name) == 0) {
+            *C = PRESET_SHAPES[i].C;
+            *H = PRESET_SHAPES[i].H;
+            *W = PRESET_SHAPES[i].W;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* FLOPs of one image through conv layer L forward (2 x MACs). */
+static double conv_flops(const Layer *L)
+{
+    return 2.0 * L->OC * L->C * L->conv.K * L->conv.K * (double)L->OH * L->OW;
+}
+
+/* Forward FLOPs of one image through layers [0, n). */
+static double layers_flops(const Model *m, int n)
+{
+    double f = 0;
+    for (int i = 0; i < n; i++)
+        if (m->layers[i].kind == LAYER_CONV) f += conv_flops(&m->layers[i]);
+    return f;
+}
+
+/* One training step of aesim-train on this rank's n images x (global batch
+ * B); returns the global sum of squared errors. */
+static double train_step(const ParCtx *ctx, Model *m, Optimizer *opt, const float *x, int n, int B)
+{
+    size_t chw = (size_t)m->spec.C * m->spec.H * m->spec.W;
+    model_zero_grad(m);
+    double sse = n ? model_forward_backward(m, x, n, 1.0 / ((double)B * (double)chw)) : 0;
+    par_allreduce_sum_f32(ctx, m->grads, m->n_params);
+    par_allreduce_sum_f64(ctx, &sse, 1);
+    optimizer_step(opt, m->params, m->grads);
+    return sse;
+}
+
+static const char *layer_desc(char *buf, size_t len, const Layer *L)
+{
+    switch (L->kind) {
+    case LAYER_CONV:
+        snprintf(buf, len, "conv%dx%d %d->%d @%dx%d%s", L->conv.K, L->conv.K, L->C, L->OC, L->H, L->W,
+                 L->act == ACT_SIGMOID ? " +sigmoid" : "");
+        break;
+    case LAYER_MAXPOOL:
+        snprintf(buf, len, "maxpool %d @%dx%d", L->C, L->H, L->W);
+        break;
+    case LAYER_UPSAMPLE:
+        snprintf(buf, len, "upsample %d @%dx%d", L->C, L->H, L->W);
+        break;
+    }
+    return buf;
+}
+
+/* model_forward_backward with a timer around each layer: tf[i], tb[i]
+ * receive layer i's forward / backward seconds, tf[n_layers] the loss
+ * (mse_sum + mse_backward).  Must stay the same computation as
+ * model_forward_backward (checked by check_profiled_step). */
+static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
+{
+    const int n = m->spec.n_layers;
+    const float *in = x;
+    for (int i = 0; i < n; i++) {
+        Layer *L = &m->layers[i];
+        size_t numel = (size_t)N * L->OC * L->OH * L->OW;
+        double t0 = timer_now();
+        switch (L->kind) {
+        case LAYER_CONV:
+            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            if (L->act == ACT_RELU)
+                relu_forward(L->out, L->out, numel);
+            else
+                sigmoid_forward(L->out, L->out, numel);
+            break;
+        case LAYER_MAXPOOL:
+            maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
+            break;
+        case LAYER_UPSAMPLE:
+            upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
+            break;
+        }
+        tf[i] = timer_now() - t0;
+        in = L->out;
+    }
+    const float *y = in;
+    double t0 = timer_now();
+    size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
+    double sse = mse_sum(y, x, numel);
+    float *g = m->dbuf[0], *gnext = m->dbuf[1];
+    mse_backward(g, y, x, numel, inv_count);
+    tf[n] = timer_now() - t0;
+    for (int i = n - 1; i >= 0; i--) {
+        Layer *L = &m->layers[i];
+        const float *lin = i > 0 ? m->layers[i - 1].out : x;
+        size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
+        t0 = timer_now();
+        switch (L->kind) {
+        case LAYER_CONV:
+            if (L->act == ACT_RELU)
+                relu_backward(g, g, L->out, out_numel);
+            else
+                sigmoid_backward(g, g, L->out, out_numel);
+            conv2d_backward(i > 0 ? gnext : NULL, g, lin, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            break;
+        case LAYER_MAXPOOL:
+            maxpool2x2_backward(gnext, g, lin, N, L->C, L->H, L->W);
+            break;
+        case LAYER_UPSAMPLE:
+            upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
+            break;
+        }
+        tb[i] = timer_now() - t0;
+        float *t = g;
+        g = gnext;
+        gnext = t;
+    }
+    return sse;
+}
+
+/* Ends the program unless the profiled copy gives bit-identical gradients
+ * and loss to model_forward_backward on the same input. */
+static void check_profiled_step(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
+{
+    float *ref = xmalloc(m->n_params * sizeof(float));
+    model_zero_grad(m);
+    double sse_ref = model_forward_backward(m, x, N, inv_count);
+    memcpy(ref, m->grads, m->n_params * sizeof(float));
+    model_zero_grad(m);
+    double sse = profiled_forward_backward(m, x, N, inv_count, tf, tb);
+    if (sse != sse_ref || memcmp(ref, m->grads, m->n_params * sizeof(float)) != 0) {
+        fprintf(stderr, "bench_train: the profiled layer loop no longer matches model_forward_backward "
+                        "(src/model.c changed?); update profiled_forward_backward in bench/bench_train.c\n");
+        exit(1);
+    }
+    free(ref);
+}
+
+/* Seconds of the GEMMs of conv layer L alone for N images on `nthreads`
+ * threads, as conv2d.c issues them (conv2d.h: forward gemm_nn M=OC N=HW
+ * K=CKK; backward gemm_nt M=OC N=CKK K=HW and, when need_dx, gemm_tn M=CKK
+ * N=HW K=OC), each thread a contiguous block of images with single-threaded
+ * BLAS and its own buffers (reused for all its images, so cache-warm: an
+ * upper bound on what the GEMM part can reach).  *fwd, *bwd: seconds. */
+static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, int reps, double *fwd, double *bwd)
+{
+    const int OC = L->OC, HW = L->H * L->W, CKK = L->C * L->conv.K * L->conv.K;
+    int T = nthreads < N ? nthreads : N;
+    size_t per = (size_t)CKK * HW * 2 + (size_t)OC * HW + (size_t)OC * CKK;
+    float *buf = xcalloc(per * (size_t)T, sizeof(float));
+    float *w = xmalloc((size_t)OC * CKK * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, BENCH_WEIGHT_SEED, 1);
+    for (size_t i = 0; i < (size_t)OC * CKK; i++) w[i] = rng_uniform_f32(&rng, -0.1f, 0.1f);
+    for (size_t i = 0; i < per * (size_t)T; i++) buf[i] = rng_uniform_f32(&rng, 0.0f, 1.0f);
+    double best_f = 1e300, best_b = 1e300;
+    for (int r = 0; r < reps; r++) {
+        for (int dir = 0; dir < 2; dir++) {
+            double t0 = timer_now();
+#if AESIM_OMP
+#pragma omp parallel num_threads(T)
+#endif
+            {
+#if AESIM_OMP
+                int t = omp_get_thread_num();
+#else
+                int t = 0;
+#endif
+                float *col = buf + per * (size_t)t, *dcol = col + (size_t)CKK * HW;
+                float *y = dcol + (size_t)CKK * HW, *dw = y + (size_t)OC * HW;
+                int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
+                for (int n = n0; n < n1; n++) {
+                    if (dir == 0) {
+                        gemm_nn(y, w, col, OC, HW, CKK, 0.0f);
+                    } else {
+                        gemm_nt(dw, y, col, OC, CKK, HW, 1.0f);
+                        if (need_dx) gemm_tn(dcol, w, y, CKK, HW, OC, 0.0f);
+                    }
+                }
+            }
+            double t = timer_now() - t0;
+            if (dir == 0 && t < best_f) best_f = t;
+            if (dir == 1 && t < best_b) best_b = t;
+        }
+    }
+    *fwd = best_f;
+    *bwd = best_b;
+    free(buf);
+    free(w);
+}
+
+/* Per-layer profile of P training steps on N images (one rank). */
+static void run_profile(const char *workload, Model *m, Optimizer *opt, const float *x, int N, int P)
+{
+    const int nl = m->spec.n_layers, rows = nl + PROFILE_EXTRA_ROWS;
+    size_t chw = (size_t)m->spec.C * m->spec.H * m->spec.W;
+    double inv = 1.0 / ((double)N * (double)chw);
+    double *tf = xcalloc((size_t)rows * PROFILE_MAX_STEPS, sizeof(double));
+    double *tb = xcalloc((size_t)rows * PROFILE_MAX_STEPS, sizeof(double));
+    double *col = xmalloc(PROFILE_MAX_STEPS * sizeof(double));
+    check_profiled_step(m, x, N, inv, tf, tb);
+    for (int s = 0; s < P; s++) {
+        double *f = tf + (size_t)s * rows, *b = tb + (size_t)s * rows;
+        double t0 = timer_now();
+        model_zero_grad(m);
+        f[nl + 2] = timer_now() - t0;
+        profiled_forward_backward(m, x, N, inv, f, b);
+        t0 = timer_now();
+        optimizer_step(opt, m->params, m->grads);
+        f[nl + 1] = timer_now() - t0;
+    }
+    for (int i = 0; i < rows; i++) {
+        char desc[96];
+        const Layer *L = i < nl ? &m->layers[i] : NULL;
+        if (L)
+            layer_desc(desc, sizeof desc, L);
+        else
+            snprintf(desc, sizeof desc, "%s", i == nl ? "mse loss" : i == nl + 1 ? "adam step" : "zero_grad");
+        for (int s = 0; s < P; s++) col[s] = tf[(size_t)s * rows + i];
+        double fwd = bench_median(col, P);
+        for (int s = 0; s < P; s++) col[s] = tb[(size_t)s * rows + i];
+        double bwd = bench_median(col, P);
+        double ff = 0, fb = 0, gf = 0, gb = 0;
+        if (L && L->kind == LAYER_CONV) {
+            ff = conv_flops(L) * N;
+            fb = ff * (i > 0 ? 2.0 : 1.0); /* weight grad, plus input grad except layer 0 */
+            time_conv_gemms(L, N, m->nthreads, i > 0, P, &gf, &gb);
+        }
+        printf("{\"kind\": \"layer\", \"workload\": ");
+        bench_print_json_string(stdout, workload);
+        printf(", \"index\": %d, \"desc\": ", i);
+        bench_print_json_string(stdout, desc);
+        if (L)
+            printf(", \"type\": \"%s\", \"N\": %d, \"C\": %d, \"H\": %d, \"W\": %d, \"OC\": %d, \"K\": %d",
+                   L->kind == LAYER_CONV ? "conv" : L->kind == LAYER_MAXPOOL ? "maxpool" : "upsample", N, L->C,
+                   L->H, L->W, L->OC, L->kind == LAYER_CONV ? L->conv.K : 0);
+        else
+            printf(", \"type\": \"other\"");
+        printf(", \"fwd_s\": %.6g, \"bwd_s\": %.6g, \"fwd_flop\": %.6g, \"bwd_flop\": %.6g, "
+               "\"gemm_fwd_s\": %.6g, \"gemm_bwd_s\": %.6g, \"steps\": %d}\n",
+               fwd, bwd, ff, fb, gf, gb, P);
+    }
+    fflush(stdout);
+    free(tf);
+    free(tb);
+    free(col);
+}
+
+int main(int argc, char **argv)
+{
+    ParCtx ctx;
+    par_init(&ctx, &argc, &argv);
+    const char *preset = bench_opt_str(argc, argv, "--preset", "imagenet64");
+    const char *mode = bench_opt_str(argc, argv, "--mode", "train");
+    const char *data_out = bench_opt_str(argc, argv, "--data-out", NULL);
+    const char *variant_opt = bench_opt_str(argc, argv, "--variant", NULL);
+    int B = (int)bench_opt_int(argc, argv, "--batch", 128, 1);
+    int threads = (int)bench_opt_int(argc, argv, "--threads", 0, 0);
+    int steps = (int)bench_opt_int(argc, argv, "--steps", 5, 1);
+    int warmup = (int)bench_opt_int(argc, argv, "--warmup", 2, 0);
+    int runs = (int)bench_opt_int(argc, argv, "--runs", 3, 1);
+    int profile = (int)bench_opt_int(argc, argv, "--profile", 0, 0);
+    int encode = strcmp(mode, "encode") == 0;
+    if ((!encode && strcmp(mode, "train") != 0) || runs > BENCH_MAX_RUNS || profile > PROFILE_MAX_STEPS ||
+        ((encode || profile) && ctx.size != 1)) {
+        par_err0(&ctx, "bench_train: --mode train|encode, --runs <= %d, --profile <= %d; encode and profile "
+                       "run on one rank\n", BENCH_MAX_RUNS, PROFILE_MAX_STEPS);
+        par_abort(2);
+    }
+    int C, H, W;
+    ModelSpec spec;
+    Err err;
+    err_clear(&err);
+    if (!preset_shape(preset, &C, &H, &W) || model_parse(&spec, preset, C, H, W, &err) != AE_OK) {
+        par_err0(&ctx, "bench_train: unknown preset '%s' (mnist, imagenet32, imagenet64) %s\n", preset, err.msg);
+        par_abort(2);
+    }
+    ThreadPlan plan = threads_setup(&ctx, threads);
+
+    /* The global batch, identical on every rank; this rank's slice. */
+    size_t chw = (size_t)C * H * W;
+    float *batch = xmalloc((size_t)B * chw * sizeof(float));
+    Rng rng;
+    rng_seed(&rng, BENCH_DATA_SEED, 0);
+    for (size_t i = 0; i < (size_t)B * chw; i++) batch[i] = rng_uniform_f32(&rng, 0.0f, 1.0f);
+    int64_t off = 0, cnt = B;
+    if (!encode) sampler_rank_slice(B, ctx.rank, ctx.size, &off, &cnt);
+    const float *x = batch + (size_t)off * chw;
+    if (data_out && ctx.rank == 0) {
+        NpyArray a = { .name = "", .dtype = NPY_F32, .ndim = 4, .shape = { B, C, H, W }, .data = batch };
+        if (npy_write(data_out, &a, &err) != AE_OK) {
+            fprintf(stderr, "bench_train: %s\n", err.msg);
+            par_abort(1);
+        }
+    }
+
+    Model m;
+    model_build(&m, &spec, cnt > 0 ? (int)cnt : 1, plan.omp_threads);
+    model_init_glorot(&m, BENCH_WEIGHT_SEED);
+    AdamConfig adam = ADAM_CONFIG_DEFAULT;
+    Optimizer opt;
+    optimizer_init(&opt, OPT_ADAM, &adam, 0.0f, m.n_params);
+    CHECK(layers_flops(&m, m.spec.n_layers) == model_forward_flops(&m));
+
+    char workload[128], variant[96], extra[256];
+    snprintf(workload, sizeof workload, "%s %s B=%d", encode ? "encode" : "train", preset, B);
+    if (variant_opt)
+        snprintf(variant, sizeof variant, "%s", variant_opt);
+    else
+        snprintf(variant, sizeof variant, "%d rank%s x %d thread%s", ctx.size, ctx.size > 1 ? "s" : "",
+                 plan.omp_threads, plan.omp_threads > 1 ? "s" : "");
+
+    double first_loss = 0, last_loss = 0, sec[BENCH_MAX_RUNS];
+    for (int s = 0; s < warmup; s++) {
+        if (encode)
+            model_encode(&m, x, B);
+        else
+            first_loss = train_step(&ctx, &m, &opt, x, (int)cnt, B) / ((double)B * chw);
+    }
+    for (int r = 0; r < runs; r++) {
+        par_barrier(&ctx);
+        double t0 = timer_now();
+        for (int s = 0; s < steps; s++) {
+            if (encode)
+                model_encode(&m, x, B);
+            else
+                last_loss = train_step(&ctx, &m, &opt, x, (int)cnt, B) / ((double)B * chw);
+        }
+        par_barrier(&ctx);
+        sec[r] = timer_now() - t0;
+        par_log0(&ctx, "# %s %s run %d: %.3f s for %d steps (%.1f images/s)\n", workload, variant, r + 1, sec[r],
+                 steps, (double)steps * B / sec[r]);
+    }
+    double flop = encode ? layers_flops(&m, m.spec.n_encoder) : 3.0 * model_forward_flops(&m);
+    snprintf(extra, sizeof extra,
+             "\"ranks\": %d, \"threads\": %d, \"steps\": %d, \"warmup\": %d, \"loss_first\": %.6g, "
+             "\"loss_last\": %.6g, \"params\": %zu",
+             ctx.size, plan.omp_threads, steps, warmup, first_loss, last_loss, m.n_params);
+    if (ctx.rank == 0)
+        bench_print_result(stdout, workload, "aesim", variant, sec, runs, (double)steps * B, flop, 0, extra);
+    if (profile > 0) run_profile(workload, &m, &opt, x, B, profile);
+
+    optimizer_free(&opt);
+    model_free(&m);
+    free(batch);
+    par_finalize(&ctx);
+    return 0;
+}

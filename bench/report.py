@@ -1,0 +1,343 @@
+"""Turns the JSON lines of the benchmark suite (launch/bench.sh ->
+$BUILD/bench/results.jsonl; protocol in bench/bench_common.h) into the
+Markdown report of issue 6, writes it (--out) and prints it.
+
+Tables:
+  1. per workload: aesim, each peer (PyTorch as installed, PyTorch tuned to
+     its fastest measured setting -- which one is named --, FAISS), the
+     ratio aesim / peer, aesim's GFLOP/s and its fraction of the machine's
+     limit.  Every number is the median over the timed runs (>= 3), with
+     (min-max).  Throughput = items / seconds of each run.
+     Limit: a roofline with the measured limits (best run of the rounds
+     at the start and end of the suite), t_min = max(FLOPs / sgemm
+     GFLOP/s, bytes / read GB/s) at the same thread count; the fraction is
+     t_min / t_measured, so 100% = running at the machine's limit;
+  2. aesim ranks x threads (data-parallel MPI vs OpenMP);
+  3. every PyTorch variant timed (setting x malloc environment);
+  4. the per-layer profile of aesim's imagenet64 training step, with the
+     GEMM-only time of every conv and PyTorch's time for the same conv;
+  5. the machine (CPU, cores, OpenBLAS, versions, date, load average).
+Does not: measure anything, or judge whether a number is good (the reader
+does; the notes only restate what the numbers say).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+
+
+def load(path):
+    recs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                recs.append(json.loads(line))
+    return recs
+
+
+def rates(r):
+    return [r["items"] / s for s in r["seconds"]]
+
+
+def med(v):
+    return statistics.median(v)
+
+
+def fmt_num(x):
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def opt_num(x):
+    return "(not measured)" if x is None else fmt_num(x)
+
+
+def fmt_rate(r):
+    v = rates(r)
+    return f"{fmt_num(med(v))} ({fmt_num(min(v))}–{fmt_num(max(v))})"
+
+
+def unit_of(workload):
+    return "queries/s" if workload.startswith("knn") else "images/s"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mem_total_gib():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Limits:
+    def __init__(self, recs, threads):
+        # Best run over every measurement round: other jobs on the cores can
+        # only lower what a run reaches, so the best run is the limit.
+        self.by = {}
+        for r in recs:
+            if r["kind"] == "limit":
+                self.by.setdefault((r["name"], r["threads"]), []).extend(r["values"])
+        self.threads = threads
+        self.peak, self.bw, self.fma = (max(self.by[(n, threads)]) if (n, threads) in self.by else None
+                                        for n in ("sgemm", "mem_read", "fma_peak"))
+
+    def fma_fraction(self, r):
+        """Fraction of the register-only FMA peak (compute only), or None."""
+        if not self.fma or not r["flop_item"]:
+            return None
+        return gflops(r) / self.fma
+
+    def fraction(self, r):
+        """(fraction of the roofline limit, which bound) for result r."""
+        t = med(r["seconds"])
+        t_flop = r["items"] * r["flop_item"] / (self.peak * 1e9) if self.peak and r["flop_item"] else 0.0
+        t_mem = r["bytes_run"] / (self.bw * 1e9) if self.bw and r["bytes_run"] else 0.0
+        if t_flop == 0 and t_mem == 0:
+            return None, ""
+        return max(t_flop, t_mem) / t, ("sgemm" if t_flop >= t_mem else "mem read")
+
+
+def gflops(r):
+    return med(rates(r)) * r["flop_item"] * 1e-9
+
+
+def torch_label(r):
+    setting = {"default": "NCHW, mkldnn (default)", "channels_last": "channels_last, mkldnn",
+               "no-mkldnn": "NCHW, no mkldnn (im2col+BLAS)"}.get(r.get("setting"), r.get("setting", ""))
+    env = r.get("env", "default")
+    return setting + ("" if env == "default" else f"; {env}")
+
+
+def main_table(recs, lim, T):
+    out = []
+    order = []
+    for r in recs:
+        if r["kind"] == "result" and r["workload"] not in order:
+            order.append(r["workload"])
+    out.append(f"| Workload ({T} threads) | aesim | Peer | Peer result | aesim ÷ peer: medians (best runs) | "
+               f"aesim GFLOP/s | aesim % of limit |")
+    out.append("|---|---|---|---|---|---|---|")
+    one_rank = f"1 rank x {T} thread" + ("s" if T > 1 else "")
+    for w in order:
+        rs = [r for r in recs if r["kind"] == "result" and r["workload"] == w]
+        aes = [r for r in rs if r["impl"] == "aesim" and (not r.get("ranks") or r["variant"] == one_rank)]
+        if not aes:
+            continue
+        a = aes[0]
+        peers = []
+        torch = [r for r in rs if r["impl"] == "torch"]
+        if torch:
+            inst = [r for r in torch if r.get("env") == "default" and r.get("setting") == "default"]
+            if inst:
+                peers.append(("PyTorch as installed", inst[0]))
+            best = max(torch, key=lambda r: med(rates(r)))
+            peers.append((f"PyTorch tuned (fastest: {torch_label(best)})", best))
+        for r in rs:
+            if r["impl"] == "faiss":
+                extra = f", same ids {100 * r['same_ids']:.0f}%" if "same_ids" in r else ""
+                peers.append((f"FAISS IndexFlatL2{extra}", r))
+        frac, bound = lim.fraction(a)
+        fr = f"{100 * frac:.0f}% ({bound})" if frac is not None else "–"
+        ff = lim.fma_fraction(a)
+        if ff is not None and bound == "sgemm":
+            fr += f"; {100 * ff:.0f}% of FMA peak"
+        label = f"{w} [{unit_of(w)}]" + (f", {a['variant']}" if "calls" in a["variant"] else "")
+        if not peers:
+            out.append(f"| {label} | {fmt_rate(a)} | – | – | – | {gflops(a):.1f} | {fr} |")
+        for i, (name, p) in enumerate(peers):
+            ratio = med(rates(a)) / med(rates(p))
+            best = max(rates(a)) / max(rates(p))
+            first = i == 0
+            out.append(f"| {label if first else ''} | {fmt_rate(a) if first else ''} | {name} | {fmt_rate(p)} | "
+                       f"{ratio:.2f} ({best:.2f}) | {f'{gflops(a):.1f}' if first else ''} | {fr if first else ''} |")
+    return out
+
+
+def ranks_table(recs, T):
+    out = ["| Workload | 1 rank x %d threads | %d ranks x 1 thread | ranks ÷ threads |" % (T, T), "|---|---|---|---|"]
+    rows = 0
+    for w in dict.fromkeys(r["workload"] for r in recs if r["kind"] == "result"):
+        a = [r for r in recs if r["kind"] == "result" and r["workload"] == w and r["impl"] == "aesim"
+             and r.get("ranks")]
+        one = [r for r in a if r["ranks"] == 1]
+        many = [r for r in a if r["ranks"] > 1]
+        if one and many:
+            rows += 1
+            out.append(f"| {w} | {fmt_rate(one[0])} | {fmt_rate(many[0])} | "
+                       f"{med(rates(many[0])) / med(rates(one[0])):.2f} |")
+    return out if rows else []
+
+
+def torch_table(recs, lim):
+    out = ["| Workload | PyTorch setting; malloc environment | images/s median (min–max) | GFLOP/s | "
+           "% of sgemm | % of FMA peak | page faults / step |", "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if r["kind"] == "result" and r["impl"] == "torch":
+            frac, _ = lim.fraction(r)
+            ff = lim.fma_fraction(r)
+            out.append(f"| {r['workload']} | {torch_label(r)} | {fmt_rate(r)} | {gflops(r):.1f} | "
+                       f"{100 * frac:.0f}% | {'–' if ff is None else f'{100 * ff:.0f}%'} | "
+                       f"{r.get('minflt_per_step', float('nan')):,.0f} |")
+    return out
+
+
+def profile_section(recs):
+    layers = [r for r in recs if r["kind"] == "layer"]
+    if not layers:
+        return []
+    w = layers[0]["workload"]
+    layers = [r for r in layers if r["workload"] == w]
+    tl = [r for r in recs if r["kind"] == "torch_layer" and r["workload"] == w]
+    tsetting = f"{tl[0]['setting']}, {tl[0]['env']}" if tl else ""
+
+    def torch_time(L, op):
+        for t in tl:
+            if (t["op"], t["C"], t["OC"], t["H"], t["W"], t["K"]) == (op, L["C"], L["OC"], L["H"], L["W"], L["K"]):
+                return t["seconds_per_call"]
+        return None
+
+    total = sum(r["fwd_s"] + r["bwd_s"] for r in layers)
+    out = [f"Workload: {w}, one rank; medians over {layers[0]['steps']} profiled steps. "
+           "GFLOP/s = 2 x MACs / time (backward = weight grad + input grad, no input grad for layer 0). "
+           "GEMM only = the same GEMM calls (same M/N/K, same threading) timed alone on cache-warm buffers: "
+           "the rest of a conv's time is im2col / col2im, bias, activation and partial-sum reduction. "
+           + (f"PyTorch = torch.profiler time per call of aten::convolution / aten::convolution_backward for "
+              f"the same shape ({tsetting}; two layers with one shape share the average)." if tl else ""),
+           "",
+           "| # | Layer | fwd ms | fwd GFLOP/s | GEMM-only fwd GFLOP/s | bwd ms | bwd GFLOP/s | "
+           "GEMM-only bwd GFLOP/s | PyTorch fwd / bwd ms | share of step |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    conv_t = gemm_t = 0.0
+    for r in layers:
+        f_ms, b_ms = 1e3 * r["fwd_s"], 1e3 * r["bwd_s"]
+        conv = r.get("type") == "conv"
+        gf = f"{r['fwd_flop'] / r['fwd_s'] * 1e-9:.1f}" if conv else ""
+        gb = f"{r['bwd_flop'] / r['bwd_s'] * 1e-9:.1f}" if conv else ""
+        ggf = f"{r['fwd_flop'] / r['gemm_fwd_s'] * 1e-9:.1f}" if conv and r["gemm_fwd_s"] else ""
+        ggb = f"{r['bwd_flop'] / r['gemm_bwd_s'] * 1e-9:.1f}" if conv and r["gemm_bwd_s"] else ""
+        tt = ""
+        if conv and tl:
+            tf, tb = torch_time(r, "fwd"), torch_time(r, "bwd")
+            tt = f"{1e3 * tf:.1f} / {1e3 * tb:.1f}" if tf is not None and tb is not None else "?"
+        if conv:
+            conv_t += r["fwd_s"] + r["bwd_s"]
+            gemm_t += r["gemm_fwd_s"] + r["gemm_bwd_s"]
+        bwd = f"{b_ms:.2f}" if r.get("type") != "other" else ""
+        out.append(f"| {r['index']} | {r['desc']} | {f_ms:.2f} | {gf} | {ggf} | {bwd} | {gb} | {ggb} | {tt} | "
+                   f"{100 * (r['fwd_s'] + r['bwd_s']) / total:.1f}% |")
+    out.append(f"| | total | | | | | | | | {1e3 * total:.0f} ms |")
+    top = sorted(layers, key=lambda r: -(r["fwd_s"] + r["bwd_s"]))[:3]
+    out += ["", "Read from the profile:",
+            f"- convolutions take {100 * conv_t / total:.0f}% of the step; their GEMMs alone would take "
+            f"{100 * gemm_t / conv_t:.0f}% of that conv time, so {100 * (1 - gemm_t / conv_t):.0f}% of conv time "
+            f"is outside the GEMMs (im2col/col2im, bias, activations, reductions);",
+            "- the three most expensive layers: " + "; ".join(
+                f"#{r['index']} {r['desc']} {1e3 * (r['fwd_s'] + r['bwd_s']):.0f} ms" for r in top) + ";",
+            f"- pooling and upsampling: {100 * sum(r['fwd_s'] + r['bwd_s'] for r in layers if r.get('type') in ('maxpool', 'upsample')) / total:.1f}% of the step."]
+    if tl:
+        slow = []
+        for r in layers:
+            if r.get("type") != "conv":
+                continue
+            tf, tb = torch_time(r, "fwd"), torch_time(r, "bwd")
+            if tf and tb:
+                slow.append(((r["fwd_s"] + r["bwd_s"]) / (tf + tb), r))
+        slow.sort(key=lambda x: -x[0])
+        out.append("- aesim ÷ PyTorch time per conv (fwd+bwd), worst first: " + "; ".join(
+            f"#{r['index']} {r['desc']} {x:.1f}x" for x, r in slow[:5]) + ".")
+    return out
+
+
+def machine_section(recs, info):
+    lim_lines, seen = [], {}
+    for r in recs:
+        if r["kind"] == "limit":
+            v = r["values"]
+            size = f"n={r['n']}" if "n" in r else r["isa"] if "isa" in r else f"{r.get('mib')} MiB"
+            key = (r["name"], r["threads"])
+            seen[key] = seen.get(key, 0) + 1
+            lim_lines.append(f"| {r['name']} ({size}) | {r['threads']} | {seen[key]} | {fmt_num(med(v))} "
+                             f"({fmt_num(min(v))}–{fmt_num(max(v))}) {r['unit']} |")
+    notes = [f"- note: {r['note']}" for r in recs if r["kind"] == "info" and "note" in r]
+    out = notes + [f"- CPU: {cpu_model()}; {os.cpu_count()} cores online, {len(os.sched_getaffinity(0))} usable; "
+           f"{mem_total_gib():.0f} GiB RAM",
+           f"- OpenBLAS: {info.get('openblas_config', '?')} (OPENBLAS_CORETYPE: {info.get('openblas_coretype', '?')})",
+           f"- PyTorch {info.get('torch_version', '?')}, FAISS {info.get('faiss_version', '?')}, "
+           f"Python {platform.python_version()}",
+           f"- date: {info.get('date', '?')}; aesim git {info.get('git', '?')}; suite took "
+           f"{info.get('suite_seconds', '?')} s{' (BENCH_QUICK=1: reduced sizes)' if info.get('quick') == '1' else ''}",
+           f"- load average (1/5/15 min) before: {info.get('loadavg_start', '?')}, after: "
+           f"{info.get('loadavg_end', '?')} (above 0 means other jobs shared the cores: numbers are noisy)"
+           + "".join(f"{'; at the start of each section (1 min): ' if i == 0 else ', '}{r['section']} "
+                     f"{r['loadavg'].split()[0]}" for i, r in enumerate(x for x in recs if x["kind"] == "load")),
+           "", "| Limit | threads | round (1 = start, 2 = end) | median (min–max) |", "|---|---|---|---|"]
+    out += lim_lines
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    recs = load(args.results)
+    info = {}
+    for r in recs:
+        if r["kind"] == "info":
+            info.update({k: v for k, v in r.items() if k not in ("kind", "note")})
+    T = int(info.get("threads", 1))
+    lim = Limits(recs, T)
+    lines = ["# aesim benchmarks (issue 6)", "",
+             "Generated by `make bench` (launch/bench.sh, bench/report.py). Medians over the timed runs "
+             "(at least 3) with (min–max); warm-up excluded; same batch / vectors and thread count for aesim "
+             "and its peers. FLOPs = 2 x multiply-adds of the convolutions (training = 3 x forward) or of the "
+             f"distance GEMM (kNN: 2 N d per query). Limit = roofline of the measured sgemm (best run) "
+             f"{opt_num(lim.peak)} GFLOP/s and read bandwidth {opt_num(lim.bw)} GB/s "
+             f"at {T} threads; compute-bound rows also give the fraction of the cores' register-only FMA peak "
+             f"({opt_num(lim.fma)} GFLOP/s), which is higher than sgemm when OpenBLAS's run-time "
+             "kernel choice uses a narrower vector ISA than the CPU has (see Machine).", "", "## Workloads", ""]
+    lines += main_table(recs, lim, T)
+    lines += ["", "FAISS \"same ids\" = share of queries whose k ids equal aesim's, in order; aesim re-scores its "
+              "candidates exactly (include/knn.h), FAISS reports float GEMM distances, so near-ties may come out "
+              "in another order."]
+    rt = ranks_table(recs, T)
+    if rt:
+        lines += ["", "## aesim: MPI ranks vs OpenMP threads (same global batch)", ""] + rt
+    lines += ["", "## Every PyTorch variant timed", "",
+              "malloc keep = GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=16GiB (freed "
+              "memory stays in the process); +THP adds glibc.malloc.hugetlb=1 (transparent huge pages).", ""]
+    lines += torch_table(recs, lim)
+    prof = profile_section(recs)
+    if prof:
+        lines += ["", "## Profile: aesim training step, per layer", ""] + prof
+    lines += ["", "## Machine", ""] + machine_section(recs, info)
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"(written to {args.out})")
+
+
+if __name__ == "__main__":
+    main()
