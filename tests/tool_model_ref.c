@@ -20,6 +20,9 @@
 #include "npy.h"
 #include "optimizer.h"
 #include "rng.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static void die(const Err *e)
 {
@@ -40,7 +43,11 @@ int main(int argc, char **argv)
     ModelSpec spec;
     if (model_parse(&spec, argv[1], C, H, W, &err)) die(&err);
     Model m;
-    model_build(&m, &spec, N, 2);
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads(); /* OMP_NUM_THREADS decides, as in the programs */
+#endif
+    model_build(&m, &spec, N, nthreads);
     model_init_glorot(&m, 1234);
     /* Non-zero biases so that their paths are tested too. */
     Rng rng;
