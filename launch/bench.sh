@@ -64,8 +64,8 @@ fi
 make -s BUILD="$BUILD" all >"$out_dir/make.log" 2>&1 || { cat "$out_dir/make.log"; exit 1; }
 cflags=(-O2 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Iinclude -Ibench -fopenmp
         -DAESIM_MPI=1 -DAESIM_OMP=1)
-read -r -a pkg <<<"$(pkg-config --cflags --libs openblas libpng zlib libzip)"
-for prog in bench_limits bench_train bench_knn; do
+read -r -a pkg <<<"$(pkg-config --cflags --libs openblas libpng zlib libzip jansson libjpeg)"
+for prog in bench_limits bench_train bench_knn bench_allreduce; do
     "$MPICC" "${cflags[@]}" "bench/$prog.c" bench/bench_common.c "$BUILD/libaesim.a" "${pkg[@]}" -lm \
         -o "$out_dir/$prog"
 done
@@ -183,6 +183,15 @@ info loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 info suite_seconds "$(( $(date +%s) - t_start ))"
 mkdir -p "$(dirname "$report")"
 "$PYTHON" bench/report.py --results "$results" --out "$report"
+# Allreduce cost by message size (the input of the README's scaling model).
+{
+    echo
+    echo "## Allreduce on this machine (2 ranks, shared memory): message bytes, median microseconds, GB/s"
+    echo
+    echo '```'
+    mpirun --oversubscribe --bind-to none -np 2 "$out_dir/bench_allreduce"
+    echo '```'
+} >>"$report"
 # The raw lines go next to the report, so it can be regenerated
 # (bench/report.py --results X.jsonl --out X.md) or compared later.
 cp "$results" "${report%.md}.jsonl"
