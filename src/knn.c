@@ -226,18 +226,24 @@ void knn_normalize(float *x, int64_t n, int D)
 
 /* Exact top k of query qi over every eligible row of the shard, with the
  * fixed-order distance: writes the sorted list to hd[k], hi[k]. */
-static void scan_direct(float *hd, int64_t *hi, int k, const float *qi, const KnnDb *db,
-                        KnnMetric metric)
+static void scan_rows(float *hd, int64_t *hi, int k, const float *qi, const KnnDb *db, KnnMetric metric,
+                      int64_t j0, int64_t j1)
 {
     TopKOrder order = knn_metric_order(metric);
     topk_heap_init(hd, hi, k, order);
-    for (int64_t j = 0; j < db->M; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         if (db->mask && !db->mask[j]) continue;
         float d = dist_exact(metric, qi, row_ptr(db->x, j, db->D), db->D);
         int64_t id = row_gid(db, j);
         if (topk_better(order, d, id, hd[0], hi[0])) topk_heap_push(hd, hi, k, order, d, id);
     }
     topk_heap_sort(hd, hi, k, order);
+}
+
+static void scan_direct(float *hd, int64_t *hi, int k, const float *qi, const KnnDb *db,
+                        KnnMetric metric)
+{
+    scan_rows(hd, hi, k, qi, db, metric, 0, db->M);
 }
 
 /* Offers one row of a GEMM tile to a query's candidate heap hd[kc], hi[kc]
@@ -295,13 +301,44 @@ static int rescore(float *od, int64_t *oi, int k, const float *hd, const int64_t
     return 0;
 }
 
-/* Direct path: every query scans the shard with the exact distance. */
+/* Direct path: every query scans the shard with the exact distance.  With
+ * fewer queries than threads (typically one), each query's rows are split
+ * into nt contiguous ranges scanned in parallel and the nt sorted lists are
+ * merged (topk_merge, ties by id): the same result as one scan, since every
+ * distance is the same fixed-order value. */
 static void search_direct(TopK *out, const float *q, int64_t Q, const KnnDb *db, int k,
                           KnnMetric metric, int nt)
 {
     double work = (double)Q * (double)db->M * db->D;
     (void)nt;
     (void)work;
+    if (Q < nt && work > KNN_OMP_MIN_WORK * (double)nt) {
+        float *pd = xmalloc((size_t)nt * (size_t)k * sizeof *pd);
+        int64_t *pi = xmalloc((size_t)nt * (size_t)k * sizeof *pi);
+        const float **ld = xmalloc((size_t)nt * sizeof *ld);
+        const int64_t **li = xmalloc((size_t)nt * sizeof *li);
+        int *lk = xmalloc((size_t)nt * sizeof *lk);
+        for (int64_t i = 0; i < Q; i++) {
+            const float *qi = row_ptr(q, i, db->D);
+            KNN_OMP("omp parallel for num_threads(nt) schedule(static, 1)")
+            for (int t = 0; t < nt; t++)
+                scan_rows(pd + (size_t)t * k, pi + (size_t)t * k, k, qi, db, metric, db->M * t / nt,
+                          db->M * (t + 1) / nt);
+            for (int t = 0; t < nt; t++) {
+                ld[t] = pd + (size_t)t * k;
+                li[t] = pi + (size_t)t * k;
+                lk[t] = k;
+            }
+            topk_merge(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k, ld, li, lk, nt,
+                       knn_metric_order(metric));
+        }
+        free(pd);
+        free(pi);
+        free(ld);
+        free(li);
+        free(lk);
+        return;
+    }
     KNN_OMP("omp parallel for num_threads(nt) schedule(dynamic, 1) if(work > KNN_OMP_MIN_WORK)")
     for (int64_t i = 0; i < Q; i++)
         scan_direct(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k,
