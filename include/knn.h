@@ -50,8 +50,8 @@
  * (each thread owns its queries' heaps: owner-writes), so the sgemm calls are
  * made INSIDE the OpenMP loop and BLAS must be single-threaded when
  * nthreads > 1 (threads.h sets OpenBLAS to 1 thread by default; BLAS and
- * OpenMP never nest).  The direct path runs OpenMP over queries (a single
- * query is serial).  No global state: calls on different data may run
+ * OpenMP never nest).  The direct path runs OpenMP over queries, or over
+ * row ranges when there are fewer queries than threads.  No global state: calls on different data may run
  * concurrently.
  * MPI: only knn_search_sharded communicates, through par.h; the rest is
  * rank-local.
