@@ -23,7 +23,7 @@
  * always one TSV field.
  *
  * Does not: resize or convert images (all items must agree on C, H, W), read
- * PNG files (png_read.h), or split work between ranks (the caller picks the
+ * image files (image_decode.h), or split work between ranks (the caller picks the
  * range it needs).  Loading is single-threaded; the getters only read and may
  * be called from several threads.  No MPI.
  */

@@ -23,10 +23,15 @@
 #include "imgset.h"
 #include "npy.h"
 #include "png_io.h"
-#include "png_read.h"
+#include "image_convert.h"
+#include "image_decode.h"
 #include "search_core.h"
 #include "timer.h"
 #include "vecdb.h"
+
+/* Background under transparent pixels of --image files: white, as for
+ * image folders (dataset.h bg default). */
+static const uint8_t SEARCH_IMAGE_BG[3] = { 255, 255, 255 };
 
 /* Most query vectors one run takes (--ids ranges, --queries rows). */
 #define SEARCH_MAX_QUERIES ((int64_t)1 << 24)
@@ -275,7 +280,14 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
         qs->names = xcalloc((size_t)qs->Q, IMGSET_NAME_BYTES);
         uint8_t *pix = xmalloc(chw);
         for (int64_t i = 0; i < qs->Q && err->code == AE_OK; i++) {
-            if (png_read_chw(pix, cfg->images[i], C, H, W, err)) break;
+            /* PNG or JPEG, any colour type: composited over white, converted
+             * to the model's channels and resized to its input with the box
+             * filter after a centre crop (image_convert.h), as the dataset
+             * layer does for image folders. */
+            DecodedImage im;
+            if (image_decode_file(&im, cfg->images[i], DATASET_DEFAULT_MAX_PIXELS, err)) break;
+            image_convert(pix, C, H, W, &im, SEARCH_IMAGE_BG, DATASET_FIT_CROP);
+            image_free(&im);
             for (size_t j = 0; j < chw; j++) qs->img[(size_t)i * chw + j] = (float)pix[j] / 255.0f;
             snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.*s", IMGSET_NAME_BYTES - 1,
                      cfg->images[i]);

@@ -336,11 +336,16 @@ class Search(unittest.TestCase):
                 y, x = pad + r * (28 * scale + pad), pad + c * (28 * scale + pad)
                 np.testing.assert_array_equal(im[y:y + 28 * scale:scale, x:x + 28 * scale:scale], tile,
                                               err_msg=f"tile {r},{c}")
-        small = os.path.join(WORK, "small.png")
-        Image.fromarray(self.images[0][:20, :20]).save(small)
-        p = search(0, "query", "--db", self.db, "--model", self.ckpt, "--image", small, "--k", "2", check=False)
-        self.assertEqual(p.returncode, 1)
-        self.assertIn("does not resize", p.stderr)
+        # Other sizes are resized with the box filter: image 7 enlarged 2x
+        # (each pixel a 2x2 block) comes back exactly, so it finds what
+        # --ids 7 finds; a JPEG is read too (lossy: only the run is checked).
+        big = os.path.join(WORK, "q7_56.png")
+        Image.fromarray(np.kron(self.images[7], np.ones((2, 2), np.uint8))).save(big)
+        got = lists(run_json(2, "--db", self.db, "--model", self.ckpt, "--image", big, "--k", "4"))
+        self.assertEqual(got, ref[:1])
+        jpg = os.path.join(WORK, "q7.jpg")
+        Image.fromarray(self.images[7]).save(jpg, quality=95)
+        self.assertEqual(len(lists(run_json(1, "--db", self.db, "--model", self.ckpt, "--image", jpg, "--k", "4"))), 1)
 
     # ------------------------------------------------------------- append
 
