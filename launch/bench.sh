@@ -65,7 +65,7 @@ make -s BUILD="$BUILD" all >"$out_dir/make.log" 2>&1 || { cat "$out_dir/make.log
 cflags=(-O2 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Iinclude -Ibench -fopenmp
         -DAESIM_MPI=1 -DAESIM_OMP=1)
 read -r -a pkg <<<"$(pkg-config --cflags --libs openblas libpng zlib libzip jansson libjpeg)"
-for prog in bench_limits bench_train bench_knn bench_allreduce; do
+for prog in bench_limits bench_train bench_knn bench_allreduce bench_knn_mpi; do
     "$MPICC" "${cflags[@]}" "bench/$prog.c" bench/bench_common.c "$BUILD/libaesim.a" "${pkg[@]}" -lm \
         -o "$out_dir/$prog"
 done
@@ -190,6 +190,16 @@ mkdir -p "$(dirname "$report")"
     echo
     echo '```'
     mpirun --oversubscribe --bind-to none -np 2 "$out_dir/bench_allreduce"
+    echo '```'
+    echo
+    echo "## Sharded exact kNN (knn_search_sharded: search + gather + merge), ranks x threads on $T cores"
+    echo
+    echo '```'
+    knn_mpi_nq=$([ "$QUICK" = 1 ] && echo 1,100 || echo 1,100,1000)
+    mpirun --bind-to none -np 1 "$out_dir/bench_knn_mpi" --n "$knn_n" --d 512 --k 10 --nq "$knn_mpi_nq" \
+        --runs "$runs" --threads "$T"
+    mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_knn_mpi" --n "$knn_n" --d 512 --k 10 \
+        --nq "$knn_mpi_nq" --runs "$runs" --threads 1
     echo '```'
 } >>"$report"
 # The raw lines go next to the report, so it can be regenerated
