@@ -141,6 +141,7 @@ static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int
 
 static int copy_str(char *dst, size_t cap, const char *opt, const char *s, Err *err)
 {
+    if (!*s) return err_set(err, AE_EARG, "%s: empty value (is a shell variable unset?)", opt);
     if (strlen(s) >= cap) return err_set(err, AE_EARG, "%s: value longer than %zu characters", opt, cap - 1);
     memcpy(dst, s, strlen(s) + 1);
     return AE_OK;
@@ -307,7 +308,10 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
         if (o == ':')
             return err_set(err, AE_EARG, "option %s needs a value (see --help)", sub_argv[optind - 1]);
         if (o < OPT_DB || o > OPT_HELP)
-            return err_set(err, AE_EARG, "unknown option '%s' (see --help)", sub_argv[optind - 1]);
+            /* optopt: the bad character of a short option ("-xq"); 0 or >= 256 for a long one. */
+            return optopt > 0 && optopt < 256
+                       ? err_set(err, AE_EARG, "unknown option '-%c' (see --help)", optopt)
+                       : err_set(err, AE_EARG, "unknown option '%s' (see --help)", sub_argv[optind - 1]);
         if (!(OPT_FOR[o - OPT_DB] & mask))
             return err_set(err, AE_EARG, "option --%s is not an option of %s (see --help)",
                            LONG_OPTS[o - OPT_DB].name, cmd);

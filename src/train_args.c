@@ -152,6 +152,7 @@ static int parse_f64(const char *opt, const char *s, double lo, double hi, doubl
 
 static int copy_str(char *dst, size_t cap, const char *opt, const char *s, Err *err)
 {
+    if (!*s) return err_set(err, AE_EARG, "--%s: empty value (is a shell variable unset?)", opt);
     if (strlen(s) >= cap) return err_set(err, AE_EARG, "--%s: value longer than %zu characters", opt, cap - 1);
     memcpy(dst, s, strlen(s) + 1);
     return AE_OK;
@@ -259,7 +260,9 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             rc = err_set(err, AE_EARG, "option %s needs a value (see --help)", argv[optind - 1]);
             break;
         default:
-            rc = err_set(err, AE_EARG, "unknown option '%s' (see --help)", argv[optind - 1]);
+            /* optopt: the bad character of a short option ("-xq"); 0 or >= 256 for a long one. */
+            if (optopt > 0 && optopt < 256) rc = err_set(err, AE_EARG, "unknown option '-%c' (see --help)", optopt);
+            else rc = err_set(err, AE_EARG, "unknown option '%s' (see --help)", argv[optind - 1]);
             break;
         }
         if (rc) return rc;
