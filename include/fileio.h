@@ -29,8 +29,9 @@ typedef struct AtomicFile {
 } AtomicFile;
 
 /* Creates tmp_path and opens it.  Errors: AE_EIO (folder missing or not
- * writable; the message names the file and errno text), AE_EARG (path too
- * long). */
+ * writable; the message names the file and errno text; `path` exists but is
+ * not a regular file, e.g. a device: renaming over it would replace the
+ * device), AE_EARG (path too long). */
 int atomic_open(AtomicFile *af, const char *path, Err *err);
 
 /* Flushes, fsyncs and closes af->f (if still open), renames tmp_path to path
@@ -45,6 +46,13 @@ int atomic_commit_closed(AtomicFile *af, Err *err);
 
 /* Closes and removes the temporary file; `path` is untouched. */
 void atomic_abort(AtomicFile *af);
+
+/* Call before opening an input file: refuses (AE_EIO, naming the file)
+ * anything that exists and is not a regular file once symlinks are followed:
+ * a FIFO or a device would block open() or read() forever, a folder is
+ * a mistake.  A missing file gives AE_EIO with the errno text.  stat() only:
+ * never blocks. */
+int fileio_check_input(const char *path, Err *err);
 
 /* mkdir -p with mode 0777 & ~umask.  AE_EIO names the component that failed. */
 int fileio_mkdirs(const char *dir, Err *err);

@@ -99,6 +99,11 @@ const char *model_preset_spec(const char *name);
  * ends the job via check.h).  Parameters are zero until model_init_glorot or
  * a checkpoint load.  Free with model_free. */
 void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads);
+
+/* Bytes model_build and the optimizer (Adam) will allocate for this spec:
+ * to refuse, with a message, a model that cannot fit in memory before
+ * allocating it. */
+double model_memory_bytes(const ModelSpec *spec, int max_batch, int nthreads);
 void model_free(Model *m);
 
 /* Keras defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in + fan_out))

@@ -74,6 +74,21 @@ void par_barrier(const ParCtx *ctx);
  * P > 1.  The caller then prints it once (par_log0) and all ranks leave. */
 int par_agree(const ParCtx *ctx, Err *err);
 
+/* Longest description compared by par_check_same that is quoted in full. */
+#define PAR_DESC_BYTES 512
+
+/* Collective check that every rank passes the same description string
+ * (compared by CRC-32 against rank 0's): e.g. the command line, or the count
+ * and shape of the data each rank loaded with its file names.  Returns AE_OK
+ * on every rank, or AE_EARG on every rank with "ranks disagree on <what>:
+ * rank r has '...' but rank 0 has '...'" in err.  A rank given other
+ * arguments or other data would otherwise crash or deadlock in a later
+ * collective. */
+int par_check_same(const ParCtx *ctx, const char *desc, const char *what, Err *err);
+
+/* par_check_same over the command line argv[0..argc) (NUL-separated). */
+int par_check_same_args(const ParCtx *ctx, int argc, char **argv, Err *err);
+
 /* min / mean / max of a per-rank value, and the rank holding the max.  The
  * results are valid on every rank. */
 typedef struct ParStats { double min, avg, max; int max_rank; } ParStats;

@@ -13,6 +13,8 @@
 #ifndef AESIM_THREADS_H
 #define AESIM_THREADS_H
 
+#include <stdio.h>
+
 #include "par.h"
 
 typedef struct ThreadPlan {
@@ -28,8 +30,9 @@ typedef struct ThreadPlan {
  * ctx->local_size only. */
 ThreadPlan threads_setup(const ParCtx *ctx, int requested);
 
-/* Prints the plan once (rank 0), e.g. "threads: 2 ranks/node x 1 OpenMP x 1
+/* Prints the plan once (rank 0) to out (stdout, or stderr for programs
+ * that keep stdout for results), e.g. "threads: 2 ranks/node x 1 OpenMP x 1
  * BLAS = 2 of 2 cores", with a warning when oversubscribed. */
-void threads_print(const ParCtx *ctx, const ThreadPlan *plan);
+void threads_print(const ParCtx *ctx, const ThreadPlan *plan, FILE *out);
 
 #endif

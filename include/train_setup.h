@@ -23,7 +23,7 @@
  * differ, AE_EARG if the split leaves nothing to train on. */
 int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, Dataset *val, Err *err);
 
-/* Builds *m (max batch = ceil(batch / P) images per rank) and *opt for the
+/* Builds *m (max batch = ceil(min(batch, n_train) / P) images per rank) and *opt for the
  * images' shape.  With cfg->resume (a checkpoint file or an output folder):
  * rank 0 picks the newest intact checkpoint (ckpt_read_latest: damaged ones
  * are refused with the reason on stderr and the next older one is used) and
@@ -31,8 +31,8 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
  * architecture must match --arch if both are given, and the image shape).  Otherwise Glorot init from
  * cfg->seed and *start = step 0.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
  * spec or shape, AE_EIO/AE_EFORMAT for the checkpoint. */
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int nthreads, Model *m,
-                      Optimizer *opt, CkptState *start, Err *err);
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int64_t n_train,
+                      int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err);
 
 /* CRC-32 (zlib) of the parameter bytes: equal on every rank when the ranks
  * hold bitwise-identical weights. */

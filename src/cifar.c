@@ -16,6 +16,7 @@
  * No MPI; single-threaded open.
  */
 #include "image_source.h"
+#include "fileio.h"
 
 #include "check.h"
 
@@ -42,6 +43,7 @@
 int cifar_open(ImageSource *s, int label_bytes, Err *err)
 {
     const char *kind = label_bytes == 1 ? "CIFAR-10" : "CIFAR-100";
+    if (fileio_check_input(s->path, err)) return err->code;
     s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
     if (s->fd < 0) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", s->path, strerror(errno));
     struct stat st;

@@ -18,6 +18,10 @@ int atomic_open(AtomicFile *af, const char *path, Err *err)
     if (strlen(path) + 32 >= FILEIO_PATH_MAX)
         return err_set(err, AE_EARG, "%s: path too long", path);
     snprintf(af->path, sizeof af->path, "%s", path);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return err_set(err, AE_EIO, "%s exists and is not a regular file (a folder, device or pipe): refusing to "
+                       "replace it (hint: name a new file)", path);
     snprintf(af->tmp_path, sizeof af->tmp_path, "%s.tmp.%ld", path, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
     if (!af->f)
@@ -78,6 +82,17 @@ void atomic_abort(AtomicFile *af)
     if (af->f) fclose(af->f);
     af->f = NULL;
     unlink(af->tmp_path);
+}
+
+int fileio_check_input(const char *path, Err *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, AE_EIO, "%s is not a regular file (%s): give the path of a file", path,
+                       S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a pipe" : "a device or socket");
+    return AE_OK;
 }
 
 int fileio_mkdirs(const char *dir, Err *err)

@@ -9,6 +9,7 @@
  * only; no MPI.
  */
 #include "image_decode.h"
+#include "fileio.h"
 
 #include "check.h"
 
@@ -265,6 +266,7 @@ int image_decode(DecodedImage *im, const uint8_t *buf, size_t len, const char *w
 int image_decode_file(DecodedImage *im, const char *path, int64_t max_pixels, Err *err)
 {
     memset(im, 0, sizeof *im);
+    if (fileio_check_input(path, err)) return err->code;
     FILE *f = fopen(path, "rb");
     if (!f) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check permissions, or skip bad files with "
                            "skip_bad=1)", path, strerror(errno));

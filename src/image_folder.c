@@ -19,6 +19,7 @@
  * No MPI.
  */
 #include "image_source.h"
+#include "fileio.h"
 
 #include "check.h"
 #include "image_convert.h"
@@ -90,8 +91,29 @@ static char *join(const char *a, const char *b)
 }
 
 /* Collects the images under dir (relative path rel_len bytes of the root). */
-static int walk(FileVec *fv, const char *dir, size_t root_len, int depth, const char *root, Err *err)
+/* A folder on the path from the root to the one being read: a symlink back
+ * to any of them is a loop (e.g. `self -> .` or `a/up -> ..`), which is not
+ * followed; other symlinks to folders are. */
+typedef struct Ancestor {
+    dev_t dev;
+    ino_t ino;
+    const struct Ancestor *up;
+} Ancestor;
+
+static int is_ancestor(const Ancestor *a, const struct stat *st)
 {
+    for (; a; a = a->up)
+        if (a->dev == st->st_dev && a->ino == st->st_ino) return 1;
+    return 0;
+}
+
+static int walk(FileVec *fv, const char *dir, size_t root_len, int depth, const char *root, const Ancestor *up,
+                Err *err)
+{
+    struct stat self;
+    if (stat(dir, &self) != 0)
+        return err_set(err, AE_EIO, "cannot read folder %s: %s (hint: check its permissions)", dir, strerror(errno));
+    Ancestor here = { self.st_dev, self.st_ino, up };
     if (depth > FOLDER_MAX_DEPTH)
         return err_set(err, AE_EIO, "%s: folders nested deeper than %d levels (a symlink loop?) (hint: remove the loop)",
                        dir, FOLDER_MAX_DEPTH);
@@ -115,7 +137,7 @@ static int walk(FileVec *fv, const char *dir, size_t root_len, int depth, const 
             continue;
         }
         if (S_ISDIR(st.st_mode)) {
-            rc = walk(fv, p, root_len, depth + 1, root, err);
+            if (!is_ancestor(&here, &st)) rc = walk(fv, p, root_len, depth + 1, root, &here, err);
             free(p);
         } else if (is_image_name(de->d_name)) {
             vec_push(fv, p, p + root_len + 1, 0, -1);
@@ -162,7 +184,7 @@ int image_folder_open(ImageSource *s, Err *err)
     FileVec fv = {0};
     size_t root_len = strlen(s->path);
     while (root_len > 1 && s->path[root_len - 1] == '/') s->path[--root_len] = '\0';
-    int rc = walk(&fv, s->path, root_len, 0, s->path, err);
+    int rc = walk(&fv, s->path, root_len, 0, s->path, NULL, err);
     if (rc == AE_OK && fv.n == 0)
         rc = err_set(err, AE_EIO, "folder %s holds no .png, .jpg or .jpeg files (searched recursively) (hint: give the "
                      "folder of images, an npz, an IDX file or a list file)", s->path);
@@ -324,6 +346,7 @@ int image_list_parse(ImageSource *s, const char *buf, size_t len, const char *ba
 
 int image_list_open(ImageSource *s, Err *err)
 {
+    if (fileio_check_input(s->path, err)) return err->code;
     FILE *f = fopen(s->path, "rb");
     if (!f) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", s->path, strerror(errno));
     struct stat st;

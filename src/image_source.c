@@ -10,6 +10,7 @@
  * image_folder.c, CIFAR headers in cifar.c.  No MPI, no global state.
  */
 #include "image_source.h"
+#include "fileio.h"
 
 #include "check.h"
 #include "image_convert.h"
@@ -544,6 +545,7 @@ static int fd_read_fn(void *ctx, void *buf, uint64_t n, Err *err)
 
 static int npy_open(ImageSource *s, Err *err)
 {
+    if (fileio_check_input(s->path, err)) return err->code;
     s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
     if (s->fd < 0) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", s->path, strerror(errno));
     struct stat st;
@@ -707,6 +709,7 @@ static int idx_open(ImageSource *s, Err *err)
     if (s->idx.plain) {
         /* A plain file: random access (and mapping) instead of a stream. */
         idx_stream_close(&s->idx);
+        if (fileio_check_input(s->path, err)) return err->code;
         s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
         if (s->fd < 0) return err_set(err, AE_EIO, "cannot open %s: %s", s->path, strerror(errno));
         s->access = RAW_FILE;
@@ -876,6 +879,7 @@ int image_source_open_path(ImageSource ***list, int *count, int *cap, SourceKind
         return err_set(err, AE_EARG, "%s is a file, but kind %s needs a folder", path, dataset_kind_name(kind));
     if (kind != SOURCE_AUTO) return open_single(list, count, cap, kind, path, opts, err);
     uint8_t head[SNIFF_BYTES] = {0};
+    if (fileio_check_input(path, err)) return err->code;
     FILE *f = fopen(path, "rb");
     if (!f) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check permissions)", path, strerror(errno));
     size_t got = fread(head, 1, sizeof head, f);

@@ -148,6 +148,48 @@ int model_parse(ModelSpec *s, const char *spec_or_preset, int C, int H, int W, E
     return AE_OK;
 }
 
+/* Float counts of the blocks model_build allocates. */
+typedef struct ModelSizes {
+    size_t params, act_total, act_max, scratch;
+} ModelSizes;
+
+static ModelSizes model_sizes(const ModelSpec *spec, int nthreads)
+{
+    ModelSizes z = { 0, 0, (size_t)spec->C * spec->H * spec->W, 0 };
+    int c = spec->C, h = spec->H, w = spec->W;
+    for (int i = 0; i < spec->n_layers; i++) {
+        if (spec->kind[i] == LAYER_CONV) {
+            Conv2d cv = { .C = c, .OC = spec->channels[i], .K = spec->kernel[i] };
+            z.params += (size_t)cv.OC * c * cv.K * cv.K + (size_t)cv.OC;
+            size_t need = conv2d_scratch_floats(&cv, h, w, nthreads);
+            if (need > z.scratch) z.scratch = need;
+            c = cv.OC;
+        } else if (spec->kind[i] == LAYER_MAXPOOL) {
+            h /= 2;
+            w /= 2;
+        } else {
+            h *= 2;
+            w *= 2;
+        }
+        size_t per = (size_t)c * h * w;
+        z.act_total += per;
+        if (per > z.act_max) z.act_max = per;
+    }
+    return z;
+}
+
+double model_memory_bytes(const ModelSpec *spec, int max_batch, int nthreads)
+{
+    ModelSizes z = model_sizes(spec, nthreads);
+    /* params, grads, Adam m and v; activations, input, two gradient
+     * buffers; scratch. */
+    double floats = 4.0 * (double)z.params +
+                    (double)max_batch * ((double)z.act_total + (double)spec->C * spec->H * spec->W +
+                                         2.0 * (double)z.act_max) +
+                    (double)z.scratch;
+    return floats * sizeof(float);
+}
+
 void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
 {
     assert(max_batch >= 1 && nthreads >= 1);

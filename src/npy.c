@@ -482,6 +482,7 @@ static int npy_parse_stream(NpyArray *out, Reader *rd, uint64_t total, const cha
 int npy_read(const char *path, NpyArray *out, Err *err)
 {
     memset(out, 0, sizeof *out);
+    if (fileio_check_input(path, err)) return err->code;
     FILE *f = fopen(path, "rb");
     if (!f) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", path, strerror(errno));
     struct stat st;
@@ -577,6 +578,7 @@ static int npz_read_impl(const char *path, const char *const *names, int n_names
         return err_set(err, AE_EFORMAT, "%s is empty (0 bytes), not an npz archive (hint: re-create it with numpy.savez)",
                        path);
     int zerr = 0;
+    if (fileio_check_input(path, err)) return err->code;
     zip_t *za = zip_open(path, ZIP_RDONLY, &zerr);
     if (!za) {
         zip_error_t ze;

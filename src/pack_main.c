@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "pack.h"
 #include "par.h"
@@ -71,6 +72,17 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.spec = argv[optind];
+    /* Every rank must pack the same sources into the same store; and the
+     * store must not replace a device, folder or pipe. */
+    struct stat ost;
+    if (par_check_same_args(&ctx, argc, argv, &err) == AE_OK && stat(cfg.out, &ost) == 0 && !S_ISREG(ost.st_mode))
+        err_set(&err, AE_EIO, "%s exists and is not a regular file: refusing to replace it (hint: name a new file)",
+                cfg.out);
+    if (par_agree(&ctx, &err)) {
+        par_err0(&ctx, "aesim-pack: %s\n", err.msg);
+        par_finalize(&ctx);
+        return 2;
+    }
     PackStats st;
     int rc = pack_run(&ctx, &cfg, &st, &err);
     if (rc) par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);

@@ -7,6 +7,7 @@
 
 #include <limits.h>
 #include <mpi.h>
+#include <zlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +160,36 @@ int par_agree(const ParCtx *ctx, Err *err)
     par_bcast(ctx, &sent, sizeof sent, first);
     *err = sent;
     return sent.code;
+}
+
+int par_check_same(const ParCtx *ctx, const char *desc, const char *what, Err *err)
+{
+    uLong crc = crc32(0L, (const Bytef *)desc, (uInt)strlen(desc));
+    uint32_t root_crc = (uint32_t)crc;
+    par_bcast(ctx, &root_crc, sizeof root_crc, 0);
+    /* The lowest rank whose description differs from rank 0's, or P. */
+    int first = -par_allreduce_max_int(ctx, -((uint32_t)crc != root_crc ? ctx->rank : ctx->size));
+    if (first >= ctx->size) return AE_OK;
+    char mine[PAR_DESC_BYTES], root[PAR_DESC_BYTES];
+    snprintf(mine, sizeof mine, "%s", desc);
+    memcpy(root, mine, sizeof root);
+    par_bcast(ctx, root, sizeof root, 0);
+    par_bcast(ctx, mine, sizeof mine, first);
+    return err_set(err, AE_EARG, "ranks disagree on %s: rank %d has '%.400s' but rank 0 has '%.400s' (every rank "
+                   "must get the same arguments and see the same files)", what, first, mine, root);
+}
+
+int par_check_same_args(const ParCtx *ctx, int argc, char **argv, Err *err)
+{
+    /* argv[0] may differ between nodes (paths); compare the arguments. */
+    size_t len = 1;
+    for (int i = 1; i < argc; i++) len += strlen(argv[i]) + 1;
+    char *buf = xmalloc(len), *p = buf;
+    *p = '\0';
+    for (int i = 1; i < argc; i++) p += sprintf(p, "%s%s", i > 1 ? " " : "", argv[i]);
+    int rc = par_check_same(ctx, buf, "the command-line arguments", err);
+    free(buf);
+    return rc;
 }
 
 ParStats par_stats(const ParCtx *ctx, double v)

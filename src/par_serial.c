@@ -39,6 +39,22 @@ void par_gather(const ParCtx *ctx, const void *send, void *recv, size_t bytes, i
 }
 void par_barrier(const ParCtx *ctx) { (void)ctx; }
 int par_agree(const ParCtx *ctx, Err *err) { (void)ctx; return err->code; }
+int par_check_same_args(const ParCtx *ctx, int argc, char **argv, Err *err)
+{
+    (void)ctx;
+    (void)argc;
+    (void)argv;
+    (void)err;
+    return AE_OK;
+}
+int par_check_same(const ParCtx *ctx, const char *desc, const char *what, Err *err)
+{
+    (void)ctx;
+    (void)desc;
+    (void)what;
+    (void)err;
+    return AE_OK;
+}
 
 ParStats par_stats(const ParCtx *ctx, double v)
 {

@@ -359,6 +359,7 @@ static int read_id_file(int64_t **out, int64_t *n, const char *path, int64_t cou
         *n = m;
         npy_array_free(&a);
     } else {
+        if (fileio_check_input(path, err)) return err->code;
         FILE *f = fopen(path, "rb");
         if (!f) return err_set(err, AE_EIO, "--ids-from: cannot open %s: %s", path, strerror(errno));
         int64_t cap = 0;

@@ -54,9 +54,11 @@ ThreadPlan threads_setup(const ParCtx *ctx, int requested)
     return p;
 }
 
-void threads_print(const ParCtx *ctx, const ThreadPlan *p)
+void threads_print(const ParCtx *ctx, const ThreadPlan *p, FILE *out)
 {
-    par_log0(ctx, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS = %d of %d cores%s\n", ctx->local_size,
+    if (ctx->rank != 0) return;
+    fprintf(out, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS = %d of %d cores%s\n", ctx->local_size,
              p->omp_threads, p->source, p->blas_threads, ctx->local_size * p->omp_threads * p->blas_threads, p->cores,
              p->oversubscribed ? "  (WARNING: oversubscribed; expect a large slowdown)" : "");
+    fflush(out);
 }

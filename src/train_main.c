@@ -29,14 +29,15 @@ int main(int argc, char **argv)
     Err err;
     err_clear(&err);
     TrainConfig cfg;
-    if (train_args_parse(&cfg, argc, argv, &err)) return finish(&ctx, &err, 2);
+    if (par_check_same_args(&ctx, argc, argv, &err) || train_args_parse(&cfg, argc, argv, &err))
+        return finish(&ctx, &err, 2);
     if (cfg.help) {
         if (ctx.rank == 0) train_args_usage(stdout);
         return finish(&ctx, NULL, 0);
     }
     par_log0(&ctx, "aesim-train | %d rank(s) | %s\n", ctx.size, AESIM_BUILD_INFO);
     ThreadPlan plan = threads_setup(&ctx, cfg.threads);
-    threads_print(&ctx, &plan);
+    threads_print(&ctx, &plan, stdout);
 
     Dataset train, val;
     if (train_setup_data(&ctx, &cfg, &train, &val, &err)) return finish(&ctx, &err, 1);
@@ -45,7 +46,7 @@ int main(int argc, char **argv)
     Model model;
     Optimizer opt;
     CkptState start;
-    if (train_setup_model(&ctx, &cfg, train.C, train.H, train.W, plan.omp_threads, &model, &opt, &start, &err))
+    if (train_setup_model(&ctx, &cfg, train.C, train.H, train.W, train.n, plan.omp_threads, &model, &opt, &start, &err))
         return finish(&ctx, &err, 1);
     int bc, bh, bw;
     model_bottleneck_shape(&model, &bc, &bh, &bw);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "check.h"
@@ -55,7 +56,14 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
         dataset_split(train, val, &all, cfg->val_fraction, cfg->seed, err);
         dataset_free(&all);
     }
-    return par_agree(ctx, err);
+    if (par_agree(ctx, err)) return err->code;
+    /* Every rank must see the same data: counts and shapes (the content is
+     * the user's promise; a different count would deadlock the loop). */
+    char desc[PAR_DESC_BYTES];
+    snprintf(desc, sizeof desc, "train %lld images %dx%dx%d%s from %.180s; val %lld images from %.180s",
+             (long long)train->n, train->H, train->W, train->C, train->labels ? " labelled" : "", train->source,
+             (long long)val->n, val->source);
+    return par_check_same(ctx, desc, "the training and validation data", err);
 }
 
 /* Rank 0 reads the newest intact checkpoint for --resume (a file or a
@@ -77,8 +85,8 @@ static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, 
     return AE_OK;
 }
 
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int nthreads, Model *m,
-                      Optimizer *opt, CkptState *start, Err *err)
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int64_t n_train,
+                      int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err)
 {
     Checkpoint ck;
     memset(&ck, 0, sizeof ck);
@@ -125,7 +133,22 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         ckpt_free(&ck);
         return err->code;
     }
-    int per_rank = (cfg->batch_size + ctx->size - 1) / ctx->size;
+    /* A batch never holds more images than the data set (nor the
+     * validation pass more than a batch), so size buffers by the smaller. */
+    int64_t batch = cfg->batch_size < n_train ? cfg->batch_size : n_train;
+    int per_rank = (int)((batch + ctx->size - 1) / ctx->size);
+    /* Refuse what cannot fit instead of meeting the OOM killer mid-build. */
+    double need = model_memory_bytes(&spec, per_rank, nthreads);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (have > 0 && need * ctx->local_size > have)
+        err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.1f GiB per rank (%d rank(s) on this "
+                "node) but the node has %.1f GiB (hint: a smaller --batch-size, fewer channels or more nodes)",
+                spec.text, per_rank, need / (1 << 30), ctx->local_size, have / (1 << 30));
+    if (par_agree(ctx, err)) {
+        ckpt_free(&ck);
+        return err->code;
+    }
     model_build(m, &spec, per_rank, nthreads);
     OptKind kind = cfg->resume[0] ? ck.opt_kind : cfg->opt;
     optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);

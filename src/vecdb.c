@@ -422,6 +422,7 @@ static int map_npy(void **base, size_t *bytes, const void **data, const char *pa
 {
     *base = NULL;
     *bytes = 0;
+    if (fileio_check_input(path, err)) return err->code;
     int fd = open(path, O_RDONLY);
     if (fd < 0) return err_set(err, AE_EIO, "cannot open shard file %s: %s (%s)", path, strerror(errno), SHARD_HINT);
     struct stat st;
@@ -527,6 +528,7 @@ int vecdb_read_names(char **names, const VecDb *db, int shard, Err *err)
     char path[VECDB_PATH_BYTES];
     int rc = vecdb_shard_path(path, sizeof path, db->dir, shard, VECDB_NAMES, err);
     if (rc) return rc;
+    if (fileio_check_input(path, err)) return err->code;
     FILE *f = fopen(path, "rb");
     if (!f) return err_set(err, AE_EIO, "cannot open shard file %s: %s (%s)", path, strerror(errno), SHARD_HINT);
     int64_t n = db->shards[shard].count;

@@ -8,6 +8,7 @@
  * No MPI, no global state.
  */
 #include "zip_read.h"
+#include "fileio.h"
 
 #include "check.h"
 
@@ -325,6 +326,7 @@ int zip_archive_open(ZipArchive *za, const char *path, Err *err)
 {
     memset(za, 0, sizeof *za);
     za->fd = -1;
+    if (fileio_check_input(path, err)) return err->code;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", path, strerror(errno));
     return zip_archive_open_fd(za, fd, path, err);

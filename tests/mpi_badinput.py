@@ -210,19 +210,19 @@ class BadInput(unittest.TestCase):
             self.fails_clearly(r, src)
 
     # ----- hangs -------------------------------------------------------------
-    @unittest.expectedFailure  # BUG: a FIFO as a data source blocks in open() forever (image_source.c sniff,
+    # Fixed bug: a FIFO as a data source blocks in open() forever (image_source.c sniff,
     # npy.c, zip_read.c, cifar.c, image_folder.c list, image_decode.c: open before the S_ISREG check)
     def test_fifo_data_source_does_not_hang(self):
         r = run(TRAIN, "--data", self.fifo, "--max-steps", "1", "--out", os.path.join(WORK, "fifo_out"),
                 timeout=HANG_S)
         self.fails_clearly(r, self.fifo)
 
-    @unittest.expectedFailure  # BUG: --queries FIFO (and --ids-from, --image, shard files) blocks in fopen()
+    # Fixed bug: --queries FIFO (and --ids-from, --image, shard files) blocks in fopen()
     def test_fifo_queries_do_not_hang(self):
         r = run(SEARCH, "query", "--db", self.db, "--queries", self.fifo, "--k", "1", timeout=HANG_S)
         self.fails_clearly(r, self.fifo)
 
-    @unittest.expectedFailure  # BUG: image_folder.c walk() follows symlinked folders; two loops make the
+    # Fixed bug: image_folder.c walk() follows symlinked folders; two loops make the
     # walk exponential (hang, memory grows ~30 MB/s); the depth limit of 64 does not help
     def test_branching_symlink_loops_in_folder(self):
         top = os.path.join(WORK, "loops")
@@ -235,7 +235,7 @@ class BadInput(unittest.TestCase):
                 timeout=HANG_S, limit_as=AS_LIMIT)
         self.fails_clearly(r, "loop")
 
-    @unittest.expectedFailure  # BUG: one symlink loop (DIR/self -> DIR) silently yields every image 41 times
+    # Fixed bug: one symlink loop (DIR/self -> DIR) silently yields every image 41 times
     # (until ELOOP), instead of refusing the loop or visiting each folder once
     def test_single_symlink_loop_counts_images_once(self):
         top = os.path.join(WORK, "loop1")
@@ -252,7 +252,7 @@ class BadInput(unittest.TestCase):
             self.assertIn("loop", r.err, str(r))
 
     # ----- outputs -----------------------------------------------------------
-    @unittest.expectedFailure  # BUG: fileio.c atomic_open/commit renames a temp file over ANY existing path:
+    # Fixed bug: fileio.c atomic_open/commit renames a temp file over ANY existing path:
     # `--out /dev/null` run as root replaces /dev/null with a regular file (aesim-search query/eval --out,
     # --sheet, aesim-pack --out); as non-root it fails because /dev is not writable
     def test_out_to_device_keeps_the_device(self):
@@ -267,7 +267,7 @@ class BadInput(unittest.TestCase):
         self.no_crash(r)
         self.assertTrue(stat.S_ISCHR(os.stat(dev).st_mode), f"aesim-pack --out replaced the device node:\n{r}")
 
-    @unittest.expectedFailure  # BUG: write errors on stdout are ignored: results to a full disk or a closed
+    # Fixed bug: write errors on stdout are ignored: results to a full disk or a closed
     # pipe end with exit 0 and a truncated result (search.c TSV/JSON output: no ferror/fflush check)
     def test_stdout_write_error_is_an_error(self):
         if not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode):
@@ -278,7 +278,7 @@ class BadInput(unittest.TestCase):
         self.assertNotEqual(r.rc, 0, f"lost results, exit 0:\n{r}")
 
     # ----- memory ------------------------------------------------------------
-    @unittest.expectedFailure  # BUG: no memory estimate before model_build: a spec that needs ~32 GiB
+    # Fixed bug: no memory estimate before model_build: a spec that needs ~32 GiB
     # (params+grads+Adam m,v of a 4096->4096 11x11 conv = 4 x 8.1 GB, each allocation below RAM) is
     # allocated; without RLIMIT_AS the run is OOM-killed instead of refused with a message
     def test_arch_needing_more_than_ram_is_refused(self):
@@ -286,7 +286,7 @@ class BadInput(unittest.TestCase):
                 "--max-steps", "1", "--threads", "1", "--out", os.path.join(WORK, "huge"), limit_as=AS_LIMIT)
         self.fails_clearly(r, "--arch", "GiB")
 
-    @unittest.expectedFailure  # BUG: --batch-size larger than the data set sizes the activations for the
+    # Fixed bug: --batch-size larger than the data set sizes the activations for the
     # whole batch (1048576 images -> a 111 GB malloc, "fatal: malloc ... failed" + MPI_Abort) instead of
     # min(batch, images); 5 images should just train
     def test_batch_larger_than_dataset(self):
@@ -297,7 +297,7 @@ class BadInput(unittest.TestCase):
             self.fails_clearly(r, "--batch-size")
 
     # ----- ranks that disagree -----------------------------------------------
-    @unittest.expectedFailure  # BUG: ranks never check that they opened the same data: rank 1 with other
+    # Fixed bug: ranks never check that they opened the same data: rank 1 with other
     # images makes the collectives mismatch (MPI_ERR_TRUNCATE), heap corruption, SIGSEGV in MPI_Abort
     def test_ranks_with_different_data_shapes(self):
         if not os.path.exists(MNIST):
@@ -307,7 +307,7 @@ class BadInput(unittest.TestCase):
                 env={"WRAP_FROM": self.rgb5, "WRAP_TO": MNIST})
         self.fails_clearly(r, "rank 1")
 
-    @unittest.expectedFailure  # BUG: same shape, different image count on one rank: training "succeeds"
+    # Fixed bug: same shape, different image count on one rank: training "succeeds"
     # (exit 0) on inconsistent data (rank 1 samples from 20 images, rank 0 from 40)
     def test_ranks_with_different_data_counts(self):
         r = run(TRAIN, "--data", self.grey40, "--max-steps", "2", "--batch-size", "8", "--threads", "1",
@@ -316,20 +316,20 @@ class BadInput(unittest.TestCase):
         self.fails_clearly(r)
         self.assertTrue("grey20.npy" in r.err or "grey40.npy" in r.err, f"message names no data file:\n{r}")
 
-    @unittest.expectedFailure  # BUG: a different --k on one rank (1000 queries): MPI_Gather truncation,
+    # Fixed bug: a different --k on one rank (1000 queries): MPI_Gather truncation,
     # heap corruption, SIGABRT (malloc_consolidate) inside MPI_Abort
     def test_search_ranks_with_different_k_no_crash(self):
         r = run(SEARCH, "query", "--db", self.db, "--queries", self.q1000, "--k", "7", "--threads", "1",
                 np_=2, wrap=self.wrap, env={"WRAP_FROM": "7", "WRAP_TO": "9"})
         self.no_crash(r)
 
-    @unittest.expectedFailure  # BUG: --k 1 on rank 0 but 40 on rank 1 (1000 queries): deadlock
+    # Fixed bug: --k 1 on rank 0 but 40 on rank 1 (1000 queries): deadlock
     def test_search_ranks_with_different_k_no_deadlock(self):
         r = run(SEARCH, "query", "--db", self.db, "--queries", self.q1000, "--k", "1",
                 np_=2, wrap=self.wrap, env={"WRAP_FROM": "1", "WRAP_TO": "40"}, timeout=HANG_S)
         self.no_crash(r)
 
-    @unittest.expectedFailure  # BUG: aesim-pack with another source on one rank: MPI_ERR_TRUNCATE, then
+    # Fixed bug: aesim-pack with another source on one rank: MPI_ERR_TRUNCATE, then
     # "free(): invalid pointer" abort; the temporary store is left behind
     def test_pack_ranks_with_different_sources(self):
         if not os.path.exists(MNIST):
@@ -355,7 +355,7 @@ class BadInput(unittest.TestCase):
         else:
             self.assertIn(q, r.err, str(r))
 
-    @unittest.expectedFailure  # BUG: --ids-from DIRECTORY reads as an empty id list: 0 results, exit 0
+    # Fixed bug: --ids-from DIRECTORY reads as an empty id list: 0 results, exit 0
     def test_ids_from_directory(self):
         r = run(SEARCH, "query", "--db", self.db, "--queries", self.q, "--k", "1", "--ids-from", WORK)
         self.fails_clearly(r, WORK)
