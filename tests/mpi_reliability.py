@@ -472,6 +472,33 @@ class DiskFaults(unittest.TestCase):
         self.assertEqual(files_bytes(out), before)
         self.assertEqual(temps(out), [])
 
+    def test_full_disk_during_vector_database_append(self):
+        # A database of 20 images (D = 392: ~31 KB of vectors) fits; appending
+        # the 120-image set (~190 KB more) does not.  The error names the
+        # file and errno text; the manifest and the old shard stay as they
+        # were, no temporary file is left, and the database still answers.
+        small = os.path.join(TMP, "tiny20-images-idx3-ubyte")
+        with open(DATA, "rb") as f:
+            raw = f.read()
+        with open(small, "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, 20, 28, 28) + raw[16:16 + 20 * 784])
+        ck = os.path.join(R8, "checkpoint.npz")
+        search = os.path.join(ROOT, BUILD, "aesim-search")
+        db = os.path.join(self.mnt, "db")
+        run = lambda *a: subprocess.run([search, *a], env=ENV, capture_output=True, text=True, timeout=120)
+        p = run("index", "--model", ck, "--data", small, "--db", db)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        before = files_bytes(db)
+        p = run("index", "--model", ck, "--data", DATA, "--db", db, "--append")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("No space left on device", p.stderr)
+        self.assertIn(db, p.stderr)
+        self.assertEqual(files_bytes(db), before)
+        self.assertEqual(temps(db), [])
+        q = run("query", "--model", ck, "--db", db, "--data", small, "--ids", "3", "--k", "1")
+        self.assertEqual(q.returncode, 0, q.stderr)
+        self.assertEqual(q.stdout.splitlines()[1].split("\t")[2], "3")
+
     def test_read_only_folder(self):
         out = os.path.join(self.mnt, "run")
         serial(out, "--epochs", "1")
