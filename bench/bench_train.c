@@ -39,6 +39,7 @@
 #include "check.h"
 #include "conv2d.h"
 #include "gemm.h"
+#include "gemm_avx512.h"
 #include "loss.h"
 #include "maxpool.h"
 #include "model.h"
@@ -213,7 +214,8 @@ static void check_profiled_step(Model *m, const float *x, int N, double inv_coun
  * K=CKK; backward gemm_nt M=OC N=CKK K=HW and, when need_dx, gemm_tn M=CKK
  * N=HW K=OC), each thread a contiguous block of images with single-threaded
  * BLAS and its own buffers (reused for all its images, so cache-warm: an
- * upper bound on what the GEMM part can reach).  *fwd, *bwd: seconds. */
+ * upper bound on what the GEMM part can reach), on the GEMM kernel the
+ * layer's convolution runs (Conv2d.kernel).  *fwd, *bwd: seconds. */
 static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, int reps, double *fwd, double *bwd)
 {
     const int OC = L->OC, HW = L->H * L->W, CKK = L->C * L->conv.K * L->conv.K;
@@ -225,6 +227,10 @@ static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, in
     rng_seed(&rng, BENCH_WEIGHT_SEED, 1);
     for (size_t i = 0; i < (size_t)OC * CKK; i++) w[i] = rng_uniform_f32(&rng, -0.1f, 0.1f);
     for (size_t i = 0; i < per * (size_t)T; i++) buf[i] = rng_uniform_f32(&rng, 0.0f, 1.0f);
+    const int avx = conv2d_kernel_resolve(L->conv.kernel) == CONV_KERNEL_AVX512;
+    void (*nn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nn : gemm_nn;
+    void (*nt)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nt : gemm_nt;
+    void (*tn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_tn : gemm_tn;
     double best_f = 1e300, best_b = 1e300;
     for (int r = 0; r < reps; r++) {
         for (int dir = 0; dir < 2; dir++) {
@@ -243,10 +249,10 @@ static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, in
                 int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
                 for (int n = n0; n < n1; n++) {
                     if (dir == 0) {
-                        gemm_nn(y, w, col, OC, HW, CKK, 0.0f);
+                        nn(y, w, col, OC, HW, CKK, 0.0f);
                     } else {
-                        gemm_nt(dw, y, col, OC, CKK, HW, 1.0f);
-                        if (need_dx) gemm_tn(dcol, w, y, CKK, HW, OC, 0.0f);
+                        nt(dw, y, col, OC, CKK, HW, 1.0f);
+                        if (need_dx) tn(dcol, w, y, CKK, HW, OC, 0.0f);
                     }
                 }
             }
@@ -369,6 +375,18 @@ int main(int argc, char **argv)
     Model m;
     model_build(&m, &spec, cnt > 0 ? (int)cnt : 1, plan.omp_threads);
     model_init_glorot(&m, BENCH_WEIGHT_SEED);
+    /* GEMM kernel of every conv, read once here (conv2d.h CONV2D_KERNEL_ENV;
+     * unset = auto, as model_build leaves it), so one build times both paths. */
+    ConvKernel kernel;
+    if (conv2d_kernel_parse(&kernel, getenv(CONV2D_KERNEL_ENV), &err) != AE_OK) {
+        fprintf(stderr, "bench_train: %s\n", err.msg);
+        par_abort(1);
+    }
+    for (int i = 0; i < m.spec.n_layers; i++)
+        if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;
+    if (ctx.rank == 0)
+        fprintf(stderr, "bench_train: conv GEMM kernel %s (runs %s)\n", conv2d_kernel_name(kernel),
+                conv2d_kernel_name(conv2d_kernel_resolve(kernel)));
     AdamConfig adam = ADAM_CONFIG_DEFAULT;
     Optimizer opt;
     optimizer_init(&opt, OPT_ADAM, &adam, 0.0f, m.n_params);

@@ -27,6 +27,18 @@
  * reproducible for a given T; different T change the rounding only).
  * Kernels never allocate.  No MPI here.
  *
+ * GEMM kernels (issue 6), chosen per layer by Conv2d.kernel (explicit state,
+ * no global knobs): CONV_KERNEL_GENERIC runs the three GEMMs with OpenBLAS
+ * cblas_sgemm; CONV_KERNEL_AVX512 with aesim's own AVX-512 kernels
+ * (gemm_avx512.h, 2.5-5x OpenBLAS 0.3.21 here, whose DYNAMIC_ARCH picks SSE
+ * kernels on this CPU); CONV_KERNEL_AUTO (0, what a zeroed Conv2d holds) = the
+ * AVX-512 kernels when the running CPU has AVX-512F, else generic.  The
+ * AVX-512 choice also vectorises col2im (bit-identical) and the bias-gradient
+ * plane sums (still double, other order).  Both kernels give the same
+ * results up to float rounding.  A program reads the user's
+ * choice ONCE at start-up (conv2d_kernel_parse of the AESIM_KERNEL
+ * environment variable, CONV2D_KERNEL_ENV) and stores it in each Conv2d.
+ *
  * Not done here: strides, dilation, groups, even K, a K==1 fast path.
  */
 #ifndef AESIM_CONV2D_H
@@ -34,13 +46,40 @@
 
 #include <stddef.h>
 
+#include "err.h"
+
+/* Environment variable a program may read once at start-up to force a kernel. */
+#define CONV2D_KERNEL_ENV "AESIM_KERNEL"
+
+typedef enum ConvKernel {
+    CONV_KERNEL_AUTO = 0,    /* AVX-512 if the running CPU has AVX-512F, else generic */
+    CONV_KERNEL_GENERIC = 1, /* im2col + OpenBLAS cblas_sgemm (portable) */
+    CONV_KERNEL_AVX512 = 2   /* im2col + aesim's AVX-512 GEMMs (gemm_avx512.h) */
+} ConvKernel;
+
 typedef struct Conv2d {
     int C, OC, K;   /* input channels, output channels, kernel size (odd); stride 1, zero padding K/2 ('same') */
     float *w;       /* [OC][C][K][K]  (PyTorch Conv2d weight layout) */
     float *b;       /* [OC] */
     float *dw;      /* [OC][C][K][K]  accumulated (+=) by backward */
     float *db;      /* [OC]           accumulated (+=) by backward */
+    ConvKernel kernel; /* GEMM kernel choice; 0 = CONV_KERNEL_AUTO */
 } Conv2d;
+
+/* *out = the kernel named by `name`: NULL, "" or "auto" -> CONV_KERNEL_AUTO,
+ * "generic" -> CONV_KERNEL_GENERIC, "avx512" -> CONV_KERNEL_AVX512.
+ * Returns AE_OK, or AE_EARG (*out unchanged) for an unknown name or for
+ * "avx512" on a CPU/build without AVX-512F; the message names the value,
+ * the variable CONV2D_KERNEL_ENV and the accepted values. */
+int conv2d_kernel_parse(ConvKernel *out, const char *name, Err *err);
+
+/* The kernel conv2d_forward/backward actually run for choice k on this CPU:
+ * CONV_KERNEL_GENERIC or CONV_KERNEL_AVX512 (AUTO resolved; AVX512 on a CPU
+ * without AVX-512F falls back to GENERIC).  Pure CPU query, no state. */
+ConvKernel conv2d_kernel_resolve(ConvKernel k);
+
+/* "auto", "generic" or "avx512" (static string; "?" for other values). */
+const char *conv2d_kernel_name(ConvKernel k);
 
 /* Floats of scratch that conv2d_forward/backward need for images HxW run on
  * nthreads threads (nthreads >= 1; the same size serves both directions and

@@ -25,4 +25,10 @@ void im2col(float *col, const float *x, int C, int H, int W, int K);
  * dropped).  Accumulates: zero x first for a plain fold. */
 void col2im(float *x, const float *col, int C, int H, int W, int K);
 
+/* col2im with each row's additions done 16 floats at a time in AVX-512:
+ * the same float additions in the same order, so bit-identical to col2im.
+ * Call only when gemm_avx512_supported() (gemm_avx512.h); on builds without
+ * the x86 target attributes it is col2im. */
+void col2im_avx512(float *x, const float *col, int C, int H, int W, int K);
+
 #endif

@@ -1,6 +1,7 @@
 /*
- * conv2d.c - KxK stride-1 'same' convolution via im2col + OpenBLAS GEMM
- * (layout and GEMM shapes: conv2d.h).
+ * conv2d.c - KxK stride-1 'same' convolution via im2col + GEMM (layout and
+ * GEMM shapes: conv2d.h); the GEMMs run on OpenBLAS or on aesim's AVX-512
+ * kernels as Conv2d.kernel says (resolved once per call).
  *
  * Threading: one OpenMP team of T = min(nthreads, N) threads; each thread
  * takes a contiguous block of images and runs single-threaded GEMMs on its
@@ -10,16 +11,19 @@
  * order, so no atomics and a fixed summation order for a given T.
  * Does not allocate; does not call MPI.
  *
- * Performance (not yet measured; what to measure before changing anything):
- * time per phase (im2col, each GEMM, col2im, bias/db sums) per layer shape;
- * achieved GFLOP/s of the skinny GEMMs (M = OC of 8..32 against N = H*W of
- * 64..4096) against the single-core OpenBLAS peak; the cost of the K*K-times
- * larger col matrix in memory traffic; and whether T threads x 1-thread GEMM
- * beats 1 thread x T-thread GEMM when a rank holds few images per batch.
+ * Performance (measured, issue 6; bench/bench_train --profile): the three
+ * GEMMs were ~70% of conv time with OpenBLAS 0.3.21 at ~25 GFLOP/s per core
+ * (its DYNAMIC_ARCH picks SSE kernels on this AVX-512 CPU); the AVX-512
+ * kernels run the same skinny shapes (M = OC of 3..32 against N = H*W of
+ * 64..4096) at 50-130 GFLOP/s per core.  With them (imagenet64 B=128
+ * profile) the GEMMs are ~half of conv time; the rest is im2col (a K*K-times
+ * larger col matrix written per image), the bias fill, col2im and the db
+ * plane sums (the last two vectorised on the AVX-512 path).
  */
 #include "conv2d.h"
 
 #include "gemm.h"
+#include "gemm_avx512.h"
 #include "im2col.h"
 
 #include <assert.h>
@@ -28,6 +32,94 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+int conv2d_kernel_parse(ConvKernel *out, const char *name, Err *err)
+{
+    if (!name || !*name || strcmp(name, "auto") == 0) {
+        *out = CONV_KERNEL_AUTO;
+    } else if (strcmp(name, "generic") == 0) {
+        *out = CONV_KERNEL_GENERIC;
+    } else if (strcmp(name, "avx512") == 0) {
+        if (!gemm_avx512_supported())
+            return err_set(err, AE_EARG,
+                           "%s=avx512: this CPU or build has no AVX-512F; use %s=generic or auto (or unset it)",
+                           CONV2D_KERNEL_ENV, CONV2D_KERNEL_ENV);
+        *out = CONV_KERNEL_AVX512;
+    } else {
+        return err_set(err, AE_EARG, "%s='%s' is not a conv kernel; use auto, generic or avx512", CONV2D_KERNEL_ENV,
+                       name);
+    }
+    return AE_OK;
+}
+
+ConvKernel conv2d_kernel_resolve(ConvKernel k)
+{
+    if (k == CONV_KERNEL_GENERIC) return CONV_KERNEL_GENERIC;
+    return gemm_avx512_supported() ? CONV_KERNEL_AVX512 : CONV_KERNEL_GENERIC;
+}
+
+const char *conv2d_kernel_name(ConvKernel k)
+{
+    switch (k) {
+    case CONV_KERNEL_AUTO: return "auto";
+    case CONV_KERNEL_GENERIC: return "generic";
+    case CONV_KERNEL_AVX512: return "avx512";
+    }
+    return "?";
+}
+
+/* The three GEMMs of conv2d.h on the resolved kernel kind. */
+static void conv_gemm_nn(ConvKernel k, float *c, const float *a, const float *b, int m, int n, int kk, float beta)
+{
+    if (k == CONV_KERNEL_AVX512) gemm_avx512_nn(c, a, b, m, n, kk, beta);
+    else gemm_nn(c, a, b, m, n, kk, beta);
+}
+
+static void conv_gemm_nt(ConvKernel k, float *c, const float *a, const float *b, int m, int n, int kk, float beta)
+{
+    if (k == CONV_KERNEL_AVX512) gemm_avx512_nt(c, a, b, m, n, kk, beta);
+    else gemm_nt(c, a, b, m, n, kk, beta);
+}
+
+static void conv_gemm_tn(ConvKernel k, float *c, const float *a, const float *b, int m, int n, int kk, float beta)
+{
+    if (k == CONV_KERNEL_AVX512) gemm_avx512_tn(c, a, b, m, n, kk, beta);
+    else gemm_tn(c, a, b, m, n, kk, beta);
+}
+
+/* sum(p[0..n)) in double: the bias gradient of one output plane (a plane
+ * sum can have thousands of terms). */
+static double plane_sum_scalar(const float *p, int n)
+{
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += p[i];
+    return s;
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+
+/* Floats converted per step: two groups of 8 into two 8-double accumulators. */
+#define SUM_STEP_FLOATS 16
+
+/* plane_sum_scalar with two 8-lane double accumulators (same double
+ * precision, different order; the float result differs at most in the last
+ * bit, and only when the double sums round differently). */
+__attribute__((target("avx512f"))) static double plane_sum_avx512(const float *p, int n)
+{
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + SUM_STEP_FLOATS <= n; i += SUM_STEP_FLOATS) {
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(p + i)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_loadu_ps(p + i + SUM_STEP_FLOATS / 2)));
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+#else
+#define plane_sum_avx512 plane_sum_scalar
 #endif
 
 /* Every per-thread scratch slice starts on a 64-byte cache line (16 floats)
@@ -99,6 +191,7 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
     const size_t x_image = (size_t)C * hw, y_image = (size_t)OC * hw;
     const size_t per_thread = thread_floats(l, H, W);
     const int team = nthreads < N ? nthreads : N;
+    const ConvKernel kern = conv2d_kernel_resolve(l->kernel);
     (void)team;
 
 #ifdef _OPENMP
@@ -117,7 +210,7 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
                 float *plane = yn + (size_t)oc * hw;
                 for (int p = 0; p < hw; p++) plane[p] = l->b[oc];
             }
-            gemm_nn(yn, l->w, col, OC, hw, ckk, 1.0f);
+            conv_gemm_nn(kern, yn, l->w, col, OC, hw, ckk, 1.0f);
         }
     }
 }
@@ -132,6 +225,8 @@ void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l
     const size_t w_size = (size_t)OC * ckk;
     const int team = nthreads < N ? nthreads : N;
     int used = 1;  /* threads the runtime actually gave the team (may be < team) */
+    const ConvKernel kern = conv2d_kernel_resolve(l->kernel);
+    const int avx = kern == CONV_KERNEL_AVX512;  /* also vectorise col2im and the db sums */
     (void)team;
 
 #ifdef _OPENMP
@@ -149,19 +244,18 @@ void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l
         for (int n = n0; n < n1; n++) {
             const float *dyn = dy + (size_t)n * y_image;
             im2col(col, x + (size_t)n * x_image, C, H, W, K);
-            gemm_nt(dw_part, dyn, col, OC, ckk, hw, 1.0f);
+            conv_gemm_nt(kern, dw_part, dyn, col, OC, ckk, hw, 1.0f);
             for (int oc = 0; oc < OC; oc++) {
-                /* A plane sum can have thousands of terms: accumulate in double. */
                 const float *plane = dyn + (size_t)oc * hw;
-                double s = 0.0;
-                for (int p = 0; p < hw; p++) s += plane[p];
+                const double s = avx ? plane_sum_avx512(plane, hw) : plane_sum_scalar(plane, hw);
                 db_part[oc] += (float)s;
             }
             if (dx) {
                 float *dxn = dx + (size_t)n * x_image;
-                gemm_tn(col, l->w, dyn, ckk, hw, OC, 0.0f);  /* col now holds dcol */
+                conv_gemm_tn(kern, col, l->w, dyn, ckk, hw, OC, 0.0f);  /* col now holds dcol */
                 memset(dxn, 0, sizeof(float) * x_image);
-                col2im(dxn, col, C, H, W, K);
+                if (avx) col2im_avx512(dxn, col, C, H, W, K);
+                else col2im(dxn, col, C, H, W, K);
             }
         }
     }

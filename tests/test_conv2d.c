@@ -5,7 +5,9 @@
  *
  * Shapes cover 1x1 images (all padding), odd H/W, C=1, OC=1, N=1 and 5,
  * K=3 and 5 (padding wider than the image), 28x28x1, 7x7x8 and 64x64x3, each
- * run with nthreads 1 and 3 (3 > N exercises the team-size clamp).  Scratch
+ * run with nthreads 1 and 3 (3 > N exercises the team-size clamp) and with
+ * every GEMM kernel this CPU can run (generic OpenBLAS; AVX-512 if present).
+ * 4x32x8 at 9x9 gives C*K*K = 288, past the AVX-512 kernels' k block.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
  * so a sanitizer build catches overruns and any read of stale scratch shows.
  */
@@ -37,13 +39,20 @@ typedef struct Shape { int N, C, OC, H, W, K; } Shape;
 static const Shape FWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 1, 16, 28, 28, 3},
     {3, 8, 8, 7, 7, 3}, {2, 3, 16, 64, 64, 3}, {2, 2, 3, 6, 9, 5}, {1, 2, 2, 2, 3, 5},
-    {4, 16, 1, 9, 4, 3},
+    {4, 16, 1, 9, 4, 3}, {2, 32, 9, 9, 9, 3},
 };
 static const Shape BWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 2, 3, 6, 9, 5},
     {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3},
 };
 static const int NTHREADS[] = {1, 3};
+static const ConvKernel KERNELS[] = {CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512};
+
+/* 1 if this CPU runs kernel k as asked (AVX-512 only where supported). */
+static int kernel_runs(ConvKernel k)
+{
+    return conv2d_kernel_resolve(k) == k;
+}
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -125,14 +134,18 @@ static void test_forward_matches_naive(void **state)
         ref_conv2d(p.yd, p.xd, p.wd, p.bd, s.N, s.C, s.OC, s.H, s.W, s.K);
         float *y = xmalloc(sizeof(float) * p.ny);
         double *tmp = xmalloc(sizeof(double) * p.ny);
-        for (size_t t = 0; t < COUNT(NTHREADS); t++) {
+        for (size_t t = 0; t < COUNT(NTHREADS) * COUNT(KERNELS); t++) {
+            const ConvKernel kern = KERNELS[t / COUNT(NTHREADS)];
+            const int nthreads = NTHREADS[t % COUNT(NTHREADS)];
+            if (!kernel_runs(kern)) continue;
             Conv2d l = layer_of(&p, NULL, NULL);
-            float *scratch = alloc_scratch(&l, s.H, s.W, NTHREADS[t]);
+            l.kernel = kern;
+            float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
             fill_nan(y, p.ny);  /* y must be overwritten */
-            conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, NTHREADS[t]);
+            conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
             char name[128];
-            snprintf(name, sizeof name, "y N%d C%d OC%d %dx%d K%d nthreads %d", s.N, s.C, s.OC, s.H, s.W, s.K,
-                     NTHREADS[t]);
+            snprintf(name, sizeof name, "y N%d C%d OC%d %dx%d K%d nthreads %d kernel %s", s.N, s.C, s.OC, s.H, s.W,
+                     s.K, nthreads, conv2d_kernel_name(kern));
             assert_true(ref_check(name, y, p.yd, p.ny, FWD_ATOL, FWD_RTOL, tmp));
             free(scratch);
         }
@@ -157,18 +170,22 @@ static void test_backward_matches_finite_differences(void **state)
         float *dx = xmalloc(sizeof(float) * p.nx), *dw = xmalloc(sizeof(float) * p.nw);
         float *db = xmalloc(sizeof(float) * p.nb);
         double *tmp = xmalloc(sizeof(double) * (p.nx + p.nw + p.nb));
-        for (size_t t = 0; t < COUNT(NTHREADS); t++) {
+        for (size_t t = 0; t < COUNT(NTHREADS) * COUNT(KERNELS); t++) {
+            const ConvKernel kern = KERNELS[t / COUNT(NTHREADS)];
+            const int nthreads = NTHREADS[t % COUNT(NTHREADS)];
+            if (!kernel_runs(kern)) continue;
             Conv2d l = layer_of(&p, dw, db);
-            float *scratch = alloc_scratch(&l, s.H, s.W, NTHREADS[t]);
+            l.kernel = kern;
+            float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
             memset(dw, 0, sizeof(float) * p.nw);
             memset(db, 0, sizeof(float) * p.nb);
             fill_nan(dx, p.nx);  /* dx must be overwritten */
-            conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, NTHREADS[t]);
+            conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
             char name[3][128];
             const char *what[3] = {"dx", "dw", "db"};
             for (int k = 0; k < 3; k++)
-                snprintf(name[k], sizeof name[k], "%s N%d C%d OC%d %dx%d K%d nthreads %d", what[k], s.N, s.C,
-                         s.OC, s.H, s.W, s.K, NTHREADS[t]);
+                snprintf(name[k], sizeof name[k], "%s N%d C%d OC%d %dx%d K%d nthreads %d kernel %s", what[k], s.N,
+                         s.C, s.OC, s.H, s.W, s.K, nthreads, conv2d_kernel_name(kern));
             assert_true(ref_check(name[0], dx, gx, p.nx, BWD_ATOL, BWD_RTOL, tmp));
             assert_true(ref_check(name[1], dw, gw, p.nw, BWD_ATOL, BWD_RTOL, tmp));
             assert_true(ref_check(name[2], db, gb, p.nb, BWD_ATOL, BWD_RTOL, tmp));
@@ -222,6 +239,28 @@ static void test_backward_accumulates_and_dx_null(void **state)
     problem_free(&p);
 }
 
+/* Kernel names parse to their enum; unknown names are AE_EARG with the
+ * variable named; "avx512" is accepted exactly when the CPU can run it. */
+static void test_kernel_parse(void **state)
+{
+    (void)state;
+    ConvKernel k = CONV_KERNEL_GENERIC;
+    Err err;
+    assert_int_equal(conv2d_kernel_parse(&k, NULL, &err), AE_OK);
+    assert_int_equal(k, CONV_KERNEL_AUTO);
+    assert_int_equal(conv2d_kernel_parse(&k, "generic", &err), AE_OK);
+    assert_int_equal(k, CONV_KERNEL_GENERIC);
+    assert_int_equal(conv2d_kernel_parse(&k, "auto", &err), AE_OK);
+    assert_int_equal(k, CONV_KERNEL_AUTO);
+    assert_int_equal(conv2d_kernel_parse(&k, "avx9000", &err), AE_EARG);
+    assert_non_null(strstr(err.msg, CONV2D_KERNEL_ENV));
+    assert_int_equal(k, CONV_KERNEL_AUTO);
+    const int rc = conv2d_kernel_parse(&k, "avx512", &err);
+    assert_int_equal(rc, kernel_runs(CONV_KERNEL_AVX512) ? AE_OK : AE_EARG);
+    assert_int_equal(conv2d_kernel_resolve(CONV_KERNEL_GENERIC), CONV_KERNEL_GENERIC);
+    assert_int_not_equal(conv2d_kernel_resolve(CONV_KERNEL_AUTO), CONV_KERNEL_AUTO);
+}
+
 /* The scratch size grows with the thread count and covers a col matrix per thread. */
 static void test_scratch_size(void **state)
 {
@@ -241,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_backward_matches_finite_differences),
         cmocka_unit_test(test_backward_accumulates_and_dx_null),
         cmocka_unit_test(test_scratch_size),
+        cmocka_unit_test(test_kernel_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
