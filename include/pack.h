@@ -28,6 +28,8 @@
 
 /* Default images per decoding window and rank. */
 #define PACK_DEFAULT_WINDOW 256
+/* Largest --window accepted (images): bounds the window buffers. */
+#define PACK_MAX_WINDOW 65536
 
 typedef struct PackConfig {
     const char *spec;        /* sources, as for dataset_open_opts */

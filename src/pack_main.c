@@ -5,6 +5,7 @@
  * Exit status: 0 success, 1 runtime error (message on stderr, all ranks),
  * 2 bad usage.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +55,16 @@ int main(int argc, char **argv)
     int c, idx, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "", longs, &idx)) != -1) {
         if (c == OPT_OUT) cfg.out = optarg;
-        else if (c == OPT_WINDOW) bad = (cfg.window = atoll(optarg)) < 1;
+        else if (c == OPT_WINDOW) {
+            char *end;
+            errno = 0;
+            long long w = strtoll(optarg, &end, 10);
+            if (errno || end == optarg || *end || w < 1 || w > PACK_MAX_WINDOW)
+                bad = err_set(&err, AE_EARG, "--window: '%s' is not an integer in 1..%d (images per window)", optarg,
+                              PACK_MAX_WINDOW);
+            else
+                cfg.window = w;
+        }
         else if (c == OPT_DATAOPT) {
             const char *key = !strcmp(longs[idx].name, "skip-bad") ? "skip_bad" : longs[idx].name;
             bad = dataset_options_set(&cfg.opts, key, optarg ? optarg : "1", &err) != AE_OK;

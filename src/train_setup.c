@@ -128,6 +128,12 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         if (!model_parse(&asked, cfg->arch, C, H, W, err) && strcmp(asked.text, spec.text) != 0)
             err_set(err, AE_EARG, "--arch '%s' differs from the architecture of %s ('%s'); drop --arch to resume",
                     asked.text, ck.path, spec.text);
+    } else if (err->code && cfg->resume[0] && arch == ck.arch) {
+        /* The spec came from the checkpoint, not from --arch: say so. */
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        err_set(err, AE_EFORMAT, "%.300s: its architecture does not fit: %.600s", ck.path,
+                strncmp(msg, "--arch ", 7) == 0 ? msg + 7 : msg);
     }
     if (par_agree(ctx, err)) {
         ckpt_free(&ck);

@@ -370,8 +370,8 @@ class BadInput(unittest.TestCase):
         self.fails_clearly(r, ids, "line 1")
 
     # ----- checkpoints -------------------------------------------------------
-    @unittest.expectedFailure  # BUG: an architecture read from a checkpoint is reported as "--arch '...'"
-    # although the user gave no --arch; the message should name the checkpoint file
+    # Fixed bug: an architecture read from a checkpoint was reported as "--arch '...'"
+    # although the user gave no --arch; the message names the checkpoint file
     def test_bad_arch_in_checkpoint_names_the_checkpoint(self):
         with np.load(self.ckpt) as z:
             d = {k: z[k] for k in z.files}
@@ -387,8 +387,8 @@ class BadInput(unittest.TestCase):
         self.assertIn(edited, said[0], f"the error does not name the checkpoint:\n{r}")
 
     # ----- aesim-pack options --------------------------------------------------
-    @unittest.expectedFailure  # BUG: pack_main.c parses --window with atoll: 'abc' prints only the usage
-    # (no message), '5x' is taken as 5, and 99999999999 is a fatal malloc that leaves OUT.tmp.PID behind
+    # Fixed bug: pack_main.c parsed --window with atoll: 'abc' printed only the usage
+    # (no message), '5x' was taken as 5, and 99999999999 was a fatal malloc that left OUT.tmp.PID behind
     def test_pack_window_validation(self):
         folder = os.path.join(WORK, "pack_window")
         os.makedirs(folder, exist_ok=True)
