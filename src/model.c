@@ -197,8 +197,9 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
     m->spec = *spec;
     m->max_batch = max_batch;
     m->nthreads = nthreads;
+    /* Sizes first (shared with model_memory_bytes), then the layers. */
+    const ModelSizes z = model_sizes(spec, nthreads);
     int c = spec->C, h = spec->H, w = spec->W;
-    size_t act_total = 0, act_max = (size_t)c * h * w, scratch = 0;
     int last_conv = -1;
     for (int i = 0; i < spec->n_layers; i++)
         if (spec->kind[i] == LAYER_CONV) last_conv = i;
@@ -216,10 +217,7 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
             L->conv.C = c;
             L->conv.OC = L->OC;
             L->conv.K = spec->kernel[i];
-            m->n_params += (size_t)L->OC * c * L->conv.K * L->conv.K + (size_t)L->OC;
             m->n_conv++;
-            size_t need = conv2d_scratch_floats(&L->conv, h, w, nthreads);
-            if (need > scratch) scratch = need;
         } else {
             L->OC = c;
             L->OH = L->kind == LAYER_MAXPOOL ? h / 2 : h * 2;
@@ -228,16 +226,14 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
         c = L->OC;
         h = L->OH;
         w = L->OW;
-        size_t per = (size_t)c * h * w;
-        act_total += per;
-        if (per > act_max) act_max = per;
     }
+    m->n_params = z.params;
     m->params = xcalloc(m->n_params, sizeof(float));
     m->grads = xcalloc(m->n_params, sizeof(float));
-    m->acts = xcalloc(act_total * (size_t)max_batch, sizeof(float));
+    m->acts = xcalloc(z.act_total * (size_t)max_batch, sizeof(float));
     m->input = xcalloc((size_t)spec->C * spec->H * spec->W * (size_t)max_batch, sizeof(float));
-    for (int k = 0; k < 2; k++) m->dbuf[k] = xcalloc(act_max * (size_t)max_batch, sizeof(float));
-    m->scratch = xcalloc(scratch ? scratch : 1, sizeof(float));
+    for (int k = 0; k < 2; k++) m->dbuf[k] = xcalloc(z.act_max * (size_t)max_batch, sizeof(float));
+    m->scratch = xcalloc(z.scratch ? z.scratch : 1, sizeof(float));
     /* Carve the blocks into per-layer pointers (llm.c malloc_and_point). */
     size_t p = 0, a = 0;
     for (int i = 0; i < spec->n_layers; i++) {

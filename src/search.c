@@ -376,6 +376,9 @@ static int read_id_file(int64_t **out, int64_t *n, const char *path, int64_t cou
                 c = fgetc(f);
             }
             tok[t] = '\0';
+            /* The newline that ended the token is counted after the token
+             * is checked, so an error names the token's own line. */
+            long long tok_line = line;
             if (c == '\n') line++;
             char *end;
             errno = 0;
@@ -385,7 +388,7 @@ static int read_id_file(int64_t **out, int64_t *n, const char *path, int64_t cou
                 free(*out);
                 *out = NULL;
                 return err_set(err, AE_EFORMAT, "--ids-from %s: line %lld: '%s' is not an id (hint: integers "
-                                                "separated by spaces, commas or newlines)", path, line, tok);
+                                                "separated by spaces, commas or newlines)", path, tok_line, tok);
             }
             if (*n == cap) {
                 cap = cap ? 2 * cap : 1024;

@@ -360,7 +360,7 @@ class BadInput(unittest.TestCase):
         r = run(SEARCH, "query", "--db", self.db, "--queries", self.q, "--k", "1", "--ids-from", WORK)
         self.fails_clearly(r, WORK)
 
-    @unittest.expectedFailure  # BUG: --ids-from text errors name the next line when the bad token ends
+    # Fixed bug: --ids-from text errors name the next line when the bad token ends
     # its line (search.c counts the newline before reporting)
     def test_ids_from_error_names_the_right_line(self):
         ids = os.path.join(WORK, "ids.txt")
