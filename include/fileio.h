@@ -15,6 +15,7 @@
 #ifndef AESIM_FILEIO_H
 #define AESIM_FILEIO_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "err.h"
@@ -53,6 +54,12 @@ void atomic_abort(AtomicFile *af);
  * a mistake.  A missing file gives AE_EIO with the errno text.  stat() only:
  * never blocks. */
 int fileio_check_input(const char *path, Err *err);
+
+/* pread / pwrite of exactly n bytes at offset off, retrying on EINTR and
+ * partial transfers.  Return 0, or -1 with errno set (errno 0 for a read
+ * that hit the end of the file, or for an offset beyond INT64_MAX). */
+int fileio_pread_full(int fd, void *buf, uint64_t n, uint64_t off);
+int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off);
 
 /* mkdir -p with mode 0777 & ~umask.  AE_EIO names the component that failed. */
 int fileio_mkdirs(const char *dir, Err *err);

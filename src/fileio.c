@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,6 +83,41 @@ void atomic_abort(AtomicFile *af)
     if (af->f) fclose(af->f);
     af->f = NULL;
     unlink(af->tmp_path);
+}
+
+int fileio_pread_full(int fd, void *buf, uint64_t n, uint64_t off)
+{
+    uint8_t *b = buf;
+    for (uint64_t done = 0; done < n;) {
+        if (off + done > (uint64_t)INT64_MAX) {
+            errno = 0;
+            return -1;
+        }
+        ssize_t got = pread(fd, b + done, (size_t)(n - done), (off_t)(off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            if (got == 0) errno = 0;
+            return -1;
+        }
+        done += (uint64_t)got;
+    }
+    return 0;
+}
+
+int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off)
+{
+    const uint8_t *b = buf;
+    for (uint64_t done = 0; done < n;) {
+        if (off + done > (uint64_t)INT64_MAX) {
+            errno = 0;
+            return -1;
+        }
+        ssize_t w = pwrite(fd, b + done, (size_t)(n - done), (off_t)(off + done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        done += (uint64_t)w;
+    }
+    return 0;
 }
 
 int fileio_check_input(const char *path, Err *err)

@@ -316,29 +316,13 @@ static int convert_record(uint8_t *out, const ImageSource *s, const uint8_t *raw
     return 0;
 }
 
-static int pread_full(int fd, void *buf, uint64_t n, uint64_t off)
-{
-    uint8_t *b = buf;
-    uint64_t done = 0;
-    while (done < n) {
-        ssize_t got = pread(fd, b + done, (size_t)(n - done), (off_t)(off + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-            if (got == 0) errno = 0;
-            return -1;
-        }
-        done += (uint64_t)got;
-    }
-    return 0;
-}
-
 /* Raw bytes of records [first, first + m) into buf (m * stride bytes). */
 static int raw_get(ImageSource *s, int64_t first, int64_t m, uint8_t *buf, Err *err)
 {
     uint64_t bytes = (uint64_t)m * s->stride;
     switch (s->access) {
     case RAW_FILE:
-        if (pread_full(s->fd, buf, bytes, s->offset + (uint64_t)first * s->stride) != 0)
+        if (fileio_pread_full(s->fd, buf, bytes, s->offset + (uint64_t)first * s->stride) != 0)
             return err_set(err, errno ? AE_EIO : AE_EFORMAT, "%s: %s reading images %" PRId64 "..%" PRId64
                            " (hint: the file shrank or is unreadable)", s->path, errno ? strerror(errno) : "unexpected end",
                            first, first + m - 1);
@@ -536,7 +520,7 @@ typedef struct FdCursor {
 static int fd_read_fn(void *ctx, void *buf, uint64_t n, Err *err)
 {
     FdCursor *c = ctx;
-    if (pread_full(c->fd, buf, n, c->pos) != 0)
+    if (fileio_pread_full(c->fd, buf, n, c->pos) != 0)
         return err_set(err, errno ? AE_EIO : AE_EFORMAT, "%s: %s inside the .npy header (hint: the file is "
                        "truncated)", c->what, errno ? strerror(errno) : "the file ends");
     c->pos += n;

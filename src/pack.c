@@ -9,6 +9,7 @@
  * MPI through par.h only.
  */
 #include "pack.h"
+#include "fileio.h"
 
 #include "check.h"
 #include "image_source.h"
@@ -67,32 +68,6 @@ static int decode_all(ImageSource **srcs, int ns, const ParCtx *ctx, const char 
     return rc;
 }
 
-static int pread_full(int fd, void *buf, uint64_t n, uint64_t off)
-{
-    uint8_t *b = buf;
-    uint64_t done = 0;
-    while (done < n) {
-        ssize_t got = pread(fd, b + done, (size_t)(n - done), (off_t)(off + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return -1;
-        done += (uint64_t)got;
-    }
-    return 0;
-}
-
-static int pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off)
-{
-    const uint8_t *b = buf;
-    uint64_t done = 0;
-    while (done < n) {
-        ssize_t w = pwrite(fd, b + done, (size_t)(n - done), (off_t)(off + done));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        done += (uint64_t)w;
-    }
-    return 0;
-}
-
 /* Rank 0: moves kept records together (in order) and computes their CRC. */
 static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, int64_t *kept, uint32_t *crc, Err *err)
 {
@@ -106,7 +81,7 @@ static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, i
     int rc = AE_OK;
     for (int64_t at = 0; at < n && rc == AE_OK; at += per) {
         int64_t m = n - at < per ? n - at : per;
-        if (pread_full(fd, buf, (uint64_t)(m * img), store_record_offset(at, img))) {
+        if (fileio_pread_full(fd, buf, (uint64_t)(m * img), store_record_offset(at, img))) {
             rc = err_set(err, AE_EIO, "cannot read back %s: %s", tmp, strerror(errno ? errno : EIO));
             break;
         }
@@ -121,7 +96,7 @@ static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, i
             c = (uint32_t)crc32(c, buf + done, (uInt)part);
             done += part;
         }
-        if (w > 0 && (out != at || w != m) && pwrite_full(fd, buf, (uint64_t)(w * img), store_record_offset(out, img)))
+        if (w > 0 && (out != at || w != m) && fileio_pwrite_full(fd, buf, (uint64_t)(w * img), store_record_offset(out, img)))
             rc = err_set(err, AE_EIO, "cannot write %s: %s (hint: disk full?)", tmp, strerror(errno ? errno : EIO));
         out += w;
     }

@@ -11,6 +11,7 @@
  * distinct ranges may run concurrently.
  */
 #include "sample_store.h"
+#include "fileio.h"
 
 #include "check.h"
 
@@ -76,19 +77,6 @@ static uint32_t crc_of(uint32_t crc, const uint8_t *p, uint64_t n)
 uint32_t store_crc_combine(uint32_t a, uint32_t b, uint64_t len_b)
 {
     return (uint32_t)crc32_combine(a, b, (z_off_t)len_b);
-}
-
-static int pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off)
-{
-    const uint8_t *b = buf;
-    uint64_t done = 0;
-    while (done < n) {
-        ssize_t w = pwrite(fd, b + done, (size_t)(n - done), (off_t)(off + done));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        done += (uint64_t)w;
-    }
-    return 0;
 }
 
 /* A v1.0 .npy header for `descr` and shape text, padded with spaces to
@@ -171,7 +159,7 @@ int store_write_records(const char *tmp_path, int64_t first, int64_t count, int6
     int fd = open(tmp_path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return io_fail(err, tmp_path, "open");
     uint64_t bytes = (uint64_t)count * (uint64_t)image_bytes;
-    int rc = pwrite_full(fd, pix, bytes, store_record_offset(first, image_bytes)) == 0 ? AE_OK
+    int rc = fileio_pwrite_full(fd, pix, bytes, store_record_offset(first, image_bytes)) == 0 ? AE_OK
                                                                                        : io_fail(err, tmp_path, "write");
     if (close(fd) != 0 && rc == AE_OK) rc = io_fail(err, tmp_path, "close");
     *crc = crc_of((uint32_t)crc32(0L, Z_NULL, 0), pix, bytes);
@@ -270,7 +258,7 @@ int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err
     uint8_t lh[STORE_DATA_ALIGN];
     size_t lhl = local_header(lh, STORE_IMAGES ".npy", icrc, isize, images_pad());
     CHECK(lhl == STORE_DATA_ALIGN - STORE_IMAGES_HEADER);
-    if (pwrite_full(fd, lh, lhl, 0) || pwrite_full(fd, ihdr, ih, lhl)) rc = io_fail(err, tmp_path, "write");
+    if (fileio_pwrite_full(fd, lh, lhl, 0) || fileio_pwrite_full(fd, ihdr, ih, lhl)) rc = io_fail(err, tmp_path, "write");
     uint64_t at = store_record_offset(m->n, img);
     if (rc == AE_OK && ftruncate(fd, (off_t)at) != 0) rc = io_fail(err, tmp_path, "truncate");
     /* The other members. */
@@ -300,8 +288,8 @@ int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err
         mem[i].lho = at;
         size_t l = local_header(buf, mem[i].name, mem[i].crc, mem[i].hdr_len + mem[i].data_len, 0);
         memcpy(buf + l, mem[i].hdr, mem[i].hdr_len);
-        if (pwrite_full(fd, buf, l + mem[i].hdr_len, at) ||
-            pwrite_full(fd, mem[i].data, mem[i].data_len, at + l + mem[i].hdr_len))
+        if (fileio_pwrite_full(fd, buf, l + mem[i].hdr_len, at) ||
+            fileio_pwrite_full(fd, mem[i].data, mem[i].data_len, at + l + mem[i].hdr_len))
             rc = io_fail(err, tmp_path, "write");
         at += l + mem[i].hdr_len + mem[i].data_len;
     }
@@ -341,7 +329,7 @@ int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err
     put16(e + 20, (uint32_t)clen);
     memcpy(e + EOCD_BYTES, STORE_COMMENT, clen);
     e += EOCD_BYTES + clen;
-    if (rc == AE_OK && pwrite_full(fd, cd, (uint64_t)(e - cd), at)) rc = io_fail(err, tmp_path, "write");
+    if (rc == AE_OK && fileio_pwrite_full(fd, cd, (uint64_t)(e - cd), at)) rc = io_fail(err, tmp_path, "write");
     if (rc == AE_OK && fsync(fd) != 0) rc = io_fail(err, tmp_path, "fsync");
     if (close(fd) != 0 && rc == AE_OK) rc = io_fail(err, tmp_path, "close");
     if (rc == AE_OK && rename(tmp_path, path) != 0) rc = io_fail(err, path, "rename to");

@@ -62,25 +62,6 @@ static uint32_t rd32(const uint8_t *b)
 }
 static uint64_t rd64(const uint8_t *b) { return (uint64_t)rd32(b) | (uint64_t)rd32(b + 4) << 32; }
 
-/* pread of exactly n bytes at off; -1 on error or short read (errno 0 for a
- * short read). */
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    uint8_t *b = buf;
-    size_t done = 0;
-    while (done < n) {
-        if (off + done > (uint64_t)INT64_MAX) return -1;
-        ssize_t got = pread(fd, b + done, n - done, (off_t)(off + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-            if (got == 0) errno = 0;
-            return -1;
-        }
-        done += (size_t)got;
-    }
-    return 0;
-}
-
 static uint32_t crc_update(uint32_t crc, const uint8_t *p, uint64_t n)
 {
     while (n) {
@@ -101,7 +82,7 @@ static int bad(Err *err, const ZipArchive *za, const char *what)
 static int read_at(ZipArchive *za, void *buf, size_t n, uint64_t off, const char *what, Err *err)
 {
     if (off > za->file_size || n > za->file_size - off) return bad(err, za, what);
-    if (pread_full(za->fd, buf, n, off) != 0) {
+    if (fileio_pread_full(za->fd, buf, n, off) != 0) {
         if (errno)
             return err_set(err, AE_EIO, "%s: read error: %s (hint: check the disk)", za->path, strerror(errno));
         return bad(err, za, what);
@@ -385,7 +366,7 @@ static int refill(ZipStream *zs, Err *err)
     uint64_t left = zs->e->comp_size - zs->in_pos;
     size_t n = left < INFLATE_WINDOW_BYTES ? (size_t)left : INFLATE_WINDOW_BYTES;
     if (n == 0) return 0;
-    if (pread_full(zs->za->fd, zs->inbuf, n, zs->e->data_offset + zs->in_pos) != 0) {
+    if (fileio_pread_full(zs->za->fd, zs->inbuf, n, zs->e->data_offset + zs->in_pos) != 0) {
         err_set(err, errno ? AE_EIO : AE_EFORMAT, "%s: member '%s': %s (hint: the file is truncated or unreadable)",
                 zs->za->path, zs->e->name, errno ? strerror(errno) : "data ends early");
         return -1;
@@ -450,7 +431,7 @@ int zip_stream_read(ZipStream *zs, void *buf, uint64_t n, Err *err)
     uint8_t *out = buf;
     if (zs->inflating) {
         if (inflate_exact(zs, out, n, err)) return err->code;
-    } else if (n && pread_full(zs->za->fd, out, (size_t)n, zs->e->data_offset + zs->out_pos) != 0) {
+    } else if (n && fileio_pread_full(zs->za->fd, out, (size_t)n, zs->e->data_offset + zs->out_pos) != 0) {
         return err_set(err, errno ? AE_EIO : AE_EFORMAT, "%s: member '%s': %s (hint: the file is truncated)",
                        zs->za->path, zs->e->name, errno ? strerror(errno) : "data ends early");
     }
