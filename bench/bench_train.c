@@ -141,10 +141,12 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
         switch (L->kind) {
         case LAYER_CONV:
             conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            if (L->act == ACT_RELU)
-                relu_forward(L->out, L->out, numel);
-            else
-                sigmoid_forward(L->out, L->out, numel);
+            if (!(L->conv.fuse & CONV_FUSE_RELU)) {
+                if (L->act == ACT_RELU)
+                    relu_forward(L->out, L->out, numel);
+                else
+                    sigmoid_forward(L->out, L->out, numel);
+            }
             break;
         case LAYER_MAXPOOL:
             maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
@@ -170,10 +172,11 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
         t0 = timer_now();
         switch (L->kind) {
         case LAYER_CONV:
-            if (L->act == ACT_RELU)
-                relu_backward(g, g, L->out, out_numel);
-            else
+            if (L->act == ACT_SIGMOID)
                 sigmoid_backward(g, g, L->out, out_numel);
+            else if (!(i + 1 < n && m->layers[i + 1].kind == LAYER_CONV &&
+                       (m->layers[i + 1].conv.fuse & CONV_FUSE_DX_RELU)))
+                relu_backward(g, g, L->out, out_numel);
             conv2d_backward(i > 0 ? gnext : NULL, g, lin, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
             break;
         case LAYER_MAXPOOL:
@@ -227,7 +230,7 @@ static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, in
     rng_seed(&rng, BENCH_WEIGHT_SEED, 1);
     for (size_t i = 0; i < (size_t)OC * CKK; i++) w[i] = rng_uniform_f32(&rng, -0.1f, 0.1f);
     for (size_t i = 0; i < per * (size_t)T; i++) buf[i] = rng_uniform_f32(&rng, 0.0f, 1.0f);
-    const int avx = conv2d_kernel_resolve(L->conv.kernel) == CONV_KERNEL_AVX512;
+    const int avx = conv2d_kernel_resolve(L->conv.kernel, L->conv.K) == CONV_KERNEL_AVX512;
     void (*nn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nn : gemm_nn;
     void (*nt)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nt : gemm_nt;
     void (*tn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_tn : gemm_tn;
@@ -386,7 +389,7 @@ int main(int argc, char **argv)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;
     if (ctx.rank == 0)
         fprintf(stderr, "bench_train: conv GEMM kernel %s (runs %s)\n", conv2d_kernel_name(kernel),
-                conv2d_kernel_name(conv2d_kernel_resolve(kernel)));
+                conv2d_kernel_name(conv2d_kernel_resolve(kernel, 3)));
     AdamConfig adam = ADAM_CONFIG_DEFAULT;
     Optimizer opt;
     optimizer_init(&opt, OPT_ADAM, &adam, 0.0f, m.n_params);

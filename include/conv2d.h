@@ -27,17 +27,20 @@
  * reproducible for a given T; different T change the rounding only).
  * Kernels never allocate.  No MPI here.
  *
- * GEMM kernels (issue 6), chosen per layer by Conv2d.kernel (explicit state,
- * no global knobs): CONV_KERNEL_GENERIC runs the three GEMMs with OpenBLAS
- * cblas_sgemm; CONV_KERNEL_AVX512 with aesim's own AVX-512 kernels
- * (gemm_avx512.h, 2.5-5x OpenBLAS 0.3.21 here, whose DYNAMIC_ARCH picks SSE
- * kernels on this CPU); CONV_KERNEL_AUTO (0, what a zeroed Conv2d holds) = the
- * AVX-512 kernels when the running CPU has AVX-512F, else generic.  The
- * AVX-512 choice also vectorises col2im (bit-identical) and the bias-gradient
- * plane sums (still double, other order).  Both kernels give the same
- * results up to float rounding.  A program reads the user's
+ * Kernels (issue 6), chosen per layer by Conv2d.kernel (explicit state, no
+ * global knobs): CONV_KERNEL_GENERIC runs the three GEMMs above with
+ * OpenBLAS cblas_sgemm; CONV_KERNEL_AVX512 the same GEMMs with aesim's own
+ * AVX-512 kernels (gemm_avx512.h; OpenBLAS 0.3.21's DYNAMIC_ARCH picks SSE
+ * kernels on this CPU); CONV_KERNEL_DIRECT skips im2col altogether: direct
+ * KxK kernels that accumulate 16-pixel vectors of an NCHW plane in
+ * registers (conv_direct.h; measured fastest, bench/results/latest.md);
+ * CONV_KERNEL_AUTO (0, what a zeroed Conv2d holds) = DIRECT when the running
+ * CPU has AVX-512F, else GENERIC.  All kernels give the same results up to
+ * float rounding (other summation orders).  A program reads the user's
  * choice ONCE at start-up (conv2d_kernel_parse of the AESIM_KERNEL
  * environment variable, CONV2D_KERNEL_ENV) and stores it in each Conv2d.
+ * The direct kernels split the batch's pixel vectors (not whole images)
+ * between threads, so they also use every thread when N < nthreads.
  *
  * Not done here: strides, dilation, groups, even K, a K==1 fast path.
  */
@@ -52,10 +55,23 @@
 #define CONV2D_KERNEL_ENV "AESIM_KERNEL"
 
 typedef enum ConvKernel {
-    CONV_KERNEL_AUTO = 0,    /* AVX-512 if the running CPU has AVX-512F, else generic */
+    CONV_KERNEL_AUTO = 0,    /* direct if the running CPU has AVX-512F, else generic */
     CONV_KERNEL_GENERIC = 1, /* im2col + OpenBLAS cblas_sgemm (portable) */
-    CONV_KERNEL_AVX512 = 2   /* im2col + aesim's AVX-512 GEMMs (gemm_avx512.h) */
+    CONV_KERNEL_AVX512 = 2,  /* im2col + aesim's AVX-512 GEMMs (gemm_avx512.h) */
+    CONV_KERNEL_DIRECT = 3   /* direct KxK kernels on AVX-512, no im2col (conv_direct.h) */
 } ConvKernel;
+
+/* Largest K*K the direct kernels take (K = 11, MODEL_MAX_KERNEL); larger K
+ * run the im2col kernels. */
+#define CONV_DIRECT_MAX_TAPS 121
+
+/* Operations fused into the convolution (bits of Conv2d.fuse; 0 = none).
+ *   CONV_FUSE_RELU     forward: y = relu(conv(x) + b), torch.relu semantics
+ *                      (NaN passes, -0 and negatives give +0);
+ *   CONV_FUSE_DX_RELU  backward: dx[i] = x[i] > 0 ? dL/dx[i] : 0, i.e. the
+ *                      gradient before the ReLU that produced x (x must be
+ *                      a ReLU output), which saves a pass over dx. */
+enum { CONV_FUSE_RELU = 1u, CONV_FUSE_DX_RELU = 2u };
 
 typedef struct Conv2d {
     int C, OC, K;   /* input channels, output channels, kernel size (odd); stride 1, zero padding K/2 ('same') */
@@ -63,28 +79,34 @@ typedef struct Conv2d {
     float *b;       /* [OC] */
     float *dw;      /* [OC][C][K][K]  accumulated (+=) by backward */
     float *db;      /* [OC]           accumulated (+=) by backward */
-    ConvKernel kernel; /* GEMM kernel choice; 0 = CONV_KERNEL_AUTO */
+    ConvKernel kernel; /* kernel choice; 0 = CONV_KERNEL_AUTO */
+    unsigned fuse;     /* CONV_FUSE_* bits; 0 = plain convolution */
 } Conv2d;
 
 /* *out = the kernel named by `name`: NULL, "" or "auto" -> CONV_KERNEL_AUTO,
- * "generic" -> CONV_KERNEL_GENERIC, "avx512" -> CONV_KERNEL_AVX512.
+ * "generic" -> CONV_KERNEL_GENERIC, "avx512" -> CONV_KERNEL_AVX512,
+ * "direct" -> CONV_KERNEL_DIRECT.
  * Returns AE_OK, or AE_EARG (*out unchanged) for an unknown name or for
- * "avx512" on a CPU/build without AVX-512F; the message names the value,
- * the variable CONV2D_KERNEL_ENV and the accepted values. */
+ * "avx512"/"direct" on a CPU/build without AVX-512F; the message names the
+ * value, the variable CONV2D_KERNEL_ENV and the accepted values. */
 int conv2d_kernel_parse(ConvKernel *out, const char *name, Err *err);
 
-/* The kernel conv2d_forward/backward actually run for choice k on this CPU:
- * CONV_KERNEL_GENERIC or CONV_KERNEL_AVX512 (AUTO resolved; AVX512 on a CPU
- * without AVX-512F falls back to GENERIC).  Pure CPU query, no state. */
-ConvKernel conv2d_kernel_resolve(ConvKernel k);
+/* The kernel conv2d_forward/backward actually run for choice k on this CPU
+ * for layer l: CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512 or CONV_KERNEL_DIRECT
+ * (AUTO resolved to DIRECT; DIRECT with K*K > CONV_DIRECT_MAX_TAPS runs
+ * AVX512; AVX512 and DIRECT on a CPU without AVX-512F fall back to GENERIC).
+ * Pure CPU query, no state. */
+ConvKernel conv2d_kernel_resolve(ConvKernel k, int K);
 
-/* "auto", "generic" or "avx512" (static string; "?" for other values). */
+/* "auto", "generic", "avx512" or "direct" (static string; "?" otherwise). */
 const char *conv2d_kernel_name(ConvKernel k);
 
 /* Floats of scratch that conv2d_forward/backward need for images HxW run on
- * nthreads threads (nthreads >= 1; the same size serves both directions and
- * any N).  Per thread: C*K*K*H*W (col) + OC*C*K*K + OC (gradient partial),
- * each rounded up to a 64-byte line so threads never share a cache line. */
+ * nthreads threads (nthreads >= 1; the same size serves both directions,
+ * any N and every kernel choice).  im2col kernels, per thread: C*K*K*H*W
+ * (col) + OC*C*K*K + OC (gradient partial), each rounded up to a 64-byte
+ * line so threads never share a cache line; the direct kernels need
+ * conv_direct_scratch_floats; this is the larger of the two. */
 size_t conv2d_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
 
 /* y[N][OC][H][W] = conv(x[N][C][H][W]) + b; y overwritten (must not alias x).

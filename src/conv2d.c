@@ -22,17 +22,17 @@
  */
 #include "conv2d.h"
 
+#include "conv_direct.h"
 #include "gemm.h"
 #include "gemm_avx512.h"
 #include "im2col.h"
+
+#include "team.h"
 
 #include <assert.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 int conv2d_kernel_parse(ConvKernel *out, const char *name, Err *err)
 {
@@ -40,23 +40,26 @@ int conv2d_kernel_parse(ConvKernel *out, const char *name, Err *err)
         *out = CONV_KERNEL_AUTO;
     } else if (strcmp(name, "generic") == 0) {
         *out = CONV_KERNEL_GENERIC;
-    } else if (strcmp(name, "avx512") == 0) {
-        if (!gemm_avx512_supported())
+    } else if (strcmp(name, "avx512") == 0 || strcmp(name, "direct") == 0) {
+        if (!gemm_avx512_supported() || !conv_direct_supported())
             return err_set(err, AE_EARG,
-                           "%s=avx512: this CPU or build has no AVX-512F; use %s=generic or auto (or unset it)",
-                           CONV2D_KERNEL_ENV, CONV2D_KERNEL_ENV);
-        *out = CONV_KERNEL_AVX512;
+                           "%s=%s: this CPU or build has no AVX-512F; use %s=generic or auto (or unset it)",
+                           CONV2D_KERNEL_ENV, name, CONV2D_KERNEL_ENV);
+        *out = name[0] == 'a' ? CONV_KERNEL_AVX512 : CONV_KERNEL_DIRECT;
     } else {
-        return err_set(err, AE_EARG, "%s='%s' is not a conv kernel; use auto, generic or avx512", CONV2D_KERNEL_ENV,
+        return err_set(err, AE_EARG, "%s='%s' is not a conv kernel; use auto, generic, avx512 or direct", CONV2D_KERNEL_ENV,
                        name);
     }
     return AE_OK;
 }
 
-ConvKernel conv2d_kernel_resolve(ConvKernel k)
+ConvKernel conv2d_kernel_resolve(ConvKernel k, int K)
 {
     if (k == CONV_KERNEL_GENERIC) return CONV_KERNEL_GENERIC;
-    return gemm_avx512_supported() ? CONV_KERNEL_AVX512 : CONV_KERNEL_GENERIC;
+    if (!gemm_avx512_supported()) return CONV_KERNEL_GENERIC;
+    if (k == CONV_KERNEL_AVX512) return CONV_KERNEL_AVX512;
+    if (K * K > CONV_DIRECT_MAX_TAPS || !conv_direct_supported()) return CONV_KERNEL_AVX512;
+    return CONV_KERNEL_DIRECT;
 }
 
 const char *conv2d_kernel_name(ConvKernel k)
@@ -65,6 +68,7 @@ const char *conv2d_kernel_name(ConvKernel k)
     case CONV_KERNEL_AUTO: return "auto";
     case CONV_KERNEL_GENERIC: return "generic";
     case CONV_KERNEL_AVX512: return "avx512";
+    case CONV_KERNEL_DIRECT: return "direct";
     }
     return "?";
 }
@@ -146,7 +150,24 @@ static size_t thread_floats(const Conv2d *l, int H, int W)
 size_t conv2d_scratch_floats(const Conv2d *l, int H, int W, int nthreads)
 {
     assert(nthreads >= 1);
-    return (size_t)nthreads * thread_floats(l, H, W);
+    const size_t im2col_need = (size_t)nthreads * thread_floats(l, H, W);
+    const size_t direct_need = conv_direct_scratch_floats(l, H, W, nthreads);
+    return im2col_need > direct_need ? im2col_need : direct_need;
+}
+
+/* torch.relu in place on y[n]: keeps v when v > 0 or NaN, else +0. */
+static void relu_inplace(float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float v = y[i];
+        y[i] = (v > 0.0f || v != v) ? v : 0.0f;
+    }
+}
+
+/* dx[i] = x[i] > 0 ? dx[i] : 0 (CONV_FUSE_DX_RELU). */
+static void mask_by_relu_output(float *dx, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dx[i] : 0.0f;
 }
 
 /* Shapes must be positive, K odd, and the GEMM sizes must fit BLAS's int. */
@@ -156,24 +177,6 @@ static void assert_shapes(const Conv2d *l, int N, int H, int W, int nthreads)
     assert(N >= 1 && H >= 1 && W >= 1 && nthreads >= 1);
     assert((size_t)H * W <= INT_MAX && (size_t)l->C * l->K * l->K <= INT_MAX);
     (void)l; (void)N; (void)H; (void)W; (void)nthreads;
-}
-
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static int thread_count(void)
-{
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
 }
 
 /* Images [*n0, *n1) of thread tid in a team of nt: contiguous, sizes differ by at most 1. */
@@ -191,17 +194,21 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
     const size_t x_image = (size_t)C * hw, y_image = (size_t)OC * hw;
     const size_t per_thread = thread_floats(l, H, W);
     const int team = nthreads < N ? nthreads : N;
-    const ConvKernel kern = conv2d_kernel_resolve(l->kernel);
+    const ConvKernel kern = conv2d_kernel_resolve(l->kernel, K);
+    if (kern == CONV_KERNEL_DIRECT) {
+        conv_direct_forward(y, x, l, N, H, W, scratch, nthreads);
+        return;
+    }
     (void)team;
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
-        const int tid = thread_id();
+        const int tid = team_thread_id();
         float *col = scratch + (size_t)tid * per_thread;
         int n0, n1;
-        image_range(N, tid, thread_count(), &n0, &n1);
+        image_range(N, tid, team_size(), &n0, &n1);
         for (int n = n0; n < n1; n++) {
             float *yn = y + (size_t)n * y_image;
             im2col(col, x + (size_t)n * x_image, C, H, W, K);
@@ -211,6 +218,7 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
                 for (int p = 0; p < hw; p++) plane[p] = l->b[oc];
             }
             conv_gemm_nn(kern, yn, l->w, col, OC, hw, ckk, 1.0f);
+            if (l->fuse & CONV_FUSE_RELU) relu_inplace(yn, y_image);
         }
     }
 }
@@ -225,7 +233,11 @@ void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l
     const size_t w_size = (size_t)OC * ckk;
     const int team = nthreads < N ? nthreads : N;
     int used = 1;  /* threads the runtime actually gave the team (may be < team) */
-    const ConvKernel kern = conv2d_kernel_resolve(l->kernel);
+    const ConvKernel kern = conv2d_kernel_resolve(l->kernel, K);
+    if (kern == CONV_KERNEL_DIRECT) {
+        conv_direct_backward(dx, dy, x, l, N, H, W, scratch, nthreads);
+        return;
+    }
     const int avx = kern == CONV_KERNEL_AVX512;  /* also vectorise col2im and the db sums */
     (void)team;
 
@@ -233,7 +245,7 @@ void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l
 #pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
-        const int tid = thread_id(), nt = thread_count();
+        const int tid = team_thread_id(), nt = team_size();
         if (tid == 0) used = nt;  /* read after the region's closing barrier */
         float *col = scratch + (size_t)tid * per_thread;
         float *dw_part = col + col_size;  /* [OC][C*K*K] */
@@ -256,6 +268,7 @@ void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l
                 memset(dxn, 0, sizeof(float) * x_image);
                 if (avx) col2im_avx512(dxn, col, C, H, W, K);
                 else col2im(dxn, col, C, H, W, K);
+                if (l->fuse & CONV_FUSE_DX_RELU) mask_by_relu_output(dxn, x + (size_t)n * x_image, x_image);
             }
         }
     }

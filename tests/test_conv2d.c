@@ -7,7 +7,13 @@
  * K=3 and 5 (padding wider than the image), 28x28x1, 7x7x8 and 64x64x3, each
  * run with nthreads 1 and 3 (3 > N exercises the team-size clamp) and with
  * every GEMM kernel this CPU can run (generic OpenBLAS; AVX-512 if present).
- * 4x32x8 at 9x9 gives C*K*K = 288, past the AVX-512 kernels' k block.  Scratch
+ * 4x32x8 at 9x9 gives C*K*K = 288, past the AVX-512 kernels' k block.
+ * For the direct kernels (pixel vectors of 16 lanes, tiles of 6 vectors x 4
+ * channels): planes that are not a multiple of 16 pixels (vectors cross
+ * rows and end in a tail), channel counts that leave tails in every tile
+ * dimension (5, 6, 7, 9, 13), and K = 7 on 8x8 (taps reaching past rows).
+ * Fused ReLU (forward) and the ReLU mask of dx (backward) are checked
+ * against the unfused results with every kernel.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
  * so a sanitizer build catches overruns and any read of stale scratch shows.
  */
@@ -39,19 +45,21 @@ typedef struct Shape { int N, C, OC, H, W, K; } Shape;
 static const Shape FWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 1, 16, 28, 28, 3},
     {3, 8, 8, 7, 7, 3}, {2, 3, 16, 64, 64, 3}, {2, 2, 3, 6, 9, 5}, {1, 2, 2, 2, 3, 5},
-    {4, 16, 1, 9, 4, 3}, {2, 32, 9, 9, 9, 3},
+    {4, 16, 1, 9, 4, 3}, {2, 32, 9, 9, 9, 3}, {3, 7, 13, 14, 14, 3}, {2, 5, 6, 32, 32, 3},
+    {3, 4, 5, 8, 8, 7},
 };
 static const Shape BWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 2, 3, 6, 9, 5},
-    {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3},
+    {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3}, {3, 5, 6, 5, 5, 3},
+    {2, 7, 9, 4, 4, 3},
 };
 static const int NTHREADS[] = {1, 3};
-static const ConvKernel KERNELS[] = {CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512};
+static const ConvKernel KERNELS[] = {CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512, CONV_KERNEL_DIRECT};
 
 /* 1 if this CPU runs kernel k as asked (AVX-512 only where supported). */
 static int kernel_runs(ConvKernel k)
 {
-    return conv2d_kernel_resolve(k) == k;
+    return conv2d_kernel_resolve(k, 3) == k;
 }
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -257,8 +265,46 @@ static void test_kernel_parse(void **state)
     assert_int_equal(k, CONV_KERNEL_AUTO);
     const int rc = conv2d_kernel_parse(&k, "avx512", &err);
     assert_int_equal(rc, kernel_runs(CONV_KERNEL_AVX512) ? AE_OK : AE_EARG);
-    assert_int_equal(conv2d_kernel_resolve(CONV_KERNEL_GENERIC), CONV_KERNEL_GENERIC);
-    assert_int_not_equal(conv2d_kernel_resolve(CONV_KERNEL_AUTO), CONV_KERNEL_AUTO);
+    assert_int_equal(conv2d_kernel_resolve(CONV_KERNEL_GENERIC, 3), CONV_KERNEL_GENERIC);
+    assert_int_not_equal(conv2d_kernel_resolve(CONV_KERNEL_AUTO, 3), CONV_KERNEL_AUTO);
+}
+
+/* CONV_FUSE_RELU gives torch.relu of the plain output (NaN excepted: none
+ * here) and CONV_FUSE_DX_RELU gives x > 0 ? dx : 0 of the plain dx, bit for
+ * bit, with every kernel; dw and db do not change. */
+static void test_fused_relu(void **state)
+{
+    (void)state;
+    const Shape shapes[] = {{3, 5, 6, 9, 7, 3}, {2, 16, 8, 16, 16, 3}};
+    for (size_t i = 0; i < COUNT(shapes); i++) {
+        const Shape s = shapes[i];
+        Problem p;
+        problem_init(&p, s, 4000 + i);
+        float *y = xmalloc(sizeof(float) * p.ny), *yf = xmalloc(sizeof(float) * p.ny);
+        float *dx = xmalloc(sizeof(float) * p.nx), *dxf = xmalloc(sizeof(float) * p.nx);
+        float *g = xcalloc(p.nw + p.nb, sizeof(float)), *gf = xcalloc(p.nw + p.nb, sizeof(float));
+        for (size_t k = 0; k < COUNT(KERNELS); k++) {
+            if (!kernel_runs(KERNELS[k])) continue;
+            Conv2d l = layer_of(&p, g, g + p.nw), lf = layer_of(&p, gf, gf + p.nw);
+            l.kernel = lf.kernel = KERNELS[k];
+            lf.fuse = CONV_FUSE_RELU | CONV_FUSE_DX_RELU;
+            float *scratch = alloc_scratch(&l, s.H, s.W, 2);
+            conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, 2);
+            conv2d_forward(yf, p.x, &lf, s.N, s.H, s.W, scratch, 2);
+            for (size_t j = 0; j < p.ny; j++) y[j] = y[j] > 0.0f ? y[j] : 0.0f;
+            assert_true(check_tensor(conv2d_kernel_name(KERNELS[k]), yf, y, p.ny, 0.0, 0.0));
+            memset(g, 0, sizeof(float) * (p.nw + p.nb));
+            memset(gf, 0, sizeof(float) * (p.nw + p.nb));
+            conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, 2);
+            conv2d_backward(dxf, p.r, p.x, &lf, s.N, s.H, s.W, scratch, 2);
+            for (size_t j = 0; j < p.nx; j++) dx[j] = p.x[j] > 0.0f ? dx[j] : 0.0f;
+            assert_true(check_tensor("dx relu mask", dxf, dx, p.nx, 0.0, 0.0));
+            assert_true(check_tensor("dw db unchanged by fusion", gf, g, p.nw + p.nb, 0.0, 0.0));
+            free(scratch);
+        }
+        free(y); free(yf); free(dx); free(dxf); free(g); free(gf);
+        problem_free(&p);
+    }
 }
 
 /* The scratch size grows with the thread count and covers a col matrix per thread. */
@@ -280,6 +326,7 @@ int main(void)
         cmocka_unit_test(test_backward_matches_finite_differences),
         cmocka_unit_test(test_backward_accumulates_and_dx_null),
         cmocka_unit_test(test_scratch_size),
+        cmocka_unit_test(test_fused_relu),
         cmocka_unit_test(test_kernel_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,69 @@
+/*
+ * conv_direct.h - direct KxK 'same' convolution kernels for AVX-512 (no
+ * im2col): forward, input gradient and weight gradient of conv2d.h, NCHW,
+ * float32, stride 1, zero padding K/2.  conv2d.c calls them for
+ * CONV_KERNEL_DIRECT; use conv2d_forward/backward rather than these.
+ *
+ * Why (issue 6, measured in bench/results): with im2col + GEMM, half of the
+ * convolution time went to building the K*K-times larger column matrix,
+ * col2im and bias passes, and the GEMMs themselves run skinny shapes (3..32
+ * output channels).  Here each output vector of 16 consecutive pixels of
+ * one plane is accumulated in a register over all input channels and taps,
+ * reading the input straight from the NCHW planes:
+ *   y[n][oc][p] = b[oc] + sum_{c, t} w[oc][c][t] * x[n][c][p + off(t)]
+ * where p = h*W + w is the flat pixel index, tap t = (ky, kx) with
+ * off(t) = (ky - K/2)*W + (kx - K/2), and the term is zero where the
+ * shifted pixel leaves the image (a 16-bit lane mask per pixel vector and
+ * tap, precomputed per call: masked loads read zeros there, including the
+ * rows before and after the plane, so no padded copy is made).
+ * The input gradient is the same kernel run on dy with the kernel flipped
+ * and transposed (dx[c][p] = sum_{oc, t} w[oc][c][K*K-1-t] dy[oc][p+off(t)]);
+ * the weight gradient accumulates dy[oc][p] * x[c][p + off(t)] over pixel
+ * vectors in registers (dw[oc][c][t]) and sums the 16 lanes once at the end.
+ * The register tiling is the classic one of direct convolution on SIMD CPUs
+ * (Georganas et al., "Anatomy of High-Performance Deep Learning Convolutions
+ * on SIMD Architectures", SC'18), here with the vector along the pixels of
+ * an NCHW plane instead of along blocked channels, so that the layout, the
+ * checkpoint format and every other layer stay NCHW.
+ *
+ * Threading: OpenMP over the flat list of pixel vectors of the batch (N
+ * images x ceil(H*W/16) vectors), each thread a contiguous range:
+ * owner-writes for y and dx; the weight gradient is summed per thread into a
+ * private partial and the partials added in thread order 0..T-1, so a run
+ * is reproducible for a given thread count.  Never allocates; no MPI; no
+ * BLAS.  Results equal conv2d's other kernels up to float rounding (other
+ * summation order).
+ */
+#ifndef AESIM_CONV_DIRECT_H
+#define AESIM_CONV_DIRECT_H
+
+#include <stddef.h>
+
+#include "conv2d.h"
+
+/* 1 if the running CPU and this build can run these kernels (AVX-512F). */
+int conv_direct_supported(void);
+
+/* Floats of scratch conv_direct_forward/backward need for layer l on HxW
+ * images with nthreads threads: packed weights for both directions, the lane
+ * mask table and each thread's weight-gradient partial (cache-line aligned). */
+size_t conv_direct_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
+
+/* y[N][OC][H][W] = conv(x[N][C][H][W]) + b, then ReLU (torch.relu: NaN
+ * passes) when l->fuse has CONV_FUSE_RELU.  y must not alias x.  scratch:
+ * conv_direct_scratch_floats floats (contents ignored).  Only call when
+ * conv_direct_supported(). */
+void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
+                         int nthreads);
+
+/* Backward given g[N][OC][H][W] = dL/d(conv output) (after any fused
+ * activation's backward) and the input x:
+ *   dx[N][C][H][W] overwritten with dL/dx, or NULL to skip it; with
+ *     CONV_FUSE_DX_RELU in l->fuse, dx[i] = x[i] > 0 ? dL/dx[i] : 0 (the
+ *     gradient before the ReLU that produced x);
+ *   l->dw, l->db accumulated (+=).
+ * dx must not alias g or x.  Only call when conv_direct_supported(). */
+void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2d *l, int N, int H, int W,
+                          float *scratch, int nthreads);
+
+#endif

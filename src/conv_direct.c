@@ -1,0 +1,466 @@
+/*
+ * conv_direct.c - direct KxK convolution kernels on AVX-512 (design, math and
+ * threading: conv_direct.h).
+ *
+ * Register tiles (zmm = 16 floats, 32 registers):
+ *   forward / input gradient: R_MAX = 3 pixel vectors x CO_MAX = 8 output
+ *     channels of accumulators (24), fed per (tap, input channel) by 3
+ *     masked loads and 8 weight broadcasts: 24 FMAs per 11 loads.  Measured
+ *     on one core (128 x 16->16 at 64x64): 3x8 122 GFLOP/s, 2x8 120, 4x6
+ *     111, 6x4 100, 4x4 95 (fewer lane masks to keep in k registers wins);
+ *   weight gradient: WG_CO = 4 output channels x WG_CI = 6 input channels
+ *     of accumulators (24) for one tap, fed per pixel vector by 4 loads of g
+ *     and 6 masked loads of x; groups of WG_GROUP = 64 vectors (8 and 16
+ *     were slower, 32..256 about equal).
+ * Tail tiles (fewer vectors or channels) are the same code instantiated
+ * with smaller constants.
+ *
+ * Does not: strides, dilation, groups, even K (conv2d.h); it does not
+ * check shapes beyond asserts (conv2d.c does).
+ */
+#include "conv_direct.h"
+
+#include "team.h"
+
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_DIRECT 1
+#include <immintrin.h>
+#else
+#define HAVE_DIRECT 0
+#endif
+
+/* Floats per zmm vector = pixels per lane mask. */
+#define LANES 16
+/* Forward tile: pixel vectors x output channels (24 accumulators). */
+#ifndef R_MAX
+#define R_MAX 3
+#endif
+#ifndef CO_MAX
+#define CO_MAX 8
+#endif
+/* Weight-gradient tile: output x input channels (24 accumulators). */
+#define WG_CO 4
+#define WG_CI 6
+/* Pixel vectors per weight-gradient group: the accumulators are flushed to
+ * the thread's partial after this many vectors (about one 64x64 plane), which
+ * also bounds how many terms one lane sums in float. */
+#ifndef WG_GROUP
+#define WG_GROUP 64
+#endif
+/* Cache line in floats: scratch slices start on their own line. */
+#define LINE_FLOATS 16
+
+static size_t round_line(size_t n)
+{
+    return (n + LINE_FLOATS - 1) / LINE_FLOATS * LINE_FLOATS;
+}
+
+static int ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
+
+/* Scratch layout (floats), in this order:
+ *   wf   forward weights   [ceil(OC/CO_MAX)][K*K][C][CO_MAX]
+ *   wb   input-grad weights [ceil(C/CO_MAX)][K*K][OC][CO_MAX] (flipped, transposed)
+ *   mask uint16 [vectors per plane][K*K]
+ *   per thread: dw partial [K*K][OC][C][LANES] floats, then db partial [OC] doubles */
+typedef struct Layout {
+    size_t wf, wb, mask, thread0, per_thread, dw_part;
+} Layout;
+
+static Layout layout(const Conv2d *l, int H, int W)
+{
+    const size_t kk = (size_t)l->K * l->K, hw = (size_t)H * W;
+    const size_t nv = (hw + LANES - 1) / LANES;
+    Layout z;
+    z.wf = 0;
+    z.wb = z.wf + round_line((size_t)ceil_div(l->OC, CO_MAX) * kk * l->C * CO_MAX);
+    z.mask = z.wb + round_line((size_t)ceil_div(l->C, CO_MAX) * kk * l->OC * CO_MAX);
+    z.thread0 = z.mask + round_line((nv * kk * sizeof(uint16_t) + sizeof(float) - 1) / sizeof(float));
+    z.dw_part = kk * l->OC * l->C * LANES;
+    z.per_thread = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
+    return z;
+}
+
+size_t conv_direct_scratch_floats(const Conv2d *l, int H, int W, int nthreads)
+{
+    Layout z = layout(l, H, W);
+    return z.thread0 + (size_t)nthreads * z.per_thread;
+}
+
+#if HAVE_DIRECT
+
+#define TARGET __attribute__((target("avx512f")))
+#define INLINE_TARGET static inline __attribute__((always_inline, target("avx512f")))
+
+int conv_direct_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+}
+
+/* Lane masks: bit l of mask[v*KK + t] is set when pixel p = 16 v + l exists
+ * (p < H*W) and its tap-t neighbour (h + ky - K/2, w + kx - K/2) is inside the
+ * image.  The centre tap's mask is therefore "pixel exists". */
+static void build_masks(uint16_t *mask, int K, int H, int W)
+{
+    const int kk = K * K, pad = K / 2, hw = H * W, nv = ceil_div(hw, LANES);
+    for (int v = 0; v < nv; v++) {
+        for (int t = 0; t < kk; t++) {
+            const int dy = t / K - pad, dx = t % K - pad;
+            unsigned m = 0;
+            for (int lane = 0; lane < LANES; lane++) {
+                const int p = v * LANES + lane;
+                if (p >= hw) break;
+                const int h = p / W + dy, w = p % W + dx;
+                if (h >= 0 && h < H && w >= 0 && w < W) m |= 1u << lane;
+            }
+            mask[(size_t)v * kk + t] = (uint16_t)m;
+        }
+    }
+}
+
+/* Packs w[OC][C][KK] into wf[OC/CO_MAX][KK][C][CO_MAX] (forward) and
+ * wb[C/CO_MAX][KK][OC][CO_MAX] = w[oc][c][KK-1-t] (input gradient); tail
+ * blocks are zero-padded. */
+static void pack_weights(float *wf, float *wb, const float *w, int C, int OC, int kk)
+{
+    const int nob = ceil_div(OC, CO_MAX), ncb = ceil_div(C, CO_MAX);
+    memset(wf, 0, sizeof(float) * (size_t)nob * kk * C * CO_MAX);
+    memset(wb, 0, sizeof(float) * (size_t)ncb * kk * OC * CO_MAX);
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < kk; t++) {
+                const float v = w[((size_t)oc * C + c) * kk + t];
+                wf[(((size_t)(oc / CO_MAX) * kk + t) * C + c) * CO_MAX + oc % CO_MAX] = v;
+                wb[(((size_t)(c / CO_MAX) * kk + (kk - 1 - t)) * OC + oc) * CO_MAX + c % CO_MAX] = v;
+            }
+}
+
+/* What to do with a finished output vector. */
+enum { OUT_PLAIN = 0, OUT_RELU = 1, OUT_MASK_BY_X = 2 };
+
+/* One forward tile: R consecutive pixel vectors of one image (vector r at
+ * in + 16 r for input plane 0, lane masks mrow + r*KK) x CO output channels.
+ * in: CI input planes at stride hw; wt: [KK][CI][CO_MAX] packed weights of
+ * this channel block; bias: CO values or NULL; out: CO planes at stride hw,
+ * same pixel offset as in.  mode OUT_MASK_BY_X: out = acc where xm (CO
+ * planes, same offsets as out) > 0, else 0. */
+INLINE_TARGET void tile_forward(const int R, const int CO, float *out, const float *in, const uint16_t *mrow,
+                                const float *wt, const float *bias, const float *xm, const int *off, int CI,
+                                int kk, size_t hw, int mode)
+{
+    __m512 acc[R_MAX][CO_MAX];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int o = 0; o < CO; o++) acc[r][o] = bias ? _mm512_set1_ps(bias[o]) : _mm512_setzero_ps();
+    for (int t = 0; t < kk; t++) {
+        __mmask16 m[R_MAX];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) m[r] = (__mmask16)mrow[r * kk + t];
+        const float *p = in + off[t];
+        const float *wtt = wt + (size_t)t * CI * CO_MAX;
+        for (int c = 0; c < CI; c++, p += hw, wtt += CO_MAX) {
+            __m512 xv[R_MAX];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m[r], p + r * LANES);
+#pragma GCC unroll 8
+            for (int o = 0; o < CO; o++) {
+                const __m512 wv = _mm512_set1_ps(wtt[o]);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) acc[r][o] = _mm512_fmadd_ps(xv[r], wv, acc[r][o]);
+            }
+        }
+    }
+    const int centre = kk / 2;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        const __mmask16 valid = (__mmask16)mrow[r * kk + centre];
+#pragma GCC unroll 8
+        for (int o = 0; o < CO; o++) {
+            __m512 v = acc[r][o];
+            if (mode == OUT_RELU) {
+                /* torch.relu: keep v when v > 0 or NaN (not <=), else +0 */
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ), v);
+            } else if (mode == OUT_MASK_BY_X) {
+                const __m512 xv = _mm512_maskz_loadu_ps(valid, xm + (size_t)o * hw + r * LANES);
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+            }
+            _mm512_mask_storeu_ps(out + (size_t)o * hw + r * LANES, valid, v);
+        }
+    }
+}
+
+/* Case list of the (R, CO) tile instantiations: one switch, constants only
+ * (shapes beyond R_MAX x CO_MAX are never reached and compile to nothing). */
+#define TILE_CASE(r, co)                                                                       \
+    case (r) * 16 + (co):                                                                      \
+        if ((r) <= R_MAX && (co) <= CO_MAX)                                                    \
+            tile_forward(r, co, out, in, mrow, wt, bias, xm, off, CI, kk, hw, mode);            \
+        break;
+#define TILE_CASES_CO(r)                                                                       \
+    TILE_CASE(r, 1) TILE_CASE(r, 2) TILE_CASE(r, 3) TILE_CASE(r, 4) TILE_CASE(r, 5) TILE_CASE(r, 6) \
+    TILE_CASE(r, 7) TILE_CASE(r, 8)
+
+TARGET static void tile_forward_any(int R, int CO, float *out, const float *in, const uint16_t *mrow,
+                                    const float *wt, const float *bias, const float *xm, const int *off, int CI,
+                                    int kk, size_t hw, int mode)
+{
+    switch (R * 16 + CO) {
+        TILE_CASES_CO(1) TILE_CASES_CO(2) TILE_CASES_CO(3) TILE_CASES_CO(4)
+        TILE_CASES_CO(5) TILE_CASES_CO(6) TILE_CASES_CO(7) TILE_CASES_CO(8)
+    default: assert(0 && "tile shape");
+    }
+}
+
+/* Tap offsets in floats: off[t] = (ky - K/2) * W + (kx - K/2). */
+static void tap_offsets(int *off, int K, int W)
+{
+    const int pad = K / 2;
+    for (int t = 0; t < K * K; t++) off[t] = (t / K - pad) * W + (t % K - pad);
+}
+
+/* The conv-like pass shared by forward and input gradient: out[N][CO_TOT][hw]
+ * from in[N][CI][hw] with packed weights wp ([ceil(CO_TOT/CO_MAX)][KK][CI][CO_MAX]).
+ * Pixel vectors [v0, v1) of the flat batch list (vector j = image j / nv,
+ * plane vector j % nv) are this thread's. */
+TARGET static void direct_pass(float *out, const float *in, const float *wp, const float *bias, const float *xm,
+                               int CI, int CO_TOT, int K, int H, int W, const uint16_t *mask, int64_t v0,
+                               int64_t v1, int mode)
+{
+    const int kk = K * K, hw_i = H * W, nv = ceil_div(hw_i, LANES);
+    const size_t hw = (size_t)hw_i;
+    int off[CONV_DIRECT_MAX_TAPS];
+    tap_offsets(off, K, W);
+    for (int64_t j = v0; j < v1;) {
+        const int64_t n = j / nv;
+        const int v = (int)(j % nv);
+        int R = nv - v < R_MAX ? nv - v : R_MAX; /* tiles stay inside one image */
+        if (v1 - j < R) R = (int)(v1 - j);
+        const float *inb = in + (size_t)n * CI * hw + (size_t)v * LANES;
+        float *outb = out + (size_t)n * CO_TOT * hw + (size_t)v * LANES;
+        const float *xmb = xm ? xm + (size_t)n * CO_TOT * hw + (size_t)v * LANES : NULL;
+        const uint16_t *mrow = mask + (size_t)v * kk;
+        for (int o0 = 0; o0 < CO_TOT; o0 += CO_MAX) {
+            const int CO = CO_TOT - o0 < CO_MAX ? CO_TOT - o0 : CO_MAX;
+            tile_forward_any(R, CO, outb + (size_t)o0 * hw, inb, mrow,
+                             wp + (size_t)(o0 / CO_MAX) * kk * CI * CO_MAX, bias ? bias + o0 : NULL,
+                             xmb ? xmb + (size_t)o0 * hw : NULL, off, CI, kk, hw, mode);
+        }
+        j += R;
+    }
+}
+
+/* Pixel vectors [*v0, *v1) of thread tid of nt over a list of `total`. */
+static void vector_range(int64_t total, int tid, int nt, int64_t *v0, int64_t *v1)
+{
+    *v0 = total * tid / nt;
+    *v1 = total * (tid + 1) / nt;
+}
+
+void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
+                         int nthreads)
+{
+    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS);
+    const Layout z = layout(l, H, W);
+    const int nv = ceil_div(H * W, LANES);
+    const int64_t total = (int64_t)N * nv;
+    float *wf = scratch + z.wf;
+    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
+    pack_weights(wf, scratch + z.wb, l->w, l->C, l->OC, l->K * l->K);
+    build_masks(mask, l->K, H, W);
+    const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
+    int team = nthreads;
+    if ((int64_t)team > total) team = (int)total;
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+        int64_t v0, v1;
+        vector_range(total, team_thread_id(), team_size(), &v0, &v1);
+        direct_pass(y, x, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, v0, v1, mode);
+    }
+}
+
+/* A run of consecutive pixel vectors [v0, v1) of image n. */
+typedef struct Segment {
+    int64_t n;
+    int v0, v1;
+} Segment;
+
+/* Weight-gradient tile for tap t: acc[COB][CIB] over the pixel vectors of
+ * segs[0..nseg), added into part[(t*OC + o)*C + c][LANES]. */
+INLINE_TARGET void tile_wgrad(const int COB, const int CIB, float *part, const float *g, const float *x,
+                              const uint16_t *mask, int t, int off, int o0, int c0, int OC, int C, int kk,
+                              size_t hw, const Segment *segs, int nseg)
+{
+    __m512 acc[WG_CO][WG_CI];
+#pragma GCC unroll 8
+    for (int o = 0; o < COB; o++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CIB; c++) acc[o][c] = _mm512_setzero_ps();
+    const int centre = kk / 2;
+    for (int s = 0; s < nseg; s++) {
+        const float *gp = g + ((size_t)segs[s].n * OC + o0) * hw + (size_t)segs[s].v0 * LANES;
+        const float *xp = x + ((size_t)segs[s].n * C + c0) * hw + (size_t)segs[s].v0 * LANES + off;
+        const uint16_t *mp = mask + (size_t)segs[s].v0 * kk;
+        for (int v = segs[s].v0; v < segs[s].v1; v++, gp += LANES, xp += LANES, mp += kk) {
+            const __mmask16 m = (__mmask16)mp[t], valid = (__mmask16)mp[centre];
+            __m512 gv[WG_CO];
+#pragma GCC unroll 8
+            for (int o = 0; o < COB; o++) gv[o] = _mm512_maskz_loadu_ps(valid, gp + (size_t)o * hw);
+#pragma GCC unroll 8
+            for (int c = 0; c < CIB; c++) {
+                const __m512 xv = _mm512_maskz_loadu_ps(m, xp + (size_t)c * hw);
+#pragma GCC unroll 8
+                for (int o = 0; o < COB; o++) acc[o][c] = _mm512_fmadd_ps(gv[o], xv, acc[o][c]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < COB; o++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CIB; c++) {
+            float *pp = part + (((size_t)t * OC + o0 + o) * C + c0 + c) * LANES;
+            _mm512_store_ps(pp, _mm512_add_ps(_mm512_load_ps(pp), acc[o][c]));
+        }
+}
+
+#define WG_CASE(co, ci)                                                                        \
+    case (co) * 8 + (ci):                                                                      \
+        tile_wgrad(co, ci, part, g, x, mask, t, off, o0, c0, OC, C, kk, hw, segs, nseg);        \
+        break;
+#define WG_CASES_CI(co) WG_CASE(co, 1) WG_CASE(co, 2) WG_CASE(co, 3) WG_CASE(co, 4) WG_CASE(co, 5) WG_CASE(co, 6)
+
+TARGET static void tile_wgrad_any(int COB, int CIB, float *part, const float *g, const float *x,
+                                  const uint16_t *mask, int t, int off, int o0, int c0, int OC, int C, int kk,
+                                  size_t hw, const Segment *segs, int nseg)
+{
+    switch (COB * 8 + CIB) {
+        WG_CASES_CI(1) WG_CASES_CI(2) WG_CASES_CI(3) WG_CASES_CI(4)
+    default: assert(0 && "tile shape");
+    }
+}
+
+/* This thread's weight and bias gradient over pixel vectors [v0, v1) of the
+ * batch list, in groups of at most WG_GROUP vectors:
+ * part[KK][OC][C][LANES] += lane partial sums, dbp[OC] += plane sums. */
+TARGET static void wgrad_pass(float *part, double *dbp, const float *g, const float *x, int C, int OC, int K,
+                              int H, int W, const uint16_t *mask, int64_t v0, int64_t v1)
+{
+    const int kk = K * K, hw_i = H * W, nv = ceil_div(hw_i, LANES);
+    const size_t hw = (size_t)hw_i;
+    int off[CONV_DIRECT_MAX_TAPS];
+    tap_offsets(off, K, W);
+    Segment segs[WG_GROUP];
+    for (int64_t j0 = v0; j0 < v1;) {
+        /* the next group: segments of whole or partial images, WG_GROUP vectors at most */
+        int nseg = 0;
+        int64_t j = j0;
+        const int64_t jend = v1 - j0 < WG_GROUP ? v1 : j0 + WG_GROUP;
+        while (j < jend) {
+            const int64_t n = j / nv;
+            const int v = (int)(j % nv);
+            const int64_t stop = (n + 1) * nv < jend ? (n + 1) * nv : jend;
+            segs[nseg].n = n;
+            segs[nseg].v0 = v;
+            segs[nseg].v1 = v + (int)(stop - j);
+            nseg++;
+            j = stop;
+        }
+        for (int t = 0; t < kk; t++)
+            for (int o0 = 0; o0 < OC; o0 += WG_CO)
+                for (int c0 = 0; c0 < C; c0 += WG_CI)
+                    tile_wgrad_any(OC - o0 < WG_CO ? OC - o0 : WG_CO, C - c0 < WG_CI ? C - c0 : WG_CI, part, g, x,
+                                   mask, t, off[t], o0, c0, OC, C, kk, hw, segs, nseg);
+        /* bias gradient: float lane sums of the group, then double */
+        for (int o = 0; o < OC; o++) {
+            __m512 s = _mm512_setzero_ps();
+            for (int k = 0; k < nseg; k++) {
+                const float *gp = g + ((size_t)segs[k].n * OC + o) * hw;
+                for (int v = segs[k].v0; v < segs[k].v1; v++)
+                    s = _mm512_add_ps(s, _mm512_maskz_loadu_ps((__mmask16)mask[(size_t)v * kk + kk / 2],
+                                                               gp + (size_t)v * LANES));
+            }
+            dbp[o] += _mm512_reduce_add_ps(s);
+        }
+        j0 = jend;
+    }
+}
+
+void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2d *l, int N, int H, int W,
+                          float *scratch, int nthreads)
+{
+    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS);
+    const Layout z = layout(l, H, W);
+    const int C = l->C, OC = l->OC, kk = l->K * l->K, nv = ceil_div(H * W, LANES);
+    const int64_t total = (int64_t)N * nv;
+    float *wb = scratch + z.wb;
+    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
+    pack_weights(scratch + z.wf, wb, l->w, C, OC, kk);
+    build_masks(mask, l->K, H, W);
+    const int mode = (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
+    int team = nthreads, used = 1;
+    if ((int64_t)team > total) team = (int)total;
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+        const int tid = team_thread_id(), nt = team_size();
+        if (tid == 0) used = nt; /* read after the region's closing barrier */
+        float *part = scratch + z.thread0 + (size_t)tid * z.per_thread;
+        double *dbp = (double *)(void *)(part + z.dw_part);
+        memset(part, 0, sizeof(float) * z.dw_part);
+        for (int o = 0; o < OC; o++) dbp[o] = 0.0;
+        int64_t v0, v1;
+        vector_range(total, tid, nt, &v0, &v1);
+        wgrad_pass(part, dbp, g, x, C, OC, l->K, H, W, mask, v0, v1);
+        if (dx) direct_pass(dx, g, wb, NULL, mode == OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, v0, v1, mode);
+    }
+    /* Fixed-order reduction: thread partials in order 0..T-1, lanes 0..15. */
+    for (int t = 0; t < used; t++) {
+        const float *part = scratch + z.thread0 + (size_t)t * z.per_thread;
+        const double *dbp = (const double *)(const void *)(part + z.dw_part);
+        for (int o = 0; o < OC; o++) {
+            for (int c = 0; c < C; c++)
+                for (int tap = 0; tap < kk; tap++) {
+                    const float *lanes = part + (((size_t)tap * OC + o) * C + c) * LANES;
+                    float s = 0.0f;
+                    for (int i = 0; i < LANES; i++) s += lanes[i];
+                    l->dw[((size_t)o * C + c) * kk + tap] += s;
+                }
+            l->db[o] += (float)dbp[o];
+        }
+    }
+}
+
+#else /* !HAVE_DIRECT: never selected (conv_direct_supported() is 0) */
+
+int conv_direct_supported(void)
+{
+    return 0;
+}
+
+void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
+                         int nthreads)
+{
+    (void)y; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_forward without AVX-512 support");
+}
+
+void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2d *l, int N, int H, int W,
+                          float *scratch, int nthreads)
+{
+    (void)dx; (void)g; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_backward without AVX-512 support");
+}
+
+#endif
