@@ -37,8 +37,13 @@
 #define LANES 16
 /* Forward tile: pixel vectors x output channels (24 accumulators). */
 #ifndef R_MAX
-#define R_MAX 3
+#define R_MAX 8
 #endif
+/* Pixel vectors per forward tile by output channels in the block: 3 x 8
+ * (measured best for 8-channel blocks), 6 x 3..4, 8 x 1..2. */
+#define TILE_R_WIDE 3
+#define TILE_R_MID 6
+#define TILE_R_NARROW 8
 #ifndef CO_MAX
 #define CO_MAX 8
 #endif
@@ -164,8 +169,27 @@ INLINE_TARGET void tile_forward(const int R, const int CO, float *out, const flo
         __mmask16 m[R_MAX];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) m[r] = (__mmask16)mrow[r * kk + t];
+        unsigned all = 0xFFFFu;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) all &= m[r];
         const float *p = in + off[t];
         const float *wtt = wt + (size_t)t * CI * CO_MAX;
+        if (all == 0xFFFFu) {
+            /* no lane leaves the image: plain loads (masked loads cost
+             * ~15% of the FMA throughput here, measured) */
+            for (int c = 0; c < CI; c++, p += hw, wtt += CO_MAX) {
+                __m512 xv[R_MAX];
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(p + r * LANES);
+#pragma GCC unroll 8
+                for (int o = 0; o < CO; o++) {
+                    const __m512 wv = _mm512_set1_ps(wtt[o]);
+#pragma GCC unroll 8
+                    for (int r = 0; r < R; r++) acc[r][o] = _mm512_fmadd_ps(xv[r], wv, acc[r][o]);
+                }
+            }
+            continue;
+        }
         for (int c = 0; c < CI; c++, p += hw, wtt += CO_MAX) {
             __m512 xv[R_MAX];
 #pragma GCC unroll 8
@@ -238,10 +262,13 @@ TARGET static void direct_pass(float *out, const float *in, const float *wp, con
     const size_t hw = (size_t)hw_i;
     int off[CONV_DIRECT_MAX_TAPS];
     tap_offsets(off, K, W);
+    /* pixel vectors per tile: about 24 accumulators, fewer for few channels */
+    const int co_first = CO_TOT < CO_MAX ? CO_TOT : CO_MAX;
+    const int rows = co_first >= 5 ? TILE_R_WIDE : co_first >= 3 ? TILE_R_MID : TILE_R_NARROW;
     for (int64_t j = v0; j < v1;) {
         const int64_t n = j / nv;
         const int v = (int)(j % nv);
-        int R = nv - v < R_MAX ? nv - v : R_MAX; /* tiles stay inside one image */
+        int R = nv - v < rows ? nv - v : rows; /* tiles stay inside one image */
         if (v1 - j < R) R = (int)(v1 - j);
         const float *inb = in + (size_t)n * CI * hw + (size_t)v * LANES;
         float *outb = out + (size_t)n * CO_TOT * hw + (size_t)v * LANES;
@@ -314,13 +341,30 @@ INLINE_TARGET void tile_wgrad(const int COB, const int CIB, float *part, const f
         for (int v = segs[s].v0; v < segs[s].v1; v++, gp += LANES, xp += LANES, mp += kk) {
             const __mmask16 m = (__mmask16)mp[t], valid = (__mmask16)mp[centre];
             __m512 gv[WG_CO];
+            /* plain loads where every lane is inside the image (masked loads
+             * cost ~20% here, measured); g needs its mask only in the last,
+             * partial vector of a plane */
+            if (valid == 0xFFFF) {
 #pragma GCC unroll 8
-            for (int o = 0; o < COB; o++) gv[o] = _mm512_maskz_loadu_ps(valid, gp + (size_t)o * hw);
+                for (int o = 0; o < COB; o++) gv[o] = _mm512_loadu_ps(gp + (size_t)o * hw);
+            } else {
 #pragma GCC unroll 8
-            for (int c = 0; c < CIB; c++) {
-                const __m512 xv = _mm512_maskz_loadu_ps(m, xp + (size_t)c * hw);
+                for (int o = 0; o < COB; o++) gv[o] = _mm512_maskz_loadu_ps(valid, gp + (size_t)o * hw);
+            }
+            if (m == 0xFFFF) {
 #pragma GCC unroll 8
-                for (int o = 0; o < COB; o++) acc[o][c] = _mm512_fmadd_ps(gv[o], xv, acc[o][c]);
+                for (int c = 0; c < CIB; c++) {
+                    const __m512 xv = _mm512_loadu_ps(xp + (size_t)c * hw);
+#pragma GCC unroll 8
+                    for (int o = 0; o < COB; o++) acc[o][c] = _mm512_fmadd_ps(gv[o], xv, acc[o][c]);
+                }
+            } else {
+#pragma GCC unroll 8
+                for (int c = 0; c < CIB; c++) {
+                    const __m512 xv = _mm512_maskz_loadu_ps(m, xp + (size_t)c * hw);
+#pragma GCC unroll 8
+                    for (int o = 0; o < COB; o++) acc[o][c] = _mm512_fmadd_ps(gv[o], xv, acc[o][c]);
+                }
             }
         }
     }
@@ -375,9 +419,11 @@ TARGET static void wgrad_pass(float *part, double *dbp, const float *g, const fl
             nseg++;
             j = stop;
         }
-        for (int t = 0; t < kk; t++)
-            for (int o0 = 0; o0 < OC; o0 += WG_CO)
-                for (int c0 = 0; c0 < C; c0 += WG_CI)
+        /* taps innermost: the 9 passes of one channel tile re-read the same
+         * g and x planes (shifted), from L1 */
+        for (int o0 = 0; o0 < OC; o0 += WG_CO)
+            for (int c0 = 0; c0 < C; c0 += WG_CI)
+                for (int t = 0; t < kk; t++)
                     tile_wgrad_any(OC - o0 < WG_CO ? OC - o0 : WG_CO, C - c0 < WG_CI ? C - c0 : WG_CI, part, g, x,
                                    mask, t, off[t], o0, c0, OC, C, kk, hw, segs, nseg);
         /* bias gradient: float lane sums of the group, then double */
