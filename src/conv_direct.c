@@ -393,6 +393,63 @@ TARGET static void tile_wgrad_any(int COB, int CIB, float *part, const float *g,
     }
 }
 
+/* Weight-gradient tile for layers with few input channels (C < WG_CI, e.g.
+ * the first layer's 1 or 3): the CIB columns are (channel, tap) pairs
+ * pc[k], pt[k] (pair offsets poff[k]) instead of channels of one tap, so the
+ * tile still holds COB x WG_CI accumulators. */
+INLINE_TARGET void tile_wgrad_pairs(const int COB, const int CIB, float *part, const float *g, const float *x,
+                                    const uint16_t *mask, const int *pc, const int *pt, const int *poff, int o0,
+                                    int OC, int C, int kk, size_t hw, const Segment *segs, int nseg)
+{
+    __m512 acc[WG_CO][WG_CI];
+#pragma GCC unroll 8
+    for (int o = 0; o < COB; o++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CIB; c++) acc[o][c] = _mm512_setzero_ps();
+    const int centre = kk / 2;
+    for (int s = 0; s < nseg; s++) {
+        const float *gp = g + ((size_t)segs[s].n * OC + o0) * hw + (size_t)segs[s].v0 * LANES;
+        const float *xp = x + (size_t)segs[s].n * C * hw + (size_t)segs[s].v0 * LANES;
+        const uint16_t *mp = mask + (size_t)segs[s].v0 * kk;
+        for (int v = segs[s].v0; v < segs[s].v1; v++, gp += LANES, xp += LANES, mp += kk) {
+            const __mmask16 valid = (__mmask16)mp[centre];
+            __m512 gv[WG_CO];
+#pragma GCC unroll 8
+            for (int o = 0; o < COB; o++) gv[o] = _mm512_maskz_loadu_ps(valid, gp + (size_t)o * hw);
+#pragma GCC unroll 8
+            for (int c = 0; c < CIB; c++) {
+                const __m512 xv = _mm512_maskz_loadu_ps((__mmask16)mp[pt[c]], xp + (size_t)pc[c] * hw + poff[c]);
+#pragma GCC unroll 8
+                for (int o = 0; o < COB; o++) acc[o][c] = _mm512_fmadd_ps(gv[o], xv, acc[o][c]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < COB; o++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CIB; c++) {
+            float *pp = part + (((size_t)pt[c] * OC + o0 + o) * C + pc[c]) * LANES;
+            _mm512_store_ps(pp, _mm512_add_ps(_mm512_load_ps(pp), acc[o][c]));
+        }
+}
+
+#define WGP_CASE(co, ci)                                                                       \
+    case (co) * 8 + (ci):                                                                      \
+        tile_wgrad_pairs(co, ci, part, g, x, mask, pc, pt, poff, o0, OC, C, kk, hw, segs, nseg); \
+        break;
+#define WGP_CASES_CI(co)                                                                       \
+    WGP_CASE(co, 1) WGP_CASE(co, 2) WGP_CASE(co, 3) WGP_CASE(co, 4) WGP_CASE(co, 5) WGP_CASE(co, 6)
+
+TARGET static void tile_wgrad_pairs_any(int COB, int CIB, float *part, const float *g, const float *x,
+                                        const uint16_t *mask, const int *pc, const int *pt, const int *poff,
+                                        int o0, int OC, int C, int kk, size_t hw, const Segment *segs, int nseg)
+{
+    switch (COB * 8 + CIB) {
+        WGP_CASES_CI(1) WGP_CASES_CI(2) WGP_CASES_CI(3) WGP_CASES_CI(4)
+    default: assert(0 && "tile shape");
+    }
+}
+
 /* This thread's weight and bias gradient over pixel vectors [v0, v1) of the
  * batch list, in groups of at most WG_GROUP vectors:
  * part[KK][OC][C][LANES] += lane partial sums, dbp[OC] += plane sums. */
@@ -421,11 +478,28 @@ TARGET static void wgrad_pass(float *part, double *dbp, const float *g, const fl
         }
         /* taps innermost: the 9 passes of one channel tile re-read the same
          * g and x planes (shifted), from L1 */
-        for (int o0 = 0; o0 < OC; o0 += WG_CO)
+        for (int o0 = 0; o0 < OC; o0 += WG_CO) {
+            const int cob = OC - o0 < WG_CO ? OC - o0 : WG_CO;
+            if (C < WG_CI) {
+                /* few channels: tiles over (channel, tap) pairs */
+                const int npairs = C * kk;
+                for (int k0 = 0; k0 < npairs; k0 += WG_CI) {
+                    int pc[WG_CI], pt[WG_CI], poff[WG_CI];
+                    const int cib = npairs - k0 < WG_CI ? npairs - k0 : WG_CI;
+                    for (int k = 0; k < cib; k++) {
+                        pc[k] = (k0 + k) / kk;
+                        pt[k] = (k0 + k) % kk;
+                        poff[k] = off[pt[k]];
+                    }
+                    tile_wgrad_pairs_any(cob, cib, part, g, x, mask, pc, pt, poff, o0, OC, C, kk, hw, segs, nseg);
+                }
+                continue;
+            }
             for (int c0 = 0; c0 < C; c0 += WG_CI)
                 for (int t = 0; t < kk; t++)
-                    tile_wgrad_any(OC - o0 < WG_CO ? OC - o0 : WG_CO, C - c0 < WG_CI ? C - c0 : WG_CI, part, g, x,
-                                   mask, t, off[t], o0, c0, OC, C, kk, hw, segs, nseg);
+                    tile_wgrad_any(cob, C - c0 < WG_CI ? C - c0 : WG_CI, part, g, x, mask, t, off[t], o0, c0, OC, C,
+                                   kk, hw, segs, nseg);
+        }
         /* bias gradient: float lane sums of the group, then double */
         for (int o = 0; o < OC; o++) {
             __m512 s = _mm512_setzero_ps();
