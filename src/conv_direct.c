@@ -115,36 +115,48 @@ int conv_direct_supported(void)
 static void build_masks(uint16_t *mask, int K, int H, int W)
 {
     const int kk = K * K, pad = K / 2, hw = H * W, nv = ceil_div(hw, LANES);
-    for (int v = 0; v < nv; v++) {
-        for (int t = 0; t < kk; t++) {
-            const int dy = t / K - pad, dx = t % K - pad;
-            unsigned m = 0;
-            for (int lane = 0; lane < LANES; lane++) {
-                const int p = v * LANES + lane;
-                if (p >= hw) break;
-                const int h = p / W + dy, w = p % W + dx;
-                if (h >= 0 && h < H && w >= 0 && w < W) m |= 1u << lane;
+    memset(mask, 0, sizeof(uint16_t) * (size_t)nv * kk);
+    /* walk the pixels with a running (h, w): no division per lane */
+    int h = 0, w = 0;
+    for (int p = 0; p < hw; p++) {
+        uint16_t *mv = mask + (size_t)(p / LANES) * kk;
+        const uint16_t bit = (uint16_t)(1u << (p % LANES));
+        for (int ky = 0; ky < K; ky++) {
+            const int hy = h + ky - pad;
+            if (hy < 0 || hy >= H) continue;
+            for (int kx = 0; kx < K; kx++) {
+                const int wx = w + kx - pad;
+                if (wx >= 0 && wx < W) mv[ky * K + kx] |= bit;
             }
-            mask[(size_t)v * kk + t] = (uint16_t)m;
+        }
+        if (++w == W) {
+            w = 0;
+            h++;
         }
     }
 }
 
-/* Packs w[OC][C][KK] into wf[OC/CO_MAX][KK][C][CO_MAX] (forward) and
- * wb[C/CO_MAX][KK][OC][CO_MAX] = w[oc][c][KK-1-t] (input gradient); tail
- * blocks are zero-padded. */
-static void pack_weights(float *wf, float *wb, const float *w, int C, int OC, int kk)
+/* Packs w[OC][C][KK] into wf[OC/CO_MAX][KK][C][CO_MAX] for the forward
+ * pass; tail blocks are zero-padded. */
+static void pack_forward(float *wf, const float *w, int C, int OC, int kk)
 {
-    const int nob = ceil_div(OC, CO_MAX), ncb = ceil_div(C, CO_MAX);
-    memset(wf, 0, sizeof(float) * (size_t)nob * kk * C * CO_MAX);
-    memset(wb, 0, sizeof(float) * (size_t)ncb * kk * OC * CO_MAX);
+    memset(wf, 0, sizeof(float) * (size_t)ceil_div(OC, CO_MAX) * kk * C * CO_MAX);
     for (int oc = 0; oc < OC; oc++)
         for (int c = 0; c < C; c++)
-            for (int t = 0; t < kk; t++) {
-                const float v = w[((size_t)oc * C + c) * kk + t];
-                wf[(((size_t)(oc / CO_MAX) * kk + t) * C + c) * CO_MAX + oc % CO_MAX] = v;
-                wb[(((size_t)(c / CO_MAX) * kk + (kk - 1 - t)) * OC + oc) * CO_MAX + c % CO_MAX] = v;
-            }
+            for (int t = 0; t < kk; t++)
+                wf[(((size_t)(oc / CO_MAX) * kk + t) * C + c) * CO_MAX + oc % CO_MAX] = w[((size_t)oc * C + c) * kk + t];
+}
+
+/* Packs w into wb[C/CO_MAX][KK][OC][CO_MAX] = w[oc][c][KK-1-t], the flipped,
+ * transposed kernel of the input gradient; tail blocks are zero-padded. */
+static void pack_input_grad(float *wb, const float *w, int C, int OC, int kk)
+{
+    memset(wb, 0, sizeof(float) * (size_t)ceil_div(C, CO_MAX) * kk * OC * CO_MAX);
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < kk; t++)
+                wb[(((size_t)(c / CO_MAX) * kk + (kk - 1 - t)) * OC + oc) * CO_MAX + c % CO_MAX] =
+                    w[((size_t)oc * C + c) * kk + t];
 }
 
 /* What to do with a finished output vector. */
@@ -300,7 +312,7 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
     const int64_t total = (int64_t)N * nv;
     float *wf = scratch + z.wf;
     uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
-    pack_weights(wf, scratch + z.wb, l->w, l->C, l->OC, l->K * l->K);
+    pack_forward(wf, l->w, l->C, l->OC, l->K * l->K);
     build_masks(mask, l->K, H, W);
     const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
     int team = nthreads;
@@ -524,7 +536,7 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
     const int64_t total = (int64_t)N * nv;
     float *wb = scratch + z.wb;
     uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
-    pack_weights(scratch + z.wf, wb, l->w, C, OC, kk);
+    if (dx) pack_input_grad(wb, l->w, C, OC, kk);
     build_masks(mask, l->K, H, W);
     const int mode = (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
     int team = nthreads, used = 1;
