@@ -539,7 +539,7 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
     if (dx) pack_input_grad(wb, l->w, C, OC, kk);
     build_masks(mask, l->K, H, W);
     const int mode = (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
-    int team = nthreads, used = 1;
+    int team = nthreads;
     if ((int64_t)team > total) team = (int)total;
     (void)team;
 #ifdef _OPENMP
@@ -547,7 +547,6 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
 #endif
     {
         const int tid = team_thread_id(), nt = team_size();
-        if (tid == 0) used = nt; /* read after the region's closing barrier */
         float *part = scratch + z.thread0 + (size_t)tid * z.per_thread;
         double *dbp = (double *)(void *)(part + z.dw_part);
         memset(part, 0, sizeof(float) * z.dw_part);
@@ -556,20 +555,25 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
         vector_range(total, tid, nt, &v0, &v1);
         wgrad_pass(part, dbp, g, x, C, OC, l->K, H, W, mask, v0, v1);
         if (dx) direct_pass(dx, g, wb, NULL, mode == OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, v0, v1, mode);
-    }
-    /* Fixed-order reduction: thread partials in order 0..T-1, lanes 0..15. */
-    for (int t = 0; t < used; t++) {
-        const float *part = scratch + z.thread0 + (size_t)t * z.per_thread;
-        const double *dbp = (const double *)(const void *)(part + z.dw_part);
-        for (int o = 0; o < OC; o++) {
-            for (int c = 0; c < C; c++)
-                for (int tap = 0; tap < kk; tap++) {
-                    const float *lanes = part + (((size_t)tap * OC + o) * C + c) * LANES;
-                    float s = 0.0f;
-                    for (int i = 0; i < LANES; i++) s += lanes[i];
-                    l->dw[((size_t)o * C + c) * kk + tap] += s;
-                }
-            l->db[o] += (float)dbp[o];
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        /* Fixed-order reduction, output channels split between the threads:
+         * partials of threads 0..nt-1 in order, lanes 0..15 in order. */
+        const int o_lo = OC * tid / nt, o_hi = OC * (tid + 1) / nt;
+        for (int t = 0; t < nt; t++) {
+            const float *pt = scratch + z.thread0 + (size_t)t * z.per_thread;
+            const double *dbt = (const double *)(const void *)(pt + z.dw_part);
+            for (int o = o_lo; o < o_hi; o++) {
+                for (int c = 0; c < C; c++)
+                    for (int tap = 0; tap < kk; tap++) {
+                        const float *lanes = pt + (((size_t)tap * OC + o) * C + c) * LANES;
+                        float sum = 0.0f;
+                        for (int i = 0; i < LANES; i++) sum += lanes[i];
+                        l->dw[((size_t)o * C + c) * kk + tap] += sum;
+                    }
+                l->db[o] += (float)dbt[o];
+            }
         }
     }
 }
