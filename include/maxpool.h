@@ -1,25 +1,59 @@
 /*
  * maxpool.h - 2x2 max-pooling with stride 2, forward and backward, float32,
- * NCHW.  PyTorch nn.MaxPool2d(2) semantics: a window's output is its first
- * maximum in row-major order ((0,0), (0,1), (1,0), (1,1)); a NaN in a window
- * wins (propagates), as in PyTorch's CPU kernel.
+ * NCHW.  PyTorch nn.MaxPool2d(2) semantics, from the CPU kernel's loop
+ * (aten/src/ATen/native/cpu/MaxPoolKernel.cpp: max starts at -inf, a value
+ * is taken if it is > the max so far or NaN), visiting the window in
+ * row-major order ((0,0), (0,1), (1,0), (1,1)):
+ *   - ties go to the FIRST maximum;
+ *   - a NaN wins (propagates): the output is the LAST NaN of the window and
+ *     backward routes the gradient to it (checked against PyTorch 1.13:
+ *     window [NaN 1 / NaN 2] sends its gradient to (1,0));
+ *   - a window of -inf gives -inf with the gradient at (0,0);
+ *   - the output is one of the window's values, bit for bit (-0.0 stays -0.0).
  *
  * H and W must be even (asserted): the model checks shapes when it parses
  * its spec.  No index buffer is kept: backward recomputes each window's
  * winner from x, with the same rule as forward.
  *
- * Threading: OpenMP over the N*C planes, serial for small inputs.
+ * Two implementations, bitwise identical on every input (tests/test_maxpool.c
+ * checks it): portable C, and AVX-512F (16 windows per step: two rows of 32
+ * floats, even/odd columns split with a permute, winners chosen with compare
+ * masks in the order above), used when the running CPU has AVX-512F.  The
+ * plain functions pick automatically; the *_kernel variants let tests and
+ * benchmarks choose.
+ *
+ * Threading: OpenMP over the N*C planes (each thread writes whole planes),
+ * serial for small inputs.
  * Not done here: other window sizes, strides, padding, ceil mode.
  */
 #ifndef AESIM_MAXPOOL_H
 #define AESIM_MAXPOOL_H
 
-/* y[N][C][H/2][W/2] = max over each 2x2 window of x[N][C][H][W] (overwritten). */
+typedef enum MaxpoolKernel {
+    MAXPOOL_KERNEL_AUTO = 0,   /* AVX-512 if the running CPU has AVX-512F, else scalar */
+    MAXPOOL_KERNEL_SCALAR = 1, /* portable C */
+    MAXPOOL_KERNEL_AVX512 = 2  /* AVX-512F (GCC/Clang on x86 only) */
+} MaxpoolKernel;
+
+/* The implementation the *_kernel functions run for choice k on this CPU and
+ * build: MAXPOOL_KERNEL_SCALAR or MAXPOOL_KERNEL_AVX512 (AUTO resolved;
+ * AVX512 without AVX-512F falls back to SCALAR).  Pure CPU query, no state. */
+MaxpoolKernel maxpool_kernel_resolve(MaxpoolKernel k);
+
+/* y[N][C][H/2][W/2] = max over each 2x2 window of x[N][C][H][W] (overwritten;
+ * must not overlap x).  Same as maxpool2x2_forward_kernel(..., AUTO). */
 void maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W);
 
-/* dx[N][C][H][W] overwritten: each window's dy[N][C][H/2][W/2] goes to its
- * winner (first maximum in row-major order, PyTorch CPU's choice), the other
- * three entries get 0.  x is the forward input. */
+/* dx[N][C][H][W] overwritten (not accumulated): each window's
+ * dy[N][C][H/2][W/2] goes to its winner (rules above), the other three
+ * entries get +0.  x is the forward input.  dx must not overlap dy or x.
+ * Same as maxpool2x2_backward_kernel(..., AUTO). */
 void maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
+
+/* maxpool2x2_forward / maxpool2x2_backward run with implementation k
+ * (resolved by maxpool_kernel_resolve).  For tests and benchmarks. */
+void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, int W, MaxpoolKernel k);
+void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                MaxpoolKernel k);
 
 #endif

@@ -3,16 +3,44 @@
  * float32, NCHW.  PyTorch nn.Upsample(scale_factor=2, mode='nearest'):
  * y[n][c][i][j] = x[n][c][i/2][j/2] (integer division).
  *
- * Threading: OpenMP over the N*C planes, serial for small inputs.
+ * Two implementations, bitwise identical on every input (tests/test_upsample.c
+ * checks it): portable C, and AVX-512F (forward: 16 inputs duplicated into
+ * 32 outputs with a permute, stored to both output rows; backward: even/odd
+ * columns of two dy rows split with a permute and summed in the same order
+ * as the C code), used when the running CPU has AVX-512F.  The plain
+ * functions pick automatically; the *_kernel variants let tests and
+ * benchmarks choose.
+ *
+ * Threading: OpenMP over the N*C planes (each thread writes whole planes),
+ * serial for small inputs.
  * Not done here: other scale factors, bilinear modes.
  */
 #ifndef AESIM_UPSAMPLE_H
 #define AESIM_UPSAMPLE_H
 
-/* x[N][C][H][W] -> y[N][C][2H][2W] (overwritten). */
+typedef enum UpsampleKernel {
+    UPSAMPLE_KERNEL_AUTO = 0,   /* AVX-512 if the running CPU has AVX-512F, else scalar */
+    UPSAMPLE_KERNEL_SCALAR = 1, /* portable C */
+    UPSAMPLE_KERNEL_AVX512 = 2  /* AVX-512F (GCC/Clang on x86 only) */
+} UpsampleKernel;
+
+/* The implementation the *_kernel functions run for choice k on this CPU and
+ * build: UPSAMPLE_KERNEL_SCALAR or UPSAMPLE_KERNEL_AVX512 (AUTO resolved;
+ * AVX512 without AVX-512F falls back to SCALAR).  Pure CPU query, no state. */
+UpsampleKernel upsample_kernel_resolve(UpsampleKernel k);
+
+/* x[N][C][H][W] -> y[N][C][2H][2W] (overwritten; must not overlap x).
+ * Same as upsample2x_forward_kernel(..., AUTO). */
 void upsample2x_forward(float *y, const float *x, int N, int C, int H, int W);
 
-/* dx[N][C][H][W] overwritten = sum of its 2x2 block of dy[N][C][2H][2W]. */
+/* dx[N][C][H][W] overwritten = sum of its 2x2 block of dy[N][C][2H][2W],
+ * added in row-major order ((dy00 + dy01) + dy10) + dy11, as PyTorch's CPU
+ * backward; dx must not overlap dy.  Same as upsample2x_backward_kernel(..., AUTO). */
 void upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W);
+
+/* upsample2x_forward / upsample2x_backward run with implementation k
+ * (resolved by upsample_kernel_resolve).  For tests and benchmarks. */
+void upsample2x_forward_kernel(float *y, const float *x, int N, int C, int H, int W, UpsampleKernel k);
+void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H, int W, UpsampleKernel k);
 
 #endif

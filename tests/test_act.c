@@ -4,6 +4,13 @@
  * central finite differences of L = sum(r * y) in double on that reference.
  * Sizes include 1 element and one large enough for the OpenMP path; the
  * in-place forms (y == x, dx == dy) are checked too.
+ * Issue 6 (AVX-512 kernel): the AVX-512 and scalar implementations give the
+ * same bits for all four functions (sigmoid backward NaNs: any payload), out of place and in place, on every
+ * tail length 1..40 and a large size, with NaNs (random payloads),
+ * infinities, signed zeros, subnormals and values around expf's
+ * thresholds (88, -88, -103.3, -104), and sigmoid on a sweep of every
+ * SWEEP_STRIDE-th float bit pattern (the full 2^32 sweep was run once by
+ * hand, see act.h); neither writes past its output.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -186,6 +193,174 @@ static void test_backward_large_matches_closed_form(void **state)
     free(x); free(y); free(dy); free(dx); free(want); free(tmp);
 }
 
+/* ---- issue 6: AVX-512 vs scalar ------------------------------------------ */
+
+/* Floats after each output that no implementation may touch. */
+#define GUARD_FLOATS 64
+#define GUARD_BITS 0x7fbadbadu
+#define FILL_BITS_A 0xdeadbeefu
+#define FILL_BITS_B 0x12345678u
+#define QNAN_BITS 0x7fc00000u
+#define NAN_PAYLOAD_MASK 0x003fffffu
+#define SIGN_BIT 0x80000000u
+/* Largest subnormal float's bits. */
+#define SUBNORMAL_MAX_BITS 0x007fffffu
+/* Tail lengths 1..TAIL_MAX cover every remainder of the 16-float step. */
+#define TAIL_MAX 40
+/* Bit-pattern stride of the sigmoid sweep: prime, ~1M of the 2^32 floats. */
+#define SWEEP_STRIDE 4093u
+/* The sweep in pieces of this many floats. */
+#define SWEEP_PIECE ((size_t)1 << 16)
+
+typedef enum Op { OP_RELU_FWD, OP_RELU_BWD, OP_SIG_FWD, OP_SIG_BWD, OP_COUNT } Op;
+static const char *const OP_NAMES[OP_COUNT] = {"relu fwd", "relu bwd", "sigmoid fwd", "sigmoid bwd"};
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void fill_bits(float *a, size_t n, uint32_t bits)
+{
+    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
+}
+
+/* 1 if a and b hold the same bits, except that with any_nan a NaN matches
+ * any NaN; otherwise prints the first difference, the input there and the
+ * max abs difference over the non-NaN pairs.  Products of two NaNs use
+ * any_nan: which payload IEEE arithmetic returns is unspecified and the
+ * compiler may swap operands; ReLU and sigmoid forward keep their one
+ * NaN's payload. */
+static int same_bits(const char *name, const float *a, const float *b, const float *in, size_t n, int any_nan)
+{
+    size_t first = n;
+    double max_abs = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (memcmp(a + i, b + i, sizeof(float)) == 0 || (any_nan && isnan(a[i]) && isnan(b[i]))) continue;
+        if (first == n) first = i;
+        const double d = fabs((double)a[i] - (double)b[i]);
+        if (d > max_abs) max_abs = d;
+    }
+    if (first == n) return 1;
+    uint32_t ua, ub;
+    memcpy(&ua, a + first, sizeof ua);
+    memcpy(&ub, b + first, sizeof ub);
+    fprintf(stderr, "  %s: first difference at %zu (input %a): 0x%08x (%a) vs 0x%08x (%a); max abs diff %.3e\n", name,
+            first, (double)in[first], (unsigned)ua, (double)a[first], (unsigned)ub, (double)b[first], max_abs);
+    return 0;
+}
+
+/* Values around the places where the code paths change. */
+static const float EDGE_VALUES[] = {
+    0.0f, -0.0f, 1.0f, -1.0f, 20.0f, -20.0f, 87.99999f, -87.99999f, 88.0f, -88.0f, 88.72283f, -88.72283f,
+    89.0f, -89.0f, -103.27893f, -103.28f, -103.97208f, -104.0f, -150.0f, 1e30f, -1e30f, 0x1p-126f, -0x1p-126f,
+    INFINITY, -INFINITY,
+};
+
+/* Inputs: uniform in [-30, 30), edge values, NaNs with random sign and
+ * payload, subnormals. */
+static float mixed_value(uint64_t *seed)
+{
+    const uint64_t r = test_rng_next(seed);
+    switch (r % 10) {
+    case 0: return from_bits(QNAN_BITS | ((uint32_t)(r >> 8) & NAN_PAYLOAD_MASK) | ((r >> 40) & 1 ? SIGN_BIT : 0));
+    case 1: case 2: return EDGE_VALUES[(r >> 8) % COUNT(EDGE_VALUES)];
+    case 3: return from_bits(((uint32_t)(r >> 8) & SUBNORMAL_MAX_BITS) | ((r >> 40) & 1 ? SIGN_BIT : 0));
+    default: return test_rng_uniform(seed, -30.0f, 30.0f);
+    }
+}
+
+/* out[0..n) = op(a, b) with kernel k (forward: a = x; backward: a = dy, b = y). */
+static void run_op(Op op, float *out, const float *a, const float *b, size_t n, ActKernel k)
+{
+    switch (op) {
+    case OP_RELU_FWD: relu_forward_kernel(out, a, n, k); break;
+    case OP_RELU_BWD: relu_backward_kernel(out, a, b, n, k); break;
+    case OP_SIG_FWD: sigmoid_forward_kernel(out, a, n, k); break;
+    case OP_SIG_BWD: sigmoid_backward_kernel(out, a, b, n, k); break;
+    default: break;
+    }
+}
+
+/* Scalar vs AVX-512, out of place and in place, for one input set a / b of
+ * n values; checks the guard after each output. */
+static void compare_kernels(const float *a, const float *b, size_t n)
+{
+    float *s = xmalloc(sizeof(float) * (n + GUARD_FLOATS)), *v = xmalloc(sizeof(float) * (n + GUARD_FLOATS));
+    float *inplace = xmalloc(sizeof(float) * (n + GUARD_FLOATS));
+    float guard[GUARD_FLOATS];
+    fill_bits(guard, GUARD_FLOATS, GUARD_BITS);
+    for (int op = 0; op < OP_COUNT; op++) {
+        fill_bits(s, n, FILL_BITS_A);
+        fill_bits(v, n, FILL_BITS_B);
+        fill_bits(s + n, GUARD_FLOATS, GUARD_BITS);
+        fill_bits(v + n, GUARD_FLOATS, GUARD_BITS);
+        fill_bits(inplace + n, GUARD_FLOATS, GUARD_BITS);
+        run_op((Op)op, s, a, b, n, ACT_KERNEL_SCALAR);
+        run_op((Op)op, v, a, b, n, ACT_KERNEL_AVX512);
+        memcpy(inplace, a, sizeof(float) * n);
+        run_op((Op)op, inplace, inplace, b, n, ACT_KERNEL_AVX512);  /* y == x, dx == dy */
+        char name[96];
+        snprintf(name, sizeof name, "%s avx512 vs scalar n=%zu", OP_NAMES[op], n);
+        assert_true(same_bits(name, v, s, a, n, op == OP_SIG_BWD));
+        snprintf(name, sizeof name, "%s avx512 in place vs scalar n=%zu", OP_NAMES[op], n);
+        assert_true(same_bits(name, inplace, s, a, n, op == OP_SIG_BWD));
+        assert_true(same_bits("guard", s + n, guard, guard, GUARD_FLOATS, 0));
+        assert_true(same_bits("guard", v + n, guard, guard, GUARD_FLOATS, 0));
+        assert_true(same_bits("guard in place", inplace + n, guard, guard, GUARD_FLOATS, 0));
+    }
+    free(s); free(v); free(inplace);
+}
+
+static int have_avx512(void)
+{
+    if (act_kernel_resolve(ACT_KERNEL_AVX512) == ACT_KERNEL_AVX512) return 1;
+    printf("  (no AVX-512F on this CPU/build: AVX-512 activations not run)\n");
+    return 0;
+}
+
+static void test_avx512_matches_scalar_bitwise(void **state)
+{
+    (void)state;
+    if (!have_avx512()) return;
+    uint64_t seed = 600;
+    const size_t large = SIZES[COUNT(SIZES) - 1];
+    for (size_t n = 1; n <= TAIL_MAX + 1; n++) {
+        const size_t len = n <= TAIL_MAX ? n : large;  /* last round: the OpenMP path */
+        float *a = xmalloc(sizeof(float) * len), *b = xmalloc(sizeof(float) * len);
+        for (size_t i = 0; i < len; i++) a[i] = mixed_value(&seed);
+        /* Backward's y: outputs of the forward (in [0, 1] for sigmoid, >= 0 for
+         * ReLU) mixed with the same special values. */
+        sigmoid_forward_kernel(b, a, len, ACT_KERNEL_SCALAR);
+        for (size_t i = 0; i < len; i += 7) b[i] = mixed_value(&seed);
+        compare_kernels(a, b, len);
+        free(a);
+        free(b);
+    }
+}
+
+/* Sigmoid on every SWEEP_STRIDE-th bit pattern (all signs and exponents,
+ * NaNs, infinities, subnormals): AVX-512 vs scalar, bit for bit. */
+static void test_sigmoid_avx512_sweep(void **state)
+{
+    (void)state;
+    if (!have_avx512()) return;
+    float *x = xmalloc(sizeof(float) * SWEEP_PIECE), *s = xmalloc(sizeof(float) * SWEEP_PIECE);
+    float *v = xmalloc(sizeof(float) * SWEEP_PIECE);
+    uint64_t bits = 0;
+    const uint64_t end = (uint64_t)1 << 32;
+    while (bits < end) {
+        size_t n = 0;
+        for (; n < SWEEP_PIECE && bits < end; n++, bits += SWEEP_STRIDE) x[n] = from_bits((uint32_t)bits);
+        sigmoid_forward_kernel(s, x, n, ACT_KERNEL_SCALAR);
+        sigmoid_forward_kernel(v, x, n, ACT_KERNEL_AVX512);
+        assert_true(same_bits("sigmoid sweep avx512 vs scalar", v, s, x, n, 0));
+    }
+    free(x); free(s); free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +370,8 @@ int main(void)
         cmocka_unit_test(test_relu_backward_matches_finite_differences),
         cmocka_unit_test(test_sigmoid_backward_matches_finite_differences),
         cmocka_unit_test(test_backward_large_matches_closed_form),
+        cmocka_unit_test(test_avx512_matches_scalar_bitwise),
+        cmocka_unit_test(test_sigmoid_avx512_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,14 @@
  * documented CPU rules for ties (first maximum in row-major order) and NaN
  * (propagates).  Shapes include N=1, C=1, non-square planes and one large
  * enough for the OpenMP path.
+ * Issue 6 (AVX-512 kernel): the AVX-512 and scalar implementations give the
+ * same bits (outputs, NaN payloads, signed zeros) on inputs full of ties,
+ * NaNs, infinities and signed zeros, for every row-tail width; neither
+ * writes past its output; the public functions match a naive float
+ * reference written here from PyTorch's CPU loop (max starts at -inf, take
+ * a value if it is > the max or NaN); and windows hand-checked with PyTorch
+ * 1.13 (two NaNs: the gradient goes to the LAST one; signed zeros) hold for
+ * both implementations.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -176,6 +184,225 @@ static void test_ties_nan_and_infinity(void **state)
     assert_true(check_tensor("dx ties/NaN/-inf", dx, want_dx, 16, EXACT_ATOL, EXACT_RTOL));
 }
 
+/* ---- issue 6: AVX-512 vs scalar, NaN / inf / signed-zero rules ---------- */
+
+/* Widths covering every row tail of the 16-window (32-float) AVX-512 step:
+ * W/2 = 1..4, 7, 8, 14..17, 32. */
+static const int TAIL_WIDTHS[] = {2, 4, 6, 8, 14, 16, 28, 30, 32, 34, 64};
+/* (N, C) pairs: odd plane counts, so threads get unequal shares. */
+static const int PLANE_SHAPES[][2] = {{1, 1}, {1, 3}, {3, 5}};
+/* Heights: one window row, and several. */
+static const int TAIL_HEIGHTS[] = {2, 6};
+/* Floats after each output that no implementation may touch. */
+#define GUARD_FLOATS 64
+/* Bit pattern of the guard and of the "not yet written" output fill. */
+#define GUARD_BITS 0x7fbadbadu
+#define FILL_BITS_A 0xdeadbeefu
+#define FILL_BITS_B 0x12345678u
+/* Quiet-NaN bits (sign and payload are added at random). */
+#define QNAN_BITS 0x7fc00000u
+#define NAN_PAYLOAD_MASK 0x003fffffu
+#define SIGN_BIT 0x80000000u
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void fill_bits(float *a, size_t n, uint32_t bits)
+{
+    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
+}
+
+/* Index of the first element whose bits differ, or n. */
+static size_t first_bit_difference(const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(a + i, b + i, sizeof(float)) != 0) return i;
+    return n;
+}
+
+/* 1 if a and b hold the same bits; otherwise prints the first difference. */
+static int same_bits(const char *name, const float *a, const float *b, size_t n)
+{
+    const size_t i = first_bit_difference(a, b, n);
+    if (i == n) return 1;
+    uint32_t ua, ub;
+    memcpy(&ua, a + i, sizeof ua);
+    memcpy(&ub, b + i, sizeof ub);
+    fprintf(stderr, "  %s: first difference at %zu: 0x%08x (%g) vs 0x%08x (%g)\n", name, i, (unsigned)ua,
+            (double)a[i], (unsigned)ub, (double)b[i]);
+    return 0;
+}
+
+/* A mix where most windows hold ties, NaNs (random sign and payload),
+ * infinities or signed zeros. */
+static float special_value(uint64_t *seed)
+{
+    const uint64_t r = test_rng_next(seed);
+    switch (r % 12) {
+    case 0: return from_bits(QNAN_BITS | ((uint32_t)(r >> 8) & NAN_PAYLOAD_MASK) | ((r >> 40) & 1 ? SIGN_BIT : 0));
+    case 1: return INFINITY;
+    case 2: return -INFINITY;
+    case 3: return 0.0f;
+    case 4: return -0.0f;
+    case 5: case 6: case 7: return (float)((r >> 8) % 3);  /* ties */
+    default: return test_rng_uniform(seed, -2.0f, 2.0f);
+    }
+}
+
+/* PyTorch's CPU max-pool loop for one window, written out: index (0..3) of
+ * the winner of the window whose entries are v[0..3] in row-major order. */
+static int naive_winner(const float v[4])
+{
+    float maxval = -INFINITY;
+    int maxindex = 0;
+    for (int i = 0; i < 4; i++)
+        if (v[i] > maxval || isnan(v[i])) {
+            maxval = v[i];
+            maxindex = i;
+        }
+    return maxindex;
+}
+
+/* Naive float reference of forward (y) and backward (dx) from that loop; the
+ * output is the winner's value (the -inf start is never returned: an all
+ * -inf window's winner (0,0) is -inf itself). */
+static void naive_pool(float *y, float *dx, const float *dy, const float *x, int N, int C, int H, int W)
+{
+    for (size_t i = 0; i < (size_t)N * C * H * W; i++) dx[i] = 0.0f;
+    for (int p = 0; p < N * C; p++)
+        for (int oh = 0; oh < H / 2; oh++)
+            for (int ow = 0; ow < W / 2; ow++) {
+                size_t at[4];
+                float v[4];
+                for (int i = 0; i < 4; i++) {
+                    at[i] = ((size_t)p * H + 2 * oh + i / 2) * W + 2 * ow + i % 2;
+                    v[i] = x[at[i]];
+                }
+                const int w = naive_winner(v);
+                const size_t o = ((size_t)p * (H / 2) + oh) * (W / 2) + ow;
+                y[o] = v[w];
+                dx[at[w]] = dy[o];
+            }
+}
+
+/* Runs forward and backward with kernel k into y / dx (each followed by a
+ * guard, and pre-filled with fill bits); checks the guards. */
+static void run_kernel(float *y, float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                       MaxpoolKernel k, uint32_t fill)
+{
+    const size_t ni = (size_t)N * C * H * W, no = ni / 4;
+    fill_bits(y, no, fill);
+    fill_bits(y + no, GUARD_FLOATS, GUARD_BITS);
+    fill_bits(dx, ni, fill);
+    fill_bits(dx + ni, GUARD_FLOATS, GUARD_BITS);
+    maxpool2x2_forward_kernel(y, x, N, C, H, W, k);
+    maxpool2x2_backward_kernel(dx, dy, x, N, C, H, W, k);
+    float guard[GUARD_FLOATS];
+    fill_bits(guard, GUARD_FLOATS, GUARD_BITS);
+    assert_true(same_bits("y guard", y + no, guard, GUARD_FLOATS));
+    assert_true(same_bits("dx guard", dx + ni, guard, GUARD_FLOATS));
+}
+
+static void test_avx512_matches_scalar_bitwise(void **state)
+{
+    (void)state;
+    if (maxpool_kernel_resolve(MAXPOOL_KERNEL_AVX512) != MAXPOOL_KERNEL_AVX512) {
+        printf("  (no AVX-512F on this CPU/build: AVX-512 max-pool not run)\n");
+        return;
+    }
+    uint64_t seed = 600;
+    for (size_t pi = 0; pi < COUNT(PLANE_SHAPES); pi++)
+        for (size_t hi = 0; hi < COUNT(TAIL_HEIGHTS); hi++)
+            for (size_t wi = 0; wi < COUNT(TAIL_WIDTHS); wi++) {
+                const int N = PLANE_SHAPES[pi][0], C = PLANE_SHAPES[pi][1];
+                const int H = TAIL_HEIGHTS[hi], W = TAIL_WIDTHS[wi];
+                const size_t ni = (size_t)N * C * H * W, no = ni / 4;
+                float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+                float *ys = xmalloc(sizeof(float) * (no + GUARD_FLOATS)), *yv = xmalloc(sizeof(float) * (no + GUARD_FLOATS));
+                float *dxs = xmalloc(sizeof(float) * (ni + GUARD_FLOATS)), *dxv = xmalloc(sizeof(float) * (ni + GUARD_FLOATS));
+                float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
+                for (size_t i = 0; i < ni; i++) x[i] = special_value(&seed);
+                for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+                run_kernel(ys, dxs, dy, x, N, C, H, W, MAXPOOL_KERNEL_SCALAR, FILL_BITS_A);
+                run_kernel(yv, dxv, dy, x, N, C, H, W, MAXPOOL_KERNEL_AVX512, FILL_BITS_B);
+                naive_pool(yn, dxn, dy, x, N, C, H, W);
+                char name[96];
+                snprintf(name, sizeof name, "y avx512 vs scalar N%d C%d %dx%d", N, C, H, W);
+                assert_true(same_bits(name, yv, ys, no));
+                snprintf(name, sizeof name, "dx avx512 vs scalar N%d C%d %dx%d", N, C, H, W);
+                assert_true(same_bits(name, dxv, dxs, ni));
+                snprintf(name, sizeof name, "y scalar vs naive N%d C%d %dx%d", N, C, H, W);
+                assert_true(same_bits(name, ys, yn, no));
+                snprintf(name, sizeof name, "dx scalar vs naive N%d C%d %dx%d", N, C, H, W);
+                assert_true(same_bits(name, dxs, dxn, ni));
+                free(x); free(dy); free(ys); free(yv); free(dxs); free(dxv); free(yn); free(dxn);
+            }
+}
+
+/* The public functions (automatic choice) against the naive float reference
+ * on special-value inputs, including the OpenMP path. */
+static void test_public_matches_naive_special_values(void **state)
+{
+    (void)state;
+    static const Shape SPECIAL_SHAPES[] = {{1, 1, 2, 2}, {2, 3, 10, 34}, {4, 8, 64, 64}, {3, 7, 32, 32}};
+    uint64_t seed = 700;
+    for (size_t k = 0; k < COUNT(SPECIAL_SHAPES); k++) {
+        const Shape s = SPECIAL_SHAPES[k];
+        const size_t ni = in_count(s), no = out_count(s);
+        float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+        float *y = xmalloc(sizeof(float) * no), *dx = xmalloc(sizeof(float) * ni);
+        float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
+        for (size_t i = 0; i < ni; i++) x[i] = special_value(&seed);
+        for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+        fill_nan(y, no);
+        fill_nan(dx, ni);
+        maxpool2x2_forward(y, x, s.N, s.C, s.H, s.W);
+        maxpool2x2_backward(dx, dy, x, s.N, s.C, s.H, s.W);
+        naive_pool(yn, dxn, dy, x, s.N, s.C, s.H, s.W);
+        char name[96];
+        snprintf(name, sizeof name, "y vs naive N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(same_bits(name, y, yn, no));
+        snprintf(name, sizeof name, "dx vs naive N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(same_bits(name, dx, dxn, ni));
+        free(x); free(dy); free(y); free(dx); free(yn); free(dxn);
+    }
+}
+
+/* Windows checked with PyTorch 1.13 on this machine
+ * (torch.nn.functional.max_pool2d on a 1x1x2x2 tensor, backward of sum):
+ *   [NaN 1 / NaN 2]   -> NaN, gradient at (1,0): the LAST NaN
+ *   [0 -0 / -0 0]     -> +0, gradient at (0,0)
+ *   [-0 0 / 0 -0]     -> -0, gradient at (0,0)
+ *   [3 inf / inf NaN] -> NaN, gradient at (1,1)
+ * laid out as one 2x8 plane, for each implementation this CPU has. */
+static void test_nan_and_signed_zero_match_pytorch(void **state)
+{
+    (void)state;
+    const float x[16] = {
+        NAN, 1,   0.0f,  -0.0f, -0.0f, 0.0f,  3,        INFINITY,
+        NAN, 2,   -0.0f, 0.0f,  0.0f,  -0.0f, INFINITY, NAN,
+    };
+    const float dy[4] = {10, 20, 30, 40};
+    const float want_dx[16] = {
+        0,  0, 20, 0, 30, 0, 0, 0,
+        10, 0, 0,  0, 0,  0, 0, 40,
+    };
+    const MaxpoolKernel kernels[] = {MAXPOOL_KERNEL_SCALAR, MAXPOOL_KERNEL_AVX512};
+    for (size_t k = 0; k < COUNT(kernels); k++) {
+        if (maxpool_kernel_resolve(kernels[k]) != kernels[k]) continue;
+        float y[4], dx[16];
+        maxpool2x2_forward_kernel(y, x, 1, 1, 2, 8, kernels[k]);
+        assert_true(isnan(y[0]) && isnan(y[3]));
+        assert_true(y[1] == 0.0f && !signbit(y[1]) && y[2] == 0.0f && signbit(y[2]));
+        maxpool2x2_backward_kernel(dx, dy, x, 1, 1, 2, 8, kernels[k]);
+        assert_true(same_bits("dx NaN/signed zeros", dx, want_dx, 16));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +410,9 @@ int main(void)
         cmocka_unit_test(test_forward_backward_match_naive_ties),
         cmocka_unit_test(test_backward_matches_finite_differences),
         cmocka_unit_test(test_ties_nan_and_infinity),
+        cmocka_unit_test(test_avx512_matches_scalar_bitwise),
+        cmocka_unit_test(test_public_matches_naive_special_values),
+        cmocka_unit_test(test_nan_and_signed_zero_match_pytorch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,12 +3,19 @@
  * reference in naive_ref.h (forward) and central finite differences of
  * L = sum(r * y) in double on that reference (backward).  Shapes include
  * 1x1 planes, odd H/W, N=1, C=1 and one large enough for the OpenMP path.
+ * Issue 6 (AVX-512 kernel): the AVX-512 and scalar implementations give the
+ * same bits, forward and backward (backward NaNs: any NaN payload, see
+ * same_bits), on inputs with NaNs, infinities and signed zeros, for every row-tail width of the 16-float step; neither
+ * writes past its output; and both match a naive float reference written
+ * here (forward: copies; backward: ((dy00 + dy01) + dy10) + dy11, the
+ * documented order).
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -120,12 +127,175 @@ static void test_backward_large_matches_block_sums(void **state)
     free(dy); free(dx); free(want); free(tmp);
 }
 
+/* ---- issue 6: AVX-512 vs scalar ------------------------------------------ */
+
+/* Input widths covering every tail of the 16-float AVX-512 step (and 2W of
+ * the 32-float output step). */
+static const int TAIL_WIDTHS[] = {1, 2, 3, 4, 6, 7, 8, 14, 15, 16, 17, 28, 30, 31, 32, 33, 34, 64};
+/* (N, C) pairs: odd plane counts. */
+static const int PLANE_SHAPES[][2] = {{1, 1}, {3, 5}};
+static const int TAIL_HEIGHTS[] = {1, 3};
+/* Floats after each output that no implementation may touch. */
+#define GUARD_FLOATS 64
+#define GUARD_BITS 0x7fbadbadu
+#define FILL_BITS_A 0xdeadbeefu
+#define FILL_BITS_B 0x12345678u
+#define QNAN_BITS 0x7fc00000u
+#define NAN_PAYLOAD_MASK 0x003fffffu
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void fill_bits(float *a, size_t n, uint32_t bits)
+{
+    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
+}
+
+/* 1 if a and b hold the same bits, except that with any_nan a NaN matches
+ * any NaN; otherwise prints the first difference.  Sums use any_nan: which
+ * NaN operand's payload an IEEE addition returns is unspecified, and the
+ * compiler may swap the operands (clang does; the copies keep payloads). */
+static int same_bits(const char *name, const float *a, const float *b, size_t n, int any_nan)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t ua, ub;
+        memcpy(&ua, a + i, sizeof ua);
+        memcpy(&ub, b + i, sizeof ub);
+        if (ua != ub && !(any_nan && isnan(a[i]) && isnan(b[i]))) {
+            fprintf(stderr, "  %s: first difference at %zu: 0x%08x (%g) vs 0x%08x (%g)\n", name, i, (unsigned)ua,
+                    (double)a[i], (unsigned)ub, (double)b[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Mostly uniform values, with NaNs (random payload), infinities and signed zeros. */
+static float special_value(uint64_t *seed)
+{
+    const uint64_t r = test_rng_next(seed);
+    switch (r % 16) {
+    case 0: return from_bits(QNAN_BITS | ((uint32_t)(r >> 8) & NAN_PAYLOAD_MASK));
+    case 1: return INFINITY;
+    case 2: return -INFINITY;
+    case 3: return 0.0f;
+    case 4: return -0.0f;
+    default: return test_rng_uniform(seed, -1.0f, 1.0f);
+    }
+}
+
+/* Naive float references: y[..][i][j] = x[..][i/2][j/2]; dx = the 2x2 block
+ * of dy added in row-major order. */
+static void naive_up(float *y, const float *x, int N, int C, int H, int W)
+{
+    for (int p = 0; p < N * C; p++)
+        for (int i = 0; i < 2 * H; i++)
+            for (int j = 0; j < 2 * W; j++)
+                y[((size_t)p * 2 * H + i) * 2 * W + j] = x[((size_t)p * H + i / 2) * W + j / 2];
+}
+
+static void naive_up_backward(float *dx, const float *dy, int N, int C, int H, int W)
+{
+    for (int p = 0; p < N * C; p++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) {
+                const float *b = dy + ((size_t)p * 2 * H + 2 * i) * 2 * W + 2 * j;
+                float sum = b[0];
+                sum += b[1];
+                sum += b[2 * W];
+                sum += b[2 * W + 1];
+                dx[((size_t)p * H + i) * W + j] = sum;
+            }
+}
+
+static void test_avx512_matches_scalar_bitwise(void **state)
+{
+    (void)state;
+    const int vec = upsample_kernel_resolve(UPSAMPLE_KERNEL_AVX512) == UPSAMPLE_KERNEL_AVX512;
+    if (!vec) printf("  (no AVX-512F on this CPU/build: only the scalar upsampling is checked)\n");
+    uint64_t seed = 600;
+    float guard[GUARD_FLOATS];
+    fill_bits(guard, GUARD_FLOATS, GUARD_BITS);
+    for (size_t pi = 0; pi < COUNT(PLANE_SHAPES); pi++)
+        for (size_t hi = 0; hi < COUNT(TAIL_HEIGHTS); hi++)
+            for (size_t wi = 0; wi < COUNT(TAIL_WIDTHS); wi++) {
+                const int N = PLANE_SHAPES[pi][0], C = PLANE_SHAPES[pi][1];
+                const int H = TAIL_HEIGHTS[hi], W = TAIL_WIDTHS[wi];
+                const size_t ni = (size_t)N * C * H * W, no = 4 * ni;
+                float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+                float *y[2], *dx[2];
+                float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
+                for (size_t i = 0; i < ni; i++) x[i] = special_value(&seed);
+                for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+                naive_up(yn, x, N, C, H, W);
+                naive_up_backward(dxn, dy, N, C, H, W);
+                const UpsampleKernel kernels[2] = {UPSAMPLE_KERNEL_SCALAR, UPSAMPLE_KERNEL_AVX512};
+                const uint32_t fills[2] = {FILL_BITS_A, FILL_BITS_B};
+                for (int k = 0; k < 1 + vec; k++) {
+                    y[k] = xmalloc(sizeof(float) * (no + GUARD_FLOATS));
+                    dx[k] = xmalloc(sizeof(float) * (ni + GUARD_FLOATS));
+                    fill_bits(y[k], no, fills[k]);
+                    fill_bits(y[k] + no, GUARD_FLOATS, GUARD_BITS);
+                    fill_bits(dx[k], ni, fills[k]);
+                    fill_bits(dx[k] + ni, GUARD_FLOATS, GUARD_BITS);
+                    upsample2x_forward_kernel(y[k], x, N, C, H, W, kernels[k]);
+                    upsample2x_backward_kernel(dx[k], dy, N, C, H, W, kernels[k]);
+                    char name[96];
+                    snprintf(name, sizeof name, "y kernel %d vs naive N%d C%d %dx%d", (int)kernels[k], N, C, H, W);
+                    assert_true(same_bits(name, y[k], yn, no, 0));
+                    snprintf(name, sizeof name, "dx kernel %d vs naive N%d C%d %dx%d", (int)kernels[k], N, C, H, W);
+                    assert_true(same_bits(name, dx[k], dxn, ni, 1));
+                    assert_true(same_bits("y guard", y[k] + no, guard, GUARD_FLOATS, 0));
+                    assert_true(same_bits("dx guard", dx[k] + ni, guard, GUARD_FLOATS, 0));
+                }
+                if (vec) {
+                    assert_true(same_bits("y avx512 vs scalar", y[1], y[0], no, 0));
+                    assert_true(same_bits("dx avx512 vs scalar", dx[1], dx[0], ni, 1));
+                }
+                for (int k = 0; k < 1 + vec; k++) {
+                    free(y[k]);
+                    free(dx[k]);
+                }
+                free(x); free(dy); free(yn); free(dxn);
+            }
+}
+
+/* The public functions (automatic choice) on the large shape (OpenMP path)
+ * against the naive float references, bit for bit. */
+static void test_public_large_matches_naive_bitwise(void **state)
+{
+    (void)state;
+    const Shape s = SHAPES[COUNT(SHAPES) - 1];
+    const size_t ni = in_count(s), no = out_count(s);
+    uint64_t seed = 700;
+    float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+    float *y = xmalloc(sizeof(float) * no), *dx = xmalloc(sizeof(float) * ni);
+    float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
+    for (size_t i = 0; i < ni; i++) x[i] = special_value(&seed);
+    for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+    fill_nan(y, no);
+    fill_nan(dx, ni);
+    upsample2x_forward(y, x, s.N, s.C, s.H, s.W);
+    upsample2x_backward(dx, dy, s.N, s.C, s.H, s.W);
+    naive_up(yn, x, s.N, s.C, s.H, s.W);
+    naive_up_backward(dxn, dy, s.N, s.C, s.H, s.W);
+    assert_true(same_bits("y large vs naive", y, yn, no, 0));
+    assert_true(same_bits("dx large vs naive", dx, dxn, ni, 1));
+    free(x); free(dy); free(y); free(dx); free(yn); free(dxn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_matches_naive),
         cmocka_unit_test(test_backward_matches_finite_differences),
         cmocka_unit_test(test_backward_large_matches_block_sums),
+        cmocka_unit_test(test_avx512_matches_scalar_bitwise),
+        cmocka_unit_test(test_public_large_matches_naive_bitwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
