@@ -128,6 +128,27 @@ void model_bottleneck_shape(const Model *m, int *C, int *H, int *W);
  * inv_count is 1 / (global batch images * C*H*W) in data-parallel training. */
 double model_forward_backward(Model *m, const float *x, int N, double inv_count);
 
+/* Called by model_forward_backward_hooked as the backward pass walks from
+ * the last layer to the first, once after each layer's backward step (for a
+ * conv: once its dw and db are complete).  done_offset is the offset in
+ * m->grads from which every gradient is final: [done_offset, n_params) will
+ * not be written again in this call, so the callee may start communicating
+ * it (the trainer's bucketed allreduce, PyTorch DDP's autograd hook).  It
+ * never increases and is 0 once the first conv of the model is done; layers
+ * without parameters repeat the previous value (n_params before any conv).
+ * Called on the calling thread, never inside an OpenMP region; fn must not
+ * touch [0, done_offset) of m->grads nor anything else of the model. */
+typedef struct ModelGradHook {
+    void (*fn)(void *user, size_t done_offset);
+    void *user;          /* passed to fn unchanged */
+} ModelGradHook;
+
+/* model_forward_backward with a hook (NULL: none, identical to
+ * model_forward_backward).  Same result bit for bit: the hook only observes
+ * the order in which m->grads is completed. */
+double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count,
+                                     const ModelGradHook *hook);
+
 void model_zero_grad(Model *m);
 
 /* Name of parameter tensor i in 0..2*n_conv ("conv3.weight", "conv3.bias"),

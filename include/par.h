@@ -52,6 +52,44 @@ void par_allreduce_sum_f32(const ParCtx *ctx, float *buf, size_t n);
 void par_allreduce_sum_f64(const ParCtx *ctx, double *buf, size_t n);
 void par_allreduce_sum_i64(const ParCtx *ctx, int64_t *buf, size_t n);
 
+/* A non-blocking collective in flight (par_iallreduce_sum_f32).  Zero-
+ * initialise it ({0}); it is "pending" from the start call until par_test_all
+ * or par_wait_all sees it complete, and inactive again afterwards.  `impl` is
+ * owned by par_mpi.c (an array of `n_impl` MPI_Request, one per chunk of at
+ * most INT_MAX/2 elements); NULL when inactive and always NULL in MPI=0. */
+typedef struct ParRequest {
+    void *impl;
+    int n_impl;
+} ParRequest;
+
+/* 1 while the request is in flight (started and not yet seen complete). */
+int par_request_pending(const ParRequest *req);
+
+/* Starts an in-place non-blocking sum over all ranks of buf[n] float32
+ * (MPI_Iallreduce, MPI_IN_PLACE, MPI_SUM, MPI_FLOAT; chunked like
+ * par_allreduce_sum_f32) and makes *req pending; *req must be inactive.
+ * buf must be neither read nor written until the request completes.  Every
+ * rank gets the same bits (Open MPI 4.1's libnbc reduces in-place calls up a
+ * binomial tree to rank 0 and broadcasts the result).  Collective: every
+ * rank starts its non-blocking collectives in the same order (MPI matches
+ * them by order of issue).
+ * Without an asynchronous progress thread (Open MPI's default), the transfer
+ * advances only inside MPI calls: call par_test_all now and then.  MPI=0:
+ * completes at once (req stays inactive).  An MPI failure ends the job
+ * (check.h).  Follows MPI-3.1 section 5.12 (nonblocking collectives). */
+void par_iallreduce_sum_f32(const ParCtx *ctx, float *buf, size_t n, ParRequest *req);
+
+/* Drives progress of reqs[0..n) (MPI_Testall per pending request, never
+ * blocks) and marks the completed ones inactive.  Inactive entries are
+ * skipped.  Returns how many of the n requests are now inactive (n when all
+ * are done). */
+int par_test_all(ParRequest *reqs, int n);
+
+/* Blocks until every pending request of reqs[0..n) completes (MPI_Waitall);
+ * all are inactive afterwards.  Call it before leaving any code path that
+ * started requests: a pending request's buffer is still being written. */
+void par_wait_all(ParRequest *reqs, int n);
+
 /* Maximum of v over all ranks. */
 int par_allreduce_max_int(const ParCtx *ctx, int v);
 

@@ -2,11 +2,14 @@
  * train.h - the data-parallel training loop of aesim-train.
  *
  * Per step: this rank's slice of the global batch (sampler.h) -> forward and
- * backward (model.h) -> one in-place MPI_Allreduce(SUM) of the flat gradient
- * block and one of (loss sum) -> optimizer step (optimizer.h), identical on
- * every rank.  The loss of each rank is scaled by 1 / (global batch * C*H*W),
- * so the summed gradient is exactly the mean over all samples of the global
- * batch, whatever P and however unevenly the batch splits.
+ * backward (model.h) -> in-place sum over ranks of the flat gradient block
+ * (grad_sync.h: buckets of cfg->bucket_kib KiB started with MPI_Iallreduce
+ * while backward still runs, or one blocking MPI_Allreduce after it when
+ * bucket_kib is 0), then one small allreduce of (loss sum, stop request) ->
+ * optimizer step (optimizer.h), identical on every rank.  The loss of each
+ * rank is scaled by 1 / (global batch * C*H*W), so the summed gradient is
+ * exactly the mean over all samples of the global batch, whatever P and
+ * however unevenly the batch splits.
  * Around the loop: progress line and metrics CSV (rank 0), validation loss
  * and PSNR (sharded over ranks), a reconstruction grid PNG after each epoch,
  * checkpoints every N steps and at the end (rank 0, atomic).
@@ -32,6 +35,12 @@ typedef struct TrainResult {
                               (validation, grids and checkpoints excluded) */
     double seconds;        /* wall time of the loop, everything included */
     int64_t steps_run;     /* optimizer steps taken by this run (0: nothing to train) */
+    /* Communication per step, this rank's means over the run (0 when no step
+     * ran; the summary line gives min/avg/max over ranks): */
+    double allreduce_ms;   /* exposed: backward end -> gradients and loss summed */
+    double comm_ms;        /* allreduce_ms + time in MPI calls during backward */
+    double overlap;        /* share of the gradient (floats) whose allreduce had
+                              completed when backward returned (0 with --bucket-kib 0) */
     int stopped;           /* 1: a stop signal (signals.h) ended training early, after a
                               checkpoint; val_loss/val_psnr_db are then NaN (not measured) */
 } TrainResult;
@@ -56,7 +65,15 @@ typedef struct TrainResult {
  * cfg->ckpt_every steps and at each epoch end, cfg->keep kept (ckpt.h).
  * Test-only fault injection: if the environment variable
  * AESIM_FAULT_NAN_STEP=K is set (K >= 1), the highest rank writes a NaN into
- * its local gradient at step K before the allreduce.  Never set it otherwise. */
+ * its local gradient at step K before the allreduce (of its bucket).  Never
+ * set it otherwise.
+ * Every path out of a step (error, NaN, stop signal) leaves after the
+ * gradient allreduce has completed: no MPI request stays pending.
+ * At the end, rank 0 prints one line of per-phase times (ms per step,
+ * min/avg/max over ranks; "allreduce" is the exposed communication after
+ * backward) ending with the overlap (share of the gradient reduced before
+ * backward ended) and the time in MPI calls during backward; metrics.csv rows
+ * carry allreduce_ms, comm_ms and overlap (rank 0's, metrics.h). */
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
               const Dataset *val, const CkptState *start, TrainResult *res, Err *err);
 

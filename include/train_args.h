@@ -44,6 +44,8 @@ typedef struct TrainConfig {
     int grid_n;                /* validation images in the reconstruction grid */
     int64_t csv_every;         /* optimizer steps per metrics.csv row */
     int progress;              /* PROGRESS_AUTO, PROGRESS_BAR or PROGRESS_LINES */
+    int bucket_kib;            /* gradient allreduce bucket, KiB (grad_sync.h); 0 = one blocking
+                                  allreduce after backward */
     int help;                  /* --help was given */
 } TrainConfig;
 

@@ -3,8 +3,9 @@
 #
 # Usage: launch/plot_loss.sh METRICS_CSV OUT_PNG [WIDTHxHEIGHT]
 #   METRICS_CSV  the file aesim-train writes (columns
-#                step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds;
-#                see include/metrics.h)
+#                step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds,
+#                allreduce_ms,comm_ms,overlap; files of older versions lack the
+#                last three; see include/metrics.h)
 #   OUT_PNG      the image to write (replaced atomically: temp name, then mv)
 #   WIDTHxHEIGHT image size in pixels, default 1000x600
 # Draws train loss and val loss against step on a log y axis, and val PSNR
@@ -16,7 +17,8 @@
 # Does not: read anything but the CSV, talk to MPI, or modify the CSV.
 set -euo pipefail
 
-HEADER="step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds"
+HEADER="step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds,allreduce_ms,comm_ms,overlap"
+HEADER_V1="step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds"
 DEFAULT_SIZE=1000x600
 GNUPLOT=${GNUPLOT:-gnuplot}
 
@@ -38,7 +40,7 @@ command -v "$GNUPLOT" >/dev/null 2>&1 ||
 [ -f "$csv" ] || die "$csv: no such file (is the path right? aesim-train writes metrics.csv in its output folder)"
 [ -r "$csv" ] || die "$csv: not readable (check its permissions)"
 first=$(head -n 1 "$csv")
-[ "$first" = "$HEADER" ] ||
+[ "$first" = "$HEADER" ] || [ "$first" = "$HEADER_V1" ] ||
     die "$csv: header is '$first', expected '$HEADER' (not an aesim metrics file?)"
 rows=$(tail -n +2 "$csv" | grep -c . || true)
 [ "$rows" -gt 0 ] || die "$csv: no rows yet (the run has not logged a step; try again later)"

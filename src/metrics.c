@@ -19,27 +19,32 @@
  * ("-1.23456789e-308"); 32 leaves margin. */
 #define METRICS_FIELD_BYTES 32
 
-/* Bytes for one formatted row: 7 fields, 6 commas, '\n', NUL. */
+/* Bytes for one formatted row: the fields, their commas, '\n', NUL. */
 #define METRICS_ROW_BYTES (METRICS_CSV_COLUMNS * METRICS_FIELD_BYTES + 8)
 
 /* Room atomic_open needs after the path for its ".tmp.<pid>" suffix. */
 #define METRICS_TMP_SUFFIX_BYTES 32
 
-/* Copies the rows of the existing file `in` with step <= resume_step to out.
- * Returns AE_OK or an error naming path. */
+/* Copies the rows of the existing file `in` with step <= resume_step to out;
+ * rows of a METRICS_CSV_HEADER_V1 file get empty fields for the columns it
+ * lacks.  Returns AE_OK or an error naming path. */
 static int copy_kept_rows(FILE *out, FILE *in, const char *path, int64_t resume_step, Err *err)
 {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     int64_t lineno = 0;
-    int rc = AE_OK;
+    int rc = AE_OK, pad = 0;
     while ((len = getline(&line, &cap, in)) >= 0) {
         lineno++;
         /* A line without '\n' is the row being written when a run crashed. */
         if (len == 0 || line[len - 1] != '\n') break;
         if (lineno == 1) {
             line[len - 1] = '\0';
+            if (strcmp(line, METRICS_CSV_HEADER_V1) == 0) {
+                pad = METRICS_CSV_COLUMNS - METRICS_CSV_COLUMNS_V1;
+                continue;
+            }
             if (strcmp(line, METRICS_CSV_HEADER) != 0) {
                 rc = err_set(err, AE_EFORMAT,
                              "%s: header is \"%.200s\", expected \"%s\" (not an aesim metrics file? "
@@ -59,7 +64,11 @@ static int copy_kept_rows(FILE *out, FILE *in, const char *path, int64_t resume_
                          path, (long long)lineno);
             break;
         }
-        if ((int64_t)step <= resume_step && fputs(line, out) == EOF) {
+        if ((int64_t)step > resume_step) continue;
+        line[len - 1] = '\0';
+        int bad = fputs(line, out) == EOF;
+        for (int k = 0; k < pad && !bad; k++) bad = fputc(',', out) == EOF;
+        if (bad || fputc('\n', out) == EOF) {
             rc = err_set(err, AE_EIO, "cannot write %s: %s", path, strerror(errno));
             break;
         }
@@ -122,11 +131,12 @@ static void format_field(char *buf, size_t len, double v)
 }
 
 int metrics_append(MetricsLog *m, int64_t step, double epoch, double train_loss, double val_loss,
-                   double val_psnr_db, double images_per_s, double seconds, Err *err)
+                   double val_psnr_db, double images_per_s, double seconds, double allreduce_ms,
+                   double comm_ms, double overlap, Err *err)
 {
     if (!m->f) return err_set(err, AE_EARG, "metrics log %s is not open", m->path);
-    const double vals[METRICS_CSV_COLUMNS - 1] = {epoch,       train_loss,   val_loss,
-                                                  val_psnr_db, images_per_s, seconds};
+    const double vals[METRICS_CSV_COLUMNS - 1] = {epoch,   train_loss,   val_loss,     val_psnr_db, images_per_s,
+                                                  seconds, allreduce_ms, comm_ms, overlap};
     char row[METRICS_ROW_BYTES];
     size_t n = (size_t)snprintf(row, sizeof row, "%lld", (long long)step);
     for (int i = 0; i < METRICS_CSV_COLUMNS - 1; i++) {

@@ -217,6 +217,12 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
             L->conv.C = c;
             L->conv.OC = L->OC;
             L->conv.K = spec->kernel[i];
+            /* ReLU fused into the convolution (conv2d.h CONV_FUSE_*): the
+             * forward applies it to its output, and a conv right after a
+             * ReLU conv applies that ReLU's backward to its dx. */
+            if (L->act == ACT_RELU) L->conv.fuse |= CONV_FUSE_RELU;
+            if (i > 0 && m->layers[i - 1].kind == LAYER_CONV && m->layers[i - 1].act == ACT_RELU)
+                L->conv.fuse |= CONV_FUSE_DX_RELU;
             m->n_conv++;
         } else {
             L->OC = c;
@@ -279,6 +285,14 @@ void model_init_glorot(Model *m, uint64_t seed)
     }
 }
 
+/* 1 if the ReLU backward of conv layer i was already applied by layer i+1's
+ * input gradient (CONV_FUSE_DX_RELU), so g arrives as dL/d(pre-activation). */
+static int relu_backward_fused(const Model *m, int i)
+{
+    return i + 1 < m->spec.n_layers && m->layers[i + 1].kind == LAYER_CONV &&
+           (m->layers[i + 1].conv.fuse & CONV_FUSE_DX_RELU);
+}
+
 /* Runs layers [0, n) on x[N]; returns the output of layer n-1. */
 static const float *forward_layers(Model *m, const float *x, int N, int n)
 {
@@ -290,10 +304,12 @@ static const float *forward_layers(Model *m, const float *x, int N, int n)
         switch (L->kind) {
         case LAYER_CONV:
             conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            if (L->act == ACT_RELU)
-                relu_forward(L->out, L->out, numel);
-            else
-                sigmoid_forward(L->out, L->out, numel);
+            if (!(L->conv.fuse & CONV_FUSE_RELU)) {
+                if (L->act == ACT_RELU)
+                    relu_forward(L->out, L->out, numel);
+                else
+                    sigmoid_forward(L->out, L->out, numel);
+            }
             break;
         case LAYER_MAXPOOL:
             maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
@@ -336,7 +352,13 @@ void model_zero_grad(Model *m) { memset(m->grads, 0, m->n_params * sizeof(float)
 
 double model_forward_backward(Model *m, const float *x, int N, double inv_count)
 {
+    return model_forward_backward_hooked(m, x, N, inv_count, NULL);
+}
+
+double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count, const ModelGradHook *hook)
+{
     const int n = m->spec.n_layers;
+    size_t done = m->n_params; /* grads [done, n_params) are final */
     const float *y = forward_layers(m, x, N, n);
     size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
     double sse = mse_sum(y, x, numel);
@@ -349,12 +371,13 @@ double model_forward_backward(Model *m, const float *x, int N, double inv_count)
         size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
         switch (L->kind) {
         case LAYER_CONV:
-            if (L->act == ACT_RELU)
-                relu_backward(g, g, L->out, out_numel);
-            else
+            if (L->act == ACT_SIGMOID)
                 sigmoid_backward(g, g, L->out, out_numel);
+            else if (!relu_backward_fused(m, i))
+                relu_backward(g, g, L->out, out_numel);
             /* The input gradient of the first layer is never needed. */
             conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            done = (size_t)(L->conv.dw - m->grads);
             break;
         case LAYER_MAXPOOL:
             maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
@@ -366,6 +389,7 @@ double model_forward_backward(Model *m, const float *x, int N, double inv_count)
         float *t = g;
         g = gnext;
         gnext = t;
+        if (hook) hook->fn(hook->user, done);
     }
     return sse;
 }

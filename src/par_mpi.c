@@ -111,6 +111,54 @@ void par_allreduce_sum_i64(const ParCtx *ctx, int64_t *buf, size_t n)
     allreduce_chunked(ctx, buf, n, sizeof *buf, MPI_INT64_T, MPI_SUM);
 }
 
+int par_request_pending(const ParRequest *req) { return req->impl != NULL; }
+
+void par_iallreduce_sum_f32(const ParCtx *ctx, float *buf, size_t n, ParRequest *req)
+{
+    CHECK(req->impl == NULL);
+    size_t chunks = n ? (n + PAR_CHUNK - 1) / PAR_CHUNK : 1;
+    CHECK(chunks <= (size_t)INT_MAX);
+    MPI_Request *r = xmalloc(chunks * sizeof *r);
+    for (size_t k = 0; k < chunks; k++) {
+        size_t off = k * PAR_CHUNK, c = n - off < PAR_CHUNK ? n - off : PAR_CHUNK;
+        mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)c, MPI_FLOAT, MPI_SUM, comm_of(ctx), &r[k]),
+                  "MPI_Iallreduce");
+    }
+    req->impl = r;
+    req->n_impl = (int)chunks;
+}
+
+/* Marks a completed request inactive (MPI has already freed its handles). */
+static void request_release(ParRequest *req)
+{
+    free(req->impl);
+    req->impl = NULL;
+    req->n_impl = 0;
+}
+
+int par_test_all(ParRequest *reqs, int n)
+{
+    int done = 0;
+    for (int i = 0; i < n; i++) {
+        if (reqs[i].impl) {
+            int flag = 0;
+            mpi_check(MPI_Testall(reqs[i].n_impl, reqs[i].impl, &flag, MPI_STATUSES_IGNORE), "MPI_Testall");
+            if (flag) request_release(&reqs[i]);
+        }
+        done += reqs[i].impl == NULL;
+    }
+    return done;
+}
+
+void par_wait_all(ParRequest *reqs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (!reqs[i].impl) continue;
+        mpi_check(MPI_Waitall(reqs[i].n_impl, reqs[i].impl, MPI_STATUSES_IGNORE), "MPI_Waitall");
+        request_release(&reqs[i]);
+    }
+}
+
 int par_allreduce_max_int(const ParCtx *ctx, int v)
 {
     mpi_check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, comm_of(ctx)), "MPI_Allreduce");

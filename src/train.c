@@ -1,7 +1,8 @@
 /*
  * train.c - data-parallel training loop (see include/train.h).
  *
- * Does: sharded batches, gradient allreduce, optimizer, validation, progress,
+ * Does: sharded batches, gradient allreduce (bucketed and overlapped with the
+ * backward pass, grad_sync.h), optimizer, validation, progress,
  * metrics, reconstruction grids, rotating checkpoints, graceful stop on
  * SIGTERM/SIGINT/SIGUSR1 (signals.h), NaN/Inf detection.  Does not: parse
  * options, load data or build the model (train_main.c).  MPI only through
@@ -18,6 +19,7 @@
 
 #include "check.h"
 #include "fileio.h"
+#include "grad_sync.h"
 #include "metrics.h"
 #include "png_io.h"
 #include "progress.h"
@@ -41,7 +43,10 @@
  * of mpirun (odls_base_sigkill_timeout, see signals.h) to exit 0. */
 #define TRAIN_STOP_EXIT_GRACE_S 2
 
-/* Per-rank seconds spent in each phase of a step. */
+/* Per-rank seconds spent in each phase of a step.  PH_ALLREDUCE is the
+ * exposed communication: from the end of the backward pass until gradients
+ * and loss are summed; communication started during backward (grad_sync.h)
+ * counts in PH_COMPUTE and is reported separately. */
 enum { PH_DATA, PH_COMPUTE, PH_ALLREDUCE, PH_OPTIMIZER, PH_COUNT };
 static const char *PHASE_NAMES[PH_COUNT] = { "data", "forward+backward", "allreduce", "optimizer" };
 
@@ -133,11 +138,29 @@ static int64_t fault_nan_step(void)
 /* Text for messages: the newest checkpoint of this run, or the folder. */
 static const char *kept_ckpt(const char *last, const char *out) { return last[0] ? last : out; }
 
-/* One line: mean milliseconds per step of each phase, min/avg/max over
- * ranks (printed at once so that other ranks' output cannot split it). */
-static void report_phases(const ParCtx *ctx, const double *t, int64_t steps)
+/* Per-rank communication totals of a run (grad_sync.h). */
+typedef struct CommTotals {
+    double in_backward_s;   /* seconds in MPI calls made during backward */
+    double early_floats;    /* gradient floats reduced before backward returned */
+} CommTotals;
+
+/* The overlap of `steps` steps: the share of the gradient whose allreduce
+ * had completed when the backward pass returned (NaN without steps). */
+static double overlap_of(double early_floats, int64_t steps, size_t n_params)
 {
-    char line[512];
+    return steps > 0 ? early_floats / ((double)steps * (double)n_params) : NAN;
+}
+
+/* One line: mean milliseconds per step of each phase, min/avg/max over
+ * ranks, then the communication: the overlap (share of the gradient reduced
+ * before backward ended, mean and min over ranks), and the time spent in
+ * MPI calls during backward, which counts in forward+backward, whereas the
+ * allreduce phase is the exposed part (printed at once so that other ranks'
+ * output cannot split it). */
+static void report_phases(const ParCtx *ctx, const double *t, int64_t steps, const CommTotals *ct,
+                          const GradSync *sync, int bucket_kib)
+{
+    char line[1024];
     size_t len = (size_t)snprintf(line, sizeof line, "time per step (ms, min/avg/max over ranks):");
     for (int p = 0; p < PH_COUNT; p++) {
         ParStats s = par_stats(ctx, steps ? 1e3 * t[p] / steps : 0);
@@ -145,6 +168,15 @@ static void report_phases(const ParCtx *ctx, const double *t, int64_t steps)
             len += (size_t)snprintf(line + len, sizeof line - len, "%s %s %.2f/%.2f/%.2f (max on rank %d)",
                                     p ? ";" : "", PHASE_NAMES[p], s.min, s.avg, s.max, s.max_rank);
     }
+    ParStats bwd = par_stats(ctx, steps ? 1e3 * ct->in_backward_s / steps : 0);
+    double ov = overlap_of(ct->early_floats, steps, sync->n_params);
+    ParStats o = par_stats(ctx, isnan(ov) ? 0 : ov);
+    if (len < sizeof line)
+        len += (size_t)snprintf(line + len, sizeof line - len, "; overlap %.0f%% of the gradient reduced before "
+                                "backward ended (min over ranks %.0f%%), MPI calls during backward %.2f/%.2f/%.2f "
+                                "(--bucket-kib %d: %d bucket%s)", 100 * o.avg, 100 * o.min, bwd.min, bwd.avg, bwd.max,
+                                bucket_kib, sync->n_buckets,
+                                sync->blocking ? ", one blocking allreduce" : sync->n_buckets == 1 ? "" : "s");
     par_log0(ctx, "%s\n", line);
 }
 
@@ -166,6 +198,10 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
     int64_t *perm = xmalloc((size_t)n * sizeof *perm);
     double phase[PH_COUNT] = { 0 };
+    CommTotals comm = { 0, 0 };
+    GradSync sync;
+    grad_sync_init(&sync, ctx, m, cfg->bucket_kib);
+    const ModelGradHook hook = { grad_sync_on_grads_done, &sync };
 
     MetricsLog log = { 0 };
     Progress prog;
@@ -198,7 +234,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
      * checkpoints): train_s is the sum of step times, csv_s of those since
      * the last CSV row. */
     int64_t images_done = 0, steps_done = 0, csv_images = 0, epoch_steps = 0;
-    double csv_loss = 0, csv_s = 0, train_s = 0, epoch_loss = 0;
+    double csv_loss = 0, csv_s = 0, train_s = 0, epoch_loss = 0, csv_exposed_s = 0, csv_comm_s = 0, csv_early = 0;
     int64_t csv_steps = 0;
     int stop = 0, rc = AE_OK;
     for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
@@ -210,10 +246,16 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             dataset_get_batch_f32(m->input, train, perm + first + off, cnt);
             double tb = timer_now();
             model_zero_grad(m);
-            double sse = cnt ? model_forward_backward(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw)) : 0;
+            grad_sync_begin(&sync);
+            double sse = cnt ? model_forward_backward_hooked(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw),
+                                                             sync.blocking ? NULL : &hook)
+                             : 0;
+            /* The bucket holding grads[0] starts in grad_sync_finish. */
             if (nan_step == st.step + 1 && ctx->rank == ctx->size - 1) m->grads[0] = NAN;
             double tc = timer_now();
-            par_allreduce_sum_f32(ctx, m->grads, m->n_params);
+            /* Starts the buckets not yet started, waits for all: nothing
+             * is pending after this, whatever path the step takes next. */
+            grad_sync_finish(&sync);
             /* The loss sum and the stop requests (signals.h) share one small
              * allreduce, so every rank sees a signal sent to any rank at the
              * same step. */
@@ -249,6 +291,11 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             phase[PH_COMPUTE] += tc - tb;
             phase[PH_ALLREDUCE] += td - tc;
             phase[PH_OPTIMIZER] += te - td;
+            comm.in_backward_s += sync.comm_in_backward_s;
+            comm.early_floats += (double)sync.early_floats;
+            csv_exposed_s += td - tc;
+            csv_comm_s += td - tc + sync.comm_in_backward_s;
+            csv_early += (double)sync.early_floats;
             train_s += te - ta;
             csv_s += te - ta;
             st.step++;
@@ -265,11 +312,16 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / train_s, now);
                 if (csv_steps >= cfg->csv_every) {
                     rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / csv_s, now - t0, err);
+                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
+                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
+                                        err);
                     csv_loss = 0;
                     csv_steps = 0;
                     csv_images = 0;
                     csv_s = 0;
+                    csv_exposed_s = 0;
+                    csv_comm_s = 0;
+                    csv_early = 0;
                 }
             }
             int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
@@ -282,7 +334,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 if (ctx->rank == 0 && csv_steps > 0 && rc == AE_OK) {
                     double now = timer_now();
                     rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / csv_s, now - t0, err);
+                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
+                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
+                                        err);
                     csv_steps = 0;
                 }
                 CkptState next = st;
@@ -324,11 +378,17 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         if (ctx->rank == 0) {
             rc = metrics_append(&log, st.step, st.epoch + (double)st.batch / nb,
                                 csv_steps ? csv_loss / csv_steps : res->last_train_loss, res->val_loss,
-                                res->val_psnr_db, csv_steps ? csv_images / csv_s : NAN, now - t0, err);
+                                res->val_psnr_db, csv_steps ? csv_images / csv_s : NAN, now - t0,
+                                csv_steps ? 1e3 * csv_exposed_s / csv_steps : NAN,
+                                csv_steps ? 1e3 * csv_comm_s / csv_steps : NAN,
+                                overlap_of(csv_early, csv_steps, m->n_params), err);
             csv_loss = 0;
             csv_steps = 0;
             csv_images = 0;
             csv_s = 0;
+            csv_exposed_s = 0;
+            csv_comm_s = 0;
+            csv_early = 0;
             if (!rc) rc = write_grid(cfg, m, val, st.epoch, err);
         }
         if ((rc = par_agree(ctx, err))) break;
@@ -357,7 +417,12 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     res->seconds = timer_now() - t0;
     res->steps_run = steps_done;
     res->images_per_s = train_s > 0 ? images_done / train_s : 0;
-    if (rc == AE_OK) report_phases(ctx, phase, steps_done);
+    if (steps_done > 0) {
+        res->allreduce_ms = 1e3 * phase[PH_ALLREDUCE] / steps_done;
+        res->comm_ms = 1e3 * (phase[PH_ALLREDUCE] + comm.in_backward_s) / steps_done;
+        res->overlap = overlap_of(comm.early_floats, steps_done, m->n_params);
+    }
+    if (rc == AE_OK) report_phases(ctx, phase, steps_done, &comm, &sync, cfg->bucket_kib);
     if (ctx->rank == 0) metrics_close(&log);
     free(perm);
     return rc;

@@ -6,7 +6,8 @@ metrics_append; Python's csv module (an independent parser) reads them back:
 exact header, values equal to Python's own "%.9g" rendering of the inputs,
 NaN -> empty field, inf -> "inf", '\n' line ends.  Resuming drops rows with
 step > resume_step and a torn last line and keeps older rows byte for byte; a
-foreign header is refused.  PSNR is compared with numpy's
+file with the 7-column header of before issue 6 is resumed with its rows
+padded by empty fields; a foreign header is refused.  PSNR is compared with numpy's
 10*log10(1/mse) on real image pairs.  plot_loss.sh must produce a PNG that
 PIL verifies, of the requested size, and fail clearly on a missing CSV, a CSV
 without rows, or a missing gnuplot (a declared dependency: gnuplot-nox).
@@ -27,7 +28,10 @@ BUILD = os.environ.get("AESIM_BUILD", "build")
 TOOL = os.path.join(BUILD, "tests", "tool_metrics")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLOT = os.path.join(ROOT, "launch", "plot_loss.sh")
-HEADER = ["step", "epoch", "train_loss", "val_loss", "val_psnr_db", "images_per_s", "seconds"]
+HEADER = ["step", "epoch", "train_loss", "val_loss", "val_psnr_db", "images_per_s", "seconds",
+          "allreduce_ms", "comm_ms", "overlap"]
+# The header before issue 6 added the communication columns.
+HEADER_V1 = HEADER[:7]
 
 failures = []
 
@@ -39,7 +43,7 @@ def check(cond, what):
 
 
 def write(path, rows, resume=0, resume_step=0):
-    """rows: tuples (step, 6 floats); floats passed with repr() (exact)."""
+    """rows: tuples (step, 9 floats); floats passed with repr() (exact)."""
     text = "".join(" ".join([str(r[0])] + [repr(float(v)) for v in r[1:]]) + "\n" for r in rows)
     return subprocess.run([TOOL, "write", path, str(resume), str(resume_step)], input=text,
                           capture_output=True, text=True)
@@ -79,23 +83,24 @@ def rng_rows(rng, steps, val_every):
     for s in steps:
         val = s % val_every == 0
         mse = float(rng.uniform(1e-4, 0.1))
+        exposed, comm = float(rng.uniform(0.1, 5)), float(rng.uniform(5, 10))
         rows.append((s, s / 37.0, float(rng.uniform(1e-4, 0.1)) * 1.0000001, mse if val else math.nan,
                      10 * math.log10(1 / mse) if val else math.nan, float(rng.uniform(100, 5000)),
-                     s * 0.123456789))
+                     s * 0.123456789, exposed, comm, 1 - exposed / comm))
     return rows
 
 
 def test_roundtrip(tmp, rng):
     path = os.path.join(tmp, "m.csv")
     rows = rng_rows(rng, range(1, 8), 3)
-    rows.append((8, 8 / 37.0, 1e-30, 0.0, math.inf, 1e6, 1e-300))  # extremes and a perfect PSNR
+    rows.append((8, 8 / 37.0, 1e-30, 0.0, math.inf, 1e6, 1e-300, math.nan, math.nan, math.nan))  # extremes, perfect PSNR
     r = write(path, rows)
     check(r.returncode == 0, f"write: exit 0 ({r.stderr.strip()})")
     raw = open(path, "rb").read()
     check(b"\r" not in raw and raw.endswith(b"\n"), "write: '\\n' line ends, file ends with a newline")
     data = read_csv(path)
     check(data[0] == HEADER, f"write: header exactly {','.join(HEADER)} (got {data[0]})")
-    check(all(len(row) == 7 for row in data), "write: every row has 7 fields")
+    check(all(len(row) == 10 for row in data), "write: every row has 10 fields")
     check_rows(data[1:], rows, "write")
     check(data[2][3] == "" and data[2][4] == "" and data[3][3] != "", "write: NaN -> empty field only where NaN")
     check(data[8][4] == "inf" and float(data[8][4]) == math.inf, "write: +inf PSNR written as inf")
@@ -140,6 +145,20 @@ def test_resume(tmp, rng, path, rows):
     data = read_csv(fresh)
     check(r.returncode == 0 and len(data) == 2 and data[1][0] == str(rows[2][0]),
           "no resume: existing file replaced")
+
+    # A file of before issue 6 (7 columns): resumed, kept rows padded with
+    # empty fields for the 3 new columns, new rows complete.
+    old = os.path.join(tmp, "old.csv")
+    with open(old, "w") as f:
+        f.write(",".join(HEADER_V1) + "\n1,0.1,0.05,,,900,1.5\n2,0.2,0.04,0.03,15.2,950,3\n3,0.3,0.03,,,960,4.5\n")
+    new_rows = rng_rows(rng, [3, 4], 2)
+    r = write(old, new_rows, resume=1, resume_step=2)
+    data = read_csv(old)
+    check(r.returncode == 0 and data[0] == HEADER, f"resume on a 7-column file: new header ({r.stderr.strip()!r})")
+    check(data[1:3] == [["1", "0.1", "0.05", "", "", "900", "1.5", "", "", ""],
+                        ["2", "0.2", "0.04", "0.03", "15.2", "950", "3", "", "", ""]],
+          f"resume on a 7-column file: kept rows padded with 3 empty fields ({data[1:3]})")
+    check_rows(data[3:], new_rows, "resume on a 7-column file")
 
     # A foreign file is refused and left alone.
     foreign = os.path.join(tmp, "foreign.csv")

@@ -4,7 +4,8 @@
  *   tool_metrics write PATH RESUME RESUME_STEP
  *       metrics_open(PATH, RESUME, RESUME_STEP), then one metrics_append per
  *       stdin line "step epoch train_loss val_loss val_psnr_db images_per_s
- *       seconds" (doubles parsed with strtod: "nan" gives an empty field),
+ *       seconds allreduce_ms comm_ms overlap" (doubles parsed with strtod:
+ *       "nan" gives an empty field),
  *       then metrics_close.
  *   tool_metrics psnr MSE...
  *       prints metrics_psnr_db(MSE) with "%.17g", one per line.
@@ -18,6 +19,9 @@
 
 /* Longest stdin row accepted, bytes. */
 #define ROW_BYTES 1024
+/* Values after the step in a stdin row. */
+#define N_VALUES (METRICS_CSV_COLUMNS - 1)
+_Static_assert(N_VALUES == 9, "the sscanf and metrics_append calls below list 9 values");
 
 static int write_rows(const char *path, int resume, long long resume_step)
 {
@@ -31,15 +35,16 @@ static int write_rows(const char *path, int resume, long long resume_step)
     char line[ROW_BYTES];
     while (fgets(line, sizeof line, stdin)) {
         long long step;
-        char v[6][64];
-        if (sscanf(line, "%lld %63s %63s %63s %63s %63s %63s", &step, v[0], v[1], v[2], v[3], v[4], v[5]) != 7) {
+        char v[N_VALUES][64];
+        if (sscanf(line, "%lld %63s %63s %63s %63s %63s %63s %63s %63s %63s", &step, v[0], v[1], v[2], v[3], v[4],
+                   v[5], v[6], v[7], v[8]) != 1 + N_VALUES) {
             fprintf(stderr, "tool_metrics: bad input row: %s", line);
             metrics_close(&m);
             return 2;
         }
-        double d[6];
-        for (int i = 0; i < 6; i++) d[i] = strtod(v[i], NULL);
-        if (metrics_append(&m, (int64_t)step, d[0], d[1], d[2], d[3], d[4], d[5], &err)) {
+        double d[N_VALUES];
+        for (int i = 0; i < N_VALUES; i++) d[i] = strtod(v[i], NULL);
+        if (metrics_append(&m, (int64_t)step, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], &err)) {
             fprintf(stderr, "tool_metrics: %s: %s\n", err_name(err.code), err.msg);
             metrics_close(&m);
             return 1;
