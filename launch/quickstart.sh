@@ -30,7 +30,8 @@ cat <<MSG
 
 Outputs in $out/:
   checkpoint.npz         weights + optimizer state (numpy.load-able; resume with --resume $out/checkpoint.npz)
-  metrics.csv            step, epoch, train/val loss, val PSNR (dB), images/s, seconds
+  metrics.csv            step, epoch, train/val loss, val PSNR (dB), images/s, seconds,
+                         exposed allreduce ms, MPI ms during backward, overlap
   recon_epoch*.png       validation images (top row) over their reconstructions
   loss.png               loss curve
   db/                    vector database: manifest.json + shard-*.{vectors,ids,labels}.npy
