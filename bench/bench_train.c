@@ -19,9 +19,12 @@
  * giving per-layer forward / backward milliseconds (medians over the P
  * steps); the copy's gradients are checked bit-for-bit against
  * model_forward_backward first, so the profile times the same computation.
- * For each conv it also times its GEMMs alone (same M/N/K, per-thread
- * buffers, same threading as conv2d.c) to split GEMM time from im2col/col2im
- * and the rest.
+ * Then, for each conv, conv2d_forward and conv2d_backward alone under every
+ * convolution kernel the CPU runs (conv2d.h: generic = im2col + OpenBLAS,
+ * avx512 = im2col + aesim's AVX-512 GEMMs, direct = direct KxK AVX-512),
+ * same N, threads, fuse flags and scratch size as the model, on the model's
+ * own activations (time_conv_kernels; medians over P calls): the
+ * measurement behind the per-shape kernel choice of issue 6.
  *
  * FLOPs: 2 x multiply-adds of the convolutions (model_forward_flops);
  * training = 3 x forward (forward, input grad, weight grad).
@@ -38,8 +41,6 @@
 #include "bench_common.h"
 #include "check.h"
 #include "conv2d.h"
-#include "gemm.h"
-#include "gemm_avx512.h"
 #include "loss.h"
 #include "maxpool.h"
 #include "model.h"
@@ -51,10 +52,6 @@
 #include "threads.h"
 #include "timer.h"
 #include "upsample.h"
-
-#if AESIM_OMP
-#include <omp.h>
-#endif
 
 /* Seeds of the random batch and of the weights: any fixed values. */
 #define BENCH_DATA_SEED 6u
@@ -212,65 +209,75 @@ static void check_profiled_step(Model *m, const float *x, int N, double inv_coun
     free(ref);
 }
 
-/* Seconds of the GEMMs of conv layer L alone for N images on `nthreads`
- * threads, as conv2d.c issues them (conv2d.h: forward gemm_nn M=OC N=HW
- * K=CKK; backward gemm_nt M=OC N=CKK K=HW and, when need_dx, gemm_tn M=CKK
- * N=HW K=OC), each thread a contiguous block of images with single-threaded
- * BLAS and its own buffers (reused for all its images, so cache-warm: an
- * upper bound on what the GEMM part can reach), on the GEMM kernel the
- * layer's convolution runs (Conv2d.kernel).  *fwd, *bwd: seconds. */
-static void time_conv_gemms(const Layer *L, int N, int nthreads, int need_dx, int reps, double *fwd, double *bwd)
+/* Kernels the profile times for every conv (conv2d.h ConvKernel), in the
+ * order of the JSON "kernels" object. */
+static const ConvKernel PROFILE_KERNELS[] = { CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512, CONV_KERNEL_DIRECT };
+#define PROFILE_N_KERNELS ((int)(sizeof PROFILE_KERNELS / sizeof PROFILE_KERNELS[0]))
+
+/* 1 if this CPU/build runs kernel k itself for KxK convolutions (not a
+ * fallback to another kernel: conv2d_kernel_resolve). */
+static int kernel_runs(ConvKernel k, int K) { return conv2d_kernel_resolve(k, K) == k; }
+
+/* Seconds of conv2d_forward (fwd[j]) and conv2d_backward (bwd[j]) of conv
+ * layer i of m on N images, under each kernel PROFILE_KERNELS[j] the CPU runs
+ * (kernel_runs; the others get 0 = not run): median of `reps` timed calls
+ * after one untimed warm-up call of each, the kernels taking turns within
+ * each repetition so that load from other jobs spreads over all of them.
+ * Same thread count (m->nthreads), fuse flags and scratch size
+ * (conv2d_scratch_floats) as the model; the data are the model's own: the
+ * layer's input activations of the last forward (the previous layer's out,
+ * or x for layer 0) and, as dy, the gradient buffer m->dbuf[0] as the last
+ * backward left it.  The backward computes dx except for layer 0, as
+ * model_forward_backward does; y and dx go to m->dbuf[1], dw/db to private
+ * buffers, so m's activations and gradients are not changed (dbuf[1] is). */
+static void time_conv_kernels(Model *m, int i, const float *x, int N, int reps, double *fwd, double *bwd)
 {
-    const int OC = L->OC, HW = L->H * L->W, CKK = L->C * L->conv.K * L->conv.K;
-    int T = nthreads < N ? nthreads : N;
-    size_t per = (size_t)CKK * HW * 2 + (size_t)OC * HW + (size_t)OC * CKK;
-    float *buf = xcalloc(per * (size_t)T, sizeof(float));
-    float *w = xmalloc((size_t)OC * CKK * sizeof(float));
-    Rng rng;
-    rng_seed(&rng, BENCH_WEIGHT_SEED, 1);
-    for (size_t i = 0; i < (size_t)OC * CKK; i++) w[i] = rng_uniform_f32(&rng, -0.1f, 0.1f);
-    for (size_t i = 0; i < per * (size_t)T; i++) buf[i] = rng_uniform_f32(&rng, 0.0f, 1.0f);
-    const int avx = conv2d_kernel_resolve(L->conv.kernel, L->conv.K) == CONV_KERNEL_AVX512;
-    void (*nn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nn : gemm_nn;
-    void (*nt)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_nt : gemm_nt;
-    void (*tn)(float *, const float *, const float *, int, int, int, float) = avx ? gemm_avx512_tn : gemm_tn;
-    double best_f = 1e300, best_b = 1e300;
-    for (int r = 0; r < reps; r++) {
-        for (int dir = 0; dir < 2; dir++) {
+    const Layer *L = &m->layers[i];
+    Conv2d c = L->conv;
+    const size_t wn = (size_t)c.OC * c.C * c.K * c.K;
+    c.dw = xcalloc(wn + (size_t)c.OC, sizeof(float));
+    c.db = c.dw + wn;
+    const size_t scratch_n = conv2d_scratch_floats(&c, L->H, L->W, m->nthreads);
+    float *scratch = xcalloc(scratch_n, sizeof(float));
+    const float *in = i > 0 ? m->layers[i - 1].out : x;
+    const float *dy = m->dbuf[0];
+    float *out = m->dbuf[1]; /* y[N][OC][H][W], then dx[N][C][H][W] */
+    double *tf = xcalloc((size_t)PROFILE_N_KERNELS * reps, sizeof(double));
+    double *tb = xcalloc((size_t)PROFILE_N_KERNELS * reps, sizeof(double));
+    for (int r = -1; r < reps; r++) { /* r = -1: warm-up */
+        for (int j = 0; j < PROFILE_N_KERNELS; j++) {
+            if (!kernel_runs(PROFILE_KERNELS[j], c.K)) continue;
+            c.kernel = PROFILE_KERNELS[j];
             double t0 = timer_now();
-#if AESIM_OMP
-#pragma omp parallel num_threads(T)
-#endif
-            {
-#if AESIM_OMP
-                int t = omp_get_thread_num();
-#else
-                int t = 0;
-#endif
-                float *col = buf + per * (size_t)t, *dcol = col + (size_t)CKK * HW;
-                float *y = dcol + (size_t)CKK * HW, *dw = y + (size_t)OC * HW;
-                int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
-                for (int n = n0; n < n1; n++) {
-                    if (dir == 0) {
-                        nn(y, w, col, OC, HW, CKK, 0.0f);
-                    } else {
-                        nt(dw, y, col, OC, CKK, HW, 1.0f);
-                        if (need_dx) tn(dcol, w, y, CKK, HW, OC, 0.0f);
-                    }
-                }
+            conv2d_forward(out, in, &c, N, L->H, L->W, scratch, m->nthreads);
+            double t1 = timer_now();
+            conv2d_backward(i > 0 ? out : NULL, dy, in, &c, N, L->H, L->W, scratch, m->nthreads);
+            double t2 = timer_now();
+            if (r >= 0) {
+                tf[(size_t)j * reps + r] = t1 - t0;
+                tb[(size_t)j * reps + r] = t2 - t1;
             }
-            double t = timer_now() - t0;
-            if (dir == 0 && t < best_f) best_f = t;
-            if (dir == 1 && t < best_b) best_b = t;
         }
     }
-    *fwd = best_f;
-    *bwd = best_b;
-    free(buf);
-    free(w);
+    for (int j = 0; j < PROFILE_N_KERNELS; j++) {
+        int run = kernel_runs(PROFILE_KERNELS[j], c.K);
+        fwd[j] = run ? bench_median(tf + (size_t)j * reps, reps) : 0;
+        bwd[j] = run ? bench_median(tb + (size_t)j * reps, reps) : 0;
+    }
+    free(tf);
+    free(tb);
+    free(scratch);
+    free(c.dw);
 }
 
-/* Per-layer profile of P training steps on N images (one rank). */
+/* Per-layer profile of P training steps on N images (one rank).  Prints one
+ * JSON line per layer and per extra row (loss, Adam step, zero_grad):
+ * "kind": "layer", workload, index, desc, type (conv/maxpool/upsample/
+ * other), N C H W OC K, fwd_s/bwd_s (median seconds in the step), fwd_flop/
+ * bwd_flop, steps (P), threads; conv rows also: "kernel" (the kernel the
+ * step ran), "auto" (what CONV_KERNEL_AUTO runs for this K), "kernel_reps"
+ * (P) and "kernels": {"generic"|"avx512"|"direct": [fwd_s, bwd_s]} with the
+ * medians of time_conv_kernels for every kernel the CPU runs. */
 static void run_profile(const char *workload, Model *m, Optimizer *opt, const float *x, int N, int P)
 {
     const int nl = m->spec.n_layers, rows = nl + PROFILE_EXTRA_ROWS;
@@ -301,11 +308,12 @@ static void run_profile(const char *workload, Model *m, Optimizer *opt, const fl
         double fwd = bench_median(col, P);
         for (int s = 0; s < P; s++) col[s] = tb[(size_t)s * rows + i];
         double bwd = bench_median(col, P);
-        double ff = 0, fb = 0, gf = 0, gb = 0;
-        if (L && L->kind == LAYER_CONV) {
+        double ff = 0, fb = 0, kf[PROFILE_N_KERNELS], kb[PROFILE_N_KERNELS];
+        const int conv = L && L->kind == LAYER_CONV;
+        if (conv) {
             ff = conv_flops(L) * N;
             fb = ff * (i > 0 ? 2.0 : 1.0); /* weight grad, plus input grad except layer 0 */
-            time_conv_gemms(L, N, m->nthreads, i > 0, P, &gf, &gb);
+            time_conv_kernels(m, i, x, N, P, kf, kb);
         }
         printf("{\"kind\": \"layer\", \"workload\": ");
         bench_print_json_string(stdout, workload);
@@ -317,9 +325,23 @@ static void run_profile(const char *workload, Model *m, Optimizer *opt, const fl
                    L->H, L->W, L->OC, L->kind == LAYER_CONV ? L->conv.K : 0);
         else
             printf(", \"type\": \"other\"");
-        printf(", \"fwd_s\": %.6g, \"bwd_s\": %.6g, \"fwd_flop\": %.6g, \"bwd_flop\": %.6g, "
-               "\"gemm_fwd_s\": %.6g, \"gemm_bwd_s\": %.6g, \"steps\": %d}\n",
-               fwd, bwd, ff, fb, gf, gb, P);
+        printf(", \"fwd_s\": %.6g, \"bwd_s\": %.6g, \"fwd_flop\": %.6g, \"bwd_flop\": %.6g, \"steps\": %d, "
+               "\"threads\": %d",
+               fwd, bwd, ff, fb, P, m->nthreads);
+        if (conv) {
+            const int K = L->conv.K;
+            printf(", \"kernel\": \"%s\", \"auto\": \"%s\", \"kernel_reps\": %d, \"kernels\": {",
+                   conv2d_kernel_name(conv2d_kernel_resolve(L->conv.kernel, K)),
+                   conv2d_kernel_name(conv2d_kernel_resolve(CONV_KERNEL_AUTO, K)), P);
+            for (int j = 0, first = 1; j < PROFILE_N_KERNELS; j++) {
+                if (!kernel_runs(PROFILE_KERNELS[j], K)) continue;
+                printf("%s\"%s\": [%.6g, %.6g]", first ? "" : ", ", conv2d_kernel_name(PROFILE_KERNELS[j]), kf[j],
+                       kb[j]);
+                first = 0;
+            }
+            printf("}");
+        }
+        printf("}\n");
     }
     fflush(stdout);
     free(tf);
@@ -388,7 +410,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < m.spec.n_layers; i++)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;
     if (ctx.rank == 0)
-        fprintf(stderr, "bench_train: conv GEMM kernel %s (runs %s)\n", conv2d_kernel_name(kernel),
+        fprintf(stderr, "bench_train: conv kernel %s (runs %s)\n", conv2d_kernel_name(kernel),
                 conv2d_kernel_name(conv2d_kernel_resolve(kernel, 3)));
     AdamConfig adam = ADAM_CONFIG_DEFAULT;
     Optimizer opt;

@@ -14,8 +14,11 @@ Tables:
      t_min / t_measured, so 100% = running at the machine's limit;
   2. aesim ranks x threads (data-parallel MPI vs OpenMP);
   3. every PyTorch variant timed (setting x malloc environment);
-  4. the per-layer profile of aesim's imagenet64 training step, with the
-     GEMM-only time of every conv and PyTorch's time for the same conv;
+  4. the per-layer profile of aesim's training step (each profiled
+     workload), PyTorch's time for the same conv, and per conv layer the
+     time of every convolution kernel (generic / avx512 / direct), the
+     fastest and AUTO's choice, with a sentence generated from those
+     numbers saying which kernel wins for which shapes;
   5. the machine (CPU, cores, OpenBLAS, versions, date, load average).
 Does not: measure anything, or judge whether a number is good (the reader
 does; the notes only restate what the numbers say).
@@ -202,12 +205,89 @@ def torch_table(recs, lim):
     return out
 
 
-def profile_section(recs):
-    layers = [r for r in recs if r["kind"] == "layer"]
-    if not layers:
-        return []
-    w = layers[0]["workload"]
-    layers = [r for r in layers if r["workload"] == w]
+# Convolution kernels of conv2d.h, in the order of the kernel table.
+KERNEL_ORDER = ("generic", "avx512", "direct")
+KERNEL_DESC = {"generic": "im2col + OpenBLAS sgemm", "avx512": "im2col + aesim's AVX-512 GEMMs",
+               "direct": "direct KxK AVX-512, no im2col"}
+
+
+def kernel_totals(r):
+    """{kernel: fwd + bwd seconds} of a conv row's per-kernel times."""
+    return {k: v[0] + v[1] for k, v in r.get("kernels", {}).items()}
+
+
+def kernel_table(convs):
+    """Per conv layer: fwd+bwd ms under each kernel, the fastest, its GFLOP/s,
+    what AUTO runs and AUTO's time over the fastest."""
+    names = [k for k in KERNEL_ORDER if any(k in r["kernels"] for r in convs)]
+    names += sorted({k for r in convs for k in r["kernels"]} - set(names))
+    out = ["| # | Layer | " + " | ".join(f"{k} ms: fwd+bwd (fwd / bwd)" for k in names)
+           + " | fastest | its GFLOP/s | AUTO runs | AUTO ÷ fastest |",
+           "|---|---|" + "---|" * (len(names) + 4)]
+    for r in convs:
+        tot = kernel_totals(r)
+        best = min(tot, key=tot.get)
+        cells = []
+        for k in names:
+            if k not in r["kernels"]:
+                cells.append("– (not run on this CPU)")
+                continue
+            f, b = r["kernels"][k]
+            c = f"{1e3 * (f + b):.2f} ({1e3 * f:.2f} / {1e3 * b:.2f})"
+            cells.append(f"**{c}**" if k == best else c)
+        auto = r.get("auto", "?")
+        ratio = f"{tot[auto] / tot[best]:.2f}" if auto in tot else "–"
+        out.append(f"| {r['index']} | {r['desc']} | " + " | ".join(cells) + f" | {best} | "
+                   f"{(r['fwd_flop'] + r['bwd_flop']) / tot[best] * 1e-9:.1f} | {auto} | {ratio} |")
+    return out
+
+
+def kernel_bullet(convs):
+    """One sentence, from the numbers: which kernel is fastest (fwd+bwd) for
+    which layer shapes, by how much, and what AUTO's choice costs."""
+    shapes = {}  # desc -> rows with that shape (same desc = same C, OC, H, W, K, activation)
+    for r in convs:
+        shapes.setdefault(r["desc"], []).append(r)
+    wins = {}
+    for desc, rows in shapes.items():
+        tot = {}
+        for r in rows:
+            for k, v in kernel_totals(r).items():
+                tot[k] = tot.get(k, 0.0) + v
+        ranked = sorted(tot, key=tot.get)
+        idx = ", ".join(f"#{r['index']}" for r in rows)
+        if len(ranked) > 1:
+            gain = f"{tot[ranked[1]] / tot[ranked[0]]:.2f}x faster than {ranked[1]}"
+        else:
+            gain = "the only kernel run"
+        wins.setdefault(ranked[0], []).append(f"{desc} ({idx}; {gain})")
+    order = sorted(wins, key=lambda k: -len(wins[k]))
+    parts = [f"{k} on {len(wins[k])} of {len(shapes)} shapes: " + ", ".join(wins[k]) for k in order]
+    split = []
+    for r in convs:
+        ks = r["kernels"]
+        if len(ks) > 1:
+            bf, bb = min(ks, key=lambda k: ks[k][0]), min(ks, key=lambda k: ks[k][1])
+            if bf != bb:
+                split.append(f"#{r['index']} (forward: {bf}, backward: {bb})")
+    auto_t = sum(kernel_totals(r).get(r.get("auto"), float("nan")) for r in convs)
+    best_t = sum(min(kernel_totals(r).values()) for r in convs)
+    autos = sorted({r.get("auto", "?") for r in convs})
+    lost = [r for r in convs if r.get("auto") in r["kernels"]
+            and kernel_totals(r)[r["auto"]] > min(kernel_totals(r).values())]
+    text = ("- fastest convolution kernel per layer shape (conv2d_forward + conv2d_backward alone, medians): "
+            + "; ".join(parts) + ". ")
+    if split:
+        text += "The forward and backward winners differ on " + ", ".join(split) + ". "
+    text += (f"AUTO ({'/'.join(autos)} on this CPU) is the fastest on {len(convs) - len(lost)} of {len(convs)} "
+             f"conv layers; all convs take {1e3 * auto_t:.1f} ms with AUTO's choice against "
+             f"{1e3 * best_t:.1f} ms with the fastest kernel per layer"
+             + (f" ({100 * (auto_t / best_t - 1):.0f}% more)" if auto_t > best_t else ""))
+    return text
+
+
+def profile_workload(recs, w, threads, heading):
+    layers = [r for r in recs if r["kind"] == "layer" and r["workload"] == w and r.get("threads") == threads]
     tl = [r for r in recs if r["kind"] == "torch_layer" and r["workload"] == w]
     tsetting = f"{tl[0]['setting']}, {tl[0]['env']}" if tl else ""
 
@@ -217,55 +297,79 @@ def profile_section(recs):
                 return t["seconds_per_call"]
         return None
 
+    convs = [r for r in layers if r.get("type") == "conv"]
+    timed = [r for r in convs if r.get("kernels")]
+    ran = sorted({r["kernel"] for r in convs if "kernel" in r})
     total = sum(r["fwd_s"] + r["bwd_s"] for r in layers)
-    out = [f"Workload: {w}, one rank; medians over {layers[0]['steps']} profiled steps. "
+    nthr = "" if threads is None else f" x {threads} thread{'s' if threads > 1 else ''}"
+    out = ([f"### {w}, 1 rank{nthr}", ""] if heading else []) + [
+           f"Workload: {w}, one rank{nthr}; medians over {layers[0]['steps']} profiled steps"
+           + (f"; the convolutions ran the {'/'.join(ran)} kernel" if ran else "") + ". "
            "GFLOP/s = 2 x MACs / time (backward = weight grad + input grad, no input grad for layer 0). "
-           "GEMM only = the same GEMM calls (same M/N/K, same threading) timed alone on cache-warm buffers: "
-           "the rest of a conv's time is im2col / col2im, bias, activation and partial-sum reduction. "
            + (f"PyTorch = torch.profiler time per call of aten::convolution / aten::convolution_backward for "
               f"the same shape ({tsetting}; two layers with one shape share the average)." if tl else ""),
            "",
-           "| # | Layer | fwd ms | fwd GFLOP/s | GEMM-only fwd GFLOP/s | bwd ms | bwd GFLOP/s | "
-           "GEMM-only bwd GFLOP/s | PyTorch fwd / bwd ms | share of step |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    conv_t = gemm_t = 0.0
+           "| # | Layer | fwd ms | fwd GFLOP/s | bwd ms | bwd GFLOP/s | PyTorch fwd / bwd ms | share of step |",
+           "|---|---|---|---|---|---|---|---|"]
+    conv_t = 0.0
     for r in layers:
         f_ms, b_ms = 1e3 * r["fwd_s"], 1e3 * r["bwd_s"]
         conv = r.get("type") == "conv"
         gf = f"{r['fwd_flop'] / r['fwd_s'] * 1e-9:.1f}" if conv else ""
         gb = f"{r['bwd_flop'] / r['bwd_s'] * 1e-9:.1f}" if conv else ""
-        ggf = f"{r['fwd_flop'] / r['gemm_fwd_s'] * 1e-9:.1f}" if conv and r["gemm_fwd_s"] else ""
-        ggb = f"{r['bwd_flop'] / r['gemm_bwd_s'] * 1e-9:.1f}" if conv and r["gemm_bwd_s"] else ""
         tt = ""
         if conv and tl:
             tf, tb = torch_time(r, "fwd"), torch_time(r, "bwd")
             tt = f"{1e3 * tf:.1f} / {1e3 * tb:.1f}" if tf is not None and tb is not None else "?"
         if conv:
             conv_t += r["fwd_s"] + r["bwd_s"]
-            gemm_t += r["gemm_fwd_s"] + r["gemm_bwd_s"]
         bwd = f"{b_ms:.2f}" if r.get("type") != "other" else ""
-        out.append(f"| {r['index']} | {r['desc']} | {f_ms:.2f} | {gf} | {ggf} | {bwd} | {gb} | {ggb} | {tt} | "
+        out.append(f"| {r['index']} | {r['desc']} | {f_ms:.2f} | {gf} | {bwd} | {gb} | {tt} | "
                    f"{100 * (r['fwd_s'] + r['bwd_s']) / total:.1f}% |")
-    out.append(f"| | total | | | | | | | | {1e3 * total:.0f} ms |")
+    out.append(f"| | total | | | | | | {1e3 * total:.0f} ms |")
+    if timed:
+        names = sorted({k for r in timed for k in r["kernels"]},
+                       key=lambda k: KERNEL_ORDER.index(k) if k in KERNEL_ORDER else len(KERNEL_ORDER))
+        reps = timed[0].get("kernel_reps", layers[0]["steps"])
+        out += ["", "Convolution kernels per layer shape (issue 6: the algorithm per shape, by measurement): "
+                "each conv's conv2d_forward and conv2d_backward timed alone under every kernel this CPU runs ("
+                + "; ".join(f"{k} = {KERNEL_DESC.get(k, k)}" for k in names) + "), "
+                f"same N, threads, fused ReLU and scratch as in the step, on the step's own activations and a "
+                f"gradient buffer; median of {reps} calls after one warm-up, kernels taking turns. "
+                "These times exclude the unfused activations (sigmoid) that the layer rows above include. "
+                "Fastest in bold; AUTO = the kernel conv2d runs when none is forced (CONV_KERNEL_AUTO).", ""]
+        out += kernel_table(timed)
+    elif convs:
+        out += ["", "(No per-kernel times in these results: written by a bench_train that did not time each "
+                "convolution kernel.)"]
     top = sorted(layers, key=lambda r: -(r["fwd_s"] + r["bwd_s"]))[:3]
-    out += ["", "Read from the profile:",
-            f"- convolutions take {100 * conv_t / total:.0f}% of the step; their GEMMs alone would take "
-            f"{100 * gemm_t / conv_t:.0f}% of that conv time, so {100 * (1 - gemm_t / conv_t):.0f}% of conv time "
-            f"is outside the GEMMs (im2col/col2im, bias, activations, reductions);",
-            "- the three most expensive layers: " + "; ".join(
-                f"#{r['index']} {r['desc']} {1e3 * (r['fwd_s'] + r['bwd_s']):.0f} ms" for r in top) + ";",
-            f"- pooling and upsampling: {100 * sum(r['fwd_s'] + r['bwd_s'] for r in layers if r.get('type') in ('maxpool', 'upsample')) / total:.1f}% of the step."]
+    pool_t = sum(r["fwd_s"] + r["bwd_s"] for r in layers if r.get("type") in ("maxpool", "upsample"))
+    bullets = [f"- convolutions take {100 * conv_t / total:.0f}% of the step",
+               "- the three most expensive layers: " + "; ".join(
+                   f"#{r['index']} {r['desc']} {1e3 * (r['fwd_s'] + r['bwd_s']):.0f} ms" for r in top),
+               f"- pooling and upsampling: {100 * pool_t / total:.1f}% of the step"]
+    if timed:
+        bullets.append(kernel_bullet(timed))
     if tl:
         slow = []
-        for r in layers:
-            if r.get("type") != "conv":
-                continue
+        for r in convs:
             tf, tb = torch_time(r, "fwd"), torch_time(r, "bwd")
             if tf and tb:
                 slow.append(((r["fwd_s"] + r["bwd_s"]) / (tf + tb), r))
         slow.sort(key=lambda x: -x[0])
-        out.append("- aesim ÷ PyTorch time per conv (fwd+bwd), worst first: " + "; ".join(
-            f"#{r['index']} {r['desc']} {x:.1f}x" for x, r in slow[:5]) + ".")
+        bullets.append("- aesim ÷ PyTorch time per conv (fwd+bwd), worst first: " + "; ".join(
+            f"#{r['index']} {r['desc']} {x:.1f}x" for x, r in slow[:5]))
+    out += ["", "Read from the profile:"] + [b + (";" if i + 1 < len(bullets) else ".") for i, b in enumerate(bullets)]
+    return out
+
+
+def profile_section(recs):
+    """One profile per workload and thread count with layer rows (bench_train
+    --profile; rows without "threads" come from older runs)."""
+    runs = list(dict.fromkeys((r["workload"], r.get("threads")) for r in recs if r["kind"] == "layer"))
+    out = []
+    for w, t in runs:
+        out += ([""] if out else []) + profile_workload(recs, w, t, len(runs) > 1)
     return out
 
 

@@ -18,7 +18,9 @@
 #             threads (and 1), at the start and again at the end
 #   train     imagenet64 / imagenet32 / mnist presets, global batch 128:
 #             aesim 1 rank x T threads and T ranks x 1 thread (mpirun);
-#             PyTorch as installed and tuned (settings x malloc environments)
+#             PyTorch as installed and tuned (settings x malloc environments);
+#             per-layer profiles of both, with every aesim conv also timed
+#             under each convolution kernel (bench_train --profile)
 #   encode    imagenet64 encoder, batch 256
 #   knn       exact k=10 L2 search, N=1,000,000: d=512 with 3 calls of 1,000
 #             queries (BENCH_KNN_LARGE_NQ, e.g. 10000/3 for the issue's full
@@ -155,9 +157,11 @@ train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer pr
     run_torch "$preset" train "$tmp/$preset.npy" "$steps" "$warm" --profile "$prof"
 }
 
+# Every preset is profiled: the per-layer kernel timings of the report then
+# cover every conv shape the presets use (issue 6: kernel per layer shape).
 train_one imagenet64 "$steps64" "$warm64" "$profile"
-train_one imagenet32 "$steps32" "$warm32" 0
-train_one mnist "$stepsmn" "$warmmn" 0
+train_one imagenet32 "$steps32" "$warm32" "$profile"
+train_one mnist "$stepsmn" "$warmmn" "$profile"
 
 echo "== encode imagenet64 B=$enc_batch"
 load "encode imagenet64"
