@@ -1,7 +1,8 @@
 /*
  * knn.h - exact k-nearest-neighbour search of float32 vectors: the core of
  * aesim-search.  One shard (this rank's slice of the database) is searched
- * with blocked cblas_sgemm distances and per-query top-k heaps; shards are
+ * with a float32 SIMD pre-scan (few queries) or blocked sgemm distances
+ * (many queries), per-query top-k heaps and exact re-scoring; shards are
  * combined by a k-way merge, on one process (knn_merge) or over MPI ranks
  * (knn_search_sharded, through par.h only).
  *
@@ -18,25 +19,50 @@
  * for IP (topk.h).
  *
  * Exactness (why results do not depend on blocking, threads or shards):
- * a GEMM distance ||q||^2 + ||x||^2 - 2 q.x moves by a few ulps with the
- * block shape and the BLAS kernel, which could reorder near-ties between
- * runs on 1, 2 or 3 ranks.  So the GEMM pass only nominates the best
- * k + KNN_RESCORE_MARGIN candidates per query; each candidate is re-scored
- * with the fixed-order direct loop below, and the top k of the re-scored
- * values is kept.  Re-scored distance (the value reported):
+ * every reported value is the fixed-order re-scored distance
  *   L2: (float) sum_{d=0}^{D-1} ((double)q_d - (double)x_d)^2
  *   IP: (float) sum_{d=0}^{D-1} (double)q_d * (double)x_d
- * accumulated in double in the order d = 0..D-1, then rounded to float.
- * A rounding-error bound of the float GEMM (|error| <= (D+4) u (|q|+|x|)^2
- * for L2, (D+2) u |q||x| for IP, u = 2^-24, times a safety factor) then
- * proves that no row outside the candidates can beat the k-th re-scored
- * result; if the proof fails for a query (many near-ties at the k-th
- * place), that query is re-scored against the whole shard with the same
- * direct loop.  Either way the result is the top k of the re-scored values
- * over all eligible rows: a pure function of the data, identical for any
- * block size, thread count, BLAS or split of the database into shards.
- * Small problems (one query, or a shard of at most k + KNN_RESCORE_MARGIN
- * rows) skip the GEMM and use the direct loop for every row.
+ * accumulated in double in the order d = 0..D-1, then rounded to float, and
+ * every result list is the top k of those values over all eligible rows
+ * (ties by id).  The fast passes only NOMINATE candidates; a rounding-error
+ * bound then proves that no other row can enter the top k, and when the
+ * proof fails for a query (many near-ties at the k-th place) that query is
+ * re-scored against the whole shard with the direct loop.  So the result is
+ * a pure function of the data, identical for any block size, thread count,
+ * BLAS, CPU (AVX-512 or not) or split of the database into shards.  The
+ * passes, chosen by knn_search_local:
+ *   - GEMM pass (KNN_SCAN_MAX_QUERIES queries or more, or D > 2^20): float
+ *     ||q||^2 + ||x||^2 - 2 q.x from blocked sgemm tiles (it moves by a few
+ *     ulps with the block shape and BLAS kernel); nominates the best
+ *     k + KNN_RESCORE_MARGIN rows per query; bound |error| <=
+ *     (D+4) u (|q|+|x|)^2 for L2, (D+2) u |q||x| for IP, u = 2^-24, times a
+ *     safety factor (the dot-product bound of Higham, Accuracy and Stability
+ *     of Numerical Algorithms, ch. 3, plus the roundings of the norms).
+ *   - Float pre-scan (fewer queries, the common case of one query): each
+ *     row is streamed once and its float32 distance computed directly,
+ *     L2 as fl(sum_d (q_d - x_d)^2) (all terms >= 0: the error is relative,
+ *     |f - S| <= gamma_n S with n = ceil(D/16) + 17, about 42 u S for
+ *     D = 392), IP as fl(sum_d q_d x_d) with |f - P| <= gamma_n |q| |x|
+ *     (row norms from the same pass); AVX-512 kernel when the CPU has it.
+ *     Rows are split over the threads in chunks; each thread keeps the best
+ *     k + KNN_RESCORE_MARGIN rows per query by float value; all threads'
+ *     candidates are re-scored, and the proof compares each full heap's
+ *     worst float value, widened by the bound (knn_scan.h, which derives it
+ *     from Higham ch. 3), with the k-th re-scored value.
+ *   - Direct loop only (shards of at most k + KNN_RESCORE_MARGIN rows, where
+ *     nothing could be excluded): the re-scored value of every row.
+ * Range search uses the same passes with the radius in place of the k-th
+ * value: rows whose bound keeps them possibly within the radius are
+ * re-scored, and only re-scored values are compared with the radius.
+ *
+ * Valid input: every component finite and every query and (eligible)
+ * database row of squared norm at most KNN_MAX_NORM2, so that no distance,
+ * score or float partial sum can overflow float32 (otherwise reported
+ * distances would be inf and their order meaningless).  Queries are checked
+ * up front; database rows inside the pass that reads them anyway (the
+ * pre-scan's float norms, the GEMM pass's double norms), so the check costs
+ * no extra read of the shard; a flagged row is then checked exactly and
+ * named in the error.  Rows masked out are never read, hence not checked.
  *
  * Follows faiss/utils/distances.cpp (exhaustive_L2sqr_blas: query-block x
  * database-block sgemm tiles, norms, clamp at 0; exhaustive_*_seq direct
@@ -50,15 +76,18 @@
  * (each thread owns its queries' heaps: owner-writes), so the sgemm calls are
  * made INSIDE the OpenMP loop and BLAS must be single-threaded when
  * nthreads > 1 (threads.h sets OpenBLAS to 1 thread by default; BLAS and
- * OpenMP never nest).  The direct path runs OpenMP over queries, or over
- * row ranges when there are fewer queries than threads.  No global state: calls on different data may run
- * concurrently.
+ * OpenMP never nest).  The pre-scan runs OpenMP over chunks of rows (each
+ * thread owns its heaps, merged after the loop); the exact fallback scan of
+ * one query splits its rows over the threads; the direct loop of small
+ * shards runs OpenMP over queries.  No global state: calls on different data
+ * may run concurrently.
  * MPI: only knn_search_sharded communicates, through par.h; the rest is
  * rank-local.
  */
 #ifndef AESIM_KNN_H
 #define AESIM_KNN_H
 
+#include <float.h>
 #include <stdint.h>
 
 #include "err.h"
@@ -70,11 +99,23 @@ typedef enum {
     KNN_IP = 1  /* inner product, larger is better */
 } KnnMetric;
 
-/* Extra candidates per query nominated by the GEMM pass and re-scored
- * exactly (see "Exactness" above).  With 16, no query of the random-data
+/* Extra candidates per query (per thread for the pre-scan) nominated by
+ * the GEMM pass or the pre-scan and re-scored exactly (see "Exactness"
+ * above).  With 16, no query of the random-data
  * cases of tests/test_knn.c needs the fallback full re-scan; exact ties and
  * cancellation beyond the margin are still handled (by the fallback). */
 #define KNN_RESCORE_MARGIN 16
+
+/* Queries per call from which the GEMM pass replaces the float pre-scan
+ * (see "Exactness"; measured in src/knn.c, where the numbers are). */
+#define KNN_SCAN_MAX_QUERIES 32
+
+/* Largest squared norm (sum_d v_d^2, in double) of a query or database
+ * vector: FLT_MAX / 64, about 5.3e36 (norm about 2.3e18).  Then every L2
+ * distance is at most (|q| + |x|)^2 <= FLT_MAX / 16 and every inner product
+ * at most FLT_MAX / 64 in magnitude, and no float partial sum of the passes
+ * can overflow.  Larger vectors are refused with AE_ENUMERIC. */
+#define KNN_MAX_NORM2 ((double)FLT_MAX / 64.0)
 
 /* One shard of the database, borrowed (never freed or modified by knn.c).
  * Global id of row j (0 <= j < M): ids[j] if ids != NULL, else id_offset + j
@@ -110,6 +151,17 @@ TopKOrder knn_metric_order(KnnMetric metric);
  * unchanged (as faiss normalize_L2).  n >= 0, D >= 1.  OpenMP over rows. */
 void knn_normalize(float *x, int64_t n, int D);
 
+/* Checks n vectors v[n][D] as knn_search_local checks its queries (knn.h
+ * "Valid input"), for callers that want the error to name their source
+ * (e.g. the query file) before searching.
+ *   what  names the source in the message, e.g. a file path
+ * Returns AE_OK, or AE_ENUMERIC for the first vector with a NaN or infinite
+ * component or a squared norm (double) above KNN_MAX_NORM2:
+ * "<what>: vector i component d is NaN or infinite; hint: ..." or
+ * "<what>: vector i has squared norm X, above the limit ...; hint: ...".
+ * n >= 0, D >= 1. */
+int knn_check_vectors(const float *v, int64_t n, int D, const char *what, Err *err);
+
 /* Exact k-NN of Q queries against one shard.
  *   out      result, allocated here (topk_alloc): out->dist, out->ids of size
  *            Q*k, query i's list at [i*k .. i*k+k-1], sorted best first,
@@ -130,8 +182,15 @@ void knn_normalize(float *x, int64_t n, int D);
  *   AE_EARG      k <= 0, Q < 0, M < 0, unknown metric, id_offset < 0,
  *                id_offset + M overflowing int64, a negative explicit id;
  *   AE_ESHAPE    D <= 0;
- *   AE_ENUMERIC  a NaN or infinite component in q or x (names the row).
- * Out of memory aborts the job (check.h). */
+ *   AE_ENUMERIC  a NaN or infinite component, or a squared norm above
+ *                KNN_MAX_NORM2, in a query or an eligible database row
+ *                (names the query or row and the problem; masked-out rows
+ *                are not read).
+ * Out of memory aborts the job (check.h).
+ * Cost: Q < KNN_SCAN_MAX_QUERIES streams the shard once (float pre-scan, at
+ * memory bandwidth with AVX-512); more queries run the GEMM pass (one norms
+ * pass plus the sgemm tiles).  A query whose proof fails costs one exact
+ * double-precision scan of the shard more. */
 int knn_search_local(TopK *out, const float *q, int64_t Q, const KnnDb *db, int k, KnnMetric metric,
                      int nthreads, Err *err);
 
@@ -150,8 +209,9 @@ void knn_merge(TopK *out, const TopK *parts, int P, int k, KnnMetric metric);
 
 /* Range search of Q queries against one shard: every eligible row with
  * re-scored distance <= radius (KNN_L2) or score >= radius (KNN_IP).  The
- * GEMM pass keeps rows within the rounding-error bound of the radius and
- * re-scores them exactly, so the set is the same as a direct loop's.
+ * pre-scan (Q < KNN_SCAN_MAX_QUERIES) or GEMM pass keeps rows within the
+ * rounding-error bound of the radius and re-scores them exactly, so the set
+ * is the same as a direct loop's.
  *   out    allocated here (see KnnRange); freed by knn_range_free.  On error
  *          *out is zeroed, nothing allocated.
  *   radius finite threshold (squared distance for L2)

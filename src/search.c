@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -21,6 +20,7 @@
 #include "check.h"
 #include "fileio.h"
 #include "imgset.h"
+#include "knn.h"
 #include "npy.h"
 #include "png_io.h"
 #include "image_convert.h"
@@ -265,12 +265,9 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
         base = base ? base + 1 : cfg->queries;
         for (int64_t i = 0; i < Q; i++) {
             snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.400s#%lld", base, (long long)i);
-            for (int d = 0; d < D; d++)
-                if (!isfinite(qs->vec[(size_t)i * (size_t)D + (size_t)d]))
-                    return err_set(err, AE_ENUMERIC, "%s: query vector %lld holds NaN or Inf", cfg->queries,
-                                   (long long)i);
         }
-        return AE_OK;
+        /* NaN/Inf components and norms that would overflow the distances */
+        return knn_check_vectors(qs->vec, Q, D, cfg->queries, err);
     }
     const int C = m->spec.C, H = m->spec.H, W = m->spec.W;
     const size_t chw = (size_t)C * (size_t)H * (size_t)W;
