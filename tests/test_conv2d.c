@@ -11,7 +11,9 @@
  * For the direct kernels (pixel vectors of 16 lanes, tiles of 6 vectors x 4
  * channels): planes that are not a multiple of 16 pixels (vectors cross
  * rows and end in a tail), channel counts that leave tails in every tile
- * dimension (5, 6, 7, 9, 13), and K = 7 on 8x8 (taps reaching past rows).
+ * dimension (5, 6, 7, 9, 13), K = 7 on 8x8 (taps reaching past rows), and
+ * widths of 16, 32 and 48 (rows of whole vectors: the row-structured
+ * weight-gradient tiles, K = 3 and 5).
  * Fused ReLU (forward) and the ReLU mask of dx (backward) are checked
  * against the unfused results with every kernel.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
@@ -51,7 +53,7 @@ static const Shape FWD_SHAPES[] = {
 static const Shape BWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 2, 3, 6, 9, 5},
     {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3}, {3, 5, 6, 5, 5, 3},
-    {2, 7, 9, 4, 4, 3},
+    {2, 7, 9, 4, 4, 3}, {2, 3, 5, 4, 16, 3}, {1, 7, 6, 3, 32, 3}, {1, 2, 3, 5, 48, 5},
 };
 static const int NTHREADS[] = {1, 3};
 static const ConvKernel KERNELS[] = {CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512, CONV_KERNEL_DIRECT};
