@@ -8,6 +8,9 @@
  *     masked loads and 8 weight broadcasts: 24 FMAs per 11 loads.  Measured
  *     on one core (128 x 16->16 at 64x64): 3x8 122 GFLOP/s, 2x8 120, 4x6
  *     111, 6x4 100, 4x4 95 (fewer lane masks to keep in k registers wins);
+ *     a tap whose 3 vectors need no mask loads plainly (+10%); row-aligned
+ *     2x8 tiles with masks only on a row's edge vectors were slower (130
+ *     vs 138 at 64x64, equal at 32x32: fewer accumulators), so not used;
  *   weight gradient: WG_CO = 4 output channels x WG_CI = 6 input channels
  *     of accumulators (24) for one tap, fed per pixel vector by 4 loads of g
  *     and 6 masked loads of x; groups of WG_GROUP = 64 vectors (8 and 16
