@@ -1,7 +1,11 @@
 /*
  * bench_layers.c - milliseconds per call of the memory-bound layers
  * (issue 6): 2x2 max-pooling, 2x nearest upsampling, ReLU and sigmoid,
- * forward and backward, at the imagenet64 training shapes (batch 128).
+ * forward and backward, at the imagenet64 training shapes (batch 128); the
+ * pooling / upsampling backward with the ReLU backward fused
+ * (*_backward_relu) next to the two passes it replaces; and the output
+ * layer's loss + gradient, mse_sum + mse_backward + sigmoid_backward (three
+ * passes) against mse_sigmoid_backward (one).
  *
  * Each row: WARMUP_CALLS untimed calls, then --runs timed calls; prints the median
  * and min ms per call and the effective bandwidth = bytes that must move
@@ -25,6 +29,7 @@
 #include "act.h"
 #include "bench_common.h"
 #include "check.h"
+#include "loss.h"
 #include "maxpool.h"
 #include "timer.h"
 #include "upsample.h"
@@ -43,7 +48,15 @@
 #define MS_PER_S 1e3
 #define BYTES_PER_GB 1e9
 
-typedef enum Op { OP_POOL_FWD, OP_POOL_BWD, OP_UP_FWD, OP_UP_BWD, OP_RELU_FWD, OP_RELU_BWD, OP_SIG_FWD, OP_SIG_BWD } Op;
+typedef enum Op {
+    OP_POOL_FWD, OP_POOL_BWD, OP_UP_FWD, OP_UP_BWD, OP_RELU_FWD, OP_RELU_BWD, OP_SIG_FWD, OP_SIG_BWD,
+    OP_POOL_BWD_RELU2,  /* maxpool backward, then relu_backward over dx (model.c before issue 6's fusion) */
+    OP_POOL_BWD_RELU,   /* maxpool2x2_backward_relu */
+    OP_UP_BWD_RELU2,    /* upsample backward, then relu_backward over dx */
+    OP_UP_BWD_RELU,     /* upsample2x_backward_relu */
+    OP_LOSS3,           /* mse_sum + mse_backward + sigmoid_backward */
+    OP_LOSS1            /* mse_sigmoid_backward */
+} Op;
 
 typedef struct Row {
     Op op;
@@ -58,12 +71,20 @@ static const Row ROWS[] = {
     {OP_UP_FWD, "upsample fwd", 32, 16, 16},  {OP_UP_BWD, "upsample bwd", 32, 16, 16},
     {OP_RELU_FWD, "relu fwd", 16, 64, 64},    {OP_RELU_BWD, "relu bwd", 16, 64, 64},
     {OP_SIG_FWD, "sigmoid fwd", 3, 64, 64},   {OP_SIG_BWD, "sigmoid bwd", 3, 64, 64},
+    {OP_POOL_BWD_RELU2, "pool+relu 2p", 16, 64, 64}, {OP_POOL_BWD_RELU, "pool+relu 1p", 16, 64, 64},
+    {OP_POOL_BWD_RELU2, "pool+relu 2p", 32, 32, 32}, {OP_POOL_BWD_RELU, "pool+relu 1p", 32, 32, 32},
+    {OP_UP_BWD_RELU2, "up+relu 2p", 16, 32, 32},     {OP_UP_BWD_RELU, "up+relu 1p", 16, 32, 32},
+    {OP_UP_BWD_RELU2, "up+relu 2p", 32, 16, 16},     {OP_UP_BWD_RELU, "up+relu 1p", 32, 16, 16},
+    {OP_LOSS3, "mse+sig 3p", 3, 64, 64},             {OP_LOSS1, "mse+sig 1p", 3, 64, 64},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Buffers big enough for every row: a (input), b (output), c (second input). */
 typedef struct Bufs { float *a, *b, *c; } Bufs;
+
+/* Keeps the loss rows' sums observable (written, never read). */
+static volatile double g_sink;
 
 /* Implementation choice, as each module spells it. */
 typedef struct Kernels { MaxpoolKernel pool; UpsampleKernel up; ActKernel act; } Kernels;
@@ -85,6 +106,28 @@ static double run_once(const Row *r, int N, Bufs *m, Kernels k)
     case OP_RELU_BWD: relu_backward_kernel(m->b, m->c, m->a, n, k.act); return FLOAT_BYTES * 3 * n;
     case OP_SIG_FWD: sigmoid_forward_kernel(m->b, m->a, n, k.act); return FLOAT_BYTES * 2 * n;
     case OP_SIG_BWD: sigmoid_backward_kernel(m->b, m->c, m->a, n, k.act); return FLOAT_BYTES * 3 * n;
+    case OP_POOL_BWD_RELU2: /* a = x (layer input, the ReLU output), c = dy */
+        maxpool2x2_backward_kernel(m->b, m->c, m->a, N, r->C, r->H, r->W, k.pool);
+        relu_backward_kernel(m->b, m->b, m->a, n, k.act);
+        return FLOAT_BYTES * (2 * n + n / 4);
+    case OP_POOL_BWD_RELU:
+        maxpool2x2_backward_relu_kernel(m->b, m->c, m->a, N, r->C, r->H, r->W, k.pool);
+        return FLOAT_BYTES * (2 * n + n / 4);
+    case OP_UP_BWD_RELU2: /* a = x (n floats), c = dy (4n floats) */
+        upsample2x_backward_kernel(m->b, m->c, N, r->C, r->H, r->W, k.up);
+        relu_backward_kernel(m->b, m->b, m->a, n, k.act);
+        return FLOAT_BYTES * (4 * n + 2 * n);
+    case OP_UP_BWD_RELU:
+        upsample2x_backward_relu_kernel(m->b, m->c, m->a, N, r->C, r->H, r->W, k.up);
+        return FLOAT_BYTES * (4 * n + 2 * n);
+    case OP_LOSS3: /* a = y (output), c = t (target) */
+        g_sink = mse_sum(m->a, m->c, n);
+        mse_backward(m->b, m->a, m->c, n, 1.0 / (double)n);
+        sigmoid_backward_kernel(m->b, m->b, m->a, n, k.act);
+        return FLOAT_BYTES * 3 * n;
+    case OP_LOSS1:
+        g_sink = mse_sigmoid_backward(m->b, m->a, m->c, n, 1.0 / (double)n);
+        return FLOAT_BYTES * 3 * n;
     }
     return 0.0;
 }

@@ -123,9 +123,22 @@ static const char *layer_desc(char *buf, size_t len, const Layer *L)
     return buf;
 }
 
+/* Copy of model.c's relu_backward_fused (static there): 1 if layer i is a
+ * ReLU conv whose ReLU backward is applied by layer i+1's backward (a conv
+ * with CONV_FUSE_DX_RELU, a max-pool or an upsample). */
+static int relu_backward_fused(const Model *m, int i)
+{
+    if (i < 0 || i + 1 >= m->spec.n_layers || m->layers[i].kind != LAYER_CONV || m->layers[i].act != ACT_RELU)
+        return 0;
+    const Layer *next = &m->layers[i + 1];
+    return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
+}
+
 /* model_forward_backward with a timer around each layer: tf[i], tb[i]
  * receive layer i's forward / backward seconds, tf[n_layers] the loss
- * (mse_sum + mse_backward).  Must stay the same computation as
+ * (mse_sigmoid_backward: the loss, its gradient and the output sigmoid's
+ * backward, which the last conv's row therefore excludes; fused in one
+ * pass, issue 6).  Must stay the same computation as
  * model_forward_backward (checked by check_profiled_step). */
 static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
 {
@@ -158,9 +171,8 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
     const float *y = in;
     double t0 = timer_now();
     size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
-    double sse = mse_sum(y, x, numel);
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
-    mse_backward(g, y, x, numel, inv_count);
+    double sse = mse_sigmoid_backward(g, y, x, numel, inv_count);
     tf[n] = timer_now() - t0;
     for (int i = n - 1; i >= 0; i--) {
         Layer *L = &m->layers[i];
@@ -169,18 +181,21 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
         t0 = timer_now();
         switch (L->kind) {
         case LAYER_CONV:
-            if (L->act == ACT_SIGMOID)
-                sigmoid_backward(g, g, L->out, out_numel);
-            else if (!(i + 1 < n && m->layers[i + 1].kind == LAYER_CONV &&
-                       (m->layers[i + 1].conv.fuse & CONV_FUSE_DX_RELU)))
+            if (L->act == ACT_RELU && !relu_backward_fused(m, i))
                 relu_backward(g, g, L->out, out_numel);
             conv2d_backward(i > 0 ? gnext : NULL, g, lin, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
             break;
         case LAYER_MAXPOOL:
-            maxpool2x2_backward(gnext, g, lin, N, L->C, L->H, L->W);
+            if (relu_backward_fused(m, i - 1))
+                maxpool2x2_backward_relu(gnext, g, lin, N, L->C, L->H, L->W);
+            else
+                maxpool2x2_backward(gnext, g, lin, N, L->C, L->H, L->W);
             break;
         case LAYER_UPSAMPLE:
-            upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
+            if (relu_backward_fused(m, i - 1))
+                upsample2x_backward_relu(gnext, g, lin, N, L->C, L->H, L->W);
+            else
+                upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
             break;
         }
         tb[i] = timer_now() - t0;
@@ -303,7 +318,8 @@ static void run_profile(const char *workload, Model *m, Optimizer *opt, const fl
         if (L)
             layer_desc(desc, sizeof desc, L);
         else
-            snprintf(desc, sizeof desc, "%s", i == nl ? "mse loss" : i == nl + 1 ? "adam step" : "zero_grad");
+            snprintf(desc, sizeof desc, "%s",
+                     i == nl ? "mse loss+sigmoid bwd" : i == nl + 1 ? "adam step" : "zero_grad");
         for (int s = 0; s < P; s++) col[s] = tf[(size_t)s * rows + i];
         double fwd = bench_median(col, P);
         for (int s = 0; s < P; s++) col[s] = tb[(size_t)s * rows + i];

@@ -336,7 +336,7 @@ def profile_workload(recs, w, threads, heading):
                 + "; ".join(f"{k} = {KERNEL_DESC.get(k, k)}" for k in names) + "), "
                 f"same N, threads, fused ReLU and scratch as in the step, on the step's own activations and a "
                 f"gradient buffer; median of {reps} calls after one warm-up, kernels taking turns. "
-                "These times exclude the unfused activations (sigmoid) that the layer rows above include. "
+                "These times exclude the output layer's sigmoid, whose forward the layer rows above include (its backward is in the loss row). "
                 "Fastest in bold; AUTO = the kernel conv2d runs when none is forced (CONV_KERNEL_AUTO).", ""]
         out += kernel_table(timed)
     elif convs:

@@ -24,7 +24,8 @@
  *
  * Threading: OpenMP over the N*C planes (each thread writes whole planes),
  * serial for small inputs.
- * Not done here: other window sizes, strides, padding, ceil mode.
+ * Not done here: other window sizes, strides, padding, ceil mode; the ReLU
+ * itself (act.h; only its backward can be fused, maxpool2x2_backward_relu).
  */
 #ifndef AESIM_MAXPOOL_H
 #define AESIM_MAXPOOL_H
@@ -50,10 +51,23 @@ void maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W);
  * Same as maxpool2x2_backward_kernel(..., AUTO). */
 void maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
 
-/* maxpool2x2_forward / maxpool2x2_backward run with implementation k
- * (resolved by maxpool_kernel_resolve).  For tests and benchmarks. */
+/* maxpool2x2_backward fused with the backward of the ReLU that produced x
+ * (issue 6): when the forward input is x = relu(z), dx[N][C][H][W] receives
+ * dL/dz instead of dL/dx, in one pass.  Each window's dy goes to its winner
+ * (rules above) only if the winner's value is > 0; NaN, +-0 and negative
+ * winners give +0, as every other entry does.  Bit for bit the same as
+ * maxpool2x2_backward followed by relu_backward(dx, dx, x, N*C*H*W) (act.h:
+ * dx = y > 0 ? dy : +0), for any x (x >= 0 is not assumed).  dx must not
+ * overlap dy or x.  Same as maxpool2x2_backward_relu_kernel(..., AUTO). */
+void maxpool2x2_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
+
+/* maxpool2x2_forward / maxpool2x2_backward / maxpool2x2_backward_relu run
+ * with implementation k (resolved by maxpool_kernel_resolve).  For tests
+ * and benchmarks. */
 void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, int W, MaxpoolKernel k);
 void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
                                 MaxpoolKernel k);
+void maxpool2x2_backward_relu_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                     MaxpoolKernel k);
 
 #endif

@@ -13,7 +13,8 @@
  *
  * Threading: OpenMP over the N*C planes (each thread writes whole planes),
  * serial for small inputs.
- * Not done here: other scale factors, bilinear modes.
+ * Not done here: other scale factors, bilinear modes; the ReLU itself (act.h;
+ * only its backward can be fused, upsample2x_backward_relu).
  */
 #ifndef AESIM_UPSAMPLE_H
 #define AESIM_UPSAMPLE_H
@@ -38,9 +39,24 @@ void upsample2x_forward(float *y, const float *x, int N, int C, int H, int W);
  * backward; dx must not overlap dy.  Same as upsample2x_backward_kernel(..., AUTO). */
 void upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W);
 
-/* upsample2x_forward / upsample2x_backward run with implementation k
- * (resolved by upsample_kernel_resolve).  For tests and benchmarks. */
+/* upsample2x_backward fused with the backward of the ReLU that produced the
+ * forward input x[N][C][H][W] (issue 6): when x = relu(z), dx[N][C][H][W]
+ * receives dL/dz instead of dL/dx, in one pass:
+ *   dx[i] = x[i] > 0 ? (sum of its 2x2 block of dy, order above) : +0
+ * (NaN, +-0 and negative x give +0).  Bit for bit the same as
+ * upsample2x_backward followed by relu_backward(dx, dx, x, N*C*H*W) (act.h:
+ * dx = y > 0 ? dy : +0), for any x (x >= 0 is not assumed); a NaN sum may
+ * carry either NaN operand's payload, as in upsample2x_backward.  dx must
+ * not overlap dy or x.
+ * Same as upsample2x_backward_relu_kernel(..., AUTO). */
+void upsample2x_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
+
+/* upsample2x_forward / upsample2x_backward / upsample2x_backward_relu run
+ * with implementation k (resolved by upsample_kernel_resolve).  For tests
+ * and benchmarks. */
 void upsample2x_forward_kernel(float *y, const float *x, int N, int C, int H, int W, UpsampleKernel k);
 void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H, int W, UpsampleKernel k);
+void upsample2x_backward_relu_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                     UpsampleKernel k);
 
 #endif

@@ -9,7 +9,10 @@
  * "value > max or value is NaN", with compare masks; backward turns the
  * three "taken" masks into one winner mask per entry and interleaves the
  * four masked copies of dy back into the two dx rows).  Both only select
- * and copy values, never compute them, so they agree bit for bit.  Row
+ * and copy values, never compute them, so they agree bit for bit.
+ * Backward with the ReLU fused (maxpool2x2_backward_relu) also drops each
+ * window's dy when the window's maximum, the winner's value, is not > 0:
+ * one more compare on the maximum both paths already have.  Row
  * tails (W/2 not a multiple of 16) use masked loads and stores: nothing
  * outside the rows is read or written.
  * The AVX-512 code is compiled with GCC/Clang target("avx512f") attributes
@@ -70,8 +73,9 @@ static void forward_plane_scalar(float *yp, const float *xp, int H, int W)
     }
 }
 
-/* Portable backward of one plane: dxp[H][W] from dyp[H/2][W/2] and xp[H][W]. */
-static void backward_plane_scalar(float *dxp, const float *dyp, const float *xp, int H, int W)
+/* Portable backward of one plane: dxp[H][W] from dyp[H/2][W/2] and xp[H][W];
+ * relu != 0: with the ReLU backward fused (a winner that is not > 0 gets +0). */
+static void backward_plane_scalar(float *dxp, const float *dyp, const float *xp, int H, int W, int relu)
 {
     const int OH = H / 2, OW = W / 2;
     for (int oh = 0; oh < OH; oh++) {
@@ -80,7 +84,8 @@ static void backward_plane_scalar(float *dxp, const float *dyp, const float *xp,
             float m;
             const int arg = window_argmax(xp + top + 2 * ow, xp + top + W + 2 * ow, &m);
             float *d0 = dxp + top + 2 * ow, *d1 = d0 + W;
-            const float g = dyp[(size_t)oh * OW + ow];
+            /* m is the winner's value: relu_backward's rule on it. */
+            const float g = relu && !(m > 0.0f) ? 0.0f : dyp[(size_t)oh * OW + ow];
             d0[0] = arg == 0 ? g : 0.0f;
             d0[1] = arg == 1 ? g : 0.0f;
             d1[0] = arg == 2 ? g : 0.0f;
@@ -164,20 +169,25 @@ TARGET_AVX512 static void forward_row_avx512(float *y, const float *r0, const fl
 }
 
 /* dx rows d0, d1 (2*ow floats each) of the windows of x rows r0, r1: g[j]
- * at each window's winner, +0 elsewhere. */
+ * at each window's winner, +0 elsewhere; relu != 0: +0 also at winners
+ * whose value (the window maximum) is not > 0. */
 TARGET_AVX512 static void backward_row_avx512(float *d0, float *d1, const float *g, const float *r0, const float *r1,
-                                              int ow)
+                                              int ow, int relu)
 {
     const __m512i zlo = _mm512_loadu_si512(IDX_ZIP_LO), zhi = _mm512_loadu_si512(IDX_ZIP_HI);
+    const __m512 zero = _mm512_setzero_ps();
     for (int j = 0; j < ow; j += LANES) {
         const int n = ow - j < LANES ? ow - j : LANES;
         const __mmask16 m0 = lane_mask(2 * n), m1 = lane_mask(2 * n - LANES);
         __mmask16 tb, tc, td;
-        (void)windows_max(load_windows(r0 + 2 * j, r1 + 2 * j, n), &tb, &tc, &td);
+        const __m512 m = windows_max(load_windows(r0 + 2 * j, r1 + 2 * j, n), &tb, &tc, &td);
+        /* Lanes whose dy is kept: all n, or (ReLU fused) those with m > 0. */
+        __mmask16 keep = lane_mask(n);
+        if (relu) keep = (__mmask16)(keep & _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ));
         /* The winner is the last entry that took over. */
         const __mmask16 wd = td, wc = (__mmask16)(tc & ~td), wb = (__mmask16)(tb & ~(tc | td));
         const __mmask16 wa = (__mmask16)~(tb | tc | td);
-        const __m512 gv = _mm512_maskz_loadu_ps(lane_mask(n), g + j);
+        const __m512 gv = _mm512_maskz_loadu_ps(keep, g + j);
         const __m512 ga = _mm512_maskz_mov_ps(wa, gv), gb = _mm512_maskz_mov_ps(wb, gv);
         const __m512 gc = _mm512_maskz_mov_ps(wc, gv), gd = _mm512_maskz_mov_ps(wd, gv);
         _mm512_mask_storeu_ps(d0 + 2 * j, m0, _mm512_permutex2var_ps(ga, zlo, gb));
@@ -198,12 +208,12 @@ TARGET_AVX512 static void forward_plane_avx512(float *yp, const float *xp, int H
 }
 
 /* AVX-512 backward of one plane (same contract as backward_plane_scalar). */
-TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, const float *xp, int H, int W)
+TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, const float *xp, int H, int W, int relu)
 {
     const int OH = H / 2, OW = W / 2;
     for (int oh = 0; oh < OH; oh++) {
         const size_t top = (size_t)(2 * oh) * W;
-        backward_row_avx512(dxp + top, dxp + top + W, dyp + (size_t)oh * OW, xp + top, xp + top + W, OW);
+        backward_row_avx512(dxp + top, dxp + top + W, dyp + (size_t)oh * OW, xp + top, xp + top + W, OW, relu);
     }
 }
 
@@ -241,8 +251,10 @@ void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, in
     }
 }
 
-void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
-                                MaxpoolKernel k)
+/* maxpool2x2_backward_kernel (relu = 0) and maxpool2x2_backward_relu_kernel
+ * (relu = 1). */
+static void backward_all(float *dx, const float *dy, const float *x, int N, int C, int H, int W, MaxpoolKernel k,
+                         int relu)
 {
     assert(N >= 1 && C >= 1 && H >= 2 && W >= 2 && H % 2 == 0 && W % 2 == 0);
     const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = in_plane / 4;
@@ -256,12 +268,24 @@ void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int 
         float *dxp = dx + pc * in_plane;
 #if MAXPOOL_HAVE_AVX512
         if (vec) {
-            backward_plane_avx512(dxp, dyp, xp, H, W);
+            backward_plane_avx512(dxp, dyp, xp, H, W, relu);
             continue;
         }
 #endif
-        backward_plane_scalar(dxp, dyp, xp, H, W);
+        backward_plane_scalar(dxp, dyp, xp, H, W, relu);
     }
+}
+
+void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                MaxpoolKernel k)
+{
+    backward_all(dx, dy, x, N, C, H, W, k, 0);
+}
+
+void maxpool2x2_backward_relu_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                     MaxpoolKernel k)
+{
+    backward_all(dx, dy, x, N, C, H, W, k, 1);
 }
 
 void maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W)
@@ -272,4 +296,9 @@ void maxpool2x2_forward(float *y, const float *x, int N, int C, int H, int W)
 void maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int C, int H, int W)
 {
     maxpool2x2_backward_kernel(dx, dy, x, N, C, H, W, MAXPOOL_KERNEL_AUTO);
+}
+
+void maxpool2x2_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W)
+{
+    maxpool2x2_backward_relu_kernel(dx, dy, x, N, C, H, W, MAXPOOL_KERNEL_AUTO);
 }

@@ -285,12 +285,17 @@ void model_init_glorot(Model *m, uint64_t seed)
     }
 }
 
-/* 1 if the ReLU backward of conv layer i was already applied by layer i+1's
- * input gradient (CONV_FUSE_DX_RELU), so g arrives as dL/d(pre-activation). */
+/* 1 if layer i is a ReLU conv whose ReLU backward is applied by layer i+1's
+ * backward, so g arrives as dL/d(pre-activation): a conv's input gradient
+ * (CONV_FUSE_DX_RELU), or a max-pool or upsample run as
+ * maxpool2x2_backward_relu / upsample2x_backward_relu.  0 for any other
+ * layer (also i < 0 and the last layer). */
 static int relu_backward_fused(const Model *m, int i)
 {
-    return i + 1 < m->spec.n_layers && m->layers[i + 1].kind == LAYER_CONV &&
-           (m->layers[i + 1].conv.fuse & CONV_FUSE_DX_RELU);
+    if (i < 0 || i + 1 >= m->spec.n_layers || m->layers[i].kind != LAYER_CONV || m->layers[i].act != ACT_RELU)
+        return 0;
+    const Layer *next = &m->layers[i + 1];
+    return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
 }
 
 /* Runs layers [0, n) on x[N]; returns the output of layer n-1. */
@@ -361,29 +366,35 @@ double model_forward_backward_hooked(Model *m, const float *x, int N, double inv
     size_t done = m->n_params; /* grads [done, n_params) are final */
     const float *y = forward_layers(m, x, N, n);
     size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
-    double sse = mse_sum(y, x, numel);
-    /* g holds dL/d(output of layer i) as we walk back. */
+    /* g holds dL/d(output of layer i) as we walk back; the loss gradient
+     * comes with the backward of the output sigmoid (the last layer, a
+     * sigmoid conv by model_parse), so layer n-1 gets dL/d(pre-activation). */
+    assert(m->layers[n - 1].kind == LAYER_CONV && m->layers[n - 1].act == ACT_SIGMOID);
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
-    mse_backward(g, y, x, numel, inv_count);
+    double sse = mse_sigmoid_backward(g, y, x, numel, inv_count);
     for (int i = n - 1; i >= 0; i--) {
         Layer *L = &m->layers[i];
         const float *in = i > 0 ? m->layers[i - 1].out : x;
         size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
         switch (L->kind) {
         case LAYER_CONV:
-            if (L->act == ACT_SIGMOID)
-                sigmoid_backward(g, g, L->out, out_numel);
-            else if (!relu_backward_fused(m, i))
+            if (L->act == ACT_RELU && !relu_backward_fused(m, i))
                 relu_backward(g, g, L->out, out_numel);
             /* The input gradient of the first layer is never needed. */
             conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
             done = (size_t)(L->conv.dw - m->grads);
             break;
-        case LAYER_MAXPOOL:
-            maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
+        case LAYER_MAXPOOL: /* with layer i-1's ReLU backward when it is a ReLU conv */
+            if (relu_backward_fused(m, i - 1))
+                maxpool2x2_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
+            else
+                maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
             break;
         case LAYER_UPSAMPLE:
-            upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
+            if (relu_backward_fused(m, i - 1))
+                upsample2x_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
+            else
+                upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
             break;
         }
         float *t = g;

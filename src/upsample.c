@@ -6,8 +6,11 @@
  * (each input row of 16 floats becomes 32 with two _mm512_permutexvar_ps,
  * stored to both output rows); backward splits the even and odd columns of
  * two dy rows with _mm512_permutex2var_ps and adds ((a + b) + c) + d lane by
- * lane, the C code's order, so both give the same bits.  Row tails use
- * masked loads and stores: nothing outside the rows is read or written.
+ * lane, the C code's order, so both give the same bits.  Backward with the
+ * ReLU fused (upsample2x_backward_relu) also reads the input x and keeps a
+ * sum only where x > 0 (a select after the same sum, in both paths).  Row
+ * tails use masked loads and stores: nothing outside the rows is read or
+ * written.
  * The AVX-512 code is compiled with GCC/Clang target("avx512f") attributes
  * and only called when __builtin_cpu_supports says the CPU has AVX-512F.
  *
@@ -44,15 +47,24 @@ static void forward_plane_scalar(float *yp, const float *xp, int H, int W)
     }
 }
 
-/* Portable backward of one plane: dxp[H][W] from dyp[2H][2W]. */
-static void backward_plane_scalar(float *dxp, const float *dyp, int H, int W)
+/* Portable backward of one plane: dxp[H][W] from dyp[2H][2W]; xp[H][W] not
+ * NULL: with the ReLU backward fused (+0 where xp is not > 0). */
+static void backward_plane_scalar(float *dxp, const float *dyp, const float *xp, int H, int W)
 {
     const size_t OW = 2 * (size_t)W;
     for (int i = 0; i < H; i++) {
         const float *r0 = dyp + (size_t)(2 * i) * OW, *r1 = r0 + OW;
         float *d = dxp + (size_t)i * W;
         /* Row-major order over the block, as PyTorch's CPU backward adds. */
-        for (int j = 0; j < W; j++) d[j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+        if (!xp) {
+            for (int j = 0; j < W; j++) d[j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+            continue;
+        }
+        const float *xr = xp + (size_t)i * W;
+        for (int j = 0; j < W; j++) {
+            const float s = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+            d[j] = xr[j] > 0.0f ? s : 0.0f;  /* relu_backward's rule */
+        }
     }
 }
 
@@ -101,12 +113,14 @@ TARGET_AVX512 static void forward_plane_avx512(float *yp, const float *xp, int H
 }
 
 /* AVX-512 backward of one plane (same contract as backward_plane_scalar). */
-TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, int H, int W)
+TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, const float *xp, int H, int W)
 {
     const size_t OW = 2 * (size_t)W;
     const __m512i ev = _mm512_loadu_si512(IDX_EVEN), od = _mm512_loadu_si512(IDX_ODD);
+    const __m512 zero = _mm512_setzero_ps();
     for (int i = 0; i < H; i++) {
         const float *r0 = dyp + (size_t)(2 * i) * OW, *r1 = r0 + OW;
+        const float *xr = xp ? xp + (size_t)i * W : NULL;
         float *d = dxp + (size_t)i * W;
         for (int j = 0; j < W; j += LANES) {
             const int n = W - j < LANES ? W - j : LANES;
@@ -116,6 +130,10 @@ TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, in
             __m512 s = _mm512_add_ps(_mm512_permutex2var_ps(t0, ev, t1), _mm512_permutex2var_ps(t0, od, t1));
             s = _mm512_add_ps(s, _mm512_permutex2var_ps(u0, ev, u1));
             s = _mm512_add_ps(s, _mm512_permutex2var_ps(u0, od, u1));
+            if (xr) {  /* ReLU fused: keep the lanes where x > 0 */
+                const __mmask16 pos = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(lane_mask(n), xr + j), zero, _CMP_GT_OQ);
+                s = _mm512_maskz_mov_ps(pos, s);
+            }
             _mm512_mask_storeu_ps(d + j, lane_mask(n), s);
         }
     }
@@ -155,7 +173,9 @@ void upsample2x_forward_kernel(float *y, const float *x, int N, int C, int H, in
     }
 }
 
-void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H, int W, UpsampleKernel k)
+/* upsample2x_backward_kernel (x = NULL) and upsample2x_backward_relu_kernel
+ * (x = the forward input). */
+static void backward_all(float *dx, const float *dy, const float *x, int N, int C, int H, int W, UpsampleKernel k)
 {
     assert(N >= 1 && C >= 1 && H >= 1 && W >= 1);
     const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = 4 * in_plane;
@@ -165,16 +185,28 @@ void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H,
 #pragma omp parallel for schedule(static) if (planes * in_plane >= UPSAMPLE_OMP_MIN_ELEMS)
 #endif
     for (size_t pc = 0; pc < planes; pc++) {
-        const float *dyp = dy + pc * out_plane;
+        const float *dyp = dy + pc * out_plane, *xp = x ? x + pc * in_plane : NULL;
         float *dxp = dx + pc * in_plane;
 #if UPSAMPLE_HAVE_AVX512
         if (vec) {
-            backward_plane_avx512(dxp, dyp, H, W);
+            backward_plane_avx512(dxp, dyp, xp, H, W);
             continue;
         }
 #endif
-        backward_plane_scalar(dxp, dyp, H, W);
+        backward_plane_scalar(dxp, dyp, xp, H, W);
     }
+}
+
+void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H, int W, UpsampleKernel k)
+{
+    backward_all(dx, dy, NULL, N, C, H, W, k);
+}
+
+void upsample2x_backward_relu_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                     UpsampleKernel k)
+{
+    assert(x);
+    backward_all(dx, dy, x, N, C, H, W, k);
 }
 
 void upsample2x_forward(float *y, const float *x, int N, int C, int H, int W)
@@ -185,4 +217,9 @@ void upsample2x_forward(float *y, const float *x, int N, int C, int H, int W)
 void upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W)
 {
     upsample2x_backward_kernel(dx, dy, N, C, H, W, UPSAMPLE_KERNEL_AUTO);
+}
+
+void upsample2x_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W)
+{
+    upsample2x_backward_relu_kernel(dx, dy, x, N, C, H, W, UPSAMPLE_KERNEL_AUTO);
 }

@@ -13,6 +13,14 @@
  * a value if it is > the max or NaN); and windows hand-checked with PyTorch
  * 1.13 (two NaNs: the gradient goes to the LAST one; signed zeros) hold for
  * both implementations.
+ * Issue 6 (ReLU backward fused, maxpool2x2_backward_relu): for each
+ * implementation, the same bits as its maxpool2x2_backward followed by
+ * relu_backward (act.h, both of its implementations) and as the naive
+ * reference above followed by "x > 0 ? dx : 0", on the special-value inputs
+ * (NaN, +-inf, +-0, ties, negatives) and on ReLU outputs (windows of zeros),
+ * every row-tail width, with guards; the public function on the OpenMP
+ * path; and central finite differences of L = sum(r * maxpool(relu(z))) in
+ * double with respect to z.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +31,7 @@
 
 #include <cmocka.h>
 
+#include "act.h"
 #include "check.h"
 #include "maxpool.h"
 #include "naive_ref.h"
@@ -403,6 +412,151 @@ static void test_nan_and_signed_zero_match_pytorch(void **state)
     }
 }
 
+/* ---- issue 6: ReLU backward fused into the max-pooling backward ---------- */
+
+/* dx = relu_backward(maxpool backward) the unfused way with kernel k and
+ * ReLU implementation a: two passes. */
+static void unfused_relu_backward(float *dx, const float *dy, const float *x, int N, int C, int H, int W,
+                                  MaxpoolKernel k, ActKernel a)
+{
+    maxpool2x2_backward_kernel(dx, dy, x, N, C, H, W, k);
+    relu_backward_kernel(dx, dx, x, (size_t)N * C * H * W, a);
+}
+
+/* Runs maxpool2x2_backward_relu_kernel into dx (pre-filled with fill bits,
+ * followed by a guard) and checks the guard. */
+static void run_fused(float *dx, const float *dy, const float *x, int N, int C, int H, int W, MaxpoolKernel k,
+                      uint32_t fill)
+{
+    const size_t ni = (size_t)N * C * H * W;
+    fill_bits(dx, ni, fill);
+    fill_bits(dx + ni, GUARD_FLOATS, GUARD_BITS);
+    maxpool2x2_backward_relu_kernel(dx, dy, x, N, C, H, W, k);
+    float guard[GUARD_FLOATS];
+    fill_bits(guard, GUARD_FLOATS, GUARD_BITS);
+    assert_true(same_bits("fused dx guard", dx + ni, guard, GUARD_FLOATS));
+}
+
+/* x for the fused tests: special values (relu_out = 0), or the ReLU of them
+ * as the model feeds it (relu_out = 1: many windows of +0, ties at 0, NaN). */
+static void fill_fused_x(float *x, size_t n, uint64_t *seed, int relu_out)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float v = special_value(seed);
+        x[i] = relu_out && !(v > 0.0f) && !isnan(v) ? 0.0f : v;  /* torch.relu: NaN passes */
+    }
+}
+
+static void test_backward_relu_matches_unfused_bitwise(void **state)
+{
+    (void)state;
+    const MaxpoolKernel kernels[2] = {MAXPOOL_KERNEL_SCALAR, MAXPOOL_KERNEL_AVX512};
+    const ActKernel acts[2] = {ACT_KERNEL_SCALAR, ACT_KERNEL_AVX512};
+    const uint32_t fills[2] = {FILL_BITS_A, FILL_BITS_B};
+    const int nk = maxpool_kernel_resolve(MAXPOOL_KERNEL_AVX512) == MAXPOOL_KERNEL_AVX512 ? 2 : 1;
+    if (nk == 1) printf("  (no AVX-512F on this CPU/build: only the scalar fused max-pool is checked)\n");
+    uint64_t seed = 800;
+    for (int relu_out = 0; relu_out < 2; relu_out++)
+        for (size_t pi = 0; pi < COUNT(PLANE_SHAPES); pi++)
+            for (size_t hi = 0; hi < COUNT(TAIL_HEIGHTS); hi++)
+                for (size_t wi = 0; wi < COUNT(TAIL_WIDTHS); wi++) {
+                    const int N = PLANE_SHAPES[pi][0], C = PLANE_SHAPES[pi][1];
+                    const int H = TAIL_HEIGHTS[hi], W = TAIL_WIDTHS[wi];
+                    const size_t ni = (size_t)N * C * H * W, no = ni / 4;
+                    float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+                    float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
+                    float *ref = xmalloc(sizeof(float) * ni), *dx = xmalloc(sizeof(float) * (ni + GUARD_FLOATS));
+                    fill_fused_x(x, ni, &seed, relu_out);
+                    for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+                    /* Naive: PyTorch's loop, then relu_backward's rule written out. */
+                    naive_pool(yn, dxn, dy, x, N, C, H, W);
+                    for (size_t i = 0; i < ni; i++) dxn[i] = x[i] > 0.0f ? dxn[i] : 0.0f;
+                    for (int k = 0; k < nk; k++) {
+                        run_fused(dx, dy, x, N, C, H, W, kernels[k], fills[k]);
+                        char name[128];
+                        snprintf(name, sizeof name, "fused dx kernel %d vs naive N%d C%d %dx%d relu_out %d",
+                                 (int)kernels[k], N, C, H, W, relu_out);
+                        assert_true(same_bits(name, dx, dxn, ni));
+                        for (int a = 0; a < nk; a++) {
+                            unfused_relu_backward(ref, dy, x, N, C, H, W, kernels[k], acts[a]);
+                            snprintf(name, sizeof name, "fused vs unfused kernel %d relu %d N%d C%d %dx%d relu_out %d",
+                                     (int)kernels[k], (int)acts[a], N, C, H, W, relu_out);
+                            assert_true(same_bits(name, dx, ref, ni));
+                        }
+                    }
+                    free(x); free(dy); free(yn); free(dxn); free(ref); free(dx);
+                }
+}
+
+/* The public functions on shapes including the OpenMP path: fused ==
+ * maxpool2x2_backward then relu_backward, bit for bit. */
+static void test_public_backward_relu_matches_unfused(void **state)
+{
+    (void)state;
+    static const Shape FUSED_SHAPES[] = {{1, 1, 2, 2}, {2, 3, 10, 34}, {4, 8, 64, 64}, {3, 7, 32, 32}};
+    uint64_t seed = 900;
+    for (size_t k = 0; k < COUNT(FUSED_SHAPES); k++) {
+        const Shape s = FUSED_SHAPES[k];
+        const size_t ni = in_count(s), no = out_count(s);
+        float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+        float *dx = xmalloc(sizeof(float) * ni), *ref = xmalloc(sizeof(float) * ni);
+        fill_fused_x(x, ni, &seed, (int)(k % 2));
+        for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+        fill_nan(dx, ni);
+        maxpool2x2_backward_relu(dx, dy, x, s.N, s.C, s.H, s.W);
+        maxpool2x2_backward(ref, dy, x, s.N, s.C, s.H, s.W);
+        relu_backward(ref, ref, x, ni);
+        char name[96];
+        snprintf(name, sizeof name, "public fused vs unfused N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(same_bits(name, dx, ref, ni));
+        free(x); free(dy); free(dx); free(ref);
+    }
+}
+
+/* Pre-activations z for the finite differences: distinct values, none
+ * within FUSED_FD_MIN_ABS of the ReLU's kink at 0 (> REF_FD_EPS). */
+#define FUSED_FD_MIN_ABS 0.005f
+
+typedef struct FusedFdCtx { Shape s; double *zd, *xd, *rd, *yd; } FusedFdCtx;
+
+/* L(z) = sum(r * maxpool(relu(z))) in double. */
+static double fused_fd_loss(void *ctx)
+{
+    FusedFdCtx *c = ctx;
+    const size_t ni = in_count(c->s);
+    ref_relu(c->xd, c->zd, ni);
+    ref_maxpool2x2(c->yd, c->xd, c->s.N, c->s.C, c->s.H, c->s.W);
+    return ref_dot(c->rd, c->yd, out_count(c->s));
+}
+
+static void test_backward_relu_matches_finite_differences(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < COUNT(FD_SHAPES); k++) {
+        const Shape s = FD_SHAPES[k];
+        const size_t ni = in_count(s), no = out_count(s);
+        uint64_t seed = 1000 + k;
+        float *z = xmalloc(sizeof(float) * ni), *x = xmalloc(sizeof(float) * ni);
+        float *r = xmalloc(sizeof(float) * no), *dz = xmalloc(sizeof(float) * ni);
+        FusedFdCtx c = {s, xmalloc(sizeof(double) * ni), xmalloc(sizeof(double) * ni), xmalloc(sizeof(double) * no),
+                        xmalloc(sizeof(double) * no)};
+        double *g = xmalloc(sizeof(double) * ni), *tmp = xmalloc(sizeof(double) * ni);
+        fill_distinct(z, ni, &seed);  /* about half negative: whole windows of relu(z) = 0 */
+        for (size_t i = 0; i < ni; i++) z[i] += FUSED_FD_MIN_ABS;
+        test_fill_uniform(r, no, &seed, -1.0f, 1.0f);
+        ref_to_double(c.zd, z, ni);
+        ref_to_double(c.rd, r, no);
+        ref_grad_fd(g, c.zd, ni, fused_fd_loss, &c, REF_FD_EPS);
+        relu_forward(x, z, ni);
+        fill_nan(dz, ni);
+        maxpool2x2_backward_relu(dz, r, x, s.N, s.C, s.H, s.W);
+        char name[128];
+        snprintf(name, sizeof name, "fused dz vs finite differences N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(ref_check(name, dz, g, ni, FD_ATOL, FD_RTOL, tmp));
+        free(z); free(x); free(r); free(dz); free(c.zd); free(c.xd); free(c.rd); free(c.yd); free(g); free(tmp);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +567,9 @@ int main(void)
         cmocka_unit_test(test_avx512_matches_scalar_bitwise),
         cmocka_unit_test(test_public_matches_naive_special_values),
         cmocka_unit_test(test_nan_and_signed_zero_match_pytorch),
+        cmocka_unit_test(test_backward_relu_matches_unfused_bitwise),
+        cmocka_unit_test(test_public_backward_relu_matches_unfused),
+        cmocka_unit_test(test_backward_relu_matches_finite_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,14 @@
  * writes past its output; and both match a naive float reference written
  * here (forward: copies; backward: ((dy00 + dy01) + dy10) + dy11, the
  * documented order).
+ * Issue 6 (ReLU backward fused, upsample2x_backward_relu): for each
+ * implementation, the same bits (NaN sums: any payload) as its
+ * upsample2x_backward followed by relu_backward (act.h, both of its
+ * implementations) and as the naive reference above followed by
+ * "x > 0 ? dx : 0", with x special values (NaN, +-inf, +-0, negatives) or
+ * ReLU outputs, every row-tail width, with guards; the public function on
+ * the OpenMP path; and central finite differences of
+ * L = sum(r * upsample(relu(z))) in double with respect to z.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +27,7 @@
 
 #include <cmocka.h>
 
+#include "act.h"
 #include "check.h"
 #include "naive_ref.h"
 #include "testutil.h"
@@ -288,6 +297,133 @@ static void test_public_large_matches_naive_bitwise(void **state)
     free(x); free(dy); free(y); free(dx); free(yn); free(dxn);
 }
 
+/* ---- issue 6: ReLU backward fused into the upsampling backward ----------- */
+
+/* x for the fused tests: special values (relu_out = 0), or the ReLU of them
+ * as the model feeds it (relu_out = 1: many +0, NaN passes). */
+static void fill_fused_x(float *x, size_t n, uint64_t *seed, int relu_out)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float v = special_value(seed);
+        x[i] = relu_out && !(v > 0.0f) && !isnan(v) ? 0.0f : v;
+    }
+}
+
+static void test_backward_relu_matches_unfused_bitwise(void **state)
+{
+    (void)state;
+    const UpsampleKernel kernels[2] = {UPSAMPLE_KERNEL_SCALAR, UPSAMPLE_KERNEL_AVX512};
+    const ActKernel acts[2] = {ACT_KERNEL_SCALAR, ACT_KERNEL_AVX512};
+    const uint32_t fills[2] = {FILL_BITS_A, FILL_BITS_B};
+    const int nk = upsample_kernel_resolve(UPSAMPLE_KERNEL_AVX512) == UPSAMPLE_KERNEL_AVX512 ? 2 : 1;
+    if (nk == 1) printf("  (no AVX-512F on this CPU/build: only the scalar fused upsampling is checked)\n");
+    float guard[GUARD_FLOATS];
+    fill_bits(guard, GUARD_FLOATS, GUARD_BITS);
+    uint64_t seed = 800;
+    for (int relu_out = 0; relu_out < 2; relu_out++)
+        for (size_t pi = 0; pi < COUNT(PLANE_SHAPES); pi++)
+            for (size_t hi = 0; hi < COUNT(TAIL_HEIGHTS); hi++)
+                for (size_t wi = 0; wi < COUNT(TAIL_WIDTHS); wi++) {
+                    const int N = PLANE_SHAPES[pi][0], C = PLANE_SHAPES[pi][1];
+                    const int H = TAIL_HEIGHTS[hi], W = TAIL_WIDTHS[wi];
+                    const size_t ni = (size_t)N * C * H * W, no = 4 * ni;
+                    float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+                    float *dxn = xmalloc(sizeof(float) * ni), *ref = xmalloc(sizeof(float) * ni);
+                    float *dx = xmalloc(sizeof(float) * (ni + GUARD_FLOATS));
+                    fill_fused_x(x, ni, &seed, relu_out);
+                    for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+                    naive_up_backward(dxn, dy, N, C, H, W);
+                    for (size_t i = 0; i < ni; i++) dxn[i] = x[i] > 0.0f ? dxn[i] : 0.0f;  /* relu_backward's rule */
+                    for (int k = 0; k < nk; k++) {
+                        fill_bits(dx, ni, fills[k]);
+                        fill_bits(dx + ni, GUARD_FLOATS, GUARD_BITS);
+                        upsample2x_backward_relu_kernel(dx, dy, x, N, C, H, W, kernels[k]);
+                        assert_true(same_bits("fused dx guard", dx + ni, guard, GUARD_FLOATS, 0));
+                        char name[128];
+                        snprintf(name, sizeof name, "fused dx kernel %d vs naive N%d C%d %dx%d relu_out %d",
+                                 (int)kernels[k], N, C, H, W, relu_out);
+                        assert_true(same_bits(name, dx, dxn, ni, 1));
+                        for (int a = 0; a < nk; a++) {
+                            upsample2x_backward_kernel(ref, dy, N, C, H, W, kernels[k]);
+                            relu_backward_kernel(ref, ref, x, ni, acts[a]);
+                            snprintf(name, sizeof name, "fused vs unfused kernel %d relu %d N%d C%d %dx%d relu_out %d",
+                                     (int)kernels[k], (int)acts[a], N, C, H, W, relu_out);
+                            assert_true(same_bits(name, dx, ref, ni, 1));
+                        }
+                    }
+                    free(x); free(dy); free(dxn); free(ref); free(dx);
+                }
+}
+
+/* The public functions on shapes including the OpenMP path: fused ==
+ * upsample2x_backward then relu_backward, bit for bit (NaN: any payload). */
+static void test_public_backward_relu_matches_unfused(void **state)
+{
+    (void)state;
+    static const Shape FUSED_SHAPES[] = {{1, 1, 1, 1}, {5, 3, 7, 5}, {4, 16, 32, 32}, {3, 7, 16, 33}};
+    uint64_t seed = 900;
+    for (size_t k = 0; k < COUNT(FUSED_SHAPES); k++) {
+        const Shape s = FUSED_SHAPES[k];
+        const size_t ni = in_count(s), no = out_count(s);
+        float *x = xmalloc(sizeof(float) * ni), *dy = xmalloc(sizeof(float) * no);
+        float *dx = xmalloc(sizeof(float) * ni), *ref = xmalloc(sizeof(float) * ni);
+        fill_fused_x(x, ni, &seed, (int)(k % 2));
+        for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
+        fill_nan(dx, ni);
+        upsample2x_backward_relu(dx, dy, x, s.N, s.C, s.H, s.W);
+        upsample2x_backward(ref, dy, s.N, s.C, s.H, s.W);
+        relu_backward(ref, ref, x, ni);
+        char name[96];
+        snprintf(name, sizeof name, "public fused vs unfused N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(same_bits(name, dx, ref, ni, 1));
+        free(x); free(dy); free(dx); free(ref);
+    }
+}
+
+/* Pre-activations z for the finite differences keep |z| >= this
+ * (> REF_FD_EPS), away from the ReLU's kink at 0. */
+#define FUSED_FD_MIN_ABS 0.01f
+
+typedef struct FusedFdCtx { Shape s; double *zd, *xd, *rd, *yd; } FusedFdCtx;
+
+/* L(z) = sum(r * upsample(relu(z))) in double. */
+static double fused_fd_loss(void *ctx)
+{
+    FusedFdCtx *c = ctx;
+    ref_relu(c->xd, c->zd, in_count(c->s));
+    ref_upsample2x(c->yd, c->xd, c->s.N, c->s.C, c->s.H, c->s.W);
+    return ref_dot(c->rd, c->yd, out_count(c->s));
+}
+
+static void test_backward_relu_matches_finite_differences(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < COUNT(FD_SHAPES); k++) {
+        const Shape s = FD_SHAPES[k];
+        const size_t ni = in_count(s), no = out_count(s);
+        uint64_t seed = 1000 + k;
+        float *z = xmalloc(sizeof(float) * ni), *x = xmalloc(sizeof(float) * ni);
+        float *r = xmalloc(sizeof(float) * no), *dz = xmalloc(sizeof(float) * ni);
+        FusedFdCtx c = {s, xmalloc(sizeof(double) * ni), xmalloc(sizeof(double) * ni), xmalloc(sizeof(double) * no),
+                        xmalloc(sizeof(double) * no)};
+        double *g = xmalloc(sizeof(double) * ni), *tmp = xmalloc(sizeof(double) * ni);
+        test_fill_uniform(z, ni, &seed, -1.0f, 1.0f);
+        for (size_t i = 0; i < ni; i++)
+            if (fabsf(z[i]) < FUSED_FD_MIN_ABS) z[i] = z[i] < 0 ? -FUSED_FD_MIN_ABS : FUSED_FD_MIN_ABS;
+        test_fill_uniform(r, no, &seed, -1.0f, 1.0f);
+        ref_to_double(c.zd, z, ni);
+        ref_to_double(c.rd, r, no);
+        ref_grad_fd(g, c.zd, ni, fused_fd_loss, &c, REF_FD_EPS);
+        relu_forward(x, z, ni);
+        fill_nan(dz, ni);
+        upsample2x_backward_relu(dz, r, x, s.N, s.C, s.H, s.W);
+        char name[128];
+        snprintf(name, sizeof name, "fused dz vs finite differences N%d C%d %dx%d", s.N, s.C, s.H, s.W);
+        assert_true(ref_check(name, dz, g, ni, BWD_ATOL, BWD_RTOL, tmp));
+        free(z); free(x); free(r); free(dz); free(c.zd); free(c.xd); free(c.rd); free(c.yd); free(g); free(tmp);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +432,9 @@ int main(void)
         cmocka_unit_test(test_backward_large_matches_block_sums),
         cmocka_unit_test(test_avx512_matches_scalar_bitwise),
         cmocka_unit_test(test_public_large_matches_naive_bitwise),
+        cmocka_unit_test(test_backward_relu_matches_unfused_bitwise),
+        cmocka_unit_test(test_public_backward_relu_matches_unfused),
+        cmocka_unit_test(test_backward_relu_matches_finite_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
