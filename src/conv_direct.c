@@ -350,6 +350,18 @@ typedef struct Segment {
     int v0, v1;
 } Segment;
 
+/* Adds a weight-gradient tile's accumulators acc[COB][CIB] (tap t, output
+ * channels o0.., input channels c0..) into the thread's partial
+ * part[KK][OC][C][LANES]. */
+#define WG_FLUSH()                                                                             \
+    do {                                                                                       \
+        _Pragma("GCC unroll 8") for (int o_ = 0; o_ < COB; o_++)                               \
+            _Pragma("GCC unroll 8") for (int c_ = 0; c_ < CIB; c_++) {                         \
+                float *pp_ = part + (((size_t)t * OC + o0 + o_) * C + c0 + c_) * LANES;        \
+                _mm512_store_ps(pp_, _mm512_add_ps(_mm512_load_ps(pp_), acc[o_][c_]));          \
+            }                                                                                  \
+    } while (0)
+
 /* Weight-gradient tile for tap t: acc[COB][CIB] over the pixel vectors of
  * segs[0..nseg), added into part[(t*OC + o)*C + c][LANES]. */
 INLINE_TARGET void tile_wgrad(const int COB, const int CIB, float *part, const float *g, const float *x,
@@ -396,13 +408,7 @@ INLINE_TARGET void tile_wgrad(const int COB, const int CIB, float *part, const f
             }
         }
     }
-#pragma GCC unroll 8
-    for (int o = 0; o < COB; o++)
-#pragma GCC unroll 8
-        for (int c = 0; c < CIB; c++) {
-            float *pp = part + (((size_t)t * OC + o0 + o) * C + c0 + c) * LANES;
-            _mm512_store_ps(pp, _mm512_add_ps(_mm512_load_ps(pp), acc[o][c]));
-        }
+    WG_FLUSH();
 }
 
 #define WG_CASE(co, ci)                                                                        \
@@ -483,13 +489,7 @@ INLINE_TARGET void tile_wgrad_rows(const int COB, const int CIB, float *part, co
             }
         }
     }
-#pragma GCC unroll 8
-    for (int o = 0; o < COB; o++)
-#pragma GCC unroll 8
-        for (int c = 0; c < CIB; c++) {
-            float *pp = part + (((size_t)t * OC + o0 + o) * C + c0 + c) * LANES;
-            _mm512_store_ps(pp, _mm512_add_ps(_mm512_load_ps(pp), acc[o][c]));
-        }
+    WG_FLUSH();
 }
 
 #define WGR_CASE(co, ci)                                                                       \

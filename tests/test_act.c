@@ -195,14 +195,6 @@ static void test_backward_large_matches_closed_form(void **state)
 
 /* ---- issue 6: AVX-512 vs scalar ------------------------------------------ */
 
-/* Floats after each output that no implementation may touch. */
-#define GUARD_FLOATS 64
-#define GUARD_BITS 0x7fbadbadu
-#define FILL_BITS_A 0xdeadbeefu
-#define FILL_BITS_B 0x12345678u
-#define QNAN_BITS 0x7fc00000u
-#define NAN_PAYLOAD_MASK 0x003fffffu
-#define SIGN_BIT 0x80000000u
 /* Largest subnormal float's bits. */
 #define SUBNORMAL_MAX_BITS 0x007fffffu
 /* Tail lengths 1..TAIL_MAX cover every remainder of the 16-float step. */
@@ -214,18 +206,6 @@ static void test_backward_large_matches_closed_form(void **state)
 
 typedef enum Op { OP_RELU_FWD, OP_RELU_BWD, OP_SIG_FWD, OP_SIG_BWD, OP_COUNT } Op;
 static const char *const OP_NAMES[OP_COUNT] = {"relu fwd", "relu bwd", "sigmoid fwd", "sigmoid bwd"};
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void fill_bits(float *a, size_t n, uint32_t bits)
-{
-    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
-}
 
 /* 1 if a and b hold the same bits, except that with any_nan a NaN matches
  * any NaN; otherwise prints the first difference, the input there and the

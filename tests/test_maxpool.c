@@ -202,28 +202,6 @@ static const int TAIL_WIDTHS[] = {2, 4, 6, 8, 14, 16, 28, 30, 32, 34, 64};
 static const int PLANE_SHAPES[][2] = {{1, 1}, {1, 3}, {3, 5}};
 /* Heights: one window row, and several. */
 static const int TAIL_HEIGHTS[] = {2, 6};
-/* Floats after each output that no implementation may touch. */
-#define GUARD_FLOATS 64
-/* Bit pattern of the guard and of the "not yet written" output fill. */
-#define GUARD_BITS 0x7fbadbadu
-#define FILL_BITS_A 0xdeadbeefu
-#define FILL_BITS_B 0x12345678u
-/* Quiet-NaN bits (sign and payload are added at random). */
-#define QNAN_BITS 0x7fc00000u
-#define NAN_PAYLOAD_MASK 0x003fffffu
-#define SIGN_BIT 0x80000000u
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void fill_bits(float *a, size_t n, uint32_t bits)
-{
-    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
-}
 
 /* Index of the first element whose bits differ, or n. */
 static size_t first_bit_difference(const float *a, const float *b, size_t n)

@@ -144,25 +144,6 @@ static const int TAIL_WIDTHS[] = {1, 2, 3, 4, 6, 7, 8, 14, 15, 16, 17, 28, 30, 3
 /* (N, C) pairs: odd plane counts. */
 static const int PLANE_SHAPES[][2] = {{1, 1}, {3, 5}};
 static const int TAIL_HEIGHTS[] = {1, 3};
-/* Floats after each output that no implementation may touch. */
-#define GUARD_FLOATS 64
-#define GUARD_BITS 0x7fbadbadu
-#define FILL_BITS_A 0xdeadbeefu
-#define FILL_BITS_B 0x12345678u
-#define QNAN_BITS 0x7fc00000u
-#define NAN_PAYLOAD_MASK 0x003fffffu
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void fill_bits(float *a, size_t n, uint32_t bits)
-{
-    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
-}
 
 /* 1 if a and b hold the same bits, except that with any_nan a NaN matches
  * any NaN; otherwise prints the first difference.  Sums use any_nan: which

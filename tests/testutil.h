@@ -5,6 +5,8 @@
  * tolerance atol + rtol*|ref| and, on failure, prints the max absolute error,
  * the max relative error and the worst index (llm.c test_gpt2 check_tensor).
  * Test-only RNG: splitmix64, explicit state.
+ * Bit-exact helpers for the kernel tests that compare an AVX-512 path with
+ * its scalar twin: float <-> bits, fills with a bit pattern, guard zones.
  */
 #ifndef AESIM_TESTUTIL_H
 #define AESIM_TESTUTIL_H
@@ -14,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 /* Returns 1 if every |got[i]-ref[i]| <= atol + rtol*|ref[i]| (NaN fails). */
 static inline int check_tensor_d(const char *name, const double *got, const double *ref, size_t n,
@@ -82,6 +85,31 @@ static inline float test_rng_uniform(uint64_t *s, float lo, float hi)
 static inline void test_fill_uniform(float *x, size_t n, uint64_t *s, float lo, float hi)
 {
     for (size_t i = 0; i < n; i++) x[i] = test_rng_uniform(s, lo, hi);
+}
+
+/* Floats after each output that no implementation may touch, and the bit
+ * patterns of that guard and of "not yet written" outputs. */
+#define GUARD_FLOATS 64
+#define GUARD_BITS 0x7fbadbadu
+#define FILL_BITS_A 0xdeadbeefu
+#define FILL_BITS_B 0x12345678u
+/* Quiet-NaN bits, the payload field and the sign bit of a float32. */
+#define QNAN_BITS 0x7fc00000u
+#define NAN_PAYLOAD_MASK 0x003fffffu
+#define SIGN_BIT 0x80000000u
+
+/* The float whose IEEE-754 bits are u. */
+static inline float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* a[0..n) = the float with bits `bits`. */
+static inline void fill_bits(float *a, size_t n, uint32_t bits)
+{
+    for (size_t i = 0; i < n; i++) a[i] = from_bits(bits);
 }
 
 #endif
