@@ -125,21 +125,11 @@ static void test_mse_backward_large_matches_closed_form(void **state)
 #define TAIL_MAX 40
 /* Large odd lengths: the OpenMP path with ranges that are not multiples of 8. */
 static const size_t LARGE_SIZES[] = {100003, 1572867};
-#define QNAN_BITS 0x7fc00000u
-#define NAN_PAYLOAD_MASK 0x003fffffu
-#define SIGN_BIT 0x80000000u
 #define SUBNORMAL_MAX_BITS 0x007fffffu
 /* Finite differences of L(z): smooth, central differences with
  * REF_FD_EPS = 1e-3 have O(eps^2) ~ 1e-7 relative error; dz is float. */
 #define FUSED_FD_ATOL 1e-9
 #define FUSED_FD_RTOL 1e-4
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* Outputs in [0, 1] mostly, with NaNs (random sign and payload), +-inf,
  * signed zeros, subnormals and values outside [0, 1]. */
