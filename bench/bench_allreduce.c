@@ -16,12 +16,6 @@
 /* Repeats per size (the median is reported). */
 #define REPEATS 21
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv)
 {
     ParCtx ctx;
@@ -37,7 +31,7 @@ int main(int argc, char **argv)
             par_allreduce_sum_f32(&ctx, buf, n);
             t[r] = timer_now() - t0;
         }
-        qsort(t, REPEATS, sizeof *t, cmp_double);
+        bench_sort(t, REPEATS);
         ParStats s = par_stats(&ctx, t[REPEATS / 2]);
         par_log0(&ctx, "%zu %.1f %.2f\n", n * sizeof(float), 1e6 * s.max, n * sizeof(float) / s.max / 1e9);
     }

@@ -77,11 +77,16 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+void bench_sort(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+}
+
 double bench_median(const double *v, int n)
 {
     CHECK(n >= 1 && n <= BENCH_MAX_RUNS);
     double s[BENCH_MAX_RUNS];
     memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    bench_sort(s, (size_t)n);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }

@@ -52,4 +52,7 @@ void bench_print_json_string(FILE *f, const char *s);
 /* Median of v[n] (n >= 1); v is not modified. */
 double bench_median(const double *v, int n);
 
+/* Sorts v[0..n) ascending in place (n >= 0). */
+void bench_sort(double *v, size_t n);
+
 #endif

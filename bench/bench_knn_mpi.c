@@ -48,12 +48,6 @@ static void fill_rows(float *x, int64_t r0, int64_t r1, int D, uint64_t seed)
     }
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv)
 {
     ParCtx ctx;
@@ -92,7 +86,7 @@ int main(int argc, char **argv)
             if (r >= 0) t[r] = dt;
             topk_free(&out);
         }
-        qsort(t, (size_t)n_runs, sizeof *t, cmp_double);
+        bench_sort(t, (size_t)n_runs);
         par_log0(&ctx, "knn sharded N=%lld d=%d k=%d nq=%lld | %d rank(s) x %d thread(s) | median %.3f s "
                  "(min %.3f, max %.3f) | %.1f queries/s\n", (long long)N, D, k, (long long)nq, ctx.size,
                  plan.omp_threads, t[n_runs / 2], t[0], t[n_runs - 1], nq / t[n_runs / 2]);

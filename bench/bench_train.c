@@ -14,11 +14,10 @@
  * as .npy so bench/torch_train.py times PyTorch on the same data.
  * Timing: --warmup steps untimed, then --runs runs of --steps steps each,
  * each run timed on rank 0 between barriers.
- * --profile P (train, one rank): P more steps run through a copy of the
- * layer loop of model_forward_backward with a timer around every kernel,
- * giving per-layer forward / backward milliseconds (medians over the P
- * steps); the copy's gradients are checked bit-for-bit against
- * model_forward_backward first, so the profile times the same computation.
+ * --profile P (train, one rank): P more steps run through the layer steps
+ * of model_forward_backward (model.h model_layer_forward / _backward) with
+ * a timer around each, giving per-layer forward / backward milliseconds
+ * (medians over the P steps).
  * Then, for each conv, conv2d_forward and conv2d_backward alone under every
  * convolution kernel the CPU runs (conv2d.h: generic = im2col + OpenBLAS,
  * avx512 = im2col + aesim's AVX-512 GEMMs, direct = direct KxK AVX-512),
@@ -37,12 +36,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "act.h"
 #include "bench_common.h"
 #include "check.h"
 #include "conv2d.h"
-#include "loss.h"
-#include "maxpool.h"
 #include "model.h"
 #include "npy.h"
 #include "optimizer.h"
@@ -51,7 +47,6 @@
 #include "sampler.h"
 #include "threads.h"
 #include "timer.h"
-#include "upsample.h"
 
 /* Seeds of the random batch and of the weights: any fixed values. */
 #define BENCH_DATA_SEED 6u
@@ -123,105 +118,33 @@ static const char *layer_desc(char *buf, size_t len, const Layer *L)
     return buf;
 }
 
-/* Copy of model.c's relu_backward_fused (static there): 1 if layer i is a
- * ReLU conv whose ReLU backward is applied by layer i+1's backward (a conv
- * with CONV_FUSE_DX_RELU, a max-pool or an upsample). */
-static int relu_backward_fused(const Model *m, int i)
-{
-    if (i < 0 || i + 1 >= m->spec.n_layers || m->layers[i].kind != LAYER_CONV || m->layers[i].act != ACT_RELU)
-        return 0;
-    const Layer *next = &m->layers[i + 1];
-    return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
-}
-
-/* model_forward_backward with a timer around each layer: tf[i], tb[i]
- * receive layer i's forward / backward seconds, tf[n_layers] the loss
- * (mse_sigmoid_backward: the loss, its gradient and the output sigmoid's
- * backward, which the last conv's row therefore excludes; fused in one
- * pass, issue 6).  Must stay the same computation as
- * model_forward_backward (checked by check_profiled_step). */
+/* model_forward_backward with a timer around each layer: the same layer
+ * steps (model.h model_layer_forward / model_loss_backward /
+ * model_layer_backward) in the same order.  tf[i], tb[i] receive layer i's
+ * forward / backward seconds, tf[n_layers] the loss (mse_sigmoid_backward:
+ * the loss, its gradient and the output sigmoid's backward, which the last
+ * conv's row therefore excludes). */
 static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
 {
     const int n = m->spec.n_layers;
-    const float *in = x;
     for (int i = 0; i < n; i++) {
-        Layer *L = &m->layers[i];
-        size_t numel = (size_t)N * L->OC * L->OH * L->OW;
-        double t0 = timer_now();
-        switch (L->kind) {
-        case LAYER_CONV:
-            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            if (!(L->conv.fuse & CONV_FUSE_RELU)) {
-                if (L->act == ACT_RELU)
-                    relu_forward(L->out, L->out, numel);
-                else
-                    sigmoid_forward(L->out, L->out, numel);
-            }
-            break;
-        case LAYER_MAXPOOL:
-            maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
-            break;
-        case LAYER_UPSAMPLE:
-            upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
-            break;
-        }
+        const double t0 = timer_now();
+        model_layer_forward(m, i, i > 0 ? m->layers[i - 1].out : x, N);
         tf[i] = timer_now() - t0;
-        in = L->out;
     }
-    const float *y = in;
-    double t0 = timer_now();
-    size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
-    double sse = mse_sigmoid_backward(g, y, x, numel, inv_count);
+    double t0 = timer_now();
+    const double sse = model_loss_backward(m, g, x, N, inv_count);
     tf[n] = timer_now() - t0;
     for (int i = n - 1; i >= 0; i--) {
-        Layer *L = &m->layers[i];
-        const float *lin = i > 0 ? m->layers[i - 1].out : x;
-        size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
         t0 = timer_now();
-        switch (L->kind) {
-        case LAYER_CONV:
-            if (L->act == ACT_RELU && !relu_backward_fused(m, i))
-                relu_backward(g, g, L->out, out_numel);
-            conv2d_backward(i > 0 ? gnext : NULL, g, lin, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            break;
-        case LAYER_MAXPOOL:
-            if (relu_backward_fused(m, i - 1))
-                maxpool2x2_backward_relu(gnext, g, lin, N, L->C, L->H, L->W);
-            else
-                maxpool2x2_backward(gnext, g, lin, N, L->C, L->H, L->W);
-            break;
-        case LAYER_UPSAMPLE:
-            if (relu_backward_fused(m, i - 1))
-                upsample2x_backward_relu(gnext, g, lin, N, L->C, L->H, L->W);
-            else
-                upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
-            break;
-        }
+        model_layer_backward(m, i, gnext, g, x, N);
         tb[i] = timer_now() - t0;
         float *t = g;
         g = gnext;
         gnext = t;
     }
     return sse;
-}
-
-/* Ends the program unless the profiled copy gives bit-identical gradients
- * and loss to model_forward_backward on the same input. */
-static void check_profiled_step(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
-{
-    float *ref = xmalloc(m->n_params * sizeof(float));
-    model_zero_grad(m);
-    double sse_ref = model_forward_backward(m, x, N, inv_count);
-    memcpy(ref, m->grads, m->n_params * sizeof(float));
-    model_zero_grad(m);
-    double sse = profiled_forward_backward(m, x, N, inv_count, tf, tb);
-    if (sse != sse_ref || memcmp(ref, m->grads, m->n_params * sizeof(float)) != 0) {
-        fprintf(stderr, "bench_train: the profiled layer loop no longer matches model_forward_backward "
-                        "(src/model.c changed?); update profiled_forward_backward in bench/bench_train.c\n");
-        exit(1);
-    }
-    free(ref);
 }
 
 /* Kernels the profile times for every conv (conv2d.h ConvKernel), in the
@@ -301,7 +224,6 @@ static void run_profile(const char *workload, Model *m, Optimizer *opt, const fl
     double *tf = xcalloc((size_t)rows * PROFILE_MAX_STEPS, sizeof(double));
     double *tb = xcalloc((size_t)rows * PROFILE_MAX_STEPS, sizeof(double));
     double *col = xmalloc(PROFILE_MAX_STEPS * sizeof(double));
-    check_profiled_step(m, x, N, inv, tf, tb);
     for (int s = 0; s < P; s++) {
         double *f = tf + (size_t)s * rows, *b = tb + (size_t)s * rows;
         double t0 = timer_now();

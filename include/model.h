@@ -115,6 +115,24 @@ void model_init_glorot(Model *m, uint64_t seed);
  * Returns the output [N][C][H][W] in (0,1) (the last layer's `out`). */
 const float *model_forward(Model *m, const float *x, int N);
 
+/* The layer steps model_forward and model_forward_backward are made of, for
+ * callers that time or inspect single layers (bench/bench_train --profile).
+ *
+ * model_layer_forward: layer i on in[N] (the batch x for i = 0, else layer
+ * i-1's `out`), writing m->layers[i].out (post-activation).
+ * model_loss_backward: after the forward pass, the MSE loss against the
+ * batch x[N] with the output sigmoid's backward (mse_sigmoid_backward):
+ * writes dL/d(pre-sigmoid) to g (a [max_batch * largest activation] buffer
+ * such as m->dbuf[0]) and returns the sum of squared errors.
+ * model_layer_backward: given g = dL/d(output of layer i) (modified in place
+ * for an unfused ReLU), writes dL/d(input of layer i) to gnext (not for
+ * i = 0) and accumulates the layer's dw/db into m->grads; ReLU backward
+ * is fused into the next layer as model_build set it up.  g and gnext are
+ * the two m->dbuf buffers, swapped by the caller after each layer. */
+void model_layer_forward(Model *m, int i, const float *in, int N);
+double model_loss_backward(Model *m, float *g, const float *x, int N, double inv_count);
+void model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N);
+
 /* Encoder only: returns the bottleneck [N][D], D = model_embedding_dim. */
 const float *model_encode(Model *m, const float *x, int N);
 int model_embedding_dim(const Model *m);

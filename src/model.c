@@ -298,34 +298,35 @@ static int relu_backward_fused(const Model *m, int i)
     return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
 }
 
+void model_layer_forward(Model *m, int i, const float *in, int N)
+{
+    assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
+    Layer *L = &m->layers[i];
+    const size_t numel = (size_t)N * L->OC * L->OH * L->OW;
+    switch (L->kind) {
+    case LAYER_CONV:
+        conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+        if (!(L->conv.fuse & CONV_FUSE_RELU)) {
+            if (L->act == ACT_RELU)
+                relu_forward(L->out, L->out, numel);
+            else
+                sigmoid_forward(L->out, L->out, numel);
+        }
+        break;
+    case LAYER_MAXPOOL:
+        maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
+        break;
+    case LAYER_UPSAMPLE:
+        upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
+        break;
+    }
+}
+
 /* Runs layers [0, n) on x[N]; returns the output of layer n-1. */
 static const float *forward_layers(Model *m, const float *x, int N, int n)
 {
-    assert(N >= 1 && N <= m->max_batch);
-    const float *in = x;
-    for (int i = 0; i < n; i++) {
-        Layer *L = &m->layers[i];
-        size_t numel = (size_t)N * L->OC * L->OH * L->OW;
-        switch (L->kind) {
-        case LAYER_CONV:
-            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            if (!(L->conv.fuse & CONV_FUSE_RELU)) {
-                if (L->act == ACT_RELU)
-                    relu_forward(L->out, L->out, numel);
-                else
-                    sigmoid_forward(L->out, L->out, numel);
-            }
-            break;
-        case LAYER_MAXPOOL:
-            maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
-            break;
-        case LAYER_UPSAMPLE:
-            upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
-            break;
-        }
-        in = L->out;
-    }
-    return in;
+    for (int i = 0; i < n; i++) model_layer_forward(m, i, i > 0 ? m->layers[i - 1].out : x, N);
+    return n > 0 ? m->layers[n - 1].out : x;
 }
 
 const float *model_forward(Model *m, const float *x, int N)
@@ -360,43 +361,55 @@ double model_forward_backward(Model *m, const float *x, int N, double inv_count)
     return model_forward_backward_hooked(m, x, N, inv_count, NULL);
 }
 
+double model_loss_backward(Model *m, float *g, const float *x, int N, double inv_count)
+{
+    const int n = m->spec.n_layers;
+    /* the loss gradient comes with the backward of the output sigmoid (the
+     * last layer, a sigmoid conv by model_parse), so layer n-1 gets
+     * dL/d(pre-activation) */
+    assert(m->layers[n - 1].kind == LAYER_CONV && m->layers[n - 1].act == ACT_SIGMOID);
+    const size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
+    return mse_sigmoid_backward(g, m->layers[n - 1].out, x, numel, inv_count);
+}
+
+void model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N)
+{
+    assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
+    Layer *L = &m->layers[i];
+    const float *in = i > 0 ? m->layers[i - 1].out : x;
+    const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
+    switch (L->kind) {
+    case LAYER_CONV:
+        if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
+        /* The input gradient of the first layer is never needed. */
+        conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+        break;
+    case LAYER_MAXPOOL: /* with layer i-1's ReLU backward when it is a ReLU conv */
+        if (relu_backward_fused(m, i - 1))
+            maxpool2x2_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
+        else
+            maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
+        break;
+    case LAYER_UPSAMPLE:
+        if (relu_backward_fused(m, i - 1))
+            upsample2x_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
+        else
+            upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
+        break;
+    }
+}
+
 double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count, const ModelGradHook *hook)
 {
     const int n = m->spec.n_layers;
     size_t done = m->n_params; /* grads [done, n_params) are final */
-    const float *y = forward_layers(m, x, N, n);
-    size_t numel = (size_t)N * m->spec.C * m->spec.H * m->spec.W;
-    /* g holds dL/d(output of layer i) as we walk back; the loss gradient
-     * comes with the backward of the output sigmoid (the last layer, a
-     * sigmoid conv by model_parse), so layer n-1 gets dL/d(pre-activation). */
-    assert(m->layers[n - 1].kind == LAYER_CONV && m->layers[n - 1].act == ACT_SIGMOID);
+    forward_layers(m, x, N, n);
+    /* g holds dL/d(output of layer i) as we walk back */
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
-    double sse = mse_sigmoid_backward(g, y, x, numel, inv_count);
+    const double sse = model_loss_backward(m, g, x, N, inv_count);
     for (int i = n - 1; i >= 0; i--) {
-        Layer *L = &m->layers[i];
-        const float *in = i > 0 ? m->layers[i - 1].out : x;
-        size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
-        switch (L->kind) {
-        case LAYER_CONV:
-            if (L->act == ACT_RELU && !relu_backward_fused(m, i))
-                relu_backward(g, g, L->out, out_numel);
-            /* The input gradient of the first layer is never needed. */
-            conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
-            done = (size_t)(L->conv.dw - m->grads);
-            break;
-        case LAYER_MAXPOOL: /* with layer i-1's ReLU backward when it is a ReLU conv */
-            if (relu_backward_fused(m, i - 1))
-                maxpool2x2_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
-            else
-                maxpool2x2_backward(gnext, g, in, N, L->C, L->H, L->W);
-            break;
-        case LAYER_UPSAMPLE:
-            if (relu_backward_fused(m, i - 1))
-                upsample2x_backward_relu(gnext, g, in, N, L->C, L->H, L->W);
-            else
-                upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
-            break;
-        }
+        model_layer_backward(m, i, gnext, g, x, N);
+        if (m->layers[i].kind == LAYER_CONV) done = (size_t)(m->layers[i].conv.dw - m->grads);
         float *t = g;
         g = gnext;
         gnext = t;
