@@ -114,6 +114,17 @@ size_t conv2d_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
  * N, H, W, nthreads >= 1; H*W and C*K*K must fit in an int (BLAS sizes). */
 void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch, int nthreads);
 
+/* conv2d_forward followed by maxpool2x2_forward (maxpool.h) of y into
+ * yp[N][OC][H/2][W/2], bit for bit the two calls (H, W even).  The direct
+ * kernel fuses them (conv_direct_forward_maxpool: each image pooled while
+ * in cache) and, when keep_y is 0, never writes y at all: pass keep_y = 0
+ * when nothing will read the conv output (inference), 1 when backward
+ * needs it.  Other kernels make the two calls and always write y.  y must
+ * be a full [N][OC][H][W] buffer either way; y, yp must not alias x or each
+ * other.  Same scratch as conv2d_forward. */
+void conv2d_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H, int W,
+                            float *scratch, int nthreads);
+
 /* Backward of conv2d_forward given dy[N][OC][H][W] = dL/dy and the forward
  * input x[N][C][H][W]:
  *   dx[N][C][H][W] overwritten with dL/dx (dx may be NULL: input gradient not

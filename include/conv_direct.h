@@ -46,7 +46,8 @@ int conv_direct_supported(void);
 
 /* Floats of scratch conv_direct_forward/backward need for layer l on HxW
  * images with nthreads threads: packed weights for both directions, the lane
- * mask table and each thread's weight-gradient partial (cache-line aligned). */
+ * mask table and each thread's weight-gradient partial or output image
+ * (cache-line aligned). */
 size_t conv_direct_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
 
 /* y[N][OC][H][W] = conv(x[N][C][H][W]) + b, then ReLU (torch.relu: NaN
@@ -55,6 +56,20 @@ size_t conv_direct_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
  * conv_direct_supported(). */
 void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
                          int nthreads);
+
+/* conv_direct_forward followed by maxpool2x2_forward (maxpool.h) of its
+ * output, fused (issue 6): the threads take whole images, and each image's
+ * conv output is pooled while it is still in the core's cache, instead of
+ * a second pass that reads the whole y back from memory.
+ *   y[N][OC][H][W]: the conv output (after the fused ReLU) when keep_y is
+ *     nonzero, as conv_direct_forward writes it; when keep_y is 0, y is
+ *     neither read nor written (may be NULL) and each image goes through a
+ *     per-thread buffer in scratch instead (inference: nothing needs y);
+ *   yp[N][OC][H/2][W/2] = maxpool2x2_forward(y), bit for bit.
+ * H and W even.  y, yp must not alias x or each other.  Same scratch as
+ * conv_direct_forward.  Only call when conv_direct_supported(). */
+void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
+                                 int W, float *scratch, int nthreads);
 
 /* Backward given g[N][OC][H][W] = dL/d(conv output) (after any fused
  * activation's backward) and the input x:

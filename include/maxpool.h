@@ -61,6 +61,12 @@ void maxpool2x2_backward(float *dx, const float *dy, const float *x, int N, int 
  * overlap dy or x.  Same as maxpool2x2_backward_relu_kernel(..., AUTO). */
 void maxpool2x2_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
 
+/* maxpool2x2_forward on the calling thread only (never opens an OpenMP
+ * region), AVX-512 when the CPU has it: for callers that already run inside
+ * their own parallel region, e.g. the fused convolution + max-pooling of
+ * conv2d_forward_maxpool.  Same results, bit for bit. */
+void maxpool2x2_forward_serial(float *y, const float *x, int N, int C, int H, int W);
+
 /* maxpool2x2_forward / maxpool2x2_backward / maxpool2x2_backward_relu run
  * with implementation k (resolved by maxpool_kernel_resolve).  For tests
  * and benchmarks. */

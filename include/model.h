@@ -112,14 +112,19 @@ void model_free(Model *m);
 void model_init_glorot(Model *m, uint64_t seed);
 
 /* Forward pass of N <= max_batch images x[N][C][H][W] (may be m->input).
- * Returns the output [N][C][H][W] in (0,1) (the last layer's `out`). */
+ * Returns the output [N][C][H][W] in (0,1) (the last layer's `out`).
+ * Inference only: the `out` of a conv followed by a max-pool is not written
+ * (nothing reads it without a backward); model_forward_backward keeps all. */
 const float *model_forward(Model *m, const float *x, int N);
 
 /* The layer steps model_forward and model_forward_backward are made of, for
  * callers that time or inspect single layers (bench/bench_train --profile).
  *
  * model_layer_forward: layer i on in[N] (the batch x for i = 0, else layer
- * i-1's `out`), writing m->layers[i].out (post-activation).
+ * i-1's `out`), writing m->layers[i].out (post-activation); a max-pool
+ * right after a ReLU conv is computed by that conv's step (fused,
+ * conv2d_forward_maxpool), so its own step does nothing: run the steps in
+ * order.
  * model_loss_backward: after the forward pass, the MSE loss against the
  * batch x[N] with the output sigmoid's backward (mse_sigmoid_backward):
  * writes dL/d(pre-sigmoid) to g (a [max_batch * largest activation] buffer

@@ -11,10 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Alignment of every checked allocation, in bytes: one cache line, which is
  * also the width of an AVX-512 vector. */
 #define CHECK_ALIGN 64
+/* Size and alignment of a transparent huge page on x86-64 (and the smallest
+ * block check_calloc_huge advises), in bytes. */
+#define HUGE_PAGE ((size_t)2 << 20)
 
 void check_fail(const char *file, int line, const char *fmt, ...)
 {
@@ -46,5 +50,24 @@ void *check_calloc(size_t count, size_t size, const char *file, int line)
         check_fail(file, line, "calloc of %zu x %zu bytes overflows", count, size);
     void *p = check_malloc(count * size, file, line);
     memset(p, 0, count * size);
+    return p;
+}
+
+void *check_calloc_huge(size_t count, size_t size, const char *file, int line)
+{
+    if (size && count > (size_t)-1 / size)
+        check_fail(file, line, "calloc of %zu x %zu bytes overflows", count, size);
+    const size_t bytes = count * size;
+    if (bytes < HUGE_PAGE) return check_calloc(count, size, file, line);
+    const size_t n = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    if (n < bytes) check_fail(file, line, "malloc of %zu bytes overflows", bytes);
+    void *p = NULL;
+    int rc = posix_memalign(&p, HUGE_PAGE, n);
+    if (rc != 0 || !p)
+        check_fail(file, line, "malloc of %zu bytes failed: %s", bytes, strerror(rc ? rc : ENOMEM));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, n, MADV_HUGEPAGE); /* advice only: failure leaves 4 KiB pages */
+#endif
+    memset(p, 0, bytes); /* first touch, after the advice */
     return p;
 }

@@ -26,6 +26,7 @@
 #include "gemm.h"
 #include "gemm_avx512.h"
 #include "im2col.h"
+#include "maxpool.h"
 
 #include "team.h"
 
@@ -221,6 +222,19 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
             if (l->fuse & CONV_FUSE_RELU) relu_inplace(yn, y_image);
         }
     }
+}
+
+void conv2d_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H, int W,
+                            float *scratch, int nthreads)
+{
+    assert_shapes(l, N, H, W, nthreads);
+    assert(H % 2 == 0 && W % 2 == 0);
+    if (conv2d_kernel_resolve(l->kernel, l->K) == CONV_KERNEL_DIRECT) {
+        conv_direct_forward_maxpool(y, keep_y, yp, x, l, N, H, W, scratch, nthreads);
+        return;
+    }
+    conv2d_forward(y, x, l, N, H, W, scratch, nthreads);
+    maxpool2x2_forward(yp, y, N, l->OC, H, W);
 }
 
 void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l, int N, int H, int W, float *scratch, int nthreads)

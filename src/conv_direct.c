@@ -25,6 +25,7 @@
  */
 #include "conv_direct.h"
 
+#include "maxpool.h"
 #include "team.h"
 
 #include <assert.h>
@@ -78,7 +79,9 @@ static int ceil_div(int a, int b)
  *   wf   forward weights   [ceil(OC/CO_MAX)][K*K][C][CO_MAX]
  *   wb   input-grad weights [ceil(C/CO_MAX)][K*K][OC][CO_MAX] (flipped, transposed)
  *   mask uint16 [vectors per plane][K*K]
- *   per thread: dw partial [K*K][OC][C][LANES] floats, then db partial [OC] doubles */
+ *   per thread: dw partial [K*K][OC][C][LANES] floats, then db partial [OC] doubles
+ *     (backward); or one output image [OC][H][W] (forward with max-pooling
+ *     when y is not kept) */
 typedef struct Layout {
     size_t wf, wb, mask, thread0, per_thread, dw_part;
 } Layout;
@@ -94,6 +97,8 @@ static Layout layout(const Conv2d *l, int H, int W)
     z.thread0 = z.mask + round_line((nv * kk * sizeof(uint16_t) + sizeof(float) - 1) / sizeof(float));
     z.dw_part = kk * l->OC * l->C * LANES;
     z.per_thread = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
+    /* the forward with max-pooling reuses the area for one output image */
+    if (round_line((size_t)l->OC * hw) > z.per_thread) z.per_thread = round_line((size_t)l->OC * hw);
     return z;
 }
 
@@ -341,6 +346,37 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
         int64_t v0, v1;
         vector_range(total, team_thread_id(), team_size(), &v0, &v1);
         direct_pass(y, x, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, v0, v1, mode);
+    }
+}
+
+void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
+                                 int W, float *scratch, int nthreads)
+{
+    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
+    const Layout z = layout(l, H, W);
+    const int nv = ceil_div(H * W, LANES);
+    const size_t x_image = (size_t)l->C * H * W, y_image = (size_t)l->OC * H * W;
+    float *wf = scratch + z.wf;
+    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
+    pack_forward(wf, l->w, l->C, l->OC, l->K * l->K);
+    build_masks(mask, l->K, H, W);
+    const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
+    const int team = nthreads < N ? nthreads : N;
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+        /* whole images per thread: each image's conv output is pooled while
+         * it is still in this core's L2 (256 KiB for 16 x 64 x 64) */
+        const int tid = team_thread_id(), nt = team_size();
+        const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
+        float *own = scratch + z.thread0 + (size_t)tid * z.per_thread;
+        for (int n = n0; n < n1; n++) {
+            float *yn = keep_y ? y + (size_t)n * y_image : own;
+            direct_pass(yn, x + (size_t)n * x_image, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, nv, mode);
+            maxpool2x2_forward_serial(yp + (size_t)n * y_image / 4, yn, 1, l->OC, H, W);
+        }
     }
 }
 
@@ -716,6 +752,13 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
 {
     (void)dx; (void)g; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
     assert(0 && "conv_direct_backward without AVX-512 support");
+}
+
+void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
+                                 int W, float *scratch, int nthreads)
+{
+    (void)y; (void)keep_y; (void)yp; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_forward_maxpool without AVX-512 support");
 }
 
 #endif

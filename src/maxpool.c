@@ -251,6 +251,23 @@ void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, in
     }
 }
 
+void maxpool2x2_forward_serial(float *y, const float *x, int N, int C, int H, int W)
+{
+    assert(N >= 1 && C >= 1 && H >= 2 && W >= 2 && H % 2 == 0 && W % 2 == 0);
+    const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = in_plane / 4;
+    const int vec = maxpool_kernel_resolve(MAXPOOL_KERNEL_AUTO) == MAXPOOL_KERNEL_AVX512;
+    (void)vec;
+    for (size_t pc = 0; pc < planes; pc++) {
+#if MAXPOOL_HAVE_AVX512
+        if (vec) {
+            forward_plane_avx512(y + pc * out_plane, x + pc * in_plane, H, W);
+            continue;
+        }
+#endif
+        forward_plane_scalar(y + pc * out_plane, x + pc * in_plane, H, W);
+    }
+}
+
 /* maxpool2x2_backward_kernel (relu = 0) and maxpool2x2_backward_relu_kernel
  * (relu = 1). */
 static void backward_all(float *dx, const float *dy, const float *x, int N, int C, int H, int W, MaxpoolKernel k,

@@ -236,10 +236,10 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
     m->n_params = z.params;
     m->params = xcalloc(m->n_params, sizeof(float));
     m->grads = xcalloc(m->n_params, sizeof(float));
-    m->acts = xcalloc(z.act_total * (size_t)max_batch, sizeof(float));
-    m->input = xcalloc((size_t)spec->C * spec->H * spec->W * (size_t)max_batch, sizeof(float));
-    for (int k = 0; k < 2; k++) m->dbuf[k] = xcalloc(z.act_max * (size_t)max_batch, sizeof(float));
-    m->scratch = xcalloc(z.scratch ? z.scratch : 1, sizeof(float));
+    m->acts = xcalloc_huge(z.act_total * (size_t)max_batch, sizeof(float));
+    m->input = xcalloc_huge((size_t)spec->C * spec->H * spec->W * (size_t)max_batch, sizeof(float));
+    for (int k = 0; k < 2; k++) m->dbuf[k] = xcalloc_huge(z.act_max * (size_t)max_batch, sizeof(float));
+    m->scratch = xcalloc_huge(z.scratch ? z.scratch : 1, sizeof(float));
     /* Carve the blocks into per-layer pointers (llm.c malloc_and_point). */
     size_t p = 0, a = 0;
     for (int i = 0; i < spec->n_layers; i++) {
@@ -298,13 +298,29 @@ static int relu_backward_fused(const Model *m, int i)
     return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
 }
 
-void model_layer_forward(Model *m, int i, const float *in, int N)
+/* 1 if layer i is a conv with its ReLU fused and layer i+1 a max-pool: the
+ * conv's forward step also pools (conv2d_forward_maxpool) and the pool's
+ * own step does nothing.  0 otherwise (also i < 0). */
+static int maxpool_fused(const Model *m, int i)
+{
+    return i >= 0 && i + 1 < m->spec.n_layers && m->layers[i].kind == LAYER_CONV &&
+           (m->layers[i].conv.fuse & CONV_FUSE_RELU) && m->layers[i + 1].kind == LAYER_MAXPOOL;
+}
+
+/* model_layer_forward; keep = 0 when no backward follows, so a conv fused
+ * with its max-pool need not store its own output (conv2d_forward_maxpool). */
+static void layer_forward(Model *m, int i, const float *in, int N, int keep)
 {
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
     Layer *L = &m->layers[i];
     const size_t numel = (size_t)N * L->OC * L->OH * L->OW;
     switch (L->kind) {
     case LAYER_CONV:
+        if (maxpool_fused(m, i)) {
+            conv2d_forward_maxpool(L->out, keep, m->layers[i + 1].out, in, &L->conv, N, L->H, L->W, m->scratch,
+                                   m->nthreads);
+            break;
+        }
         conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
         if (!(L->conv.fuse & CONV_FUSE_RELU)) {
             if (L->act == ACT_RELU)
@@ -314,7 +330,7 @@ void model_layer_forward(Model *m, int i, const float *in, int N)
         }
         break;
     case LAYER_MAXPOOL:
-        maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
+        if (!maxpool_fused(m, i - 1)) maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
         break;
     case LAYER_UPSAMPLE:
         upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
@@ -322,21 +338,27 @@ void model_layer_forward(Model *m, int i, const float *in, int N)
     }
 }
 
-/* Runs layers [0, n) on x[N]; returns the output of layer n-1. */
-static const float *forward_layers(Model *m, const float *x, int N, int n)
+void model_layer_forward(Model *m, int i, const float *in, int N)
 {
-    for (int i = 0; i < n; i++) model_layer_forward(m, i, i > 0 ? m->layers[i - 1].out : x, N);
+    layer_forward(m, i, in, N, 1);
+}
+
+/* Runs layers [0, n) on x[N]; returns the output of layer n-1.  keep: as
+ * layer_forward (1 when backward follows). */
+static const float *forward_layers(Model *m, const float *x, int N, int n, int keep)
+{
+    for (int i = 0; i < n; i++) layer_forward(m, i, i > 0 ? m->layers[i - 1].out : x, N, keep);
     return n > 0 ? m->layers[n - 1].out : x;
 }
 
 const float *model_forward(Model *m, const float *x, int N)
 {
-    return forward_layers(m, x, N, m->spec.n_layers);
+    return forward_layers(m, x, N, m->spec.n_layers, 0);
 }
 
 const float *model_encode(Model *m, const float *x, int N)
 {
-    return forward_layers(m, x, N, m->spec.n_encoder);
+    return forward_layers(m, x, N, m->spec.n_encoder, 0);
 }
 
 void model_bottleneck_shape(const Model *m, int *C, int *H, int *W)
@@ -403,7 +425,7 @@ double model_forward_backward_hooked(Model *m, const float *x, int N, double inv
 {
     const int n = m->spec.n_layers;
     size_t done = m->n_params; /* grads [done, n_params) are final */
-    forward_layers(m, x, N, n);
+    forward_layers(m, x, N, n, 1);
     /* g holds dL/d(output of layer i) as we walk back */
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
     const double sse = model_loss_backward(m, g, x, N, inv_count);

@@ -15,7 +15,8 @@
  * widths of 16, 32 and 48 (rows of whole vectors: the row-structured
  * weight-gradient tiles, K = 3 and 5).
  * Fused ReLU (forward) and the ReLU mask of dx (backward) are checked
- * against the unfused results with every kernel.  Scratch
+ * against the unfused results with every kernel, and the forward fused with
+ * 2x2 max-pooling against conv2d_forward + maxpool2x2_forward.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
  * so a sanitizer build catches overruns and any read of stale scratch shows.
  */
@@ -31,6 +32,7 @@
 
 #include "check.h"
 #include "conv2d.h"
+#include "maxpool.h"
 #include "naive_ref.h"
 #include "testutil.h"
 
@@ -309,6 +311,55 @@ static void test_fused_relu(void **state)
     }
 }
 
+/* conv2d_forward_maxpool = conv2d_forward then maxpool2x2_forward, bit for
+ * bit, with the ReLU fused as the model runs it; keep_y = 1 also gives y
+ * bit for bit, keep_y = 0 leaves y untouched with the direct kernel.
+ * Shapes: planes not a multiple of 16 pixels (28x28, 14x8: vectors cross
+ * rows), 64x64 (4 vectors per row), N = 1 with 3 threads (team clamp),
+ * N = 5 split unevenly over 3 threads, K = 5, 1 and 3 output channels. */
+static void test_fused_maxpool(void **state)
+{
+    (void)state;
+    const Shape shapes[] = {{5, 16, 8, 28, 28, 3}, {1, 3, 16, 64, 64, 3}, {3, 5, 6, 14, 8, 3},
+                            {2, 4, 3, 6, 6, 5}, {4, 16, 1, 2, 2, 3}};
+    for (size_t i = 0; i < COUNT(shapes); i++) {
+        const Shape s = shapes[i];
+        Problem p;
+        problem_init(&p, s, 5000 + i);
+        const size_t np = p.ny / 4;
+        float *y = xmalloc(sizeof(float) * p.ny), *yf = xmalloc(sizeof(float) * p.ny);
+        float *yp = xmalloc(sizeof(float) * np), *ypf = xmalloc(sizeof(float) * np);
+        for (size_t k = 0; k < COUNT(KERNELS); k++) {
+            if (!kernel_runs(KERNELS[k])) continue;
+            for (size_t t = 0; t < COUNT(NTHREADS); t++) {
+                const int nt = NTHREADS[t];
+                Conv2d l = layer_of(&p, NULL, NULL);
+                l.kernel = KERNELS[k];
+                l.fuse = CONV_FUSE_RELU;
+                float *scratch = alloc_scratch(&l, s.H, s.W, nt);
+                conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, nt);
+                maxpool2x2_forward(yp, y, s.N, s.OC, s.H, s.W);
+                for (int keep = 1; keep >= 0; keep--) {
+                    fill_nan(yf, p.ny);
+                    fill_nan(ypf, np);
+                    conv2d_forward_maxpool(yf, keep, ypf, p.x, &l, s.N, s.H, s.W, scratch, nt);
+                    assert_true(check_tensor("pooled", ypf, yp, np, 0.0, 0.0));
+                    if (keep || KERNELS[k] != CONV_KERNEL_DIRECT) {
+                        assert_true(check_tensor("conv output kept", yf, y, p.ny, 0.0, 0.0));
+                    } else {
+                        size_t written = 0;
+                        for (size_t j = 0; j < p.ny; j++) written += yf[j] == yf[j];
+                        assert_int_equal(written, 0);
+                    }
+                }
+                free(scratch);
+            }
+        }
+        free(y); free(yf); free(yp); free(ypf);
+        problem_free(&p);
+    }
+}
+
 /* The scratch size grows with the thread count and covers a col matrix per thread. */
 static void test_scratch_size(void **state)
 {
@@ -329,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_backward_accumulates_and_dx_null),
         cmocka_unit_test(test_scratch_size),
         cmocka_unit_test(test_fused_relu),
+        cmocka_unit_test(test_fused_maxpool),
         cmocka_unit_test(test_kernel_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
