@@ -601,6 +601,28 @@ TARGET static void tile_wgrad_pairs_any(int COB, int CIB, float *part, const flo
     }
 }
 
+/* Weight-gradient group size in vectors for width W and kernel size K:
+ * WG_GROUP, or whole rows when rows are whole vectors. */
+static int64_t wgrad_group_vectors(int W, int K)
+{
+    const int rows = W % LANES == 0 && K / 2 < LANES, vpr = rows ? W / LANES : 1;
+    return WG_GROUP < vpr ? vpr : WG_GROUP / vpr * vpr;
+}
+
+/* Vectors per chunk of conv_direct_backward: whole groups, about
+ * BWD_CHUNK_BYTES of g and x together (one 16-channel 64x64 image in and
+ * out is 512 KiB), so that a chunk stays in L2 between the two passes. */
+#ifndef BWD_CHUNK_BYTES
+#define BWD_CHUNK_BYTES (512 * 1024)
+#endif
+static int64_t wgrad_chunk_vectors(int C, int OC, int W, int K)
+{
+    const int64_t group = wgrad_group_vectors(W, K);
+    const int64_t per_vector = (int64_t)(C + OC) * LANES * (int64_t)sizeof(float);
+    int64_t groups = BWD_CHUNK_BYTES / (per_vector * group);
+    return (groups < 1 ? 1 : groups) * group;
+}
+
 /* This thread's weight and bias gradient over pixel vectors [v0, v1) of the
  * batch list, in groups of at most WG_GROUP vectors:
  * part[KK][OC][C][LANES] += lane partial sums, dbp[OC] += plane sums. */
@@ -614,8 +636,8 @@ TARGET static void wgrad_pass(float *part, double *dbp, const float *g, const fl
     Segment segs[WG_GROUP];
     /* rows of whole vectors: row-structured tiles (v0, v1 and groups are
      * then whole rows: conv_direct_backward aligns the thread ranges) */
-    const int rows = W % LANES == 0 && K / 2 < LANES, vpr = rows ? W / LANES : 1;
-    const int64_t group = WG_GROUP < vpr ? vpr : WG_GROUP / vpr * vpr;
+    const int rows = W % LANES == 0 && K / 2 < LANES;
+    const int64_t group = wgrad_group_vectors(W, K);
     for (int64_t j0 = v0; j0 < v1;) {
         /* the next group: segments of whole or partial images, `group` vectors at most */
         int nseg = 0;
@@ -708,8 +730,18 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
         } else {
             vector_range(total, tid, nt, &v0, &v1);
         }
-        wgrad_pass(part, dbp, g, x, C, OC, l->K, H, W, mask, v0, v1);
-        if (dx) direct_pass(dx, g, wb, NULL, mode == OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, v0, v1, mode);
+        /* weight gradient, then input gradient, chunk by chunk: the second
+         * pass finds the chunk's g and x still in L2.  Chunks are whole
+         * weight-gradient groups (wgrad_pass groups from v0 on), so the
+         * sums are the same as in one pass over [v0, v1). */
+        const int64_t chunk = wgrad_chunk_vectors(C, OC, W, l->K);
+        for (int64_t c0 = v0; c0 < v1; c0 += chunk) {
+            const int64_t c1 = v1 - c0 < chunk ? v1 : c0 + chunk;
+            wgrad_pass(part, dbp, g, x, C, OC, l->K, H, W, mask, c0, c1);
+            if (dx)
+                direct_pass(dx, g, wb, NULL, mode == OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, c0, c1,
+                            mode);
+        }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
