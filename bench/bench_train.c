@@ -101,15 +101,20 @@ static double train_step(const ParCtx *ctx, Model *m, Optimizer *opt, const floa
     return sse;
 }
 
-static const char *layer_desc(char *buf, size_t len, const Layer *L)
+static const char *layer_desc(char *buf, size_t len, const Model *m, int i)
 {
+    const Layer *L = &m->layers[i];
     switch (L->kind) {
     case LAYER_CONV:
         snprintf(buf, len, "conv%dx%d %d->%d @%dx%d%s", L->conv.K, L->conv.K, L->C, L->OC, L->H, L->W,
-                 L->act == ACT_SIGMOID ? " +sigmoid" : "");
+                 L->act == ACT_SIGMOID ? " +sigmoid" : i + 1 < m->spec.n_layers && model_maxpool_fused(m, i + 1)
+                                                         ? " +maxpool" : "");
         break;
     case LAYER_MAXPOOL:
-        snprintf(buf, len, "maxpool %d @%dx%d", L->C, L->H, L->W);
+        if (model_maxpool_fused(m, i))
+            snprintf(buf, len, "maxpool %d @%dx%d (in #%d)", L->C, L->H, L->W, i - 1);
+        else
+            snprintf(buf, len, "maxpool %d @%dx%d", L->C, L->H, L->W);
         break;
     case LAYER_UPSAMPLE:
         snprintf(buf, len, "upsample %d @%dx%d", L->C, L->H, L->W);
@@ -123,7 +128,9 @@ static const char *layer_desc(char *buf, size_t len, const Layer *L)
  * model_layer_backward) in the same order.  tf[i], tb[i] receive layer i's
  * forward / backward seconds, tf[n_layers] the loss (mse_sigmoid_backward:
  * the loss, its gradient and the output sigmoid's backward, which the last
- * conv's row therefore excludes). */
+ * conv's row therefore excludes).  A max-pool fused with the ReLU conv
+ * before it (conv2d_forward_maxpool / conv2d_backward_maxpool) runs inside
+ * that conv's steps: its time is on the conv's row, the pool's row is ~0. */
 static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
 {
     const int n = m->spec.n_layers;
@@ -136,13 +143,17 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
     double t0 = timer_now();
     const double sse = model_loss_backward(m, g, x, N, inv_count);
     tf[n] = timer_now() - t0;
-    for (int i = n - 1; i >= 0; i--) {
+    for (int i = n - 1; i >= 0;) {
         t0 = timer_now();
-        model_layer_backward(m, i, gnext, g, x, N);
-        tb[i] = timer_now() - t0;
+        const int next = model_layer_backward(m, i, gnext, g, x, N);
+        /* a step that covered several layers (a max-pool fused with the
+         * conv before it) counts on the lowest one, the conv */
+        for (int j = i; j > next; j--) tb[j] = 0.0;
+        tb[next + 1] = timer_now() - t0;
         float *t = g;
         g = gnext;
         gnext = t;
+        i = next;
     }
     return sse;
 }
@@ -238,7 +249,7 @@ static void run_profile(const char *workload, Model *m, Optimizer *opt, const fl
         char desc[96];
         const Layer *L = i < nl ? &m->layers[i] : NULL;
         if (L)
-            layer_desc(desc, sizeof desc, L);
+            layer_desc(desc, sizeof desc, m, i);
         else
             snprintf(desc, sizeof desc, "%s",
                      i == nl ? "mse loss+sigmoid bwd" : i == nl + 1 ? "adam step" : "zero_grad");

@@ -125,6 +125,18 @@ void conv2d_forward(float *y, const float *x, const Conv2d *l, int N, int H, int
 void conv2d_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H, int W,
                             float *scratch, int nthreads);
 
+/* Backward of conv2d_forward_maxpool (with CONV_FUSE_RELU) given
+ * gp[N][OC][H/2][W/2] = dL/d(pooled output) and the kept conv output y:
+ * the same as maxpool2x2_backward_relu(g, gp, y, ...) then
+ * conv2d_backward(dx, g, x, ...) without the [N][OC][H][W] buffer g, one
+ * image at a time in cache (conv_direct_backward_maxpool): dx bit for bit,
+ * dw/db up to float summation order.  Direct kernel only (asserts
+ * conv2d_kernel_resolve(l->kernel, l->K) == CONV_KERNEL_DIRECT): callers
+ * using another kernel make the two calls.  dx may be NULL; same scratch as
+ * conv2d_forward; dx must not alias gp, y or x. */
+void conv2d_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l, int N,
+                             int H, int W, float *scratch, int nthreads);
+
 /* Backward of conv2d_forward given dy[N][OC][H][W] = dL/dy and the forward
  * input x[N][C][H][W]:
  *   dx[N][C][H][W] overwritten with dL/dx (dx may be NULL: input gradient not

@@ -27,10 +27,13 @@
  * checkpoint format and every other layer stay NCHW.
  *
  * Threading: OpenMP over the flat list of pixel vectors of the batch (N
- * images x ceil(H*W/16) vectors), each thread a contiguous range:
- * owner-writes for y and dx; the weight gradient is summed per thread into a
- * private partial and the partials added in thread order 0..T-1, so a run
- * is reproducible for a given thread count.  Never allocates; no MPI; no
+ * images x ceil(H*W/16) vectors), each thread a contiguous range (whole
+ * images for the variants fused with max-pooling): owner-writes for y and
+ * dx; the weight gradient is summed per thread into a private partial and
+ * the partials added in thread order 0..T-1, so a run is reproducible for a
+ * given thread count.  The backward runs the weight gradient and then the
+ * input gradient chunk by chunk (~512 KiB of g and x), so that the second
+ * pass reads them from L2.  Never allocates; no MPI; no
  * BLAS.  Results equal conv2d's other kernels up to float rounding (other
  * summation order).
  */
@@ -70,6 +73,21 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
  * conv_direct_forward.  Only call when conv_direct_supported(). */
 void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
                                  int W, float *scratch, int nthreads);
+
+/* The backward of the fused pair conv (ReLU fused) -> maxpool2x2: given
+ * gp[N][OC][H/2][W/2] = dL/d(pooled output) and the conv's output y (after
+ * its ReLU, as kept by conv_direct_forward_maxpool with keep_y = 1), each
+ * thread takes whole images and, per chunk of images (about 512 KiB of x
+ * and g, at least one image), computes g = maxpool2x2_backward_relu(gp, y)
+ * (dL/d conv pre-activation) into a per-thread buffer in scratch, then the
+ * weight gradient and dx from it while it is in L2 (instead of writing all
+ * of g and reading it back twice).  dx, l->dw, l->db as conv_direct_backward
+ * on that g: dx bit for bit, dw and db up to float summation order (the
+ * weight-gradient groups restart at every chunk); reproducible for a given
+ * N and thread count.  H, W even.
+ * dx must not alias gp, y or x.  Only call when conv_direct_supported(). */
+void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
+                                  int N, int H, int W, float *scratch, int nthreads);
 
 /* Backward given g[N][OC][H][W] = dL/d(conv output) (after any fused
  * activation's backward) and the input x:

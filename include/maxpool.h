@@ -67,6 +67,10 @@ void maxpool2x2_backward_relu(float *dx, const float *dy, const float *x, int N,
  * conv2d_forward_maxpool.  Same results, bit for bit. */
 void maxpool2x2_forward_serial(float *y, const float *x, int N, int C, int H, int W);
 
+/* maxpool2x2_backward_relu on the calling thread only, likewise (the fused
+ * convolution backward, conv2d_backward_maxpool).  Same results. */
+void maxpool2x2_backward_relu_serial(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
+
 /* maxpool2x2_forward / maxpool2x2_backward / maxpool2x2_backward_relu run
  * with implementation k (resolved by maxpool_kernel_resolve).  For tests
  * and benchmarks. */

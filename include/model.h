@@ -132,11 +132,20 @@ const float *model_forward(Model *m, const float *x, int N);
  * model_layer_backward: given g = dL/d(output of layer i) (modified in place
  * for an unfused ReLU), writes dL/d(input of layer i) to gnext (not for
  * i = 0) and accumulates the layer's dw/db into m->grads; ReLU backward
- * is fused into the next layer as model_build set it up.  g and gnext are
- * the two m->dbuf buffers, swapped by the caller after each layer. */
+ * is fused into the next layer as model_build set it up.  Returns the
+ * layer whose step comes next: i - 1, or i - 2 when layer i is a max-pool
+ * fused with the ReLU conv i-1 and the direct kernel runs them as one
+ * backward (conv2d_backward_maxpool; gnext then receives dL/d(input of
+ * layer i-1), nothing for i-1 = 0); -1 when done.  g and gnext are the two
+ * m->dbuf buffers, swapped by the caller after each step:
+ *   for (i = n - 1; i >= 0; i = next) { next = model_layer_backward(...); swap; } */
 void model_layer_forward(Model *m, int i, const float *in, int N);
+/* 1 if layer i is a max-pool that runs inside the steps of the ReLU conv
+ * i-1 (its forward always; its backward with the direct kernel), 0
+ * otherwise.  For reports that attribute time to layers. */
+int model_maxpool_fused(const Model *m, int i);
 double model_loss_backward(Model *m, float *g, const float *x, int N, double inv_count);
-void model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N);
+int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N);
 
 /* Encoder only: returns the bottleneck [N][D], D = model_embedding_dim. */
 const float *model_encode(Model *m, const float *x, int N);

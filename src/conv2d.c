@@ -237,6 +237,14 @@ void conv2d_forward_maxpool(float *y, int keep_y, float *yp, const float *x, con
     maxpool2x2_forward(yp, y, N, l->OC, H, W);
 }
 
+void conv2d_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l, int N,
+                             int H, int W, float *scratch, int nthreads)
+{
+    assert_shapes(l, N, H, W, nthreads);
+    assert(H % 2 == 0 && W % 2 == 0 && conv2d_kernel_resolve(l->kernel, l->K) == CONV_KERNEL_DIRECT);
+    conv_direct_backward_maxpool(dx, gp, y, x, l, N, H, W, scratch, nthreads);
+}
+
 void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l, int N, int H, int W, float *scratch, int nthreads)
 {
     assert_shapes(l, N, H, W, nthreads);

@@ -80,10 +80,27 @@ static int ceil_div(int a, int b)
  *   wb   input-grad weights [ceil(C/CO_MAX)][K*K][OC][CO_MAX] (flipped, transposed)
  *   mask uint16 [vectors per plane][K*K]
  *   per thread: dw partial [K*K][OC][C][LANES] floats, then db partial [OC] doubles
- *     (backward); or one output image [OC][H][W] (forward with max-pooling
- *     when y is not kept) */
+ *     (backward), then at `image` one image [OC][H][W] (the fused max-pool
+ *     paths: conv output not kept, or the gradient before the pool) */
+/* Bytes of g and x that one chunk of the backward passes covers: chunks
+ * stay in L2 between the weight-gradient and the input-gradient pass (one
+ * 16-channel 64x64 image in and out is 512 KiB). */
+#ifndef BWD_CHUNK_BYTES
+#define BWD_CHUNK_BYTES (512 * 1024)
+#endif
+
+/* Images per chunk of conv_direct_backward_maxpool: about BWD_CHUNK_BYTES
+ * of x and g, at least one (small images: several, so that the
+ * weight-gradient groups stay long). */
+static int bwd_chunk_images(const Conv2d *l, int H, int W)
+{
+    const size_t image_bytes = ((size_t)l->C + l->OC) * H * W * sizeof(float);
+    const size_t k = BWD_CHUNK_BYTES / image_bytes;
+    return k < 1 ? 1 : (int)k;
+}
+
 typedef struct Layout {
-    size_t wf, wb, mask, thread0, per_thread, dw_part;
+    size_t wf, wb, mask, thread0, per_thread, dw_part, image;
 } Layout;
 
 static Layout layout(const Conv2d *l, int H, int W)
@@ -96,9 +113,8 @@ static Layout layout(const Conv2d *l, int H, int W)
     z.mask = z.wb + round_line((size_t)ceil_div(l->C, CO_MAX) * kk * l->OC * CO_MAX);
     z.thread0 = z.mask + round_line((nv * kk * sizeof(uint16_t) + sizeof(float) - 1) / sizeof(float));
     z.dw_part = kk * l->OC * l->C * LANES;
-    z.per_thread = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
-    /* the forward with max-pooling reuses the area for one output image */
-    if (round_line((size_t)l->OC * hw) > z.per_thread) z.per_thread = round_line((size_t)l->OC * hw);
+    z.image = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
+    z.per_thread = z.image + round_line((size_t)bwd_chunk_images(l, H, W) * l->OC * hw);
     return z;
 }
 
@@ -371,7 +387,7 @@ void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x
          * it is still in this core's L2 (256 KiB for 16 x 64 x 64) */
         const int tid = team_thread_id(), nt = team_size();
         const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
-        float *own = scratch + z.thread0 + (size_t)tid * z.per_thread;
+        float *own = scratch + z.thread0 + (size_t)tid * z.per_thread + z.image;
         for (int n = n0; n < n1; n++) {
             float *yn = keep_y ? y + (size_t)n * y_image : own;
             direct_pass(yn, x + (size_t)n * x_image, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, nv, mode);
@@ -610,11 +626,7 @@ static int64_t wgrad_group_vectors(int W, int K)
 }
 
 /* Vectors per chunk of conv_direct_backward: whole groups, about
- * BWD_CHUNK_BYTES of g and x together (one 16-channel 64x64 image in and
- * out is 512 KiB), so that a chunk stays in L2 between the two passes. */
-#ifndef BWD_CHUNK_BYTES
-#define BWD_CHUNK_BYTES (512 * 1024)
-#endif
+ * BWD_CHUNK_BYTES of g and x together. */
 static int64_t wgrad_chunk_vectors(int C, int OC, int W, int K)
 {
     const int64_t group = wgrad_group_vectors(W, K);
@@ -696,18 +708,64 @@ TARGET static void wgrad_pass(float *part, double *dbp, const float *g, const fl
     }
 }
 
+/* The per-call set-up of both backward passes in scratch: flipped weights
+ * for dx (when with_dx) and the lane masks; returns the dx output mode. */
+static int prepare_backward(const Conv2d *l, int H, int W, float *scratch, const Layout *z, int with_dx,
+                            const float **wb, const uint16_t **mask)
+{
+    float *w = scratch + z->wb;
+    uint16_t *m = (uint16_t *)(void *)(scratch + z->mask);
+    if (with_dx) pack_input_grad(w, l->w, l->C, l->OC, l->K * l->K);
+    build_masks(m, l->K, H, W);
+    *wb = w;
+    *mask = m;
+    return (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
+}
+
+/* Zeroes a thread's weight-gradient partial part[dw_part] and the db
+ * partial (OC doubles) after it; returns the latter. */
+static double *zero_partials(float *part, const Layout *z, int OC)
+{
+    double *dbp = (double *)(void *)(part + z->dw_part);
+    memset(part, 0, sizeof(float) * z->dw_part);
+    for (int o = 0; o < OC; o++) dbp[o] = 0.0;
+    return dbp;
+}
+
+/* Adds the threads' weight/bias-gradient partials into l->dw, l->db in a
+ * fixed order (threads 0..nt-1, lanes 0..15), output channels split between
+ * the threads: thread tid of nt does its share.  Called by every thread of
+ * the team after a barrier. */
+static void reduce_partials(const Conv2d *l, const float *scratch, const Layout *z, int tid, int nt)
+{
+    const int C = l->C, OC = l->OC, kk = l->K * l->K;
+    const int o_lo = OC * tid / nt, o_hi = OC * (tid + 1) / nt;
+    for (int t = 0; t < nt; t++) {
+        const float *pt = scratch + z->thread0 + (size_t)t * z->per_thread;
+        const double *dbt = (const double *)(const void *)(pt + z->dw_part);
+        for (int o = o_lo; o < o_hi; o++) {
+            for (int c = 0; c < C; c++)
+                for (int tap = 0; tap < kk; tap++) {
+                    const float *lanes = pt + (((size_t)tap * OC + o) * C + c) * LANES;
+                    float sum = 0.0f;
+                    for (int i = 0; i < LANES; i++) sum += lanes[i];
+                    l->dw[((size_t)o * C + c) * kk + tap] += sum;
+                }
+            l->db[o] += (float)dbt[o];
+        }
+    }
+}
+
 void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2d *l, int N, int H, int W,
                           float *scratch, int nthreads)
 {
     assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS);
     const Layout z = layout(l, H, W);
-    const int C = l->C, OC = l->OC, kk = l->K * l->K, nv = ceil_div(H * W, LANES);
+    const int C = l->C, OC = l->OC, nv = ceil_div(H * W, LANES);
     const int64_t total = (int64_t)N * nv;
-    float *wb = scratch + z.wb;
-    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
-    if (dx) pack_input_grad(wb, l->w, C, OC, kk);
-    build_masks(mask, l->K, H, W);
-    const int mode = (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
+    const float *wb;
+    const uint16_t *mask;
+    const int mode = prepare_backward(l, H, W, scratch, &z, dx != NULL, &wb, &mask);
     int team = nthreads;
     if ((int64_t)team > total) team = (int)total;
     (void)team;
@@ -717,9 +775,7 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
     {
         const int tid = team_thread_id(), nt = team_size();
         float *part = scratch + z.thread0 + (size_t)tid * z.per_thread;
-        double *dbp = (double *)(void *)(part + z.dw_part);
-        memset(part, 0, sizeof(float) * z.dw_part);
-        for (int o = 0; o < OC; o++) dbp[o] = 0.0;
+        double *dbp = zero_partials(part, &z, OC);
         int64_t v0, v1;
         if (W % LANES == 0) {
             /* whole rows per thread (wgrad_pass's row-structured tiles) */
@@ -745,23 +801,44 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        /* Fixed-order reduction, output channels split between the threads:
-         * partials of threads 0..nt-1 in order, lanes 0..15 in order. */
-        const int o_lo = OC * tid / nt, o_hi = OC * (tid + 1) / nt;
-        for (int t = 0; t < nt; t++) {
-            const float *pt = scratch + z.thread0 + (size_t)t * z.per_thread;
-            const double *dbt = (const double *)(const void *)(pt + z.dw_part);
-            for (int o = o_lo; o < o_hi; o++) {
-                for (int c = 0; c < C; c++)
-                    for (int tap = 0; tap < kk; tap++) {
-                        const float *lanes = pt + (((size_t)tap * OC + o) * C + c) * LANES;
-                        float sum = 0.0f;
-                        for (int i = 0; i < LANES; i++) sum += lanes[i];
-                        l->dw[((size_t)o * C + c) * kk + tap] += sum;
-                    }
-                l->db[o] += (float)dbt[o];
-            }
+        reduce_partials(l, scratch, &z, tid, nt);
+    }
+}
+
+void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
+                                  int N, int H, int W, float *scratch, int nthreads)
+{
+    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
+    const Layout z = layout(l, H, W);
+    const int C = l->C, OC = l->OC, nv = ceil_div(H * W, LANES);
+    const size_t x_image = (size_t)C * H * W, y_image = (size_t)OC * H * W;
+    const float *wb;
+    const uint16_t *mask;
+    const int mode = prepare_backward(l, H, W, scratch, &z, dx != NULL, &wb, &mask);
+    const int team = nthreads < N ? nthreads : N, chunk = bwd_chunk_images(l, H, W);
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+#endif
+    {
+        const int tid = team_thread_id(), nt = team_size();
+        float *part = scratch + z.thread0 + (size_t)tid * z.per_thread;
+        double *dbp = zero_partials(part, &z, OC);
+        float *g = part + z.image; /* a chunk of dL/d(conv output), in L2 */
+        const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
+        for (int n = n0; n < n1; n += chunk) {
+            const int k = n1 - n < chunk ? n1 - n : chunk; /* images in this chunk */
+            const float *xn = x + (size_t)n * x_image;
+            maxpool2x2_backward_relu_serial(g, gp + (size_t)n * y_image / 4, y + (size_t)n * y_image, k, OC, H, W);
+            wgrad_pass(part, dbp, g, xn, C, OC, l->K, H, W, mask, 0, (int64_t)k * nv);
+            if (dx)
+                direct_pass(dx + (size_t)n * x_image, g, wb, NULL, mode == OUT_MASK_BY_X ? xn : NULL, OC, C, l->K, H,
+                            W, mask, 0, (int64_t)k * nv, mode);
         }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        reduce_partials(l, scratch, &z, tid, nt);
     }
 }
 
@@ -784,6 +861,13 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
 {
     (void)dx; (void)g; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
     assert(0 && "conv_direct_backward without AVX-512 support");
+}
+
+void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
+                                  int N, int H, int W, float *scratch, int nthreads)
+{
+    (void)dx; (void)gp; (void)y; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_backward_maxpool without AVX-512 support");
 }
 
 void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,

@@ -229,6 +229,32 @@ MaxpoolKernel maxpool_kernel_resolve(MaxpoolKernel k)
     return MAXPOOL_KERNEL_SCALAR;
 }
 
+/* One plane of the forward / backward with the implementation chosen by
+ * vec (1: AVX-512, known to be supported). */
+static void forward_plane(float *yp, const float *xp, int H, int W, int vec)
+{
+#if MAXPOOL_HAVE_AVX512
+    if (vec) {
+        forward_plane_avx512(yp, xp, H, W);
+        return;
+    }
+#endif
+    (void)vec;
+    forward_plane_scalar(yp, xp, H, W);
+}
+
+static void backward_plane(float *dxp, const float *dyp, const float *xp, int H, int W, int relu, int vec)
+{
+#if MAXPOOL_HAVE_AVX512
+    if (vec) {
+        backward_plane_avx512(dxp, dyp, xp, H, W, relu);
+        return;
+    }
+#endif
+    (void)vec;
+    backward_plane_scalar(dxp, dyp, xp, H, W, relu);
+}
+
 void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, int W, MaxpoolKernel k)
 {
     assert(N >= 1 && C >= 1 && H >= 2 && W >= 2 && H % 2 == 0 && W % 2 == 0);
@@ -238,17 +264,7 @@ void maxpool2x2_forward_kernel(float *y, const float *x, int N, int C, int H, in
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (planes * in_plane >= MAXPOOL_OMP_MIN_ELEMS)
 #endif
-    for (size_t pc = 0; pc < planes; pc++) {
-        const float *xp = x + pc * in_plane;
-        float *yp = y + pc * out_plane;
-#if MAXPOOL_HAVE_AVX512
-        if (vec) {
-            forward_plane_avx512(yp, xp, H, W);
-            continue;
-        }
-#endif
-        forward_plane_scalar(yp, xp, H, W);
-    }
+    for (size_t pc = 0; pc < planes; pc++) forward_plane(y + pc * out_plane, x + pc * in_plane, H, W, vec);
 }
 
 void maxpool2x2_forward_serial(float *y, const float *x, int N, int C, int H, int W)
@@ -256,16 +272,16 @@ void maxpool2x2_forward_serial(float *y, const float *x, int N, int C, int H, in
     assert(N >= 1 && C >= 1 && H >= 2 && W >= 2 && H % 2 == 0 && W % 2 == 0);
     const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = in_plane / 4;
     const int vec = maxpool_kernel_resolve(MAXPOOL_KERNEL_AUTO) == MAXPOOL_KERNEL_AVX512;
-    (void)vec;
-    for (size_t pc = 0; pc < planes; pc++) {
-#if MAXPOOL_HAVE_AVX512
-        if (vec) {
-            forward_plane_avx512(y + pc * out_plane, x + pc * in_plane, H, W);
-            continue;
-        }
-#endif
-        forward_plane_scalar(y + pc * out_plane, x + pc * in_plane, H, W);
-    }
+    for (size_t pc = 0; pc < planes; pc++) forward_plane(y + pc * out_plane, x + pc * in_plane, H, W, vec);
+}
+
+void maxpool2x2_backward_relu_serial(float *dx, const float *dy, const float *x, int N, int C, int H, int W)
+{
+    assert(N >= 1 && C >= 1 && H >= 2 && W >= 2 && H % 2 == 0 && W % 2 == 0);
+    const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = in_plane / 4;
+    const int vec = maxpool_kernel_resolve(MAXPOOL_KERNEL_AUTO) == MAXPOOL_KERNEL_AVX512;
+    for (size_t pc = 0; pc < planes; pc++)
+        backward_plane(dx + pc * in_plane, dy + pc * out_plane, x + pc * in_plane, H, W, 1, vec);
 }
 
 /* maxpool2x2_backward_kernel (relu = 0) and maxpool2x2_backward_relu_kernel
@@ -280,17 +296,8 @@ static void backward_all(float *dx, const float *dy, const float *x, int N, int 
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (planes * in_plane >= MAXPOOL_OMP_MIN_ELEMS)
 #endif
-    for (size_t pc = 0; pc < planes; pc++) {
-        const float *xp = x + pc * in_plane, *dyp = dy + pc * out_plane;
-        float *dxp = dx + pc * in_plane;
-#if MAXPOOL_HAVE_AVX512
-        if (vec) {
-            backward_plane_avx512(dxp, dyp, xp, H, W, relu);
-            continue;
-        }
-#endif
-        backward_plane_scalar(dxp, dyp, xp, H, W, relu);
-    }
+    for (size_t pc = 0; pc < planes; pc++)
+        backward_plane(dx + pc * in_plane, dy + pc * out_plane, x + pc * in_plane, H, W, relu, vec);
 }
 
 void maxpool2x2_backward_kernel(float *dx, const float *dy, const float *x, int N, int C, int H, int W,

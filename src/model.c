@@ -307,6 +307,11 @@ static int maxpool_fused(const Model *m, int i)
            (m->layers[i].conv.fuse & CONV_FUSE_RELU) && m->layers[i + 1].kind == LAYER_MAXPOOL;
 }
 
+int model_maxpool_fused(const Model *m, int i)
+{
+    return maxpool_fused(m, i - 1);
+}
+
 /* model_layer_forward; keep = 0 when no backward follows, so a conv fused
  * with its max-pool need not store its own output (conv2d_forward_maxpool). */
 static void layer_forward(Model *m, int i, const float *in, int N, int keep)
@@ -394,12 +399,29 @@ double model_loss_backward(Model *m, float *g, const float *x, int N, double inv
     return mse_sigmoid_backward(g, m->layers[n - 1].out, x, numel, inv_count);
 }
 
-void model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N)
+/* 1 if the backward step of layer i, a max-pool whose forward ran inside
+ * the ReLU conv i-1 (maxpool_fused), also runs that conv's backward
+ * (conv2d_backward_maxpool: the direct kernel only). */
+static int maxpool_backward_fused(const Model *m, int i)
+{
+    if (!maxpool_fused(m, i - 1)) return 0;
+    const Conv2d *cv = &m->layers[i - 1].conv;
+    return conv2d_kernel_resolve(cv->kernel, cv->K) == CONV_KERNEL_DIRECT;
+}
+
+int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N)
 {
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
     Layer *L = &m->layers[i];
     const float *in = i > 0 ? m->layers[i - 1].out : x;
     const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
+    if (L->kind == LAYER_MAXPOOL && maxpool_backward_fused(m, i)) {
+        /* the pool and the conv before it, one image at a time */
+        Layer *P = &m->layers[i - 1];
+        conv2d_backward_maxpool(i > 1 ? gnext : NULL, g, P->out, i > 1 ? m->layers[i - 2].out : x, &P->conv, N,
+                                P->H, P->W, m->scratch, m->nthreads);
+        return i - 2;
+    }
     switch (L->kind) {
     case LAYER_CONV:
         if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
@@ -419,6 +441,7 @@ void model_layer_backward(Model *m, int i, float *gnext, float *g, const float *
             upsample2x_backward(gnext, g, N, L->C, L->H, L->W);
         break;
     }
+    return i - 1;
 }
 
 double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count, const ModelGradHook *hook)
@@ -429,13 +452,16 @@ double model_forward_backward_hooked(Model *m, const float *x, int N, double inv
     /* g holds dL/d(output of layer i) as we walk back */
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
     const double sse = model_loss_backward(m, g, x, N, inv_count);
-    for (int i = n - 1; i >= 0; i--) {
-        model_layer_backward(m, i, gnext, g, x, N);
-        if (m->layers[i].kind == LAYER_CONV) done = (size_t)(m->layers[i].conv.dw - m->grads);
+    for (int i = n - 1; i >= 0;) {
+        const int next = model_layer_backward(m, i, gnext, g, x, N);
         float *t = g;
         g = gnext;
         gnext = t;
-        if (hook) hook->fn(hook->user, done);
+        /* once per layer, also when one step covered two (a fused max-pool) */
+        for (; i > next; i--) {
+            if (m->layers[i].kind == LAYER_CONV) done = (size_t)(m->layers[i].conv.dw - m->grads);
+            if (hook) hook->fn(hook->user, done);
+        }
     }
     return sse;
 }

@@ -15,8 +15,8 @@
  * widths of 16, 32 and 48 (rows of whole vectors: the row-structured
  * weight-gradient tiles, K = 3 and 5).
  * Fused ReLU (forward) and the ReLU mask of dx (backward) are checked
- * against the unfused results with every kernel, and the forward fused with
- * 2x2 max-pooling against conv2d_forward + maxpool2x2_forward.  Scratch
+ * against the unfused results with every kernel, and the forward and
+ * backward fused with 2x2 max-pooling against the separate calls.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
  * so a sanitizer build catches overruns and any read of stale scratch shows.
  */
@@ -360,6 +360,56 @@ static void test_fused_maxpool(void **state)
     }
 }
 
+/* conv2d_backward_maxpool = maxpool2x2_backward_relu then conv2d_backward
+ * (direct kernel): dx bit for bit (with and without the ReLU mask of dx),
+ * dw and db (accumulated onto nonzero values) up to float summation order;
+ * dx = NULL leaves dx alone and gives the same dw. */
+static void test_fused_maxpool_backward(void **state)
+{
+    (void)state;
+    if (!kernel_runs(CONV_KERNEL_DIRECT)) skip();
+    const Shape shapes[] = {{5, 16, 8, 28, 28, 3}, {1, 3, 16, 64, 64, 3}, {3, 5, 6, 14, 8, 3},
+                            {2, 4, 3, 6, 6, 5}, {4, 16, 1, 2, 2, 3}, {3, 8, 16, 16, 32, 3},
+                            {7, 8, 8, 48, 48, 3}}; /* chunks of 3 images: 3 + 3 + 1 on one thread */
+    for (size_t i = 0; i < COUNT(shapes); i++) {
+        const Shape s = shapes[i];
+        Problem p;
+        problem_init(&p, s, 6000 + i);
+        const size_t np = p.ny / 4, ng = p.nw + p.nb;
+        float *y = xmalloc(sizeof(float) * p.ny), *yp = xmalloc(sizeof(float) * np);
+        float *g = xmalloc(sizeof(float) * p.ny);
+        float *dx = xmalloc(sizeof(float) * p.nx), *dxf = xmalloc(sizeof(float) * p.nx);
+        float *grad = xmalloc(sizeof(float) * ng), *gradf = xmalloc(sizeof(float) * ng);
+        for (size_t t = 0; t < COUNT(NTHREADS); t++)
+            for (int dx_relu = 0; dx_relu <= 1; dx_relu++) {
+                const int nt = NTHREADS[t];
+                Conv2d l = layer_of(&p, grad, grad + p.nw), lf = layer_of(&p, gradf, gradf + p.nw);
+                l.kernel = lf.kernel = CONV_KERNEL_DIRECT;
+                l.fuse = lf.fuse = CONV_FUSE_RELU | (dx_relu ? CONV_FUSE_DX_RELU : 0);
+                float *scratch = alloc_scratch(&l, s.H, s.W, nt);
+                conv2d_forward_maxpool(y, 1, yp, p.x, &l, s.N, s.H, s.W, scratch, nt);
+                /* the pooled gradient: r's first np values */
+                for (size_t j = 0; j < ng; j++) grad[j] = gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
+                maxpool2x2_backward_relu(g, p.r, y, s.N, s.OC, s.H, s.W);
+                conv2d_backward(dx, g, p.x, &l, s.N, s.H, s.W, scratch, nt);
+                fill_nan(dxf, p.nx);
+                conv2d_backward_maxpool(dxf, p.r, y, p.x, &lf, s.N, s.H, s.W, scratch, nt);
+                assert_true(check_tensor("fused dx", dxf, dx, p.nx, 0.0, 0.0));
+                assert_true(check_tensor("fused dw db", gradf, grad, ng, 1e-5, 1e-5));
+                for (size_t j = 0; j < ng; j++) gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
+                fill_nan(dxf, p.nx);
+                conv2d_backward_maxpool(NULL, p.r, y, p.x, &lf, s.N, s.H, s.W, scratch, nt);
+                assert_true(check_tensor("fused dw db, dx NULL", gradf, grad, ng, 1e-5, 1e-5));
+                size_t written = 0;
+                for (size_t j = 0; j < p.nx; j++) written += dxf[j] == dxf[j];
+                assert_int_equal(written, 0);
+                free(scratch);
+            }
+        free(y); free(yp); free(g); free(dx); free(dxf); free(grad); free(gradf);
+        problem_free(&p);
+    }
+}
+
 /* The scratch size grows with the thread count and covers a col matrix per thread. */
 static void test_scratch_size(void **state)
 {
@@ -381,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_scratch_size),
         cmocka_unit_test(test_fused_relu),
         cmocka_unit_test(test_fused_maxpool),
+        cmocka_unit_test(test_fused_maxpool_backward),
         cmocka_unit_test(test_kernel_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
