@@ -47,6 +47,7 @@
 #include "sampler.h"
 #include "threads.h"
 #include "timer.h"
+#include "upsample.h"
 
 /* Seeds of the random batch and of the weights: any fixed values. */
 #define BENCH_DATA_SEED 6u
@@ -106,19 +107,21 @@ static const char *layer_desc(char *buf, size_t len, const Model *m, int i)
     const Layer *L = &m->layers[i];
     switch (L->kind) {
     case LAYER_CONV:
-        snprintf(buf, len, "conv%dx%d %d->%d @%dx%d%s", L->conv.K, L->conv.K, L->C, L->OC, L->H, L->W,
-                 L->act == ACT_SIGMOID ? " +sigmoid" : i + 1 < m->spec.n_layers && model_maxpool_fused(m, i + 1)
-                                                         ? " +maxpool" : "");
-        break;
+        snprintf(buf, len, "%sconv%dx%d %d->%d @%dx%d%s%s", model_layer_fused_into(m, i - 1) == i ? "upsample+" : "",
+                 L->conv.K, L->conv.K, L->C, L->OC, L->H, L->W, L->act == ACT_SIGMOID ? " +sigmoid" : "",
+                 model_layer_fused_into(m, i + 1) == i ? " +maxpool" : "");
+        return buf;
     case LAYER_MAXPOOL:
-        if (model_maxpool_fused(m, i))
-            snprintf(buf, len, "maxpool %d @%dx%d (in #%d)", L->C, L->H, L->W, i - 1);
-        else
-            snprintf(buf, len, "maxpool %d @%dx%d", L->C, L->H, L->W);
+        snprintf(buf, len, "maxpool %d @%dx%d", L->C, L->H, L->W);
         break;
     case LAYER_UPSAMPLE:
         snprintf(buf, len, "upsample %d @%dx%d", L->C, L->H, L->W);
         break;
+    }
+    const int into = model_layer_fused_into(m, i);
+    if (into >= 0) {
+        const size_t used = strlen(buf);
+        snprintf(buf + used, len - used, " (in #%d)", into);
     }
     return buf;
 }
@@ -128,9 +131,9 @@ static const char *layer_desc(char *buf, size_t len, const Model *m, int i)
  * model_layer_backward) in the same order.  tf[i], tb[i] receive layer i's
  * forward / backward seconds, tf[n_layers] the loss (mse_sigmoid_backward:
  * the loss, its gradient and the output sigmoid's backward, which the last
- * conv's row therefore excludes).  A max-pool fused with the ReLU conv
- * before it (conv2d_forward_maxpool / conv2d_backward_maxpool) runs inside
- * that conv's steps: its time is on the conv's row, the pool's row is ~0. */
+ * conv's row therefore excludes).  A max-pool or upsample fused into a
+ * conv (model_layer_fused_into) runs inside that conv's steps: its time is
+ * on the conv's row, its own row is ~0. */
 static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
 {
     const int n = m->spec.n_layers;
@@ -146,10 +149,10 @@ static double profiled_forward_backward(Model *m, const float *x, int N, double 
     for (int i = n - 1; i >= 0;) {
         t0 = timer_now();
         const int next = model_layer_backward(m, i, gnext, g, x, N);
-        /* a step that covered several layers (a max-pool fused with the
-         * conv before it) counts on the lowest one, the conv */
-        for (int j = i; j > next; j--) tb[j] = 0.0;
-        tb[next + 1] = timer_now() - t0;
+        /* a step that covered two layers (a conv and the max-pool after it
+         * or the upsample before it) counts on the conv */
+        const double dt = timer_now() - t0;
+        for (int j = i; j > next; j--) tb[j] = m->layers[j].kind == LAYER_CONV ? dt : 0.0;
         float *t = g;
         g = gnext;
         gnext = t;
@@ -174,7 +177,8 @@ static int kernel_runs(ConvKernel k, int K) { return conv2d_kernel_resolve(k, K)
  * each repetition so that load from other jobs spreads over all of them.
  * Same thread count (m->nthreads), fuse flags and scratch size
  * (conv2d_scratch_floats) as the model; the data are the model's own: the
- * layer's input activations of the last forward (the previous layer's out,
+ * layer's input activations of the last forward (the previous layer's out
+ * (an upsample fused into the conv is computed here, as it is never stored),
  * or x for layer 0) and, as dy, the gradient buffer m->dbuf[0] as the last
  * backward left it.  The backward computes dx except for layer 0, as
  * model_forward_backward does; y and dx go to m->dbuf[1], dw/db to private
@@ -189,6 +193,9 @@ static void time_conv_kernels(Model *m, int i, const float *x, int N, int reps, 
     const size_t scratch_n = conv2d_scratch_floats(&c, L->H, L->W, m->nthreads);
     float *scratch = xcalloc(scratch_n, sizeof(float));
     const float *in = i > 0 ? m->layers[i - 1].out : x;
+    /* an upsample fused into this conv never stores its output: make it */
+    if (i > 1 && model_layer_fused_into(m, i - 1) == i)
+        upsample2x_forward(m->layers[i - 1].out, m->layers[i - 2].out, N, L->C, L->H / 2, L->W / 2);
     const float *dy = m->dbuf[0];
     float *out = m->dbuf[1]; /* y[N][OC][H][W], then dx[N][C][H][W] */
     double *tf = xcalloc((size_t)PROFILE_N_KERNELS * reps, sizeof(double));

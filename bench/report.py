@@ -348,7 +348,8 @@ def profile_workload(recs, w, threads, heading):
                "- the three most expensive layers: " + "; ".join(
                    f"#{r['index']} {r['desc']} {1e3 * (r['fwd_s'] + r['bwd_s']):.0f} ms" for r in top),
                f"- pooling and upsampling: {100 * pool_t / total:.1f}% of the step"
-               + (" (a max-pool marked \"in #i\" runs inside conv #i, fused, and its time is in that row)"
+               + (" outside the conv rows (a max-pool or upsample marked \"in #i\" runs inside conv #i, fused, "
+                  "and its time is in that row)"
                   if any("(in #" in r["desc"] for r in layers) else "")]
     if timed:
         bullets.append(kernel_bullet(timed))

@@ -137,6 +137,20 @@ void conv2d_forward_maxpool(float *y, int keep_y, float *yp, const float *x, con
 void conv2d_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l, int N,
                              int H, int W, float *scratch, int nthreads);
 
+/* conv2d_forward on the 2x nearest upsampling of a[N][C][H/2][W/2]
+ * (upsample.h), and its backward into da[N][C][H/2][W/2] (NULL: skip; with
+ * relu, masked by a > 0 as upsample2x_backward_relu), without storing the
+ * upsampled [N][C][H][W] tensor or its gradient (conv_direct_forward_upsample
+ * / conv_direct_backward_upsample: chunks of images in cache).  y and da bit
+ * for bit the unfused calls, dw/db up to float summation order.  Direct
+ * kernel only (asserts conv2d_kernel_resolve(l->kernel, l->K) ==
+ * CONV_KERNEL_DIRECT); H, W even; l->fuse without CONV_FUSE_DX_RELU for the
+ * backward.  Same scratch as conv2d_forward. */
+void conv2d_forward_upsample(float *y, const float *a, const Conv2d *l, int N, int H, int W, float *scratch,
+                             int nthreads);
+void conv2d_backward_upsample(float *da, const float *g, const float *a, int relu, const Conv2d *l, int N, int H,
+                              int W, float *scratch, int nthreads);
+
 /* Backward of conv2d_forward given dy[N][OC][H][W] = dL/dy and the forward
  * input x[N][C][H][W]:
  *   dx[N][C][H][W] overwritten with dL/dx (dx may be NULL: input gradient not

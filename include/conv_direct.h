@@ -61,9 +61,10 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
                          int nthreads);
 
 /* conv_direct_forward followed by maxpool2x2_forward (maxpool.h) of its
- * output, fused (issue 6): the threads take whole images, and each image's
- * conv output is pooled while it is still in the core's cache, instead of
- * a second pass that reads the whole y back from memory.
+ * output, fused (issue 6): the threads take whole images, and each chunk
+ * of images' conv output (about 512 KiB with the input, at least one
+ * image) is pooled while it is still in the core's cache, instead of a
+ * second pass that reads the whole y back from memory.
  *   y[N][OC][H][W]: the conv output (after the fused ReLU) when keep_y is
  *     nonzero, as conv_direct_forward writes it; when keep_y is 0, y is
  *     neither read nor written (may be NULL) and each image goes through a
@@ -88,6 +89,30 @@ void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x
  * dx must not alias gp, y or x.  Only call when conv_direct_supported(). */
 void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
                                   int N, int H, int W, float *scratch, int nthreads);
+
+/* conv_direct_forward of the 2x nearest upsampling (upsample.h) of
+ * a[N][C][H/2][W/2]: y[N][OC][H][W] = conv(upsample2x(a)) + b (+ ReLU with
+ * CONV_FUSE_RELU), bit for bit the two calls, without the [N][C][H][W]
+ * upsampled tensor: each thread takes whole images and upsamples a chunk
+ * of them (about 512 KiB, bwd_chunk_images) into scratch, in L2, before
+ * convolving it.  H, W even; y must not alias a.  Only call when
+ * conv_direct_supported(). */
+void conv_direct_forward_upsample(float *y, const float *a, const Conv2d *l, int N, int H, int W, float *scratch,
+                                  int nthreads);
+
+/* The backward of conv_direct_forward_upsample given g[N][OC][H][W] =
+ * dL/d(conv output) and the same a: per chunk of images, upsamples a again
+ * into scratch for the weight gradient, computes the input gradient of the
+ * upsampled tensor there and sums its 2x2 blocks (upsample2x_backward) into
+ * da[N][C][H/2][W/2] (overwritten; NULL to skip); with relu nonzero,
+ * da = a > 0 ? that : +0 (upsample2x_backward_relu: a came out of a ReLU).
+ * da bit for bit the unfused calls (conv_direct_backward, then
+ * upsample2x_backward[_relu]); l->dw, l->db accumulated, up to float
+ * summation order (groups restart at every chunk).  l->fuse must not have
+ * CONV_FUSE_DX_RELU.  da must not alias g or a.  Only call when
+ * conv_direct_supported(). */
+void conv_direct_backward_upsample(float *da, const float *g, const float *a, int relu, const Conv2d *l, int N,
+                                   int H, int W, float *scratch, int nthreads);
 
 /* Backward given g[N][OC][H][W] = dL/d(conv output) (after any fused
  * activation's backward) and the input x:

@@ -114,17 +114,18 @@ void model_init_glorot(Model *m, uint64_t seed);
 /* Forward pass of N <= max_batch images x[N][C][H][W] (may be m->input).
  * Returns the output [N][C][H][W] in (0,1) (the last layer's `out`).
  * Inference only: the `out` of a conv followed by a max-pool is not written
- * (nothing reads it without a backward); model_forward_backward keeps all. */
+ * (nothing reads it without a backward); model_forward_backward keeps all
+ * but the `out` of fused upsamples (model_layer_fused_into). */
 const float *model_forward(Model *m, const float *x, int N);
 
 /* The layer steps model_forward and model_forward_backward are made of, for
  * callers that time or inspect single layers (bench/bench_train --profile).
  *
  * model_layer_forward: layer i on in[N] (the batch x for i = 0, else layer
- * i-1's `out`), writing m->layers[i].out (post-activation); a max-pool
- * right after a ReLU conv is computed by that conv's step (fused,
- * conv2d_forward_maxpool), so its own step does nothing: run the steps in
- * order.
+ * i-1's `out`), writing m->layers[i].out (post-activation); layers fused
+ * into a conv (model_layer_fused_into) are computed by that conv's step and
+ * their own step does nothing (a fused upsample's `out` is never written):
+ * run the steps in order.
  * model_loss_backward: after the forward pass, the MSE loss against the
  * batch x[N] with the output sigmoid's backward (mse_sigmoid_backward):
  * writes dL/d(pre-sigmoid) to g (a [max_batch * largest activation] buffer
@@ -133,17 +134,22 @@ const float *model_forward(Model *m, const float *x, int N);
  * for an unfused ReLU), writes dL/d(input of layer i) to gnext (not for
  * i = 0) and accumulates the layer's dw/db into m->grads; ReLU backward
  * is fused into the next layer as model_build set it up.  Returns the
- * layer whose step comes next: i - 1, or i - 2 when layer i is a max-pool
- * fused with the ReLU conv i-1 and the direct kernel runs them as one
- * backward (conv2d_backward_maxpool; gnext then receives dL/d(input of
- * layer i-1), nothing for i-1 = 0); -1 when done.  g and gnext are the two
+ * layer whose step comes next: i - 1, or i - 2 when the step also covered
+ * layer i-1 (model_layer_fused_into: a max-pool i with the conv i-1 before
+ * it, conv2d_backward_maxpool; a conv i with the upsample i-1 before it,
+ * conv2d_backward_upsample); gnext then receives dL/d(input of layer i-1)
+ * (nothing when i-1 = 0); -1 when done.  g and gnext are the two
  * m->dbuf buffers, swapped by the caller after each step:
  *   for (i = n - 1; i >= 0; i = next) { next = model_layer_backward(...); swap; } */
 void model_layer_forward(Model *m, int i, const float *in, int N);
-/* 1 if layer i is a max-pool that runs inside the steps of the ReLU conv
- * i-1 (its forward always; its backward with the direct kernel), 0
- * otherwise.  For reports that attribute time to layers. */
-int model_maxpool_fused(const Model *m, int i);
+/* The conv layer whose steps also run layer i, or -1: a max-pool right
+ * after a ReLU conv runs inside that conv (i - 1: its forward always, its
+ * backward with the direct kernel); an upsample (not the first layer)
+ * right before a conv that the direct kernel runs runs inside that conv
+ * (i + 1, forward and backward: the upsampled tensor is never stored).
+ * A fused layer's own steps do nothing.  For reports that attribute time
+ * to layers. */
+int model_layer_fused_into(const Model *m, int i);
 double model_loss_backward(Model *m, float *g, const float *x, int N, double inv_count);
 int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x, int N);
 

@@ -51,6 +51,14 @@ void upsample2x_backward(float *dx, const float *dy, int N, int C, int H, int W)
  * Same as upsample2x_backward_relu_kernel(..., AUTO). */
 void upsample2x_backward_relu(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
 
+/* upsample2x_forward, and upsample2x_backward (x NULL) or
+ * upsample2x_backward_relu (x the forward input), on the calling thread
+ * only (never open an OpenMP region), AVX-512 when the CPU has it: for
+ * callers inside their own parallel region (the convolutions fused with
+ * upsampling, conv2d.h).  Same results, bit for bit. */
+void upsample2x_forward_serial(float *y, const float *x, int N, int C, int H, int W);
+void upsample2x_backward_serial(float *dx, const float *dy, const float *x, int N, int C, int H, int W);
+
 /* upsample2x_forward / upsample2x_backward / upsample2x_backward_relu run
  * with implementation k (resolved by upsample_kernel_resolve).  For tests
  * and benchmarks. */

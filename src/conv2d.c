@@ -245,6 +245,22 @@ void conv2d_backward_maxpool(float *dx, const float *gp, const float *y, const f
     conv_direct_backward_maxpool(dx, gp, y, x, l, N, H, W, scratch, nthreads);
 }
 
+void conv2d_forward_upsample(float *y, const float *a, const Conv2d *l, int N, int H, int W, float *scratch,
+                             int nthreads)
+{
+    assert_shapes(l, N, H, W, nthreads);
+    assert(H % 2 == 0 && W % 2 == 0 && conv2d_kernel_resolve(l->kernel, l->K) == CONV_KERNEL_DIRECT);
+    conv_direct_forward_upsample(y, a, l, N, H, W, scratch, nthreads);
+}
+
+void conv2d_backward_upsample(float *da, const float *g, const float *a, int relu, const Conv2d *l, int N, int H,
+                              int W, float *scratch, int nthreads)
+{
+    assert_shapes(l, N, H, W, nthreads);
+    assert(H % 2 == 0 && W % 2 == 0 && conv2d_kernel_resolve(l->kernel, l->K) == CONV_KERNEL_DIRECT);
+    conv_direct_backward_upsample(da, g, a, relu, l, N, H, W, scratch, nthreads);
+}
+
 void conv2d_backward(float *dx, const float *dy, const float *x, const Conv2d *l, int N, int H, int W, float *scratch, int nthreads)
 {
     assert_shapes(l, N, H, W, nthreads);

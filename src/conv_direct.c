@@ -27,6 +27,7 @@
 
 #include "maxpool.h"
 #include "team.h"
+#include "upsample.h"
 
 #include <assert.h>
 #include <stdint.h>
@@ -80,8 +81,10 @@ static int ceil_div(int a, int b)
  *   wb   input-grad weights [ceil(C/CO_MAX)][K*K][OC][CO_MAX] (flipped, transposed)
  *   mask uint16 [vectors per plane][K*K]
  *   per thread: dw partial [K*K][OC][C][LANES] floats, then db partial [OC] doubles
- *     (backward), then at `image` one image [OC][H][W] (the fused max-pool
- *     paths: conv output not kept, or the gradient before the pool) */
+ *     (backward), then at `image` a chunk of images (bwd_chunk_images) of
+ *     the fused paths: [OC][H][W] each with max-pooling (conv output not
+ *     kept, or the gradient before the pool), [2][C][H][W] with upsampling
+ *     (the upsampled input and its gradient) */
 /* Bytes of g and x that one chunk of the backward passes covers: chunks
  * stay in L2 between the weight-gradient and the input-gradient pass (one
  * 16-channel 64x64 image in and out is 512 KiB). */
@@ -89,9 +92,9 @@ static int ceil_div(int a, int b)
 #define BWD_CHUNK_BYTES (512 * 1024)
 #endif
 
-/* Images per chunk of conv_direct_backward_maxpool: about BWD_CHUNK_BYTES
- * of x and g, at least one (small images: several, so that the
- * weight-gradient groups stay long). */
+/* Images per chunk of the passes fused with pooling or upsampling: about
+ * BWD_CHUNK_BYTES of x and g, at least one (small images: several, so that
+ * the weight-gradient groups stay long). */
 static int bwd_chunk_images(const Conv2d *l, int H, int W)
 {
     const size_t image_bytes = ((size_t)l->C + l->OC) * H * W * sizeof(float);
@@ -114,7 +117,9 @@ static Layout layout(const Conv2d *l, int H, int W)
     z.thread0 = z.mask + round_line((nv * kk * sizeof(uint16_t) + sizeof(float) - 1) / sizeof(float));
     z.dw_part = kk * l->OC * l->C * LANES;
     z.image = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
-    z.per_thread = z.image + round_line((size_t)bwd_chunk_images(l, H, W) * l->OC * hw);
+    /* a chunk of images: OC planes (pooled variants) or 2 x C (upsampled) */
+    const size_t planes = (size_t)(l->OC > 2 * l->C ? l->OC : 2 * l->C);
+    z.per_thread = z.image + round_line((size_t)bwd_chunk_images(l, H, W) * planes * hw);
     return z;
 }
 
@@ -365,35 +370,77 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
     }
 }
 
-void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
-                                 int W, float *scratch, int nthreads)
+/* The conv passes fused with the 2x2 max-pool after the conv or the 2x
+ * upsampling before it (conv_direct.h): arguments of both directions. */
+typedef enum { FUSED_MAXPOOL, FUSED_UPSAMPLE } FusedKind;
+typedef struct Fused {
+    FusedKind kind;
+    const Conv2d *l;
+    int N, H, W, nthreads; /* H, W: the conv's plane */
+    float *scratch;
+    const float *x; /* the conv input [N][C][H][W], or the upsample input a [N][C][H/2][W/2] */
+    float *y;       /* forward: conv output [N][OC][H][W] (not written: max-pool with keep_y 0) */
+    int keep_y;
+    float *yp;      /* forward, max-pool: pooled output [N][OC][H/2][W/2] */
+    const float *g; /* backward: dL/d(conv output), or dL/d(pooled output) with the max-pool */
+    const float *y_kept; /* backward, max-pool: the conv output y */
+    float *dx;      /* backward: dL/dx (dL/da with upsampling), or NULL */
+    int relu;       /* backward, upsampling: mask dL/da by a > 0 */
+} Fused;
+
+/* Forward of the fused pair: threads take whole images, in chunks of
+ * bwd_chunk_images; the chunk's upsampled input or conv output lives in the
+ * thread's scratch image area, in L2. */
+static void fused_forward(const Fused *f)
 {
+    const Conv2d *l = f->l;
+    const int H = f->H, W = f->W, N = f->N;
     assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
     const Layout z = layout(l, H, W);
-    const int nv = ceil_div(H * W, LANES);
-    const size_t x_image = (size_t)l->C * H * W, y_image = (size_t)l->OC * H * W;
-    float *wf = scratch + z.wf;
-    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
+    const int nv = ceil_div(H * W, LANES), up = f->kind == FUSED_UPSAMPLE;
+    const size_t x_image = (size_t)l->C * H * W / (up ? 4 : 1), y_image = (size_t)l->OC * H * W;
+    float *wf = f->scratch + z.wf;
+    uint16_t *mask = (uint16_t *)(void *)(f->scratch + z.mask);
     pack_forward(wf, l->w, l->C, l->OC, l->K * l->K);
     build_masks(mask, l->K, H, W);
     const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
-    const int team = nthreads < N ? nthreads : N;
+    const int team = f->nthreads < N ? f->nthreads : N, chunk = bwd_chunk_images(l, H, W);
     (void)team;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
-        /* whole images per thread: each image's conv output is pooled while
-         * it is still in this core's L2 (256 KiB for 16 x 64 x 64) */
         const int tid = team_thread_id(), nt = team_size();
         const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
-        float *own = scratch + z.thread0 + (size_t)tid * z.per_thread + z.image;
-        for (int n = n0; n < n1; n++) {
-            float *yn = keep_y ? y + (size_t)n * y_image : own;
-            direct_pass(yn, x + (size_t)n * x_image, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, nv, mode);
-            maxpool2x2_forward_serial(yp + (size_t)n * y_image / 4, yn, 1, l->OC, H, W);
+        float *own = f->scratch + z.thread0 + (size_t)tid * z.per_thread + z.image;
+        for (int n = n0; n < n1; n += chunk) {
+            const int k = n1 - n < chunk ? n1 - n : chunk; /* images in this chunk */
+            const float *xn = f->x + (size_t)n * x_image;
+            if (up) { /* the chunk's upsampled input, in L2 */
+                upsample2x_forward_serial(own, xn, k, l->C, H / 2, W / 2);
+                xn = own;
+            }
+            float *yn = up || f->keep_y ? f->y + (size_t)n * y_image : own;
+            direct_pass(yn, xn, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, (int64_t)k * nv, mode);
+            if (!up) maxpool2x2_forward_serial(f->yp + (size_t)n * y_image / 4, yn, k, l->OC, H, W);
         }
     }
+}
+
+void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,
+                                 int W, float *scratch, int nthreads)
+{
+    const Fused f = {.kind = FUSED_MAXPOOL, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                     .scratch = scratch, .x = x, .y = y, .keep_y = keep_y, .yp = yp};
+    fused_forward(&f);
+}
+
+void conv_direct_forward_upsample(float *y, const float *a, const Conv2d *l, int N, int H, int W, float *scratch,
+                                  int nthreads)
+{
+    const Fused f = {.kind = FUSED_UPSAMPLE, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                     .scratch = scratch, .x = a, .y = y, .keep_y = 1};
+    fused_forward(&f);
 }
 
 /* A run of consecutive pixel vectors [v0, v1) of image n. */
@@ -805,41 +852,75 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
     }
 }
 
-void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
-                                  int N, int H, int W, float *scratch, int nthreads)
+/* Backward of the fused pair: whole images per thread in chunks; per chunk
+ * the gradient before the max-pool, or the upsampled input and its
+ * gradient, live in the thread's scratch image area, in L2. */
+static void fused_backward(const Fused *f)
 {
+    const Conv2d *l = f->l;
+    const int H = f->H, W = f->W, N = f->N, C = l->C, OC = l->OC, up = f->kind == FUSED_UPSAMPLE;
     assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
+    assert(!up || !(l->fuse & CONV_FUSE_DX_RELU));
     const Layout z = layout(l, H, W);
-    const int C = l->C, OC = l->OC, nv = ceil_div(H * W, LANES);
-    const size_t x_image = (size_t)C * H * W, y_image = (size_t)OC * H * W;
+    const int nv = ceil_div(H * W, LANES);
+    const size_t x_image = (size_t)C * H * W / (up ? 4 : 1), y_image = (size_t)OC * H * W;
     const float *wb;
     const uint16_t *mask;
-    const int mode = prepare_backward(l, H, W, scratch, &z, dx != NULL, &wb, &mask);
-    const int team = nthreads < N ? nthreads : N, chunk = bwd_chunk_images(l, H, W);
+    const int mode = prepare_backward(l, H, W, f->scratch, &z, f->dx != NULL, &wb, &mask);
+    const int team = f->nthreads < N ? f->nthreads : N, chunk = bwd_chunk_images(l, H, W);
     (void)team;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
         const int tid = team_thread_id(), nt = team_size();
-        float *part = scratch + z.thread0 + (size_t)tid * z.per_thread;
+        float *part = f->scratch + z.thread0 + (size_t)tid * z.per_thread;
         double *dbp = zero_partials(part, &z, OC);
-        float *g = part + z.image; /* a chunk of dL/d(conv output), in L2 */
+        float *own = part + z.image, *own2 = own + (size_t)chunk * C * H * W;
         const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
         for (int n = n0; n < n1; n += chunk) {
             const int k = n1 - n < chunk ? n1 - n : chunk; /* images in this chunk */
-            const float *xn = x + (size_t)n * x_image;
-            maxpool2x2_backward_relu_serial(g, gp + (size_t)n * y_image / 4, y + (size_t)n * y_image, k, OC, H, W);
-            wgrad_pass(part, dbp, g, xn, C, OC, l->K, H, W, mask, 0, (int64_t)k * nv);
-            if (dx)
-                direct_pass(dx + (size_t)n * x_image, g, wb, NULL, mode == OUT_MASK_BY_X ? xn : NULL, OC, C, l->K, H,
-                            W, mask, 0, (int64_t)k * nv, mode);
+            const int64_t kv = (int64_t)k * nv;
+            const float *xn = f->x + (size_t)n * x_image, *gn;
+            if (up) { /* x = the chunk's upsampled a; dx of it into own2 */
+                upsample2x_forward_serial(own, xn, k, C, H / 2, W / 2);
+                gn = f->g + (size_t)n * y_image;
+                wgrad_pass(part, dbp, gn, own, C, OC, l->K, H, W, mask, 0, kv);
+                if (f->dx) {
+                    direct_pass(own2, gn, wb, NULL, NULL, OC, C, l->K, H, W, mask, 0, kv, OUT_PLAIN);
+                    upsample2x_backward_serial(f->dx + (size_t)n * x_image, own2, f->relu ? xn : NULL, k, C, H / 2,
+                                               W / 2);
+                }
+            } else { /* g = the chunk's gradient before the pool */
+                maxpool2x2_backward_relu_serial(own, f->g + (size_t)n * y_image / 4, f->y_kept + (size_t)n * y_image,
+                                                k, OC, H, W);
+                wgrad_pass(part, dbp, own, xn, C, OC, l->K, H, W, mask, 0, kv);
+                if (f->dx)
+                    direct_pass(f->dx + (size_t)n * x_image, own, wb, NULL, mode == OUT_MASK_BY_X ? xn : NULL, OC, C,
+                                l->K, H, W, mask, 0, kv, mode);
+            }
         }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        reduce_partials(l, scratch, &z, tid, nt);
+        reduce_partials(l, f->scratch, &z, tid, nt);
     }
+}
+
+void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, const float *x, const Conv2d *l,
+                                  int N, int H, int W, float *scratch, int nthreads)
+{
+    const Fused f = {.kind = FUSED_MAXPOOL, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                     .scratch = scratch, .x = x, .g = gp, .y_kept = y, .dx = dx};
+    fused_backward(&f);
+}
+
+void conv_direct_backward_upsample(float *da, const float *g, const float *a, int relu, const Conv2d *l, int N,
+                                   int H, int W, float *scratch, int nthreads)
+{
+    const Fused f = {.kind = FUSED_UPSAMPLE, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                     .scratch = scratch, .x = a, .g = g, .dx = da, .relu = relu};
+    fused_backward(&f);
 }
 
 #else /* !HAVE_DIRECT: never selected (conv_direct_supported() is 0) */
@@ -868,6 +949,20 @@ void conv_direct_backward_maxpool(float *dx, const float *gp, const float *y, co
 {
     (void)dx; (void)gp; (void)y; (void)x; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
     assert(0 && "conv_direct_backward_maxpool without AVX-512 support");
+}
+
+void conv_direct_forward_upsample(float *y, const float *a, const Conv2d *l, int N, int H, int W, float *scratch,
+                                  int nthreads)
+{
+    (void)y; (void)a; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_forward_upsample without AVX-512 support");
+}
+
+void conv_direct_backward_upsample(float *da, const float *g, const float *a, int relu, const Conv2d *l, int N,
+                                   int H, int W, float *scratch, int nthreads)
+{
+    (void)da; (void)g; (void)a; (void)relu; (void)l; (void)N; (void)H; (void)W; (void)scratch; (void)nthreads;
+    assert(0 && "conv_direct_backward_upsample without AVX-512 support");
 }
 
 void conv_direct_forward_maxpool(float *y, int keep_y, float *yp, const float *x, const Conv2d *l, int N, int H,

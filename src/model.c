@@ -298,18 +298,35 @@ static int relu_backward_fused(const Model *m, int i)
     return next->kind != LAYER_CONV || (next->conv.fuse & CONV_FUSE_DX_RELU);
 }
 
+/* 1 if layer i is an upsample (not the first layer) followed by a conv that
+ * the direct kernel runs: the conv's steps also do the upsampling
+ * (conv2d_forward_upsample / conv2d_backward_upsample) and the upsample's
+ * own steps do nothing, so the upsampled tensor is never stored. */
+static int upsample_fused(const Model *m, int i)
+{
+    if (i < 1 || i + 1 >= m->spec.n_layers || m->layers[i].kind != LAYER_UPSAMPLE ||
+        m->layers[i + 1].kind != LAYER_CONV)
+        return 0;
+    const Conv2d *cv = &m->layers[i + 1].conv;
+    return conv2d_kernel_resolve(cv->kernel, cv->K) == CONV_KERNEL_DIRECT && !(cv->fuse & CONV_FUSE_DX_RELU);
+}
+
 /* 1 if layer i is a conv with its ReLU fused and layer i+1 a max-pool: the
  * conv's forward step also pools (conv2d_forward_maxpool) and the pool's
- * own step does nothing.  0 otherwise (also i < 0). */
+ * own step does nothing.  0 otherwise (also i < 0, and for a conv already
+ * fused with an upsample before it). */
 static int maxpool_fused(const Model *m, int i)
 {
     return i >= 0 && i + 1 < m->spec.n_layers && m->layers[i].kind == LAYER_CONV &&
-           (m->layers[i].conv.fuse & CONV_FUSE_RELU) && m->layers[i + 1].kind == LAYER_MAXPOOL;
+           (m->layers[i].conv.fuse & CONV_FUSE_RELU) && m->layers[i + 1].kind == LAYER_MAXPOOL &&
+           !upsample_fused(m, i - 1); /* one fusion per conv: upsample -> conv -> pool keeps the pool apart */
 }
 
-int model_maxpool_fused(const Model *m, int i)
+int model_layer_fused_into(const Model *m, int i)
 {
-    return maxpool_fused(m, i - 1);
+    if (i >= 0 && i < m->spec.n_layers && m->layers[i].kind == LAYER_MAXPOOL && maxpool_fused(m, i - 1)) return i - 1;
+    if (upsample_fused(m, i)) return i + 1;
+    return -1;
 }
 
 /* model_layer_forward; keep = 0 when no backward follows, so a conv fused
@@ -321,12 +338,16 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
     const size_t numel = (size_t)N * L->OC * L->OH * L->OW;
     switch (L->kind) {
     case LAYER_CONV:
-        if (maxpool_fused(m, i)) {
+        if (upsample_fused(m, i - 1)) { /* in = the upsample's output, never written */
+            conv2d_forward_upsample(L->out, m->layers[i - 2].out, &L->conv, N, L->H, L->W, m->scratch,
+                                    m->nthreads);
+        } else if (maxpool_fused(m, i)) {
             conv2d_forward_maxpool(L->out, keep, m->layers[i + 1].out, in, &L->conv, N, L->H, L->W, m->scratch,
                                    m->nthreads);
             break;
+        } else {
+            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
         }
-        conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
         if (!(L->conv.fuse & CONV_FUSE_RELU)) {
             if (L->act == ACT_RELU)
                 relu_forward(L->out, L->out, numel);
@@ -338,7 +359,7 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
         if (!maxpool_fused(m, i - 1)) maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
         break;
     case LAYER_UPSAMPLE:
-        upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
+        if (!upsample_fused(m, i)) upsample2x_forward(L->out, in, N, L->C, L->H, L->W);
         break;
     }
 }
@@ -415,6 +436,13 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
     Layer *L = &m->layers[i];
     const float *in = i > 0 ? m->layers[i - 1].out : x;
     const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
+    if (L->kind == LAYER_CONV && upsample_fused(m, i - 1)) {
+        /* the conv and the upsample before it, a chunk of images at a time */
+        if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
+        conv2d_backward_upsample(gnext, g, m->layers[i - 2].out, relu_backward_fused(m, i - 2), &L->conv, N, L->H,
+                                 L->W, m->scratch, m->nthreads);
+        return i - 2;
+    }
     if (L->kind == LAYER_MAXPOOL && maxpool_backward_fused(m, i)) {
         /* the pool and the conv before it, one image at a time */
         Layer *P = &m->layers[i - 1];

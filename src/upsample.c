@@ -151,6 +151,49 @@ UpsampleKernel upsample_kernel_resolve(UpsampleKernel k)
     return UPSAMPLE_KERNEL_SCALAR;
 }
 
+/* One plane with the implementation chosen by vec (1: AVX-512, known to be
+ * supported); backward with the ReLU mask when xp is not NULL. */
+static void forward_plane(float *yp, const float *xp, int H, int W, int vec)
+{
+#if UPSAMPLE_HAVE_AVX512
+    if (vec) {
+        forward_plane_avx512(yp, xp, H, W);
+        return;
+    }
+#endif
+    (void)vec;
+    forward_plane_scalar(yp, xp, H, W);
+}
+
+static void backward_plane(float *dxp, const float *dyp, const float *xp, int H, int W, int vec)
+{
+#if UPSAMPLE_HAVE_AVX512
+    if (vec) {
+        backward_plane_avx512(dxp, dyp, xp, H, W);
+        return;
+    }
+#endif
+    (void)vec;
+    backward_plane_scalar(dxp, dyp, xp, H, W);
+}
+
+void upsample2x_forward_serial(float *y, const float *x, int N, int C, int H, int W)
+{
+    assert(N >= 1 && C >= 1 && H >= 1 && W >= 1);
+    const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = 4 * in_plane;
+    const int vec = upsample_kernel_resolve(UPSAMPLE_KERNEL_AUTO) == UPSAMPLE_KERNEL_AVX512;
+    for (size_t pc = 0; pc < planes; pc++) forward_plane(y + pc * out_plane, x + pc * in_plane, H, W, vec);
+}
+
+void upsample2x_backward_serial(float *dx, const float *dy, const float *x, int N, int C, int H, int W)
+{
+    assert(N >= 1 && C >= 1 && H >= 1 && W >= 1);
+    const size_t planes = (size_t)N * C, in_plane = (size_t)H * W, out_plane = 4 * in_plane;
+    const int vec = upsample_kernel_resolve(UPSAMPLE_KERNEL_AUTO) == UPSAMPLE_KERNEL_AVX512;
+    for (size_t pc = 0; pc < planes; pc++)
+        backward_plane(dx + pc * in_plane, dy + pc * out_plane, x ? x + pc * in_plane : NULL, H, W, vec);
+}
+
 void upsample2x_forward_kernel(float *y, const float *x, int N, int C, int H, int W, UpsampleKernel k)
 {
     assert(N >= 1 && C >= 1 && H >= 1 && W >= 1);
@@ -160,17 +203,7 @@ void upsample2x_forward_kernel(float *y, const float *x, int N, int C, int H, in
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (planes * in_plane >= UPSAMPLE_OMP_MIN_ELEMS)
 #endif
-    for (size_t pc = 0; pc < planes; pc++) {
-        const float *xp = x + pc * in_plane;
-        float *yp = y + pc * out_plane;
-#if UPSAMPLE_HAVE_AVX512
-        if (vec) {
-            forward_plane_avx512(yp, xp, H, W);
-            continue;
-        }
-#endif
-        forward_plane_scalar(yp, xp, H, W);
-    }
+    for (size_t pc = 0; pc < planes; pc++) forward_plane(y + pc * out_plane, x + pc * in_plane, H, W, vec);
 }
 
 /* upsample2x_backward_kernel (x = NULL) and upsample2x_backward_relu_kernel
@@ -184,17 +217,8 @@ static void backward_all(float *dx, const float *dy, const float *x, int N, int 
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (planes * in_plane >= UPSAMPLE_OMP_MIN_ELEMS)
 #endif
-    for (size_t pc = 0; pc < planes; pc++) {
-        const float *dyp = dy + pc * out_plane, *xp = x ? x + pc * in_plane : NULL;
-        float *dxp = dx + pc * in_plane;
-#if UPSAMPLE_HAVE_AVX512
-        if (vec) {
-            backward_plane_avx512(dxp, dyp, xp, H, W);
-            continue;
-        }
-#endif
-        backward_plane_scalar(dxp, dyp, xp, H, W);
-    }
+    for (size_t pc = 0; pc < planes; pc++)
+        backward_plane(dx + pc * in_plane, dy + pc * out_plane, x ? x + pc * in_plane : NULL, H, W, vec);
 }
 
 void upsample2x_backward_kernel(float *dx, const float *dy, int N, int C, int H, int W, UpsampleKernel k)

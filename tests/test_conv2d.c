@@ -16,7 +16,8 @@
  * weight-gradient tiles, K = 3 and 5).
  * Fused ReLU (forward) and the ReLU mask of dx (backward) are checked
  * against the unfused results with every kernel, and the forward and
- * backward fused with 2x2 max-pooling against the separate calls.  Scratch
+ * backward fused with 2x2 max-pooling or 2x upsampling against the separate
+ * calls.  Scratch
  * is allocated with exactly conv2d_scratch_floats floats and filled with NaN,
  * so a sanitizer build catches overruns and any read of stale scratch shows.
  */
@@ -34,6 +35,7 @@
 #include "conv2d.h"
 #include "maxpool.h"
 #include "naive_ref.h"
+#include "upsample.h"
 #include "testutil.h"
 
 /* Forward: float sums of <= C*K*K = 144 products of values in [-1, 1]. */
@@ -410,6 +412,61 @@ static void test_fused_maxpool_backward(void **state)
     }
 }
 
+/* conv2d_forward_upsample / conv2d_backward_upsample (direct kernel) =
+ * upsample2x_forward + conv2d_forward, and conv2d_backward + upsample2x_backward
+ * (_relu): y and da bit for bit, dw/db (accumulated onto nonzero values) up
+ * to float summation order; da = NULL gives the same dw. */
+static void test_fused_upsample(void **state)
+{
+    (void)state;
+    if (!kernel_runs(CONV_KERNEL_DIRECT)) skip();
+    /* H, W of the conv (upsampled); a is H/2 x W/2 */
+    const Shape shapes[] = {{5, 16, 1, 28, 28, 3}, {2, 32, 16, 32, 32, 3}, {3, 5, 6, 14, 8, 3},
+                            {2, 4, 3, 6, 6, 5}, {4, 16, 16, 2, 2, 3}, {7, 8, 8, 48, 48, 3}};
+    for (size_t i = 0; i < COUNT(shapes); i++) {
+        const Shape s = shapes[i];
+        Problem p;
+        problem_init(&p, s, 7000 + i);
+        const size_t na = p.nx / 4, ng = p.nw + p.nb;
+        /* a = a quarter-size input with some negative values (ReLU mask) */
+        float *a = xmalloc(sizeof(float) * na), *xup = xmalloc(sizeof(float) * p.nx);
+        for (size_t j = 0; j < na; j++) a[j] = p.x[j];
+        float *y = xmalloc(sizeof(float) * p.ny), *yf = xmalloc(sizeof(float) * p.ny);
+        float *dxup = xmalloc(sizeof(float) * p.nx);
+        float *da = xmalloc(sizeof(float) * na), *daf = xmalloc(sizeof(float) * na);
+        float *grad = xmalloc(sizeof(float) * ng), *gradf = xmalloc(sizeof(float) * ng);
+        upsample2x_forward(xup, a, s.N, s.C, s.H / 2, s.W / 2);
+        for (size_t t = 0; t < COUNT(NTHREADS); t++)
+            for (int relu = 0; relu <= 1; relu++) {
+                const int nt = NTHREADS[t];
+                Conv2d l = layer_of(&p, grad, grad + p.nw), lf = layer_of(&p, gradf, gradf + p.nw);
+                l.kernel = lf.kernel = CONV_KERNEL_DIRECT;
+                l.fuse = lf.fuse = relu ? CONV_FUSE_RELU : 0;
+                float *scratch = alloc_scratch(&l, s.H, s.W, nt);
+                conv2d_forward(y, xup, &l, s.N, s.H, s.W, scratch, nt);
+                fill_nan(yf, p.ny);
+                conv2d_forward_upsample(yf, a, &lf, s.N, s.H, s.W, scratch, nt);
+                assert_true(check_tensor("fused upsample y", yf, y, p.ny, 0.0, 0.0));
+                for (size_t j = 0; j < ng; j++) grad[j] = gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
+                conv2d_backward(dxup, p.r, xup, &l, s.N, s.H, s.W, scratch, nt);
+                if (relu)
+                    upsample2x_backward_relu(da, dxup, a, s.N, s.C, s.H / 2, s.W / 2);
+                else
+                    upsample2x_backward(da, dxup, s.N, s.C, s.H / 2, s.W / 2);
+                fill_nan(daf, na);
+                conv2d_backward_upsample(daf, p.r, a, relu, &lf, s.N, s.H, s.W, scratch, nt);
+                assert_true(check_tensor("fused upsample da", daf, da, na, 0.0, 0.0));
+                assert_true(check_tensor("fused upsample dw db", gradf, grad, ng, BWD_ATOL, BWD_RTOL));
+                for (size_t j = 0; j < ng; j++) gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
+                conv2d_backward_upsample(NULL, p.r, a, relu, &lf, s.N, s.H, s.W, scratch, nt);
+                assert_true(check_tensor("fused upsample dw db, da NULL", gradf, grad, ng, BWD_ATOL, BWD_RTOL));
+                free(scratch);
+            }
+        free(a); free(xup); free(y); free(yf); free(dxup); free(da); free(daf); free(grad); free(gradf);
+        problem_free(&p);
+    }
+}
+
 /* The scratch size grows with the thread count and covers a col matrix per thread. */
 static void test_scratch_size(void **state)
 {
@@ -432,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_fused_relu),
         cmocka_unit_test(test_fused_maxpool),
         cmocka_unit_test(test_fused_maxpool_backward),
+        cmocka_unit_test(test_fused_upsample),
         cmocka_unit_test(test_kernel_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
