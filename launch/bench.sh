@@ -3,7 +3,7 @@
 # FAISS on this machine, and against the machine's own limits (OpenBLAS
 # sgemm GFLOP/s, memory read GB/s).  Measures; changes nothing in the build.
 #
-#   launch/bench.sh                 full suite (~8-15 min on 2 cores)
+#   launch/bench.sh                 full suite (~10-15 min on 2 cores)
 #   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (< 2 min): a smoke test
 #
 # Steps: builds bench/*.c into $BUILD/bench/ (linked with $BUILD/libaesim.a,
@@ -50,14 +50,16 @@ export OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T
 
 if [ "$QUICK" = 1 ]; then
     gemm_n=512 mem_mib=128 lim_runs=3
-    batch=16 enc_batch=32 runs=3 profile=2
+    batch=16 enc_batch=32 runs=3 train_runs=3 profile=2
     steps64=1 warm64=1 steps32=1 warm32=1 stepsmn=1 warmmn=1 stepsenc=1 warmenc=1
     knn_n=${BENCH_KNN_N:-50000} knn_large=${BENCH_KNN_LARGE_NQ:-300/3}
     report=${BENCH_OUT:-$out_dir/latest-quick.md}
 else
     gemm_n=2048 mem_mib=1024 lim_runs=5
-    batch=128 enc_batch=256 runs=3 profile=5
-    # runs of at least ~0.6 s each: 30-step mnist and 4-step encode runs (0.2 s) varied by up to 30% with host noise
+    # training / encoding: 5 timed runs of at least ~0.6 s each (aesim and the
+    # fast PyTorch settings): this VM's host noise comes in bursts of seconds,
+    # which moved medians of 3 short runs by up to 30%
+    batch=128 enc_batch=256 runs=3 train_runs=5 profile=5
     steps64=8 warm64=2 steps32=16 warm32=3 stepsmn=100 warmmn=5 stepsenc=12 warmenc=2
     knn_n=${BENCH_KNN_N:-1000000} knn_large=${BENCH_KNN_LARGE_NQ:-3000/3}
     report=${BENCH_OUT:-bench/results/latest.md}
@@ -134,7 +136,7 @@ run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
         # fastest setting): without page-fault noise in the layer times.
         [ "$label" = "malloc keep" ] && extra=("$@")
         env ${envset:+"$envset"} "$PYTHON" bench/torch_train.py --preset "$preset" --mode "$mode" --data "$data" \
-            --threads "$T" --steps "$steps" --warmup "$warm" --runs "$runs" --settings default,channels_last \
+            --threads "$T" --steps "$steps" --warmup "$warm" --runs "$train_runs" --settings default,channels_last \
             --env-label "$label" ${extra[@]+"${extra[@]}"} | collect
     done
     # PyTorch's own im2col + BLAS convolution, as aesim computes it; BLAS
@@ -150,10 +152,10 @@ train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer pr
     echo "== train $preset B=$batch"
     load "train $preset"
     "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
-        --runs "$runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
+        --runs "$train_runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
     if [ "$T" -gt 1 ]; then
         mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_train" --preset "$preset" --batch "$batch" \
-            --threads 1 --steps "$steps" --warmup "$warm" --runs "$runs" | collect
+            --threads 1 --steps "$steps" --warmup "$warm" --runs "$train_runs" | collect
     fi
     run_torch "$preset" train "$tmp/$preset.npy" "$steps" "$warm" --profile "$prof"
 }
@@ -167,7 +169,7 @@ train_one mnist "$stepsmn" "$warmmn" "$profile"
 echo "== encode imagenet64 B=$enc_batch"
 load "encode imagenet64"
 "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
-    --warmup "$warmenc" --runs "$runs" --data-out "$tmp/enc64.npy" | collect
+    --warmup "$warmenc" --runs "$train_runs" --data-out "$tmp/enc64.npy" | collect
 run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
 
 knn_pair() {  # knn_pair D NQ-LIST RUNS
