@@ -360,7 +360,8 @@ def profile_workload(recs, w, threads, heading):
             if tf and tb:
                 slow.append(((r["fwd_s"] + r["bwd_s"]) / (tf + tb), r))
         slow.sort(key=lambda x: -x[0])
-        bullets.append("- aesim ÷ PyTorch time per conv (fwd+bwd), worst first: " + "; ".join(
+        bullets.append("- aesim ÷ PyTorch time per conv (fwd+bwd; a row marked +maxpool or upsample+ includes "
+                       "that layer, PyTorch's conv time does not), worst first: " + "; ".join(
             f"#{r['index']} {r['desc']} {x:.1f}x" for x, r in slow[:5]))
     out += ["", "Read from the profile:"] + [b + (";" if i + 1 < len(bullets) else ".") for i, b in enumerate(bullets)]
     return out
