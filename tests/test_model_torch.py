@@ -13,6 +13,10 @@ relative) and ATOL_FRAC = 1e-4 (the same relative bound, measured against the
 tensor's scale, so elements near zero, e.g. gradients of almost-dead units,
 are judged against the tensor's magnitude rather than their own).
 
+Kernels: every convolution kernel this CPU runs (AESIM_KERNEL = direct,
+the default where AVX-512F exists, with pooling and upsampling fused into
+the convolutions; generic = im2col + OpenBLAS and avx512 = im2col + aesim's
+GEMMs, unfused), since the model takes other paths for each.
 Threads: forward, loss and gradients are compared with 1 and 2 OpenMP
 threads (the weight-gradient reduction order depends on the thread count).
 The 10-step trajectory is compared at 1 thread only: Adam divides by
@@ -37,6 +41,18 @@ RTOL = 1e-4
 ATOL_FRAC = 1e-4
 STEPS = 10
 
+
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+# direct and avx512 need AVX-512F (the tool refuses them otherwise)
+KERNELS = ["generic"] + (["direct", "avx512"] if _cpu_has_avx512f() else [])
+
 CASES = [
     # name, spec, C, H, W, N, optimizer
     ("mnist", "mnist", 1, 28, 28, 4, "adam"),
@@ -59,11 +75,11 @@ def close(test, name, got, ref):
 
 
 class ModelVsTorch(unittest.TestCase):
-    def run_case(self, name, spec, C, H, W, N, opt, threads):
+    def run_case(self, name, spec, C, H, W, N, opt, threads, kernel):
         with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), AESIM_KERNEL=kernel)
             subprocess.run([TOOL, spec, str(C), str(H), str(W), str(N), str(STEPS), opt, d], check=True, env=env)
-            name = f"{name} ({threads} thread{'s' if threads > 1 else ''})"
+            name = f"{name} ({kernel} kernel, {threads} thread{'s' if threads > 1 else ''})"
             init = np.load(os.path.join(d, "init.npz"))
             final = np.load(os.path.join(d, "final.npz"))
             ref = np.load(os.path.join(d, "ref.npz"))
@@ -110,10 +126,11 @@ class ModelVsTorch(unittest.TestCase):
             self.assertEqual(int(final["meta.state"][1]), STEPS)
 
     def test_cases(self):
-        for case in CASES:
-            for threads in (1, 2):
-                with self.subTest(case=case[0], threads=threads):
-                    self.run_case(*case, threads)
+        for kernel in KERNELS:
+            for case in CASES:
+                for threads in (1, 2):
+                    with self.subTest(case=case[0], threads=threads, kernel=kernel):
+                        self.run_case(*case, threads, kernel)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
  * of step 0's batch before any update), z0 (bottleneck of that batch), loss
  * [STEPS] (mean squared error per pixel before each update), and
  * grad.convJ.weight / grad.convJ.bias (gradients of step 0).
+ * The convolution kernel is AESIM_KERNEL's (conv2d.h CONV2D_KERNEL_ENV; auto
+ * when unset), so the test can run the model's paths for every kernel (the
+ * direct kernel fuses pooling and upsampling into the convolutions, the
+ * others do not).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@
 
 #include "check.h"
 #include "ckpt.h"
+#include "conv2d.h"
 #include "model.h"
 #include "npy.h"
 #include "optimizer.h"
@@ -47,7 +52,11 @@ int main(int argc, char **argv)
 #ifdef _OPENMP
     nthreads = omp_get_max_threads(); /* OMP_NUM_THREADS decides, as in the programs */
 #endif
+    ConvKernel kernel;
+    if (conv2d_kernel_parse(&kernel, getenv(CONV2D_KERNEL_ENV), &err)) die(&err);
     model_build(&m, &spec, N, nthreads);
+    for (int i = 0; i < spec.n_layers; i++)
+        if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;
     model_init_glorot(&m, 1234);
     /* Non-zero biases so that their paths are tested too. */
     Rng rng;
