@@ -133,7 +133,8 @@ static const char *layer_desc(char *buf, size_t len, const Model *m, int i)
  * the loss, its gradient and the output sigmoid's backward, which the last
  * conv's row therefore excludes).  A max-pool or upsample fused into a
  * conv (model_layer_fused_into) runs inside that conv's steps: its time is
- * on the conv's row, its own row is ~0. */
+ * on the conv's row, its own row is ~0 (with the direct kernel; the others
+ * fuse the max-pool in the forward only, so its backward row stays). */
 static double profiled_forward_backward(Model *m, const float *x, int N, double inv_count, double *tf, double *tb)
 {
     const int n = m->spec.n_layers;

@@ -40,7 +40,9 @@
  * choice ONCE at start-up (conv2d_kernel_parse of the AESIM_KERNEL
  * environment variable, CONV2D_KERNEL_ENV) and stores it in each Conv2d.
  * The direct kernels split the batch's pixel vectors (not whole images)
- * between threads, so they also use every thread when N < nthreads.
+ * between threads, so they also use every thread when N < nthreads; the
+ * variants fused with pooling or upsampling take whole images, so they use
+ * min(N, nthreads) threads.
  *
  * Not done here: strides, dilation, groups, even K, a K==1 fast path.
  */

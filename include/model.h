@@ -113,9 +113,12 @@ void model_init_glorot(Model *m, uint64_t seed);
 
 /* Forward pass of N <= max_batch images x[N][C][H][W] (may be m->input).
  * Returns the output [N][C][H][W] in (0,1) (the last layer's `out`).
- * Inference only: the `out` of a conv followed by a max-pool is not written
- * (nothing reads it without a backward); model_forward_backward keeps all
- * but the `out` of fused upsamples (model_layer_fused_into). */
+ * Inference only: with the direct kernel, the `out` of a conv whose max-pool
+ * is fused into it is not written (nothing reads it without a backward),
+ * nor is the `out` of a fused upsample (model_layer_fused_into); the same
+ * holds for model_encode, whose last layer is always written (no fusion
+ * crosses the encoder's end).  model_forward_backward keeps every `out` but
+ * those of fused upsamples. */
 const float *model_forward(Model *m, const float *x, int N);
 
 /* The layer steps model_forward and model_forward_backward are made of, for
@@ -147,6 +150,8 @@ void model_layer_forward(Model *m, int i, const float *in, int N);
  * backward with the direct kernel); an upsample (not the first layer)
  * right before a conv that the direct kernel runs runs inside that conv
  * (i + 1, forward and backward: the upsampled tensor is never stored).
+ * A conv fused with the upsample before it keeps the max-pool after it
+ * separate, and no fusion crosses the encoder's end (the `|` of the spec).
  * A fused layer's own steps do nothing.  For reports that attribute time
  * to layers. */
 int model_layer_fused_into(const Model *m, int i);

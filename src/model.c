@@ -3,8 +3,11 @@
  * forward and backward passes (see include/model.h).
  *
  * Data flow: input -> [conv+act | maxpool | upsample]* -> sigmoid output.
- * Each layer's post-activation output is kept for the backward pass; the
- * layer kernels (conv2d.c, maxpool.c, upsample.c, act.c, loss.c) do the math.
+ * Each layer's post-activation output is kept for the backward pass, except
+ * where a max-pool or upsample is fused into a conv (model_layer_fused_into:
+ * the upsampled tensor is never stored; inference also skips a pooled conv's
+ * output); the layer kernels (conv2d.c, maxpool.c, upsample.c, act.c,
+ * loss.c) do the math.
  * Does not: communicate (the trainer allreduces grads), own an optimizer, or
  * read files.  Threading: the kernels parallelise over images (OpenMP).
  */
@@ -304,7 +307,8 @@ static int relu_backward_fused(const Model *m, int i)
  * own steps do nothing, so the upsampled tensor is never stored. */
 static int upsample_fused(const Model *m, int i)
 {
-    if (i < 1 || i + 1 >= m->spec.n_layers || m->layers[i].kind != LAYER_UPSAMPLE ||
+    /* never across the encoder's end: model_encode must write the bottleneck */
+    if (i < 1 || i + 1 >= m->spec.n_layers || i + 1 == m->spec.n_encoder || m->layers[i].kind != LAYER_UPSAMPLE ||
         m->layers[i + 1].kind != LAYER_CONV)
         return 0;
     const Conv2d *cv = &m->layers[i + 1].conv;
@@ -313,11 +317,12 @@ static int upsample_fused(const Model *m, int i)
 
 /* 1 if layer i is a conv with its ReLU fused and layer i+1 a max-pool: the
  * conv's forward step also pools (conv2d_forward_maxpool) and the pool's
- * own step does nothing.  0 otherwise (also i < 0, and for a conv already
- * fused with an upsample before it). */
+ * own step does nothing.  0 otherwise (also i < 0, for a conv already fused
+ * with an upsample before it, and when the encoder ends between the two:
+ * model_encode stops after the conv and needs its output). */
 static int maxpool_fused(const Model *m, int i)
 {
-    return i >= 0 && i + 1 < m->spec.n_layers && m->layers[i].kind == LAYER_CONV &&
+    return i >= 0 && i + 1 < m->spec.n_layers && i + 1 != m->spec.n_encoder && m->layers[i].kind == LAYER_CONV &&
            (m->layers[i].conv.fuse & CONV_FUSE_RELU) && m->layers[i + 1].kind == LAYER_MAXPOOL &&
            !upsample_fused(m, i - 1); /* one fusion per conv: upsample -> conv -> pool keeps the pool apart */
 }

@@ -59,6 +59,10 @@ CASES = [
     ("imagenet32", "imagenet32", 3, 32, 32, 3, "adam"),
     ("imagenet64", "imagenet64", 3, 64, 64, 2, "adam"),
     ("custom_k5_sgd", "c6k5 p c4 | c5 u c3k1 c2", 2, 12, 10, 3, "sgd"),
+    # pairs that would fuse across the encoder's end: the bottleneck must
+    # still be written (found in review: model_encode returned zeros)
+    ("pool_after_bottleneck", "c8 | p c8 u c1", 1, 8, 8, 3, "adam"),
+    ("upsample_bottleneck", "c4 p c4 u | c1", 1, 8, 8, 3, "adam"),
 ]
 
 
