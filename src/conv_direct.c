@@ -338,11 +338,26 @@ TARGET static void direct_pass(float *out, const float *in, const float *wp, con
     }
 }
 
-/* Pixel vectors [*v0, *v1) of thread tid of nt over a list of `total`. */
-static void vector_range(int64_t total, int tid, int nt, int64_t *v0, int64_t *v1)
+/* Items [*i0, *i1) of thread tid of nt over a list of `total` (pixel
+ * vectors, rows or images): contiguous, sizes differ by at most 1. */
+static void thread_range(int64_t total, int tid, int nt, int64_t *i0, int64_t *i1)
 {
-    *v0 = total * tid / nt;
-    *v1 = total * (tid + 1) / nt;
+    *i0 = total * tid / nt;
+    *i1 = total * (tid + 1) / nt;
+}
+
+/* The per-call set-up of the forward passes in scratch: packed weights and
+ * lane masks; returns the output mode (ReLU fused or not). */
+static int prepare_forward(const Conv2d *l, int H, int W, float *scratch, const Layout *z, const float **wf,
+                           const uint16_t **mask)
+{
+    float *w = scratch + z->wf;
+    uint16_t *m = (uint16_t *)(void *)(scratch + z->mask);
+    pack_forward(w, l->w, l->C, l->OC, l->K * l->K);
+    build_masks(m, l->K, H, W);
+    *wf = w;
+    *mask = m;
+    return (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
 }
 
 void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
@@ -352,11 +367,9 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
     const Layout z = layout(l, H, W);
     const int nv = ceil_div(H * W, LANES);
     const int64_t total = (int64_t)N * nv;
-    float *wf = scratch + z.wf;
-    uint16_t *mask = (uint16_t *)(void *)(scratch + z.mask);
-    pack_forward(wf, l->w, l->C, l->OC, l->K * l->K);
-    build_masks(mask, l->K, H, W);
-    const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
+    const float *wf;
+    const uint16_t *mask;
+    const int mode = prepare_forward(l, H, W, scratch, &z, &wf, &mask);
     int team = nthreads;
     if ((int64_t)team > total) team = (int)total;
     (void)team;
@@ -365,7 +378,7 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
 #endif
     {
         int64_t v0, v1;
-        vector_range(total, team_thread_id(), team_size(), &v0, &v1);
+        thread_range(total, team_thread_id(), team_size(), &v0, &v1);
         direct_pass(y, x, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, v0, v1, mode);
     }
 }
@@ -399,11 +412,9 @@ static void fused_forward(const Fused *f)
     const Layout z = layout(l, H, W);
     const int nv = ceil_div(H * W, LANES), up = f->kind == FUSED_UPSAMPLE;
     const size_t x_image = (size_t)l->C * H * W / (up ? 4 : 1), y_image = (size_t)l->OC * H * W;
-    float *wf = f->scratch + z.wf;
-    uint16_t *mask = (uint16_t *)(void *)(f->scratch + z.mask);
-    pack_forward(wf, l->w, l->C, l->OC, l->K * l->K);
-    build_masks(mask, l->K, H, W);
-    const int mode = (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
+    const float *wf;
+    const uint16_t *mask;
+    const int mode = prepare_forward(l, H, W, f->scratch, &z, &wf, &mask);
     const int team = f->nthreads < N ? f->nthreads : N, chunk = bwd_chunk_images(l, H, W);
     (void)team;
 #ifdef _OPENMP
@@ -411,10 +422,11 @@ static void fused_forward(const Fused *f)
 #endif
     {
         const int tid = team_thread_id(), nt = team_size();
-        const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
+        int64_t n0, n1; /* this thread's images */
+        thread_range(N, tid, nt, &n0, &n1);
         float *own = f->scratch + z.thread0 + (size_t)tid * z.per_thread + z.image;
-        for (int n = n0; n < n1; n += chunk) {
-            const int k = n1 - n < chunk ? n1 - n : chunk; /* images in this chunk */
+        for (int64_t n = n0; n < n1; n += chunk) {
+            const int k = (int)(n1 - n < chunk ? n1 - n : chunk); /* images in this chunk */
             const float *xn = f->x + (size_t)n * x_image;
             if (up) { /* the chunk's upsampled input, in L2 */
                 upsample2x_forward_serial(own, xn, k, l->C, H / 2, W / 2);
@@ -827,11 +839,11 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
         if (W % LANES == 0) {
             /* whole rows per thread (wgrad_pass's row-structured tiles) */
             const int64_t vpr = W / LANES;
-            vector_range(total / vpr, tid, nt, &v0, &v1);
+            thread_range(total / vpr, tid, nt, &v0, &v1);
             v0 *= vpr;
             v1 *= vpr;
         } else {
-            vector_range(total, tid, nt, &v0, &v1);
+            thread_range(total, tid, nt, &v0, &v1);
         }
         /* weight gradient, then input gradient, chunk by chunk: the second
          * pass finds the chunk's g and x still in L2.  Chunks are whole
@@ -877,9 +889,10 @@ static void fused_backward(const Fused *f)
         float *part = f->scratch + z.thread0 + (size_t)tid * z.per_thread;
         double *dbp = zero_partials(part, &z, OC);
         float *own = part + z.image, *own2 = own + (size_t)chunk * C * H * W;
-        const int n0 = (int)((int64_t)N * tid / nt), n1 = (int)((int64_t)N * (tid + 1) / nt);
-        for (int n = n0; n < n1; n += chunk) {
-            const int k = n1 - n < chunk ? n1 - n : chunk; /* images in this chunk */
+        int64_t n0, n1; /* this thread's images */
+        thread_range(N, tid, nt, &n0, &n1);
+        for (int64_t n = n0; n < n1; n += chunk) {
+            const int k = (int)(n1 - n < chunk ? n1 - n : chunk); /* images in this chunk */
             const int64_t kv = (int64_t)k * nv;
             const float *xn = f->x + (size_t)n * x_image, *gn;
             if (up) { /* x = the chunk's upsampled a; dx of it into own2 */
