@@ -1,5 +1,6 @@
 # aesim Makefile
-#   make            build/aesim-train (and every other src/*_main.c program), build/libaesim.a
+#   make            build/aesim-train (and every other src/tools/*_main.c program), build/libaesim.a
+#   make check-layers  the layer rules of src/ and include/ (README "Code map")
 #   make test       build and run the whole test suite (ends with "N passed, N failed")
 #   make asan       serial (MPI=0) build with AddressSanitizer+UBSan, runs the unit tests
 #   make bench      benchmarks against PyTorch/FAISS (not part of the tests)
@@ -22,13 +23,13 @@ PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
 
 ifeq ($(MPI),1)
   CC := $(MPICC)
-  PAR_SRC := src/par_mpi.c
+  PAR_SRC := src/par/par_mpi.c
 else
   CC ?= cc
   ifeq ($(origin CC),default)
     CC := cc
   endif
-  PAR_SRC := src/par_serial.c
+  PAR_SRC := src/par/par_serial.c
 endif
 
 OPT ?= -O2
@@ -49,14 +50,16 @@ ifeq ($(SAN),1)
 endif
 CFLAGS += -DAESIM_MPI=$(MPI) -DAESIM_OMP=$(OMP)
 
-MAINS := $(wildcard src/*_main.c)
-LIB_SRC := $(filter-out $(MAINS) src/par_mpi.c src/par_serial.c,$(wildcard src/*.c)) $(PAR_SRC)
+# src/LAYER/*.c by layer (README "Code map"); the programs' mains are src/tools/*_main.c.
+MAINS := $(wildcard src/tools/*_main.c)
+LIB_SRC := $(filter-out src/par/par_mpi.c src/par/par_serial.c,$(wildcard src/*/*.c))
+LIB_SRC := $(filter-out $(MAINS),$(LIB_SRC)) $(PAR_SRC)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
-PROGS := $(MAINS:src/%_main.c=$(BUILD)/aesim-%)
+PROGS := $(MAINS:src/tools/%_main.c=$(BUILD)/aesim-%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test asan bench run clean deps-check
+.PHONY: all test asan bench run clean deps-check check-layers
 # Keep intermediate objects (no 'rm build/obj/x_main.o' after linking).
 .SECONDARY:
 all: deps-check $(PROGS) $(BUILD)/libaesim.a
@@ -82,22 +85,25 @@ $(BUILD) $(BUILD)/obj $(BUILD)/tests:
 	@mkdir -p $@
 
 $(BUILD)/obj/%.o: src/%.c $(BUILD)/build_info.h | $(BUILD)/obj
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libaesim.a: $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/aesim-%: $(BUILD)/obj/%_main.o $(BUILD)/libaesim.a
+$(BUILD)/aesim-%: $(BUILD)/obj/tools/%_main.o $(BUILD)/libaesim.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
-
-$(BUILD)/obj/%_main.o: src/%_main.c $(BUILD)/build_info.h | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
 
 test: all $(TESTS)
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) MPI=$(MPI) bash tests/run_tests.sh
+
+# The layer rules (README "Code map"): includes only downwards, mpi.h only in
+# src/par/, no data or file code in src/nn/.  Reads #include lines only.
+check-layers:
+	@$(PYTHON) tests/check_layers.py
 
 asan:
 	$(MAKE) MPI=0 SAN=1 OPT=-O1 BUILD=build-asan test
@@ -111,7 +117,7 @@ run: all
 clean:
 	rm -rf $(BUILD) $(BUILD)-valgrind $(BUILD)-fuzz build-asan
 
--include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*_main.d)
+-include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tools/*_main.d)
 
 # Test helper programs (tests/tool_*.c): built by `make test`, run by the
 # Python tests, never run on their own.

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 
 #include "bench_common.h"
-#include "check.h"
-#include "par.h"
-#include "timer.h"
+#include "base/check.h"
+#include "par/par.h"
+#include "base/timer.h"
 
 /* Repeats per size (the median is reported). */
 #define REPEATS 21

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "base/check.h"
 
 const char *bench_opt_str(int argc, char **argv, const char *name, const char *def)
 {

@@ -28,14 +28,14 @@
 #include <string.h>
 
 #include "bench_common.h"
-#include "check.h"
-#include "knn.h"
-#include "npy.h"
-#include "par.h"
-#include "rng.h"
-#include "threads.h"
-#include "timer.h"
-#include "topk.h"
+#include "base/check.h"
+#include "search/knn.h"
+#include "data/npy.h"
+#include "par/par.h"
+#include "base/rng.h"
+#include "base/threads.h"
+#include "base/timer.h"
+#include "search/topk.h"
 
 /* Seeds of the database and queries (any fixed values). */
 #define KNN_DATA_SEED 512u
@@ -119,7 +119,7 @@ int main(int argc, char **argv)
         if (v > nq_max) nq_max = v;
         s = *end == ',' ? end + 1 : end;
     }
-    ThreadPlan plan = threads_setup(&ctx, threads);
+    ThreadPlan plan = threads_setup(ctx.local_size, threads);
 
     double t0 = timer_now();
     float *x = xmalloc((size_t)N * (size_t)D * sizeof(float));

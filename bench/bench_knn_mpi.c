@@ -17,13 +17,13 @@
 #include <string.h>
 
 #include "bench_common.h"
-#include "check.h"
-#include "knn.h"
-#include "par.h"
-#include "rng.h"
-#include "threads.h"
-#include "timer.h"
-#include "topk.h"
+#include "base/check.h"
+#include "search/knn.h"
+#include "par/par.h"
+#include "base/rng.h"
+#include "base/threads.h"
+#include "base/timer.h"
+#include "search/topk.h"
 
 /* Seeds and rows per rng stream (same values as bench_knn.c). */
 #define KNN_DATA_SEED 512u
@@ -58,7 +58,7 @@ int main(int argc, char **argv)
     int runs = (int)bench_opt_int(argc, argv, "--runs", 3, 1);
     int T = (int)bench_opt_int(argc, argv, "--threads", 1, 1);
     const char *nq_list = bench_opt_str(argc, argv, "--nq", "1,100");
-    ThreadPlan plan = threads_setup(&ctx, T);
+    ThreadPlan plan = threads_setup(ctx.local_size, T);
     int64_t r0 = N * ctx.rank / ctx.size, r1 = N * (ctx.rank + 1) / ctx.size;
     float *x = xmalloc((size_t)(r1 - r0) * (size_t)D * sizeof(float));
     fill_rows(x, r0, r1, D, KNN_DATA_SEED);

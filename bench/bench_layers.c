@@ -26,13 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "act.h"
+#include "nn/act.h"
 #include "bench_common.h"
-#include "check.h"
-#include "loss.h"
-#include "maxpool.h"
-#include "timer.h"
-#include "upsample.h"
+#include "base/check.h"
+#include "nn/loss.h"
+#include "nn/maxpool.h"
+#include "base/timer.h"
+#include "nn/upsample.h"
 
 #if AESIM_OMP
 #include <omp.h>

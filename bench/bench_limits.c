@@ -32,9 +32,9 @@
 #include <stdlib.h>
 
 #include "bench_common.h"
-#include "check.h"
-#include "rng.h"
-#include "timer.h"
+#include "base/check.h"
+#include "base/rng.h"
+#include "base/timer.h"
 
 /* Declared by OpenBLAS; repeated in case another cblas.h is picked up. */
 void openblas_set_num_threads(int num_threads);

@@ -37,17 +37,17 @@
 #include <string.h>
 
 #include "bench_common.h"
-#include "check.h"
-#include "conv2d.h"
-#include "model.h"
-#include "npy.h"
-#include "optimizer.h"
-#include "par.h"
-#include "rng.h"
-#include "sampler.h"
-#include "threads.h"
-#include "timer.h"
-#include "upsample.h"
+#include "base/check.h"
+#include "nn/conv2d.h"
+#include "model/model.h"
+#include "data/npy.h"
+#include "model/optimizer.h"
+#include "par/par.h"
+#include "base/rng.h"
+#include "data/sampler.h"
+#include "base/threads.h"
+#include "base/timer.h"
+#include "nn/upsample.h"
 
 /* Seeds of the random batch and of the weights: any fixed values. */
 #define BENCH_DATA_SEED 6u
@@ -335,7 +335,7 @@ int main(int argc, char **argv)
         par_err0(&ctx, "bench_train: unknown preset '%s' (mnist, imagenet32, imagenet64) %s\n", preset, err.msg);
         par_abort(2);
     }
-    ThreadPlan plan = threads_setup(&ctx, threads);
+    ThreadPlan plan = threads_setup(ctx.local_size, threads);
 
     /* The global batch, identical on every rank; this rank's slice. */
     size_t chw = (size_t)C * H * W;

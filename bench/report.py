@@ -427,7 +427,7 @@ def main():
              "kernel choice uses a narrower vector ISA than the CPU has (see Machine).", "", "## Workloads", ""]
     lines += main_table(recs, lim, T)
     lines += ["", "FAISS \"same ids\" = share of queries whose k ids equal aesim's, in order; aesim re-scores its "
-              "candidates exactly (include/knn.h), FAISS reports float GEMM distances, so near-ties may come out "
+              "candidates exactly (include/search/knn.h), FAISS reports float GEMM distances, so near-ties may come out "
               "in another order."]
     rt = ranks_table(recs, T)
     if rt:

@@ -39,13 +39,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import aesim_torch  # noqa: E402  (the PyTorch twin of an aesim spec)
 
-# Must match the presets of src/model.c (include/model.h lists them).
+# Must match the presets of src/model/model.c (include/model/model.h lists them).
 PRESETS = {
     "mnist": "c16 p c8 p c8 | c16 u c16 u c1",
     "imagenet32": "c16 c16 p c32 c32 p c8 | c32 u c16 u c16 c3",
     "imagenet64": "c16 c16 p c32 c32 p c32 p c8 | c32 u c32 u c16 u c16 c3",
 }
-# aesim's Adam defaults (include/optim.h ADAM_CONFIG_DEFAULT).
+# aesim's Adam defaults (include/nn/optim_step.h ADAM_CONFIG_DEFAULT).
 ADAM_LR, ADAM_EPS = 1e-3, 1e-7
 SETTINGS = ("default", "no-mkldnn", "channels_last")
 

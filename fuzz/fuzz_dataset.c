@@ -1,7 +1,7 @@
 /*
  * fuzz_dataset.c - libFuzzer target for whole array sources: the input is
  * opened as an npz (including sample stores), npy, IDX, CIFAR-10 and
- * CIFAR-100 file through dataset_open (src/image_source.c, cifar.c, idx.c,
+ * CIFAR-100 file through dataset_open (src/data/image_source.c, cifar.c, idx.c,
  * zip_read.c, npy.c), and every image that loads is read back.  The first
  * input byte picks resizing options so conversion paths run too.
  */
@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "check.h"
-#include "dataset.h"
+#include "base/check.h"
+#include "data/dataset.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

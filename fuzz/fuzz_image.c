@@ -1,14 +1,14 @@
 /*
  * fuzz_image.c - libFuzzer target for PNG (libpng) and JPEG (libjpeg-turbo)
- * decoding and the conversion pipeline (src/image_decode.c,
- * src/image_convert.c): decode with a small pixel limit, then composite,
+ * decoding and the conversion pipeline (src/data/image_decode.c,
+ * src/data/image_convert.c): decode with a small pixel limit, then composite,
  * crop and area-resize to two target shapes.
  */
 #include <stdlib.h>
 
-#include "check.h"
-#include "image_convert.h"
-#include "image_decode.h"
+#include "base/check.h"
+#include "data/image_convert.h"
+#include "data/image_decode.h"
 
 /* Pixel limit: keeps each run fast and memory small. */
 #define FUZZ_MAX_PIXELS (1 << 20)

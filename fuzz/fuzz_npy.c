@@ -1,10 +1,10 @@
 /*
  * fuzz_npy.c - libFuzzer target for the .npy header parser (npy_header_read
- * in src/npy.c) over an in-memory byte source.
+ * in src/data/npy.c) over an in-memory byte source.
  */
 #include <string.h>
 
-#include "npy.h"
+#include "data/npy.h"
 
 typedef struct Cursor {
     const uint8_t *p;

@@ -1,13 +1,13 @@
 /*
  * fuzz_text.c - libFuzzer target for the two text parsers: the dataset
- * item syntax (dataset_item_parse, src/dataset_opts.c) and list files
- * (image_list_parse, src/image_folder.c).
+ * item syntax (dataset_item_parse, src/data/dataset_opts.c) and list files
+ * (image_list_parse, src/data/image_folder.c).
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "image_source.h"
+#include "base/check.h"
+#include "data/image_folder.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,11 +1,11 @@
 /*
  * fuzz_zip.c - libFuzzer target for the zip central-directory reader and
- * member streams (src/zip_read.c): open the archive, then inflate and
+ * member streams (src/data/zip_read.c): open the archive, then inflate and
  * CRC-check every member (sizes are bounded by the reader's bomb check).
  */
 #define _GNU_SOURCE
 #include "fuzz_common.h"
-#include "zip_read.h"
+#include "data/zip_read.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -12,14 +12,16 @@ CC=${1:-clang}; OUT=${2:-build-fuzz}; SECS=${3:-20}; PKG=${4:-}; LIBS=${5:-}
 PY=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT/obj" "$OUT/corpus" "$OUT/crashes"
 # The library modules the parsers need (serial build, no MPI).
-SRC="err check par_serial fileio npy idx zip_read image_decode image_convert dataset_opts image_source image_folder
-     cifar dataset sample_store rng"
+SRC="base/err base/check par/par_serial base/fileio data/npy data/idx data/zip_read data/image_decode data/image_convert
+     data/dataset_opts data/image_source data/source_array data/image_folder data/cifar data/dataset data/sample_store
+     base/rng"
 CFLAGS="-g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -DAESIM_MPI=0 -DAESIM_OMP=0
         -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
 OBJS=()
 for s in $SRC; do
-    $CC $CFLAGS $PKG -c "src/$s.c" -o "$OUT/obj/$s.o"
-    OBJS+=("$OUT/obj/$s.o")
+    o="$OUT/obj/${s//\//_}.o"
+    $CC $CFLAGS $PKG -c "src/$s.c" -o "$o"
+    OBJS+=("$o")
 done
 # Seed corpora.
 "$PY" - "$OUT/corpus" <<'PYEOF'

@@ -5,7 +5,7 @@
 #   METRICS_CSV  the file aesim-train writes (columns
 #                step,epoch,train_loss,val_loss,val_psnr_db,images_per_s,seconds,
 #                allreduce_ms,comm_ms,overlap; files of older versions lack the
-#                last three; see include/metrics.h)
+#                last three; see include/train/metrics.h)
 #   OUT_PNG      the image to write (replaced atomically: temp name, then mv)
 #   WIDTHxHEIGHT image size in pixels, default 1000x600
 # Draws train loss and val loss against step on a log y axis, and val PSNR

@@ -1,7 +1,7 @@
 """PyTorch twin of an aesim architecture spec, for the reference tests.
 
 build(spec_text) returns an nn.Sequential-like module built only from the
-spec grammar documented in include/model.h (cN / cNkK = Conv2d 'same' + ReLU,
+spec grammar documented in include/model/model.h (cN / cNkK = Conv2d 'same' + ReLU,
 p = MaxPool2d(2), u = Upsample(scale_factor=2, mode='nearest'), '|' = end of
 encoder; the last conv gets a sigmoid).  load_npz copies the convJ.* arrays
 of an aesim checkpoint (read with numpy alone) into it.

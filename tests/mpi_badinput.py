@@ -162,7 +162,7 @@ class BadInput(unittest.TestCase):
     def tmp_leftovers(self, folder):
         return [f for f in os.listdir(folder) if ".tmp." in f]
 
-    # ----- option validation (fixed in src/train_args.c, src/search_args.c) --
+    # ----- option validation (fixed in src/train/train_args.c, src/search/search_args.c) --
     def test_empty_option_values_refused(self):
         # `--resume "$CKPT"` with CKPT unset used to start from scratch silently
         # (and then rotate away the checkpoints in --out); `--ids-from ''`
@@ -344,7 +344,7 @@ class BadInput(unittest.TestCase):
     # ----- aesim-search ------------------------------------------------------
     # Fixed bug: finite query values whose squared distances overflow float32 (3e38) gave 0 results and
     # exit 0; 1e19 gave all-inf distances in arbitrary order.  Now every query and database vector must
-    # have a squared norm <= KNN_MAX_NORM2 (include/knn.h, FLT_MAX/64): a clear error naming the query
+    # have a squared norm <= KNN_MAX_NORM2 (include/search/knn.h, FLT_MAX/64): a clear error naming the query
     # file (search.c checks the queries with knn_check_vectors before searching)
     def test_query_vectors_that_overflow(self):
         for value in (3e38, 1e19):

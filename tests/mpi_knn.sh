@@ -6,7 +6,7 @@
 #   * the merged results of P = 1, 2, 3 are byte-identical (exact ids and
 #     distances), and identical on rank 0 and rank P-1 (broadcast);
 #   * they equal a float64 numpy brute force accumulated in dimension order
-#     and rounded to float32 (the definition in include/knn.h), sorted by
+#     and rounded to float32 (the definition in include/search/knn.h), sorted by
 #     (distance, id) -- exact ids and distances;
 #   * mismatched k on one rank gives the same AE_EARG on every rank.
 # The build folder comes from AESIM_BUILD (default build).

@@ -5,7 +5,7 @@ Reference: an uninterrupted run with the same number of ranks.  Resuming
 after any fault must reproduce its weights and optimizer state BIT FOR BIT
 (every npz member compared as bytes), since the data order is a function of
 (seed, epoch) and the checkpoint holds the whole state.  Checkpoint integrity
-is checked with Python's zlib.crc32 against meta.crc32 (include/ckpt.h).
+is checked with Python's zlib.crc32 against meta.crc32 (include/model/ckpt.h).
 
 - exact resume: 2 epochs straight == 1 epoch + resume (P=2), also from the
   middle of an epoch; resuming on another P continues the same schedule.
@@ -329,7 +329,7 @@ class Preemption(unittest.TestCase):
         # SIGTERM odls_base_sigkill_timeout s later and SIGKILL as long again
         # after that, and exits 1 whatever the ranks do; SIGUSR1 it forwards at
         # once.  A short timeout (5 s) keeps the test quick, long enough for a step,
-        # the checkpoint and the ranks' exit watchdog (2 s, src/train.c).
+        # the checkpoint and the ranks' exit watchdog (2 s, src/train/train.c).
         # Each rank runs under a shell that records its exit status and
         # output (mpirun stops forwarding output while it shuts down).
         wrapper = os.path.join(TMP, "rank_status.sh")

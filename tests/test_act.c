@@ -21,8 +21,8 @@
 
 #include <cmocka.h>
 
-#include "act.h"
-#include "check.h"
+#include "nn/act.h"
+#include "base/check.h"
 #include "naive_ref.h"
 #include "testutil.h"
 

@@ -23,10 +23,10 @@
 
 #include <cmocka.h>
 
-#include "check.h"
-#include "ckpt.h"
-#include "fileio.h"
-#include "npy.h"
+#include "base/check.h"
+#include "model/ckpt.h"
+#include "base/fileio.h"
+#include "data/npy.h"
 #include "testutil.h"
 
 /* A small model: conv 1->2, pool, upsample, conv 2->1 on 1x4x4 images. */

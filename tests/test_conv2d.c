@@ -31,11 +31,11 @@
 #include <cblas.h>
 #include <cmocka.h>
 
-#include "check.h"
-#include "conv2d.h"
-#include "maxpool.h"
+#include "base/check.h"
+#include "nn/conv2d.h"
+#include "nn/maxpool.h"
 #include "naive_ref.h"
-#include "upsample.h"
+#include "nn/upsample.h"
 #include "testutil.h"
 
 /* Forward: float sums of <= C*K*K = 144 products of values in [-1, 1]. */

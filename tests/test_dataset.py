@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""test_dataset.py - dataset.h (src/dataset.c, idx.c, npy.c) against numpy.
+"""test_dataset.py - dataset.h (src/data/dataset.c, idx.c, npy.c) against numpy.
 
 References: numpy writes the inputs (downsampled-ImageNet-style npz with
 numpy.savez / savez_compressed, MNIST IDX files with struct + gzip, exactly as
@@ -42,7 +42,7 @@ IMAGENET = os.path.join(DATA, "imagenet-sample")
 MNIST = os.path.join(DATA, "mnist")
 FASHION = "/usr/share/datasets/fashion-mnist"
 
-# Status codes of include/err.h.
+# Status codes of include/base/err.h.
 AE_EIO, AE_EFORMAT, AE_ESHAPE, AE_EARG = 1, 2, 3, 4
 
 

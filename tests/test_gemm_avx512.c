@@ -20,8 +20,8 @@
 
 #include <cmocka.h>
 
-#include "check.h"
-#include "gemm_avx512.h"
+#include "base/check.h"
+#include "nn/gemm_avx512.h"
 #include "testutil.h"
 
 /* Float sums of up to 2100 products of values in [-1, 1]: error ~ sqrt(k) * 6e-8 * |terms|. */

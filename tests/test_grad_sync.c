@@ -29,9 +29,9 @@
 
 #include <cmocka.h>
 
-#include "check.h"
-#include "grad_sync.h"
-#include "model.h"
+#include "base/check.h"
+#include "par/grad_sync.h"
+#include "model/model.h"
 #include "testutil.h"
 
 #define MAX_SLICES 16
@@ -139,6 +139,14 @@ static void test_partition_random_invariants(void **state)
  * conv5 16->1: 145, conv4 16->16: 2320, conv3 8->16: 1168, conv2 8->8: 584,
  * conv1 16->8: 1160, conv0 1->16: 160; total 5537.  The buckets below are
  * worked out by hand from these sizes with DDP's rule. */
+/* grad_sync_init over a model's gradient block, as train.c calls it. */
+static void sync_init_model(GradSync *s, const ParCtx *ctx, Model *m, int kib)
+{
+    size_t slices[MODEL_MAX_LAYERS];
+    const int n = model_grad_slices(m, slices);
+    grad_sync_init(s, ctx, m->grads, m->n_params, slices, n, kib);
+}
+
 static void test_grad_sync_init_mnist(void **state)
 {
     (void)state;
@@ -150,13 +158,13 @@ static void test_grad_sync_init_mnist(void **state)
     assert_int_equal(m.n_params, 5537);
     ParCtx ctx = { 0, 1, 0, 1, NULL };
     GradSync s;
-    grad_sync_init(&s, &ctx, &m, 0);
+    sync_init_model(&s, &ctx, &m, 0);
     assert_true(s.blocking);
     assert_int_equal(s.n_buckets, 1);
     assert_int_equal(s.buckets[0].offset, 0);
     assert_int_equal(s.buckets[0].count, 5537);
     /* 1 KiB = 256 floats: 145+2320, 1168, 584, 1160, 160. */
-    grad_sync_init(&s, &ctx, &m, 1);
+    sync_init_model(&s, &ctx, &m, 1);
     assert_false(s.blocking);
     const Want w1[] = { { 5537 - 2465, 2465 }, { 5537 - 2465 - 1168, 1168 }, { 160 + 1160, 584 }, { 160, 1160 },
                         { 0, 160 } };
@@ -166,14 +174,14 @@ static void test_grad_sync_init_mnist(void **state)
         assert_int_equal(s.buckets[b].count, w1[b].count);
     }
     /* 16 KiB = 4096 floats: 145+2320+1168+584 = 4217 closes; 1160+160. */
-    grad_sync_init(&s, &ctx, &m, 16);
+    sync_init_model(&s, &ctx, &m, 16);
     assert_int_equal(s.n_buckets, 2);
     assert_int_equal(s.buckets[0].offset, 1320);
     assert_int_equal(s.buckets[0].count, 4217);
     assert_int_equal(s.buckets[1].offset, 0);
     assert_int_equal(s.buckets[1].count, 1320);
     /* 64 KiB: the whole model (22 KB) is one bucket. */
-    grad_sync_init(&s, &ctx, &m, 64);
+    sync_init_model(&s, &ctx, &m, 64);
     assert_int_equal(s.n_buckets, 1);
     assert_int_equal(s.buckets[0].count, 5537);
     model_free(&m);

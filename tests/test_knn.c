@@ -1,5 +1,5 @@
 /*
- * test_knn.c - exact k-NN and range search (include/knn.h) against a naive
+ * test_knn.c - exact k-NN and range search (include/search/knn.h) against a naive
  * brute force written here: every eligible row's distance accumulated in
  * double in dimension order, rounded once to float (the documented
  * definition of the reported value), all rows sorted by (distance, id).
@@ -26,8 +26,8 @@
 
 #include <cmocka.h>
 
-#include "knn.h"
-#include "knn_scan.h"
+#include "search/knn.h"
+#include "search/knn_scan.h"
 #include "testutil.h"
 
 typedef struct Hit { float d; double dd; int64_t id; } Hit;

@@ -1,4 +1,4 @@
-"""test_knn_faiss.py - exact k-NN / range search of src/knn.c against FAISS.
+"""test_knn_faiss.py - exact k-NN / range search of src/search/knn.c against FAISS.
 
 Runs build/tests/tool_knn (AESIM_BUILD names the build folder) on random
 vectors and on the real SIFT vectors in ../shared/data/siftsmall

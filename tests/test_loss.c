@@ -24,9 +24,9 @@
 
 #include <cmocka.h>
 
-#include "act.h"
-#include "check.h"
-#include "loss.h"
+#include "nn/act.h"
+#include "base/check.h"
+#include "nn/loss.h"
 #include "naive_ref.h"
 #include "testutil.h"
 

@@ -31,9 +31,9 @@
 
 #include <cmocka.h>
 
-#include "act.h"
-#include "check.h"
-#include "maxpool.h"
+#include "nn/act.h"
+#include "base/check.h"
+#include "nn/maxpool.h"
 #include "naive_ref.h"
 #include "testutil.h"
 

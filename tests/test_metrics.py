@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_metrics.py - the metrics CSV (src/metrics.c), PSNR, and launch/plot_loss.sh.
+"""test_metrics.py - the metrics CSV (src/train/metrics.c), PSNR, and launch/plot_loss.sh.
 
 build/tests/tool_metrics writes rows given on stdin through metrics_open /
 metrics_append; Python's csv module (an independent parser) reads them back:

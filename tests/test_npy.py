@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""test_npy.py - npy.h (src/npy.c) against numpy's own .npy/.npz writer and reader.
+"""test_npy.py - npy.h (src/data/npy.c) against numpy's own .npy/.npz writer and reader.
 
 numpy (Debian python3-numpy) is the reference: it writes .npy files of
 format versions 1.0, 2.0 and 3.0 (numpy.lib.format.write_array) and .npz
@@ -38,7 +38,7 @@ if not TMP_ROOT:
     TMP_ROOT = tempfile.mkdtemp(prefix="aesim_test_npy_")
     atexit.register(shutil.rmtree, TMP_ROOT, ignore_errors=True)
 
-# Status codes of include/err.h.
+# Status codes of include/base/err.h.
 AE_EIO, AE_EFORMAT, AE_EARG = 1, 2, 4
 
 DTYPES = ["|u1", "|i1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8"]

@@ -22,9 +22,9 @@
 
 #include <cmocka.h>
 
-#include "check.h"
+#include "base/check.h"
 #include "naive_ref.h"
-#include "optim.h"
+#include "nn/optim_step.h"
 #include "testutil.h"
 
 #define STEPS 12

@@ -1,5 +1,5 @@
 /*
- * test_pca.c - unit tests of include/pca.h against naive double loops
+ * test_pca.c - unit tests of include/search/pca.h against naive double loops
  * written here: data with a planted covariance (a few strong directions plus
  * isotropic noise), the covariance recomputed directly, and the fitted axes
  * checked as what they must be: orthonormal, eigenvectors (C a = lambda a up
@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "pca.h"
+#include "search/pca.h"
 #include "testutil.h"
 
 #define N 700  /* rows (not a multiple of PCA_BLOCK_ROWS) */

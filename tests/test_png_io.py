@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_png_io.py - PNG writing (src/png_io.c) checked with PIL and numpy.
+"""test_png_io.py - PNG writing (src/data/png_io.c) checked with PIL and numpy.
 
 build/tests/tool_png_write writes seeded pseudo-random images as PNGs and
 dumps its input pixels raw.  PIL (an independent PNG decoder) reads the PNGs
@@ -23,7 +23,7 @@ from PIL import Image
 
 BUILD = os.environ.get("AESIM_BUILD", "build")
 TOOL = os.path.join(BUILD, "tests", "tool_png_write")
-PAD_GREY = 128  # PNG_GRID_PAD_GREY in include/png_io.h
+PAD_GREY = 128  # PNG_GRID_PAD_GREY in include/data/png_io.h
 
 failures = []
 

@@ -1,6 +1,6 @@
 /*
- * test_progress.c - the progress display (src/progress.c) and the timers
- * (src/timer.c), with an injected clock and a tmpfile() as the terminal/log.
+ * test_progress.c - the progress display (src/base/progress.c) and the timers
+ * (src/base/timer.c), with an injected clock and a tmpfile() as the terminal/log.
  *
  * Checks: duration formatting against hand-worked cases; plain (non-tty)
  * lines are rate-limited to one per interval plus the first update and every
@@ -24,8 +24,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "progress.h"
-#include "timer.h"
+#include "base/progress.h"
+#include "base/timer.h"
 
 /* Everything written to f so far, NUL-terminated (caller frees). */
 static char *slurp(FILE *f)

@@ -22,7 +22,7 @@
 #include <cmocka.h>
 #include <math.h>
 
-#include "rng.h"
+#include "base/rng.h"
 
 /* Upper 0.1% critical values of chi-square with 2, 6 and 9 degrees of freedom. */
 #define CHI2_P001_DOF2 13.816

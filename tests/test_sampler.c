@@ -21,8 +21,8 @@
 
 #include <cmocka.h>
 
-#include "check.h"
-#include "sampler.h"
+#include "base/check.h"
+#include "data/sampler.h"
 
 /* Upper 0.1% critical values of chi-square with 5 and 9 degrees of freedom
  * (NIST/SEMATECH e-Handbook 1.3.6.7.4). */

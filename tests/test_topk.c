@@ -1,6 +1,6 @@
 /*
  * test_topk.c - unit tests of the top-k heaps, their sort and the k-way merge
- * (include/topk.h) against a naive reference written here: sort every
+ * (include/search/topk.h) against a naive reference written here: sort every
  * (distance, id) pair with qsort and take the first k.  Data have many
  * deliberate duplicate distances so the tie-break by id is exercised.
  * Serial; no MPI.
@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "testutil.h"
-#include "topk.h"
+#include "search/topk.h"
 
 typedef struct Pair { float d; int64_t id; } Pair;
 

@@ -27,11 +27,11 @@
 
 #include <cmocka.h>
 
-#include "act.h"
-#include "check.h"
+#include "nn/act.h"
+#include "base/check.h"
 #include "naive_ref.h"
 #include "testutil.h"
-#include "upsample.h"
+#include "nn/upsample.h"
 
 /* Forward only copies values: exact. */
 #define EXACT_ATOL 0.0

@@ -1,5 +1,5 @@
 /*
- * test_vecdb.c - unit tests of the vector database files (include/vecdb.h):
+ * test_vecdb.c - unit tests of the vector database files (include/search/vecdb.h):
  * a manifest and three shards (one empty) written and read back, mapped
  * arrays equal to what was written, the id -> shard lookup and the shard
  * ownership rule against a naive scan, and every kind of damage refused with
@@ -19,9 +19,9 @@
 
 #include <cmocka.h>
 
-#include "npy.h"
+#include "data/npy.h"
 #include "testutil.h"
-#include "vecdb.h"
+#include "search/vecdb.h"
 
 /* Shard sizes of the test database (one empty shard in the middle). */
 static const int64_t SIZES[3] = { 5, 0, 3 };

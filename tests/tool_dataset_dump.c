@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "dataset.h"
+#include "base/check.h"
+#include "data/dataset.h"
 
 #define USAGE_EXIT 64
 #define PATH_BYTES 4096

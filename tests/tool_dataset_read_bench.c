@@ -10,10 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "check.h"
-#include "dataset.h"
-#include "rng.h"
-#include "timer.h"
+#include "base/check.h"
+#include "data/dataset.h"
+#include "base/rng.h"
+#include "base/timer.h"
 
 #define USAGE_EXIT 64
 

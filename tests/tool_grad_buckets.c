@@ -16,7 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "grad_sync.h"
+#include "model/model.h"
+#include "par/grad_sync.h"
 
 /* Exit status for a bad command line (above every AE_* code). */
 #define USAGE_EXIT 64
@@ -49,7 +50,9 @@ static int arch_buckets(char **argv)
     }
     ParCtx ctx = { 0, 1, 0, 1, NULL };
     GradSync s;
-    grad_sync_init(&s, &ctx, &m, kib);
+    size_t slices[MODEL_MAX_LAYERS];
+    const int n_slices = model_grad_slices(&m, slices);
+    grad_sync_init(&s, &ctx, m.grads, m.n_params, slices, n_slices, kib);
     for (int k = 0; k < s.n_buckets; k++) printf("%zu %zu\n", s.buckets[k].offset, s.buckets[k].count);
     model_free(&m);
     return 0;

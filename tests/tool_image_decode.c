@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "image_decode.h"
+#include "data/image_decode.h"
 
 #define USAGE_EXIT 64
 #define PATH_BYTES 4096

@@ -1,6 +1,6 @@
 /*
  * tool_knn.c - test helper for tests/test_knn_faiss.py: runs the k-NN or
- * range search of include/knn.h on .fvecs files and writes the raw result,
+ * range search of include/search/knn.h on .fvecs files and writes the raw result,
  * which the Python test compares with FAISS.  Not run on its own.
  *
  *   tool_knn knn   l2|ip K      BASE.fvecs QUERY.fvecs OUT.bin [opts]
@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "knn.h"
+#include "base/check.h"
+#include "search/knn.h"
 
 /* Reads a whole .fvecs file into *out ([n][d], xmalloc).  Returns 0 or -1
  * with a message on stderr. */

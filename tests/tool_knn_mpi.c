@@ -25,9 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "knn.h"
-#include "par.h"
+#include "base/check.h"
+#include "search/knn.h"
+#include "par/par.h"
 #include "testutil.h"
 
 /* Mask: rows whose global id % MASK_MOD == MASK_SKIP are ineligible. */

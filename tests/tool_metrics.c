@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "metrics.h"
+#include "train/metrics.h"
 
 /* Longest stdin row accepted, bytes. */
 #define ROW_BYTES 1024

@@ -18,13 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "ckpt.h"
-#include "conv2d.h"
-#include "model.h"
-#include "npy.h"
-#include "optimizer.h"
-#include "rng.h"
+#include "base/check.h"
+#include "model/ckpt.h"
+#include "nn/conv2d.h"
+#include "model/model.h"
+#include "data/npy.h"
+#include "model/optimizer.h"
+#include "base/rng.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif

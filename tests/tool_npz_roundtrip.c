@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "npy.h"
+#include "base/check.h"
+#include "data/npy.h"
 
 /* Exit status for a bad command line (above every AE_* code). */
 #define USAGE_EXIT 64

@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "png_io.h"
+#include "base/check.h"
+#include "data/png_io.h"
 #include "testutil.h"
 
 static void dump(const char *path, const void *data, size_t bytes)

@@ -1,0 +1,67 @@
+/*
+ * fileio.h - crash-safe output files: write to a temporary file in the same
+ * folder, fsync it, rename it over the final name, fsync the folder.  A crash
+ * or a full disk at any point leaves either the old file or the new one,
+ * never a half-written one.
+ *
+ * Usage:
+ *   AtomicFile af;
+ *   if (atomic_open(&af, "out/metrics.csv", err)) return err->code;
+ *   fwrite(..., af.f);             // or write to af.tmp_path with another library
+ *   return atomic_commit(&af, err); // or atomic_abort(&af) on failure
+ *
+ * Single-threaded per AtomicFile; no MPI.  POSIX (fsync, rename).
+ */
+#ifndef AESIM_FILEIO_H
+#define AESIM_FILEIO_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/err.h"
+
+/* Longest path handled, in bytes including the NUL. */
+#define FILEIO_PATH_MAX 4096
+
+typedef struct AtomicFile {
+    FILE *f;                         /* open for writing ("wb") on tmp_path */
+    char path[FILEIO_PATH_MAX];      /* final name */
+    char tmp_path[FILEIO_PATH_MAX];  /* "<path>.tmp.<pid>" in the same folder */
+} AtomicFile;
+
+/* Creates tmp_path and opens it.  Errors: AE_EIO (folder missing or not
+ * writable; the message names the file and errno text; `path` exists but is
+ * not a regular file, e.g. a device: renaming over it would replace the
+ * device), AE_EARG (path too long). */
+int atomic_open(AtomicFile *af, const char *path, Err *err);
+
+/* Flushes, fsyncs and closes af->f (if still open), renames tmp_path to path
+ * and fsyncs the folder.  On any failure (e.g. ENOSPC) the temporary file is
+ * removed, the previous `path` is left untouched and AE_EIO is returned with
+ * the errno text. */
+int atomic_commit(AtomicFile *af, Err *err);
+
+/* Like atomic_commit, for a temporary file that another library wrote and
+ * closed itself (af->f == NULL; e.g. libzip writing to tmp_path). */
+int atomic_commit_closed(AtomicFile *af, Err *err);
+
+/* Closes and removes the temporary file; `path` is untouched. */
+void atomic_abort(AtomicFile *af);
+
+/* Call before opening an input file: refuses (AE_EIO, naming the file)
+ * anything that exists and is not a regular file once symlinks are followed:
+ * a FIFO or a device would block open() or read() forever, a folder is
+ * a mistake.  A missing file gives AE_EIO with the errno text.  stat() only:
+ * never blocks. */
+int fileio_check_input(const char *path, Err *err);
+
+/* pread / pwrite of exactly n bytes at offset off, retrying on EINTR and
+ * partial transfers.  Return 0, or -1 with errno set (errno 0 for a read
+ * that hit the end of the file, or for an offset beyond INT64_MAX). */
+int fileio_pread_full(int fd, void *buf, uint64_t n, uint64_t off);
+int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off);
+
+/* mkdir -p with mode 0777 & ~umask.  AE_EIO names the component that failed. */
+int fileio_mkdirs(const char *dir, Err *err);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * ckpt.h - training checkpoints as NumPy .npz files (numpy.savez layout,
+ * stored members), so the weights load in Python with numpy alone:
+ *
+ *     ck = numpy.load("checkpoint.npz")
+ *     ck["conv0.weight"]        # float32 [OC][C][K][K], PyTorch Conv2d layout
+ *     ck["conv0.bias"]          # float32 [OC]
+ *     bytes(ck["meta.arch"]).decode()   # "c16 p c8 p c8 | c16 u c16 u c1"
+ *
+ * Members, in this archive order:
+ *   convJ.weight, convJ.bias       parameters of the J-th conv (0-based)
+ *   opt.m.NAME, opt.v.NAME         optimizer state per tensor (Adam: m and v;
+ *                                  SGD: opt.m = momentum buffer)
+ *   meta.arch        uint8 [len]   canonical architecture spec (ASCII)
+ *   meta.input_shape int64 [3]     C, H, W
+ *   meta.state       int64 [CKPT_STATE_LEN]  see CkptState (version first)
+ *   meta.hparams     float64 [5]   lr, beta1, beta2, eps, momentum
+ *   meta.crc32       uint32 [n]    (version >= 2) always the LAST member;
+ *                                  entry i = zlib crc32 of the raw data bytes
+ *                                  (C order, little-endian, no .npy header)
+ *                                  of the i-th member above.  In Python:
+ *                                  [zlib.crc32(ck[k].tobytes()) for k in ck.files[:-1]]
+ * The data order of epoch e is a pure function of (seed, e), so (seed, epoch,
+ * batch) is the whole RNG state: a resumed run, with any number of ranks,
+ * continues the same schedule; with the same number of ranks (and threads)
+ * it reproduces an uninterrupted run bit for bit.
+ *
+ * Verification on load (ckpt_read): the zip CRC of every member (libzip),
+ * the size of every member against its header (npy.h), the meta.crc32 of every
+ * member, the meta fields, and that every float32 member is finite.  A
+ * truncated, bit-flipped or edited file is refused with a message naming the
+ * file and the member.
+ *
+ * Files in an output folder OUT (ckpt_save_rotate / ckpt_read_latest):
+ *   OUT/ckpt-step00001234.npz   the checkpoint after optimizer step 1234
+ *                               (CKPT_STEP_DIGITS digits, more if needed);
+ *                               the newest `keep` of them are kept
+ *   OUT/checkpoint.npz          the newest one: a hard link to the newest
+ *                               ckpt-step file (no extra disk space), or a
+ *                               second copy where the file system has no hard
+ *                               links.  Always a complete checkpoint.
+ * Every file is written atomically (temp file in OUT, fsync, rename, fsync of
+ * OUT: fileio.h), the step file first, then checkpoint.npz is replaced; only
+ * then are older step files removed.  A crash or a full disk at any point
+ * leaves the previous checkpoints complete.  ckpt-step files with a step
+ * LARGER than the one being saved belong to an abandoned run (the run was
+ * resumed from an older checkpoint into the same folder) and are removed, as
+ * metrics.csv drops rows after the resume step; so are temporary files left
+ * by a crashed writer.  One job per OUT at a time.
+ *
+ * Written by one rank; no MPI here (the trainer decides which rank writes and
+ * broadcasts what rank 0 read).  Not thread-safe for the same folder.
+ */
+#ifndef AESIM_CKPT_H
+#define AESIM_CKPT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/err.h"
+#include "model/model.h"
+#include "data/npy.h"
+#include "model/optimizer.h"
+
+/* Format version stored first in meta.state; bump on incompatible change.
+ * 2 added meta.crc32.  Version 1 files (no meta.crc32) are still read. */
+#define CKPT_VERSION 2
+
+/* The stable name of the newest checkpoint in an output folder. */
+#define CKPT_LATEST_NAME "checkpoint.npz"
+/* Step checkpoints are CKPT_STEP_PREFIX + step (zero-padded to
+ * CKPT_STEP_DIGITS) + ".npz", e.g. ckpt-step00001234.npz. */
+#define CKPT_STEP_PREFIX "ckpt-step"
+#define CKPT_STEP_DIGITS 8
+/* How many step checkpoints ckpt_save_rotate keeps by default (--keep). */
+#define CKPT_KEEP_DEFAULT 3
+
+/* Where training stands. */
+typedef struct CkptState {
+    int64_t step;            /* optimizer steps done */
+    int64_t epoch;           /* current epoch (0-based) */
+    int64_t batch;           /* global batches of that epoch already done */
+    uint64_t seed;           /* data-order and init seed */
+    int64_t batch_size;      /* global batch size */
+} CkptState;
+
+/* Length of meta.state: version, step, epoch, batch, seed, batch_size, optimizer kind. */
+#define CKPT_STATE_LEN 7
+
+/* Writes model parameters, optimizer state (opt may be NULL: weights only),
+ * st and meta.crc32 to path atomically.  Errors: AE_EIO naming the file
+ * (errno / libzip text, e.g. "No space left on device"); the previous file
+ * at path, if any, is untouched. */
+int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const CkptState *st, Err *err);
+
+/* Writes dir/ckpt-stepNNNNNNNN.npz for st->step, makes dir/checkpoint.npz
+ * that checkpoint, then removes step files beyond the newest `keep` (>= 1),
+ * step files newer than st->step and stale temporary files (see the file
+ * comment).  written: [FILEIO_PATH_MAX] or NULL; receives the step file's
+ * path.  Errors: AE_EIO naming the file that could not be written (earlier
+ * checkpoints and the previous checkpoint.npz are intact), AE_EARG if the
+ * path is too long.  Failing to remove an old file is not an error. */
+int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
+                     char *written, Err *err);
+
+/* A checkpoint read into memory, before a model exists. */
+typedef struct Checkpoint {
+    char path[4096];      /* file it was read from, for messages */
+    NpyArray *arrays;
+    int n_arrays;
+    char arch[MODEL_SPEC_MAX];
+    int C, H, W;
+    CkptState state;
+    OptKind opt_kind;
+    double hparams[5];
+} Checkpoint;
+
+/* Reads and verifies a checkpoint file (see "Verification on load").
+ * Errors: AE_EIO (missing or unreadable file), AE_EFORMAT (not an npz,
+ * truncated, a CRC that does not match, missing or malformed meta.*, unknown
+ * version, non-finite values) with a message naming the file and member.
+ * Free with ckpt_free (also after an error: it is then empty). */
+int ckpt_read(Checkpoint *ck, const char *path, Err *err);
+
+/* Reads the newest intact checkpoint for --resume ARG:
+ *   ARG a folder: its ckpt-step*.npz files, newest step first, then its
+ *     checkpoint.npz (unless it is the same file as one already tried);
+ *   ARG a file: that file; if it cannot be read or verified and its name is
+ *     checkpoint.npz or ckpt-stepN.npz, the ckpt-step files of its folder
+ *     (older than N), newest first.
+ * Each refused candidate is reported as one line on `notes` (may be NULL),
+ * with the reason.  ck->path names the file actually used.  Errors: those of
+ * ckpt_read for the first candidate when none is intact (the message says
+ * how many were tried), AE_EIO when ARG does not exist or a folder holds no
+ * checkpoint. */
+int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err);
+
+/* Copies parameters (and, if opt is not NULL, the optimizer state: opt must
+ * have been initialised with the checkpoint's kind) into a model built from
+ * ck->arch.  Errors: AE_EFORMAT when a tensor is missing or its shape differs
+ * (naming the member), e.g. a checkpoint from another architecture. */
+int ckpt_restore(const Checkpoint *ck, Model *m, Optimizer *opt, Err *err);
+
+void ckpt_free(Checkpoint *ck);
+
+/* CRC-32 (zlib) of the parameter bytes (m->params, n_params floats): equal on
+ * every rank when the ranks hold bitwise-identical weights; the vector
+ * database records it to tie its vectors to the encoder that made them. */
+uint32_t ckpt_params_crc32(const Model *m);
+
+#endif

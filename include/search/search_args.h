@@ -1,0 +1,72 @@
+/*
+ * search_args.h - command line of aesim-search (getopt_long): the
+ * subcommand (index, query, eval), its options, their defaults and units,
+ * the --help text, and the checks that need no file (which options go with
+ * which subcommand, k >= 1, exactly one query input, ...).
+ * No I/O besides printing usage; no MPI (every rank parses the same argv).
+ */
+#ifndef AESIM_SEARCH_ARGS_H
+#define AESIM_SEARCH_ARGS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/err.h"
+
+/* Longest path option, bytes including the NUL. */
+#define SEARCH_PATH_MAX 4096
+/* Most --image files and most --label values. */
+#define SEARCH_MAX_IMAGES 4096
+#define SEARCH_MAX_LABELS 1024
+/* Default images per encoder call (memory: batch x largest activation). */
+#define SEARCH_DEFAULT_BATCH 256
+/* Default neighbours of eval (precision@10, the table). */
+#define SEARCH_DEFAULT_EVAL_K 10
+
+typedef enum { SEARCH_NONE = 0, SEARCH_INDEX = 1, SEARCH_QUERY = 2, SEARCH_EVAL = 3 } SearchCmd;
+
+/* Metric choice: from the manifest unless given. */
+enum { SEARCH_METRIC_DEFAULT = -1 };
+
+/* eval baselines (bit mask). */
+enum { SEARCH_BASE_PIXELS = 1, SEARCH_BASE_PCA = 2 };
+
+typedef struct SearchConfig {
+    SearchCmd cmd;
+    char db[SEARCH_PATH_MAX];       /* --db folder */
+    char model[SEARCH_PATH_MAX];    /* --model checkpoint ("" = none) */
+    char data[SEARCH_PATH_MAX];     /* --data source spec ("" = none) */
+    int append;                     /* index --append */
+    int k;                          /* --k / -k, 0 = not given */
+    const char *images[SEARCH_MAX_IMAGES]; /* --image files (point into argv) */
+    int n_images;
+    char ids[SEARCH_PATH_MAX];      /* query --ids LIST: "3,17,20-29" ("" = none) */
+    char queries[SEARCH_PATH_MAX];  /* query: .npy of vectors; eval: source spec */
+    int metric;                     /* KnnMetric or SEARCH_METRIC_DEFAULT */
+    int32_t labels[SEARCH_MAX_LABELS]; /* --label filter */
+    int n_labels;
+    char ids_from[SEARCH_PATH_MAX]; /* --ids-from FILE ("" = none) */
+    int has_radius;
+    double radius;                  /* --radius, in the units of the distance column */
+    int json;                       /* --json */
+    char sheet[SEARCH_PATH_MAX];    /* --sheet PNG ("" = none) */
+    char out[SEARCH_PATH_MAX];      /* --out FILE ("" = stdout) */
+    int64_t max_queries;            /* eval --max-queries, 0 = all */
+    unsigned baselines;             /* eval --baseline: SEARCH_BASE_* bits */
+    int batch;                      /* --batch images per encoder call */
+    int threads;                    /* --threads, 0 = cores / ranks per node */
+    int help;                       /* --help given */
+} SearchConfig;
+
+/* Parses argv (argv[1] = subcommand) into cfg, defaults first.  With --help
+ * (anywhere) only cfg->help and cfg->cmd are meaningful.  Errors: AE_EARG
+ * with a message naming the option and what is accepted: unknown subcommand
+ * or option, an option that does not belong to the subcommand, a missing
+ * required option (--db, --model, --data, k, a query input), a bad number
+ * (k <= 0, negative radius), more than one query input. */
+int search_args_parse(SearchConfig *cfg, int argc, char **argv, Err *err);
+
+/* Prints the --help text (every subcommand, option, unit and default). */
+void search_args_usage(FILE *out);
+
+#endif

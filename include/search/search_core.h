@@ -1,0 +1,127 @@
+/*
+ * search_core.h - the pieces aesim-search's index, query and eval share:
+ * the encoder loaded identically on every rank, batched encoding with a
+ * NaN/Inf check, this rank's shards prepared for a metric and filters, the
+ * exact k-NN and range search over the shards of all ranks, and the rank-0
+ * lookup of labels and names of result ids.
+ *
+ * Sharded search (search_knn): a rank may own any number of shards (vecdb.h:
+ * shard s -> rank s % P).  Each owned shard is searched with
+ * knn_search_local, the rank's lists are merged with knn_merge, then rank 0
+ * gathers every rank's Q x k lists with par_gather (chunks of queries of at
+ * most SEARCH_GATHER_CHUNK_BYTES) and merges them with knn_merge again.  The
+ * local results are exact re-scored values (knn.h "Exactness") and the merge
+ * breaks ties by id, so the result is the same for any P and any split into
+ * shards.  (knn_search_sharded does the same for exactly one shard per rank.)
+ *
+ * Collective functions are marked so; they agree on errors with par_agree
+ * and return the same status on every rank.  Threading: encoding and search
+ * run the OpenMP threads given (BLAS single-threaded inside, threads.h).
+ */
+#ifndef AESIM_SEARCH_CORE_H
+#define AESIM_SEARCH_CORE_H
+
+#include <stdint.h>
+
+#include "data/imgset.h"
+#include "search/knn.h"
+#include "model/model.h"
+#include "par/par.h"
+#include "search/topk.h"
+#include "search/vecdb.h"
+
+/* Bytes of one rank's part of a result gather (bounds the buffers of rank 0
+ * to P times this). */
+#define SEARCH_GATHER_CHUNK_BYTES ((size_t)64 << 20)
+/* Most range-search hits one rank may send to rank 0 (24 bytes each). */
+#define SEARCH_RANGE_MAX_HITS ((int64_t)1 << 26)
+
+/* Collective.  Rank 0 reads the checkpoint; every rank builds the same model
+ * (max batch `batch`, `nthreads` OpenMP threads) with the broadcast weights;
+ * *crc = CRC-32 of the parameter bytes (ckpt_params_crc32).  Errors: those
+ * of ckpt_read / ckpt_restore / model_parse (AE_EIO, AE_EFORMAT, AE_EARG,
+ * AE_ESHAPE).  On error *m holds nothing to free. */
+int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
+                        Err *err);
+
+/* Local.  AE_ESHAPE if the model's D differs from the database's (checked
+ * first: "manifest D mismatch"), AE_EARG if its CRC-32 differs (another model
+ * or other weights).  ckpt names the checkpoint in the message. */
+int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char *ckpt, Err *err);
+
+/* Local.  Encodes n images into out[n][D]: images [lo, lo+n) of `set` when
+ * set != NULL, else imgs[n][C][H][W].  Returns -1 if every vector is finite,
+ * else the index (0..n-1) of the first vector holding NaN or Inf. */
+int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n);
+
+/* The shards this rank owns, ready for knn (vectors mapped; for cosine a
+ * normalised copy; a mask per shard when filters are given). */
+typedef struct LocalShards {
+    int n;            /* shards owned */
+    VecShard *maps;   /* [n] */
+    KnnDb *dbs;       /* [n] */
+    float **copies;   /* [n] normalised copies (KNN_IP) or NULL entries */
+    uint8_t **masks;  /* [n] masks or NULL entries */
+} LocalShards;
+
+/* Filters applied inside the scan (mask = 1 for eligible rows). */
+typedef struct SearchFilter {
+    const int32_t *labels;  /* [n_labels] accepted labels; n_labels = 0: any */
+    int n_labels;
+    const int64_t *ids;     /* [n_ids] accepted ids (any order); used if has_ids */
+    int64_t n_ids;
+    int has_ids;
+} SearchFilter;
+
+/* Collective.  Maps the shards of this rank (rank r owns s with
+ * vecdb_shard_owner(s, P) == r), normalises copies for KNN_IP (cosine) and
+ * builds masks from filter (may be NULL).  Errors: vecdb_shard_map's
+ * (missing or damaged shard files).  On error ls holds nothing. */
+int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnMetric metric,
+                       const SearchFilter *filter, Err *err);
+void search_shards_close(LocalShards *ls);
+
+/* Collective.  Exact k-NN of q[Q][D] (same on every rank) over the KnnDbs of
+ * all ranks (dbs[n_dbs], n_dbs may be 0).  *out (Q x k, sorted best first,
+ * padded) is valid on rank 0 only; other ranks get a zeroed TopK.  Errors:
+ * those of knn_search_local on any rank. */
+int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs, int k,
+               KnnMetric metric, int nthreads, Err *err);
+
+/* Collective.  Range search: every eligible row with distance <= radius
+ * (KNN_L2) / score >= radius (KNN_IP), over all ranks; *out valid on rank 0
+ * (sorted best first, ties by id), zeroed elsewhere.  Errors: those of
+ * knn_range_search_local, or AE_EARG when one rank has more than
+ * SEARCH_RANGE_MAX_HITS hits ("lower --radius or give --k"). */
+int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
+                 float radius, KnnMetric metric, int nthreads, Err *err);
+
+/* Local.  Opens the images of the database's source run i (0 <= i <
+ * db->n_sources) from the absolute item paths recorded in the manifest.
+ * Errors: imgset_open's (a file moved or deleted: AE_EIO), AE_EFORMAT when an
+ * item now holds another number of images than at index time, AE_ESHAPE
+ * when the images do not have the model's input shape.  On error *set holds
+ * nothing.  (Item paths holding commas cannot be reopened.) */
+int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err);
+
+/* The source run holding database id (0 <= id < db->count), or -1. */
+int search_source_of(const VecDb *db, int64_t id);
+
+/* Labels and names of database ids, read on demand one shard at a time
+ * (labels mapped, names read from names.txt): used by rank 0 for outputs. */
+typedef struct SearchMeta {
+    const VecDb *db;
+    VecShard *maps;       /* [n_shards] labels mapped on first use */
+    char **names;         /* [n_shards] names blocks (vecdb_read_names) or NULL */
+    uint8_t *state;       /* [n_shards] bit 1 labels loaded, bit 2 names loaded */
+} SearchMeta;
+
+void search_meta_init(SearchMeta *sm, const VecDb *db);
+void search_meta_free(SearchMeta *sm);
+
+/* Label of id (and its name when name != NULL; the pointer stays valid until
+ * search_meta_free).  Errors: vecdb_shard_map / vecdb_read_names errors;
+ * AE_EARG for an id outside the database. */
+int search_meta_get(SearchMeta *sm, int64_t id, int32_t *label, const char **name, Err *err);
+
+#endif

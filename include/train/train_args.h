@@ -1,0 +1,59 @@
+/*
+ * train_args.h - command-line options of aesim-train (getopt_long), their
+ * defaults, units and the --help text.  No I/O besides printing usage;
+ * no MPI (every rank parses the same argv).
+ */
+#ifndef AESIM_TRAIN_ARGS_H
+#define AESIM_TRAIN_ARGS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/err.h"
+#include "model/optimizer.h"
+
+/* Longest path option, bytes including the NUL. */
+#define ARG_PATH_MAX 4096
+
+/* How rank 0 shows progress: a live bar redrawn with '\r' (terminals) or
+ * plain lines (logs).  AUTO = bar only when stdout is a terminal and the
+ * process is not under mpirun, whose forwarded stdout looks like a terminal
+ * even when it goes to a file (launch/train.sh asks for the bar itself). */
+enum { PROGRESS_AUTO = 0, PROGRESS_BAR = 1, PROGRESS_LINES = 2 };
+
+typedef struct TrainConfig {
+    char data[ARG_PATH_MAX];   /* training source(s), comma-separated */
+    char val[ARG_PATH_MAX];    /* validation source, "" = split off val_fraction */
+    char data_opts[1024];      /* dataset options KEY=VALUE[&KEY=VALUE...] for --data and --val */
+    double val_fraction;       /* fraction of data held out when val == "" */
+    int64_t val_limit;         /* evaluate on at most this many val images (0 = all) */
+    char arch[1024];           /* preset name or spec; "" = preset for the image shape */
+    int epochs;
+    int64_t max_steps;         /* stop after this many optimizer steps in total (0 = no limit) */
+    int batch_size;            /* global batch, split across ranks */
+    OptKind opt;
+    AdamConfig adam;           /* lr, beta1, beta2, eps */
+    float momentum;            /* SGD */
+    uint64_t seed;
+    char out[ARG_PATH_MAX];    /* output folder */
+    int64_t ckpt_every;        /* checkpoint every N steps (0 = only at epoch ends) */
+    char resume[ARG_PATH_MAX]; /* checkpoint file or folder to resume from, "" = fresh start */
+    int keep;                  /* step checkpoints kept in the output folder (ckpt.h), >= 1 */
+    int threads;               /* OpenMP threads per rank, 0 = cores / ranks per node */
+    double log_every;          /* seconds between progress lines when not on a terminal */
+    int grid_n;                /* validation images in the reconstruction grid */
+    int64_t csv_every;         /* optimizer steps per metrics.csv row */
+    int progress;              /* PROGRESS_AUTO, PROGRESS_BAR or PROGRESS_LINES */
+    int bucket_kib;            /* gradient allreduce bucket, KiB (grad_sync.h); 0 = one blocking
+                                  allreduce after backward */
+    int help;                  /* --help was given */
+} TrainConfig;
+
+/* Parses argv into cfg (defaults first).  Errors: AE_EARG with a message
+ * naming the option and the accepted values. */
+int train_args_parse(TrainConfig *cfg, int argc, char **argv, Err *err);
+
+/* Prints the --help text (every option, unit and default). */
+void train_args_usage(FILE *out);
+
+#endif

@@ -1,0 +1,153 @@
+/*
+ * fileio.c - atomic file replacement (see include/base/fileio.h).
+ * Follows the write-temp / fsync / rename / fsync-directory pattern that
+ * POSIX rename(2) makes atomic.  No MPI; callers decide which rank writes.
+ */
+#include "base/fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int atomic_open(AtomicFile *af, const char *path, Err *err)
+{
+    af->f = NULL;
+    if (strlen(path) + 32 >= FILEIO_PATH_MAX)
+        return err_set(err, AE_EARG, "%s: path too long", path);
+    snprintf(af->path, sizeof af->path, "%s", path);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return err_set(err, AE_EIO, "%s exists and is not a regular file (a folder, device or pipe): refusing to "
+                       "replace it (hint: name a new file)", path);
+    snprintf(af->tmp_path, sizeof af->tmp_path, "%s.tmp.%ld", path, (long)getpid());
+    af->f = fopen(af->tmp_path, "wb");
+    if (!af->f)
+        return err_set(err, AE_EIO, "cannot write %s: %s (is the output folder there and writable?)",
+                       af->tmp_path, strerror(errno));
+    return AE_OK;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char buf[FILEIO_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int atomic_commit_closed(AtomicFile *af, Err *err)
+{
+    int fd = open(af->tmp_path, O_RDONLY);
+    if (fd < 0 || fsync(fd) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        unlink(af->tmp_path);
+        return err_set(err, AE_EIO, "cannot sync %s: %s", af->tmp_path, strerror(e));
+    }
+    close(fd);
+    if (rename(af->tmp_path, af->path) != 0) {
+        int e = errno;
+        unlink(af->tmp_path);
+        return err_set(err, AE_EIO, "cannot rename %s to %s: %s", af->tmp_path, af->path, strerror(e));
+    }
+    fsync_dir_of(af->path); /* best effort: some file systems refuse fsync on folders */
+    return AE_OK;
+}
+
+int atomic_commit(AtomicFile *af, Err *err)
+{
+    if (af->f) {
+        int bad = fflush(af->f) != 0 || ferror(af->f);
+        int e = errno;
+        if (!bad && fsync(fileno(af->f)) != 0) { bad = 1; e = errno; }
+        if (fclose(af->f) != 0 && !bad) { bad = 1; e = errno; }
+        af->f = NULL;
+        if (bad) {
+            unlink(af->tmp_path);
+            return err_set(err, AE_EIO, "cannot write %s: %s (disk full or folder not writable?)",
+                           af->path, strerror(e ? e : EIO));
+        }
+    }
+    return atomic_commit_closed(af, err);
+}
+
+void atomic_abort(AtomicFile *af)
+{
+    if (af->f) fclose(af->f);
+    af->f = NULL;
+    unlink(af->tmp_path);
+}
+
+int fileio_pread_full(int fd, void *buf, uint64_t n, uint64_t off)
+{
+    uint8_t *b = buf;
+    for (uint64_t done = 0; done < n;) {
+        if (off + done > (uint64_t)INT64_MAX) {
+            errno = 0;
+            return -1;
+        }
+        ssize_t got = pread(fd, b + done, (size_t)(n - done), (off_t)(off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            if (got == 0) errno = 0;
+            return -1;
+        }
+        done += (uint64_t)got;
+    }
+    return 0;
+}
+
+int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off)
+{
+    const uint8_t *b = buf;
+    for (uint64_t done = 0; done < n;) {
+        if (off + done > (uint64_t)INT64_MAX) {
+            errno = 0;
+            return -1;
+        }
+        ssize_t w = pwrite(fd, b + done, (size_t)(n - done), (off_t)(off + done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        done += (uint64_t)w;
+    }
+    return 0;
+}
+
+int fileio_check_input(const char *path, Err *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return err_set(err, AE_EIO, "cannot open %s: %s (hint: check the path)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, AE_EIO, "%s is not a regular file (%s): give the path of a file", path,
+                       S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a pipe" : "a device or socket");
+    return AE_OK;
+}
+
+int fileio_mkdirs(const char *dir, Err *err)
+{
+    char buf[FILEIO_PATH_MAX];
+    if (strlen(dir) >= sizeof buf) return err_set(err, AE_EARG, "%s: path too long", dir);
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return err_set(err, AE_EIO, "cannot create folder %s: %s", buf, strerror(errno));
+            struct stat st;
+            if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+                return err_set(err, AE_EIO, "%s exists and is not a folder", buf);
+            *p = c;
+            if (c == '\0') break;
+        }
+    }
+    return AE_OK;
+}

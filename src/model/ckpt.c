@@ -1,0 +1,485 @@
+/*
+ * ckpt.c - checkpoint save/load as .npz, verification, and the rotation of
+ * step checkpoints in an output folder (see include/model/ckpt.h for the layout).
+ * Uses npy.h for the container and fileio.h (through npz_write) for atomic
+ * replacement; zlib's crc32 for meta.crc32.  No MPI: the trainer decides
+ * which rank writes and broadcasts what rank 0 read.  Single-threaded.
+ */
+#include "model/ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "base/check.h"
+#include "base/fileio.h"
+
+/* Length of a member name such as "opt.m.conv12.weight". */
+#define CKPT_NAME_MAX 64
+/* Members after the tensors: meta.arch, meta.input_shape, meta.state,
+ * meta.hparams, meta.crc32. */
+#define CKPT_META_MEMBERS 5
+/* Entries of meta.hparams: lr, beta1, beta2, eps, momentum. */
+#define CKPT_HPARAMS_LEN 5
+/* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
+#define CKPT_CRC_CHUNK ((size_t)1 << 30)
+/* Marks a temporary file of fileio.h / libzip: "<name>.tmp.<pid>[.XXXXXX]". */
+#define CKPT_TMP_MARK ".tmp."
+/* Largest plausible image side in meta.input_shape (sanity bound). */
+#define CKPT_MAX_SIDE 65536
+
+static uint32_t crc32_bytes(const void *data, size_t len)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const unsigned char *p = data;
+    while (len) {
+        uInt c = len > CKPT_CRC_CHUNK ? (uInt)CKPT_CRC_CHUNK : (uInt)len;
+        crc = crc32(crc, p, c);
+        p += c;
+        len -= c;
+    }
+    return (uint32_t)crc;
+}
+
+static size_t array_bytes(const NpyArray *a) { return (size_t)npy_numel(a) * npy_dtype_size(a->dtype); }
+
+int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const CkptState *st, Err *err)
+{
+    int nt = model_num_tensors(m);
+    int n_state = opt ? (opt->v ? 2 : 1) : 0;
+    int cap = nt * (1 + n_state) + CKPT_META_MEMBERS, n = 0;
+    NpyArray *a = xcalloc((size_t)cap, sizeof *a);
+    for (int s = 0; s <= n_state; s++) {
+        const float *base = s == 0 ? m->params : s == 1 ? opt->m : opt->v;
+        for (int i = 0; i < nt; i++) {
+            ParamTensor t = model_tensor(m, i);
+            NpyArray *x = &a[n++];
+            snprintf(x->name, sizeof x->name, "%s%s", s == 0 ? "" : s == 1 ? "opt.m." : "opt.v.", t.name);
+            x->dtype = NPY_F32;
+            x->ndim = t.ndim;
+            memcpy(x->shape, t.shape, sizeof t.shape);
+            x->data = (void *)(base + t.offset);
+        }
+    }
+    int64_t in_shape[3] = { m->spec.C, m->spec.H, m->spec.W };
+    int64_t state[CKPT_STATE_LEN] = { CKPT_VERSION, st->step, st->epoch, st->batch, (int64_t)st->seed,
+                                      st->batch_size, opt ? (int64_t)opt->kind : -1 };
+    double hp[CKPT_HPARAMS_LEN] = { 0 };
+    if (opt) {
+        hp[0] = opt->adam.lr;
+        hp[1] = opt->adam.beta1;
+        hp[2] = opt->adam.beta2;
+        hp[3] = opt->adam.eps;
+        hp[4] = opt->momentum;
+    }
+    NpyArray *x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.arch");
+    x->dtype = NPY_U8;
+    x->ndim = 1;
+    x->shape[0] = (int64_t)strlen(m->spec.text);
+    x->data = (void *)m->spec.text;
+    x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.input_shape");
+    x->dtype = NPY_I64;
+    x->ndim = 1;
+    x->shape[0] = 3;
+    x->data = in_shape;
+    x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.state");
+    x->dtype = NPY_I64;
+    x->ndim = 1;
+    x->shape[0] = CKPT_STATE_LEN;
+    x->data = state;
+    x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.hparams");
+    x->dtype = NPY_F64;
+    x->ndim = 1;
+    x->shape[0] = CKPT_HPARAMS_LEN;
+    x->data = hp;
+    /* meta.crc32 last: one CRC per member written before it. */
+    uint32_t *crcs = xmalloc((size_t)n * sizeof *crcs);
+    for (int i = 0; i < n; i++) crcs[i] = crc32_bytes(a[i].data, array_bytes(&a[i]));
+    x = &a[n];
+    snprintf(x->name, sizeof x->name, "meta.crc32");
+    x->dtype = NPY_U32;
+    x->ndim = 1;
+    x->shape[0] = n;
+    x->data = crcs;
+    n++;
+    int rc = npz_write(path, a, n, err);
+    free(crcs);
+    free(a);
+    return rc;
+}
+
+/* Finds member `name` with dtype t and `numel` elements (numel < 0: any). */
+static const NpyArray *member(const Checkpoint *ck, const char *path, const char *name, NpyDtype t,
+                              int64_t numel, Err *err)
+{
+    const NpyArray *a = npz_find(ck->arrays, ck->n_arrays, name);
+    if (!a) {
+        err_set(err, AE_EFORMAT, "%s: checkpoint member '%s' is missing (not an aesim checkpoint, or damaged)",
+                path, name);
+        return NULL;
+    }
+    if (a->dtype != t || (numel >= 0 && npy_numel(a) != numel)) {
+        err_set(err, AE_EFORMAT, "%s: checkpoint member '%s' has the wrong type or size", path, name);
+        return NULL;
+    }
+    return a;
+}
+
+/* Checks meta.crc32 (the last member) against every other member. */
+static int verify_crcs(const Checkpoint *ck, const char *path, Err *err)
+{
+    const NpyArray *c = &ck->arrays[ck->n_arrays - 1];
+    if (strcmp(c->name, "meta.crc32") != 0 || c->dtype != NPY_U32 || npy_numel(c) != ck->n_arrays - 1)
+        return err_set(err, AE_EFORMAT,
+                       "%s: meta.crc32 is missing, misplaced or has the wrong size (damaged or edited "
+                       "checkpoint; resume from an older one)", path);
+    const uint32_t *want = c->data;
+    for (int i = 0; i < ck->n_arrays - 1; i++) {
+        uint32_t got = crc32_bytes(ck->arrays[i].data, array_bytes(&ck->arrays[i]));
+        if (got != want[i])
+            return err_set(err, AE_EFORMAT,
+                           "%s: member '%s' fails its CRC-32 check (stored %08x, computed %08x): the file is "
+                           "damaged (resume from an older checkpoint)", path, ck->arrays[i].name,
+                           (unsigned)want[i], (unsigned)got);
+    }
+    return AE_OK;
+}
+
+/* Refuses NaN/Inf in any float32 member: training never saves them. */
+static int verify_finite(const Checkpoint *ck, const char *path, Err *err)
+{
+    for (int i = 0; i < ck->n_arrays; i++) {
+        const NpyArray *a = &ck->arrays[i];
+        if (a->dtype != NPY_F32) continue;
+        const float *v = a->data;
+        int64_t n = npy_numel(a);
+        for (int64_t j = 0; j < n; j++)
+            if (!isfinite(v[j]))
+                return err_set(err, AE_EFORMAT,
+                               "%s: member '%s' holds %g at index %lld (damaged checkpoint; resume from an "
+                               "older one)", path, a->name, (double)v[j], (long long)j);
+    }
+    return AE_OK;
+}
+
+static int read_impl(Checkpoint *ck, const char *path, Err *err)
+{
+    snprintf(ck->path, sizeof ck->path, "%s", path);
+    int rc = npz_read(path, &ck->arrays, &ck->n_arrays, err);
+    if (rc) return rc;
+    if (ck->n_arrays == 0)
+        return err_set(err, AE_EFORMAT, "%s: empty archive, not an aesim checkpoint", path);
+    const NpyArray *arch = member(ck, path, "meta.arch", NPY_U8, -1, err);
+    const NpyArray *shape = arch ? member(ck, path, "meta.input_shape", NPY_I64, 3, err) : NULL;
+    const NpyArray *state = shape ? member(ck, path, "meta.state", NPY_I64, CKPT_STATE_LEN, err) : NULL;
+    const NpyArray *hp = state ? member(ck, path, "meta.hparams", NPY_F64, CKPT_HPARAMS_LEN, err) : NULL;
+    if (!hp) return AE_EFORMAT;
+    const int64_t *s = state->data, *sh = shape->data;
+    if (s[0] < 1 || s[0] > CKPT_VERSION)
+        return err_set(err, AE_EFORMAT, "%s: checkpoint format version %lld, this aesim reads versions 1..%d", path,
+                       (long long)s[0], CKPT_VERSION);
+    if (s[0] >= 2 && (rc = verify_crcs(ck, path, err))) return rc;
+    if ((rc = verify_finite(ck, path, err))) return rc;
+    int64_t len = npy_numel(arch);
+    if (len <= 0 || len >= MODEL_SPEC_MAX)
+        return err_set(err, AE_EFORMAT, "%s: meta.arch has a bad length %lld", path, (long long)len);
+    memcpy(ck->arch, arch->data, (size_t)len);
+    ck->arch[len] = '\0';
+    for (int i = 0; i < 3; i++)
+        if (sh[i] < 1 || sh[i] > CKPT_MAX_SIDE)
+            return err_set(err, AE_EFORMAT, "%s: meta.input_shape is not a valid C,H,W", path);
+    if (s[1] < 0 || s[2] < 0 || s[3] < 0 || s[5] < 1)
+        return err_set(err, AE_EFORMAT, "%s: meta.state holds a negative step/epoch/batch or batch size < 1", path);
+    ck->C = (int)sh[0];
+    ck->H = (int)sh[1];
+    ck->W = (int)sh[2];
+    ck->state.step = s[1];
+    ck->state.epoch = s[2];
+    ck->state.batch = s[3];
+    ck->state.seed = (uint64_t)s[4];
+    ck->state.batch_size = s[5];
+    ck->opt_kind = s[6] == OPT_SGD ? OPT_SGD : OPT_ADAM;
+    memcpy(ck->hparams, hp->data, sizeof ck->hparams);
+    return AE_OK;
+}
+
+int ckpt_read(Checkpoint *ck, const char *path, Err *err)
+{
+    memset(ck, 0, sizeof *ck);
+    int rc = read_impl(ck, path, err);
+    if (rc) ckpt_free(ck);
+    return rc;
+}
+
+int ckpt_restore(const Checkpoint *ck, Model *m, Optimizer *opt, Err *err)
+{
+    int nt = model_num_tensors(m);
+    int n_state = opt ? (opt->v ? 2 : 1) : 0;
+    for (int s = 0; s <= n_state; s++) {
+        float *base = s == 0 ? m->params : s == 1 ? opt->m : opt->v;
+        for (int i = 0; i < nt; i++) {
+            ParamTensor t = model_tensor(m, i);
+            char name[CKPT_NAME_MAX];
+            snprintf(name, sizeof name, "%s%s", s == 0 ? "" : s == 1 ? "opt.m." : "opt.v.", t.name);
+            const NpyArray *a = member(ck, ck->path, name, NPY_F32, (int64_t)t.numel, err);
+            if (!a) return AE_EFORMAT;
+            memcpy(base + t.offset, a->data, t.numel * sizeof(float));
+        }
+    }
+    return AE_OK;
+}
+
+void ckpt_free(Checkpoint *ck)
+{
+    if (ck->arrays) npz_free(ck->arrays, ck->n_arrays);
+    ck->arrays = NULL;
+    ck->n_arrays = 0;
+}
+
+/* ---- the files of an output folder ---------------------------------- */
+
+/* If name is exactly CKPT_STEP_PREFIX <digits> ".npz", stores the step and
+ * returns 1; otherwise 0 (temporary files, other names). */
+static int parse_step_name(const char *name, int64_t *step)
+{
+    static const char ext[] = ".npz";
+    size_t pre = strlen(CKPT_STEP_PREFIX), len = strlen(name), ext_len = sizeof ext - 1;
+    if (len <= pre + ext_len || strncmp(name, CKPT_STEP_PREFIX, pre) != 0 || strcmp(name + len - ext_len, ext) != 0)
+        return 0;
+    int64_t v = 0;
+    for (size_t i = pre; i < len - ext_len; i++) {
+        if (name[i] < '0' || name[i] > '9' || v > (INT64_MAX - 9) / 10) return 0;
+        v = v * 10 + (name[i] - '0');
+    }
+    *step = v;
+    return 1;
+}
+
+static int step_path(char *out, size_t cap, const char *dir, int64_t step)
+{
+    int n = snprintf(out, cap, "%s/%s%0*lld.npz", dir, CKPT_STEP_PREFIX, CKPT_STEP_DIGITS, (long long)step);
+    return n > 0 && (size_t)n < cap;
+}
+
+/* Step numbers of the ckpt-step files in dir, sorted newest first.
+ * *steps is allocated (free it); returns the count, or -1 if dir cannot be
+ * listed (errno kept). */
+static int cmp_desc(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int list_steps(const char *dir, int64_t **steps)
+{
+    *steps = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int64_t s;
+        if (!parse_step_name(e->d_name, &s)) continue;
+        if (n == cap) {
+            int ncap = cap ? 2 * cap : 16;
+            int64_t *grown = xmalloc((size_t)ncap * sizeof *grown);
+            if (n) memcpy(grown, *steps, (size_t)n * sizeof *grown);
+            free(*steps);
+            *steps = grown;
+            cap = ncap;
+        }
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    if (n) qsort(*steps, (size_t)n, sizeof **steps, cmp_desc);
+    return n;
+}
+
+/* Best effort: fsync the folder so a rename or unlink in it is durable. */
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return;
+    (void)fsync(fd);
+    close(fd);
+}
+
+/* Makes dir/checkpoint.npz the file at step_file: a hard link renamed over
+ * it (atomic), or, where links are not supported, a second atomic copy. */
+static int update_latest(const char *dir, const char *step_file, const Model *m, const Optimizer *opt,
+                         const CkptState *st, Err *err)
+{
+    char latest[FILEIO_PATH_MAX], tmp[FILEIO_PATH_MAX + 32];
+    if (snprintf(latest, sizeof latest, "%s/%s", dir, CKPT_LATEST_NAME) >= (int)sizeof latest)
+        return err_set(err, AE_EARG, "%s: path too long", dir);
+    snprintf(tmp, sizeof tmp, "%s%s%ld", latest, CKPT_TMP_MARK, (long)getpid());
+    unlink(tmp);
+    if (link(step_file, tmp) != 0) {
+        if (errno == ENOSPC || errno == EROFS || errno == EACCES || errno == EDQUOT)
+            return err_set(err, AE_EIO, "cannot link %s to %s: %s", step_file, tmp, strerror(errno));
+        /* EPERM / EOPNOTSUPP / EXDEV / EMLINK: no hard links here. */
+        return ckpt_save(latest, m, opt, st, err);
+    }
+    if (rename(tmp, latest) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return err_set(err, AE_EIO, "cannot rename %s to %s: %s", tmp, latest, strerror(e));
+    }
+    fsync_dir(dir);
+    return AE_OK;
+}
+
+/* Removes temporary files of our checkpoint names left by a crashed writer
+ * (the current writer has renamed or removed its own by now). */
+static void remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[FILEIO_PATH_MAX];
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        int ours = strncmp(n, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 ||
+                   strncmp(n, CKPT_LATEST_NAME, strlen(CKPT_LATEST_NAME)) == 0;
+        if (ours && strstr(n, CKPT_TMP_MARK) && snprintf(path, sizeof path, "%s/%s", dir, n) < (int)sizeof path)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
+                     char *written, Err *err)
+{
+    char path[FILEIO_PATH_MAX];
+    if (!step_path(path, sizeof path, dir, st->step)) return err_set(err, AE_EARG, "%s: path too long", dir);
+    int rc = ckpt_save(path, m, opt, st, err);
+    if (!rc) rc = update_latest(dir, path, m, opt, st, err);
+    if (rc) return rc;
+    if (written) snprintf(written, FILEIO_PATH_MAX, "%s", path);
+    int64_t *steps;
+    int n = list_steps(dir, &steps), kept = 0;
+    for (int i = 0; i < n; i++) {
+        if (steps[i] <= st->step && kept < (keep > 0 ? keep : 1)) {
+            kept++;
+            continue;
+        }
+        char old[FILEIO_PATH_MAX];
+        if (step_path(old, sizeof old, dir, steps[i])) unlink(old);
+    }
+    free(steps);
+    remove_stale_temps(dir);
+    fsync_dir(dir);
+    return AE_OK;
+}
+
+/* Tries one candidate; on failure reports it on notes and keeps the first
+ * error in *first. */
+static int try_candidate(Checkpoint *ck, const char *path, FILE *notes, Err *first, int *tried)
+{
+    Err e;
+    err_clear(&e);
+    (*tried)++;
+    if (ckpt_read(ck, path, &e) == AE_OK) return 1;
+    if (notes) fprintf(notes, "aesim-train: warning: refusing checkpoint: %s\n", e.msg);
+    if (first->code == AE_OK) *first = e;
+    return 0;
+}
+
+static int same_file(const struct stat *a, const char *path)
+{
+    struct stat b;
+    return stat(path, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
+}
+
+int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
+{
+    memset(ck, 0, sizeof *ck);
+    char dir[FILEIO_PATH_MAX];
+    if (strlen(arg) >= sizeof dir) return err_set(err, AE_EARG, "--resume %s: path too long", arg);
+    struct stat st;
+    int is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
+    int64_t below = INT64_MAX; /* fall back only to steps older than this */
+    Err first;
+    err_clear(&first);
+    int tried = 0;
+    struct stat tried_file;
+    int have_tried_file = 0;
+    if (is_dir) {
+        snprintf(dir, sizeof dir, "%s", arg);
+    } else {
+        /* A file: try it, then (for our own names) the older steps beside it. */
+        if (try_candidate(ck, arg, notes, &first, &tried)) return AE_OK;
+        const char *slash = strrchr(arg, '/');
+        const char *base = slash ? slash + 1 : arg;
+        int64_t s;
+        if (parse_step_name(base, &s))
+            below = s;
+        else if (strcmp(base, CKPT_LATEST_NAME) != 0) {
+            *err = first;
+            return err->code;
+        }
+        if (slash)
+            snprintf(dir, sizeof dir, "%.*s", (int)(slash - arg), arg);
+        else
+            snprintf(dir, sizeof dir, ".");
+        if (slash == arg) snprintf(dir, sizeof dir, "/");
+        have_tried_file = stat(arg, &tried_file) == 0;
+    }
+    int64_t *steps;
+    int n = list_steps(dir, &steps);
+    if (n < 0 && is_dir) return err_set(err, AE_EIO, "--resume %s: cannot list the folder: %s", arg, strerror(errno));
+    char path[FILEIO_PATH_MAX];
+    int found = 0;
+    for (int i = 0; i < n && !found; i++) {
+        if (steps[i] >= below || !step_path(path, sizeof path, dir, steps[i])) continue;
+        if (have_tried_file && same_file(&tried_file, path)) continue;
+        found = try_candidate(ck, path, notes, &first, &tried);
+    }
+    /* checkpoint.npz is normally a hard link to the newest step file, tried
+     * above; on its own it matters for folders without step files. */
+    struct stat lst;
+    if (!found && is_dir && snprintf(path, sizeof path, "%s/%s", dir, CKPT_LATEST_NAME) < (int)sizeof path &&
+        stat(path, &lst) == 0) {
+        int dup = 0;
+        char sp[FILEIO_PATH_MAX];
+        for (int i = 0; i < n && !dup; i++) dup = step_path(sp, sizeof sp, dir, steps[i]) && same_file(&lst, sp);
+        if (!dup) found = try_candidate(ck, path, notes, &first, &tried);
+    }
+    free(steps);
+    if (found) return AE_OK;
+    if (tried == 0)
+        return err_set(err, AE_EIO, "--resume %s: no checkpoint there (expected %s or %s*.npz)", arg,
+                       CKPT_LATEST_NAME, CKPT_STEP_PREFIX);
+    *err = first;
+    if (tried > 1) {
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof err->msg - len, " [none of the %d checkpoints tried for --resume %s is intact]",
+                 tried, arg);
+    }
+    return err->code;
+}
+
+uint32_t ckpt_params_crc32(const Model *m)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const unsigned char *p = (const unsigned char *)m->params;
+    size_t left = m->n_params * sizeof(float);
+    while (left) {
+        uInt c = left > (1u << 30) ? (1u << 30) : (uInt)left;
+        crc = crc32(crc, p, c);
+        p += c;
+        left -= c;
+    }
+    return (uint32_t)crc;
+}

@@ -1,0 +1,631 @@
+/*
+ * search.c - aesim-search index and query (see include/search/search.h; eval is in
+ * src/search/search_eval.c).  index: every rank encodes its slice of the source and
+ * writes its shard, rank 0 commits the manifest.  query: rank 0 reads and
+ * encodes the queries and broadcasts the vectors, every rank searches the
+ * shards it owns, rank 0 merges and writes the results (TSV / JSON) and the
+ * contact sheet.  MPI through par.h only; errors agreed with par_agree.
+ * Informational lines go to stderr (par_err0) so that stdout carries only
+ * results.
+ */
+#include "search/search.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/check.h"
+#include "base/fileio.h"
+#include "data/imgset.h"
+#include "search/knn.h"
+#include "data/npy.h"
+#include "data/png_io.h"
+#include "data/image_convert.h"
+#include "data/image_decode.h"
+#include "search/search_core.h"
+#include "base/timer.h"
+#include "search/vecdb.h"
+
+/* Background under transparent pixels of --image files: white, as for
+ * image folders (dataset.h bg default). */
+static const uint8_t SEARCH_IMAGE_BG[3] = { 255, 255, 255 };
+
+/* Most query vectors one run takes (--ids ranges, --queries rows). */
+#define SEARCH_MAX_QUERIES ((int64_t)1 << 24)
+/* Most ids an --ids-from file may list. */
+#define SEARCH_MAX_FILTER_IDS ((int64_t)1 << 30)
+/* Contact sheet: neighbours shown per row at most, rows at most, the
+ * smallest tile side in pixels (28x28 images are scaled x3), and the grey
+ * border between tiles in pixels. */
+#define SHEET_MAX_NEIGHBOURS 32
+#define SHEET_MAX_ROWS 256
+#define SHEET_TILE_PX 64
+#define SHEET_PAD_PX 2
+
+/* ================================================================ index */
+
+/* All ranks: an empty description for a new database, or the existing one
+ * (--append) after checking the model. */
+static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cfg, const Model *m, uint32_t crc,
+                            Err *err)
+{
+    memset(db, 0, sizeof *db);
+    const int D = model_embedding_dim(m);
+    const KnnMetric metric = cfg->metric == SEARCH_METRIC_DEFAULT ? KNN_L2 : (KnnMetric)cfg->metric;
+    if (cfg->append) {
+        if (!vecdb_read(db, cfg->db, err) && search_check_model(db, m, crc, cfg->model, err)) {
+            char msg[ERR_MSG_BYTES];
+            snprintf(msg, sizeof msg, "--append refused: %.980s", err->msg);
+            snprintf(err->msg, sizeof err->msg, "%s", msg);
+        } else if (!err->code && cfg->metric != SEARCH_METRIC_DEFAULT && metric != db->metric) {
+            err_set(err, AE_EARG, "--append: --metric %s differs from the database's default %s (hint: drop --metric)",
+                    vecdb_metric_name(metric), vecdb_metric_name(db->metric));
+        }
+    } else {
+        if (ctx->rank == 0) {
+            char path[VECDB_PATH_BYTES + 32];
+            snprintf(path, sizeof path, "%s/%s", cfg->db, VECDB_MANIFEST);
+            struct stat st;
+            if (stat(path, &st) == 0)
+                err_set(err, AE_EARG, "%s already holds a database (%s) (hint: add images with --append, or choose "
+                                      "another --db)", cfg->db, VECDB_MANIFEST);
+            else
+                fileio_mkdirs(cfg->db, err);
+        }
+        char real[PATH_MAX];
+        const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
+        vecdb_init(db, cfg->db, crc, m->spec.text, m->spec.C, m->spec.H, m->spec.W, ckpt, D, metric);
+    }
+    if (par_agree(ctx, err)) {
+        vecdb_free(db);
+        return err->code;
+    }
+    return AE_OK;
+}
+
+int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
+{
+    err_clear(err);
+    const double t0 = timer_now();
+    Model m;
+    uint32_t crc = 0;
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) return err->code;
+    const int D = model_embedding_dim(&m), P = ctx->size;
+    VecDb db;
+    ImageSet src;
+    memset(&src, 0, sizeof src);
+    float *vec = NULL;
+    int32_t *labels = NULL;
+    char *names = NULL;
+    const char **name_ptrs = NULL;
+    int64_t *counts = NULL;
+    if (index_prepare_db(ctx, &db, cfg, &m, crc, err)) {
+        model_free(&m);
+        return err->code;
+    }
+    if (!imgset_open(&src, cfg->data, err) && (src.C != m.spec.C || src.H != m.spec.H || src.W != m.spec.W))
+        err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model %s takes %dx%dx%d (hint: index with a "
+                                "model trained on such images)", cfg->data, src.C, src.H, src.W, cfg->model,
+                m.spec.C, m.spec.H, m.spec.W);
+    if (par_agree(ctx, err)) goto done;
+    par_err0(ctx, "index: %lld images of %s, %d rank(s) -> shards %d..%d of %s | model %s crc32 %08x | D = %d\n",
+             (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D);
+
+    /* This rank's contiguous slice and its global ids. */
+    const int64_t N = src.n, lo = N * ctx->rank / P, hi = N * (ctx->rank + 1) / P, n = hi - lo;
+    const int64_t first_id = db.count + par_exscan_sum_i64(ctx, n);
+    vec = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *vec);
+    int64_t bad = search_encode(vec, &m, &src, NULL, lo, n);
+    if (bad >= 0) {
+        char name[IMGSET_NAME_BYTES];
+        imgset_name(name, sizeof name, &src, lo + bad);
+        err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for image %s (source index %lld); nothing was "
+                                  "written (hint: the checkpoint %s holds NaN weights or diverged; retrain it)",
+                name, (long long)(lo + bad), cfg->model);
+    }
+    if (par_agree(ctx, err)) goto done;
+    labels = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *labels);
+    names = xmalloc((size_t)(n > 0 ? n : 1) * IMGSET_NAME_BYTES);
+    name_ptrs = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *name_ptrs);
+    for (int64_t j = 0; j < n; j++) {
+        labels[j] = imgset_label(&src, lo + j);
+        imgset_name(names + (size_t)j * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, &src, lo + j);
+        name_ptrs[j] = names + (size_t)j * IMGSET_NAME_BYTES;
+    }
+    vecdb_write_shard(cfg->db, db.n_shards + ctx->rank, vec, labels, name_ptrs, n, D, first_id, err);
+    if (par_agree(ctx, err)) goto done;
+
+    /* Rank 0 commits: the manifest lists the new source and shards. */
+    counts = xcalloc((size_t)P, sizeof *counts);
+    par_gather(ctx, &n, counts, sizeof n, 0);
+    if (ctx->rank == 0) {
+        const char **paths = xmalloc((size_t)src.n_items * sizeof *paths);
+        int64_t *item_counts = xmalloc((size_t)src.n_items * sizeof *item_counts);
+        for (int i = 0; i < src.n_items; i++) {
+            paths[i] = src.paths[i];
+            item_counts[i] = src.first[i + 1] - src.first[i];
+        }
+        vecdb_add_source(&db, cfg->data, src.n_items, paths, item_counts);
+        for (int p = 0; p < P; p++) vecdb_add_shard(&db, counts[p]);
+        vecdb_write_manifest(&db, err);
+        free(paths);
+        free(item_counts);
+    }
+    if (par_agree(ctx, err)) goto done;
+    const double secs = timer_now() - t0;
+    par_err0(ctx, "index: done in %.1f s (%.0f images/s) | %s now holds %lld vectors in %d shards\n", secs,
+             (double)N / (secs > 0 ? secs : 1), cfg->db, (long long)db.count, db.n_shards); /* rank 0's db is updated */
+done:
+    free(vec);
+    free(labels);
+    free(names);
+    free(name_ptrs);
+    free(counts);
+    imgset_free(&src);
+    vecdb_free(&db);
+    model_free(&m);
+    return err->code;
+}
+
+/* ================================================================ query */
+
+/* The query vectors (every rank) and, on rank 0, their images and names. */
+typedef struct Queries {
+    int64_t Q;
+    float *vec;   /* [Q][D] */
+    float *img;   /* [Q][C][H][W] or NULL (--queries) */
+    char *names;  /* [Q][IMGSET_NAME_BYTES] */
+} Queries;
+
+static void queries_free(Queries *qs)
+{
+    free(qs->vec);
+    free(qs->img);
+    free(qs->names);
+    memset(qs, 0, sizeof *qs);
+}
+
+/* Parses "3,17,20-29" into ids in [0, limit). */
+static int parse_id_list(int64_t **out, int64_t *n, const char *text, int64_t limit, const char *src, Err *err)
+{
+    *out = NULL;
+    *n = 0;
+    int64_t cap = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long long a = strtoll(p, &end, 10), b;
+        if (end == p || errno || a < 0) break;
+        b = a;
+        if (*end == '-') {
+            const char *q = end + 1;
+            b = strtoll(q, &end, 10);
+            if (end == q || errno || b < a) break;
+        }
+        if (*end && *end != ',') break;
+        if (b >= limit) {
+            free(*out);
+            *out = NULL;
+            return err_set(err, AE_EARG, "--ids: index %lld is past the end of %s (%lld images, 0..%lld)", b, src,
+                           (long long)limit, (long long)limit - 1);
+        }
+        if (*n + (b - a + 1) > SEARCH_MAX_QUERIES) {
+            free(*out);
+            *out = NULL;
+            return err_set(err, AE_EARG, "--ids: more than %lld queries", (long long)SEARCH_MAX_QUERIES);
+        }
+        for (long long v = a; v <= b; v++) {
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 64;
+                int64_t *grown = xmalloc((size_t)cap * sizeof *grown);
+                if (*n) memcpy(grown, *out, (size_t)*n * sizeof *grown);
+                free(*out);
+                *out = grown;
+            }
+            (*out)[(*n)++] = v;
+        }
+        p = *end ? end + 1 : end;
+        if (!*p && *end) break; /* trailing comma */
+    }
+    if (*p || *n == 0 || (p > text && p[-1] == ',')) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+        return err_set(err, AE_EARG, "--ids: '%s' is not a list of indices such as 3,17,20-29", text);
+    }
+    return AE_OK;
+}
+
+/* Rank 0: reads the queries and encodes them (vectors in qs->vec). */
+static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const VecDb *db, Err *err)
+{
+    memset(qs, 0, sizeof *qs);
+    const int D = db->D;
+    if (cfg->queries[0]) {
+        NpyArray a;
+        if (npy_read(cfg->queries, &a, err)) return err->code;
+        int ok = a.dtype == NPY_F32 && ((a.ndim == 2 && a.shape[1] == D) || (a.ndim == 1 && a.shape[0] == D));
+        int64_t Q = a.ndim == 2 ? a.shape[0] : 1;
+        if (!ok || Q < 1 || Q > SEARCH_MAX_QUERIES) {
+            npy_array_free(&a);
+            return err_set(err, AE_ESHAPE, "%s must hold float32 query vectors of shape (Q, %d) or (%d,) with 1 <= Q "
+                                           "<= %lld, the database's D (hint: numpy.save(f, x.astype('float32')))",
+                           cfg->queries, D, D, (long long)SEARCH_MAX_QUERIES);
+        }
+        qs->Q = Q;
+        qs->vec = xmalloc((size_t)Q * (size_t)D * sizeof *qs->vec);
+        memcpy(qs->vec, a.data, (size_t)Q * (size_t)D * sizeof *qs->vec);
+        npy_array_free(&a);
+        qs->names = xcalloc((size_t)Q, IMGSET_NAME_BYTES);
+        const char *base = strrchr(cfg->queries, '/');
+        base = base ? base + 1 : cfg->queries;
+        for (int64_t i = 0; i < Q; i++) {
+            snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.400s#%lld", base, (long long)i);
+        }
+        /* NaN/Inf components and norms that would overflow the distances */
+        return knn_check_vectors(qs->vec, Q, D, cfg->queries, err);
+    }
+    const int C = m->spec.C, H = m->spec.H, W = m->spec.W;
+    const size_t chw = (size_t)C * (size_t)H * (size_t)W;
+    if (cfg->n_images > 0) {
+        qs->Q = cfg->n_images;
+        qs->img = xmalloc((size_t)qs->Q * chw * sizeof *qs->img);
+        qs->names = xcalloc((size_t)qs->Q, IMGSET_NAME_BYTES);
+        uint8_t *pix = xmalloc(chw);
+        for (int64_t i = 0; i < qs->Q && err->code == AE_OK; i++) {
+            /* PNG or JPEG, any colour type: composited over white, converted
+             * to the model's channels and resized to its input with the box
+             * filter after a centre crop (image_convert.h), as the dataset
+             * layer does for image folders. */
+            DecodedImage im;
+            if (image_decode_file(&im, cfg->images[i], DATASET_DEFAULT_MAX_PIXELS, err)) break;
+            image_convert(pix, C, H, W, &im, SEARCH_IMAGE_BG, DATASET_FIT_CROP);
+            image_free(&im);
+            for (size_t j = 0; j < chw; j++) qs->img[(size_t)i * chw + j] = (float)pix[j] / 255.0f;
+            snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.*s", IMGSET_NAME_BYTES - 1,
+                     cfg->images[i]);
+        }
+        free(pix);
+        if (err->code) return err->code;
+    } else {
+        ImageSet set;
+        if (imgset_open(&set, cfg->data, err)) return err->code;
+        int64_t *ids = NULL;
+        if (set.C != C || set.H != H || set.W != W)
+            err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model takes %dx%dx%d", cfg->data, set.C,
+                    set.H, set.W, C, H, W);
+        else if (!parse_id_list(&ids, &qs->Q, cfg->ids, set.n, cfg->data, err)) {
+            qs->img = xmalloc((size_t)qs->Q * chw * sizeof *qs->img);
+            qs->names = xcalloc((size_t)qs->Q, IMGSET_NAME_BYTES);
+            for (int64_t i = 0; i < qs->Q; i++) {
+                imgset_get_f32(qs->img + (size_t)i * chw, &set, ids[i]);
+                imgset_name(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, &set, ids[i]);
+            }
+        }
+        free(ids);
+        imgset_free(&set);
+        if (err->code) return err->code;
+    }
+    qs->vec = xmalloc((size_t)qs->Q * (size_t)D * sizeof *qs->vec);
+    int64_t bad = search_encode(qs->vec, m, NULL, qs->img, 0, qs->Q);
+    if (bad >= 0)
+        return err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for query %s (hint: the checkpoint holds NaN "
+                                         "weights)", qs->names + (size_t)bad * IMGSET_NAME_BYTES);
+    return AE_OK;
+}
+
+/* Rank 0: the ids of an --ids-from file (text integers or an integer .npy),
+ * each checked to be in [0, count). */
+static int read_id_file(int64_t **out, int64_t *n, const char *path, int64_t count, Err *err)
+{
+    *out = NULL;
+    *n = 0;
+    size_t len = strlen(path);
+    if (len > 4 && strcmp(path + len - 4, ".npy") == 0) {
+        NpyArray a;
+        if (npy_read(path, &a, err)) return err->code;
+        int64_t m = npy_numel(&a);
+        int integer = a.dtype != NPY_F32 && a.dtype != NPY_F64;
+        if (!integer || a.ndim > 1) {
+            npy_array_free(&a);
+            return err_set(err, AE_EFORMAT, "--ids-from %s: expected a 1-D integer array", path);
+        }
+        *out = xmalloc((size_t)(m > 0 ? m : 1) * sizeof **out);
+        for (int64_t i = 0; i < m; i++) {
+            const void *d = a.data;
+            switch (a.dtype) {
+            case NPY_U8: (*out)[i] = ((const uint8_t *)d)[i]; break;
+            case NPY_I8: (*out)[i] = ((const int8_t *)d)[i]; break;
+            case NPY_I16: (*out)[i] = ((const int16_t *)d)[i]; break;
+            case NPY_U16: (*out)[i] = ((const uint16_t *)d)[i]; break;
+            case NPY_I32: (*out)[i] = ((const int32_t *)d)[i]; break;
+            case NPY_U32: (*out)[i] = ((const uint32_t *)d)[i]; break;
+            case NPY_I64: (*out)[i] = ((const int64_t *)d)[i]; break;
+            case NPY_U64: {
+                uint64_t v = ((const uint64_t *)d)[i];
+                (*out)[i] = v > INT64_MAX ? -1 : (int64_t)v;
+                break;
+            }
+            default: (*out)[i] = -1; break;
+            }
+        }
+        *n = m;
+        npy_array_free(&a);
+    } else {
+        if (fileio_check_input(path, err)) return err->code;
+        FILE *f = fopen(path, "rb");
+        if (!f) return err_set(err, AE_EIO, "--ids-from: cannot open %s: %s", path, strerror(errno));
+        int64_t cap = 0;
+        int c;
+        long long line = 1;
+        for (;;) {
+            while ((c = fgetc(f)) != EOF && (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ','))
+                line += c == '\n';
+            if (c == EOF) break;
+            char tok[32];
+            size_t t = 0;
+            while (c != EOF && c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != ',' && t + 1 < sizeof tok) {
+                tok[t++] = (char)c;
+                c = fgetc(f);
+            }
+            tok[t] = '\0';
+            /* The newline that ended the token is counted after the token
+             * is checked, so an error names the token's own line. */
+            long long tok_line = line;
+            if (c == '\n') line++;
+            char *end;
+            errno = 0;
+            long long v = strtoll(tok, &end, 10);
+            if (end == tok || *end || errno || *n >= SEARCH_MAX_FILTER_IDS) {
+                fclose(f);
+                free(*out);
+                *out = NULL;
+                return err_set(err, AE_EFORMAT, "--ids-from %s: line %lld: '%s' is not an id (hint: integers "
+                                                "separated by spaces, commas or newlines)", path, tok_line, tok);
+            }
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 1024;
+                int64_t *grown = xmalloc((size_t)cap * sizeof *grown);
+                if (*n) memcpy(grown, *out, (size_t)*n * sizeof *grown);
+                free(*out);
+                *out = grown;
+            }
+            (*out)[(*n)++] = v;
+        }
+        fclose(f);
+    }
+    for (int64_t i = 0; i < *n; i++)
+        if ((*out)[i] < 0 || (*out)[i] >= count) {
+            long long v = (long long)(*out)[i];
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return err_set(err, AE_EARG, "--ids-from %s: id %lld is not in the database (ids 0..%lld)", path, v,
+                           (long long)count - 1);
+        }
+    return AE_OK;
+}
+
+/* The distance column: squared L2, or 1 - cosine similarity. */
+static double out_dist(KnnMetric metric, float d) { return metric == KNN_IP ? 1.0 - (double)d : (double)d; }
+
+/* Rank 0: top-k lists without padding (and within the radius, if given) as
+ * a KnnRange. */
+static void topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius)
+{
+    r->Q = t->Q;
+    r->lims = xcalloc((size_t)t->Q + 1, sizeof *r->lims);
+    size_t cap = (size_t)t->Q * (size_t)t->k;
+    r->ids = xmalloc((cap ? cap : 1) * sizeof *r->ids);
+    r->dist = xmalloc((cap ? cap : 1) * sizeof *r->dist);
+    int64_t at = 0;
+    for (int64_t i = 0; i < t->Q; i++) {
+        for (int j = 0; j < t->k; j++) {
+            size_t e = (size_t)i * (size_t)t->k + (size_t)j;
+            if (t->ids[e] == TOPK_NO_ID) break;
+            if (has_radius && !(out_dist(metric, t->dist[e]) <= radius)) break;
+            r->ids[at] = t->ids[e];
+            r->dist[at++] = t->dist[e];
+        }
+        r->lims[i + 1] = at;
+    }
+}
+
+/* Rank 0: drops range hits whose reported distance exceeds the radius (the
+ * cosine threshold was loosened by one float step; see search_query). */
+static void range_filter(KnnRange *r, KnnMetric metric, double radius)
+{
+    int64_t at = 0, start = 0;
+    for (int64_t i = 0; i < r->Q; i++) {
+        for (int64_t h = start; h < r->lims[i + 1]; h++)
+            if (out_dist(metric, r->dist[h]) <= radius) {
+                r->ids[at] = r->ids[h];
+                r->dist[at++] = r->dist[h];
+            }
+        start = r->lims[i + 1];
+        r->lims[i + 1] = at;
+    }
+}
+
+/* Rank 0: TSV or JSON results to cfg->out or stdout. */
+static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, KnnMetric metric,
+                         SearchMeta *meta, Err *err)
+{
+    AtomicFile af;
+    FILE *f = stdout;
+    if (cfg->out[0]) {
+        if (atomic_open(&af, cfg->out, err)) return err->code;
+        f = af.f;
+    }
+    json_t *root = NULL, *jq = NULL;
+    if (cfg->json) {
+        jq = json_array();
+        root = json_pack("{s:s, s:i, s:o, s:o}", "metric", vecdb_metric_name(metric), "k", cfg->k, "radius",
+                         cfg->has_radius ? json_real(cfg->radius) : json_null(), "queries", jq);
+    } else {
+        fprintf(f, "query\trank\tid\tdistance\tlabel\tsource\n");
+    }
+    for (int64_t i = 0; i < r->Q && err->code == AE_OK; i++) {
+        json_t *list = cfg->json ? json_array() : NULL;
+        for (int64_t h = r->lims[i]; h < r->lims[i + 1]; h++) {
+            int32_t label = -1;
+            const char *name = NULL;
+            if (search_meta_get(meta, r->ids[h], &label, &name, err)) break;
+            double d = out_dist(metric, r->dist[h]);
+            long long rank = (long long)(h - r->lims[i] + 1);
+            if (cfg->json)
+                json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s}", "rank", (json_int_t)rank, "id",
+                                                      (json_int_t)r->ids[h], "distance", d, "label", (int)label,
+                                                      "source", name));
+            else
+                fprintf(f, "%lld\t%lld\t%lld\t%.9g\t%d\t%s\n", (long long)i, rank, (long long)r->ids[h], d,
+                        (int)label, name);
+        }
+        if (cfg->json)
+            json_array_append_new(jq, json_pack("{s:I, s:s, s:o}", "query", (json_int_t)i, "name",
+                                                qs->names + (size_t)i * IMGSET_NAME_BYTES, "results", list));
+    }
+    if (cfg->json && err->code == AE_OK) {
+        json_dumpf(root, f, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+        fputc('\n', f);
+    }
+    json_decref(root);
+    if (cfg->out[0]) {
+        if (err->code) atomic_abort(&af);
+        else atomic_commit(&af, err);
+    } else {
+        fflush(stdout);
+    }
+    return err->code;
+}
+
+/* Rank 0: one row per query: its image, then its neighbours' images read
+ * from the database's sources. */
+static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db, Err *err)
+{
+    const int C = db->C, H = db->H, W = db->W;
+    const size_t chw = (size_t)C * (size_t)H * (size_t)W;
+    int rows = r->Q < SHEET_MAX_ROWS ? (int)r->Q : SHEET_MAX_ROWS, most = 0;
+    for (int i = 0; i < rows; i++) {
+        int64_t c = r->lims[i + 1] - r->lims[i];
+        if (c > most) most = c > SHEET_MAX_NEIGHBOURS ? SHEET_MAX_NEIGHBOURS : (int)c;
+    }
+    const int cols = 1 + most;
+    float *tiles = xmalloc((size_t)rows * (size_t)cols * chw * sizeof *tiles);
+    for (size_t j = 0; j < (size_t)rows * (size_t)cols * chw; j++) tiles[j] = PNG_GRID_PAD_GREY / 255.0f;
+    ImageSet *sets = xcalloc((size_t)db->n_sources, sizeof *sets);
+    for (int i = 0; i < rows && err->code == AE_OK; i++) {
+        memcpy(tiles + (size_t)i * (size_t)cols * chw, qs->img + (size_t)i * chw, chw * sizeof *tiles);
+        for (int j = 0; j < most && r->lims[i] + j < r->lims[i + 1]; j++) {
+            int64_t id = r->ids[r->lims[i] + j];
+            int s = search_source_of(db, id);
+            if (s < 0 || (!sets[s].n && search_open_source(&sets[s], db, s, err))) break;
+            imgset_get_f32(tiles + ((size_t)i * (size_t)cols + 1 + (size_t)j) * chw, &sets[s],
+                           id - db->sources[s].first_id);
+        }
+    }
+    for (int s = 0; s < db->n_sources; s++) imgset_free(&sets[s]);
+    free(sets);
+    int side = H > W ? H : W, scale = (SHEET_TILE_PX + side - 1) / side;
+    if (err->code == AE_OK)
+        png_write_grid(cfg->sheet, tiles, rows * cols, rows, cols, C, H, W, scale < 1 ? 1 : scale, SHEET_PAD_PX, err);
+    free(tiles);
+    return err->code;
+}
+
+/* Rank 0 reads the --ids-from file; every rank gets the list. */
+static int share_filter_ids(const ParCtx *ctx, int64_t **ids, int64_t *n, const SearchConfig *cfg, int64_t count,
+                            Err *err)
+{
+    *ids = NULL;
+    *n = 0;
+    if (ctx->rank == 0) read_id_file(ids, n, cfg->ids_from, count, err);
+    if (par_agree(ctx, err)) return err->code;
+    par_bcast(ctx, n, sizeof *n, 0);
+    if (ctx->rank != 0) *ids = xmalloc((size_t)(*n > 0 ? *n : 1) * sizeof **ids);
+    par_bcast(ctx, *ids, (size_t)*n * sizeof **ids, 0);
+    return AE_OK;
+}
+
+int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
+{
+    err_clear(err);
+    const double t0 = timer_now();
+    VecDb db;
+    vecdb_read(&db, cfg->db, err);
+    if (par_agree(ctx, err)) return err->code;
+    const KnnMetric metric = cfg->metric == SEARCH_METRIC_DEFAULT ? db.metric : (KnnMetric)cfg->metric;
+    Model m;
+    memset(&m, 0, sizeof m);
+    Queries qs;
+    memset(&qs, 0, sizeof qs);
+    LocalShards ls;
+    memset(&ls, 0, sizeof ls);
+    int64_t *filter_ids = NULL, n_filter = 0;
+    TopK top;
+    memset(&top, 0, sizeof top);
+    KnnRange res;
+    memset(&res, 0, sizeof res);
+    SearchMeta meta;
+    search_meta_init(&meta, &db);
+    if (cfg->model[0]) {
+        uint32_t crc = 0;
+        if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
+        search_check_model(&db, &m, crc, cfg->model, err);
+        if (par_agree(ctx, err)) goto done;
+    }
+    if (ctx->rank == 0) load_queries(&qs, cfg, &m, &db, err);
+    if (par_agree(ctx, err)) goto done;
+    par_bcast(ctx, &qs.Q, sizeof qs.Q, 0);
+    if (ctx->rank != 0) qs.vec = xmalloc((size_t)qs.Q * (size_t)db.D * sizeof *qs.vec);
+    if (ctx->rank == 0 && metric == KNN_IP) knn_normalize(qs.vec, qs.Q, db.D);
+    par_bcast(ctx, qs.vec, (size_t)qs.Q * (size_t)db.D * sizeof *qs.vec, 0);
+    if (cfg->ids_from[0] && share_filter_ids(ctx, &filter_ids, &n_filter, cfg, db.count, err)) goto done;
+    SearchFilter filter = { cfg->labels, cfg->n_labels, filter_ids, n_filter, cfg->ids_from[0] != 0 };
+    if (search_shards_open(ctx, &ls, &db, metric, &filter, err)) goto done;
+    par_err0(ctx, "query: %lld quer%s | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s\n",
+             (long long)qs.Q, qs.Q == 1 ? "y" : "ies", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
+             vecdb_metric_name(metric));
+    if (cfg->k > 0) {
+        /* k beyond the database returns all of it: no need for longer lists. */
+        int k = cfg->k;
+        if ((int64_t)k > db.count) k = db.count > 0 ? (int)db.count : 1;
+        if (search_knn(ctx, &top, qs.vec, qs.Q, ls.dbs, ls.n, k, metric, nthreads, err)) goto done;
+        if (ctx->rank == 0) topk_to_range(&res, &top, metric, cfg->has_radius, cfg->radius);
+    } else {
+        /* Threshold in the knn's units, never tighter than the radius; the
+         * exact cut is made on the reported distance (range_filter). */
+        float rad;
+        if (metric == KNN_L2) {
+            rad = (float)cfg->radius;
+            if ((double)rad > cfg->radius) rad = nextafterf(rad, -INFINITY);
+        } else {
+            rad = nextafterf((float)(1.0 - cfg->radius), -INFINITY);
+        }
+        if (search_range(ctx, &res, qs.vec, qs.Q, ls.dbs, ls.n, rad, metric, nthreads, err)) goto done;
+        if (ctx->rank == 0) range_filter(&res, metric, cfg->radius);
+    }
+    if (ctx->rank == 0) {
+        write_results(cfg, &res, &qs, metric, &meta, err);
+        if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, err);
+    }
+    if (par_agree(ctx, err)) goto done;
+    if (ctx->rank == 0)
+        par_err0(ctx, "query: %lld result(s) in %.2f s%s%s\n", (long long)res.lims[res.Q], timer_now() - t0,
+                 cfg->sheet[0] ? " | sheet " : "", cfg->sheet);
+done:
+    search_meta_free(&meta);
+    search_shards_close(&ls);
+    knn_range_free(&res);
+    topk_free(&top);
+    free(filter_ids);
+    queries_free(&qs);
+    if (cfg->model[0]) model_free(&m);
+    vecdb_free(&db);
+    return err->code;
+}

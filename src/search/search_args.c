@@ -1,0 +1,334 @@
+/*
+ * search_args.c - aesim-search command line with getopt_long (see
+ * include/search/search_args.h).  argv[1] is the subcommand; getopt_long then parses
+ * argv[1..] as if the subcommand were the program name.
+ */
+#include "search/search_args.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "search/knn.h"
+
+/* Which subcommands accept an option (bit mask). */
+enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_ALL = 7 };
+
+enum {
+    OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
+    OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
+    OPT_HELP
+};
+
+static const struct option LONG_OPTS[] = {
+    { "db", required_argument, 0, OPT_DB },
+    { "model", required_argument, 0, OPT_MODEL },
+    { "data", required_argument, 0, OPT_DATA },
+    { "append", no_argument, 0, OPT_APPEND },
+    { "k", required_argument, 0, OPT_K },
+    { "image", required_argument, 0, OPT_IMAGE },
+    { "ids", required_argument, 0, OPT_IDS },
+    { "queries", required_argument, 0, OPT_QUERIES },
+    { "metric", required_argument, 0, OPT_METRIC },
+    { "label", required_argument, 0, OPT_LABEL },
+    { "ids-from", required_argument, 0, OPT_IDS_FROM },
+    { "radius", required_argument, 0, OPT_RADIUS },
+    { "json", no_argument, 0, OPT_JSON },
+    { "sheet", required_argument, 0, OPT_SHEET },
+    { "out", required_argument, 0, OPT_OUT },
+    { "max-queries", required_argument, 0, OPT_MAX_QUERIES },
+    { "baseline", required_argument, 0, OPT_BASELINE },
+    { "batch", required_argument, 0, OPT_BATCH },
+    { "threads", required_argument, 0, OPT_THREADS },
+    { "help", no_argument, 0, OPT_HELP },
+    { 0, 0, 0, 0 },
+};
+
+/* Subcommands each option belongs to, indexed by option - OPT_DB. */
+static const int OPT_FOR[] = {
+    [OPT_DB - OPT_DB] = FOR_ALL,         [OPT_MODEL - OPT_DB] = FOR_ALL,
+    [OPT_DATA - OPT_DB] = FOR_INDEX | FOR_QUERY, [OPT_APPEND - OPT_DB] = FOR_INDEX,
+    [OPT_K - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_IMAGE - OPT_DB] = FOR_QUERY,
+    [OPT_IDS - OPT_DB] = FOR_QUERY,      [OPT_QUERIES - OPT_DB] = FOR_QUERY | FOR_EVAL,
+    [OPT_METRIC - OPT_DB] = FOR_ALL,     [OPT_LABEL - OPT_DB] = FOR_QUERY,
+    [OPT_IDS_FROM - OPT_DB] = FOR_QUERY, [OPT_RADIUS - OPT_DB] = FOR_QUERY,
+    [OPT_JSON - OPT_DB] = FOR_QUERY,     [OPT_SHEET - OPT_DB] = FOR_QUERY,
+    [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
+    [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
+    [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
+};
+
+static const char *const CMD_NAME[] = { "", "index", "query", "eval" };
+
+void search_args_usage(FILE *out)
+{
+    fprintf(out,
+"Usage: mpirun -np P aesim-search COMMAND [options]     (or plain aesim-search for one rank)\n"
+"Image similarity search with the encoder of an aesim-train checkpoint: images become\n"
+"D-dimensional vectors (the bottleneck), stored as a sharded database; queries are exact\n"
+"k-nearest-neighbour searches over all shards, spread over the P ranks.\n"
+"\n"
+"Commands\n"
+"  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine]\n"
+"        Every rank encodes its contiguous slice of SRC and writes one shard\n"
+"        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
+"        DIR/manifest.json. --append adds new shards (ids continue after the existing\n"
+"        count) for new images, without re-encoding; the model must be the same.\n"
+"  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
+"        QUERY-INPUT, exactly one of:\n"
+"          --image FILE [FILE ...]         PNG or JPEG images, any colour type: alpha over\n"
+"                                          white, converted to the model's channels, centre-\n"
+"                                          cropped and box-resized to its input size\n"
+"          --data SRC --ids LIST           images of SRC by 0-based index, LIST = 3,17,20-29\n"
+"          --queries FILE.npy              float32 vectors [Q][D] (no --model needed)\n"
+"        Shard s is searched by rank s %% P, for any P. Results are the exact k nearest,\n"
+"        by distance, ties by smaller id; k larger than the database returns all of it.\n"
+"  eval --db DIR --model CKPT --queries SRC [-k 10] [--max-queries N] [--baseline pixels|pca]\n"
+"        Precision@k by label (fraction of the k neighbours whose label is the query's),\n"
+"        per label and mean. --baseline pixels: raw pixels as vectors; --baseline pca: PCA\n"
+"        of the pixels to the same D (LAPACK dsyevd on the covariance of the database\n"
+"        images); both index the database's own source images in memory. If SRC is the\n"
+"        database's source, each query's own image is left out of its neighbours.\n"
+"\n"
+"Options\n"
+"  --db DIR              database folder (index creates it)\n"
+"  --model CKPT          checkpoint.npz of aesim-train; query and eval refuse a model\n"
+"                        other than the one that built the database (CRC-32 of its weights)\n"
+"  --data SRC[,SRC...]   .npz (downsampled ImageNet), IDX images file or MNIST-style folder;\n"
+"                        labels come with the source (-1 when it has none)\n"
+"  --k K, -k K           neighbours per query, >= 1 (query: required unless --radius;\n"
+"                        eval: default %d)\n"
+"  --metric l2|cosine    l2: distance = squared Euclidean distance; cosine: distance =\n"
+"                        1 - cosine similarity. Default: the database's (index: l2)\n"
+"  --label L[,L...]      query: search only vectors with one of these labels (repeatable)\n"
+"  --ids-from FILE       query: search only these ids (text: integers separated by\n"
+"                        spaces, commas or newlines; or an integer .npy)\n"
+"  --radius R            query: every vector with distance <= R (same units as the distance\n"
+"                        column); with --k, at most the k nearest of them\n"
+"  --json                query: results as JSON instead of TSV\n"
+"  --out FILE            write the results (query) or the table (eval) to FILE, not stdout\n"
+"  --sheet FILE.png      query: contact sheet, one row per query: the query image, then its\n"
+"                        neighbours (read from the sources recorded in the manifest)\n"
+"  --max-queries N       eval: use the first N query images only (default 0 = all)\n"
+"  --baseline B          eval: pixels, pca or pixels,pca (repeatable)\n"
+"  --batch N             images per encoder call (default %d)\n"
+"  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
+"                        node; BLAS single-threaded inside)\n"
+"  --help                this text\n"
+"\n"
+"Output of query (TSV with a header line; --json gives the same fields):\n"
+"  query  rank  id  distance  label  source\n"
+"  query = 0-based query number, rank = 1 for the nearest, id = global database id,\n"
+"  label = the database image's label (-1 none), source = FILE#ROW it was encoded from.\n"
+"Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
+            SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
+}
+
+static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return err_set(err, AE_EARG, "%s: '%s' is not an integer in %lld..%lld", opt, s, (long long)lo,
+                       (long long)hi);
+    *out = v;
+    return AE_OK;
+}
+
+static int copy_str(char *dst, size_t cap, const char *opt, const char *s, Err *err)
+{
+    if (!*s) return err_set(err, AE_EARG, "%s: empty value (is a shell variable unset?)", opt);
+    if (strlen(s) >= cap) return err_set(err, AE_EARG, "%s: value longer than %zu characters", opt, cap - 1);
+    memcpy(dst, s, strlen(s) + 1);
+    return AE_OK;
+}
+
+static int parse_labels(SearchConfig *c, const char *s, Err *err)
+{
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX || (*end && *end != ','))
+            return err_set(err, AE_EARG, "--label: '%s' is not a list of integers such as 3 or 1,4,7", s);
+        if (c->n_labels >= SEARCH_MAX_LABELS)
+            return err_set(err, AE_EARG, "--label: more than %d labels", SEARCH_MAX_LABELS);
+        c->labels[c->n_labels++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (p == s) return err_set(err, AE_EARG, "--label: empty list");
+    return AE_OK;
+}
+
+static int parse_baselines(SearchConfig *c, const char *s, Err *err)
+{
+    char buf[64];
+    if (copy_str(buf, sizeof buf, "--baseline", s, err)) return AE_EARG;
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (strcmp(tok, "pixels") == 0) c->baselines |= SEARCH_BASE_PIXELS;
+        else if (strcmp(tok, "pca") == 0) c->baselines |= SEARCH_BASE_PCA;
+        else return err_set(err, AE_EARG, "--baseline: '%s' is not pixels or pca", tok);
+    }
+    return AE_OK;
+}
+
+static int add_image(SearchConfig *c, const char *path, Err *err)
+{
+    if (c->n_images >= SEARCH_MAX_IMAGES)
+        return err_set(err, AE_EARG, "--image: more than %d images (hint: use --data with --ids)", SEARCH_MAX_IMAGES);
+    c->images[c->n_images++] = path;
+    return AE_OK;
+}
+
+static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
+{
+    int64_t i = 0;
+    switch (o) {
+    case OPT_DB: return copy_str(c->db, sizeof c->db, "--db", arg, err);
+    case OPT_MODEL: return copy_str(c->model, sizeof c->model, "--model", arg, err);
+    case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
+    case OPT_APPEND: c->append = 1; return AE_OK;
+    case OPT_K: {
+        char *end;
+        errno = 0;
+        long long v = strtoll(arg, &end, 10);
+        if (errno || end == arg || *end || v > INT_MAX)
+            return err_set(err, AE_EARG, "--k: '%s' is not an integer in 1..%d", arg, INT_MAX);
+        if (v < 1)
+            return err_set(err, AE_EARG, "--k: k must be at least 1 (got %lld): it is the number of neighbours "
+                                         "returned per query", v);
+        c->k = (int)v;
+        return AE_OK;
+    }
+    case OPT_IMAGE: return add_image(c, arg, err);
+    case OPT_IDS: return copy_str(c->ids, sizeof c->ids, "--ids", arg, err);
+    case OPT_QUERIES: return copy_str(c->queries, sizeof c->queries, "--queries", arg, err);
+    case OPT_METRIC: {
+        KnnMetric m;
+        if (strcmp(arg, "l2") == 0) m = KNN_L2;
+        else if (strcmp(arg, "cosine") == 0) m = KNN_IP;
+        else return err_set(err, AE_EARG, "--metric: '%s' is not l2 or cosine", arg);
+        c->metric = (int)m;
+        return AE_OK;
+    }
+    case OPT_LABEL: return parse_labels(c, arg, err);
+    case OPT_IDS_FROM: return copy_str(c->ids_from, sizeof c->ids_from, "--ids-from", arg, err);
+    case OPT_RADIUS: {
+        char *end;
+        errno = 0;
+        double v = strtod(arg, &end);
+        if (errno || end == arg || *end || !isfinite(v) || v < 0)
+            return err_set(err, AE_EARG, "--radius: '%s' is not a finite number >= 0", arg);
+        c->radius = v;
+        c->has_radius = 1;
+        return AE_OK;
+    }
+    case OPT_JSON: c->json = 1; return AE_OK;
+    case OPT_SHEET: return copy_str(c->sheet, sizeof c->sheet, "--sheet", arg, err);
+    case OPT_OUT: return copy_str(c->out, sizeof c->out, "--out", arg, err);
+    case OPT_MAX_QUERIES:
+        if (parse_i64("--max-queries", arg, 0, INT64_MAX, &i, err)) return AE_EARG;
+        c->max_queries = i;
+        return AE_OK;
+    case OPT_BASELINE: return parse_baselines(c, arg, err);
+    case OPT_BATCH:
+        if (parse_i64("--batch", arg, 1, 1 << 16, &i, err)) return AE_EARG;
+        c->batch = (int)i;
+        return AE_OK;
+    case OPT_THREADS:
+        if (parse_i64("--threads", arg, 1, 1024, &i, err)) return AE_EARG;
+        c->threads = (int)i;
+        return AE_OK;
+    default: return AE_OK;
+    }
+}
+
+/* Checks that need all options: required ones and combinations. */
+static int check_config(SearchConfig *c, Err *err)
+{
+    const char *cmd = CMD_NAME[c->cmd];
+    if (!c->db[0]) return err_set(err, AE_EARG, "%s needs --db DIR (see --help)", cmd);
+    switch (c->cmd) {
+    case SEARCH_INDEX:
+        if (!c->model[0] || !c->data[0])
+            return err_set(err, AE_EARG, "index needs --model CKPT and --data SRC (see --help)");
+        break;
+    case SEARCH_QUERY: {
+        int inputs = (c->n_images > 0) + (c->data[0] || c->ids[0]) + (c->queries[0] != 0);
+        if (inputs != 1)
+            return err_set(err, AE_EARG, "query needs exactly one query input: --image FILE.png..., --data SRC "
+                                         "--ids LIST, or --queries FILE.npy (see --help)");
+        if ((c->data[0] != 0) != (c->ids[0] != 0))
+            return err_set(err, AE_EARG, "--data and --ids go together in query (images of SRC by index)");
+        if (!c->queries[0] && !c->model[0])
+            return err_set(err, AE_EARG, "query needs --model CKPT to encode its query images");
+        if (!c->k && !c->has_radius) return err_set(err, AE_EARG, "query needs --k K (or --radius R)");
+        if (c->sheet[0] && c->queries[0])
+            return err_set(err, AE_EARG, "--sheet needs query images (--image or --data --ids), not --queries vectors");
+        break;
+    }
+    case SEARCH_EVAL:
+        if (!c->model[0] || !c->queries[0])
+            return err_set(err, AE_EARG, "eval needs --model CKPT and --queries SRC (labelled images; see --help)");
+        if (!c->k) c->k = SEARCH_DEFAULT_EVAL_K;
+        break;
+    default: break;
+    }
+    return AE_OK;
+}
+
+int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
+{
+    memset(c, 0, sizeof *c);
+    c->metric = SEARCH_METRIC_DEFAULT;
+    c->batch = SEARCH_DEFAULT_BATCH;
+    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query or eval (see --help)");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        c->help = 1;
+        return AE_OK;
+    }
+    if (strcmp(cmd, "index") == 0) c->cmd = SEARCH_INDEX;
+    else if (strcmp(cmd, "query") == 0) c->cmd = SEARCH_QUERY;
+    else if (strcmp(cmd, "eval") == 0) c->cmd = SEARCH_EVAL;
+    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query or eval (see --help)", cmd);
+    const int mask = 1 << (c->cmd - 1);
+    optind = 1;
+    opterr = 0;
+    int o, idx = 0, sub_argc = argc - 1;
+    char **sub_argv = argv + 1;
+    while ((o = getopt_long(sub_argc, sub_argv, ":hk:", LONG_OPTS, &idx)) != -1) {
+        if (o == 'h') o = OPT_HELP;
+        if (o == 'k') o = OPT_K;
+        if (o == ':')
+            return err_set(err, AE_EARG, "option %s needs a value (see --help)", sub_argv[optind - 1]);
+        if (o < OPT_DB || o > OPT_HELP)
+            /* optopt: the bad character of a short option ("-xq"); 0 or >= 256 for a long one. */
+            return optopt > 0 && optopt < 256
+                       ? err_set(err, AE_EARG, "unknown option '-%c' (see --help)", optopt)
+                       : err_set(err, AE_EARG, "unknown option '%s' (see --help)", sub_argv[optind - 1]);
+        if (!(OPT_FOR[o - OPT_DB] & mask))
+            return err_set(err, AE_EARG, "option --%s is not an option of %s (see --help)",
+                           LONG_OPTS[o - OPT_DB].name, cmd);
+        if (o == OPT_HELP) {
+            c->help = 1;
+            return AE_OK;
+        }
+        int rc = parse_option(c, o, optarg, err);
+        if (rc) return rc;
+    }
+    /* Further plain arguments are more --image files ("--image a.png b.png"). */
+    for (int i = optind; i < sub_argc; i++) {
+        if (c->n_images == 0)
+            return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)",
+                           sub_argv[i]);
+        int rc = add_image(c, sub_argv[i], err);
+        if (rc) return rc;
+    }
+    return check_config(c, err);
+}

@@ -1,0 +1,396 @@
+/*
+ * search_core.c - encoder loading and encoding, local shard preparation,
+ * sharded k-NN / range search and result metadata for aesim-search (see
+ * include/search/search_core.h).  MPI through par.h only; rank 0 does the merges.
+ */
+#include "search/search_core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/check.h"
+#include "model/ckpt.h"
+
+int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
+                        Err *err)
+{
+    memset(m, 0, sizeof *m);
+    Checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    if (ctx->rank == 0) ckpt_read(&ck, path, err);
+    if (par_agree(ctx, err)) return err->code;
+    /* The scalar part goes to every rank; the arrays stay on rank 0. */
+    Checkpoint meta = ck;
+    meta.arrays = NULL;
+    meta.n_arrays = 0;
+    par_bcast(ctx, &meta, sizeof meta, 0);
+    if (ctx->rank != 0) ck = meta;
+    ModelSpec spec;
+    model_parse(&spec, ck.arch, ck.C, ck.H, ck.W, err);
+    if (par_agree(ctx, err)) {
+        ckpt_free(&ck);
+        return err->code;
+    }
+    model_build(m, &spec, batch, nthreads);
+    if (ctx->rank == 0) ckpt_restore(&ck, m, NULL, err);
+    ckpt_free(&ck);
+    if (par_agree(ctx, err)) {
+        model_free(m);
+        memset(m, 0, sizeof *m);
+        return err->code;
+    }
+    par_bcast(ctx, m->params, m->n_params * sizeof(float), 0);
+    *crc = ckpt_params_crc32(m);
+    return AE_OK;
+}
+
+int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char *ckpt, Err *err)
+{
+    int D = model_embedding_dim(m);
+    if (D != db->D)
+        return err_set(err, AE_ESHAPE,
+                       "the model %s gives D = %d vectors but the database %s holds D = %d (manifest 'dim') (hint: "
+                       "query with the checkpoint that built the database)",
+                       ckpt, D, db->dir, db->D);
+    if (crc != db->model_crc)
+        return err_set(err, AE_EARG,
+                       "the model %s (weights crc32 %08x) is not the one that built the database %s (crc32 %08x) "
+                       "(hint: query with that checkpoint, or rebuild the database with this one)",
+                       ckpt, (unsigned)crc, db->dir, (unsigned)db->model_crc);
+    return AE_OK;
+}
+
+int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n)
+{
+    const int D = model_embedding_dim(m);
+    const size_t chw = (size_t)m->spec.C * (size_t)m->spec.H * (size_t)m->spec.W;
+    for (int64_t b0 = 0; b0 < n; b0 += m->max_batch) {
+        int nb = (int)(n - b0 < m->max_batch ? n - b0 : m->max_batch);
+        for (int i = 0; i < nb; i++) {
+            if (set) imgset_get_f32(m->input + (size_t)i * chw, set, lo + b0 + i);
+            else memcpy(m->input + (size_t)i * chw, imgs + (size_t)(b0 + i) * chw, chw * sizeof(float));
+        }
+        const float *z = model_encode(m, m->input, nb);
+        memcpy(out + (size_t)b0 * (size_t)D, z, (size_t)nb * (size_t)D * sizeof(float));
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int d = 0; d < D; d++)
+            if (!isfinite(out[(size_t)i * (size_t)D + (size_t)d])) return i;
+    return -1;
+}
+
+/* ------------------------------------------------------------- shards */
+
+static uint8_t *build_mask(const VecShard *s, const SearchFilter *f)
+{
+    uint8_t *mask = xmalloc((size_t)(s->count > 0 ? s->count : 1));
+    for (int64_t j = 0; j < s->count; j++) {
+        int ok = f->n_labels == 0;
+        for (int l = 0; l < f->n_labels && !ok; l++) ok = s->labels[j] == f->labels[l];
+        mask[j] = (uint8_t)(ok && !f->has_ids);
+    }
+    if (f->has_ids)
+        for (int64_t i = 0; i < f->n_ids; i++) {
+            int64_t j = f->ids[i] - s->first_id;
+            if (j < 0 || j >= s->count) continue;
+            int ok = f->n_labels == 0;
+            for (int l = 0; l < f->n_labels && !ok; l++) ok = s->labels[j] == f->labels[l];
+            mask[j] = (uint8_t)ok;
+        }
+    return mask;
+}
+
+int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnMetric metric,
+                       const SearchFilter *filter, Err *err)
+{
+    memset(ls, 0, sizeof *ls);
+    int owned = 0;
+    for (int s = 0; s < db->n_shards; s++) owned += vecdb_shard_owner(s, ctx->size) == ctx->rank;
+    ls->maps = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->maps);
+    ls->dbs = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->dbs);
+    ls->copies = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->copies);
+    ls->masks = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->masks);
+    const int filtered = filter && (filter->n_labels > 0 || filter->has_ids);
+    unsigned want = VECDB_MAP_VECTORS | VECDB_MAP_IDS | (filtered ? VECDB_MAP_LABELS : 0);
+    for (int s = 0; s < db->n_shards && err->code == AE_OK; s++) {
+        if (vecdb_shard_owner(s, ctx->size) != ctx->rank) continue;
+        VecShard *m = &ls->maps[ls->n];
+        if (vecdb_shard_map(m, db, s, want, err)) break;
+        KnnDb *k = &ls->dbs[ls->n];
+        k->x = m->x;
+        k->M = m->count;
+        k->D = db->D;
+        k->id_offset = m->first_id;
+        k->ids = NULL;
+        if (metric == KNN_IP && m->count > 0) {
+            size_t bytes = (size_t)m->count * (size_t)db->D * sizeof(float);
+            ls->copies[ls->n] = xmalloc(bytes);
+            memcpy(ls->copies[ls->n], m->x, bytes);
+            knn_normalize(ls->copies[ls->n], m->count, db->D);
+            k->x = ls->copies[ls->n];
+        }
+        if (filtered) {
+            ls->masks[ls->n] = build_mask(m, filter);
+            k->mask = ls->masks[ls->n];
+        }
+        ls->n++;
+    }
+    if (par_agree(ctx, err)) {
+        search_shards_close(ls);
+        return err->code;
+    }
+    return AE_OK;
+}
+
+void search_shards_close(LocalShards *ls)
+{
+    for (int i = 0; i < ls->n; i++) {
+        vecdb_shard_unmap(&ls->maps[i]);
+        free(ls->copies[i]);
+        free(ls->masks[i]);
+    }
+    free(ls->maps);
+    free(ls->dbs);
+    free(ls->copies);
+    free(ls->masks);
+    memset(ls, 0, sizeof *ls);
+}
+
+/* ------------------------------------------------------------- search */
+
+/* This rank's top k over its KnnDbs (all padding when it has none). */
+static int local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs, int k, KnnMetric metric,
+                     int nthreads, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (n_dbs == 0) {
+        topk_alloc(out, Q, k, knn_metric_order(metric));
+        return AE_OK;
+    }
+    if (n_dbs == 1) return knn_search_local(out, q, Q, &dbs[0], k, metric, nthreads, err);
+    TopK *parts = xcalloc((size_t)n_dbs, sizeof *parts);
+    int rc = AE_OK;
+    for (int i = 0; i < n_dbs && rc == AE_OK; i++) rc = knn_search_local(&parts[i], q, Q, &dbs[i], k, metric, nthreads, err);
+    if (rc == AE_OK) knn_merge(out, parts, n_dbs, k, metric);
+    for (int i = 0; i < n_dbs; i++) topk_free(&parts[i]);
+    free(parts);
+    return rc;
+}
+
+int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs, int k,
+               KnnMetric metric, int nthreads, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    TopK local;
+    local_knn(&local, q, Q, dbs, n_dbs, k, metric, nthreads, err);
+    if (par_agree(ctx, err)) {
+        topk_free(&local);
+        return err->code;
+    }
+    const int P = ctx->size, root = ctx->rank == 0;
+    const TopKOrder order = knn_metric_order(metric);
+    if (root) topk_alloc(out, Q, k, order);
+    /* Queries per gather: one rank's ids (the larger array) <= the chunk. */
+    int64_t qc = (int64_t)(SEARCH_GATHER_CHUNK_BYTES / ((size_t)k * sizeof(int64_t)));
+    if (qc < 1) qc = 1;
+    if (qc > Q) qc = Q;
+    float *gd = NULL;
+    int64_t *gi = NULL;
+    TopK *views = NULL;
+    if (root && Q > 0) {
+        gd = xmalloc((size_t)P * (size_t)qc * (size_t)k * sizeof *gd); /* [P][qc][k] */
+        gi = xmalloc((size_t)P * (size_t)qc * (size_t)k * sizeof *gi);
+        views = xcalloc((size_t)P, sizeof *views);
+    }
+    for (int64_t i0 = 0; i0 < Q; i0 += qc) {
+        const int64_t nq = Q - i0 < qc ? Q - i0 : qc;
+        const size_t n = (size_t)nq * (size_t)k;
+        par_gather(ctx, local.dist + (size_t)i0 * (size_t)k, gd, n * sizeof *gd, 0);
+        par_gather(ctx, local.ids + (size_t)i0 * (size_t)k, gi, n * sizeof *gi, 0);
+        if (!root) continue;
+        for (int p = 0; p < P; p++)
+            views[p] = (TopK){ .Q = nq, .k = k, .order = order, .dist = gd + (size_t)p * n, .ids = gi + (size_t)p * n };
+        TopK merged;
+        knn_merge(&merged, views, P, k, metric);
+        memcpy(out->dist + (size_t)i0 * (size_t)k, merged.dist, n * sizeof *gd);
+        memcpy(out->ids + (size_t)i0 * (size_t)k, merged.ids, n * sizeof *gi);
+        topk_free(&merged);
+    }
+    free(gd);
+    free(gi);
+    free(views);
+    topk_free(&local);
+    return AE_OK;
+}
+
+/* One range hit on the wire. */
+typedef struct Hit {
+    int64_t q, id;
+    float d;
+    int32_t pad; /* keeps the struct 24 bytes with no uninitialised hole */
+} Hit;
+
+static int hit_cmp_smallest(const void *a, const void *b)
+{
+    const Hit *x = a, *y = b;
+    if (x->q != y->q) return x->q < y->q ? -1 : 1;
+    if (topk_better(TOPK_SMALLEST, x->d, x->id, y->d, y->id)) return -1;
+    if (topk_better(TOPK_SMALLEST, y->d, y->id, x->d, x->id)) return 1;
+    return 0;
+}
+
+static int hit_cmp_largest(const void *a, const void *b)
+{
+    const Hit *x = a, *y = b;
+    if (x->q != y->q) return x->q < y->q ? -1 : 1;
+    if (topk_better(TOPK_LARGEST, x->d, x->id, y->d, y->id)) return -1;
+    if (topk_better(TOPK_LARGEST, y->d, y->id, x->d, x->id)) return 1;
+    return 0;
+}
+
+int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
+                 float radius, KnnMetric metric, int nthreads, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    const int P = ctx->size, root = ctx->rank == 0;
+    KnnRange *parts = xcalloc((size_t)(n_dbs ? n_dbs : 1), sizeof *parts);
+    int64_t mine = 0;
+    for (int i = 0; i < n_dbs && err->code == AE_OK; i++)
+        if (!knn_range_search_local(&parts[i], q, Q, &dbs[i], radius, metric, nthreads, err)) mine += parts[i].lims[Q];
+    if (err->code == AE_OK && mine > SEARCH_RANGE_MAX_HITS)
+        err_set(err, AE_EARG, "--radius matches %lld vectors of this rank, more than %lld (hint: lower --radius or "
+                              "give --k)", (long long)mine, (long long)SEARCH_RANGE_MAX_HITS);
+    int rc = par_agree(ctx, err);
+    int64_t *counts = xcalloc((size_t)P, sizeof *counts);
+    Hit *send = NULL, *recv = NULL;
+    if (rc) goto done;
+    counts[ctx->rank] = mine;
+    par_allreduce_sum_i64(ctx, counts, (size_t)P);
+    int64_t most = 0;
+    for (int p = 0; p < P; p++) most = counts[p] > most ? counts[p] : most;
+    send = xcalloc((size_t)(most > 0 ? most : 1), sizeof *send);
+    int64_t t = 0;
+    for (int i = 0; i < n_dbs; i++)
+        for (int64_t qi = 0; qi < Q; qi++)
+            for (int64_t h = parts[i].lims[qi]; h < parts[i].lims[qi + 1]; h++)
+                send[t++] = (Hit){ .q = qi, .id = parts[i].ids[h], .d = parts[i].dist[h], .pad = 0 };
+    if (root) recv = xmalloc((size_t)P * (size_t)(most > 0 ? most : 1) * sizeof *recv);
+    /* most * 24 bytes <= SEARCH_RANGE_MAX_HITS * 24 < INT_MAX: one gather. */
+    if (most > 0) par_gather(ctx, send, recv, (size_t)most * sizeof *send, 0);
+    if (root) {
+        int64_t total = 0;
+        for (int p = 0; p < P; p++) {
+            memmove(recv + total, recv + (size_t)p * (size_t)most, (size_t)counts[p] * sizeof *recv);
+            total += counts[p];
+        }
+        qsort(recv, (size_t)total, sizeof *recv, metric == KNN_IP ? hit_cmp_largest : hit_cmp_smallest);
+        out->Q = Q;
+        out->lims = xcalloc((size_t)Q + 1, sizeof *out->lims);
+        out->ids = xmalloc((size_t)(total > 0 ? total : 1) * sizeof *out->ids);
+        out->dist = xmalloc((size_t)(total > 0 ? total : 1) * sizeof *out->dist);
+        for (int64_t h = 0; h < total; h++) {
+            out->ids[h] = recv[h].id;
+            out->dist[h] = recv[h].d;
+            out->lims[recv[h].q + 1]++;
+        }
+        for (int64_t qi = 0; qi < Q; qi++) out->lims[qi + 1] += out->lims[qi];
+    }
+done:
+    for (int i = 0; i < n_dbs; i++) knn_range_free(&parts[i]);
+    free(parts);
+    free(counts);
+    free(send);
+    free(recv);
+    return rc;
+}
+
+/* ------------------------------------------------------------ sources */
+
+int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
+{
+    memset(set, 0, sizeof *set);
+    const VecDbSource *src = &db->sources[i];
+    size_t len = 1;
+    for (int j = 0; j < src->n_items; j++) len += strlen(src->items[j].path) + 1;
+    char *spec = xmalloc(len);
+    spec[0] = '\0';
+    for (int j = 0; j < src->n_items; j++) {
+        if (j) strcat(spec, ",");
+        strcat(spec, src->items[j].path);
+    }
+    int rc = imgset_open(set, spec, err);
+    free(spec);
+    if (rc) return rc;
+    if (set->n_items != src->n_items)
+        rc = err_set(err, AE_EFORMAT, "the source of %s cannot be split back into its %d files (a path holds a "
+                                      "comma?)", db->dir, src->n_items);
+    for (int j = 0; j < set->n_items && rc == AE_OK; j++)
+        if (set->first[j + 1] - set->first[j] != src->items[j].count)
+            rc = err_set(err, AE_EFORMAT,
+                         "%s now holds %lld images but held %lld when the database %s was built (hint: the source "
+                         "changed; rebuild the database)",
+                         src->items[j].path, (long long)(set->first[j + 1] - set->first[j]),
+                         (long long)src->items[j].count, db->dir);
+    if (rc == AE_OK && (set->C != db->C || set->H != db->H || set->W != db->W))
+        rc = err_set(err, AE_ESHAPE, "the images of %s are %dx%dx%d (CxHxW) but the database was built for %dx%dx%d",
+                     src->spec, set->C, set->H, set->W, db->C, db->H, db->W);
+    if (rc) imgset_free(set);
+    return rc;
+}
+
+int search_source_of(const VecDb *db, int64_t id)
+{
+    for (int i = 0; i < db->n_sources; i++)
+        if (id >= db->sources[i].first_id && id < db->sources[i].first_id + db->sources[i].count) return i;
+    return -1;
+}
+
+/* ------------------------------------------------------------ metadata */
+
+void search_meta_init(SearchMeta *sm, const VecDb *db)
+{
+    sm->db = db;
+    size_t n = (size_t)(db->n_shards ? db->n_shards : 1);
+    sm->maps = xcalloc(n, sizeof *sm->maps);
+    sm->names = xcalloc(n, sizeof *sm->names);
+    sm->state = xcalloc(n, sizeof *sm->state);
+}
+
+void search_meta_free(SearchMeta *sm)
+{
+    for (int s = 0; sm->db && s < sm->db->n_shards; s++) {
+        vecdb_shard_unmap(&sm->maps[s]);
+        free(sm->names[s]);
+    }
+    free(sm->maps);
+    free(sm->names);
+    free(sm->state);
+    memset(sm, 0, sizeof *sm);
+}
+
+/* search_meta state bits. */
+enum { META_LABELS = 1, META_NAMES = 2 };
+
+int search_meta_get(SearchMeta *sm, int64_t id, int32_t *label, const char **name, Err *err)
+{
+    int s = vecdb_shard_of(sm->db, id);
+    if (s < 0)
+        return err_set(err, AE_EARG, "id %lld is not in the database %s (ids 0..%lld)", (long long)id, sm->db->dir,
+                       (long long)sm->db->count - 1);
+    if (!(sm->state[s] & META_LABELS)) {
+        int rc = vecdb_shard_map(&sm->maps[s], sm->db, s, VECDB_MAP_LABELS, err);
+        if (rc) return rc;
+        sm->state[s] |= META_LABELS;
+    }
+    *label = sm->maps[s].labels[id - sm->maps[s].first_id];
+    if (name) {
+        if (!(sm->state[s] & META_NAMES)) {
+            int rc = vecdb_read_names(&sm->names[s], sm->db, s, err);
+            if (rc) return rc;
+            sm->state[s] |= META_NAMES;
+        }
+        *name = sm->names[s] + (size_t)(id - sm->db->shards[s].first_id) * VECDB_NAME_BYTES;
+    }
+    return AE_OK;
+}

@@ -1,0 +1,349 @@
+/*
+ * search_eval.c - aesim-search eval (declared in include/search/search.h):
+ * precision@k by label of the aesim encoder's database, and of two
+ * baselines built in memory from the database's own source images with the
+ * same shard ownership (shard s -> rank s % P):
+ *   pixels  the image scaled to [0,1] as a C*H*W vector;
+ *   pca     the pixels projected on the D leading principal axes of the
+ *           database images (pca.h; sums over all ranks, dsyevd on rank 0).
+ * Precision@k of a query = (neighbours with the query's label) / (neighbours
+ * returned), over its k nearest database vectors; the query's own image is
+ * left out when the queries are the database's source (leave-one-out).
+ * Rank 0 computes the table; MPI through par.h only.
+ */
+#include "search/search.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/check.h"
+#include "base/fileio.h"
+#include "data/imgset.h"
+#include "search/pca.h"
+#include "search/search_core.h"
+#include "base/timer.h"
+#include "search/vecdb.h"
+
+/* Methods compared: the encoder and the two baselines. */
+enum { METHOD_AESIM = 0, METHOD_PIXELS = 1, METHOD_PCA = 2, METHOD_COUNT = 3 };
+
+typedef struct EvalState {
+    int64_t Q;            /* queries used */
+    int32_t *qlabel;      /* [Q] rank 0 */
+    int64_t self_first;   /* id of query 0 when the queries are a database source, else -1 */
+    int k, kk;            /* neighbours asked, and searched (k + 1 with self, at most count) */
+    double *prec[METHOD_COUNT]; /* [Q] rank 0, NULL when the method did not run */
+    int dim[METHOD_COUNT];
+    double secs[METHOD_COUNT];
+} EvalState;
+
+/* Rank 0: precision of every query from its result list. */
+static int score(EvalState *es, int method, const TopK *res, SearchMeta *meta, Err *err)
+{
+    es->prec[method] = xcalloc((size_t)es->Q, sizeof(double));
+    for (int64_t i = 0; i < es->Q; i++) {
+        int taken = 0, hits = 0;
+        for (int j = 0; j < res->k && taken < es->k; j++) {
+            int64_t id = res->ids[(size_t)i * (size_t)res->k + (size_t)j];
+            if (id == TOPK_NO_ID) break;
+            if (es->self_first >= 0 && id == es->self_first + i) continue;
+            int32_t label;
+            if (search_meta_get(meta, id, &label, NULL, err)) return err->code;
+            hits += label == es->qlabel[i];
+            taken++;
+        }
+        es->prec[method][i] = taken ? (double)hits / taken : 0.0;
+    }
+    return AE_OK;
+}
+
+/* Rank 0: the query source, its labels, and whether it is a database source. */
+static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, const VecDb *db, Err *err)
+{
+    if (imgset_open(qset, cfg->queries, err)) return err->code;
+    if (qset->C != db->C || qset->H != db->H || qset->W != db->W)
+        return err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the database holds %dx%dx%d ones",
+                       cfg->queries, qset->C, qset->H, qset->W, db->C, db->H, db->W);
+    es->Q = cfg->max_queries > 0 && cfg->max_queries < qset->n ? cfg->max_queries : qset->n;
+    es->qlabel = xmalloc((size_t)es->Q * sizeof *es->qlabel);
+    for (int64_t i = 0; i < es->Q; i++)
+        if ((es->qlabel[i] = imgset_label(qset, i)) < 0) {
+            char name[IMGSET_NAME_BYTES];
+            imgset_name(name, sizeof name, qset, i);
+            return err_set(err, AE_EFORMAT, "query image %s has no label: eval needs labelled queries (hint: an IDX "
+                                            "file with its labels-idx1 file next to it, or an npz with 'labels')",
+                           name);
+        }
+    for (int s = 0; s < db->n_sources && es->self_first < 0; s++) {
+        const VecDbSource *src = &db->sources[s];
+        int same = src->n_items == qset->n_items;
+        for (int j = 0; same && j < src->n_items; j++)
+            same = strcmp(src->items[j].path, qset->paths[j]) == 0 &&
+                   src->items[j].count == qset->first[j + 1] - qset->first[j];
+        if (same) es->self_first = src->first_id;
+    }
+    return AE_OK;
+}
+
+/* Collective: the aesim row: encode the queries on rank 0, search the shards. */
+static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet *qset, const VecDb *db,
+                      KnnMetric metric, SearchMeta *meta, int nthreads, Err *err)
+{
+    const double t0 = timer_now();
+    float *qv = xmalloc((size_t)es->Q * (size_t)db->D * sizeof *qv);
+    LocalShards ls;
+    memset(&ls, 0, sizeof ls);
+    TopK res;
+    memset(&res, 0, sizeof res);
+    if (ctx->rank == 0 && search_encode(qv, m, qset, NULL, 0, es->Q) >= 0)
+        err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN weights)");
+    if (par_agree(ctx, err)) goto done;
+    if (metric == KNN_IP) knn_normalize(qv, es->Q, db->D);
+    par_bcast(ctx, qv, (size_t)es->Q * (size_t)db->D * sizeof *qv, 0);
+    if (search_shards_open(ctx, &ls, db, metric, NULL, err)) goto done;
+    if (search_knn(ctx, &res, qv, es->Q, ls.dbs, ls.n, es->kk, metric, nthreads, err)) goto done;
+    if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
+    par_agree(ctx, err);
+    es->dim[METHOD_AESIM] = db->D;
+    es->secs[METHOD_AESIM] = timer_now() - t0;
+done:
+    free(qv);
+    topk_free(&res);
+    search_shards_close(&ls);
+    return err->code;
+}
+
+/* The baselines' vectors of this rank's shards, one block per owned shard. */
+typedef struct Owned {
+    int n;
+    KnnDb *dbs;   /* [n], x points into vec[i] */
+    float **vec;  /* [n] [count][dim] */
+} Owned;
+
+static void owned_free(Owned *o)
+{
+    for (int i = 0; i < o->n; i++) free(o->vec[i]);
+    free(o->vec);
+    free(o->dbs);
+    memset(o, 0, sizeof *o);
+}
+
+/* Pixel vectors of the owned shards' ids, from the opened sources. */
+static void owned_pixels(Owned *o, const ParCtx *ctx, const VecDb *db, const ImageSet *sets)
+{
+    memset(o, 0, sizeof *o);
+    const int Pd = db->C * db->H * db->W;
+    o->dbs = xcalloc((size_t)(db->n_shards ? db->n_shards : 1), sizeof *o->dbs);
+    o->vec = xcalloc((size_t)(db->n_shards ? db->n_shards : 1), sizeof *o->vec);
+    for (int s = 0; s < db->n_shards; s++) {
+        if (vecdb_shard_owner(s, ctx->size) != ctx->rank) continue;
+        const VecDbShard *sh = &db->shards[s];
+        float *x = xmalloc((size_t)(sh->count > 0 ? sh->count : 1) * (size_t)Pd * sizeof *x);
+        for (int64_t j = 0; j < sh->count; j++) {
+            int64_t id = sh->first_id + j;
+            int src = search_source_of(db, id);
+            imgset_get_f32(x + (size_t)j * (size_t)Pd, &sets[src], id - db->sources[src].first_id);
+        }
+        o->vec[o->n] = x;
+        o->dbs[o->n] = (KnnDb){ .x = x, .M = sh->count, .D = Pd, .id_offset = sh->first_id };
+        o->n++;
+    }
+}
+
+/* Collective: search the baseline vectors (normalised for cosine) and score. */
+static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
+                        KnnMetric metric, SearchMeta *meta, int nthreads, double t0, Err *err)
+{
+    if (metric == KNN_IP) {
+        knn_normalize(qv, es->Q, dim);
+        for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
+    }
+    TopK res;
+    if (search_knn(ctx, &res, qv, es->Q, o->dbs, o->n, es->kk, metric, nthreads, err)) return err->code;
+    if (ctx->rank == 0) score(es, method, &res, meta, err);
+    topk_free(&res);
+    es->dim[method] = dim;
+    es->secs[method] = timer_now() - t0;
+    return par_agree(ctx, err);
+}
+
+/* Collective: fits PCA on the owned pixel vectors of all ranks, then
+ * replaces each owned block and the queries by their projections. */
+static int pca_transform(const ParCtx *ctx, Owned *o, float **qv, int64_t Q, int Pd, int D, Err *err)
+{
+    PcaStats st;
+    pca_stats_init(&st, Pd);
+    for (int i = 0; i < o->n; i++) pca_stats_add(&st, o->vec[i], o->dbs[i].M);
+    par_allreduce_sum_f64(ctx, &st.n, 1);
+    par_allreduce_sum_f64(ctx, st.sum, (size_t)Pd);
+    par_allreduce_sum_f64(ctx, st.sxx, (size_t)Pd * (size_t)Pd);
+    Pca pca;
+    memset(&pca, 0, sizeof pca);
+    if (ctx->rank == 0) pca_fit(&pca, &st, D, err);
+    pca_stats_free(&st);
+    if (par_agree(ctx, err)) return err->code;
+    if (ctx->rank != 0) {
+        pca.P = Pd;
+        pca.D = D;
+        pca.mean = xmalloc((size_t)Pd * sizeof *pca.mean);
+        pca.axes = xmalloc((size_t)D * (size_t)Pd * sizeof *pca.axes);
+        pca.var = xmalloc((size_t)D * sizeof *pca.var);
+    }
+    par_bcast(ctx, pca.mean, (size_t)Pd * sizeof *pca.mean, 0);
+    par_bcast(ctx, pca.axes, (size_t)D * (size_t)Pd * sizeof *pca.axes, 0);
+    for (int i = 0; i < o->n; i++) {
+        float *y = xmalloc((size_t)(o->dbs[i].M > 0 ? o->dbs[i].M : 1) * (size_t)D * sizeof *y);
+        pca_project(y, &pca, o->vec[i], o->dbs[i].M);
+        free(o->vec[i]);
+        o->vec[i] = y;
+        o->dbs[i].x = y;
+        o->dbs[i].D = D;
+    }
+    float *qy = xmalloc((size_t)Q * (size_t)D * sizeof *qy);
+    pca_project(qy, &pca, *qv, Q);
+    free(*qv);
+    *qv = qy;
+    pca_free(&pca);
+    return AE_OK;
+}
+
+/* Collective: the pixels and/or PCA rows. */
+static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *cfg, const ImageSet *qset,
+                          const VecDb *db, KnnMetric metric, SearchMeta *meta, int nthreads, Err *err)
+{
+    const int Pd = db->C * db->H * db->W;
+    ImageSet *sets = xcalloc((size_t)(db->n_sources ? db->n_sources : 1), sizeof *sets);
+    Owned o;
+    memset(&o, 0, sizeof o);
+    float *qv = NULL;
+    for (int s = 0; s < db->n_sources && err->code == AE_OK; s++) search_open_source(&sets[s], db, s, err);
+    if (par_agree(ctx, err)) goto done;
+    double t0 = timer_now();
+    qv = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *qv);
+    if (ctx->rank == 0)
+        for (int64_t i = 0; i < es->Q; i++) imgset_get_f32(qv + (size_t)i * (size_t)Pd, qset, i);
+    par_bcast(ctx, qv, (size_t)es->Q * (size_t)Pd * sizeof *qv, 0);
+    if (cfg->baselines & SEARCH_BASE_PIXELS) {
+        owned_pixels(&o, ctx, db, sets);
+        float *q = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *q);
+        memcpy(q, qv, (size_t)es->Q * (size_t)Pd * sizeof *q);
+        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, meta, nthreads, t0, err);
+        free(q);
+        owned_free(&o);
+        if (rc) goto done;
+    }
+    if (cfg->baselines & SEARCH_BASE_PCA) {
+        t0 = timer_now();
+        const int D = db->D < Pd ? db->D : Pd;
+        owned_pixels(&o, ctx, db, sets);
+        if (pca_transform(ctx, &o, &qv, es->Q, Pd, D, err)) goto done;
+        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, meta, nthreads, t0, err);
+    }
+done:
+    owned_free(&o);
+    free(qv);
+    for (int s = 0; s < db->n_sources; s++) imgset_free(&sets[s]);
+    free(sets);
+    return err->code;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Rank 0: the table, per label and the mean over all queries. */
+static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err)
+{
+    static const char *const NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
+    AtomicFile af;
+    FILE *f = stdout;
+    if (cfg->out[0]) {
+        if (atomic_open(&af, cfg->out, err)) return err->code;
+        f = af.f;
+    }
+    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s\n", es->k,
+            (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
+            es->self_first >= 0 ? " | leave-one-out (queries are the database's source)" : "");
+    fprintf(f, "%-8s %8s", "label", "queries");
+    for (int m = 0; m < METHOD_COUNT; m++) {
+        if (!es->prec[m]) continue;
+        char head[32];
+        snprintf(head, sizeof head, "%s(D=%d)", NAME[m], es->dim[m]);
+        fprintf(f, " %14s", head);
+    }
+    fputc('\n', f);
+    int32_t *labels = xmalloc((size_t)es->Q * sizeof *labels);
+    memcpy(labels, es->qlabel, (size_t)es->Q * sizeof *labels);
+    qsort(labels, (size_t)es->Q, sizeof *labels, cmp_i32);
+    for (int64_t a = 0; a <= es->Q; a++) {
+        /* Rows: each distinct label, then (a == Q) the mean of all. */
+        if (a < es->Q && a > 0 && labels[a] == labels[a - 1]) continue;
+        int64_t n = 0;
+        double sum[METHOD_COUNT] = { 0 };
+        for (int64_t i = 0; i < es->Q; i++) {
+            if (a < es->Q && es->qlabel[i] != labels[a]) continue;
+            n++;
+            for (int m = 0; m < METHOD_COUNT; m++)
+                if (es->prec[m]) sum[m] += es->prec[m][i];
+        }
+        if (a < es->Q) fprintf(f, "%-8d %8lld", (int)labels[a], (long long)n);
+        else fprintf(f, "%-8s %8lld", "mean", (long long)n);
+        for (int m = 0; m < METHOD_COUNT; m++)
+            if (es->prec[m]) fprintf(f, " %14.*f", SEARCH_PRECISION_DECIMALS, n ? sum[m] / (double)n : 0.0);
+        fputc('\n', f);
+    }
+    fprintf(f, "%-17s", "seconds");
+    for (int m = 0; m < METHOD_COUNT; m++)
+        if (es->prec[m]) fprintf(f, " %14.1f", es->secs[m]);
+    fputc('\n', f);
+    free(labels);
+    if (cfg->out[0]) return atomic_commit(&af, err);
+    fflush(stdout);
+    return AE_OK;
+}
+
+int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
+{
+    err_clear(err);
+    VecDb db;
+    vecdb_read(&db, cfg->db, err);
+    if (par_agree(ctx, err)) return err->code;
+    const KnnMetric metric = cfg->metric == SEARCH_METRIC_DEFAULT ? db.metric : (KnnMetric)cfg->metric;
+    EvalState es;
+    memset(&es, 0, sizeof es);
+    es.self_first = -1;
+    es.k = cfg->k;
+    Model m;
+    uint32_t crc = 0;
+    ImageSet qset;
+    memset(&qset, 0, sizeof qset);
+    SearchMeta meta;
+    search_meta_init(&meta, &db);
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
+    search_check_model(&db, &m, crc, cfg->model, err);
+    if (par_agree(ctx, err)) goto done;
+    if (ctx->rank == 0) open_queries(&qset, &es, cfg, &db, err);
+    if (!err->code && db.count == 0) err_set(err, AE_EARG, "the database %s is empty", cfg->db);
+    if (par_agree(ctx, err)) goto done;
+    par_bcast(ctx, &es.Q, sizeof es.Q, 0);
+    par_bcast(ctx, &es.self_first, sizeof es.self_first, 0);
+    int64_t kk = (int64_t)es.k + (es.self_first >= 0);
+    es.kk = (int)(kk < db.count ? kk : db.count);
+    par_err0(ctx, "eval: %lld queries, precision@%d | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric "
+                  "%s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
+             vecdb_metric_name(metric));
+    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &meta, nthreads, err)) goto done;
+    if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &meta, nthreads, err)) goto done;
+    if (ctx->rank == 0) print_table(&es, cfg, &db, metric, err);
+    par_agree(ctx, err);
+done:
+    for (int i = 0; i < METHOD_COUNT; i++) free(es.prec[i]);
+    free(es.qlabel);
+    imgset_free(&qset);
+    search_meta_free(&meta);
+    model_free(&m);
+    vecdb_free(&db);
+    return err->code;
+}

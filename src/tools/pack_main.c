@@ -1,0 +1,109 @@
+/*
+ * pack_main.c - aesim-pack: packs any dataset source into one
+ * memory-mappable sample store (sample_store.h), decoding in parallel over
+ * MPI ranks (pack.h).  Main only: init -> options -> pack -> report.
+ * Exit status: 0 success, 1 runtime error (message on stderr, all ranks),
+ * 2 bad usage.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "data/pack.h"
+#include "par/par.h"
+
+enum { OPT_OUT = 256, OPT_WINDOW, OPT_HELP, OPT_DATAOPT };
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: [mpirun -np P] aesim-pack --out STORE.npz [options] SOURCE[,SOURCE...]\n"
+"Packs images from any source into one uncompressed, memory-mappable sample\n"
+"store (uint8 NCHW images + labels + names; a valid .npz).  Train on it with\n"
+"--data STORE.npz.  Sources and their ?key=value options: datasets/README.md.\n"
+"  --out PATH           the store to write (replaced atomically)\n"
+"  --size HxW|S         resize every image to HxW (default: the source's / first image's)\n"
+"  --channels 1|3       grey or RGB (default: the source's; folders: 3)\n"
+"  --fit crop|squash    aspect ratio: centre crop (default) or squash\n"
+"  --bg RRGGBB          background under transparent pixels (default ffffff)\n"
+"  --layout auto|nchw|nhwc   layout of 4-D NumPy arrays (default auto)\n"
+"  --range 1|255        full-intensity value of float arrays (default 1)\n"
+"  --skip-bad           skip images that do not decode (counted and reported)\n"
+"  --window N           images decoded per window and rank (default %d)\n",
+            PACK_DEFAULT_WINDOW);
+}
+
+int main(int argc, char **argv)
+{
+    ParCtx ctx;
+    par_init(&ctx, &argc, &argv);
+    static const struct option longs[] = {
+        {"out", required_argument, 0, OPT_OUT},       {"window", required_argument, 0, OPT_WINDOW},
+        {"size", required_argument, 0, OPT_DATAOPT},  {"channels", required_argument, 0, OPT_DATAOPT},
+        {"fit", required_argument, 0, OPT_DATAOPT},   {"bg", required_argument, 0, OPT_DATAOPT},
+        {"layout", required_argument, 0, OPT_DATAOPT}, {"range", required_argument, 0, OPT_DATAOPT},
+        {"skip-bad", no_argument, 0, OPT_DATAOPT},    {"help", no_argument, 0, OPT_HELP},
+        {0, 0, 0, 0}};
+    PackConfig cfg = {0};
+    dataset_options_default(&cfg.opts);
+    cfg.window = PACK_DEFAULT_WINDOW;
+    Err err;
+    err_clear(&err);
+    int c, idx, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, "", longs, &idx)) != -1) {
+        if (c == OPT_OUT) cfg.out = optarg;
+        else if (c == OPT_WINDOW) {
+            char *end;
+            errno = 0;
+            long long w = strtoll(optarg, &end, 10);
+            if (errno || end == optarg || *end || w < 1 || w > PACK_MAX_WINDOW)
+                bad = err_set(&err, AE_EARG, "--window: '%s' is not an integer in 1..%d (images per window)", optarg,
+                              PACK_MAX_WINDOW);
+            else
+                cfg.window = w;
+        }
+        else if (c == OPT_DATAOPT) {
+            const char *key = !strcmp(longs[idx].name, "skip-bad") ? "skip_bad" : longs[idx].name;
+            bad = dataset_options_set(&cfg.opts, key, optarg ? optarg : "1", &err) != AE_OK;
+        } else if (c == OPT_HELP) {
+            if (ctx.rank == 0) usage(stdout);
+            par_finalize(&ctx);
+            return 0;
+        } else bad = 1;
+    }
+    if (!bad && (optind != argc - 1 || !cfg.out)) bad = 1;
+    if (bad) {
+        if (err.code) par_err0(&ctx, "aesim-pack: %s\n", err.msg);
+        if (ctx.rank == 0) usage(stderr);
+        par_finalize(&ctx);
+        return 2;
+    }
+    cfg.spec = argv[optind];
+    /* Every rank must pack the same sources into the same store; and the
+     * store must not replace a device, folder or pipe. */
+    struct stat ost;
+    if (par_check_same_args(&ctx, argc, argv, &err) == AE_OK && stat(cfg.out, &ost) == 0 && !S_ISREG(ost.st_mode))
+        err_set(&err, AE_EIO, "%s exists and is not a regular file: refusing to replace it (hint: name a new file)",
+                cfg.out);
+    if (par_agree(&ctx, &err)) {
+        par_err0(&ctx, "aesim-pack: %s\n", err.msg);
+        par_finalize(&ctx);
+        return 2;
+    }
+    PackStats st;
+    int rc = pack_run(&ctx, &cfg, &st, &err);
+    if (rc) par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
+    else {
+        par_log0(&ctx, "aesim-pack: %s: %lld images %dx%dx%d (CxHxW) from %lld in %s | %d rank(s) | decode %.2f s "
+                 "(%.0f images/s) | finish %.2f s\n", cfg.out, (long long)st.n_out, st.C, st.H, st.W,
+                 (long long)st.n_in, cfg.spec, ctx.size, st.decode_s, st.decode_s > 0 ? st.n_in / st.decode_s : 0.0,
+                 st.finish_s);
+        if (st.skipped)
+            par_log0(&ctx, "aesim-pack: skipped %lld bad file(s); first: %s\n", (long long)st.skipped, st.skip_note);
+    }
+    par_finalize(&ctx);
+    return rc ? 1 : 0;
+}

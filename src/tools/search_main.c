@@ -1,0 +1,55 @@
+/*
+ * search_main.c - aesim-search: encode images into a sharded vector
+ * database and search it (index / query / eval; see include/search/search.h).
+ * Main only: init -> options -> thread plan -> run the subcommand ->
+ * finalize.  Informational lines go to stderr, so stdout carries only the
+ * results (query) or the table (eval).
+ * Exit status: 0 success, 1 runtime error (message on stderr), 2 bad usage.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "build_info.h"
+#include "par/par.h"
+#include "search/search.h"
+#include "search/search_args.h"
+#include "base/threads.h"
+
+static int finish(ParCtx *ctx, const Err *err, int code)
+{
+    if (err && err->code) par_err0(ctx, "aesim-search: error: %s\n", err->msg);
+    par_finalize(ctx);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    ParCtx ctx;
+    par_init(&ctx, &argc, &argv);
+    Err err;
+    err_clear(&err);
+    SearchConfig cfg;
+    if (par_check_same_args(&ctx, argc, argv, &err) || search_args_parse(&cfg, argc, argv, &err))
+        return finish(&ctx, &err, 2);
+    if (cfg.help) {
+        if (ctx.rank == 0) search_args_usage(stdout);
+        return finish(&ctx, NULL, 0);
+    }
+    par_err0(&ctx, "aesim-search %s | %d rank(s) | %s\n", argv[1], ctx.size, AESIM_BUILD_INFO);
+    ThreadPlan plan = threads_setup(ctx.local_size, cfg.threads);
+    if (ctx.rank == 0) threads_print(&plan, stderr); /* stdout carries only results */
+    int rc;
+    switch (cfg.cmd) {
+    case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
+    case SEARCH_QUERY: rc = search_query(&ctx, &cfg, plan.omp_threads, &err); break;
+    default: rc = search_eval(&ctx, &cfg, plan.omp_threads, &err); break;
+    }
+    /* Results on stdout that could not be written (a full disk, a closed
+     * pipe) are an error, not a silent loss. */
+    if (rc == AE_OK && ctx.rank == 0 && (fflush(stdout) != 0 || ferror(stdout)))
+        err_set(&err, AE_EIO, "cannot write the results to standard output: %s (hint: use --out FILE)",
+                strerror(errno));
+    rc = par_agree(&ctx, &err);
+    return finish(&ctx, &err, rc ? 1 : 0);
+}

@@ -1,0 +1,432 @@
+/*
+ * train.c - data-parallel training loop (see include/train/train.h).
+ *
+ * Does: sharded batches, gradient allreduce (bucketed and overlapped with the
+ * backward pass, grad_sync.h), optimizer, validation, progress,
+ * metrics, reconstruction grids, rotating checkpoints, graceful stop on
+ * SIGTERM/SIGINT/SIGUSR1 (signals.h), NaN/Inf detection.  Does not: parse
+ * options, load data or build the model (train_main.c).  MPI only through
+ * par.h; rank 0 alone writes files and prints (besides one "[rank r]" line
+ * per rank when a stop signal arrives).  Threading: the kernels' OpenMP.
+ */
+#include "train/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/check.h"
+#include "base/fileio.h"
+#include "model/model.h"
+#include "par/grad_sync.h"
+#include "train/metrics.h"
+#include "data/png_io.h"
+#include "base/progress.h"
+#include "data/sampler.h"
+#include "base/signals.h"
+#include "base/timer.h"
+
+/* Target width in pixels of a reconstruction grid tile (small images are
+ * upscaled by an integer factor to about this). */
+#define TRAIN_GRID_TILE_PX 96
+/* Grey border between grid tiles, pixels. */
+#define TRAIN_GRID_PAD 2
+
+/* Test-only fault injection (see train.h): the environment variable naming
+ * the 1-based step at which the highest rank poisons its local gradient. */
+#define TRAIN_FAULT_NAN_ENV "AESIM_FAULT_NAN_STEP"
+/* Seconds a rank stopped by a signal may take from here to its exit (freeing,
+ * MPI_Finalize) before signals_exit_watchdog ends it with status 0: finalize
+ * of a stopped job takes milliseconds unless mpirun is shutting the job down,
+ * in which case it never returns.  Must stay below the SIGTERM-to-SIGKILL gap
+ * of mpirun (odls_base_sigkill_timeout, see signals.h) to exit 0. */
+#define TRAIN_STOP_EXIT_GRACE_S 2
+
+/* Per-rank seconds spent in each phase of a step.  PH_ALLREDUCE is the
+ * exposed communication: from the end of the backward pass until gradients
+ * and loss are summed; communication started during backward (grad_sync.h)
+ * counts in PH_COMPUTE and is reported separately. */
+enum { PH_DATA, PH_COMPUTE, PH_ALLREDUCE, PH_OPTIMIZER, PH_COUNT };
+static const char *PHASE_NAMES[PH_COUNT] = { "data", "forward+backward", "allreduce", "optimizer" };
+
+static size_t image_numel(const Dataset *ds) { return (size_t)ds->C * ds->H * ds->W; }
+
+double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit)
+{
+    int64_t n = limit > 0 && limit < ds->n ? limit : ds->n;
+    int64_t lo = n * ctx->rank / ctx->size, hi = n * (ctx->rank + 1) / ctx->size;
+    size_t chw = image_numel(ds);
+    double acc[2] = { 0, (double)(hi - lo) }; /* sum of squared errors, images */
+    for (int64_t i = lo; i < hi; i += m->max_batch) {
+        int nb = (int)(hi - i < m->max_batch ? hi - i : m->max_batch);
+        for (int j = 0; j < nb; j++) dataset_get_f32(m->input + (size_t)j * chw, ds, i + j);
+        const float *y = model_forward(m, m->input, nb);
+        for (size_t k = 0; k < (size_t)nb * chw; k++) {
+            double d = (double)y[k] - m->input[k];
+            acc[0] += d * d;
+        }
+    }
+    par_allreduce_sum_f64(ctx, acc, 2);
+    return acc[1] > 0 ? acc[0] / (acc[1] * (double)chw) : NAN;
+}
+
+/* Rank 0: originals of the first grid_n validation images over their
+ * reconstructions. */
+static int write_grid(const TrainConfig *cfg, Model *m, const Dataset *val, int64_t epoch, Err *err)
+{
+    int n = cfg->grid_n < val->n ? cfg->grid_n : (int)val->n;
+    if (n > m->max_batch) n = m->max_batch;
+    if (n <= 0) return AE_OK;
+    size_t chw = image_numel(val);
+    float *tiles = xmalloc(2 * (size_t)n * chw * sizeof(float));
+    for (int j = 0; j < n; j++) dataset_get_f32(m->input + (size_t)j * chw, val, j);
+    memcpy(tiles, m->input, (size_t)n * chw * sizeof(float));
+    memcpy(tiles + (size_t)n * chw, model_forward(m, m->input, n), (size_t)n * chw * sizeof(float));
+    char path[ARG_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/recon_epoch%03lld.png", cfg->out, (long long)epoch + 1);
+    int scale = TRAIN_GRID_TILE_PX / val->W > 1 ? TRAIN_GRID_TILE_PX / val->W : 1;
+    int rc = png_write_grid(path, tiles, 2 * n, 2, n, val->C, val->H, val->W, scale, TRAIN_GRID_PAD, err);
+    free(tiles);
+    return rc;
+}
+
+/* Rank 0 writes OUT/ckpt-stepN.npz and makes it OUT/checkpoint.npz (ckpt.h);
+ * `last` [FILEIO_PATH_MAX] names the newest checkpoint written so far ("" =
+ * none by this run).  On failure the message says what is still intact.
+ * Collective: the status is agreed. */
+static int save_checkpoint(const ParCtx *ctx, const TrainConfig *cfg, const Model *m, const Optimizer *opt,
+                           const CkptState *st, char *last, Err *err)
+{
+    if (ctx->rank == 0) {
+        char written[FILEIO_PATH_MAX];
+        Err e;
+        err_clear(&e);
+        if (ckpt_save_rotate(cfg->out, m, opt, st, cfg->keep, written, &e) == AE_OK) {
+            snprintf(last, FILEIO_PATH_MAX, "%s", written);
+        } else {
+            size_t len = strlen(e.msg);
+            if (last[0])
+                snprintf(e.msg + len, sizeof e.msg - len, "; the previous checkpoint %.300s is intact (make "
+                         "room, then --resume %.300s)", last, cfg->out);
+            else
+                snprintf(e.msg + len, sizeof e.msg - len, "; earlier checkpoints in %.300s are intact", cfg->out);
+            *err = e;
+        }
+    }
+    return par_agree(ctx, err);
+}
+
+/* 1 if every x[i] is finite. */
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* The step of TRAIN_FAULT_NAN_ENV, or 0 when unset or not a positive integer. */
+static int64_t fault_nan_step(void)
+{
+    const char *s = getenv(TRAIN_FAULT_NAN_ENV);
+    if (!s || !*s) return 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    return *end == '\0' && v > 0 ? (int64_t)v : 0;
+}
+
+/* Text for messages: the newest checkpoint of this run, or the folder. */
+static const char *kept_ckpt(const char *last, const char *out) { return last[0] ? last : out; }
+
+/* Per-rank communication totals of a run (grad_sync.h). */
+typedef struct CommTotals {
+    double in_backward_s;   /* seconds in MPI calls made during backward */
+    double early_floats;    /* gradient floats reduced before backward returned */
+} CommTotals;
+
+/* The overlap of `steps` steps: the share of the gradient whose allreduce
+ * had completed when the backward pass returned (NaN without steps). */
+static double overlap_of(double early_floats, int64_t steps, size_t n_params)
+{
+    return steps > 0 ? early_floats / ((double)steps * (double)n_params) : NAN;
+}
+
+/* One line: mean milliseconds per step of each phase, min/avg/max over
+ * ranks, then the communication: the overlap (share of the gradient reduced
+ * before backward ended, mean and min over ranks), and the time spent in
+ * MPI calls during backward, which counts in forward+backward, whereas the
+ * allreduce phase is the exposed part (printed at once so that other ranks'
+ * output cannot split it). */
+static void report_phases(const ParCtx *ctx, const double *t, int64_t steps, const CommTotals *ct,
+                          const GradSync *sync, int bucket_kib)
+{
+    char line[1024];
+    size_t len = (size_t)snprintf(line, sizeof line, "time per step (ms, min/avg/max over ranks):");
+    for (int p = 0; p < PH_COUNT; p++) {
+        ParStats s = par_stats(ctx, steps ? 1e3 * t[p] / steps : 0);
+        if (len < sizeof line)
+            len += (size_t)snprintf(line + len, sizeof line - len, "%s %s %.2f/%.2f/%.2f (max on rank %d)",
+                                    p ? ";" : "", PHASE_NAMES[p], s.min, s.avg, s.max, s.max_rank);
+    }
+    ParStats bwd = par_stats(ctx, steps ? 1e3 * ct->in_backward_s / steps : 0);
+    double ov = overlap_of(ct->early_floats, steps, sync->n_params);
+    ParStats o = par_stats(ctx, isnan(ov) ? 0 : ov);
+    if (len < sizeof line)
+        len += (size_t)snprintf(line + len, sizeof line - len, "; overlap %.0f%% of the gradient reduced before "
+                                "backward ended (min over ranks %.0f%%), MPI calls during backward %.2f/%.2f/%.2f "
+                                "(--bucket-kib %d: %d bucket%s)", 100 * o.avg, 100 * o.min, bwd.min, bwd.avg, bwd.max,
+                                bucket_kib, sync->n_buckets,
+                                sync->blocking ? ", one blocking allreduce" : sync->n_buckets == 1 ? "" : "s");
+    par_log0(ctx, "%s\n", line);
+}
+
+int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
+              const Dataset *val, const CkptState *start, TrainResult *res, Err *err)
+{
+    const int64_t n = train->n, B = cfg->batch_size;
+    const int64_t nb = sampler_num_batches(n, B);
+    const size_t chw = image_numel(train);
+    CkptState st = *start;
+    memset(res, 0, sizeof *res);
+    res->state = st;
+    res->val_loss = res->val_psnr_db = res->last_train_loss = NAN;
+    if (st.epoch >= cfg->epochs || (cfg->max_steps > 0 && st.step >= cfg->max_steps)) {
+        par_log0(ctx, "nothing to train: the checkpoint is at step %lld, epoch %lld of %d%s; raise --epochs%s to "
+                 "train further\n", (long long)st.step, (long long)st.epoch, cfg->epochs,
+                 st.epoch >= cfg->epochs ? " (all done)" : "", cfg->max_steps > 0 ? " or --max-steps" : "");
+        return AE_OK;
+    }
+    int64_t *perm = xmalloc((size_t)n * sizeof *perm);
+    double phase[PH_COUNT] = { 0 };
+    CommTotals comm = { 0, 0 };
+    GradSync sync;
+    size_t slices[MODEL_MAX_LAYERS];
+    const int n_slices = model_grad_slices(m, slices);
+    grad_sync_init(&sync, ctx, m->grads, m->n_params, slices, n_slices, cfg->bucket_kib);
+    const ModelGradHook hook = { grad_sync_on_grads_done, &sync };
+
+    MetricsLog log = { 0 };
+    Progress prog;
+    if (ctx->rank == 0) {
+        char path[ARG_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/metrics.csv", cfg->out);
+        metrics_open(&log, path, st.step > 0, st.step, err);
+    }
+    if (par_agree(ctx, err)) {
+        free(perm);
+        return err->code;
+    }
+    SignalGuard sig;
+    signals_install(&sig);
+    const int64_t nan_step = fault_nan_step();
+    char last_ckpt[FILEIO_PATH_MAX] = "";
+    int signalled = 0;
+    int64_t total = (int64_t)cfg->epochs * nb;
+    if (cfg->max_steps > 0 && cfg->max_steps < total) total = cfg->max_steps;
+    const double t0 = timer_now();
+    if (ctx->rank == 0)
+    {
+        int bar = cfg->progress == PROGRESS_BAR ||
+                  (cfg->progress == PROGRESS_AUTO && isatty(STDOUT_FILENO) && !par_launched_by_mpirun());
+        progress_init(&prog, stdout, bar, total, nb, cfg->epochs, cfg->log_every, t0);
+        progress_set_start_step(&prog, st.step, t0);
+    }
+
+    /* Throughput counts training time only (not validation, grids or
+     * checkpoints): train_s is the sum of step times, csv_s of those since
+     * the last CSV row. */
+    int64_t images_done = 0, steps_done = 0, csv_images = 0, epoch_steps = 0;
+    double csv_loss = 0, csv_s = 0, train_s = 0, epoch_loss = 0, csv_exposed_s = 0, csv_comm_s = 0, csv_early = 0;
+    int64_t csv_steps = 0;
+    int stop = 0, rc = AE_OK;
+    for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
+        sampler_epoch_permutation(perm, n, st.seed, st.epoch);
+        for (; st.batch < nb; st.batch++) {
+            double ta = timer_now();
+            int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;
+            sampler_rank_slice(len, ctx->rank, ctx->size, &off, &cnt);
+            dataset_get_batch_f32(m->input, train, perm + first + off, cnt);
+            double tb = timer_now();
+            model_zero_grad(m);
+            grad_sync_begin(&sync);
+            double sse = cnt ? model_forward_backward_hooked(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw),
+                                                             sync.blocking ? NULL : &hook)
+                             : 0;
+            /* The bucket holding grads[0] starts in grad_sync_finish. */
+            if (nan_step == st.step + 1 && ctx->rank == ctx->size - 1) m->grads[0] = NAN;
+            double tc = timer_now();
+            /* Starts the buckets not yet started, waits for all: nothing
+             * is pending after this, whatever path the step takes next. */
+            grad_sync_finish(&sync);
+            /* The loss sum and the stop requests (signals.h) share one small
+             * allreduce, so every rank sees a signal sent to any rank at the
+             * same step. */
+            double red[2] = { sse, signals_pending() ? 1.0 : 0.0 };
+            par_allreduce_sum_f64(ctx, red, 2);
+            const int stop_asked = red[1] > 0;
+            double td = timer_now();
+            double loss = red[0] / ((double)len * (double)chw);
+            /* The loss and the summed gradient are the same bits on every
+             * rank, so every rank takes the same decision here. */
+            int finite_grad = all_finite(m->grads, m->n_params);
+            if (!isfinite(loss) || !finite_grad) {
+                rc = err_set(err, AE_ENUMERIC,
+                             "%s is not finite at step %lld (epoch %lld, loss %g): training diverged; nothing was "
+                             "saved after step %lld, the last checkpoint %s is kept (try a smaller --lr)",
+                             isfinite(loss) ? "the gradient" : "the loss", (long long)st.step + 1,
+                             (long long)st.epoch + 1, loss, (long long)st.step, kept_ckpt(last_ckpt, cfg->out));
+                stop = 1;
+                break;
+            }
+            optimizer_step(opt, m->params, m->grads);
+            if (!all_finite(m->params, m->n_params)) {
+                rc = err_set(err, AE_ENUMERIC,
+                             "the weights are not finite after step %lld (epoch %lld): training diverged; nothing "
+                             "was saved after step %lld, the last checkpoint %s is kept (try a smaller --lr)",
+                             (long long)st.step + 1, (long long)st.epoch + 1, (long long)st.step,
+                             kept_ckpt(last_ckpt, cfg->out));
+                stop = 1;
+                break;
+            }
+            double te = timer_now();
+            phase[PH_DATA] += tb - ta;
+            phase[PH_COMPUTE] += tc - tb;
+            phase[PH_ALLREDUCE] += td - tc;
+            phase[PH_OPTIMIZER] += te - td;
+            comm.in_backward_s += sync.comm_in_backward_s;
+            comm.early_floats += (double)sync.early_floats;
+            csv_exposed_s += td - tc;
+            csv_comm_s += td - tc + sync.comm_in_backward_s;
+            csv_early += (double)sync.early_floats;
+            train_s += te - ta;
+            csv_s += te - ta;
+            st.step++;
+            steps_done++;
+            images_done += len;
+            res->last_train_loss = loss;
+            csv_loss += loss;
+            csv_steps++;
+            csv_images += len;
+            epoch_loss += loss;
+            epoch_steps++;
+            if (ctx->rank == 0) {
+                double now = timer_now();
+                progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / train_s, now);
+                if (csv_steps >= cfg->csv_every) {
+                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
+                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
+                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
+                                        err);
+                    csv_loss = 0;
+                    csv_steps = 0;
+                    csv_images = 0;
+                    csv_s = 0;
+                    csv_exposed_s = 0;
+                    csv_comm_s = 0;
+                    csv_early = 0;
+                }
+            }
+            int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
+            if (stop_asked) {
+                /* Pre-emption: log what was trained, checkpoint, leave
+                 * without validation (mpirun may SIGKILL soon). */
+                int here = signals_pending();
+                fprintf(stderr, "[rank %d] stop requested (%s): stopping after step %lld\n", ctx->rank,
+                        here ? signals_name(here) : "signal received by another rank", (long long)st.step);
+                if (ctx->rank == 0 && csv_steps > 0 && rc == AE_OK) {
+                    double now = timer_now();
+                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
+                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
+                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
+                                        err);
+                    csv_steps = 0;
+                }
+                CkptState next = st;
+                if (++next.batch >= nb) {
+                    next.epoch++;
+                    next.batch = 0;
+                }
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
+                signalled = 1;
+                stop = 1;
+                st.batch++;
+                break;
+            }
+            if (cfg->ckpt_every > 0 && st.step % cfg->ckpt_every == 0 && !last && st.batch + 1 < nb) {
+                CkptState next = st;
+                next.batch++;
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
+            } else {
+                rc = par_agree(ctx, err); /* a failed CSV write on rank 0 stops every rank */
+            }
+            if (rc || last) {
+                stop = 1;
+                st.batch++;
+                break;
+            }
+        }
+        if (rc || signalled) break;
+        /* End of an epoch (or of max-steps): validate, grid, checkpoint. */
+        if (ctx->rank == 0) progress_finish(&prog);
+        res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
+        res->val_psnr_db = metrics_psnr_db(res->val_loss);
+        double now = timer_now();
+        par_log0(ctx, "epoch %lld/%d: step %lld, train loss %.5f (mean of the epoch's %lld steps), val loss %.5f, "
+                 "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, (long long)st.step,
+                 epoch_steps ? epoch_loss / epoch_steps : NAN, (long long)epoch_steps, res->val_loss,
+                 res->val_psnr_db, train_s > 0 ? images_done / train_s : 0);
+        epoch_loss = 0;
+        epoch_steps = 0;
+        if (ctx->rank == 0) {
+            rc = metrics_append(&log, st.step, st.epoch + (double)st.batch / nb,
+                                csv_steps ? csv_loss / csv_steps : res->last_train_loss, res->val_loss,
+                                res->val_psnr_db, csv_steps ? csv_images / csv_s : NAN, now - t0,
+                                csv_steps ? 1e3 * csv_exposed_s / csv_steps : NAN,
+                                csv_steps ? 1e3 * csv_comm_s / csv_steps : NAN,
+                                overlap_of(csv_early, csv_steps, m->n_params), err);
+            csv_loss = 0;
+            csv_steps = 0;
+            csv_images = 0;
+            csv_s = 0;
+            csv_exposed_s = 0;
+            csv_comm_s = 0;
+            csv_early = 0;
+            if (!rc) rc = write_grid(cfg, m, val, st.epoch, err);
+        }
+        if ((rc = par_agree(ctx, err))) break;
+        CkptState next = st;
+        if (st.batch >= nb) {
+            next.epoch++;
+            next.batch = 0;
+        }
+        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err))) break;
+        if (stop) break;
+    }
+    if (st.batch >= nb) {
+        st.epoch++;
+        st.batch = 0;
+    }
+    if (rc == AE_OK && ctx->rank == 0) progress_finish(&prog);
+    signals_restore(&sig);
+    if (signalled && rc == AE_OK) {
+        res->val_loss = res->val_psnr_db = NAN;
+        par_log0(ctx, "stopped by a signal after step %lld: checkpoint %s written; continue with --resume %s\n",
+                 (long long)st.step, last_ckpt, cfg->out);
+        signals_exit_watchdog(TRAIN_STOP_EXIT_GRACE_S);
+    }
+    res->stopped = signalled;
+    res->state = st;
+    res->seconds = timer_now() - t0;
+    res->steps_run = steps_done;
+    res->images_per_s = train_s > 0 ? images_done / train_s : 0;
+    if (steps_done > 0) {
+        res->allreduce_ms = 1e3 * phase[PH_ALLREDUCE] / steps_done;
+        res->comm_ms = 1e3 * (phase[PH_ALLREDUCE] + comm.in_backward_s) / steps_done;
+        res->overlap = overlap_of(comm.early_floats, steps_done, m->n_params);
+    }
+    if (rc == AE_OK) report_phases(ctx, phase, steps_done, &comm, &sync, cfg->bucket_kib);
+    if (ctx->rank == 0) metrics_close(&log);
+    free(perm);
+    return rc;
+}

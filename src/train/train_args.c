@@ -1,0 +1,289 @@
+/*
+ * train_args.c - aesim-train option parsing with getopt_long (see train_args.h).
+ */
+#include "train/train_args.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/ckpt.h"
+#include "model/model.h"
+#include "par/grad_sync.h"
+
+/* The default training data: Debian's dataset-fashion-mnist package. */
+#define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+
+enum {
+    OPT_DATA = 256, OPT_DATA_OPTS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
+    OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
+    OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
+    OPT_HELP
+};
+
+static const struct option LONG_OPTS[] = {
+    { "data", required_argument, 0, OPT_DATA },
+    { "data-opts", required_argument, 0, OPT_DATA_OPTS },
+    { "val", required_argument, 0, OPT_VAL },
+    { "val-fraction", required_argument, 0, OPT_VAL_FRACTION },
+    { "val-limit", required_argument, 0, OPT_VAL_LIMIT },
+    { "arch", required_argument, 0, OPT_ARCH },
+    { "epochs", required_argument, 0, OPT_EPOCHS },
+    { "max-steps", required_argument, 0, OPT_MAX_STEPS },
+    { "batch-size", required_argument, 0, OPT_BATCH },
+    { "optimizer", required_argument, 0, OPT_OPTIMIZER },
+    { "lr", required_argument, 0, OPT_LR },
+    { "beta1", required_argument, 0, OPT_BETA1 },
+    { "beta2", required_argument, 0, OPT_BETA2 },
+    { "eps", required_argument, 0, OPT_EPS },
+    { "momentum", required_argument, 0, OPT_MOMENTUM },
+    { "seed", required_argument, 0, OPT_SEED },
+    { "out", required_argument, 0, OPT_OUT },
+    { "ckpt-every", required_argument, 0, OPT_CKPT_EVERY },
+    { "resume", required_argument, 0, OPT_RESUME },
+    { "keep", required_argument, 0, OPT_KEEP },
+    { "threads", required_argument, 0, OPT_THREADS },
+    { "log-every", required_argument, 0, OPT_LOG_EVERY },
+    { "grid", required_argument, 0, OPT_GRID },
+    { "csv-every", required_argument, 0, OPT_CSV_EVERY },
+    { "progress", required_argument, 0, OPT_PROGRESS },
+    { "bucket-kib", required_argument, 0, OPT_BUCKET_KIB },
+    { "help", no_argument, 0, OPT_HELP },
+    { 0, 0, 0, 0 },
+};
+
+void train_args_usage(FILE *out)
+{
+    fprintf(out,
+"Usage: mpirun -np P aesim-train [options]      (or plain aesim-train for one rank)\n"
+"Trains a convolutional autoencoder (conv3x3+ReLU, 2x2 max-pooling, 2x upsampling,\n"
+"sigmoid output, MSE loss) data-parallel over P ranks: every rank reads its slice\n"
+"of each global batch and gradients are averaged with MPI_Allreduce every step.\n"
+"\n"
+"Data\n"
+"  --data SRC[,SRC...]   training images (default " DEFAULT_DATA ").\n"
+"                        SRC: downsampled-ImageNet .npz (train_data_batch_N.npz, val_data.npz;\n"
+"                        several files form one set), an IDX images file (.gz or plain;\n"
+"                        labels read from the matching *labels-idx1* file), or a folder\n"
+"                        holding train-images-idx3-ubyte[.gz] (MNIST / Fashion-MNIST).\n"
+"                        Any source may carry options: KIND:PATH?key=value&... (PNG/JPEG\n"
+"                        folders, list files, .npy/.npz arrays, CIFAR, aesim stores; see\n"
+"                        datasets/README.md).\n"
+"  --data-opts K=V[&K=V] options for every --data and --val source, e.g.\n"
+"                        'size=64x64&channels=3&fit=crop' (resize with a box filter, centre crop)\n"
+"  --val SRC[,SRC...]    held-out validation images (default: split off --val-fraction;\n"
+"                        for a MNIST-style folder: its t10k-images file)\n"
+"  --val-fraction F      fraction of --data held out by seed when --val is not given (default 0.05)\n"
+"  --val-limit N         evaluate on the first N validation images only (default 0 = all)\n"
+"\n"
+"Model\n"
+"  --arch NAME|SPEC      preset mnist (28x28x1), imagenet32 (32x32x3), imagenet64 (64x64x3),\n"
+"                        or a spec such as \"c16 p c8 p c8 | c16 u c16 u c1\": cN = 3x3 conv to\n"
+"                        N channels + ReLU (cNkK: odd kernel K), p = 2x2 max-pool, u = 2x\n"
+"                        upsample, | = end of encoder (bottleneck); the last conv gets a\n"
+"                        sigmoid and must output the image's channels.\n"
+"                        Default: the preset matching the image shape.\n"
+"\n"
+"Optimisation (hyper-parameters mean the same for any P)\n"
+"  --epochs N            passes over the training set (default 5)\n"
+"  --max-steps N         stop after N optimizer steps in all (default 0 = no limit)\n"
+"  --batch-size N        GLOBAL batch in images, split across ranks (default 128)\n"
+"  --optimizer adam|sgd  (default adam)\n"
+"  --lr X                learning rate (default 1e-3)\n"
+"  --beta1 X --beta2 X   Adam moment decay (defaults 0.9, 0.999)\n"
+"  --eps X               Adam epsilon, added to sqrt(v_hat) as in torch.optim.Adam (default 1e-7)\n"
+"  --momentum X          SGD momentum (default 0.9)\n"
+"  --seed N              seed of the initial weights and of every epoch's shuffle (default 42)\n"
+"\n"
+"Output and restart\n"
+"  --out DIR             output folder (default runs/aesim): checkpoint.npz (the newest\n"
+"                        checkpoint), ckpt-stepNNNNNNNN.npz (the last --keep ones), metrics.csv,\n"
+"                        recon_epochNNN.png (validation originals over reconstructions)\n"
+"  --ckpt-every N        also checkpoint every N steps (default 500; 0 = epoch ends only)\n"
+"  --keep N              step checkpoints kept in --out, newest first (default 3); each is\n"
+"                        written atomically and carries a CRC-32 per tensor\n"
+"  --resume CKPT|DIR     continue from a checkpoint (any number of ranks; the same number of\n"
+"                        ranks and --threads reproduces an uninterrupted run bit for bit).\n"
+"                        DIR: its newest intact checkpoint.  A damaged (truncated, bit-flipped)\n"
+"                        checkpoint is refused with the reason and the next older one is used.\n"
+"  --progress MODE       bar (live, for terminals), lines (for logs) or auto (default: bar on a\n"
+"                        terminal outside mpirun; launch/train.sh picks bar on a terminal)\n"
+"  --log-every S         seconds between progress lines when stdout is not a terminal (default 10)\n"
+"  --grid N              validation images in the reconstruction grid (default 8)\n"
+"  --csv-every N         steps per metrics.csv row, train loss averaged over them (default 20)\n"
+"\n"
+"Stopping and faults\n"
+"  SIGTERM, SIGINT or SIGUSR1 to mpirun or to any rank: every rank finishes the current step,\n"
+"  rank 0 writes a checkpoint, all exit with status 0; resume with --resume DIR.  On SIGTERM or\n"
+"  SIGINT, mpirun (Open MPI 4.1) sends the ranks SIGTERM after odls_base_sigkill_timeout s\n"
+"  (default 1) and SIGKILL as long again later, and itself exits 1: for steps longer than that,\n"
+"  set OMPI_MCA_odls_base_sigkill_timeout=60, or send SIGUSR1 (forwarded at once, no SIGKILL).\n"
+"  A SIGINT after a stop request ends the process at once.\n"
+"  NaN/Inf in the loss, gradients or weights stops training with an error naming the step; the\n"
+"  last checkpoint is kept.  A dead rank ends the whole job (Open MPI aborts it); a failed write\n"
+"  (full disk, read-only folder) stops with the file and errno text; older files stay intact.\n"
+"\n"
+"Communication\n"
+"  --bucket-kib N        gradient allreduce bucket size in KiB (default %d): as the backward\n"
+"                        pass finishes the last layers, their gradients (whole layers, about N\n"
+"                        KiB per bucket) are summed with a non-blocking MPI_Iallreduce while the\n"
+"                        earlier layers are still computed (PyTorch DDP bucketing); 0 = one\n"
+"                        blocking allreduce of all gradients after backward.  The summary line\n"
+"                        reports the exposed allreduce time and the overlap achieved.\n"
+"\n"
+"Threads\n"
+"  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
+"                        node; BLAS runs single-threaded inside the kernels)\n"
+"  --help                this text\n", GRAD_SYNC_BUCKET_KIB_DEFAULT);
+}
+
+static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return err_set(err, AE_EARG, "--%s: '%s' is not an integer in %lld..%lld", opt, s, (long long)lo,
+                       (long long)hi);
+    *out = v;
+    return AE_OK;
+}
+
+static int parse_f64(const char *opt, const char *s, double lo, double hi, double *out, Err *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi)
+        return err_set(err, AE_EARG, "--%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+    *out = v;
+    return AE_OK;
+}
+
+static int copy_str(char *dst, size_t cap, const char *opt, const char *s, Err *err)
+{
+    if (!*s) return err_set(err, AE_EARG, "--%s: empty value (is a shell variable unset?)", opt);
+    if (strlen(s) >= cap) return err_set(err, AE_EARG, "--%s: value longer than %zu characters", opt, cap - 1);
+    memcpy(dst, s, strlen(s) + 1);
+    return AE_OK;
+}
+
+int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->data, sizeof c->data, "%s", DEFAULT_DATA);
+    c->val_fraction = 0.05;
+    c->epochs = 5;
+    c->batch_size = 128;
+    c->opt = OPT_ADAM;
+    c->adam = (AdamConfig){ 1e-3f, 0.9f, 0.999f, 1e-7f };
+    c->momentum = 0.9f;
+    c->seed = 42;
+    snprintf(c->out, sizeof c->out, "runs/aesim");
+    c->ckpt_every = 500;
+    c->keep = CKPT_KEEP_DEFAULT;
+    c->log_every = 10;
+    c->grid_n = 8;
+    c->csv_every = 20;
+    c->bucket_kib = GRAD_SYNC_BUCKET_KIB_DEFAULT;
+    optind = 1;
+    opterr = 0;
+    int o, idx = 0;
+    while ((o = getopt_long(argc, argv, ":h", LONG_OPTS, &idx)) != -1) {
+        const char *name = NULL;
+        for (const struct option *lo = LONG_OPTS; lo->name; lo++)
+            if (lo->val == o) name = lo->name;
+        int64_t i = 0;
+        double f = 0;
+        int rc = AE_OK;
+        switch (o) {
+        case OPT_DATA: rc = copy_str(c->data, sizeof c->data, name, optarg, err); break;
+        case OPT_VAL: rc = copy_str(c->val, sizeof c->val, name, optarg, err); break;
+        case OPT_DATA_OPTS: rc = copy_str(c->data_opts, sizeof c->data_opts, name, optarg, err); break;
+        case OPT_VAL_FRACTION:
+            if (!(rc = parse_f64(name, optarg, 1e-9, 0.5, &f, err))) c->val_fraction = f;
+            break;
+        case OPT_VAL_LIMIT:
+            if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->val_limit = i;
+            break;
+        case OPT_ARCH: rc = copy_str(c->arch, sizeof c->arch, name, optarg, err); break;
+        case OPT_EPOCHS:
+            if (!(rc = parse_i64(name, optarg, 1, 1000000, &i, err))) c->epochs = (int)i;
+            break;
+        case OPT_MAX_STEPS:
+            if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->max_steps = i;
+            break;
+        case OPT_BATCH:
+            if (!(rc = parse_i64(name, optarg, 1, 1 << 20, &i, err))) c->batch_size = (int)i;
+            break;
+        case OPT_OPTIMIZER:
+            if (strcmp(optarg, "adam") == 0) c->opt = OPT_ADAM;
+            else if (strcmp(optarg, "sgd") == 0) c->opt = OPT_SGD;
+            else rc = err_set(err, AE_EARG, "--optimizer: '%s' is not adam or sgd", optarg);
+            break;
+        case OPT_LR:
+            if (!(rc = parse_f64(name, optarg, 0, 1e3, &f, err))) c->adam.lr = (float)f;
+            break;
+        case OPT_BETA1:
+            if (!(rc = parse_f64(name, optarg, 0, 0.999999, &f, err))) c->adam.beta1 = (float)f;
+            break;
+        case OPT_BETA2:
+            if (!(rc = parse_f64(name, optarg, 0, 0.999999999, &f, err))) c->adam.beta2 = (float)f;
+            break;
+        case OPT_EPS:
+            if (!(rc = parse_f64(name, optarg, 1e-30, 1, &f, err))) c->adam.eps = (float)f;
+            break;
+        case OPT_MOMENTUM:
+            if (!(rc = parse_f64(name, optarg, 0, 0.999999, &f, err))) c->momentum = (float)f;
+            break;
+        case OPT_SEED:
+            if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->seed = (uint64_t)i;
+            break;
+        case OPT_OUT: rc = copy_str(c->out, sizeof c->out, name, optarg, err); break;
+        case OPT_CKPT_EVERY:
+            if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->ckpt_every = i;
+            break;
+        case OPT_RESUME: rc = copy_str(c->resume, sizeof c->resume, name, optarg, err); break;
+        case OPT_KEEP:
+            if (!(rc = parse_i64(name, optarg, 1, 1000000, &i, err))) c->keep = (int)i;
+            break;
+        case OPT_THREADS:
+            if (!(rc = parse_i64(name, optarg, 1, 1024, &i, err))) c->threads = (int)i;
+            break;
+        case OPT_LOG_EVERY:
+            if (!(rc = parse_f64(name, optarg, 0, 1e6, &f, err))) c->log_every = f;
+            break;
+        case OPT_GRID:
+            if (!(rc = parse_i64(name, optarg, 0, 64, &i, err))) c->grid_n = (int)i;
+            break;
+        case OPT_CSV_EVERY:
+            if (!(rc = parse_i64(name, optarg, 1, INT64_MAX, &i, err))) c->csv_every = i;
+            break;
+        case OPT_PROGRESS:
+            if (strcmp(optarg, "auto") == 0) c->progress = PROGRESS_AUTO;
+            else if (strcmp(optarg, "bar") == 0) c->progress = PROGRESS_BAR;
+            else if (strcmp(optarg, "lines") == 0) c->progress = PROGRESS_LINES;
+            else rc = err_set(err, AE_EARG, "--progress: '%s' is not auto, bar or lines", optarg);
+            break;
+        case OPT_BUCKET_KIB:
+            if (!(rc = parse_i64(name, optarg, 0, GRAD_SYNC_BUCKET_KIB_MAX, &i, err))) c->bucket_kib = (int)i;
+            break;
+        case 'h':
+        case OPT_HELP: c->help = 1; break;
+        case ':':
+            rc = err_set(err, AE_EARG, "option %s needs a value (see --help)", argv[optind - 1]);
+            break;
+        default:
+            /* optopt: the bad character of a short option ("-xq"); 0 or >= 256 for a long one. */
+            if (optopt > 0 && optopt < 256) rc = err_set(err, AE_EARG, "unknown option '-%c' (see --help)", optopt);
+            else rc = err_set(err, AE_EARG, "unknown option '%s' (see --help)", argv[optind - 1]);
+            break;
+        }
+        if (rc) return rc;
+    }
+    if (optind < argc)
+        return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)", argv[optind]);
+    return AE_OK;
+}

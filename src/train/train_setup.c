@@ -1,0 +1,173 @@
+/*
+ * train_setup.c - data loading, architecture choice, model and optimizer
+ * construction, and resume for aesim-train (see include/train/train_setup.h).
+ * Rank 0 reads the checkpoint and broadcasts it; every rank reads the data
+ * sources itself.  MPI through par.h only.
+ */
+#include "train/train_setup.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "base/check.h"
+#include "data/dataset_opts.h"
+
+/* Names of the test images in a MNIST-style folder, tried in order. */
+static const char *const IDX_TEST_NAMES[] = { "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte" };
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, Dataset *val, Err *err)
+{
+    memset(train, 0, sizeof *train);
+    memset(val, 0, sizeof *val);
+    char val_src[ARG_PATH_MAX + 64] = "";
+    snprintf(val_src, sizeof val_src, "%s", cfg->val);
+    if (!val_src[0] && is_dir(cfg->data)) {
+        for (size_t i = 0; i < sizeof IDX_TEST_NAMES / sizeof *IDX_TEST_NAMES && !val_src[0]; i++) {
+            char p[ARG_PATH_MAX + 64];
+            snprintf(p, sizeof p, "%s/%s", cfg->data, IDX_TEST_NAMES[i]);
+            struct stat st;
+            if (stat(p, &st) == 0) snprintf(val_src, sizeof val_src, "%s", p);
+        }
+    }
+    Dataset all;
+    memset(&all, 0, sizeof all);
+    err_clear(err);
+    DatasetOptions opts;
+    dataset_options_default(&opts);
+    if (dataset_options_parse(&opts, cfg->data_opts, err)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        err_set(err, AE_EARG, "--data-opts: %.900s", msg);
+    } else if (val_src[0]) {
+        if (!dataset_open_opts(train, cfg->data, &opts, err) && !dataset_open_opts(val, val_src, &opts, err) &&
+            (train->C != val->C || train->H != val->H || train->W != val->W))
+            err_set(err, AE_ESHAPE, "validation images %s are %dx%dx%d but training images %s are %dx%dx%d (HxWxC)",
+                    val->source, val->H, val->W, val->C, train->source, train->H, train->W, train->C);
+    } else if (!dataset_open_opts(&all, cfg->data, &opts, err)) {
+        dataset_split(train, val, &all, cfg->val_fraction, cfg->seed, err);
+        dataset_free(&all);
+    }
+    if (par_agree(ctx, err)) return err->code;
+    /* Every rank must see the same data: counts and shapes (the content is
+     * the user's promise; a different count would deadlock the loop). */
+    char desc[PAR_DESC_BYTES];
+    snprintf(desc, sizeof desc, "train %lld images %dx%dx%d%s from %.180s; val %lld images from %.180s",
+             (long long)train->n, train->H, train->W, train->C, train->labels ? " labelled" : "", train->source,
+             (long long)val->n, val->source);
+    return par_check_same(ctx, desc, "the training and validation data", err);
+}
+
+/* Rank 0 reads the newest intact checkpoint for --resume (a file or a
+ * folder; damaged ones are reported on stderr and skipped, ckpt.h); every
+ * rank gets its meta fields. */
+static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, Err *err)
+{
+    memset(ck, 0, sizeof *ck);
+    if (ctx->rank == 0 && ckpt_read_latest(ck, path, stderr, err) == AE_OK)
+        par_log0(ctx, "resuming from %s (step %lld, epoch %lld, batch %lld)\n", ck->path, (long long)ck->state.step,
+                 (long long)ck->state.epoch + 1, (long long)ck->state.batch);
+    if (par_agree(ctx, err)) return err->code;
+    /* Broadcast the scalar part; the arrays stay on rank 0. */
+    Checkpoint meta = *ck;
+    meta.arrays = NULL;
+    meta.n_arrays = 0;
+    par_bcast(ctx, &meta, sizeof meta, 0);
+    if (ctx->rank != 0) *ck = meta;
+    return AE_OK;
+}
+
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int64_t n_train,
+                      int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err)
+{
+    Checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    memset(start, 0, sizeof *start);
+    start->seed = cfg->seed;
+    start->batch_size = cfg->batch_size;
+    const char *arch = cfg->arch[0] ? cfg->arch : model_default_preset(C, H, W);
+    if (cfg->resume[0]) {
+        if (read_checkpoint(ctx, cfg->resume, &ck, err)) return err->code;
+        if (ck.C != C || ck.H != H || ck.W != W) {
+            err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but --data has %dx%dx%d (HxWxC)",
+                    ck.path, ck.H, ck.W, ck.C, H, W, C);
+            ckpt_free(&ck);
+            return err->code;
+        }
+        arch = ck.arch;
+        *start = ck.state;
+        if (start->batch_size != cfg->batch_size && start->batch > 0) {
+            /* Mid-epoch, the position is a count of old-size batches: it maps
+             * onto the new size only if the images done divide evenly. */
+            int64_t done = start->batch * start->batch_size;
+            if (done % cfg->batch_size != 0) {
+                err_set(err, AE_EARG, "%s stopped after %lld images of epoch %lld with --batch-size %lld; to "
+                        "resume mid-epoch use a --batch-size that divides %lld (or the same size), or resume "
+                        "from an epoch-end checkpoint", ck.path, (long long)done, (long long)start->epoch + 1,
+                        (long long)start->batch_size, (long long)done);
+                ckpt_free(&ck);
+                return par_agree(ctx, err);
+            }
+            start->batch = done / cfg->batch_size;
+        }
+        start->batch_size = cfg->batch_size;
+    }
+    ModelSpec spec;
+    if (!arch)
+        err_set(err, AE_ESHAPE, "no preset fits %dx%dx%d images (HxWxC): give --arch (see --help)", H, W, C);
+    else if (!model_parse(&spec, arch, C, H, W, err) && cfg->resume[0] && cfg->arch[0]) {
+        ModelSpec asked;
+        if (!model_parse(&asked, cfg->arch, C, H, W, err) && strcmp(asked.text, spec.text) != 0)
+            err_set(err, AE_EARG, "--arch '%s' differs from the architecture of %s ('%s'); drop --arch to resume",
+                    asked.text, ck.path, spec.text);
+    } else if (err->code && cfg->resume[0] && arch == ck.arch) {
+        /* The spec came from the checkpoint, not from --arch: say so. */
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        err_set(err, AE_EFORMAT, "%.300s: its architecture does not fit: %.600s", ck.path,
+                strncmp(msg, "--arch ", 7) == 0 ? msg + 7 : msg);
+    }
+    if (par_agree(ctx, err)) {
+        ckpt_free(&ck);
+        return err->code;
+    }
+    /* A batch never holds more images than the data set (nor the
+     * validation pass more than a batch), so size buffers by the smaller. */
+    int64_t batch = cfg->batch_size < n_train ? cfg->batch_size : n_train;
+    int per_rank = (int)((batch + ctx->size - 1) / ctx->size);
+    /* Refuse what cannot fit instead of meeting the OOM killer mid-build. */
+    double need = model_memory_bytes(&spec, per_rank, nthreads);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (have > 0 && need * ctx->local_size > have)
+        err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.1f GiB per rank (%d rank(s) on this "
+                "node) but the node has %.1f GiB (hint: a smaller --batch-size, fewer channels or more nodes)",
+                spec.text, per_rank, need / (1 << 30), ctx->local_size, have / (1 << 30));
+    if (par_agree(ctx, err)) {
+        ckpt_free(&ck);
+        return err->code;
+    }
+    model_build(m, &spec, per_rank, nthreads);
+    OptKind kind = cfg->resume[0] ? ck.opt_kind : cfg->opt;
+    optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
+    if (cfg->resume[0]) {
+        if (ctx->rank == 0) ckpt_restore(&ck, m, opt, err);
+        ckpt_free(&ck);
+        if (par_agree(ctx, err)) return err->code;
+        opt->t = start->step;
+        par_bcast(ctx, opt->m, opt->n * sizeof(float), 0);
+        if (opt->v) par_bcast(ctx, opt->v, opt->n * sizeof(float), 0);
+    } else if (ctx->rank == 0) {
+        model_init_glorot(m, cfg->seed);
+    }
+    par_bcast(ctx, m->params, m->n_params * sizeof(float), 0);
+    return AE_OK;
+}
