@@ -79,22 +79,37 @@ $(BUILD)/build_info.h: FORCE | $(BUILD)
 	  "$$($(CC) --version | head -n1)" "$(filter -O% -f% -m%,$(CFLAGS))" "$(MPI)" "$(OMP)" \
 	  "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo -dirty)" > $@.tmp
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+.PHONY: FORCE
 FORCE:
+
+# The compiler, flags and libraries of this build, rewritten only when they
+# change (make WERROR=1, OPT=..., SAN=1, CC=... in a reused build folder):
+# every object, program and test depends on it, so a flag change rebuilds
+# them all and no object built without -Werror slips through.
+BUILD_FLAGS := $(CC) | $(CFLAGS) | $(LDFLAGS) | $(LDLIBS)
+$(BUILD)/flags.txt: FORCE | $(BUILD)
+	@printf '%s\n' '$(subst ','\'',$(BUILD_FLAGS))' > $@.tmp
+	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
 
 $(BUILD) $(BUILD)/obj $(BUILD)/tests:
 	@mkdir -p $@
 
-$(BUILD)/obj/%.o: src/%.c $(BUILD)/build_info.h | $(BUILD)/obj
+$(BUILD)/obj/%.o: src/%.c $(BUILD)/flags.txt | $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libaesim.a: $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/aesim-%: $(BUILD)/obj/tools/%_main.o $(BUILD)/libaesim.a
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/aesim-%: $(BUILD)/obj/tools/%_main.o $(BUILD)/libaesim.a $(BUILD)/flags.txt
+	$(CC) $(LDFLAGS) $(filter %.o %.a,$^) $(LDLIBS) -o $@
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a | $(BUILD)/tests
+# Only the programs' mains print the build information.
+$(BUILD)/obj/tools/%_main.o: src/tools/%_main.c $(BUILD)/build_info.h $(BUILD)/flags.txt | $(BUILD)/obj
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a $(BUILD)/flags.txt | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
 
 test: all $(TESTS)

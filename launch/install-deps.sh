@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages aesim needs to build, run and test, if any
 # are missing (apt-get; uses sudo when not root).  Safe to run again.
+# Covers everything `make`, `make test` and CI (.ci/run: check-asan,
+# valgrind, fuzz, test) call; tests/test_setup.py checks that against the
+# tools and Python modules the scripts use, and that the README's package
+# list is this one.
+#   launch/install-deps.sh          install what is missing
+#   launch/install-deps.sh --list   print the package names, one per line
 set -euo pipefail
 PKGS=(
   build-essential pkg-config            # compiler, make, pkg-config
@@ -11,10 +17,17 @@ PKGS=(
   libjansson-dev                        # JSON (search manifest, --json results)
   libcmocka-dev                         # C unit-test framework
   clang libclang-rt-14-dev              # libFuzzer targets (make fuzz)
+  valgrind                              # memcheck of short training runs (make valgrind, CI)
+  iproute2                              # ip netns: the two-host MPI test (tests/mpi_reliability.py)
+  git                                   # build info (commit) printed at start-up
   dataset-fashion-mnist                 # default training data (/usr/share/datasets/fashion-mnist)
   gnuplot-nox                           # loss-curve plot
   python3 python3-numpy python3-torch python3-faiss python3-pil   # reference implementations for tests
 )
+if [ "${1:-}" = "--list" ]; then
+  printf '%s\n' "${PKGS[@]}"
+  exit 0
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,18 @@ BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 MPI=${MPI:-1}
 export AESIM_BUILD="$BUILD" PYTHON
+# The reference tests need the interpreter whose numpy / torch / faiss / PIL
+# launch/install-deps.sh installed (Debian's /usr/bin/python3), not whatever
+# python3 comes first on PATH: refuse any other at once, naming what is missing.
+if ! "$PYTHON" -c 'import numpy, torch, faiss, PIL' 2>"${TMPDIR:-/tmp}/aesim_py_check.$$"; then
+    echo "run_tests.sh: PYTHON=$PYTHON cannot import numpy, torch, faiss and PIL:" >&2
+    tail -n 1 "${TMPDIR:-/tmp}/aesim_py_check.$$" >&2
+    rm -f "${TMPDIR:-/tmp}/aesim_py_check.$$"
+    echo "(hint: run ./launch/install-deps.sh and leave PYTHON unset: the default is /usr/bin/python3)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+rm -f "${TMPDIR:-/tmp}/aesim_py_check.$$"
 # Open MPI refuses root without these; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Tests must not oversubscribe the 2 cores unless they say so.

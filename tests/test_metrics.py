@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """test_metrics.py - the metrics CSV (src/train/metrics.c), PSNR, and launch/plot_loss.sh.
 
 build/tests/tool_metrics writes rows given on stdin through metrics_open /

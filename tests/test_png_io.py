@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """test_png_io.py - PNG writing (src/data/png_io.c) checked with PIL and numpy.
 
 build/tests/tool_png_write writes seeded pseudo-random images as PNGs and
