@@ -423,6 +423,43 @@ class Search(unittest.TestCase):
         per_label = [l.split() for l in lines[2:] if l.split()[0].isdigit()]
         self.assertEqual(sum(int(r[1]) for r in per_label), nq)
 
+    def test_eval_map_nn1_json(self):
+        # mAP@k and 1-NN accuracy (text table and --json) against numpy:
+        # AP@k = sum_j rel_j * precision@j / (relevant in the top k)
+        nq, k = 120, 10
+        out = os.path.join(WORK, "eval.json")
+        search(2, "eval", "--db", self.db, "--model", self.ckpt, "--queries", self.src, "-k", str(k),
+               "--max-queries", str(nq), "--baseline", "pixels", "--json", "--out", out)
+        res = read_json(out)
+        self.assertEqual((res["k"], res["queries"], res["leave_one_out"]), (k, nq, True))
+        pix = self.images[:N_DB].reshape(N_DB, -1).astype(np.float32) / np.float32(255)
+        for name, vecs in (("aesim", self.x), ("pixels", pix)):
+            d = brute(vecs[:nq], vecs)
+            d[np.arange(nq), np.arange(nq)] = np.inf  # leave-one-out
+            nn = np.argsort(d, axis=1, kind="stable")[:, :k]
+            rel = (self.labels[:N_DB][nn] == self.labels[:nq, None]).astype(np.float64)
+            prec_at = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+            hits = rel.sum(1)
+            ap = np.where(hits > 0, (rel * prec_at).sum(1) / np.maximum(hits, 1), 0.0)
+            m = res["methods"][name]
+            self.assertAlmostEqual(m["precision"], rel.mean(), delta=1e-3, msg=name)
+            self.assertAlmostEqual(m["map"], ap.mean(), delta=2e-3, msg=name)
+            self.assertAlmostEqual(m["nn1_accuracy"], rel[:, 0].mean(), delta=1e-3, msg=name)
+            self.assertGreater(m["map"], m["precision"] - 0.2, name)  # not a constant
+            for lab, row in m["per_label"].items():
+                sel = self.labels[:nq] == int(lab)
+                self.assertEqual(row["queries"], int(sel.sum()))
+                self.assertAlmostEqual(row["precision"], rel[sel].mean(), delta=1e-3)
+        # the text table carries the same two rows
+        txt = os.path.join(WORK, "eval_map.txt")
+        search(2, "eval", "--db", self.db, "--model", self.ckpt, "--queries", self.src, "-k", str(k),
+               "--max-queries", str(nq), "--baseline", "pixels", "--out", txt)
+        lines = read_bytes(txt).decode().splitlines()
+        row = [l for l in lines if l.startswith(f"mAP@{k}")][0].split()
+        self.assertAlmostEqual(float(row[1]), res["methods"]["aesim"]["map"], delta=1e-4)
+        row = [l for l in lines if l.startswith("1-NN accuracy")][0].split()
+        self.assertAlmostEqual(float(row[2]), res["methods"]["aesim"]["nn1_accuracy"], delta=1e-4)
+
     # ----------------------------------------------------------- bad input
 
     def other_ckpt(self):

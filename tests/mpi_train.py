@@ -142,6 +142,56 @@ class MpiTrain(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(out, "recon_epoch001.png")))
 
 
+EMB_ARGS = ["--data", MNIST, "--val-fraction", "0.05", "--batch-size", "30", "--max-steps", "8",
+            "--csv-every", "1", "--seed", "7", "--grid", "2", "--val-limit", "60",
+            "--augment", "default", "--noise", "gauss:0.1", "--contrastive", "1", "--tau", "0.5"]
+
+
+class MpiEmbeddings(unittest.TestCase):
+    """--augment/--noise/--contrastive (issue 17): views are seeded by global
+    position and NT-Xent takes its negatives from the whole global batch
+    (codes all-gathered), so P = 1, 2, 3 give the same losses and weights."""
+    @classmethod
+    def setUpClass(cls):
+        cls.runs = {}
+        for p in (1, 2, 3):
+            out = os.path.join(TMP, f"emb_p{p}")
+            cls.runs[p] = (out, train(p, out, *EMB_ARGS))
+
+    def test_same_losses_and_weights_for_any_P(self):
+        ref = losses(self.runs[1][0])
+        self.assertEqual(sorted(ref), list(range(1, 9)))
+        # recon MSE (< 1) + NT-Xent of 60 rows, log(59) ~ 4.1 at the start
+        self.assertGreater(ref[1], 3.0)
+        w0 = np.load(os.path.join(self.runs[1][0], "checkpoint.npz"))
+        for p in (2, 3):
+            got = losses(self.runs[p][0])
+            for s in ref:
+                self.assertLessEqual(abs(got[s] - ref[s]), RTOL * abs(ref[s]), f"P={p} step {s}: {got[s]} vs {ref[s]}")
+            w = np.load(os.path.join(self.runs[p][0], "checkpoint.npz"))
+            for k in w0.files:
+                if k.startswith("conv"):
+                    np.testing.assert_allclose(w[k], w0[k], rtol=1e-3, atol=1e-5, err_msg=f"P={p} {k}")
+            sums = checksums(self.runs[p][1].stderr)
+            self.assertEqual(len({c for _, c in sums}), 1, f"P={p} ranks differ: {sums}")
+
+    def test_options_change_the_run(self):
+        # the plain run of the same seed and batches has another (smaller) loss
+        out = os.path.join(TMP, "emb_plain")
+        train(1, out, *EMB_ARGS[:EMB_ARGS.index("--augment")])
+        plain = losses(out)
+        self.assertLess(plain[1], 1.0)
+        self.assertNotAlmostEqual(plain[8], losses(self.runs[1][0])[8], places=3)
+
+    def test_bad_options(self):
+        for args, needle in ((["--noise", "salt:0.1"], "--noise"), (["--noise", "gauss:-1"], "gauss:SIGMA"),
+                             (["--augment", "rotate"], "rotate"), (["--recipe", "fastest"], "fastest"),
+                             (["--tau", "0"], "--tau")):
+            p = train(2, os.path.join(TMP, "bad_emb"), "--data", MNIST, *args, check=False, timeout=120)
+            self.assertEqual(p.returncode, 2, f"{args}: {p.stderr}")
+            self.assertIn(needle, p.stderr)
+
+
 class BadInput(unittest.TestCase):
     def fails(self, args, *needles, np_=2):
         out = os.path.join(TMP, "bad")

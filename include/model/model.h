@@ -192,6 +192,29 @@ typedef struct ModelGradHook {
 double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count,
                                      const ModelGradHook *hook);
 
+/* Called by model_forward_backward_ex between the forward and the backward
+ * pass with the bottleneck z[N][D] (the encoder's output, D =
+ * model_embedding_dim); writes dz[N][D] = the gradient of an extra loss term
+ * with respect to z (overwritten; the model adds it to the reconstruction
+ * gradient arriving at the encoder's end).  May call collectives (the
+ * contrastive loss gathers the codes of all ranks); called on the calling
+ * thread, outside OpenMP regions. */
+typedef struct ModelCodeHook {
+    void (*fn)(void *user, float *dz, const float *z, int N, int D);
+    void *user;
+} ModelCodeHook;
+
+/* model_forward_backward_hooked with the reconstruction target apart from
+ * the input (denoising: x is the corrupted image, target the clean one; the
+ * loss is inv_count * sum (y - target)^2) and an optional extra gradient at
+ * the encoder's end (code: NULL for none).  With target == x and code ==
+ * NULL it is model_forward_backward_hooked, bit for bit.  The gradient at
+ * the bottleneck is the sum of the decoder's and dz; where the bottleneck
+ * layer's ReLU backward is fused into the decoder's first layer, dz is
+ * masked by that ReLU (out > 0) before it is added. */
+double model_forward_backward_ex(Model *m, const float *x, const float *target, int N, double inv_count,
+                                 const ModelGradHook *hook, const ModelCodeHook *code);
+
 void model_zero_grad(Model *m);
 
 /* The gradient slice of every layer with parameters (its dw then db,

@@ -103,6 +103,14 @@ int64_t par_exscan_sum_i64(const ParCtx *ctx, int64_t v);
  * (recv may be NULL on other ranks). */
 void par_gather(const ParCtx *ctx, const void *send, void *recv, size_t bytes, int root);
 
+/* Gathers float32 blocks of different sizes onto every rank
+ * (MPI_Allgatherv): rank r contributes send[counts[r]], and every rank
+ * receives recv[sum of counts] = rank 0's block, then rank 1's, ... in rank
+ * order.  counts[P] must be the same on every rank; a count may be 0.  The
+ * total must fit in an int (asserted).  The trainer uses it to give every
+ * rank the codes of the whole global batch (the negatives of NT-Xent). */
+void par_allgatherv_f32(const ParCtx *ctx, const float *send, float *recv, const int *counts);
+
 void par_barrier(const ParCtx *ctx);
 
 /* Collective error agreement (CoMD sanityChecks).  Every rank passes its own

@@ -11,6 +11,7 @@
 
 #include "base/err.h"
 #include "model/optimizer.h"
+#include "data/augment.h"
 
 /* Longest path option, bytes including the NUL. */
 #define ARG_PATH_MAX 4096
@@ -46,6 +47,11 @@ typedef struct TrainConfig {
     int progress;              /* PROGRESS_AUTO, PROGRESS_BAR or PROGRESS_LINES */
     int bucket_kib;            /* gradient allreduce bucket, KiB (grad_sync.h); 0 = one blocking
                                   allreduce after backward */
+    /* Embeddings for search (train_views.h); all off by default = the plain MSE autoencoder. */
+    AugmentConfig aug;         /* --noise and --augment */
+    double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
+    double tau;                /* --tau: NT-Xent temperature */
+    char recipe[32];           /* --recipe NAME ("" = none): defaults for the options above and --arch */
     int help;                  /* --help was given */
 } TrainConfig;
 

@@ -479,13 +479,45 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
 
 double model_forward_backward_hooked(Model *m, const float *x, int N, double inv_count, const ModelGradHook *hook)
 {
+    return model_forward_backward_ex(m, x, x, N, inv_count, hook, NULL);
+}
+
+/* Adds dz[N][D] (the code hook's gradient w.r.t. the bottleneck) to g =
+ * the gradient arriving at the encoder's end; where the bottleneck's ReLU
+ * backward is fused into the next layer, g is already w.r.t. the
+ * pre-activation, so dz goes through that ReLU (out > 0) first. */
+static void add_code_grad(Model *m, float *g, const float *dz, int N)
+{
+    const int e = m->spec.n_encoder - 1;
+    const size_t numel = (size_t)N * model_embedding_dim(m);
+    const float *out = m->layers[e].out;
+    if (relu_backward_fused(m, e)) {
+        for (size_t k = 0; k < numel; k++)
+            if (out[k] > 0) g[k] += dz[k];
+    } else {
+        for (size_t k = 0; k < numel; k++) g[k] += dz[k];
+    }
+}
+
+double model_forward_backward_ex(Model *m, const float *x, const float *target, int N, double inv_count,
+                                 const ModelGradHook *hook, const ModelCodeHook *code)
+{
     const int n = m->spec.n_layers;
     size_t done = m->n_params; /* grads [done, n_params) are final */
     forward_layers(m, x, N, n, 1);
+    float *dz = NULL;
+    if (code) { /* the extra gradient at the bottleneck, before backward overwrites nothing it needs */
+        const int D = model_embedding_dim(m);
+        dz = xmalloc((size_t)N * D * sizeof *dz);
+        code->fn(code->user, dz, m->layers[m->spec.n_encoder - 1].out, N, D);
+    }
     /* g holds dL/d(output of layer i) as we walk back */
     float *g = m->dbuf[0], *gnext = m->dbuf[1];
-    const double sse = model_loss_backward(m, g, x, N, inv_count);
+    const double sse = model_loss_backward(m, g, target, N, inv_count);
     for (int i = n - 1; i >= 0;) {
+        /* no fusion crosses the encoder's end, so some step starts at the
+         * bottleneck layer with g = dL/d(its output) */
+        if (dz && i == m->spec.n_encoder - 1) add_code_grad(m, g, dz, N);
         const int next = model_layer_backward(m, i, gnext, g, x, N);
         float *t = g;
         g = gnext;
@@ -496,6 +528,7 @@ double model_forward_backward_hooked(Model *m, const float *x, int N, double inv
             if (hook) hook->fn(hook->user, done);
         }
     }
+    free(dz);
     return sse;
 }
 

@@ -191,6 +191,20 @@ void par_gather(const ParCtx *ctx, const void *send, void *recv, size_t bytes, i
               "MPI_Gather");
 }
 
+void par_allgatherv_f32(const ParCtx *ctx, const float *send, float *recv, const int *counts)
+{
+    int *displs = xmalloc((size_t)ctx->size * sizeof *displs);
+    int64_t total = 0;
+    for (int r = 0; r < ctx->size; r++) {
+        displs[r] = (int)total;
+        total += counts[r];
+        CHECK(total <= INT_MAX);
+    }
+    mpi_check(MPI_Allgatherv(send, counts[ctx->rank], MPI_FLOAT, recv, counts, displs, MPI_FLOAT, comm_of(ctx)),
+              "MPI_Allgatherv");
+    free(displs);
+}
+
 void par_barrier(const ParCtx *ctx) { mpi_check(MPI_Barrier(comm_of(ctx)), "MPI_Barrier"); }
 
 int par_agree(const ParCtx *ctx, Err *err)

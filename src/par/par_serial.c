@@ -59,6 +59,11 @@ void par_gather(const ParCtx *ctx, const void *send, void *recv, size_t bytes, i
     (void)root;
     if (recv && bytes) memmove(recv, send, bytes);
 }
+void par_allgatherv_f32(const ParCtx *ctx, const float *send, float *recv, const int *counts)
+{
+    (void)ctx;
+    if (counts[0]) memmove(recv, send, (size_t)counts[0] * sizeof *recv);
+}
 void par_barrier(const ParCtx *ctx) { (void)ctx; }
 int par_agree(const ParCtx *ctx, Err *err) { (void)ctx; return err->code; }
 int par_check_same_args(const ParCtx *ctx, int argc, char **argv, Err *err)

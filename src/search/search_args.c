@@ -55,7 +55,7 @@ static const int OPT_FOR[] = {
     [OPT_IDS - OPT_DB] = FOR_QUERY,      [OPT_QUERIES - OPT_DB] = FOR_QUERY | FOR_EVAL,
     [OPT_METRIC - OPT_DB] = FOR_ALL,     [OPT_LABEL - OPT_DB] = FOR_QUERY,
     [OPT_IDS_FROM - OPT_DB] = FOR_QUERY, [OPT_RADIUS - OPT_DB] = FOR_QUERY,
-    [OPT_JSON - OPT_DB] = FOR_QUERY,     [OPT_SHEET - OPT_DB] = FOR_QUERY,
+    [OPT_JSON - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_SHEET - OPT_DB] = FOR_QUERY,
     [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
     [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
     [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
@@ -108,7 +108,8 @@ void search_args_usage(FILE *out)
 "                        spaces, commas or newlines; or an integer .npy)\n"
 "  --radius R            query: every vector with distance <= R (same units as the distance\n"
 "                        column); with --k, at most the k nearest of them\n"
-"  --json                query: results as JSON instead of TSV\n"
+"  --json                query: results as JSON instead of TSV; eval: the table as JSON\n"
+"                        (per method: dim, precision, map, nn1_accuracy, seconds, per_label)\n"
 "  --out FILE            write the results (query) or the table (eval) to FILE, not stdout\n"
 "  --sheet FILE.png      query: contact sheet, one row per query: the query image, then its\n"
 "                        neighbours (read from the sources recorded in the manifest)\n"

@@ -9,10 +9,16 @@
  * Precision@k of a query = (neighbours with the query's label) / (neighbours
  * returned), over its k nearest database vectors; the query's own image is
  * left out when the queries are the database's source (leave-one-out).
+ * Average precision@k (the retrieval literature's mAP@k, e.g. the hashing
+ * benchmarks of Cao et al., HashNet, ICCV 2017): AP@k = sum over ranks j <= k
+ * of rel_j * precision@j, divided by the number of relevant neighbours in
+ * the top k (0 when there is none); mAP@k is its mean over queries.  1-NN
+ * accuracy: the share of queries whose nearest neighbour has their label.
  * Rank 0 computes the table; MPI through par.h only.
  */
 #include "search/search.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +39,8 @@ typedef struct EvalState {
     int64_t self_first;   /* id of query 0 when the queries are a database source, else -1 */
     int k, kk;            /* neighbours asked, and searched (k + 1 with self, at most count) */
     double *prec[METHOD_COUNT]; /* [Q] rank 0, NULL when the method did not run */
+    double *ap[METHOD_COUNT];   /* [Q] rank 0: average precision@k */
+    double *nn1[METHOD_COUNT];  /* [Q] rank 0: 1 if the nearest neighbour has the query's label */
     int dim[METHOD_COUNT];
     double secs[METHOD_COUNT];
 } EvalState;
@@ -41,18 +49,25 @@ typedef struct EvalState {
 static int score(EvalState *es, int method, const TopK *res, SearchMeta *meta, Err *err)
 {
     es->prec[method] = xcalloc((size_t)es->Q, sizeof(double));
+    es->ap[method] = xcalloc((size_t)es->Q, sizeof(double));
+    es->nn1[method] = xcalloc((size_t)es->Q, sizeof(double));
     for (int64_t i = 0; i < es->Q; i++) {
         int taken = 0, hits = 0;
+        double ap = 0;
         for (int j = 0; j < res->k && taken < es->k; j++) {
             int64_t id = res->ids[(size_t)i * (size_t)res->k + (size_t)j];
             if (id == TOPK_NO_ID) break;
             if (es->self_first >= 0 && id == es->self_first + i) continue;
             int32_t label;
             if (search_meta_get(meta, id, &label, NULL, err)) return err->code;
-            hits += label == es->qlabel[i];
+            const int rel = label == es->qlabel[i];
+            if (taken == 0) es->nn1[method][i] = rel;
+            hits += rel;
             taken++;
+            if (rel) ap += (double)hits / taken; /* precision at this rank */
         }
         es->prec[method][i] = taken ? (double)hits / taken : 0.0;
+        es->ap[method][i] = hits ? ap / hits : 0.0;
     }
     return AE_OK;
 }
@@ -253,15 +268,74 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Rank 0: the table, per label and the mean over all queries. */
+static const char *const METHOD_NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
+
+static double mean_of(const double *v, int64_t n)
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += v[i];
+    return n ? s / (double)n : 0.0;
+}
+
+/* Rank 0: eval --json: one object with, per method, D, precision@k, mAP@k,
+ * 1-NN accuracy, seconds and precision@k per label. */
+static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, const VecDb *db, KnnMetric metric)
+{
+    json_t *methods = json_object();
+    for (int m = 0; m < METHOD_COUNT; m++) {
+        if (!es->prec[m]) continue;
+        json_t *per = json_object();
+        for (int64_t i = 0; i < es->Q; i++) {
+            char key[16];
+            snprintf(key, sizeof key, "%d", (int)es->qlabel[i]);
+            json_t *acc = json_object_get(per, key);
+            if (!acc) {
+                acc = json_pack("{s:f,s:I}", "sum", 0.0, "queries", (json_int_t)0);
+                json_object_set_new(per, key, acc);
+            }
+            json_object_set_new(acc, "sum", json_real(json_real_value(json_object_get(acc, "sum")) + es->prec[m][i]));
+            json_object_set_new(acc, "queries", json_integer(json_integer_value(json_object_get(acc, "queries")) + 1));
+        }
+        const char *key;
+        json_t *acc;
+        json_object_foreach(per, key, acc) {
+            double n = (double)json_integer_value(json_object_get(acc, "queries"));
+            json_object_set_new(acc, "precision", json_real(json_real_value(json_object_get(acc, "sum")) / n));
+            json_object_del(acc, "sum");
+        }
+        json_object_set_new(methods, METHOD_NAME[m],
+                            json_pack("{s:i,s:f,s:f,s:f,s:f,s:o}", "dim", es->dim[m], "precision",
+                                      mean_of(es->prec[m], es->Q), "map", mean_of(es->ap[m], es->Q), "nn1_accuracy",
+                                      mean_of(es->nn1[m], es->Q), "seconds", es->secs[m], "per_label", per));
+    }
+    json_t *root = json_pack("{s:i,s:I,s:s,s:s,s:I,s:s,s:b,s:o}", "k", es->k, "queries", (json_int_t)es->Q,
+                             "query_source", cfg->queries, "db", db->dir, "db_count", (json_int_t)db->count, "metric",
+                             vecdb_metric_name(metric), "leave_one_out", es->self_first >= 0, "methods", methods);
+    CHECK(root);
+    int rc = json_dumpf(root, f, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
+    fputc('\n', f);
+    json_decref(root);
+    return rc;
+}
+
+/* Rank 0: the table, per label and the mean over all queries (or JSON). */
 static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err)
 {
-    static const char *const NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
+    const char *const *NAME = METHOD_NAME;
     AtomicFile af;
     FILE *f = stdout;
     if (cfg->out[0]) {
         if (atomic_open(&af, cfg->out, err)) return err->code;
         f = af.f;
+    }
+    if (cfg->json) {
+        if (print_json(f, es, cfg, db, metric)) {
+            if (cfg->out[0]) atomic_abort(&af);
+            return err_set(err, AE_EIO, "eval --json: cannot write the results to %s", cfg->out[0] ? cfg->out : "stdout");
+        }
+        if (cfg->out[0]) return atomic_commit(&af, err);
+        fflush(stdout);
+        return AE_OK;
     }
     fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s\n", es->k,
             (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
@@ -297,6 +371,16 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
     fprintf(f, "%-17s", "seconds");
     for (int m = 0; m < METHOD_COUNT; m++)
         if (es->prec[m]) fprintf(f, " %14.1f", es->secs[m]);
+    fputc('\n', f);
+    char head[32];
+    snprintf(head, sizeof head, "mAP@%d", es->k);
+    fprintf(f, "%-17s", head);
+    for (int m = 0; m < METHOD_COUNT; m++)
+        if (es->prec[m]) fprintf(f, " %14.*f", SEARCH_PRECISION_DECIMALS, mean_of(es->ap[m], es->Q));
+    fputc('\n', f);
+    fprintf(f, "%-17s", "1-NN accuracy");
+    for (int m = 0; m < METHOD_COUNT; m++)
+        if (es->prec[m]) fprintf(f, " %14.*f", SEARCH_PRECISION_DECIMALS, mean_of(es->nn1[m], es->Q));
     fputc('\n', f);
     free(labels);
     if (cfg->out[0]) return atomic_commit(&af, err);
@@ -339,7 +423,11 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     if (ctx->rank == 0) print_table(&es, cfg, &db, metric, err);
     par_agree(ctx, err);
 done:
-    for (int i = 0; i < METHOD_COUNT; i++) free(es.prec[i]);
+    for (int i = 0; i < METHOD_COUNT; i++) {
+        free(es.prec[i]);
+        free(es.ap[i]);
+        free(es.nn1[i]);
+    }
     free(es.qlabel);
     imgset_free(&qset);
     search_meta_free(&meta);

@@ -27,6 +27,7 @@
 #include "data/sampler.h"
 #include "base/signals.h"
 #include "base/timer.h"
+#include "train/train_views.h"
 
 /* Target width in pixels of a reconstruction grid tile (small images are
  * upscaled by an integer factor to about this). */
@@ -205,6 +206,17 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     const int n_slices = model_grad_slices(m, slices);
     grad_sync_init(&sync, ctx, m->grads, m->n_params, slices, n_slices, cfg->bucket_kib);
     const ModelGradHook hook = { grad_sync_on_grads_done, &sync };
+    /* --noise/--augment/--contrastive: views built per step (train_views.h);
+     * without them the step is the plain one below, unchanged. */
+    const int use_views = train_views_active(cfg);
+    TrainViews tv;
+    memset(&tv, 0, sizeof tv);
+    if (use_views) {
+        int64_t o, c;
+        sampler_rank_slice(B < n ? B : n, 0, ctx->size, &o, &c); /* rank 0's slice is the largest */
+        train_views_init(&tv, ctx, cfg, m, c);
+    }
+    const double views_per_image = use_views ? tv.views : 1;
 
     MetricsLog log = { 0 };
     Progress prog;
@@ -214,6 +226,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         metrics_open(&log, path, st.step > 0, st.step, err);
     }
     if (par_agree(ctx, err)) {
+        if (use_views) train_views_free(&tv);
         free(perm);
         return err->code;
     }
@@ -246,13 +259,18 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             double ta = timer_now();
             int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;
             sampler_rank_slice(len, ctx->rank, ctx->size, &off, &cnt);
-            dataset_get_batch_f32(m->input, train, perm + first + off, cnt);
+            dataset_get_batch_f32(use_views ? tv.clean : m->input, train, perm + first + off, cnt);
             double tb = timer_now();
             model_zero_grad(m);
             grad_sync_begin(&sync);
-            double sse = cnt ? model_forward_backward_hooked(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw),
-                                                             sync.blocking ? NULL : &hook)
-                             : 0;
+            double sse;
+            if (use_views)
+                sse = train_views_step(&tv, m, tv.clean, st.seed, st.epoch, first, off, cnt, len,
+                                       sync.blocking ? NULL : &hook);
+            else
+                sse = cnt ? model_forward_backward_hooked(m, m->input, (int)cnt, 1.0 / ((double)len * (double)chw),
+                                                          sync.blocking ? NULL : &hook)
+                          : 0;
             /* The bucket holding grads[0] starts in grad_sync_finish. */
             if (nan_step == st.step + 1 && ctx->rank == ctx->size - 1) m->grads[0] = NAN;
             double tc = timer_now();
@@ -266,7 +284,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             par_allreduce_sum_f64(ctx, red, 2);
             const int stop_asked = red[1] > 0;
             double td = timer_now();
-            double loss = red[0] / ((double)len * (double)chw);
+            /* reconstruction MSE over all views, plus the weighted NT-Xent
+             * term (the same value on every rank) */
+            double loss = red[0] / (views_per_image * (double)len * (double)chw) + cfg->contrastive * tv.contrastive_loss;
             /* The loss and the summed gradient are the same bits on every
              * rank, so every rank takes the same decision here. */
             int finite_grad = all_finite(m->grads, m->n_params);
@@ -427,6 +447,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
     if (rc == AE_OK) report_phases(ctx, phase, steps_done, &comm, &sync, cfg->bucket_kib);
     if (ctx->rank == 0) metrics_close(&log);
+    if (use_views) train_views_free(&tv);
     free(perm);
     return rc;
 }

@@ -14,6 +14,7 @@
 
 #include "base/check.h"
 #include "data/dataset_opts.h"
+#include "train/train_views.h"
 
 /* Names of the test images in a MNIST-style folder, tried in order. */
 static const char *const IDX_TEST_NAMES[] = { "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte" };
@@ -143,6 +144,7 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
      * validation pass more than a batch), so size buffers by the smaller. */
     int64_t batch = cfg->batch_size < n_train ? cfg->batch_size : n_train;
     int per_rank = (int)((batch + ctx->size - 1) / ctx->size);
+    per_rank = train_views_per_rank(cfg, per_rank); /* two views per image with --contrastive */
     /* Refuse what cannot fit instead of meeting the OOM killer mid-build. */
     double need = model_memory_bytes(&spec, per_rank, nthreads);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);

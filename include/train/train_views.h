@@ -1,0 +1,70 @@
+/*
+ * train_views.h - what one training step feeds the model when the
+ * embedding options are on (--noise, --augment, --contrastive): the input
+ * images (views, corrupted), the clean reconstruction targets, and the
+ * NT-Xent gradient at the bottleneck over the GLOBAL batch.
+ *
+ * Per step, a rank holding cnt images at positions [off, off + cnt) of a
+ * global batch of len images builds V views of each (V = 2 with
+ * --contrastive, else 1): rows [0, cnt) of the model's input are view 0,
+ * rows [cnt, 2 cnt) view 1.  Each view is augment_view of the image (or the
+ * image itself without --augment), drawn from augment_rng(seed, epoch,
+ * global position, view); the target is that view, the input is the view
+ * corrupted by --noise.  The reconstruction loss is the MSE over all V*len
+ * views of the global batch.  With --contrastive W, the codes of every rank
+ * are gathered (par_allgatherv_f32) into the global order (view 0 of
+ * positions 0..len-1, then view 1), every rank evaluates the same NT-Xent
+ * loss over those 2*len rows (ntxent.h) and keeps W * dL/dz of its own rows:
+ * that is the backward of the all-gather (the sum over ranks of each rank's
+ * share), and the result does not depend on P.
+ * Labels are never read.  Collective when contrastive: every rank calls
+ * train_views_step once per step, also with cnt = 0.
+ */
+#ifndef AESIM_TRAIN_VIEWS_H
+#define AESIM_TRAIN_VIEWS_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+#include "par/par.h"
+#include "train/train_args.h"
+
+typedef struct TrainViews {
+    const ParCtx *ctx;
+    const TrainConfig *cfg;
+    int views;             /* V: 2 with --contrastive, else 1 */
+    size_t chw;            /* floats per image */
+    float *clean;          /* [max images per rank][chw] the rank's images as loaded */
+    float *target;         /* [V * max images per rank][chw] reconstruction targets */
+    float *zall, *dzall;   /* [V * global batch][D] gathered codes, their gradient */
+    float *zsend;          /* [V * max images per rank][D] this rank's codes in send order */
+    int *counts;           /* [P] floats each rank contributes to the gather */
+    int D;
+    /* the current step */
+    int64_t len, off, cnt;
+    double contrastive_loss; /* NT-Xent loss of the last step (unweighted), 0 without */
+} TrainViews;
+
+/* 1 if cfg asks for any of noise, views or contrastive (else the trainer
+ * takes the plain path, unchanged). */
+int train_views_active(const TrainConfig *cfg);
+
+/* Images per rank the model must hold for one step: V times the largest
+ * slice of a global batch. */
+int train_views_per_rank(const TrainConfig *cfg, int64_t slice);
+
+void train_views_init(TrainViews *v, const ParCtx *ctx, const TrainConfig *cfg, const Model *m, int64_t max_slice);
+void train_views_free(TrainViews *v);
+
+/* One step: images[cnt][chw] are this rank's images (positions [off, off +
+ * cnt) of the global batch of len images that starts at position `first` of
+ * the epoch).  Builds the inputs in m->input and the targets, runs forward
+ * and backward (accumulating into m->grads, with the grad hook as
+ * model_forward_backward_hooked) and returns this rank's sum of squared
+ * errors over its V*cnt views; the caller divides the global sum by
+ * V * len * chw.  The reconstruction gradient is scaled so; the NT-Xent
+ * term's weight is cfg->contrastive (its loss: v->contrastive_loss). */
+double train_views_step(TrainViews *v, Model *m, const float *images, uint64_t seed, int64_t epoch, int64_t first,
+                        int64_t off, int64_t cnt, int64_t len, const ModelGradHook *hook);
+
+#endif
