@@ -90,6 +90,15 @@ int par_test_all(ParRequest *reqs, int n);
  * started requests: a pending request's buffer is still being written. */
 void par_wait_all(ParRequest *reqs, int n);
 
+/* Starts a non-blocking broadcast (MPI_Ibcast of MPI_BYTE) of `bytes` bytes
+ * of buf from rank `root` and makes *req pending; *req must be inactive and
+ * bytes <= INT_MAX.  Complete it with par_test_all / par_wait_all; buf must
+ * not be touched until then.  Used by ranks that wait for rank 0's next
+ * command without spinning in a blocking MPI call (aesim-search serve polls
+ * it with short sleeps).  Collective, matched by order of issue.  MPI=0:
+ * completes at once. */
+void par_ibcast(const ParCtx *ctx, void *buf, size_t bytes, int root, ParRequest *req);
+
 /* Maximum of v over all ranks. */
 int par_allreduce_max_int(const ParCtx *ctx, int v);
 

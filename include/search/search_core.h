@@ -29,6 +29,7 @@
 #include "par/par.h"
 #include "search/topk.h"
 #include "search/vecdb.h"
+#include "data/image_decode.h"
 
 /* Bytes of one rank's part of a result gather (bounds the buffers of rank 0
  * to P times this). */
@@ -81,6 +82,18 @@ int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnM
                        const SearchFilter *filter, Err *err);
 void search_shards_close(LocalShards *ls);
 
+/* Local.  Replaces the masks of ls by those of filter (NULL or no labels
+ * and no ids: no mask): the filter of the next search_knn / search_range
+ * over ls->dbs.  Needs the labels mapped, which search_shards_open does
+ * whenever it is given a filter (even an empty one). */
+void search_shards_set_filter(LocalShards *ls, const SearchFilter *filter);
+
+/* Local.  Maps shard `shard` of db (added to the manifest after
+ * search_shards_open) into ls when this rank owns it (with the labels, a
+ * normalised copy for KNN_IP and no mask); nothing otherwise.  Errors:
+ * vecdb_shard_map's. */
+int search_shards_add(const ParCtx *ctx, LocalShards *ls, const VecDb *db, int shard, KnnMetric metric, Err *err);
+
 /* Collective.  Exact k-NN of q[Q][D] (same on every rank) over the KnnDbs of
  * all ranks (dbs[n_dbs], n_dbs may be 0).  *out (Q x k, sorted best first,
  * padded) is valid on rank 0 only; other ranks get a zeroed TopK.  Errors:
@@ -95,6 +108,26 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
  * SEARCH_RANGE_MAX_HITS hits ("lower --radius or give --k"). */
 int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
                  float radius, KnnMetric metric, int nthreads, Err *err);
+
+/* Background under transparent pixels of query images: white, as for image
+ * folders (dataset.h bg default). */
+extern const uint8_t SEARCH_IMAGE_BG[3];
+
+/* Local.  A decoded PNG/JPEG as the model's input: composited over
+ * SEARCH_IMAGE_BG, converted to C channels and resized to H x W with the box
+ * filter after a centre crop (image_convert.h), as the dataset layer does
+ * for image folders.  pix[C][H][W] uint8 is the converted image, out (may be
+ * NULL) the same as floats / 255 (what search_encode takes). */
+void search_image_to_input(float *out, uint8_t *pix, const DecodedImage *im, int C, int H, int W);
+
+/* The distance reported to users: squared L2, or 1 - cosine similarity
+ * (KNN_IP scores). */
+double search_out_dist(KnnMetric metric, float d);
+
+/* Top-k lists without their padding (and, with has_radius, without entries
+ * whose reported distance exceeds radius) as a KnnRange (r->lims[Q+1],
+ * ids, dist; free with knn_range_free). */
+void search_topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius);
 
 /* Local.  Opens the images of the database's source run i (0 <= i <
  * db->n_sources) from the absolute item paths recorded in the manifest.

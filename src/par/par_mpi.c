@@ -131,6 +131,16 @@ void par_iallreduce_sum_f32(const ParCtx *ctx, float *buf, size_t n, ParRequest 
     req->n_impl = (int)chunks;
 }
 
+void par_ibcast(const ParCtx *ctx, void *buf, size_t bytes, int root, ParRequest *req)
+{
+    CHECK(req->impl == NULL);
+    CHECK(bytes <= (size_t)INT_MAX);
+    MPI_Request *r = xmalloc(sizeof *r);
+    mpi_check(MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, comm_of(ctx), r), "MPI_Ibcast");
+    req->impl = r;
+    req->n_impl = 1;
+}
+
 /* Marks a completed request inactive (MPI has already freed its handles). */
 static void request_release(ParRequest *req)
 {

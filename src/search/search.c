@@ -30,10 +30,6 @@
 #include "base/timer.h"
 #include "search/vecdb.h"
 
-/* Background under transparent pixels of --image files: white, as for
- * image folders (dataset.h bg default). */
-static const uint8_t SEARCH_IMAGE_BG[3] = { 255, 255, 255 };
-
 /* Most query vectors one run takes (--ids ranges, --queries rows). */
 #define SEARCH_MAX_QUERIES ((int64_t)1 << 24)
 /* Most ids an --ids-from file may list. */
@@ -278,15 +274,11 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
         qs->names = xcalloc((size_t)qs->Q, IMGSET_NAME_BYTES);
         uint8_t *pix = xmalloc(chw);
         for (int64_t i = 0; i < qs->Q && err->code == AE_OK; i++) {
-            /* PNG or JPEG, any colour type: composited over white, converted
-             * to the model's channels and resized to its input with the box
-             * filter after a centre crop (image_convert.h), as the dataset
-             * layer does for image folders. */
+            /* PNG or JPEG, any colour type (search_image_to_input). */
             DecodedImage im;
             if (image_decode_file(&im, cfg->images[i], DATASET_DEFAULT_MAX_PIXELS, err)) break;
-            image_convert(pix, C, H, W, &im, SEARCH_IMAGE_BG, DATASET_FIT_CROP);
+            search_image_to_input(qs->img + (size_t)i * chw, pix, &im, C, H, W);
             image_free(&im);
-            for (size_t j = 0; j < chw; j++) qs->img[(size_t)i * chw + j] = (float)pix[j] / 255.0f;
             snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.*s", IMGSET_NAME_BYTES - 1,
                      cfg->images[i]);
         }
@@ -411,31 +403,6 @@ static int read_id_file(int64_t **out, int64_t *n, const char *path, int64_t cou
     return AE_OK;
 }
 
-/* The distance column: squared L2, or 1 - cosine similarity. */
-static double out_dist(KnnMetric metric, float d) { return metric == KNN_IP ? 1.0 - (double)d : (double)d; }
-
-/* Rank 0: top-k lists without padding (and within the radius, if given) as
- * a KnnRange. */
-static void topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius)
-{
-    r->Q = t->Q;
-    r->lims = xcalloc((size_t)t->Q + 1, sizeof *r->lims);
-    size_t cap = (size_t)t->Q * (size_t)t->k;
-    r->ids = xmalloc((cap ? cap : 1) * sizeof *r->ids);
-    r->dist = xmalloc((cap ? cap : 1) * sizeof *r->dist);
-    int64_t at = 0;
-    for (int64_t i = 0; i < t->Q; i++) {
-        for (int j = 0; j < t->k; j++) {
-            size_t e = (size_t)i * (size_t)t->k + (size_t)j;
-            if (t->ids[e] == TOPK_NO_ID) break;
-            if (has_radius && !(out_dist(metric, t->dist[e]) <= radius)) break;
-            r->ids[at] = t->ids[e];
-            r->dist[at++] = t->dist[e];
-        }
-        r->lims[i + 1] = at;
-    }
-}
-
 /* Rank 0: drops range hits whose reported distance exceeds the radius (the
  * cosine threshold was loosened by one float step; see search_query). */
 static void range_filter(KnnRange *r, KnnMetric metric, double radius)
@@ -443,7 +410,7 @@ static void range_filter(KnnRange *r, KnnMetric metric, double radius)
     int64_t at = 0, start = 0;
     for (int64_t i = 0; i < r->Q; i++) {
         for (int64_t h = start; h < r->lims[i + 1]; h++)
-            if (out_dist(metric, r->dist[h]) <= radius) {
+            if (search_out_dist(metric, r->dist[h]) <= radius) {
                 r->ids[at] = r->ids[h];
                 r->dist[at++] = r->dist[h];
             }
@@ -476,7 +443,7 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
             int32_t label = -1;
             const char *name = NULL;
             if (search_meta_get(meta, r->ids[h], &label, &name, err)) break;
-            double d = out_dist(metric, r->dist[h]);
+            double d = search_out_dist(metric, r->dist[h]);
             long long rank = (long long)(h - r->lims[i] + 1);
             if (cfg->json)
                 json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s}", "rank", (json_int_t)rank, "id",
@@ -596,7 +563,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         int k = cfg->k;
         if ((int64_t)k > db.count) k = db.count > 0 ? (int)db.count : 1;
         if (search_knn(ctx, &top, qs.vec, qs.Q, ls.dbs, ls.n, k, metric, nthreads, err)) goto done;
-        if (ctx->rank == 0) topk_to_range(&res, &top, metric, cfg->has_radius, cfg->radius);
+        if (ctx->rank == 0) search_topk_to_range(&res, &top, metric, cfg->has_radius, cfg->radius);
     } else {
         /* Threshold in the knn's units, never tighter than the radius; the
          * exact cut is made on the reported distance (range_filter). */

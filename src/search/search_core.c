@@ -5,12 +5,14 @@
  */
 #include "search/search_core.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/check.h"
 #include "model/ckpt.h"
+#include "data/image_convert.h"
 
 int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
                         Err *err)
@@ -112,7 +114,9 @@ int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnM
     ls->copies = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->copies);
     ls->masks = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->masks);
     const int filtered = filter && (filter->n_labels > 0 || filter->has_ids);
-    unsigned want = VECDB_MAP_VECTORS | VECDB_MAP_IDS | (filtered ? VECDB_MAP_LABELS : 0);
+    /* Labels whenever a filter is given, so search_shards_set_filter can
+     * change it later (mmap: pages load only when a mask is built). */
+    unsigned want = VECDB_MAP_VECTORS | VECDB_MAP_IDS | (filter ? VECDB_MAP_LABELS : 0);
     for (int s = 0; s < db->n_shards && err->code == AE_OK; s++) {
         if (vecdb_shard_owner(s, ctx->size) != ctx->rank) continue;
         VecShard *m = &ls->maps[ls->n];
@@ -155,6 +159,57 @@ void search_shards_close(LocalShards *ls)
     free(ls->copies);
     free(ls->masks);
     memset(ls, 0, sizeof *ls);
+}
+
+void search_shards_set_filter(LocalShards *ls, const SearchFilter *filter)
+{
+    const int filtered = filter && (filter->n_labels > 0 || filter->has_ids);
+    for (int i = 0; i < ls->n; i++) {
+        free(ls->masks[i]);
+        ls->masks[i] = NULL;
+        ls->dbs[i].mask = NULL;
+        if (!filtered) continue;
+        assert(ls->maps[i].labels || ls->maps[i].count == 0);
+        ls->masks[i] = build_mask(&ls->maps[i], filter);
+        ls->dbs[i].mask = ls->masks[i];
+    }
+}
+
+/* *p[n] grown to n + 1 elements of `size` bytes (xmalloc + copy). */
+static void grow_by_one(void **p, int n, size_t size)
+{
+    void *q = xmalloc((size_t)(n + 1) * size);
+    if (n) memcpy(q, *p, (size_t)n * size);
+    free(*p);
+    *p = q;
+}
+
+int search_shards_add(const ParCtx *ctx, LocalShards *ls, const VecDb *db, int shard, KnnMetric metric, Err *err)
+{
+    if (vecdb_shard_owner(shard, ctx->size) != ctx->rank) return AE_OK;
+    grow_by_one((void **)&ls->maps, ls->n, sizeof *ls->maps);
+    grow_by_one((void **)&ls->dbs, ls->n, sizeof *ls->dbs);
+    grow_by_one((void **)&ls->copies, ls->n, sizeof *ls->copies);
+    grow_by_one((void **)&ls->masks, ls->n, sizeof *ls->masks);
+    VecShard *m = &ls->maps[ls->n];
+    if (vecdb_shard_map(m, db, shard, VECDB_MAP_ALL, err)) return err->code;
+    KnnDb *k = &ls->dbs[ls->n];
+    memset(k, 0, sizeof *k);
+    k->x = m->x;
+    k->M = m->count;
+    k->D = db->D;
+    k->id_offset = m->first_id;
+    ls->copies[ls->n] = NULL;
+    ls->masks[ls->n] = NULL;
+    if (metric == KNN_IP && m->count > 0) {
+        size_t bytes = (size_t)m->count * (size_t)db->D * sizeof(float);
+        ls->copies[ls->n] = xmalloc(bytes);
+        memcpy(ls->copies[ls->n], m->x, bytes);
+        knn_normalize(ls->copies[ls->n], m->count, db->D);
+        k->x = ls->copies[ls->n];
+    }
+    ls->n++;
+    return AE_OK;
 }
 
 /* ------------------------------------------------------------- search */
@@ -303,6 +358,40 @@ done:
     free(send);
     free(recv);
     return rc;
+}
+
+/* ------------------------------------------------------------ results */
+
+const uint8_t SEARCH_IMAGE_BG[3] = { 255, 255, 255 };
+
+void search_image_to_input(float *out, uint8_t *pix, const DecodedImage *im, int C, int H, int W)
+{
+    image_convert(pix, C, H, W, im, SEARCH_IMAGE_BG, DATASET_FIT_CROP);
+    const size_t chw = (size_t)C * (size_t)H * (size_t)W;
+    if (out)
+        for (size_t j = 0; j < chw; j++) out[j] = (float)pix[j] / 255.0f;
+}
+
+double search_out_dist(KnnMetric metric, float d) { return metric == KNN_IP ? 1.0 - (double)d : (double)d; }
+
+void search_topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius)
+{
+    r->Q = t->Q;
+    r->lims = xcalloc((size_t)t->Q + 1, sizeof *r->lims);
+    size_t cap = (size_t)t->Q * (size_t)t->k;
+    r->ids = xmalloc((cap ? cap : 1) * sizeof *r->ids);
+    r->dist = xmalloc((cap ? cap : 1) * sizeof *r->dist);
+    int64_t at = 0;
+    for (int64_t i = 0; i < t->Q; i++) {
+        for (int j = 0; j < t->k; j++) {
+            size_t e = (size_t)i * (size_t)t->k + (size_t)j;
+            if (t->ids[e] == TOPK_NO_ID) break;
+            if (has_radius && !(search_out_dist(metric, t->dist[e]) <= radius)) break;
+            r->ids[at] = t->ids[e];
+            r->dist[at++] = t->dist[e];
+        }
+        r->lims[i + 1] = at;
+    }
 }
 
 /* ------------------------------------------------------------ sources */
