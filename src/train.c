@@ -278,8 +278,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
 
     /* Throughput counts training time only (not validation, grids or
-     * checkpoints): train_s is the sum of step times, csv_s of those since
-     * the last CSV row. */
+     * checkpoints): train_s is the sum of step times; csv sums the steps
+     * since the last step row of metrics.csv, ep those of this epoch (the
+     * epoch row). */
     int64_t images_done = 0, steps_done = 0;
     double train_s = 0;
     Window csv = { 0 }, ep = { 0 };
