@@ -104,8 +104,8 @@ $(BUILD)/libaesim.a: $(LIB_OBJ)
 $(BUILD)/aesim-%: $(BUILD)/obj/tools/%_main.o $(BUILD)/libaesim.a $(BUILD)/flags.txt
 	$(CC) $(LDFLAGS) $(filter %.o %.a,$^) $(LDLIBS) -o $@
 
-# Only the programs' mains print the build information.
-$(BUILD)/obj/tools/%_main.o: src/tools/%_main.c $(BUILD)/build_info.h $(BUILD)/flags.txt | $(BUILD)/obj
+# Only the programs (src/tools/: mains and --version) print the build information.
+$(BUILD)/obj/tools/%.o: src/tools/%.c $(BUILD)/build_info.h $(BUILD)/flags.txt | $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -132,7 +132,7 @@ run: all
 clean:
 	rm -rf $(BUILD) $(BUILD)-valgrind $(BUILD)-fuzz build-asan
 
--include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tools/*_main.d)
+-include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/tools/*.d)
 
 # Test helper programs (tests/tool_*.c): built by `make test`, run by the
 # Python tests, never run on their own.

@@ -8,9 +8,14 @@
 #                last three; see include/train/metrics.h)
 #   OUT_PNG      the image to write (replaced atomically: temp name, then mv)
 #   WIDTHxHEIGHT image size in pixels, default 1000x600
-# Draws train loss and val loss against step on a log y axis, and val PSNR
-# (dB) on a second y axis.  Empty fields (values not measured at that step),
-# non-positive losses (no logarithm) and infinite PSNR are left out.
+# Draws train loss (the step rows: mean over each row's steps) and val loss
+# (the epoch rows) against step on a log y axis, val PSNR (dB) on a second y
+# axis, and a dashed vertical line labelled "epoch N" at each epoch end (an
+# epoch row: val_loss filled).  The title gives the steps and epochs the CSV
+# covers.  Empty fields (values not measured at that step), non-positive
+# losses (no logarithm) and infinite PSNR are left out.
+# PLOT_LOSS_SCRIPT=FILE also saves the gnuplot script there (to restyle the
+# plot, and for the tests).
 #
 # Needs gnuplot (Debian: apt-get install gnuplot-nox); uses the pngcairo
 # terminal when gnuplot has it, else png.  Set GNUPLOT to use another binary.
@@ -54,7 +59,11 @@ trap 'rm -rf "$work"; rm -f "$tmp_out"' EXIT
 # Split the CSV into plain "x y" files, keeping only numeric fields
 # (empty = not measured); losses must be > 0 for the log axis.
 num='^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$'
-awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $3 ~ re && $3 + 0 > 0 { print $1, $3 }' "$csv" >"$work/train.dat"
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $3 ~ re && $3 + 0 > 0 && $4 == "" { print $1, $3 }' "$csv" >"$work/train.dat"
+# Epoch ends: "step epoch" of the rows with a validation loss.
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re && $4 ~ re { print $1, $2 }' "$csv" >"$work/epochs.dat"
+# What the CSV covers: the last step and epoch.
+span=$(awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re { s = $1; e = $2 } END { printf "%d steps, %.3g epochs", s, e }' "$csv")
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $4 ~ re && $4 + 0 > 0 { print $1, $4 }' "$csv" >"$work/val.dat"
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $5 ~ re { print $1, $5 }' "$csv" >"$work/psnr.dat"
 
@@ -72,7 +81,7 @@ fi
 {
     echo "set terminal $term"
     echo "set output '$work/plot.png'"
-    echo "set title 'aesim training ($rows rows)' noenhanced"
+    echo "set title 'aesim training: $span' noenhanced"
     echo "set xlabel 'step'"
     echo "set ylabel 'loss (MSE)'"
     echo "set logscale y"
@@ -80,6 +89,10 @@ fi
     echo "set ytics nomirror"
     echo "set grid xtics ytics"
     echo "set key outside top center horizontal"
+    while read -r step epoch; do
+        echo "set arrow from $step, graph 0 to $step, graph 1 nohead dashtype 2 lc rgb '#7f7f7f'"
+        echo "set label 'epoch $(awk -v e="$epoch" 'BEGIN { printf "%g", e }')' at $step, graph 0.98 right offset -0.5, 0 font ',8' textcolor rgb '#7f7f7f' noenhanced"
+    done <"$work/epochs.dat"
     if [ -s "$work/psnr.dat" ]; then
         echo "set y2label 'val PSNR (dB)'"
         echo "set y2tics"
@@ -89,7 +102,8 @@ fi
 
 "$GNUPLOT" "$work/plot.gp" 2>"$work/gnuplot.err" ||
     die "gnuplot failed: $(tr '\n' ' ' <"$work/gnuplot.err")"
+if [ -n "${PLOT_LOSS_SCRIPT:-}" ]; then cp -- "$work/plot.gp" "$PLOT_LOSS_SCRIPT" || die "cannot write $PLOT_LOSS_SCRIPT"; fi
 [ -s "$work/plot.png" ] || die "gnuplot wrote no image (messages: $(tr '\n' ' ' <"$work/gnuplot.err"))"
 cp -- "$work/plot.png" "$tmp_out" || die "$out: cannot write the temporary file $tmp_out"
 mv -f -- "$tmp_out" "$out" || die "$out: cannot rename $tmp_out into place"
-echo "plot_loss.sh: wrote $out (${width}x${height}, $rows rows)"
+echo "plot_loss.sh: wrote $out (${width}x${height}; $span)"

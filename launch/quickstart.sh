@@ -8,7 +8,8 @@
 #   4. aesim-search eval: precision@10 by label, aesim encoder vs raw pixels vs
 #      PCA of the same dimension (first EVAL_QUERIES test images);
 #   5. the loss curve as a PNG.
-# Outputs in runs/fashion-mnist/ (OUT=dir to change).  EPOCHS=n trains longer.
+# Outputs in runs/fashion-mnist/ (OUT=dir to change).  EPOCHS=n trains longer;
+# run again, it continues the run in OUT (to EPOCHS epochs in all).
 # Extra arguments go to aesim-train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,11 @@ out=${OUT:-runs/fashion-mnist}
 data=/usr/share/datasets/fashion-mnist
 mpi() { launch/mpi.sh 2 "$@"; }
 make -s all
-launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --out "$out" "$@"
+# A second `make run` continues the run already in $out (to EPOCHS epochs in
+# all; nothing to train if it is there) instead of overwriting it.
+resume=()
+[ -e "$out/checkpoint.npz" ] && resume=(--resume "$out")
+launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --out "$out" "${resume[@]}" "$@"
 rm -rf "$out/db"
 mpi build/aesim-search index --model "$out/checkpoint.npz" --data "$data/train-images-idx3-ubyte.gz" --db "$out/db"
 mpi build/aesim-search query --model "$out/checkpoint.npz" --db "$out/db" --k 8 \

@@ -87,7 +87,9 @@ static int teardown(void **state)
 
 static CkptState state_at(int64_t step)
 {
-    CkptState st = { step, step / 10, step % 10, 7, 30 };
+    CkptState st = { .step = step, .epoch = step / 10, .batch = step % 10, .seed = 7, .batch_size = 30,
+                     .n_train = 600, .data_crc = 0xfedcba98, .epochs = 3, .max_steps = 40 };
+    snprintf(st.data, sizeof st.data, "train.npz (600 images 3x8x8)");
     return st;
 }
 
@@ -170,6 +172,12 @@ static void test_roundtrip_and_crc_format(void **state)
     assert_int_equal(ck.state.epoch, 123);
     assert_int_equal(ck.state.batch, 4);
     assert_int_equal(ck.state.seed, 7);
+    /* Version 3: the schedule identity comes back. */
+    assert_int_equal(ck.state.n_train, 600);
+    assert_int_equal(ck.state.data_crc, 0xfedcba98);
+    assert_int_equal(ck.state.epochs, 3);
+    assert_int_equal(ck.state.max_steps, 40);
+    assert_string_equal(ck.state.data, "train.npz (600 images 3x8x8)");
     assert_string_equal(ck.arch, f->m.spec.text);
     Fixture g;
     model_build(&g.m, &f->m.spec, 1, 1);
@@ -238,6 +246,10 @@ static void test_damage_is_refused(void **state)
     assert_int_equal(npz_write(p, a, n - 1, &err), AE_OK);
     assert_int_equal(ckpt_read(&ck, p, &err), AE_OK);
     assert_int_equal(ck.state.step, 5);
+    /* Older versions record no schedule identity: read as "not recorded". */
+    assert_int_equal(ck.state.n_train, 0);
+    assert_int_equal(ck.state.epochs, 0);
+    assert_string_equal(ck.state.data, "");
     ckpt_free(&ck);
     npz_free(a, n);
 

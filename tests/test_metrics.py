@@ -16,6 +16,7 @@ Runs in about a second.  Exit code 0 = pass.
 import csv
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,36 @@ def test_plot(tmp, rng):
     check(os.listdir(outdir) == ["loss.png"], "plot failures: nothing written")
 
 
+def test_plot_epochs(tmp, rng):
+    """Issue 13: the title says what the CSV covers (not a row count), each
+    epoch end (a row with val_loss) gets a labelled dashed line at its step."""
+    rows = rng_rows(rng, range(1, 91), 1000)   # step rows, no val
+    ends = {30: 1.0, 60: 2.0, 90: 3.0}
+    for s, e in ends.items():                  # an epoch row after the step row of its step
+        i = [r[0] for r in rows].index(s)
+        rows.insert(i + 1, (s, e, 0.5, 0.01, 20.0, 1000.0, s * 0.1, 1.0, 2.0, 0.5))
+    path = os.path.join(tmp, "epochs.csv")
+    write(path, rows)
+    script = os.path.join(tmp, "plot.gp")
+    env = dict(os.environ, PLOT_LOSS_SCRIPT=script)
+    r = subprocess.run(["bash", PLOT, path, os.path.join(tmp, "epochs.png")], capture_output=True, text=True,
+                       env=env)
+    check(r.returncode == 0 and os.path.exists(script), f"plot epochs: exit 0 and script saved ({r.stderr.strip()})")
+    if r.returncode != 0:
+        return
+    with open(script) as f:
+        gp = f.read()
+    title = re.search(r"set title '([^']*)'", gp)
+    check(title is not None and "rows" not in title.group(1) and "90 steps, 3 epochs" in title.group(1),
+          f"plot epochs: title says steps and epochs ({title.group(1) if title else None!r})")
+    xs = [int(x) for x in re.findall(r"set arrow from (\d+), graph 0 to \1, graph 1", gp)]
+    check(xs == sorted(ends), f"plot epochs: a line at each epoch end ({xs} vs {sorted(ends)})")
+    labels = re.findall(r"set label 'epoch (\d+)' at (\d+),", gp)
+    check(labels == [(str(int(e)), str(s)) for s, e in sorted(ends.items())], f"plot epochs: labels {labels}")
+    train_file = re.search(r"plot '([^']*train\.dat)'", gp)
+    check(train_file is not None, "plot epochs: train curve plotted")
+
+
 def main():
     if not os.access(TOOL, os.X_OK):
         print(f"FAIL  {TOOL} not built (run make test)")
@@ -237,6 +268,7 @@ def main():
         test_resume(tmp, rng, path, rows)
         test_psnr(rng)
         test_plot(tmp, rng)
+        test_plot_epochs(tmp, rng)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(failures)} failure(s)")

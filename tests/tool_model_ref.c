@@ -69,7 +69,7 @@ int main(int argc, char **argv)
     Optimizer opt;
     AdamConfig ac = { 1e-3f, 0.9f, 0.999f, 1e-7f };
     optimizer_init(&opt, strcmp(argv[7], "sgd") == 0 ? OPT_SGD : OPT_ADAM, &ac, 0.9f, m.n_params);
-    CkptState st = { 0, 0, 0, 1234, N };
+    CkptState st = { .seed = 1234, .batch_size = N };
     char path[4096];
     snprintf(path, sizeof path, "%s/init.npz", out);
     if (ckpt_save(path, &m, &opt, &st, &err)) die(&err);

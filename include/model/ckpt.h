@@ -15,15 +15,29 @@
  *   meta.input_shape int64 [3]     C, H, W
  *   meta.state       int64 [CKPT_STATE_LEN]  see CkptState (version first)
  *   meta.hparams     float64 [5]   lr, beta1, beta2, eps, momentum
+ *   meta.schedule    int64 [CKPT_SCHEDULE_LEN]  (version >= 3) what the data
+ *                                  schedule depends on and the run's targets:
+ *                                  n_train, data_crc, epochs, max_steps (see
+ *                                  CkptState)
+ *   meta.data        uint8 [len]   (version >= 3) the training source as
+ *                                  loaded (ASCII, for messages)
  *   meta.crc32       uint32 [n]    (version >= 2) always the LAST member;
  *                                  entry i = zlib crc32 of the raw data bytes
  *                                  (C order, little-endian, no .npy header)
  *                                  of the i-th member above.  In Python:
  *                                  [zlib.crc32(ck[k].tobytes()) for k in ck.files[:-1]]
- * The data order of epoch e is a pure function of (seed, e), so (seed, epoch,
- * batch) is the whole RNG state: a resumed run, with any number of ranks,
- * continues the same schedule; with the same number of ranks (and threads)
- * it reproduces an uninterrupted run bit for bit.
+ * The data order of epoch e is a pure function of (seed, e) and the number of
+ * training images, so (seed, epoch, batch) is the whole RNG state for the
+ * same data: a resumed run, with any number of ranks, continues the same
+ * schedule; with the same number of ranks (and threads) it reproduces an
+ * uninterrupted run bit for bit.  Version 3 records the data's identity (count
+ * and a CRC of sampled images) so that a resume on other data is refused
+ * (train_schedule.h).
+ *
+ * Versions: 1 (no meta.crc32), 2 (meta.crc32), 3 (meta.schedule, meta.data).
+ * Every older version is still read; a version 1-2 file reads with the
+ * version-3 fields of CkptState zero (not recorded), and the trainer then says
+ * that it cannot check the data.
  *
  * Verification on load (ckpt_read): the zip CRC of every member (libzip),
  * the size of every member against its header (npy.h), the meta.crc32 of every
@@ -63,8 +77,14 @@
 #include "model/optimizer.h"
 
 /* Format version stored first in meta.state; bump on incompatible change.
- * 2 added meta.crc32.  Version 1 files (no meta.crc32) are still read. */
-#define CKPT_VERSION 2
+ * 2 added meta.crc32, 3 meta.schedule and meta.data.  Versions 1 and 2 are
+ * still read. */
+#define CKPT_VERSION 3
+
+/* Length of meta.schedule: n_train, data_crc, epochs, max_steps. */
+#define CKPT_SCHEDULE_LEN 4
+/* Bytes of CkptState.data, the training source's description, NUL included. */
+#define CKPT_DATA_BYTES 512
 
 /* The stable name of the newest checkpoint in an output folder. */
 #define CKPT_LATEST_NAME "checkpoint.npz"
@@ -82,6 +102,12 @@ typedef struct CkptState {
     int64_t batch;           /* global batches of that epoch already done */
     uint64_t seed;           /* data-order and init seed */
     int64_t batch_size;      /* global batch size */
+    /* Version >= 3 (zero when read from an older file: not recorded): */
+    int64_t n_train;         /* images in the training set (the permutation's length) */
+    int64_t data_crc;        /* fingerprint of the training images, a uint32 (train_schedule.h) */
+    int64_t epochs;          /* the run's --epochs target */
+    int64_t max_steps;       /* the run's --max-steps target (0 = no limit) */
+    char data[CKPT_DATA_BYTES]; /* the training source as loaded ("" = not recorded) */
 } CkptState;
 
 /* Length of meta.state: version, step, epoch, batch, seed, batch_size, optimizer kind. */
@@ -128,11 +154,13 @@ int ckpt_read(Checkpoint *ck, const char *path, Err *err);
  *   ARG a file: that file; if it cannot be read or verified and its name is
  *     checkpoint.npz or ckpt-stepN.npz, the ckpt-step files of its folder
  *     (older than N), newest first.
- * Each refused candidate is reported as one line on `notes` (may be NULL),
- * with the reason.  ck->path names the file actually used.  Errors: those of
- * ckpt_read for the first candidate when none is intact (the message says
- * how many were tried), AE_EIO when ARG does not exist or a folder holds no
- * checkpoint. */
+ * When more than one candidate is tried, each refused one is reported as one
+ * line on `notes` (may be NULL), with the reason; a single refused candidate
+ * is only the error (so the caller prints its reason once).  ck->path names
+ * the file actually used.  Errors: the code of ckpt_read for the first
+ * candidate when none is intact (its message, or with several candidates
+ * "none of the N checkpoints tried is intact"), AE_EIO when ARG does not
+ * exist or a folder holds no checkpoint. */
 int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err);
 
 /* Copies parameters (and, if opt is not NULL, the optimizer state: opt must

@@ -99,6 +99,20 @@ void par_wait_all(ParRequest *reqs, int n);
  * completes at once. */
 void par_ibcast(const ParCtx *ctx, void *buf, size_t bytes, int root, ParRequest *req);
 
+/* The CPUs this process may run on and the ranks of this node that may run
+ * on them: what the thread plan (threads.h) divides. */
+typedef struct ParCpus {
+    int cpus;     /* CPUs in this process's affinity mask (sched_getaffinity; the
+                     online CPUs where it cannot be read), >= 1 */
+    int sharing;  /* ranks of this node whose affinity mask intersects this one's,
+                     this rank included, >= 1 (an unbound launch: every local rank;
+                     --bind-to core: 1) */
+} ParCpus;
+
+/* Collective over every rank (an allgather of the affinity masks among the
+ * ranks of each node).  MPI=0: sharing = 1. */
+ParCpus par_cpus(const ParCtx *ctx);
+
 /* Maximum of v over all ranks. */
 int par_allreduce_max_int(const ParCtx *ctx, int v);
 
@@ -126,7 +140,9 @@ void par_barrier(const ParCtx *ctx);
  * err (AE_OK if it is fine).  Returns AE_OK on every rank if all are fine;
  * otherwise returns the failing code on every rank and copies the message of
  * the lowest failing rank into every rank's err, prefixed "[rank r] " when
- * P > 1.  The caller then prints it once (par_log0) and all ranks leave. */
+ * P > 1 (once: a message that already starts with "[rank " is not prefixed
+ * again, so agreeing an agreed error again changes nothing).  The caller then
+ * prints it once (par_log0) and all ranks leave. */
 int par_agree(const ParCtx *ctx, Err *err);
 
 /* Longest description compared by par_check_same that is quoted in full. */

@@ -73,7 +73,15 @@ typedef struct TrainResult {
  * min/avg/max over ranks; "allreduce" is the exposed communication after
  * backward) ending with the overlap (share of the gradient reduced before
  * backward ended) and the time in MPI calls during backward; metrics.csv rows
- * carry allreduce_ms, comm_ms and overlap (rank 0's, metrics.h). */
+ * carry allreduce_ms, comm_ms and overlap (rank 0's, metrics.h; empty with
+ * one rank, which has no gradient communication, and the summary line then
+ * gives the phase times alone).
+ * metrics.csv rows: a step row (val_loss empty) every cfg->csv_every steps,
+ * and for the steps left before a stop or an epoch end, holds the means over
+ * its steps (train loss, images per second of step time, communication); an
+ * epoch row (val_loss filled), at the same step as the step row before it,
+ * holds the same means over the epoch's steps of this run, as the log's
+ * "epoch N/M:" line prints them. */
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
               const Dataset *val, const CkptState *start, TrainResult *res, Err *err);
 

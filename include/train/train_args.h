@@ -52,8 +52,27 @@ typedef struct TrainConfig {
     double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
     double tau;                /* --tau: NT-Xent temperature */
     char recipe[32];           /* --recipe NAME ("" = none): defaults for the options above and --arch */
+    int overwrite;             /* --overwrite: a fresh run may replace another run's files in --out */
     int help;                  /* --help was given */
+    int version;               /* --version was given */
+    unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are
+                                  defaults, which a resumed run takes from its checkpoint instead) */
 } TrainConfig;
+
+/* Bits of TrainConfig.given. */
+enum {
+    TRAIN_GIVEN_OUT = 1u << 0,
+    TRAIN_GIVEN_EPOCHS = 1u << 1,
+    TRAIN_GIVEN_MAX_STEPS = 1u << 2,
+    TRAIN_GIVEN_BATCH = 1u << 3,
+    TRAIN_GIVEN_SEED = 1u << 4,
+    TRAIN_GIVEN_OPTIMIZER = 1u << 5,
+    TRAIN_GIVEN_LR = 1u << 6,
+    TRAIN_GIVEN_BETA1 = 1u << 7,
+    TRAIN_GIVEN_BETA2 = 1u << 8,
+    TRAIN_GIVEN_EPS = 1u << 9,
+    TRAIN_GIVEN_MOMENTUM = 1u << 10
+};
 
 /* Parses argv into cfg (defaults first).  Errors: AE_EARG with a message
  * naming the option and the accepted values. */

@@ -23,15 +23,28 @@
  * differ, AE_EARG if the split leaves nothing to train on. */
 int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, Dataset *val, Err *err);
 
+/* For --resume (a checkpoint file or an output folder): rank 0 picks the
+ * newest intact checkpoint (ckpt_read_latest: damaged ones are refused with
+ * the reason on stderr and the next older one is used) into *ck (arrays on
+ * rank 0 only, the meta fields on every rank), and the options the user did
+ * not give are taken from it (train_schedule_adopt: seed, batch, epochs,
+ * optimizer and its hyper-parameters; a different --seed or --optimizer is
+ * refused).  Call before train_setup_data (the validation split depends on
+ * the seed).  Without --resume, *ck is empty.  Errors (agreed):
+ * AE_EIO/AE_EFORMAT for the checkpoint, AE_EARG for a conflicting option;
+ * *ck is then empty. */
+int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err);
+
 /* Builds *m (max batch = ceil(min(batch, n_train) / P) images per rank) and *opt for the
- * images' shape.  With cfg->resume (a checkpoint file or an output folder):
- * rank 0 picks the newest intact checkpoint (ckpt_read_latest: damaged ones
- * are refused with the reason on stderr and the next older one is used) and
- * the architecture, weights, optimizer state and *start come from it (its
- * architecture must match --arch if both are given, and the image shape).  Otherwise Glorot init from
- * cfg->seed and *start = step 0.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
- * spec or shape, AE_EIO/AE_EFORMAT for the checkpoint. */
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int64_t n_train,
+ * shape of the training images.  With cfg->resume, ck is the checkpoint of
+ * train_setup_resume: the architecture, weights, optimizer state and *start
+ * come from it (its architecture must match --arch if both are given, the
+ * image shape and the training images must be its own: train_schedule_start);
+ * ck is freed.  Otherwise Glorot init from cfg->seed and *start = step 0.
+ * Either way *start carries this run's schedule identity (train_schedule.h),
+ * which every checkpoint of the run records.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
+ * spec, shape or other data, AE_EFORMAT for the checkpoint. */
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train,
                       int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err);
 
 

@@ -1,13 +1,11 @@
 /*
- * threads.c - thread plan for one rank (see include/base/threads.h).
+ * threads.c - thread plan for one rank (see include/base/threads.h).  Plain
+ * numbers in, no MPI: the mains get the affinity figures from par_cpus.
  */
-#define _GNU_SOURCE
 #include "base/threads.h"
 
 #include <cblas.h>
-#include <sched.h>
 #include <stdlib.h>
-#include <unistd.h>
 #if AESIM_OMP
 #include <omp.h>
 #endif
@@ -16,50 +14,66 @@
  * is repeated here in case a cblas.h from another BLAS is picked up. */
 void openblas_set_num_threads(int num_threads);
 
-static int count_cores(void)
+/* A positive integer from s, or 0 (NULL, empty, junk, <= 0). */
+static int positive_int(const char *s)
 {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n > 0) return n;
-    }
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+    if (!s || !*s) return 0;
+    char *end;
+    long v = strtol(s, &end, 10);
+    return *end == '\0' && v > 0 && v < 1 << 20 ? (int)v : 0;
 }
 
-ThreadPlan threads_setup(int node_ranks, int requested)
+ThreadPlan threads_plan(int requested, const char *omp_env, int cpus, int sharing, int local_ranks)
 {
-    ThreadPlan p;
-    if (node_ranks < 1) node_ranks = 1;
-    p.node_ranks = node_ranks;
-    /* Under mpirun each rank is often bound to one core; count the node's
-     * cores then, not the binding. */
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    int aff = count_cores();
-    p.cores = node_ranks > 1 && online > aff ? (int)online : aff;
-    int per_rank = p.cores / node_ranks;
-    /* Precedence: --threads, then OMP_NUM_THREADS (an explicit choice made
-     * in the environment, e.g. by SLURM scripts), then cores / local ranks. */
-    const char *env = getenv("OMP_NUM_THREADS");
-    int env_threads = env ? atoi(env) : 0;
-    p.source = requested > 0 ? "--threads" : env_threads > 0 ? "OMP_NUM_THREADS" : "default";
-    p.omp_threads = requested > 0 ? requested : env_threads > 0 ? env_threads : (per_rank > 0 ? per_rank : 1);
+    ThreadPlan p = { 0 };
+    p.cpus = cpus > 0 ? cpus : 1;
+    p.sharing = sharing > 0 ? sharing : 1;
+    p.local_ranks = local_ranks > 0 ? local_ranks : 1;
+    const int fair = p.cpus / p.sharing > 0 ? p.cpus / p.sharing : 1;
+    const int env = positive_int(omp_env);
+    /* Precedence: --threads, then OMP_NUM_THREADS (capped at the fair share),
+     * then the fair share. */
+    if (requested > 0) {
+        p.source = "--threads";
+        p.omp_threads = requested;
+    } else if (env > 0) {
+        p.source = "OMP_NUM_THREADS";
+        p.omp_threads = env > fair ? fair : env;
+        p.capped_from = env > fair ? env : 0;
+    } else {
+        p.source = "default";
+        p.omp_threads = fair;
+    }
 #if !AESIM_OMP
     p.omp_threads = 1;
+    p.capped_from = 0;
 #endif
     p.blas_threads = 1;
+    p.oversubscribed = (long)p.sharing * p.omp_threads * p.blas_threads > p.cpus;
+    return p;
+}
+
+ThreadPlan threads_setup(int requested, int cpus, int sharing, int local_ranks)
+{
+    ThreadPlan p = threads_plan(requested, getenv("OMP_NUM_THREADS"), cpus, sharing, local_ranks);
 #if AESIM_OMP
     omp_set_num_threads(p.omp_threads);
 #endif
     openblas_set_num_threads(p.blas_threads);
-    p.oversubscribed = node_ranks * p.omp_threads * p.blas_threads > p.cores;
     return p;
 }
 
 void threads_print(const ThreadPlan *p, FILE *out)
 {
-    fprintf(out, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS = %d of %d cores%s\n", p->node_ranks,
-             p->omp_threads, p->source, p->blas_threads, p->node_ranks * p->omp_threads * p->blas_threads, p->cores,
-             p->oversubscribed ? "  (WARNING: oversubscribed; expect a large slowdown)" : "");
+    fprintf(out, "threads: %d rank(s)/node x %d OpenMP (%s) x %d BLAS | this rank may run on %d CPU(s) (affinity), "
+            "shared by %d rank(s)\n", p->local_ranks, p->omp_threads, p->source, p->blas_threads, p->cpus, p->sharing);
+    if (p->capped_from)
+        fprintf(out, "warning: OMP_NUM_THREADS=%d capped to %d: %d rank(s) share the %d CPU(s) this rank may run on "
+                "(--threads N forces a count)\n", p->capped_from, p->omp_threads, p->sharing, p->cpus);
+    if (p->oversubscribed)
+        fprintf(out, "warning: oversubscribed: %d rank(s) x %d thread(s) on the %d CPU(s) this rank may run on; "
+                "expect a large slowdown (Open MPI binds each rank to one core when it starts 2 or fewer: use "
+                "mpirun --bind-to none, or --map-by slot:PE=T --bind-to core for T threads per rank; see README)\n",
+                p->sharing, p->omp_threads * p->blas_threads, p->cpus);
     fflush(out);
 }

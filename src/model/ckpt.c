@@ -24,8 +24,12 @@
 /* Length of a member name such as "opt.m.conv12.weight". */
 #define CKPT_NAME_MAX 64
 /* Members after the tensors: meta.arch, meta.input_shape, meta.state,
- * meta.hparams, meta.crc32. */
-#define CKPT_META_MEMBERS 5
+ * meta.hparams, meta.schedule, meta.data, meta.crc32. */
+#define CKPT_META_MEMBERS 7
+/* meta.data of a state that records no source (a member needs >= 1 byte). */
+#define CKPT_DATA_UNKNOWN "unknown"
+/* Oldest format version with meta.schedule and meta.data. */
+#define CKPT_VERSION_SCHEDULE 3
 /* Entries of meta.hparams: lr, beta1, beta2, eps, momentum. */
 #define CKPT_HPARAMS_LEN 5
 /* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
@@ -103,6 +107,20 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
     x->ndim = 1;
     x->shape[0] = CKPT_HPARAMS_LEN;
     x->data = hp;
+    int64_t sched[CKPT_SCHEDULE_LEN] = { st->n_train, st->data_crc, st->epochs, st->max_steps };
+    x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.schedule");
+    x->dtype = NPY_I64;
+    x->ndim = 1;
+    x->shape[0] = CKPT_SCHEDULE_LEN;
+    x->data = sched;
+    const char *data = st->data[0] ? st->data : CKPT_DATA_UNKNOWN;
+    x = &a[n++];
+    snprintf(x->name, sizeof x->name, "meta.data");
+    x->dtype = NPY_U8;
+    x->ndim = 1;
+    x->shape[0] = (int64_t)strnlen(data, CKPT_DATA_BYTES - 1);
+    x->data = (void *)data;
     /* meta.crc32 last: one CRC per member written before it. */
     uint32_t *crcs = xmalloc((size_t)n * sizeof *crcs);
     for (int i = 0; i < n; i++) crcs[i] = crc32_bytes(a[i].data, array_bytes(&a[i]));
@@ -211,6 +229,22 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     ck->state.batch_size = s[5];
     ck->opt_kind = s[6] == OPT_SGD ? OPT_SGD : OPT_ADAM;
     memcpy(ck->hparams, hp->data, sizeof ck->hparams);
+    if (s[0] >= CKPT_VERSION_SCHEDULE) {
+        const NpyArray *sc = member(ck, path, "meta.schedule", NPY_I64, CKPT_SCHEDULE_LEN, err);
+        const NpyArray *data = sc ? member(ck, path, "meta.data", NPY_U8, -1, err) : NULL;
+        if (!data) return AE_EFORMAT;
+        const int64_t *v = sc->data;
+        if (v[0] < 0 || v[1] < 0 || v[1] > (int64_t)UINT32_MAX || v[2] < 0 || v[3] < 0)
+            return err_set(err, AE_EFORMAT, "%s: meta.schedule holds a negative count or a bad CRC", path);
+        ck->state.n_train = v[0];
+        ck->state.data_crc = v[1];
+        ck->state.epochs = v[2];
+        ck->state.max_steps = v[3];
+        size_t dl = (size_t)npy_numel(data) < CKPT_DATA_BYTES - 1 ? (size_t)npy_numel(data) : CKPT_DATA_BYTES - 1;
+        memcpy(ck->state.data, data->data, dl);
+        ck->state.data[dl] = '\0';
+        if (strcmp(ck->state.data, CKPT_DATA_UNKNOWN) == 0) ck->state.data[0] = '\0';
+    }
     return AE_OK;
 }
 
@@ -383,16 +417,20 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
     return AE_OK;
 }
 
-/* Tries one candidate; on failure reports it on notes and keeps the first
- * error in *first. */
-static int try_candidate(Checkpoint *ck, const char *path, FILE *notes, Err *first, int *tried)
+/* Tries one candidate; on failure keeps the first error in *first and
+ * reports the one before on notes: the last refusal is only reported once it
+ * is clear that another candidate follows (a single candidate's refusal is
+ * the error itself, printed once by the caller). */
+static int try_candidate(Checkpoint *ck, const char *path, FILE *notes, Err *first, Err *pending, int *tried)
 {
     Err e;
     err_clear(&e);
+    if (pending->code && notes) fprintf(notes, "aesim-train: warning: refusing checkpoint: %s\n", pending->msg);
+    err_clear(pending);
     (*tried)++;
     if (ckpt_read(ck, path, &e) == AE_OK) return 1;
-    if (notes) fprintf(notes, "aesim-train: warning: refusing checkpoint: %s\n", e.msg);
     if (first->code == AE_OK) *first = e;
+    *pending = e;
     return 0;
 }
 
@@ -410,8 +448,9 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
     struct stat st;
     int is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
     int64_t below = INT64_MAX; /* fall back only to steps older than this */
-    Err first;
+    Err first, pending;
     err_clear(&first);
+    err_clear(&pending);
     int tried = 0;
     struct stat tried_file;
     int have_tried_file = 0;
@@ -419,7 +458,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         snprintf(dir, sizeof dir, "%s", arg);
     } else {
         /* A file: try it, then (for our own names) the older steps beside it. */
-        if (try_candidate(ck, arg, notes, &first, &tried)) return AE_OK;
+        if (try_candidate(ck, arg, notes, &first, &pending, &tried)) return AE_OK;
         const char *slash = strrchr(arg, '/');
         const char *base = slash ? slash + 1 : arg;
         int64_t s;
@@ -444,7 +483,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
     for (int i = 0; i < n && !found; i++) {
         if (steps[i] >= below || !step_path(path, sizeof path, dir, steps[i])) continue;
         if (have_tried_file && same_file(&tried_file, path)) continue;
-        found = try_candidate(ck, path, notes, &first, &tried);
+        found = try_candidate(ck, path, notes, &first, &pending, &tried);
     }
     /* checkpoint.npz is normally a hard link to the newest step file, tried
      * above; on its own it matters for folders without step files. */
@@ -454,19 +493,20 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         int dup = 0;
         char sp[FILEIO_PATH_MAX];
         for (int i = 0; i < n && !dup; i++) dup = step_path(sp, sizeof sp, dir, steps[i]) && same_file(&lst, sp);
-        if (!dup) found = try_candidate(ck, path, notes, &first, &tried);
+        if (!dup) found = try_candidate(ck, path, notes, &first, &pending, &tried);
     }
     free(steps);
+    /* Several refused: every one is reported; one refused: it is the error. */
+    if (pending.code && notes && tried > 1 && !found)
+        fprintf(notes, "aesim-train: warning: refusing checkpoint: %s\n", pending.msg);
     if (found) return AE_OK;
     if (tried == 0)
         return err_set(err, AE_EIO, "--resume %s: no checkpoint there (expected %s or %s*.npz)", arg,
                        CKPT_LATEST_NAME, CKPT_STEP_PREFIX);
     *err = first;
-    if (tried > 1) {
-        size_t len = strlen(err->msg);
-        snprintf(err->msg + len, sizeof err->msg - len, " [none of the %d checkpoints tried for --resume %s is intact]",
-                 tried, arg);
-    }
+    if (tried > 1)
+        snprintf(err->msg, sizeof err->msg, "--resume %.900s: none of the %d checkpoints tried is intact (%s)", arg,
+                 tried, notes ? "each refusal is listed above" : "the newest was damaged");
     return err->code;
 }
 

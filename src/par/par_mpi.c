@@ -3,9 +3,12 @@
  * Replaced by par_serial.c in `make MPI=0`.
  * Threading: MPI_THREAD_FUNNELED, all calls from the main thread.
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_* (par_cpus) */
 #include "par/par.h"
 
 #include <limits.h>
+#include <sched.h>
+#include <unistd.h>
 #include <mpi.h>
 #include <zlib.h>
 #include <stdarg.h>
@@ -15,6 +18,8 @@
 
 #include "base/check.h"
 
+/* Start of the "[rank r] " prefix par_agree puts before a message. */
+#define PAR_RANK_PREFIX "[rank "
 /* Largest element count per MPI call: MPI counts are int. */
 #define PAR_CHUNK ((size_t)INT_MAX / 2)
 
@@ -172,6 +177,37 @@ void par_wait_all(ParRequest *reqs, int n)
     }
 }
 
+ParCpus par_cpus(const ParCtx *ctx)
+{
+    ParCpus r = { 1, 1 };
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0 || CPU_COUNT(&mine) == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        CPU_ZERO(&mine);
+        for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET((int)i, &mine);
+    }
+    r.cpus = CPU_COUNT(&mine) > 0 ? CPU_COUNT(&mine) : 1;
+    MPI_Comm node;
+    mpi_check(MPI_Comm_split_type(comm_of(ctx), MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    int n = 0;
+    MPI_Comm_size(node, &n);
+    cpu_set_t *all = xmalloc((size_t)n * sizeof *all);
+    mpi_check(MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE, node),
+              "MPI_Allgather");
+    MPI_Comm_free(&node);
+    r.sharing = 0;
+    for (int i = 0; i < n; i++) {
+        cpu_set_t both;
+        CPU_AND(&both, &mine, &all[i]);
+        r.sharing += CPU_COUNT(&both) > 0;
+    }
+    if (r.sharing < 1) r.sharing = 1;
+    free(all);
+    return r;
+}
+
 int par_allreduce_max_int(const ParCtx *ctx, int v)
 {
     mpi_check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, comm_of(ctx)), "MPI_Allreduce");
@@ -227,8 +263,10 @@ int par_agree(const ParCtx *ctx, Err *err)
     Err sent;
     if (ctx->rank == first) {
         sent.code = err->code;
-        if (ctx->size > 1)
-            snprintf(sent.msg, sizeof sent.msg, "[rank %d] %.1000s", first, err->msg);
+        /* An error already agreed (passed up through a second par_agree)
+         * carries its prefix: add it once. */
+        if (ctx->size > 1 && strncmp(err->msg, PAR_RANK_PREFIX, strlen(PAR_RANK_PREFIX)) != 0)
+            snprintf(sent.msg, sizeof sent.msg, PAR_RANK_PREFIX "%d] %.1000s", first, err->msg);
         else
             memcpy(sent.msg, err->msg, sizeof sent.msg);
     }

@@ -2,11 +2,14 @@
  * par_serial.c - one-rank stand-in for par_mpi.c, linked by `make MPI=0`.
  * Every collective is the identity; par_abort() is exit().
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT (par_cpus) */
 #include "par/par.h"
 
 #include "base/check.h"
 
+#include <sched.h>
 #include <stdarg.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +63,18 @@ void par_wait_all(ParRequest *reqs, int n)
     (void)n;
 }
 int par_allreduce_max_int(const ParCtx *ctx, int v) { (void)ctx; return v; }
+ParCpus par_cpus(const ParCtx *ctx)
+{
+    (void)ctx;
+    ParCpus r = { 1, 1 };
+    cpu_set_t mine;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (sched_getaffinity(0, sizeof mine, &mine) == 0 && CPU_COUNT(&mine) > 0)
+        r.cpus = CPU_COUNT(&mine);
+    else if (n > 0)
+        r.cpus = (int)n;
+    return r;
+}
 void par_bcast(const ParCtx *ctx, void *buf, size_t bytes, int root) { (void)ctx; (void)buf; (void)bytes; (void)root; }
 int64_t par_exscan_sum_i64(const ParCtx *ctx, int64_t v) { (void)ctx; (void)v; return 0; }
 void par_gather(const ParCtx *ctx, const void *send, void *recv, size_t bytes, int root)

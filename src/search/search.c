@@ -27,6 +27,7 @@
 #include "data/image_convert.h"
 #include "data/image_decode.h"
 #include "search/search_core.h"
+#include "data/sheet.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
 
@@ -35,12 +36,10 @@
 /* Most ids an --ids-from file may list. */
 #define SEARCH_MAX_FILTER_IDS ((int64_t)1 << 30)
 /* Contact sheet: neighbours shown per row at most, rows at most, the
- * smallest tile side in pixels (28x28 images are scaled x3), and the grey
- * border between tiles in pixels. */
+ * smallest tile side in pixels (28x28 images are scaled x3; sheet.h draws). */
 #define SHEET_MAX_NEIGHBOURS 32
 #define SHEET_MAX_ROWS 256
 #define SHEET_TILE_PX 64
-#define SHEET_PAD_PX 2
 
 /* ================================================================ index */
 
@@ -471,9 +470,27 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
     return err->code;
 }
 
-/* Rank 0: one row per query: its image, then its neighbours' images read
- * from the database's sources. */
-static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db, Err *err)
+/* The class names of the database's labels, or NULL: Fashion-MNIST's ten
+ * (sheet.h) when a source's path names it, as Debian's dataset-fashion-mnist
+ * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
+ * MNIST's, so the path is the only sign. */
+static const char *const *class_names(const VecDb *db, int *n)
+{
+    for (int s = 0; s < db->n_sources; s++)
+        if (strstr(db->sources[s].spec, "fashion-mnist") || strstr(db->sources[s].spec, "fashion_mnist") ||
+            strstr(db->sources[s].spec, "Fashion-MNIST")) {
+            *n = 10;
+            return SHEET_FASHION_MNIST_CLASSES;
+        }
+    *n = 0;
+    return NULL;
+}
+
+/* Rank 0: one row per query: its image, a gap, then its neighbours' images
+ * read from the database's sources, each captioned with its distance and
+ * label (class name where known: class_names). */
+static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
+                       KnnMetric metric, SearchMeta *meta, Err *err)
 {
     const int C = db->C, H = db->H, W = db->W;
     const size_t chw = (size_t)C * (size_t)H * (size_t)W;
@@ -483,24 +500,48 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
         if (c > most) most = c > SHEET_MAX_NEIGHBOURS ? SHEET_MAX_NEIGHBOURS : (int)c;
     }
     const int cols = 1 + most;
-    float *tiles = xmalloc((size_t)rows * (size_t)cols * chw * sizeof *tiles);
-    for (size_t j = 0; j < (size_t)rows * (size_t)cols * chw; j++) tiles[j] = PNG_GRID_PAD_GREY / 255.0f;
+    const size_t cells = (size_t)rows * (size_t)cols;
+    float *tiles = xcalloc(cells * chw, sizeof *tiles);
+    SheetCaption *caps = xcalloc(cells, sizeof *caps);
+    unsigned char *present = xcalloc(cells, 1);
+    int n_names;
+    const char *const *names = class_names(db, &n_names);
     ImageSet *sets = xcalloc((size_t)db->n_sources, sizeof *sets);
     for (int i = 0; i < rows && err->code == AE_OK; i++) {
         memcpy(tiles + (size_t)i * (size_t)cols * chw, qs->img + (size_t)i * chw, chw * sizeof *tiles);
+        present[(size_t)i * cols] = 1;
+        /* The query's row in its source ("FILE#ROW"), else its file name. */
+        const char *qname = qs->names + (size_t)i * IMGSET_NAME_BYTES, *hash = strrchr(qname, '#');
+        const char *slash = strrchr(qname, '/');
+        snprintf(caps[(size_t)i * cols].line[0], SHEET_CAPTION_BYTES, "query %d", i);
+        snprintf(caps[(size_t)i * cols].line[1], SHEET_CAPTION_BYTES, "%s", hash ? hash : slash ? slash + 1 : qname);
         for (int j = 0; j < most && r->lims[i] + j < r->lims[i + 1]; j++) {
-            int64_t id = r->ids[r->lims[i] + j];
+            const int64_t h = r->lims[i] + j, id = r->ids[h];
+            const size_t t = (size_t)i * cols + 1 + (size_t)j;
             int s = search_source_of(db, id);
             if (s < 0 || (!sets[s].n && search_open_source(&sets[s], db, s, err))) break;
-            imgset_get_f32(tiles + ((size_t)i * (size_t)cols + 1 + (size_t)j) * chw, &sets[s],
-                           id - db->sources[s].first_id);
+            imgset_get_f32(tiles + t * chw, &sets[s], id - db->sources[s].first_id);
+            int32_t label = -1;
+            const char *src = NULL;
+            if (search_meta_get(meta, id, &label, &src, err)) break;
+            present[t] = 1;
+            snprintf(caps[t].line[0], SHEET_CAPTION_BYTES, "%s=%.3g", metric == KNN_L2 ? "d" : "s",
+                     search_out_dist(metric, r->dist[h]));
+            if (label < 0)
+                snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "no label");
+            else if (names && label < n_names)
+                snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "%s", names[label]);
+            else
+                snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "label %d", (int)label);
         }
     }
     for (int s = 0; s < db->n_sources; s++) imgset_free(&sets[s]);
     free(sets);
     int side = H > W ? H : W, scale = (SHEET_TILE_PX + side - 1) / side;
     if (err->code == AE_OK)
-        png_write_grid(cfg->sheet, tiles, rows * cols, rows, cols, C, H, W, scale < 1 ? 1 : scale, SHEET_PAD_PX, err);
+        sheet_write(cfg->sheet, tiles, caps, present, rows, cols, C, H, W, scale < 1 ? 1 : scale, err);
+    free(present);
+    free(caps);
     free(tiles);
     return err->code;
 }
@@ -579,7 +620,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     }
     if (ctx->rank == 0) {
         write_results(cfg, &res, &qs, metric, &meta, err);
-        if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, err);
+        if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, metric, &meta, err);
     }
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0)

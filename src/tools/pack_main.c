@@ -14,6 +14,7 @@
 
 #include "data/pack.h"
 #include "par/par.h"
+#include "tools/version.h"
 
 enum { OPT_OUT = 256, OPT_WINDOW, OPT_HELP, OPT_DATAOPT };
 
@@ -32,12 +33,14 @@ static void usage(FILE *f)
 "  --layout auto|nchw|nhwc   layout of 4-D NumPy arrays (default auto)\n"
 "  --range 1|255        full-intensity value of float arrays (default 1)\n"
 "  --skip-bad           skip images that do not decode (counted and reported)\n"
-"  --window N           images decoded per window and rank (default %d)\n",
+"  --window N           images decoded per window and rank (default %d)\n"
+"  --version            version, git commit, build flags and the CPU kernels chosen\n",
             PACK_DEFAULT_WINDOW);
 }
 
 int main(int argc, char **argv)
 {
+    if (version_requested(argc, argv)) return version_print(stdout, "aesim-pack");
     ParCtx ctx;
     par_init(&ctx, &argc, &argv);
     static const struct option longs[] = {

@@ -15,6 +15,7 @@
 #include "search/search.h"
 #include "search/search_args.h"
 #include "base/threads.h"
+#include "tools/version.h"
 
 static int finish(ParCtx *ctx, const Err *err, int code)
 {
@@ -25,6 +26,7 @@ static int finish(ParCtx *ctx, const Err *err, int code)
 
 int main(int argc, char **argv)
 {
+    if (version_requested(argc, argv)) return version_print(stdout, "aesim-search");
     ParCtx ctx;
     par_init(&ctx, &argc, &argv);
     Err err;
@@ -37,7 +39,8 @@ int main(int argc, char **argv)
         return finish(&ctx, NULL, 0);
     }
     par_err0(&ctx, "aesim-search %s | %d rank(s) | %s\n", argv[1], ctx.size, AESIM_BUILD_INFO);
-    ThreadPlan plan = threads_setup(ctx.local_size, cfg.threads);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(cfg.threads, cpus.cpus, cpus.sharing, ctx.local_size);
     if (ctx.rank == 0) threads_print(&plan, stderr); /* stdout carries only results */
     int rc;
     switch (cfg.cmd) {

@@ -14,6 +14,9 @@
 #include "train/train.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
+#include "data/sampler.h"
+#include "train/train_outdir.h"
+#include "tools/version.h"
 
 static int finish(ParCtx *ctx, const Err *err, int code)
 {
@@ -24,6 +27,7 @@ static int finish(ParCtx *ctx, const Err *err, int code)
 
 int main(int argc, char **argv)
 {
+    if (version_requested(argc, argv)) return version_print(stdout, "aesim-train");
     ParCtx ctx;
     par_init(&ctx, &argc, &argv);
     Err err;
@@ -36,29 +40,45 @@ int main(int argc, char **argv)
         return finish(&ctx, NULL, 0);
     }
     par_log0(&ctx, "aesim-train | %d rank(s) | %s\n", ctx.size, AESIM_BUILD_INFO);
-    ThreadPlan plan = threads_setup(ctx.local_size, cfg.threads);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(cfg.threads, cpus.cpus, cpus.sharing, ctx.local_size);
     if (ctx.rank == 0) threads_print(&plan, stdout);
 
+    Checkpoint ck;
+    if (train_outdir_prepare(&ctx, &cfg, &err) || train_setup_resume(&ctx, &cfg, &ck, &err))
+        return finish(&ctx, &err, 1);
     Dataset train, val;
-    if (train_setup_data(&ctx, &cfg, &train, &val, &err)) return finish(&ctx, &err, 1);
+    if (train_setup_data(&ctx, &cfg, &train, &val, &err)) {
+        ckpt_free(&ck);
+        return finish(&ctx, &err, 1);
+    }
     par_log0(&ctx, "data: train %s\n      val   %s\n", train.source, val.source);
 
     Model model;
     Optimizer opt;
     CkptState start;
-    if (train_setup_model(&ctx, &cfg, train.C, train.H, train.W, train.n, plan.omp_threads, &model, &opt, &start, &err))
+    if (train_setup_model(&ctx, &cfg, &ck, &train, plan.omp_threads, &model, &opt, &start, &err) ||
+        train_outdir_commit(&ctx, &cfg, &err))
         return finish(&ctx, &err, 1);
     int bc, bh, bw;
     model_bottleneck_shape(&model, &bc, &bh, &bw);
     par_log0(&ctx, "model: %s | input %dx%dx%d | bottleneck %dx%dx%d = %d values | %zu parameters | "
              "%.2f MFLOP/image forward\n", model.spec.text, train.H, train.W, train.C, bh, bw, bc, bc * bh * bw,
              model.n_params, model_forward_flops(&model) / 1e6);
-    par_log0(&ctx, "optimizer: %s lr %g%s | global batch %d (%d per rank at most) | %d epoch(s) | seed %llu%s%s\n",
-             optimizer_name(opt.kind), (double)opt.adam.lr, opt.kind == OPT_SGD ? " momentum" : "",
-             cfg.batch_size, model.max_batch, cfg.epochs, (unsigned long long)start.seed,
+    const int64_t steps_per_epoch = sampler_num_batches(train.n, cfg.batch_size);
+    char until[128] = "";
+    if (cfg.max_steps > 0 && cfg.max_steps < (int64_t)cfg.epochs * steps_per_epoch)
+        snprintf(until, sizeof until, ", stopping at step %lld (--max-steps: %.2f epochs)", (long long)cfg.max_steps,
+                 (double)cfg.max_steps / (double)steps_per_epoch);
+    par_log0(&ctx, "optimizer: %s lr %g%s | global batch %d (%d per rank at most) | %d epoch(s) of %lld steps%s | "
+             "seed %llu | output %s%s%s\n", optimizer_name(opt.kind), (double)opt.adam.lr,
+             opt.kind == OPT_SGD ? " momentum" : "", cfg.batch_size, model.max_batch, cfg.epochs,
+             (long long)steps_per_epoch, until, (unsigned long long)start.seed, cfg.out,
              cfg.resume[0] ? " | resuming from " : "", cfg.resume);
-    if (ctx.rank == 0) fileio_mkdirs(cfg.out, &err);
-    if (par_agree(&ctx, &err)) return finish(&ctx, &err, 1);
+    if (cfg.batch_size < ctx.size)
+        par_err0(&ctx, "aesim-train: warning: the global batch (%d images) is smaller than the %d ranks: %d rank(s) "
+                 "idle at every step (hint: --batch-size %d or more, or fewer ranks)\n", cfg.batch_size, ctx.size,
+                 ctx.size - cfg.batch_size, ctx.size);
 
     TrainResult res;
     int rc = train_run(&ctx, &cfg, &model, &opt, &train, &val, &start, &res, &err);
@@ -66,14 +86,13 @@ int main(int argc, char **argv)
     fprintf(stderr, "[rank %d] parameter checksum crc32 %08lx after step %lld\n", ctx.rank,
             (unsigned long)ckpt_params_crc32(&model), (long long)res.state.step);
     fflush(stderr);
-    if (rc == AE_OK && res.stopped)
-        par_log0(&ctx, "stopped by a signal at step %lld after %lld steps of this run; resume with --resume %s\n",
-                 (long long)res.state.step, (long long)res.steps_run, cfg.out);
-    else if (rc == AE_OK && res.steps_run > 0)
-        par_log0(&ctx, "done: %lld steps in %.1f s (now at step %lld), %.0f images/s | val loss %.5f | val PSNR "
-                 "%.2f dB\noutputs: %s/checkpoint.npz  %s/metrics.csv  %s/recon_epoch*.png\n",
-                 (long long)res.steps_run, res.seconds, (long long)res.state.step, res.images_per_s, res.val_loss,
-                 res.val_psnr_db, cfg.out, cfg.out, cfg.out);
+    if (rc == AE_OK && !res.stopped && res.steps_run > 0)
+        par_log0(&ctx, "done: %lld steps (%.2f epochs) in %.1f s (now at step %lld, epoch %.2f), %.0f images/s | "
+                 "val loss %.5f | val PSNR %.2f dB\noutputs: %s/checkpoint.npz  %s/metrics.csv  "
+                 "%s/recon_epoch*.png\n", (long long)res.steps_run, (double)res.steps_run / (double)steps_per_epoch,
+                 res.seconds, (long long)res.state.step,
+                 (double)res.state.epoch + (double)res.state.batch / (double)steps_per_epoch, res.images_per_s,
+                 res.val_loss, res.val_psnr_db, cfg.out, cfg.out, cfg.out);
     optimizer_free(&opt);
     model_free(&model);
     dataset_free(&train);

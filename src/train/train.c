@@ -153,6 +153,43 @@ static double overlap_of(double early_floats, int64_t steps, size_t n_params)
     return steps > 0 ? early_floats / ((double)steps * (double)n_params) : NAN;
 }
 
+/* Sums over a run of steps: the --csv-every window since the last metrics
+ * row, or the current epoch.  A metrics row reports the window's means. */
+typedef struct Window {
+    int64_t steps, images;
+    double loss;        /* sum of the steps' mean losses */
+    double s;           /* training seconds (step times only) */
+    double exposed_s;   /* exposed allreduce seconds */
+    double comm_s;      /* exposed + MPI time during backward */
+    double early;       /* gradient floats reduced before backward ended */
+} Window;
+
+static void window_add(Window *w, double loss, int64_t images, double s, double exposed_s, double comm_s,
+                       double early)
+{
+    w->steps++;
+    w->images += images;
+    w->loss += loss;
+    w->s += s;
+    w->exposed_s += exposed_s;
+    w->comm_s += comm_s;
+    w->early += early;
+}
+
+/* Appends the row of window w (not empty) at `step`, `epoch`: its mean
+ * train loss, images per training second, and per-step communication;
+ * val/psnr NaN between evaluations.  Rank 0 only. */
+static int window_row(MetricsLog *log, const Window *w, int64_t step, double epoch, double val_loss,
+                      double val_psnr_db, double seconds, const ParCtx *ctx, size_t n_params, Err *err)
+{
+    /* One rank has no gradient communication: those columns stay empty. */
+    const int comm = ctx->size > 1;
+    return metrics_append(log, step, epoch, w->loss / w->steps, val_loss, val_psnr_db,
+                          w->s > 0 ? w->images / w->s : NAN, seconds, comm ? 1e3 * w->exposed_s / w->steps : NAN,
+                          comm ? 1e3 * w->comm_s / w->steps : NAN,
+                          comm ? overlap_of(w->early, w->steps, n_params) : NAN, err);
+}
+
 /* One line: mean milliseconds per step of each phase, min/avg/max over
  * ranks, then the communication: the overlap (share of the gradient reduced
  * before backward ended, mean and min over ranks), and the time spent in
@@ -163,6 +200,16 @@ static void report_phases(const ParCtx *ctx, const double *t, int64_t steps, con
                           const GradSync *sync, int bucket_kib)
 {
     char line[1024];
+    if (ctx->size == 1) {
+        /* One rank: no spread over ranks and no communication to report. */
+        size_t len = (size_t)snprintf(line, sizeof line, "time per step (ms):");
+        for (int p = 0; p < PH_COUNT; p++)
+            if (p != PH_ALLREDUCE && len < sizeof line)
+                len += (size_t)snprintf(line + len, sizeof line - len, "%s %s %.2f", p ? ";" : "", PHASE_NAMES[p],
+                                        steps ? 1e3 * t[p] / steps : 0);
+        par_log0(ctx, "%s (1 rank: no gradient communication)\n", line);
+        return;
+    }
     size_t len = (size_t)snprintf(line, sizeof line, "time per step (ms, min/avg/max over ranks):");
     for (int p = 0; p < PH_COUNT; p++) {
         ParStats s = par_stats(ctx, steps ? 1e3 * t[p] / steps : 0);
@@ -247,11 +294,12 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
 
     /* Throughput counts training time only (not validation, grids or
-     * checkpoints): train_s is the sum of step times, csv_s of those since
-     * the last CSV row. */
-    int64_t images_done = 0, steps_done = 0, csv_images = 0, epoch_steps = 0;
-    double csv_loss = 0, csv_s = 0, train_s = 0, epoch_loss = 0, csv_exposed_s = 0, csv_comm_s = 0, csv_early = 0;
-    int64_t csv_steps = 0;
+     * checkpoints): train_s is the sum of step times; csv sums the steps
+     * since the last step row of metrics.csv, ep those of this epoch (the
+     * epoch row). */
+    int64_t images_done = 0, steps_done = 0;
+    double train_s = 0;
+    Window csv = { 0 }, ep = { 0 };
     int stop = 0, rc = AE_OK;
     for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
         sampler_epoch_permutation(perm, n, st.seed, st.epoch);
@@ -280,8 +328,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             /* The loss sum and the stop requests (signals.h) share one small
              * allreduce, so every rank sees a signal sent to any rank at the
              * same step. */
-            double red[2] = { sse, signals_pending() ? 1.0 : 0.0 };
-            par_allreduce_sum_f64(ctx, red, 2);
+            const int sig_here = signals_pending();
+            double red[3] = { sse, sig_here ? 1.0 : 0.0, (double)sig_here };
+            par_allreduce_sum_f64(ctx, red, 3);
             const int stop_asked = red[1] > 0;
             double td = timer_now();
             /* reconstruction MSE over all views, plus the weighted NT-Xent
@@ -316,51 +365,35 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             phase[PH_OPTIMIZER] += te - td;
             comm.in_backward_s += sync.comm_in_backward_s;
             comm.early_floats += (double)sync.early_floats;
-            csv_exposed_s += td - tc;
-            csv_comm_s += td - tc + sync.comm_in_backward_s;
-            csv_early += (double)sync.early_floats;
+            window_add(&csv, loss, len, te - ta, td - tc, td - tc + sync.comm_in_backward_s, (double)sync.early_floats);
+            window_add(&ep, loss, len, te - ta, td - tc, td - tc + sync.comm_in_backward_s, (double)sync.early_floats);
             train_s += te - ta;
-            csv_s += te - ta;
             st.step++;
             steps_done++;
             images_done += len;
             res->last_train_loss = loss;
-            csv_loss += loss;
-            csv_steps++;
-            csv_images += len;
-            epoch_loss += loss;
-            epoch_steps++;
             if (ctx->rank == 0) {
                 double now = timer_now();
                 progress_update(&prog, st.step, (int)st.epoch + 1, loss, images_done / train_s, now);
-                if (csv_steps >= cfg->csv_every) {
-                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
-                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
-                                        err);
-                    csv_loss = 0;
-                    csv_steps = 0;
-                    csv_images = 0;
-                    csv_s = 0;
-                    csv_exposed_s = 0;
-                    csv_comm_s = 0;
-                    csv_early = 0;
+                if (csv.steps >= cfg->csv_every) {
+                    rc = window_row(&log, &csv, st.step, st.epoch + (double)(st.batch + 1) / nb, NAN, NAN, now - t0,
+                                    ctx, m->n_params, err);
+                    csv = (Window){ 0 };
                 }
             }
             int last = cfg->max_steps > 0 && st.step >= cfg->max_steps;
             if (stop_asked) {
                 /* Pre-emption: log what was trained, checkpoint, leave
                  * without validation (mpirun may SIGKILL soon). */
-                int here = signals_pending();
-                fprintf(stderr, "[rank %d] stop requested (%s): stopping after step %lld\n", ctx->rank,
-                        here ? signals_name(here) : "signal received by another rank", (long long)st.step);
-                if (ctx->rank == 0 && csv_steps > 0 && rc == AE_OK) {
-                    double now = timer_now();
-                    rc = metrics_append(&log, st.step, st.epoch + (double)(st.batch + 1) / nb, csv_loss / csv_steps,
-                                        NAN, NAN, csv_images / csv_s, now - t0, 1e3 * csv_exposed_s / csv_steps,
-                                        1e3 * csv_comm_s / csv_steps, overlap_of(csv_early, csv_steps, m->n_params),
-                                        err);
-                    csv_steps = 0;
+                /* red[2] sums the signal numbers: one kind of signal iff it divides evenly. */
+                const int sig = (int)(red[2] / red[1]);
+                par_err0(ctx, "stop requested (%s) on %d of %d rank(s): stopping after step %lld\n",
+                         red[2] == sig * red[1] && sig > 0 ? signals_name(sig) : "several signals", (int)red[1],
+                         ctx->size, (long long)st.step);
+                if (ctx->rank == 0 && csv.steps > 0 && rc == AE_OK) {
+                    rc = window_row(&log, &csv, st.step, st.epoch + (double)(st.batch + 1) / nb, NAN, NAN,
+                                    timer_now() - t0, ctx, m->n_params, err);
+                    csv = (Window){ 0 };
                 }
                 CkptState next = st;
                 if (++next.batch >= nb) {
@@ -392,28 +425,30 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
         res->val_psnr_db = metrics_psnr_db(res->val_loss);
         double now = timer_now();
-        par_log0(ctx, "epoch %lld/%d: step %lld, train loss %.5f (mean of the epoch's %lld steps), val loss %.5f, "
-                 "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, (long long)st.step,
-                 epoch_steps ? epoch_loss / epoch_steps : NAN, (long long)epoch_steps, res->val_loss,
-                 res->val_psnr_db, train_s > 0 ? images_done / train_s : 0);
-        epoch_loss = 0;
-        epoch_steps = 0;
+        /* The log's figures are the epoch row's of metrics.csv: the mean
+         * train loss of the epoch's steps and its images per training second
+         * (this run's steps of the epoch, after a resume). */
+        char part[96] = "";
+        if (st.batch < nb)
+            snprintf(part, sizeof part, " (partial: stopped by --max-steps after %lld of %lld batches)",
+                     (long long)st.batch, (long long)nb);
+        par_log0(ctx, "epoch %lld/%d%s: step %lld, train loss %.5f (mean of %lld steps), val loss %.5f, "
+                 "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, part, (long long)st.step,
+                 ep.steps ? ep.loss / ep.steps : NAN, (long long)ep.steps, res->val_loss, res->val_psnr_db,
+                 ep.s > 0 ? ep.images / ep.s : 0);
         if (ctx->rank == 0) {
-            rc = metrics_append(&log, st.step, st.epoch + (double)st.batch / nb,
-                                csv_steps ? csv_loss / csv_steps : res->last_train_loss, res->val_loss,
-                                res->val_psnr_db, csv_steps ? csv_images / csv_s : NAN, now - t0,
-                                csv_steps ? 1e3 * csv_exposed_s / csv_steps : NAN,
-                                csv_steps ? 1e3 * csv_comm_s / csv_steps : NAN,
-                                overlap_of(csv_early, csv_steps, m->n_params), err);
-            csv_loss = 0;
-            csv_steps = 0;
-            csv_images = 0;
-            csv_s = 0;
-            csv_exposed_s = 0;
-            csv_comm_s = 0;
-            csv_early = 0;
+            /* The steps since the last row first get their own row, so that
+             * step rows always cover --csv-every steps or fewer. */
+            if (csv.steps > 0)
+                rc = window_row(&log, &csv, st.step, st.epoch + (double)st.batch / nb, NAN, NAN, now - t0,
+                                ctx, m->n_params, err);
+            if (!rc && ep.steps > 0)
+                rc = window_row(&log, &ep, st.step, st.epoch + (double)st.batch / nb, res->val_loss,
+                                res->val_psnr_db, now - t0, ctx, m->n_params, err);
             if (!rc) rc = write_grid(cfg, m, val, st.epoch, err);
         }
+        csv = (Window){ 0 };
+        ep = (Window){ 0 };
         if ((rc = par_agree(ctx, err))) break;
         CkptState next = st;
         if (st.batch >= nb) {

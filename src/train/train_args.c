@@ -41,7 +41,7 @@ enum {
     OPT_DATA = 256, OPT_DATA_OPTS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
-    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_HELP
+    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_OVERWRITE, OPT_HELP, OPT_VERSION
 };
 
 static const struct option LONG_OPTS[] = {
@@ -76,7 +76,9 @@ static const struct option LONG_OPTS[] = {
     { "contrastive", required_argument, 0, OPT_CONTRASTIVE },
     { "tau", required_argument, 0, OPT_TAU },
     { "recipe", required_argument, 0, OPT_RECIPE },
+    { "overwrite", no_argument, 0, OPT_OVERWRITE },
     { "help", no_argument, 0, OPT_HELP },
+    { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
 };
 
@@ -125,8 +127,11 @@ void train_args_usage(FILE *out)
 "                        and do not depend on the number of ranks.\n"
 "\n"
 "Optimisation (hyper-parameters mean the same for any P)\n"
-"  --epochs N            passes over the training set (default 5)\n"
-"  --max-steps N         stop after N optimizer steps in all (default 0 = no limit)\n"
+"  --epochs N            train until N passes over the training set are done, counted from the\n"
+"                        run's first step, also after --resume (default 5)\n"
+"  --max-steps N         stop once N optimizer steps are done, counted from the run's first step,\n"
+"                        also after --resume (default 0 = no limit; a resume without it trains\n"
+"                        on to --epochs)\n"
 "  --batch-size N        GLOBAL batch in images, split across ranks (default 128)\n"
 "  --optimizer adam|sgd  (default adam)\n"
 "  --lr X                learning rate (default 1e-3)\n"
@@ -134,18 +139,28 @@ void train_args_usage(FILE *out)
 "  --eps X               Adam epsilon, added to sqrt(v_hat) as in torch.optim.Adam (default 1e-7)\n"
 "  --momentum X          SGD momentum (default 0.9)\n"
 "  --seed N              seed of the initial weights and of every epoch's shuffle (default 42)\n"
+"  After --resume, --epochs, --batch-size, --seed, --optimizer, --lr, --beta1/2, --eps and\n"
+"  --momentum default to the resumed run's values (from its checkpoint), so the run continues as\n"
+"  it was started; --seed and --optimizer cannot change, the others may (each change is reported).\n"
 "\n"
 "Output and restart\n"
-"  --out DIR             output folder (default runs/aesim): checkpoint.npz (the newest\n"
-"                        checkpoint), ckpt-stepNNNNNNNN.npz (the last --keep ones), metrics.csv,\n"
-"                        recon_epochNNN.png (validation originals over reconstructions)\n"
+"  --out DIR             output folder (default runs/aesim; with --resume: the folder resumed\n"
+"                        from): checkpoint.npz (the newest checkpoint), ckpt-stepNNNNNNNN.npz\n"
+"                        (the last --keep ones), metrics.csv, recon_epochNNN.png (validation\n"
+"                        originals over reconstructions).  A fresh run refuses a folder holding\n"
+"                        another run's checkpoints or metrics.csv: --resume it, or --overwrite\n"
+"  --overwrite           let a fresh run (or a resume into another --out) first delete the\n"
+"                        checkpoints, metrics.csv and recon_epoch*.png found in --out\n"
 "  --ckpt-every N        also checkpoint every N steps (default 500; 0 = epoch ends only)\n"
 "  --keep N              step checkpoints kept in --out, newest first (default 3); each is\n"
 "                        written atomically and carries a CRC-32 per tensor\n"
 "  --resume CKPT|DIR     continue from a checkpoint (any number of ranks; the same number of\n"
-"                        ranks and --threads reproduces an uninterrupted run bit for bit).\n"
-"                        DIR: its newest intact checkpoint.  A damaged (truncated, bit-flipped)\n"
-"                        checkpoint is refused with the reason and the next older one is used.\n"
+"                        ranks and --threads reproduces an uninterrupted run bit for bit) in\n"
+"                        its folder (new checkpoints there, rows appended to its metrics.csv)\n"
+"                        unless --out names another.  DIR: its newest intact checkpoint.  A\n"
+"                        damaged (truncated, bit-flipped) checkpoint is refused with the reason\n"
+"                        and the next older one is used.  The training data must be the data\n"
+"                        the checkpoint was trained on (count and a CRC of sampled images).\n"
 "  --progress MODE       bar (live, for terminals), lines (for logs) or auto (default: bar on a\n"
 "                        terminal outside mpirun; launch/train.sh picks bar on a terminal)\n"
 "  --log-every S         seconds between progress lines when stdout is not a terminal (default 10)\n"
@@ -172,9 +187,34 @@ void train_args_usage(FILE *out)
 "                        reports the exposed allreduce time and the overlap achieved.\n"
 "\n"
 "Threads\n"
-"  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
-"                        node; BLAS runs single-threaded inside the kernels)\n"
-"  --help                this text\n", GRAD_SYNC_BUCKET_KIB_DEFAULT);
+"  --threads T           OpenMP threads per rank (default: the CPUs this rank may run on, from\n"
+"                        its affinity mask, / the ranks of the node that share them; BLAS runs\n"
+"                        single-threaded inside the kernels).  OMP_NUM_THREADS is used when\n"
+"                        --threads is not given, capped at that share.  mpirun binds each rank\n"
+"                        to one core when it starts 2 or fewer: --bind-to none lets threads\n"
+"                        spread, --map-by slot:PE=T --bind-to core gives each rank T cores\n"
+"  --help                this text\n"
+"  --version             version, git commit, build flags and the CPU kernels chosen\n", GRAD_SYNC_BUCKET_KIB_DEFAULT);
+}
+
+/* The TRAIN_GIVEN_* bit of an option, 0 for options a resume does not
+ * take from the checkpoint. */
+static unsigned given_bit(int o)
+{
+    switch (o) {
+    case OPT_OUT: return TRAIN_GIVEN_OUT;
+    case OPT_EPOCHS: return TRAIN_GIVEN_EPOCHS;
+    case OPT_MAX_STEPS: return TRAIN_GIVEN_MAX_STEPS;
+    case OPT_BATCH: return TRAIN_GIVEN_BATCH;
+    case OPT_SEED: return TRAIN_GIVEN_SEED;
+    case OPT_OPTIMIZER: return TRAIN_GIVEN_OPTIMIZER;
+    case OPT_LR: return TRAIN_GIVEN_LR;
+    case OPT_BETA1: return TRAIN_GIVEN_BETA1;
+    case OPT_BETA2: return TRAIN_GIVEN_BETA2;
+    case OPT_EPS: return TRAIN_GIVEN_EPS;
+    case OPT_MOMENTUM: return TRAIN_GIVEN_MOMENTUM;
+    default: return 0;
+    }
 }
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
@@ -327,8 +367,10 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             set_tau = 1;
             break;
         case OPT_RECIPE: rc = copy_str(c->recipe, sizeof c->recipe, name, optarg, err); break;
+        case OPT_OVERWRITE: c->overwrite = 1; break;
         case 'h':
         case OPT_HELP: c->help = 1; break;
+        case OPT_VERSION: c->version = 1; break;
         case ':':
             rc = err_set(err, AE_EARG, "option %s needs a value (see --help)", argv[optind - 1]);
             break;
@@ -339,6 +381,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             break;
         }
         if (rc) return rc;
+        c->given |= given_bit(o);
     }
     if (optind < argc)
         return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)", argv[optind]);

@@ -15,6 +15,7 @@
 #include "base/check.h"
 #include "data/dataset_opts.h"
 #include "train/train_views.h"
+#include "train/train_schedule.h"
 
 /* Names of the test images in a MNIST-style folder, tried in order. */
 static const char *const IDX_TEST_NAMES[] = { "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte" };
@@ -86,40 +87,38 @@ static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, 
     return AE_OK;
 }
 
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, int W, int64_t n_train,
+int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err)
+{
+    memset(ck, 0, sizeof *ck);
+    if (!cfg->resume[0]) return AE_OK;
+    if (read_checkpoint(ctx, cfg->resume, ck, err)) return err->code;
+    train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
+    fflush(stdout);
+    if (par_agree(ctx, err)) ckpt_free(ck);
+    return err->code;
+}
+
+int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train,
                       int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err)
 {
-    Checkpoint ck;
-    memset(&ck, 0, sizeof ck);
+    const int C = train->C, H = train->H, W = train->W;
+    const int64_t n_train = train->n;
     memset(start, 0, sizeof *start);
     start->seed = cfg->seed;
     start->batch_size = cfg->batch_size;
+    train_schedule_identity(start, train, cfg);
     const char *arch = cfg->arch[0] ? cfg->arch : model_default_preset(C, H, W);
     if (cfg->resume[0]) {
-        if (read_checkpoint(ctx, cfg->resume, &ck, err)) return err->code;
-        if (ck.C != C || ck.H != H || ck.W != W) {
+        if (ck->C != C || ck->H != H || ck->W != W)
             err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but --data has %dx%dx%d (HxWxC)",
-                    ck.path, ck.H, ck.W, ck.C, H, W, C);
-            ckpt_free(&ck);
+                    ck->path, ck->H, ck->W, ck->C, H, W, C);
+        else
+            train_schedule_start(start, ck, cfg, train, ctx->rank == 0 ? stderr : NULL, err);
+        if (par_agree(ctx, err)) {
+            ckpt_free(ck);
             return err->code;
         }
-        arch = ck.arch;
-        *start = ck.state;
-        if (start->batch_size != cfg->batch_size && start->batch > 0) {
-            /* Mid-epoch, the position is a count of old-size batches: it maps
-             * onto the new size only if the images done divide evenly. */
-            int64_t done = start->batch * start->batch_size;
-            if (done % cfg->batch_size != 0) {
-                err_set(err, AE_EARG, "%s stopped after %lld images of epoch %lld with --batch-size %lld; to "
-                        "resume mid-epoch use a --batch-size that divides %lld (or the same size), or resume "
-                        "from an epoch-end checkpoint", ck.path, (long long)done, (long long)start->epoch + 1,
-                        (long long)start->batch_size, (long long)done);
-                ckpt_free(&ck);
-                return par_agree(ctx, err);
-            }
-            start->batch = done / cfg->batch_size;
-        }
-        start->batch_size = cfg->batch_size;
+        arch = ck->arch;
     }
     ModelSpec spec;
     if (!arch)
@@ -128,16 +127,16 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
         ModelSpec asked;
         if (!model_parse(&asked, cfg->arch, C, H, W, err) && strcmp(asked.text, spec.text) != 0)
             err_set(err, AE_EARG, "--arch '%s' differs from the architecture of %s ('%s'); drop --arch to resume",
-                    asked.text, ck.path, spec.text);
-    } else if (err->code && cfg->resume[0] && arch == ck.arch) {
+                    asked.text, ck->path, spec.text);
+    } else if (err->code && cfg->resume[0] && arch == ck->arch) {
         /* The spec came from the checkpoint, not from --arch: say so. */
         char msg[ERR_MSG_BYTES];
         snprintf(msg, sizeof msg, "%s", err->msg);
-        err_set(err, AE_EFORMAT, "%.300s: its architecture does not fit: %.600s", ck.path,
+        err_set(err, AE_EFORMAT, "%.300s: its architecture does not fit: %.600s", ck->path,
                 strncmp(msg, "--arch ", 7) == 0 ? msg + 7 : msg);
     }
     if (par_agree(ctx, err)) {
-        ckpt_free(&ck);
+        ckpt_free(ck);
         return err->code;
     }
     /* A batch never holds more images than the data set (nor the
@@ -154,15 +153,15 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, int C, int H, i
                 "node) but the node has %.1f GiB (hint: a smaller --batch-size, fewer channels or more nodes)",
                 spec.text, per_rank, need / (1 << 30), ctx->local_size, have / (1 << 30));
     if (par_agree(ctx, err)) {
-        ckpt_free(&ck);
+        ckpt_free(ck);
         return err->code;
     }
     model_build(m, &spec, per_rank, nthreads);
-    OptKind kind = cfg->resume[0] ? ck.opt_kind : cfg->opt;
+    OptKind kind = cfg->resume[0] ? ck->opt_kind : cfg->opt;
     optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
     if (cfg->resume[0]) {
-        if (ctx->rank == 0) ckpt_restore(&ck, m, opt, err);
-        ckpt_free(&ck);
+        if (ctx->rank == 0) ckpt_restore(ck, m, opt, err);
+        ckpt_free(ck);
         if (par_agree(ctx, err)) return err->code;
         opt->t = start->step;
         par_bcast(ctx, opt->m, opt->n * sizeof(float), 0);

@@ -1,0 +1,60 @@
+/*
+ * version.c - the --version text of every aesim program (see
+ * include/version.h).  Queries the CPU through the kernels' own "supported"
+ * functions, so it reports what the programs will run, not what the CPU has.
+ */
+#include "tools/version.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "build_info.h"
+#include "nn/conv2d.h"
+#include "nn/gemm_avx512.h"
+#include "search/knn_scan.h"
+
+/* Declared by OpenBLAS (cblas.h of Debian's libopenblas-dev); repeated in
+ * case a cblas.h from another BLAS is picked up (threads.c does the same). */
+char *openblas_get_corename(void);
+char *openblas_get_config(void);
+
+/* The kernel size of every preset (3x3): the one the kernel choice reports. */
+#define VERSION_PRESET_K 3
+
+int version_requested(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0) return 1;
+    return 0;
+}
+
+/* 1 when started by mpirun/srun as a rank other than 0. */
+static int not_rank0(void)
+{
+    const char *vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK" };
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v && strcmp(v, "0") != 0) return 1;
+    }
+    return 0;
+}
+
+int version_print(FILE *out, const char *tool)
+{
+    if (not_rank0()) return 0;
+    const char *env = getenv(CONV2D_KERNEL_ENV);
+    ConvKernel asked = CONV_KERNEL_AUTO;
+    Err err;
+    err_clear(&err);
+    int bad = conv2d_kernel_parse(&asked, env, &err) != AE_OK;
+    ConvKernel run = conv2d_kernel_resolve(asked, VERSION_PRESET_K);
+    fprintf(out, "%s %s\n", tool, AESIM_VERSION);
+    fprintf(out, "build: %s\n", AESIM_BUILD_INFO);
+    fprintf(out, "kernels on this CPU: conv %s (%s=%s%s), GEMM %s, kNN scan %s; OpenBLAS %s (%s)\n",
+            conv2d_kernel_name(run), CONV2D_KERNEL_ENV, env && *env ? env : "auto",
+            bad ? ": not a kernel name, programs will refuse it" : "",
+            gemm_avx512_supported() ? "aesim AVX-512 + OpenBLAS" : "OpenBLAS",
+            knn_scan_avx512_supported() ? "AVX-512" : "portable", openblas_get_corename(), openblas_get_config());
+    return fflush(out) != 0 || ferror(out) ? 1 : 0;
+}

@@ -1,0 +1,175 @@
+/*
+ * train_outdir.c - choice and protection of aesim-train's output folder
+ * (see include/train_outdir.h).  Rank 0 alone looks at and changes the disk;
+ * the decision and its status are shared through par.h.  Single-threaded.
+ */
+#include "train/train_outdir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/ckpt.h"
+#include "base/fileio.h"
+
+/* Bytes copied per read when copying metrics.csv. */
+#define OUTDIR_COPY_CHUNK 65536
+
+/* 1 if `name` is a file a run writes into its folder (see the header). */
+static int is_run_file(const char *name)
+{
+    size_t n = strlen(name);
+    if (strstr(name, ".tmp.")) return 0; /* a crashed writer's temporary: ckpt.h cleans those */
+    if (strcmp(name, CKPT_LATEST_NAME) == 0 || strcmp(name, TRAIN_METRICS_NAME) == 0) return 1;
+    if (strncmp(name, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 && n > 4 && strcmp(name + n - 4, ".npz") == 0)
+        return 1;
+    return strncmp(name, TRAIN_RECON_PREFIX, strlen(TRAIN_RECON_PREFIX)) == 0 && n > 4 &&
+           strcmp(name + n - 4, ".png") == 0;
+}
+
+/* Counts (and with `remove`, deletes) the run files in dir; `first` gets
+ * the name of one of them.  Returns the count (0 when dir does not exist),
+ * -1 if dir cannot be listed; *removed counts deletions. */
+static int scan_run_files(const char *dir, int remove, char *first, size_t cap, int *removed, Err *err)
+{
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : -1;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!is_run_file(e->d_name)) continue;
+        if (n++ == 0 && first) snprintf(first, cap, "%s", e->d_name);
+        if (!remove) continue;
+        char path[FILEIO_PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        if (unlink(path) != 0) {
+            err_set(err, AE_EIO, "--overwrite: cannot delete %s: %s", path, strerror(errno));
+            break;
+        }
+        (*removed)++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* The folder of a --resume argument: itself when a folder, else its
+ * dirname ("." for a bare name). */
+static void resume_folder(char *out, size_t cap, const char *arg)
+{
+    struct stat st;
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(out, cap, "%s", arg);
+        return;
+    }
+    const char *slash = strrchr(arg, '/');
+    if (!slash)
+        snprintf(out, cap, ".");
+    else if (slash == arg)
+        snprintf(out, cap, "/");
+    else
+        snprintf(out, cap, "%.*s", (int)(slash - arg), arg);
+}
+
+static int same_folder(const char *a, const char *b)
+{
+    struct stat x, y;
+    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+/* Copies from/metrics.csv to to/metrics.csv atomically (nothing to do when
+ * the source does not exist). */
+static int copy_metrics(const char *from, const char *to, Err *err)
+{
+    char src[FILEIO_PATH_MAX], dst[FILEIO_PATH_MAX];
+    if (snprintf(src, sizeof src, "%s/%s", from, TRAIN_METRICS_NAME) >= (int)sizeof src ||
+        snprintf(dst, sizeof dst, "%s/%s", to, TRAIN_METRICS_NAME) >= (int)sizeof dst)
+        return err_set(err, AE_EARG, "%s: path too long", to);
+    FILE *in = fopen(src, "rb");
+    if (!in) return errno == ENOENT ? AE_OK : err_set(err, AE_EIO, "cannot read %s: %s", src, strerror(errno));
+    AtomicFile af;
+    if (atomic_open(&af, dst, err)) {
+        fclose(in);
+        return err->code;
+    }
+    char buf[OUTDIR_COPY_CHUNK];
+    size_t got;
+    int rc = AE_OK;
+    while ((got = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, got, af.f) != got) {
+            rc = err_set(err, AE_EIO, "cannot write %s: %s", af.tmp_path, strerror(errno));
+            break;
+        }
+    if (rc == AE_OK && ferror(in)) rc = err_set(err, AE_EIO, "cannot read %s: %s", src, strerror(errno));
+    fclose(in);
+    if (rc) {
+        atomic_abort(&af);
+        return rc;
+    }
+    return atomic_commit(&af, err);
+}
+
+/* Rank 0: the resumed run's folder into from[FILEIO_PATH_MAX] ("" for a
+ * fresh run), cfg->out chosen; returns 1 if cfg->out is that folder. */
+static int choose(TrainConfig *cfg, char *from)
+{
+    from[0] = '\0';
+    if (cfg->resume[0]) {
+        resume_folder(from, FILEIO_PATH_MAX, cfg->resume);
+        if (!(cfg->given & TRAIN_GIVEN_OUT)) snprintf(cfg->out, sizeof cfg->out, "%s", from);
+    }
+    return from[0] && same_folder(from, cfg->out);
+}
+
+/* Rank 0's part of train_outdir_prepare: choose and check, change nothing. */
+static int check_rank0(TrainConfig *cfg, Err *err)
+{
+    char from[FILEIO_PATH_MAX];
+    if (choose(cfg, from)) return AE_OK;
+    char first[256] = "";
+    int removed = 0;
+    int n = scan_run_files(cfg->out, 0, first, sizeof first, &removed, err);
+    if (n < 0) return err_set(err, AE_EIO, "cannot list the output folder %s: %s", cfg->out, strerror(errno));
+    if (n == 0 || cfg->overwrite) return AE_OK;
+    if (cfg->resume[0])
+        return err_set(err, AE_EARG, "--out %s holds another run (%s and %d more of its files); a resume writes "
+                       "into the folder it resumes from (%s) unless --out names a fresh one: drop --out, choose "
+                       "another, or add --overwrite to delete that run's files first", cfg->out, first, n - 1, from);
+    return err_set(err, AE_EARG, "%s holds another run (%s and %d more of its files): continue it with --resume %s, "
+                   "choose another --out, or add --overwrite to delete its checkpoints, metrics.csv and "
+                   "recon_epoch*.png first", cfg->out, first, n - 1, cfg->out);
+}
+
+int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err)
+{
+    if (ctx->rank == 0) check_rank0(cfg, err);
+    par_bcast(ctx, cfg->out, sizeof cfg->out, 0);
+    return par_agree(ctx, err);
+}
+
+/* Rank 0's part of train_outdir_commit. */
+static int commit_rank0(TrainConfig *cfg, Err *err)
+{
+    char from[FILEIO_PATH_MAX];
+    const int own = choose(cfg, from);
+    if (!own && cfg->overwrite) {
+        int removed = 0;
+        scan_run_files(cfg->out, 1, NULL, 0, &removed, err);
+        if (err->code) return err->code;
+        if (removed) {
+            printf("--overwrite: deleted %d file(s) of the previous run in %s\n", removed, cfg->out);
+            fflush(stdout);
+        }
+    }
+    if (fileio_mkdirs(cfg->out, err)) return err->code;
+    if (from[0] && !own) return copy_metrics(from, cfg->out, err);
+    return AE_OK;
+}
+
+int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, Err *err)
+{
+    if (ctx->rank == 0) commit_rank0(cfg, err);
+    return par_agree(ctx, err);
+}

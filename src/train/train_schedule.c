@@ -1,0 +1,148 @@
+/*
+ * train_schedule.c - the schedule identity of a training run and what a
+ * resume keeps from its checkpoint (see include/train_schedule.h).
+ * Does not: read files (ckpt.h does), talk to MPI (the caller agrees the
+ * status), or print anything but the notes it is given.  Single-threaded.
+ */
+#include "train/train_schedule.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "base/check.h"
+
+/* Appends the little-endian bytes of v to a running CRC-32. */
+static uLong crc_i64(uLong crc, int64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)v >> (8 * i));
+    return crc32(crc, b, sizeof b);
+}
+
+uint32_t train_schedule_fingerprint(const Dataset *ds)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc_i64(crc, ds->n);
+    crc = crc_i64(crc, ds->C);
+    crc = crc_i64(crc, ds->H);
+    crc = crc_i64(crc, ds->W);
+    int64_t samples = ds->n < TRAIN_SCHEDULE_SAMPLES ? ds->n : TRAIN_SCHEDULE_SAMPLES;
+    size_t bytes = (size_t)ds->C * ds->H * ds->W;
+    uint8_t *img = xmalloc(bytes);
+    for (int64_t j = 0; j < samples; j++) {
+        int64_t i = samples > 1 ? j * (ds->n - 1) / (samples - 1) : 0;
+        dataset_get_u8(img, ds, i);
+        /* One image is at most C*H*W <= 3 * 65536^2 bytes: within a uInt
+         * only for sane sizes, so feed it in chunks. */
+        for (size_t off = 0; off < bytes;) {
+            uInt c = bytes - off > (1u << 30) ? (1u << 30) : (uInt)(bytes - off);
+            crc = crc32(crc, img + off, c);
+            off += c;
+        }
+        int32_t label = dataset_label(ds, i);
+        unsigned char lb[4];
+        for (int k = 0; k < 4; k++) lb[k] = (unsigned char)((uint32_t)label >> (8 * k));
+        crc = crc32(crc, lb, sizeof lb);
+    }
+    free(img);
+    return (uint32_t)crc;
+}
+
+void train_schedule_identity(CkptState *st, const Dataset *train, const TrainConfig *cfg)
+{
+    st->n_train = train->n;
+    st->data_crc = train_schedule_fingerprint(train);
+    st->epochs = cfg->epochs;
+    st->max_steps = cfg->max_steps;
+    snprintf(st->data, sizeof st->data, "%.*s", (int)sizeof st->data - 1, train->source);
+}
+
+/* Takes ck's float hyper-parameter `ckv` into *v unless given; notes a
+ * given value that differs. */
+static void adopt_float(float *v, double ckv, int given, const char *opt, const char *path, FILE *notes)
+{
+    if (!given) {
+        *v = (float)ckv;
+    } else if (*v != (float)ckv && notes) {
+        fprintf(notes, "resume: %s %g replaces %g of %s\n", opt, (double)*v, ckv, path);
+    }
+}
+
+int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err)
+{
+    const CkptState *s = &ck->state;
+    unsigned g = cfg->given;
+    if ((g & TRAIN_GIVEN_SEED) && cfg->seed != s->seed)
+        return err_set(err, AE_EARG, "--seed %llu differs from the seed %llu of %s, which chose its initial weights "
+                       "and its data order: a resumed run keeps its seed (drop --seed, or start a fresh run)",
+                       (unsigned long long)cfg->seed, (unsigned long long)s->seed, ck->path);
+    if ((g & TRAIN_GIVEN_OPTIMIZER) && cfg->opt != ck->opt_kind)
+        return err_set(err, AE_EARG, "--optimizer %s differs from the optimizer %s of %s, whose state it holds "
+                       "(drop --optimizer, or start a fresh run)", optimizer_name(cfg->opt),
+                       optimizer_name(ck->opt_kind), ck->path);
+    cfg->seed = s->seed;
+    cfg->opt = ck->opt_kind;
+    if (!(g & TRAIN_GIVEN_BATCH)) {
+        cfg->batch_size = (int)s->batch_size;
+    } else if (cfg->batch_size != s->batch_size && notes) {
+        fprintf(notes, "aesim-train: warning: --batch-size %d replaces the global batch %lld of %s: from here on "
+                "the steps differ from the original run's\n", cfg->batch_size, (long long)s->batch_size, ck->path);
+    }
+    if (s->epochs > 0) {
+        if (!(g & TRAIN_GIVEN_EPOCHS))
+            cfg->epochs = (int)s->epochs;
+        else if (cfg->epochs != s->epochs && notes)
+            fprintf(notes, "resume: --epochs %d replaces the run's %lld epochs (epochs count from its first step)\n",
+                    cfg->epochs, (long long)s->epochs);
+    }
+    adopt_float(&cfg->adam.lr, ck->hparams[0], g & TRAIN_GIVEN_LR, "--lr", ck->path, notes);
+    adopt_float(&cfg->adam.beta1, ck->hparams[1], g & TRAIN_GIVEN_BETA1, "--beta1", ck->path, notes);
+    adopt_float(&cfg->adam.beta2, ck->hparams[2], g & TRAIN_GIVEN_BETA2, "--beta2", ck->path, notes);
+    adopt_float(&cfg->adam.eps, ck->hparams[3], g & TRAIN_GIVEN_EPS, "--eps", ck->path, notes);
+    adopt_float(&cfg->momentum, ck->hparams[4], g & TRAIN_GIVEN_MOMENTUM, "--momentum", ck->path, notes);
+    if (notes)
+        fprintf(notes, "resume: keeps seed %llu, global batch %d, %d epoch(s), %s lr %g%s (options given on the "
+                "command line override all but the seed and optimizer)\n", (unsigned long long)cfg->seed,
+                cfg->batch_size, cfg->epochs, optimizer_name(cfg->opt), (double)cfg->adam.lr,
+                s->epochs > 0 ? "" : " [epochs not recorded in this older checkpoint: --epochs or its default]");
+    return AE_OK;
+}
+
+int train_schedule_start(CkptState *start, const Checkpoint *ck, const TrainConfig *cfg, const Dataset *train,
+                         FILE *notes, Err *err)
+{
+    const CkptState *s = &ck->state;
+    *start = *s;
+    train_schedule_identity(start, train, cfg);
+    if (s->n_train == 0) {
+        if (notes)
+            fprintf(notes, "aesim-train: warning: %s (format version < 3) does not record its training data: "
+                    "cannot check that --data is the same; the schedule continues as if it were\n", ck->path);
+    } else if (s->n_train != train->n) {
+        return err_set(err, AE_EARG, "%s was trained on %lld images (%.200s) but --data has %lld (%.200s): its "
+                       "data order and epoch position do not carry over; resume with the same --data and "
+                       "--data-opts (and --val/--val-fraction), or start a fresh run", ck->path,
+                       (long long)s->n_train, s->data[0] ? s->data : "source not recorded", (long long)train->n,
+                       train->source);
+    } else if (s->data_crc != start->data_crc) {
+        return err_set(err, AE_EARG, "%s was trained on other images than --data, though as many (%lld): sampled "
+                       "images differ (data CRC %08llx, now %08llx; it used %.200s, now %.200s); resume with "
+                       "the same files, order, --data-opts and validation split, or start a fresh run", ck->path,
+                       (long long)train->n, (unsigned long long)s->data_crc, (unsigned long long)start->data_crc,
+                       s->data[0] ? s->data : "a source not recorded", train->source);
+    }
+    if (s->batch_size != cfg->batch_size && s->batch > 0) {
+        /* Mid-epoch, the position is a count of old-size batches: it maps
+         * onto the new size only if the images done divide evenly. */
+        int64_t done = s->batch * s->batch_size;
+        if (done % cfg->batch_size != 0)
+            return err_set(err, AE_EARG, "%s stopped after %lld images of epoch %lld with --batch-size %lld; to "
+                           "resume mid-epoch use a --batch-size that divides %lld (or the same size), or resume "
+                           "from an epoch-end checkpoint", ck->path, (long long)done, (long long)s->epoch + 1,
+                           (long long)s->batch_size, (long long)done);
+        start->batch = done / cfg->batch_size;
+    }
+    start->batch_size = cfg->batch_size;
+    return AE_OK;
+}

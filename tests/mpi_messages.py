@@ -1,0 +1,177 @@
+"""Messages and outputs of the aesim programs as a user reads them (issue 13,
+items 5, 12-15, 17).
+
+- An error is one line: no doubled "[rank 0] [rank 0]" prefix (aesim-search,
+  whose subcommands pass an agreed error up through a second agreement), and
+  under launch/mpi.sh no Open MPI box after it.
+- A missing --resume file is reported once.
+- A 1-rank run reports no MPI figures (no overlap, no allreduce, empty
+  communication columns in metrics.csv); a run stopped by --max-steps
+  mid-epoch says the epoch is partial and reports epochs as a fraction.
+- metrics.csv: a step row is the mean over its steps; the epoch row (val_loss
+  filled) holds the epoch's mean train loss and its images per training
+  second, recomputed here with numpy from the step rows (--csv-every 1), and
+  the log's epoch line prints the same figures.
+- A global batch smaller than the number of ranks is warned about.
+- --version on every program: exit 0, the version, the commit that
+  `git rev-parse --short HEAD` reports, the build flags, and a conv kernel
+  consistent with the CPU flags in /proc/cpuinfo (direct needs avx512f).
+"""
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.environ.get("AESIM_BUILD", "build")
+TRAIN = os.path.join(ROOT, BUILD, "aesim-train")
+SEARCH = os.path.join(ROOT, BUILD, "aesim-search")
+PACK = os.path.join(ROOT, BUILD, "aesim-pack")
+MPI_SH = os.path.join(ROOT, "launch", "mpi.sh")
+MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
+TMP = tempfile.mkdtemp(prefix="mpi_messages.", dir=os.environ.get("AESIM_TEST_TMP") or None)
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+DATA = os.path.join(TMP, "tiny-images-idx3-ubyte")
+COMMON = ["--data", DATA, "--val", DATA, "--val-limit", "20", "--grid", "2", "--progress", "lines",
+          "--threads", "1"]
+# Open MPI's text after a rank exits non-zero.
+MPI_BOX = "Primary job"
+
+
+def setUpModule():
+    import gzip
+    with gzip.open(MNIST) as f:
+        raw = f.read()
+    with open(DATA, "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, 120, 28, 28) + raw[16:16 + 120 * 784])
+
+
+def tearDownModule():
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def run(*cmd, check=False):
+    p = subprocess.run(list(cmd), env=ENV, capture_output=True, text=True, timeout=180, cwd=TMP)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def mpirun(np_, *args, check=False):
+    return run("mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np_), *args, check=check)
+
+
+def csv_rows(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        lines = f.read().splitlines()
+    head = lines[0].split(",")
+    return [dict(zip(head, r.split(","))) for r in lines[1:]]
+
+
+class Errors(unittest.TestCase):
+    def error_lines(self, stderr):
+        return [l for l in stderr.splitlines() if "error" in l]
+
+    def test_no_doubled_rank_prefix(self):
+        for cmd in (["query", "--db", os.path.join(TMP, "nodb"), "--k", "3", "--queries", "x.npy"],
+                    ["index", "--model", os.path.join(TMP, "none.npz"), "--data", DATA, "--db",
+                     os.path.join(TMP, "db")]):
+            p = mpirun(2, SEARCH, *cmd)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertNotIn("[rank 0] [rank", p.stderr)
+            self.assertEqual(len(self.error_lines(p.stderr)), 1, p.stderr)
+
+    def test_one_line_under_launch_script(self):
+        p = run("bash", MPI_SH, "2", TRAIN, "--data", os.path.join(TMP, "missing.npz"), "--out",
+                os.path.join(TMP, "o_missing"))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertNotIn(MPI_BOX, p.stdout + p.stderr)
+        errs = self.error_lines(p.stderr)
+        self.assertEqual(len(errs), 1, p.stderr)
+        self.assertIn("missing.npz", errs[0])
+
+    def test_missing_resume_file_reported_once(self):
+        missing = os.path.join(TMP, "nothere", "checkpoint.npz")
+        p = mpirun(2, TRAIN, *COMMON, "--resume", missing)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr.count(missing), 1, p.stderr)
+
+
+class Summary(unittest.TestCase):
+    def test_one_rank_has_no_mpi_figures_and_partial_epoch_is_said(self):
+        out = os.path.join(TMP, "one")
+        p = mpirun(1, TRAIN, *COMMON, "--batch-size", "30", "--max-steps", "2", "--csv-every", "1", "--out", out,
+                   check=True)
+        self.assertNotIn("overlap", p.stdout)
+        self.assertNotIn("allreduce", p.stdout)
+        for r in csv_rows(out):
+            self.assertEqual((r["allreduce_ms"], r["comm_ms"], r["overlap"]), ("", "", ""), r)
+        self.assertIn("partial: stopped by --max-steps after 2 of 4 batches", p.stdout)
+        self.assertIn("done: 2 steps (0.50 epochs)", p.stdout)
+
+    def test_two_ranks_report_overlap(self):
+        out = os.path.join(TMP, "two")
+        p = mpirun(2, TRAIN, *COMMON, "--batch-size", "30", "--max-steps", "2", "--out", out, check=True)
+        self.assertIn("overlap", p.stdout)
+        self.assertTrue(all(r["comm_ms"] != "" for r in csv_rows(out)))
+
+    def test_epoch_row_is_the_epochs_mean(self):
+        out = os.path.join(TMP, "epoch_rows")
+        p = mpirun(2, TRAIN, *COMMON, "--batch-size", "30", "--epochs", "2", "--csv-every", "1", "--out", out,
+                   check=True)
+        rows = csv_rows(out)
+        steps = [r for r in rows if r["val_loss"] == ""]
+        epochs = [r for r in rows if r["val_loss"] != ""]
+        self.assertEqual(len(steps), 8)
+        self.assertEqual(len(epochs), 2)
+        for e, r in enumerate(epochs):
+            mine = steps[4 * e:4 * e + 4]
+            loss = np.mean([float(s["train_loss"]) for s in mine])
+            # images per training second: 30 images per step, seconds = 30 / rate.
+            rate = 120 / np.sum([30 / float(s["images_per_s"]) for s in mine])
+            self.assertAlmostEqual(float(r["train_loss"]), loss, delta=1e-7 * loss)
+            self.assertAlmostEqual(float(r["images_per_s"]), rate, delta=1e-6 * rate)
+            line = re.search(rf"epoch {e + 1}/2: step {4 * e + 4}, train loss ([0-9.]+) \(mean of 4 steps\).*"
+                             r", ([0-9]+) img/s", p.stdout)
+            self.assertIsNotNone(line, p.stdout)
+            self.assertEqual(line.group(1), f"{float(r['train_loss']):.5f}")
+            self.assertEqual(line.group(2), f"{float(r['images_per_s']):.0f}")
+
+    def test_batch_smaller_than_ranks_is_warned(self):
+        p = mpirun(3, TRAIN, *COMMON, "--batch-size", "2", "--max-steps", "1", "--out", os.path.join(TMP, "idle"),
+                   check=True)
+        self.assertIn("global batch (2 images) is smaller than the 3 ranks", p.stderr)
+        self.assertEqual(p.stderr.count("idle"), 1, p.stderr)
+
+
+class Version(unittest.TestCase):
+    def test_every_program(self):
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        with open("/proc/cpuinfo") as f:
+            avx512 = " avx512f" in f.read()
+        for prog in (TRAIN, SEARCH, PACK):
+            p = run(prog, "--version")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            name = os.path.basename(prog)
+            self.assertRegex(p.stdout, rf"^{name} \d+\.\d+\.\d+\n")
+            if commit:
+                self.assertIn("git " + commit, p.stdout)
+            self.assertIn("CFLAGS -O", p.stdout)
+            self.assertIn("conv direct" if avx512 else "conv generic", p.stdout)
+            self.assertIn("OpenBLAS", p.stdout)
+            # Under mpirun: printed once.
+            p = mpirun(2, prog, "--version")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stdout.count(name), 1, p.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
