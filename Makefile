@@ -16,7 +16,7 @@ MPICC ?= mpicc
 PYTHON ?= /usr/bin/python3
 
 # Required libraries, found with pkg-config (no hard-coded system paths).
-PKGS := openblas libpng zlib libzip jansson libjpeg
+PKGS := openblas libpng zlib libzip jansson libjpeg libmicrohttpd
 PKG_OK := $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),$(p)))
 PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
 
@@ -34,7 +34,7 @@ endif
 OPT ?= -O2
 CFLAGS += $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -MMD -MP -Iinclude -I$(BUILD)
 CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 ifeq ($(OMP),1)
   CFLAGS += -fopenmp
   LDFLAGS += -fopenmp
@@ -83,6 +83,12 @@ $(BUILD) $(BUILD)/obj $(BUILD)/tests:
 
 $(BUILD)/obj/%.o: src/%.c $(BUILD)/build_info.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# The web page of aesim-search serve, embedded as a byte array (web_page.h).
+$(BUILD)/web_page_html.h: web/index.html | $(BUILD)
+	@{ echo 'static const unsigned char WEB_PAGE_HTML[] = {'; od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj/web_page.o: $(BUILD)/web_page_html.h
 
 $(BUILD)/libaesim.a: $(LIB_OBJ)
 	$(AR) rcs $@ $^

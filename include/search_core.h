@@ -147,9 +147,13 @@ typedef struct SearchMeta {
     VecShard *maps;       /* [n_shards] labels mapped on first use */
     char **names;         /* [n_shards] names blocks (vecdb_read_names) or NULL */
     uint8_t *state;       /* [n_shards] bit 1 labels loaded, bit 2 names loaded */
+    int n;                /* shards the arrays cover */
 } SearchMeta;
 
 void search_meta_init(SearchMeta *sm, const VecDb *db);
+
+/* Extends sm to shards added to its db since (what is loaded stays). */
+void search_meta_sync(SearchMeta *sm);
 void search_meta_free(SearchMeta *sm);
 
 /* Label of id (and its name when name != NULL; the pointer stays valid until

@@ -14,6 +14,7 @@
 #include "par.h"
 #include "search.h"
 #include "search_args.h"
+#include "serve.h"
 #include "threads.h"
 
 static int finish(ParCtx *ctx, const Err *err, int code)
@@ -43,6 +44,7 @@ int main(int argc, char **argv)
     switch (cfg.cmd) {
     case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
     case SEARCH_QUERY: rc = search_query(&ctx, &cfg, plan.omp_threads, &err); break;
+    case SEARCH_SERVE: rc = search_serve(&ctx, &cfg, plan.omp_threads, &err); break;
     default: rc = search_eval(&ctx, &cfg, plan.omp_threads, &err); break;
     }
     /* Results on stdout that could not be written (a full disk, a closed
