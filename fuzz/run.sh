@@ -13,7 +13,7 @@ PY=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT/obj" "$OUT/corpus" "$OUT/crashes"
 # The library modules the parsers need (serial build, no MPI).
 SRC="err check par_serial fileio npy idx zip_read image_decode image_convert dataset_opts image_source image_folder
-     cifar dataset sample_store rng"
+     cifar dataset sample_store rng http_api search_input vecdb knn knn_scan topk threads gemm gemm_avx512 timer"
 CFLAGS="-g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -DAESIM_MPI=0 -DAESIM_OMP=0
         -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
 OBJS=()
@@ -50,6 +50,12 @@ for name, saver in (("s.npz", np.savez), ("c.npz", np.savez_compressed)):
 idx = struct.pack(">BBBB3I", 0, 0, 8, 3, 2, 3, 3) + bytes(range(18))
 put("dataset", "idx", b"\x02" + idx); put("dataset", "idx.gz", b"\x00" + gzip.compress(idx))
 put("dataset", "cifar", b"\x03" + bytes([1]) + bytes(3072)); put("dataset", "cifar100", b"\x01" + bytes([2, 3]) + bytes(3072))
+put("http", "args", b"\x00k=10&label=1,2&label=3&radius=0.5")
+put("http", "path", b"\x00/images/123")
+put("http", "vector", b"\x01" + b'{"vector": [0.5, -1, 2e3, 0, 0, 1, 1, 1]}')
+put("http", "id", b"\x02" + b'{"id": 42}')
+for p in sorted(glob.glob(os.path.join(data, "pngsuite", "png", "*.png")))[::12]:
+    put("http", "img-" + os.path.basename(p), b"\x03" + open(p, "rb").read())
 put("text", "spec", b"folder:/a/b?size=64x64&channels=3&fit=crop&bg=ff00aa&skip_bad=1")
 put("text", "list", b"# c\na.png 3\n/abs/b.jpg\t-1\nc d.png\n")
 PYEOF

@@ -23,11 +23,11 @@
 
 #include <stdint.h>
 
-#include "image_decode.h"
 #include "imgset.h"
 #include "knn.h"
 #include "model.h"
 #include "par.h"
+#include "search_input.h"
 #include "topk.h"
 #include "vecdb.h"
 
@@ -108,21 +108,6 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
  * SEARCH_RANGE_MAX_HITS hits ("lower --radius or give --k"). */
 int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
                  float radius, KnnMetric metric, int nthreads, Err *err);
-
-/* Background under transparent pixels of query images: white, as for image
- * folders (dataset.h bg default). */
-extern const uint8_t SEARCH_IMAGE_BG[3];
-
-/* Local.  A decoded PNG/JPEG as the model's input: composited over
- * SEARCH_IMAGE_BG, converted to C channels and resized to H x W with the box
- * filter after a centre crop (image_convert.h), as the dataset layer does
- * for image folders.  pix[C][H][W] uint8 is the converted image, out (may be
- * NULL) the same as floats / 255 (what search_encode takes). */
-void search_image_to_input(float *out, uint8_t *pix, const DecodedImage *im, int C, int H, int W);
-
-/* The distance reported to users: squared L2, or 1 - cosine similarity
- * (KNN_IP scores). */
-double search_out_dist(KnnMetric metric, float d);
 
 /* Top-k lists without their padding (and, with has_radius, without entries
  * whose reported distance exceeds radius) as a KnnRange (r->lims[Q+1],

@@ -16,7 +16,8 @@
 
 #include "check.h"
 #include "image_decode.h"
-#include "search_core.h"
+#include "search_input.h"
+#include "vecdb.h"
 
 /* Longest accepted text of one number in a query string. */
 #define API_NUMBER_CHARS 64
@@ -182,9 +183,24 @@ static char *dump(json_t *j)
     return s;
 }
 
+/* A JSON string of s; bytes of s that are not valid UTF-8 (a request path
+ * or a file name can hold any bytes) make every byte >= 0x80 a '?'. */
+static json_t *text(const char *s)
+{
+    json_t *j = json_string(s);
+    if (j) return j;
+    size_t n = strlen(s);
+    char *ascii = xmalloc(n + 1);
+    for (size_t i = 0; i <= n; i++) ascii[i] = (unsigned char)s[i] >= 0x80 ? '?' : s[i];
+    j = json_string(ascii);
+    free(ascii);
+    CHECK(j != NULL);
+    return j;
+}
+
 char *api_error_json(int status, const char *msg)
 {
-    return dump(json_pack("{s:s, s:i}", "error", msg, "status", status));
+    return dump(json_pack("{s:o, s:i}", "error", text(msg), "status", status));
 }
 
 char *api_results_json(double took_ms, KnnMetric metric, int k, const ApiResult *res, int64_t n)
@@ -193,10 +209,10 @@ char *api_results_json(double took_ms, KnnMetric metric, int k, const ApiResult 
     for (int64_t i = 0; i < n; i++) {
         char url[40];
         snprintf(url, sizeof url, "/images/%lld", (long long)res[i].id);
-        json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s, s:s}", "rank", (json_int_t)(i + 1), "id",
+        json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:o, s:s}", "rank", (json_int_t)(i + 1), "id",
                                               (json_int_t)res[i].id, "distance",
                                               search_out_dist(metric, res[i].dist), "label", (int)res[i].label,
-                                              "source", res[i].source, "image", url));
+                                              "source", text(res[i].source), "image", url));
     }
     return dump(json_pack("{s:f, s:s, s:i, s:o}", "took_ms", took_ms, "metric", vecdb_metric_name(metric), "k", k,
                           "results", list));
