@@ -71,10 +71,15 @@ int api_params_add(ApiParams *p, const char *key, const char *value, int max_k, 
         return API_OK;
     }
     if (strcmp(key, "radius") == 0) {
-        char *end;
-        errno = 0;
-        double r = value && *value && strlen(value) <= API_NUMBER_CHARS ? strtod(value, &end) : NAN;
-        if (!value || !*value || errno || *end || !isfinite(r) || r < 0)
+        int ok = value && *value && strlen(value) <= API_NUMBER_CHARS;
+        double r = NAN;
+        if (ok) {
+            char *end;
+            errno = 0;
+            r = strtod(value, &end);
+            ok = !errno && !*end;
+        }
+        if (!ok || !isfinite(r) || r < 0)
             return err_set(err, API_BAD_REQUEST, "radius must be a finite number >= 0, got '%.64s'",
                            value ? value : "");
         p->radius = r;

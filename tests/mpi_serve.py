@@ -326,12 +326,14 @@ class Serve(unittest.TestCase):
             ("POST", "/search?k=5&label=42", b'{"id": 1}', 400, "label 42"),
             ("POST", "/search?k=5&label=x", b'{"id": 1}', 400, "label"),
             ("POST", "/search?k=5&radius=-1", b'{"id": 1}', 400, "radius"),
+            ("POST", "/search?k=5&radius=" + "9" * 80, b'{"id": 1}', 400, "radius"),  # found by fuzz_http
             ("POST", "/search?k=5&color=red", b'{"id": 1}', 400, "unknown query argument"),
             ("POST", "/images?label=1,2", good, 400, "one label"),
             ("POST", "/images", b"not an image", 400, "PNG"),
             ("GET", "/images/abc", None, 404, "no such image"),
             ("GET", "/images/99999999", None, 404, "not in the database"),
             ("GET", "/nowhere", None, 404, "no such path"),
+            ("GET", "/%FF%FEx", None, 404, "no such path"),  # not UTF-8 (found by fuzz/fuzz_http.c)
             ("GET", "/search", None, 405, "POST"),
             ("DELETE", "/images/3", None, 405, "GET"),
             ("PUT", "/healthz", b"x", 405, "GET"),
