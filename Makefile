@@ -17,7 +17,7 @@ MPICC ?= mpicc
 PYTHON ?= /usr/bin/python3
 
 # Required libraries, found with pkg-config (no hard-coded system paths).
-PKGS := openblas libpng zlib libzip jansson libjpeg
+PKGS := openblas libpng zlib libzip jansson libjpeg libmicrohttpd
 PKG_OK := $(foreach p,$(PKGS),$(if $(shell pkg-config --exists $(p) && echo y),$(p)))
 PKG_MISSING := $(filter-out $(PKG_OK),$(PKGS))
 
@@ -35,7 +35,7 @@ endif
 OPT ?= -O2
 CFLAGS += $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -MMD -MP -Iinclude -I$(BUILD)
 CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 ifeq ($(OMP),1)
   CFLAGS += -fopenmp
   LDFLAGS += -fopenmp
@@ -98,6 +98,12 @@ $(BUILD)/obj/%.o: src/%.c $(BUILD)/flags.txt | $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The web page of aesim-search serve, embedded as a byte array (web_page.h).
+$(BUILD)/web_page_html.h: src/search/web_page.html | $(BUILD)
+	@{ echo 'static const unsigned char WEB_PAGE_HTML[] = {'; od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj/search/web_page.o: $(BUILD)/web_page_html.h
+
 $(BUILD)/libaesim.a: $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
@@ -142,7 +148,7 @@ test: $(TOOLS)
 # ---- fuzzing (issue 3) ----------------------------------------------------
 # make fuzz [FUZZ_SECONDS=N]: builds the libFuzzer targets in fuzz/ with clang
 # (ASan+UBSan) into $(BUILD)-fuzz and runs each for N seconds (default 30).
-# CI: make fuzz FUZZ_SECONDS=6  (5 targets, < 60 s with the build).
+# CI: make fuzz FUZZ_SECONDS=6  (6 targets, < 70 s with the build).
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 30
 .PHONY: fuzz

@@ -14,7 +14,8 @@ mkdir -p "$OUT/obj" "$OUT/corpus" "$OUT/crashes"
 # The library modules the parsers need (serial build, no MPI).
 SRC="base/err base/check par/par_serial base/fileio data/npy data/idx data/zip_read data/image_decode data/image_convert
      data/dataset_opts data/image_source data/source_array data/image_folder data/cifar data/dataset data/sample_store
-     base/rng"
+     base/rng search/http_api search/search_input search/vecdb search/knn search/knn_scan search/topk base/threads
+     nn/gemm nn/gemm_avx512 base/timer"
 CFLAGS="-g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -DAESIM_MPI=0 -DAESIM_OMP=0
         -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
 OBJS=()
@@ -52,6 +53,12 @@ for name, saver in (("s.npz", np.savez), ("c.npz", np.savez_compressed)):
 idx = struct.pack(">BBBB3I", 0, 0, 8, 3, 2, 3, 3) + bytes(range(18))
 put("dataset", "idx", b"\x02" + idx); put("dataset", "idx.gz", b"\x00" + gzip.compress(idx))
 put("dataset", "cifar", b"\x03" + bytes([1]) + bytes(3072)); put("dataset", "cifar100", b"\x01" + bytes([2, 3]) + bytes(3072))
+put("http", "args", b"\x00k=10&label=1,2&label=3&radius=0.5")
+put("http", "path", b"\x00/images/123")
+put("http", "vector", b"\x01" + b'{"vector": [0.5, -1, 2e3, 0, 0, 1, 1, 1]}')
+put("http", "id", b"\x02" + b'{"id": 42}')
+for p in sorted(glob.glob(os.path.join(data, "pngsuite", "png", "*.png")))[::12]:
+    put("http", "img-" + os.path.basename(p), b"\x03" + open(p, "rb").read())
 put("text", "spec", b"folder:/a/b?size=64x64&channels=3&fit=crop&bg=ff00aa&skip_bad=1")
 put("text", "list", b"# c\na.png 3\n/abs/b.jpg\t-1\nc d.png\n")
 PYEOF

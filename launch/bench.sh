@@ -26,6 +26,11 @@
 #             queries (BENCH_KNN_LARGE_NQ, e.g. 10000/3 for the full
 #             nq=10,000: +~10 min) and nq=100; d=392 with nq=1; FAISS
 #             IndexFlatL2 on the same vectors
+#   serve     aesim-search serve on T ranks, N = BENCH_SERVE_N (default the
+#             kNN N), d = 512: loopback HTTP load with 1, 8 and 64 clients
+#             (bench/serve_load.py, bounded in requests and time, every answer
+#             checked against query) beside query's batch throughput on the
+#             same vectors (bench/serve_bench.py)
 # Environment: BUILD (build), PYTHON (/usr/bin/python3), MPICC (mpicc),
 # BENCH_QUICK, BENCH_THREADS, BENCH_KNN_N, BENCH_KNN_LARGE_NQ, BENCH_OUT
 # (report path), BENCH_TMP (scratch folder for the data shared with the
@@ -209,6 +214,10 @@ mkdir -p "$(dirname "$report")"
     mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_knn_mpi" --n "$knn_n" --d 512 --k 10 \
         --nq "$knn_mpi_nq" --runs "$runs" --threads 1
     echo '```'
+    if [ "$QUICK" = 1 ]; then serve_args=(--n 20000 --nq 50 --requests 100 --seconds 20)
+    else serve_args=(--n "${BENCH_SERVE_N:-$knn_n}" --nq 200 --requests 400 --seconds 120); fi
+    "$PYTHON" bench/serve_bench.py --build "$BUILD" --ranks "$T" --threads 1 --work "$tmp" "${serve_args[@]}" \
+        --jsonl "$out_dir/serve$suffix.jsonl"
 } >>"$report"
 # The raw lines go next to the report, so it can be regenerated
 # (bench/report.py --results X.jsonl --out X.md) or compared later.

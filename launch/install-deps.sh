@@ -15,6 +15,7 @@ PKGS=(
   libpng-dev zlib1g-dev libzip-dev      # PNG, zlib, npz (zip) files
   libjpeg62-turbo-dev                   # JPEG images (libjpeg-turbo)
   libjansson-dev                        # JSON (search manifest, --json results)
+  libmicrohttpd-dev                     # HTTP server of aesim-search serve
   libcmocka-dev                         # C unit-test framework
   clang libclang-rt-14-dev              # libFuzzer targets (make fuzz)
   valgrind                              # memcheck of short training runs (make valgrind, CI)
@@ -22,6 +23,7 @@ PKGS=(
   git                                   # build info (commit) printed at start-up
   dataset-fashion-mnist                 # default training data (/usr/share/datasets/fashion-mnist)
   gnuplot-nox                           # loss-curve plot
+  chromium curl                         # serve's web page test (headless), README curl examples
   python3 python3-numpy python3-torch python3-faiss python3-pil   # reference implementations for tests
 )
 if [ "${1:-}" = "--list" ]; then

@@ -20,6 +20,7 @@
 #ifndef AESIM_PNG_IO_H
 #define AESIM_PNG_IO_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "base/err.h"
@@ -50,6 +51,11 @@ int png_write_chw(const char *path, const uint8_t *pix, int C, int H, int W, Err
 /* Converts one float sample to uint8: clamps to [0, 1], then rounds half up,
  * i.e. floor(x*255 + 0.5) computed in double.  NaN maps to 0. */
 uint8_t png_float_to_u8(float x);
+
+/* Encodes pix [C][H][W] (as png_write_chw) into a PNG held in memory:
+ * *out[*len], free with free().  Errors: AE_EARG (channels or sides out of
+ * range), AE_EIO (libpng's message).  On error *out = NULL. */
+int png_encode_chw_mem(uint8_t **out, size_t *len, const uint8_t *pix, int C, int H, int W, Err *err);
 
 /* Writes a grid of rows x cols tiles as one PNG (grey if C == 1, RGB if C == 3).
  *   images: [n_images][C][H][W] float, values nominally in [0, 1]; converted

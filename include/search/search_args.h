@@ -1,6 +1,6 @@
 /*
  * search_args.h - command line of aesim-search (getopt_long): the
- * subcommand (index, query, eval), its options, their defaults and units,
+ * subcommand (index, query, eval, serve), its options, their defaults and units,
  * the --help text, and the checks that need no file (which options go with
  * which subcommand, k >= 1, exactly one query input, ...).
  * No I/O besides printing usage; no MPI (every rank parses the same argv).
@@ -23,7 +23,19 @@
 /* Default neighbours of eval (precision@10, the table). */
 #define SEARCH_DEFAULT_EVAL_K 10
 
-typedef enum { SEARCH_NONE = 0, SEARCH_INDEX = 1, SEARCH_QUERY = 2, SEARCH_EVAL = 3 } SearchCmd;
+/* serve defaults and limits: listen address, requests per micro-batch,
+ * largest k a request may ask, largest request body (MiB) and the seconds a
+ * silent client keeps its connection. */
+#define SEARCH_DEFAULT_LISTEN "127.0.0.1:8080"
+#define SEARCH_DEFAULT_MAX_BATCH 64
+#define SEARCH_MAX_SERVE_BATCH 4096
+#define SEARCH_DEFAULT_MAX_K 1000
+#define SEARCH_MAX_SERVE_K 100000
+#define SEARCH_DEFAULT_MAX_BODY_MIB 16
+#define SEARCH_MAX_BODY_MIB 1024
+#define SEARCH_DEFAULT_TIMEOUT_S 10
+
+typedef enum { SEARCH_NONE = 0, SEARCH_INDEX = 1, SEARCH_QUERY = 2, SEARCH_EVAL = 3, SEARCH_SERVE = 4 } SearchCmd;
 
 /* Metric choice: from the manifest unless given. */
 enum { SEARCH_METRIC_DEFAULT = -1 };
@@ -55,6 +67,11 @@ typedef struct SearchConfig {
     unsigned baselines;             /* eval --baseline: SEARCH_BASE_* bits */
     int batch;                      /* --batch images per encoder call */
     int threads;                    /* --threads, 0 = cores / ranks per node */
+    char listen[256];               /* serve --listen HOST:PORT */
+    int max_batch;                  /* serve --max-batch requests per batch */
+    int max_k;                      /* serve --max-k */
+    int max_body_mib;               /* serve --max-body-mib */
+    int timeout_s;                  /* serve --timeout seconds */
     int help;                       /* --help given */
 } SearchConfig;
 

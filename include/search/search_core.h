@@ -30,6 +30,7 @@
 #include "search/topk.h"
 #include "search/vecdb.h"
 #include "data/image_decode.h"
+#include "search/search_input.h"
 
 /* Bytes of one rank's part of a result gather (bounds the buffers of rank 0
  * to P times this). */
@@ -109,21 +110,6 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
 int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
                  float radius, KnnMetric metric, int nthreads, Err *err);
 
-/* Background under transparent pixels of query images: white, as for image
- * folders (dataset.h bg default). */
-extern const uint8_t SEARCH_IMAGE_BG[3];
-
-/* Local.  A decoded PNG/JPEG as the model's input: composited over
- * SEARCH_IMAGE_BG, converted to C channels and resized to H x W with the box
- * filter after a centre crop (image_convert.h), as the dataset layer does
- * for image folders.  pix[C][H][W] uint8 is the converted image, out (may be
- * NULL) the same as floats / 255 (what search_encode takes). */
-void search_image_to_input(float *out, uint8_t *pix, const DecodedImage *im, int C, int H, int W);
-
-/* The distance reported to users: squared L2, or 1 - cosine similarity
- * (KNN_IP scores). */
-double search_out_dist(KnnMetric metric, float d);
-
 /* Top-k lists without their padding (and, with has_radius, without entries
  * whose reported distance exceeds radius) as a KnnRange (r->lims[Q+1],
  * ids, dist; free with knn_range_free). */
@@ -147,9 +133,13 @@ typedef struct SearchMeta {
     VecShard *maps;       /* [n_shards] labels mapped on first use */
     char **names;         /* [n_shards] names blocks (vecdb_read_names) or NULL */
     uint8_t *state;       /* [n_shards] bit 1 labels loaded, bit 2 names loaded */
+    int n;                /* shards the arrays cover */
 } SearchMeta;
 
 void search_meta_init(SearchMeta *sm, const VecDb *db);
+
+/* Extends sm to shards added to its db since (what is loaded stays). */
+void search_meta_sync(SearchMeta *sm);
 void search_meta_free(SearchMeta *sm);
 
 /* Label of id (and its name when name != NULL; the pointer stays valid until

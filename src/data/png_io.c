@@ -137,6 +137,31 @@ int png_write_chw(const char *path, const uint8_t *pix, int C, int H, int W, Err
     return atomic_commit(&af, err);
 }
 
+int png_encode_chw_mem(uint8_t **out, size_t *len, const uint8_t *pix, int C, int H, int W, Err *err)
+{
+    *out = NULL;
+    *len = 0;
+    if ((C != 1 && C != 3) || H < 1 || W < 1 || H > PNG_MAX_SIDE || W > PNG_MAX_SIDE)
+        return err_set(err, AE_EARG, "cannot encode a %dx%d PNG with %d channels (need 1 or 3 channels, sides "
+                                     "1..%d)", W, H, C, PNG_MAX_SIDE);
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    CHECK(f != NULL);
+    uint8_t *row = xmalloc((size_t)W * (size_t)C);
+    PngErrCtx ectx = {.f = f, .write_errno = 0, .text = {0}};
+    int bad = png_encode(pix, C, H, W, row, &ectx);
+    free(row);
+    CHECK(fclose(f) == 0);
+    if (bad) {
+        free(buf);
+        return err_set(err, AE_EIO, "cannot encode PNG in memory: %s", ectx.text);
+    }
+    *out = (uint8_t *)buf;
+    *len = n;
+    return AE_OK;
+}
+
 uint8_t png_float_to_u8(float x)
 {
     if (!(x > 0.0f)) return 0; /* also NaN */

@@ -15,12 +15,12 @@
 #include "search/knn.h"
 
 /* Which subcommands accept an option (bit mask). */
-enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_ALL = 7 };
+enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 };
 
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -43,6 +43,11 @@ static const struct option LONG_OPTS[] = {
     { "baseline", required_argument, 0, OPT_BASELINE },
     { "batch", required_argument, 0, OPT_BATCH },
     { "threads", required_argument, 0, OPT_THREADS },
+    { "listen", required_argument, 0, OPT_LISTEN },
+    { "max-batch", required_argument, 0, OPT_MAX_BATCH },
+    { "max-k", required_argument, 0, OPT_MAX_K },
+    { "max-body-mib", required_argument, 0, OPT_MAX_BODY_MIB },
+    { "timeout", required_argument, 0, OPT_TIMEOUT },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -59,9 +64,12 @@ static const int OPT_FOR[] = {
     [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
     [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
     [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
+    [OPT_LISTEN - OPT_DB] = FOR_SERVE,   [OPT_MAX_BATCH - OPT_DB] = FOR_SERVE,
+    [OPT_MAX_K - OPT_DB] = FOR_SERVE,    [OPT_MAX_BODY_MIB - OPT_DB] = FOR_SERVE,
+    [OPT_TIMEOUT - OPT_DB] = FOR_SERVE,
 };
 
-static const char *const CMD_NAME[] = { "", "index", "query", "eval" };
+static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
 
 void search_args_usage(FILE *out)
 {
@@ -92,6 +100,17 @@ void search_args_usage(FILE *out)
 "        of the pixels to the same D (LAPACK dsyevd on the covariance of the database\n"
 "        images); both index the database's own source images in memory. If SRC is the\n"
 "        database's source, each query's own image is left out of its neighbours.\n"
+"  serve --db DIR --model CKPT [--listen HOST:PORT] [--max-batch N] [--max-k K]\n"
+"        [--max-body-mib M] [--timeout S]\n"
+"        Long-running search service: every rank maps its shards once; rank 0 answers\n"
+"        HTTP/1.1 (libmicrohttpd) on HOST:PORT (default %s) and batches the\n"
+"        waiting requests (up to --max-batch, default %d) into one encoder call and one\n"
+"        sharded search. POST /search, GET /images/ID, POST /images, GET /healthz,\n"
+"        GET /metrics, GET / (web page): see the README's Serving section. SIGTERM or\n"
+"        SIGINT stops it after answering the requests in flight.\n"
+"        --max-k K: largest k a request may ask (default %d); --max-body-mib M: largest\n"
+"        request body in MiB (default %d, else 413); --timeout S: a client silent for S\n"
+"        seconds is disconnected (default %d).\n"
 "\n"
 "Options\n"
 "  --db DIR              database folder (index creates it)\n"
@@ -126,7 +145,8 @@ void search_args_usage(FILE *out)
 "  query = 0-based query number, rank = 1 for the nearest, id = global database id,\n"
 "  label = the database image's label (-1 none), source = FILE#ROW it was encoded from.\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
-            SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
+            SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K, SEARCH_DEFAULT_MAX_BODY_MIB,
+            SEARCH_DEFAULT_TIMEOUT_S, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
 }
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
@@ -246,6 +266,23 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         if (parse_i64("--threads", arg, 1, 1024, &i, err)) return AE_EARG;
         c->threads = (int)i;
         return AE_OK;
+    case OPT_LISTEN: return copy_str(c->listen, sizeof c->listen, "--listen", arg, err);
+    case OPT_MAX_BATCH:
+        if (parse_i64("--max-batch", arg, 1, SEARCH_MAX_SERVE_BATCH, &i, err)) return AE_EARG;
+        c->max_batch = (int)i;
+        return AE_OK;
+    case OPT_MAX_K:
+        if (parse_i64("--max-k", arg, 1, SEARCH_MAX_SERVE_K, &i, err)) return AE_EARG;
+        c->max_k = (int)i;
+        return AE_OK;
+    case OPT_MAX_BODY_MIB:
+        if (parse_i64("--max-body-mib", arg, 1, SEARCH_MAX_BODY_MIB, &i, err)) return AE_EARG;
+        c->max_body_mib = (int)i;
+        return AE_OK;
+    case OPT_TIMEOUT:
+        if (parse_i64("--timeout", arg, 1, 3600, &i, err)) return AE_EARG;
+        c->timeout_s = (int)i;
+        return AE_OK;
     default: return AE_OK;
     }
 }
@@ -279,6 +316,9 @@ static int check_config(SearchConfig *c, Err *err)
             return err_set(err, AE_EARG, "eval needs --model CKPT and --queries SRC (labelled images; see --help)");
         if (!c->k) c->k = SEARCH_DEFAULT_EVAL_K;
         break;
+    case SEARCH_SERVE:
+        if (!c->model[0]) return err_set(err, AE_EARG, "serve needs --model CKPT to encode uploaded images (see --help)");
+        break;
     default: break;
     }
     return AE_OK;
@@ -289,7 +329,12 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     memset(c, 0, sizeof *c);
     c->metric = SEARCH_METRIC_DEFAULT;
     c->batch = SEARCH_DEFAULT_BATCH;
-    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query or eval (see --help)");
+    snprintf(c->listen, sizeof c->listen, "%s", SEARCH_DEFAULT_LISTEN);
+    c->max_batch = SEARCH_DEFAULT_MAX_BATCH;
+    c->max_k = SEARCH_DEFAULT_MAX_K;
+    c->max_body_mib = SEARCH_DEFAULT_MAX_BODY_MIB;
+    c->timeout_s = SEARCH_DEFAULT_TIMEOUT_S;
+    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or serve (see --help)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         c->help = 1;
@@ -298,7 +343,8 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     if (strcmp(cmd, "index") == 0) c->cmd = SEARCH_INDEX;
     else if (strcmp(cmd, "query") == 0) c->cmd = SEARCH_QUERY;
     else if (strcmp(cmd, "eval") == 0) c->cmd = SEARCH_EVAL;
-    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query or eval (see --help)", cmd);
+    else if (strcmp(cmd, "serve") == 0) c->cmd = SEARCH_SERVE;
+    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query, eval or serve (see --help)", cmd);
     const int mask = 1 << (c->cmd - 1);
     optind = 1;
     opterr = 0;

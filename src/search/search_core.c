@@ -362,18 +362,6 @@ done:
 
 /* ------------------------------------------------------------ results */
 
-const uint8_t SEARCH_IMAGE_BG[3] = { 255, 255, 255 };
-
-void search_image_to_input(float *out, uint8_t *pix, const DecodedImage *im, int C, int H, int W)
-{
-    image_convert(pix, C, H, W, im, SEARCH_IMAGE_BG, DATASET_FIT_CROP);
-    const size_t chw = (size_t)C * (size_t)H * (size_t)W;
-    if (out)
-        for (size_t j = 0; j < chw; j++) out[j] = (float)pix[j] / 255.0f;
-}
-
-double search_out_dist(KnnMetric metric, float d) { return metric == KNN_IP ? 1.0 - (double)d : (double)d; }
-
 void search_topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius)
 {
     r->Q = t->Q;
@@ -444,11 +432,31 @@ void search_meta_init(SearchMeta *sm, const VecDb *db)
     sm->maps = xcalloc(n, sizeof *sm->maps);
     sm->names = xcalloc(n, sizeof *sm->names);
     sm->state = xcalloc(n, sizeof *sm->state);
+    sm->n = db->n_shards;
+}
+
+void search_meta_sync(SearchMeta *sm)
+{
+    const int n = sm->db->n_shards;
+    if (n <= sm->n) return;
+    VecShard *maps = xcalloc((size_t)n, sizeof *maps);
+    char **names = xcalloc((size_t)n, sizeof *names);
+    uint8_t *state = xcalloc((size_t)n, sizeof *state);
+    memcpy(maps, sm->maps, (size_t)sm->n * sizeof *maps);
+    memcpy(names, sm->names, (size_t)sm->n * sizeof *names);
+    memcpy(state, sm->state, (size_t)sm->n * sizeof *state);
+    free(sm->maps);
+    free(sm->names);
+    free(sm->state);
+    sm->maps = maps;
+    sm->names = names;
+    sm->state = state;
+    sm->n = n;
 }
 
 void search_meta_free(SearchMeta *sm)
 {
-    for (int s = 0; sm->db && s < sm->db->n_shards; s++) {
+    for (int s = 0; sm->db && s < sm->n; s++) {
         vecdb_shard_unmap(&sm->maps[s]);
         free(sm->names[s]);
     }

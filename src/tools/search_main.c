@@ -16,6 +16,7 @@
 #include "search/search_args.h"
 #include "base/threads.h"
 #include "tools/version.h"
+#include "search/serve.h"
 
 static int finish(ParCtx *ctx, const Err *err, int code)
 {
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
     switch (cfg.cmd) {
     case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
     case SEARCH_QUERY: rc = search_query(&ctx, &cfg, plan.omp_threads, &err); break;
+    case SEARCH_SERVE: rc = search_serve(&ctx, &cfg, plan.omp_threads, &err); break;
     default: rc = search_eval(&ctx, &cfg, plan.omp_threads, &err); break;
     }
     /* Results on stdout that could not be written (a full disk, a closed

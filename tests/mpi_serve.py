@@ -1,0 +1,476 @@
+"""MPI tests of aesim-search serve (the HTTP search service), P = 2 ranks,
+on real MNIST images, every server on 127.0.0.1 with a port the kernel picks.
+
+A small checkpoint is trained (aesim-train, 30 steps), 2000 MNIST test
+images are indexed with P = 2, and `mpirun -np 2 aesim-search serve` runs
+for the whole class.  Checked against references nobody here wrote:
+- POST /search answers (JSON vectors, PNG/JPEG uploads of several sizes and
+  colour types sent concurrently so that they share micro-batches,
+  {"id": N}, label filters, radius) are identical, ids, order and
+  distances, to `aesim-search query --json` on the same inputs, and agree
+  with a float64 numpy brute force over the shard vectors (numpy.load);
+- GET /images/ID decodes (PIL) to the MNIST pixels of that image;
+- POST /images: the id is the next one, the image is found by the next
+  search at distance 0, the new files are valid npz / npy (numpy), the
+  manifest counts it, `query` in another process finds it, and after a
+  restart it is still there and `eval --baseline pixels` reads it;
+- bad requests get a 4xx JSON error and the server keeps serving; a body
+  over --max-body-mib gets 413; a silent client is disconnected after
+  --timeout and does not block others;
+- GET /metrics parses as Prometheus text (counters match the requests sent);
+- SIGTERM to rank 0 answers the request in flight and every rank exits 0;
+  kill -9 of rank 1 ends the job within seconds.
+"""
+import concurrent.futures
+import gzip
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.environ.get("AESIM_BUILD", "build")
+TRAIN = os.path.join(ROOT, BUILD, "aesim-train")
+SEARCH = os.path.join(ROOT, BUILD, "aesim-search")
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+MNIST = os.path.join(SHARED, "mnist", "t10k-images-idx3-ubyte.gz")
+MNIST_LABELS = os.path.join(SHARED, "mnist", "t10k-labels-idx1-ubyte.gz")
+TMP = os.environ.get("AESIM_TEST_TMP") or tempfile.mkdtemp()
+WORK = os.path.join(TMP, "mpi_serve")
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
+N_DB = 2000
+TIMEOUT = 120
+HTTP_TIMEOUT = 30
+
+
+def mpirun(np_, *args, check=True):
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np_), *args]
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def load_mnist():
+    raw = gzip.open(MNIST).read()
+    lab = gzip.open(MNIST_LABELS).read()
+    n = struct.unpack(">I", raw[4:8])[0]
+    return (np.frombuffer(raw[16:], np.uint8).reshape(n, 28, 28),
+            np.frombuffer(lab[8:], np.uint8).astype(np.int32))
+
+
+def write_idx(prefix, images, labels):
+    n = len(images)
+    with open(prefix + "-images-idx3-ubyte", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.astype(np.uint8).tobytes())
+    with open(prefix + "-labels-idx1-ubyte", "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes())
+    return prefix + "-images-idx3-ubyte"
+
+
+def load_db(db):
+    with open(os.path.join(db, "manifest.json")) as f:
+        man = json.load(f)
+    xs = [np.load(os.path.join(db, "shard-%05d.vectors.npy" % s["shard"])) for s in man["shards"]]
+    return man, np.concatenate(xs)
+
+
+def rank_pids(mpirun_pid):
+    """{rank: pid} of the processes mpirun started (children with OMPI_COMM_WORLD_RANK)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != mpirun_pid:
+                continue
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if b"OMPI_COMM_WORLD_RANK" in env:
+                out[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(d)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+class Server:
+    """mpirun -np P aesim-search serve ... on 127.0.0.1:0; .url once listening."""
+
+    def __init__(self, np_, db, ckpt, *extra, tag="serve"):
+        self.log = os.path.join(WORK, f"{tag}.{time.time_ns()}.err")
+        self.err = open(self.log, "w")
+        cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np_), SEARCH, "serve", "--db", db,
+               "--model", ckpt, "--listen", "127.0.0.1:0", "--threads", "1", *extra]
+        self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=self.err)
+        t0 = time.time()
+        self.url = None
+        while self.url is None:
+            with open(self.log) as f:
+                m = re.search(r"listening on (http://[0-9.]+:\d+)", f.read())
+            if m:
+                self.url = m.group(1)
+            elif self.proc.poll() is not None or time.time() - t0 > TIMEOUT:
+                self.kill()
+                raise AssertionError("server did not start:\n" + self.stderr())
+            else:
+                time.sleep(0.05)
+
+    def stderr(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.err.close()
+
+    def kill(self):
+        for pid in rank_pids(self.proc.pid).values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.kill()
+        self.proc.wait()
+        self.err.close()
+
+
+def request(url, method="GET", body=None, headers=None):
+    """(status, content type, body bytes); 4xx/5xx are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def png_bytes(arr, fmt="PNG", **kw):
+    from PIL import Image
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def results(doc):
+    return [(r["id"], r["distance"]) for r in doc["results"]]
+
+
+class Serve(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(WORK, exist_ok=True)
+        cls.images, cls.labels = load_mnist()
+        cls.src = write_idx(os.path.join(WORK, "m2000"), cls.images[:N_DB], cls.labels[:N_DB])
+        run = os.path.join(WORK, "run")
+        mpirun(2, TRAIN, "--data", MNIST, "--max-steps", "30", "--batch-size", "64", "--seed", "3", "--threads", "1",
+               "--out", run, "--grid", "0")
+        cls.ckpt = os.path.join(run, "checkpoint.npz")
+        cls.db = os.path.join(WORK, "db")
+        shutil.rmtree(cls.db, ignore_errors=True)
+        mpirun(2, SEARCH, "index", "--model", cls.ckpt, "--data", cls.src, "--db", cls.db, "--threads", "1")
+        cls.man, cls.x = load_db(cls.db)
+        cls.srv = Server(2, cls.db, cls.ckpt, "--timeout", "2", "--max-body-mib", "1", "--max-k", "500")
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.srv.proc.poll() is None:
+            cls.srv.kill()
+
+    # ------------------------------------------------------------ helpers
+
+    def post_search(self, body, **args):
+        q = "&".join(f"{k}={v}" for k, v in args.items())
+        st, ctype, data = request(f"{self.srv.url}/search?{q}", "POST", body)
+        self.assertEqual(st, 200, data)
+        self.assertEqual(ctype, "application/json")
+        return json.loads(data)
+
+    def query(self, *args):
+        p = mpirun(2, SEARCH, "query", "--json", "--db", self.db, "--threads", "1", *args)
+        return [[(r["id"], r["distance"]) for r in q["results"]] for q in json.loads(p.stdout)["queries"]]
+
+    def check_brute(self, q, got, k, eligible=None):
+        """got [(id, distance)] vs a float64 numpy brute force over the shard vectors."""
+        man, x = load_db(self.db)
+        q64, x64 = q.astype(np.float64), x.astype(np.float64)
+        d = np.maximum((q64 ** 2).sum() + (x64 ** 2).sum(1) - 2.0 * (x64 @ q64), 0.0)
+        if eligible is not None:
+            d[~eligible(len(x))] = np.inf
+        order = np.lexsort((np.arange(len(d)), d))[:k]
+        order = [i for i in order if np.isfinite(d[i])]
+        ids = [i for i, _ in got]
+        np.testing.assert_allclose([dist for _, dist in got], d[order], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d[ids], [dist for _, dist in got], rtol=1e-5, atol=1e-5)
+        self.assertEqual(len(ids), len(order))
+
+    # ------------------------------------------------------------ search
+
+    def test_vectors_equal_query_and_bruteforce(self):
+        rng = np.random.default_rng(5)
+        a, b = rng.integers(0, N_DB, 6), rng.integers(0, N_DB, 6)
+        q = (0.5 * self.x[a] + 0.5 * self.x[b] + rng.normal(0, 0.05, (6, self.x.shape[1]))).astype(np.float32)
+        qfile = os.path.join(WORK, "q.npy")
+        np.save(qfile, q)
+        ref = self.query("--queries", qfile, "--k", "10")
+        # Sent at once from 6 threads: they share micro-batches.
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            docs = list(ex.map(lambda v: self.post_search(json.dumps({"vector": [float(t) for t in v]}).encode(),
+                                                          k=10), q))
+        for i, doc in enumerate(docs):
+            self.assertEqual(results(doc), ref[i])
+            self.assertEqual([r["rank"] for r in doc["results"]], list(range(1, 11)))
+            self.assertEqual([r["image"] for r in doc["results"]], [f"/images/{r['id']}" for r in doc["results"]])
+            self.check_brute(q[i], results(doc), 10)
+            for r in doc["results"]:
+                self.assertEqual(r["label"], int(self.labels[r["id"]]))
+                self.assertEqual(r["source"], f"m2000-images-idx3-ubyte#{r['id']}")
+
+    def test_images_equal_query(self):
+        files, bodies = [], []
+        variants = [("q7.png", self.images[7], "PNG", {}),
+                    ("q42_rgb.png", np.stack([self.images[42]] * 3, -1), "PNG", {}),
+                    ("q9_56.png", np.kron(self.images[9], np.ones((2, 2), np.uint8)), "PNG", {}),
+                    ("q3000.jpg", self.images[3000], "JPEG", {"quality": 90}),
+                    ("q3001_wide.png", np.pad(self.images[3001], ((0, 0), (10, 30))), "PNG", {})]
+        for name, arr, fmt, kw in variants:
+            data = png_bytes(arr, fmt, **kw)
+            path = os.path.join(WORK, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            files.append(path)
+            bodies.append(data)
+        ref = self.query("--model", self.ckpt, "--image", *files, "--k", "7")
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:
+            docs = list(ex.map(lambda b: self.post_search(b, k=7), bodies))
+        for i, doc in enumerate(docs):
+            self.assertEqual(results(doc), ref[i], files[i])
+        # A database image finds itself first, at distance 0.
+        self.assertEqual(results(docs[0])[0], (7, 0.0))
+
+    def test_more_like_this_label_and_radius(self):
+        ref_q = os.path.join(WORK, "row123.npy")
+        np.save(ref_q, self.x[123:124])
+        doc = self.post_search(b'{"id": 123}', k=8)
+        self.assertEqual(results(doc), self.query("--queries", ref_q, "--k", "8")[0])
+        self.assertEqual(results(doc)[0], (123, 0.0))
+        doc = self.post_search(b'{"id": 123}', k=8, label="3&label=5")
+        self.assertEqual(results(doc), self.query("--queries", ref_q, "--k", "8", "--label", "3,5")[0])
+        self.assertTrue(all(self.labels[i] in (3, 5) for i, _ in results(doc)))
+        lab = self.labels[:N_DB]
+        self.check_brute(self.x[123], results(doc), 8, eligible=lambda n: np.isin(np.r_[lab, np.full(n - N_DB, -1)],
+                                                                                 [3, 5]))
+        radius = results(self.post_search(b'{"id": 123}', k=20))[5][1]
+        doc = self.post_search(b'{"id": 123}', k=20, radius=repr(radius))
+        self.assertEqual(results(doc), self.query("--queries", ref_q, "--k", "20", "--radius", repr(radius))[0])
+        self.assertEqual(len(doc["results"]), 6)
+
+    def test_get_image(self):
+        from PIL import Image
+        for i in (0, 7, 1999):
+            st, ctype, data = request(f"{self.srv.url}/images/{i}")
+            self.assertEqual((st, ctype), (200, "image/png"))
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[i])
+
+    def test_healthz_labels_page(self):
+        st, _, data = request(f"{self.srv.url}/healthz")
+        h = json.loads(data)
+        self.assertEqual((st, h["status"], h["dim"], h["ranks"], h["metric"]), (200, "ok", 392, 2, "l2"))
+        self.assertGreaterEqual(h["vectors"], N_DB)
+        st, _, data = request(f"{self.srv.url}/labels")
+        self.assertEqual(json.loads(data)["labels"][:10], list(range(10)))
+        st, ctype, data = request(f"{self.srv.url}/")
+        self.assertEqual((st, ctype), (200, "text/html; charset=utf-8"))
+        self.assertNotIn(b"http://", data.replace(b"http://www.w3.org", b""), "the page loads nothing from outside")
+
+    # ------------------------------------------------------------ errors
+
+    def test_bad_requests_get_4xx_and_server_keeps_serving(self):
+        good = png_bytes(self.images[7])
+        u = self.srv.url
+        cases = [
+            ("POST", "/search?k=5", good[:len(good) // 2], 400, "truncated"),
+            ("POST", "/search?k=5", b"\x89PNG\r\n\x1a\n" + b"\0" * 50, 400, "PNG"),
+            ("POST", "/search?k=5", b"\xff\xd8\xff" + b"garbage" * 10, 400, "JPEG"),
+            ("POST", "/search?k=5", b"", 400, "empty body"),
+            ("POST", "/search?k=5", b'{"vector": [1, 2', 400, "JSON"),
+            ("POST", "/search?k=5", b'{"vector": [1, 2, 3]}', 400, "392"),
+            ("POST", "/search?k=5", json.dumps({"vector": [1e39] * 392}).encode(), 400, "infinite"),
+            ("POST", "/search?k=5", b'{"vector": [' + b",".join([b"NaN"] * 392) + b"]}", 400, "JSON"),
+            ("POST", "/search?k=5", b'{"id": -1}', 400, "id"),
+            ("POST", "/search?k=5", b'{"id": 99999999}', 404, "not in the database"),
+            ("POST", "/search?k=5", b'{"id": 1, "vector": []}', 400, "must be"),
+            ("POST", "/search?k=5", b'[1, 2]', 400, "must be"),
+            ("POST", "/search?k=0", b'{"id": 1}', 400, "k must be"),
+            ("POST", "/search?k=-3", b'{"id": 1}', 400, "k must be"),
+            ("POST", "/search?k=501", b'{"id": 1}', 400, "k must be"),
+            ("POST", "/search?k=abc", b'{"id": 1}', 400, "k must be"),
+            ("POST", "/search?k=5&label=42", b'{"id": 1}', 400, "label 42"),
+            ("POST", "/search?k=5&label=x", b'{"id": 1}', 400, "label"),
+            ("POST", "/search?k=5&radius=-1", b'{"id": 1}', 400, "radius"),
+            ("POST", "/search?k=5&radius=" + "9" * 80, b'{"id": 1}', 400, "radius"),  # found by fuzz_http
+            ("POST", "/search?k=5&color=red", b'{"id": 1}', 400, "unknown query argument"),
+            ("POST", "/images?label=1,2", good, 400, "one label"),
+            ("POST", "/images", b"not an image", 400, "PNG"),
+            ("GET", "/images/abc", None, 404, "no such image"),
+            ("GET", "/images/99999999", None, 404, "not in the database"),
+            ("GET", "/nowhere", None, 404, "no such path"),
+            ("GET", "/%FF%FEx", None, 404, "no such path"),  # not UTF-8 (found by fuzz/fuzz_http.c)
+            ("GET", "/search", None, 405, "POST"),
+            ("DELETE", "/images/3", None, 405, "GET"),
+            ("PUT", "/healthz", b"x", 405, "GET"),
+            ("POST", "/search?k=5", b"x" * (1 << 20) + b"x", 413, "max-body-mib"),
+        ]
+        for method, path, body, status, needle in cases:
+            with self.subTest(method=method, path=path, status=status):
+                st, ctype, data = request(u + path, method, body)
+                self.assertEqual(st, status, data)
+                self.assertEqual(ctype, "application/json")
+                doc = json.loads(data)
+                self.assertEqual(doc["status"], status)
+                self.assertIn(needle, doc["error"])
+        # Chunked upload over the limit (no Content-Length): 413 too.
+        c = http.client.HTTPConnection(u[7:], timeout=HTTP_TIMEOUT)
+        c.request("POST", "/search?k=5", body=iter([b"y" * 65536] * 20), encode_chunked=True)
+        self.assertEqual(c.getresponse().status, 413)
+        c.close()
+        self.assertEqual(results(self.post_search(good, k=3))[0], (7, 0.0))
+
+    def test_silent_client_times_out_and_blocks_nobody(self):
+        s = socket.create_connection(tuple(self.srv.url[7:].split(":")))
+        s.sendall(b"POST /search?k=3 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\":")
+        t0 = time.time()
+        self.assertEqual(results(self.post_search(b'{"id": 5}', k=1))[0], (5, 0.0))
+        self.assertLess(time.time() - t0, 2.0, "a stalled upload delayed another client")
+        s.settimeout(15)
+        got = s.recv(4096)  # b"" once the server closes the silent connection (--timeout 2)
+        took = time.time() - t0
+        s.close()
+        self.assertEqual(got, b"")
+        self.assertLess(took, 10)
+
+    def test_metrics_prometheus_text(self):
+        before = self.metrics()
+        for _ in range(3):
+            self.post_search(b'{"id": 1}', k=2)
+        request(f"{self.srv.url}/search?k=0", "POST", b'{"id": 1}')
+        after = self.metrics()
+        key = 'aesim_http_requests_total{endpoint="search"}'
+        self.assertEqual(after[key] - before.get(key, 0), 4)
+        ekey = 'aesim_http_errors_total{endpoint="search"}'
+        self.assertEqual(after[ekey] - before.get(ekey, 0), 1)
+        self.assertEqual(after['aesim_http_request_seconds_count{endpoint="search"}'], after[key])
+        self.assertEqual(after['aesim_vectors{rank="0"}'] + after['aesim_vectors{rank="1"}'],
+                         after["aesim_vectors_total"])
+        self.assertGreaterEqual(after["aesim_batch_size_count"], 3)
+        buckets = [v for k, v in after.items() if k.startswith('aesim_http_request_seconds_bucket{endpoint="search"')]
+        self.assertEqual(buckets, sorted(buckets), "cumulative buckets")
+
+    def metrics(self):
+        st, ctype, data = request(f"{self.srv.url}/metrics")
+        self.assertEqual(st, 200)
+        self.assertTrue(ctype.startswith("text/plain"))
+        out = {}
+        for line in data.decode().splitlines():
+            if line.startswith("#") or not line:
+                continue
+            # Prometheus text format 0.0.4: name{labels} value
+            m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)', line)
+            self.assertIsNotNone(m, line)
+            out[m.group(1)] = float(m.group(2))
+        return out
+
+    # ------------------------------------------------------------ additions, stop, restart
+
+    def test_z_add_stop_restart(self):
+        from PIL import Image
+        new = [5000, 5001]
+        ids = []
+        for i, lab in zip(new, (3, 8)):
+            st, _, data = request(f"{self.srv.url}/images?label={lab}", "POST", png_bytes(self.images[i]))
+            self.assertEqual(st, 200, data)
+            ids.append(json.loads(data)["id"])
+        man, x = load_db(self.db)
+        self.assertEqual(ids, [man["count"] - 2, man["count"] - 1])
+        self.assertGreaterEqual(ids[0], N_DB)
+        for i, nid in zip(new, ids):
+            doc = self.post_search(png_bytes(self.images[i]), k=2)
+            self.assertEqual(results(doc)[0], (nid, 0.0))
+            st, _, data = request(f"{self.srv.url}/images/{nid}")
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[i])
+        doc = self.post_search(b'{"id": %d}' % ids[0], k=1, label=3)
+        self.assertEqual(doc["results"][0]["label"], 3)
+        # The files are plain numpy formats; query in another process sees them.
+        added = [s for s in man["sources"] if "added-" in s["spec"]]
+        self.assertEqual(sum(s["count"] for s in added), 2)
+        for s in added:
+            z = np.load(s["items"][0]["path"])
+            self.assertEqual(z["data"].shape[1:], (1, 28, 28))
+        np.testing.assert_array_equal(np.load(added[0]["items"][0]["path"])["data"][0, 0], self.images[5000])
+        q = os.path.join(WORK, "added.npy")
+        np.save(q, x[ids[0]:ids[0] + 1])
+        self.assertEqual(self.query("--queries", q, "--k", "1")[0][0], (ids[0], 0.0))
+
+        # SIGTERM to rank 0 with a request in flight: answered, all ranks exit 0.
+        pids = rank_pids(self.srv.proc.pid)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(self.post_search, png_bytes(self.images[11]), k=5)
+            time.sleep(0.05)
+            os.kill(pids[0], signal.SIGTERM)
+            self.assertEqual(len(fut.result()["results"]), 5)
+        self.assertEqual(self.srv.wait(30), 0, self.srv.stderr())
+        self.assertIn("stop requested (SIGTERM)", self.srv.stderr())
+        # Restart: the additions are still there; eval reads the added source.
+        srv = Server(2, self.db, self.ckpt, tag="restart")
+        try:
+            st, _, data = request(f"{srv.url}/healthz")
+            self.assertEqual(json.loads(data)["vectors"], man["count"])
+            st, _, data = request(f"{srv.url}/search?k=1", "POST", png_bytes(self.images[5001]))
+            self.assertEqual(results(json.loads(data))[0], (ids[1], 0.0))
+            # SIGTERM to mpirun also stops the job (mpirun itself exits 1 in Open MPI 4.1; see
+            # tests/mpi_reliability.py), within seconds.
+            t0 = time.time()
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait(30)
+            self.assertLess(time.time() - t0, 20)
+        finally:
+            if srv.proc.poll() is None:
+                srv.kill()
+        p = mpirun(2, SEARCH, "eval", "--db", self.db, "--model", self.ckpt, "--queries", self.src, "--max-queries",
+                   "50", "--baseline", "pixels", "--threads", "1")
+        self.assertIn("mean", p.stdout)
+
+    def test_zz_kill9_of_a_rank_ends_the_job(self):
+        srv = Server(2, self.db, self.ckpt, tag="kill9")
+        try:
+            t0 = time.time()
+            os.kill(rank_pids(srv.proc.pid)[1], signal.SIGKILL)
+            rc = srv.wait(30)
+            self.assertNotEqual(rc, 0)
+            self.assertLess(time.time() - t0, 15, "the job outlived its dead rank")
+        finally:
+            if srv.proc.poll() is None:
+                srv.kill()
+
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
