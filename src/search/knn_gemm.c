@@ -9,7 +9,11 @@
  * OpenBLAS's DYNAMIC_ARCH does not recognise this CPU and runs a generic
  * kernel (with OPENBLAS_CORETYPE=SkylakeX it reaches ~140 GFLOP/s; a user may
  * set that and AESIM_KNN_GEMM=blas).  So AUTO = AVX-512 wherever the CPU has
- * AVX-512F.  bench/bench_knn_gemm.c repeats the measurement.
+ * AVX-512F.  Whole search (bench/bench_knn.c --n 100000 --d 512 --nq 3000/3,
+ * best of 3 calls of 1,000 queries, same day, load average ~6 on 2 cores):
+ * 2 threads: AESIM_KNN_GEMM=avx512 374 queries/s (38 GFLOP/s), blas 188;
+ * 1 thread avx512: 570 queries/s (58 GFLOP/s: the machine was too loaded
+ * for 2 threads to help).  Re-measure with AESIM_KNN_GEMM=blas|avx512.
  *
  * Does not: block, thread or allocate; knn.c does the blocking.
  */
