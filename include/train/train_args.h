@@ -46,6 +46,7 @@ typedef struct TrainConfig {
     int progress;              /* PROGRESS_AUTO, PROGRESS_BAR or PROGRESS_LINES */
     int bucket_kib;            /* gradient allreduce bucket, KiB (grad_sync.h); 0 = one blocking
                                   allreduce after backward */
+    int precision;             /* ModelPrecision (model.h): MODEL_FP32 (default) or MODEL_BF16 */
     int help;                  /* --help was given */
 } TrainConfig;
 

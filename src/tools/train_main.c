@@ -51,8 +51,8 @@ int main(int argc, char **argv)
     int bc, bh, bw;
     model_bottleneck_shape(&model, &bc, &bh, &bw);
     par_log0(&ctx, "model: %s | input %dx%dx%d | bottleneck %dx%dx%d = %d values | %zu parameters | "
-             "%.2f MFLOP/image forward\n", model.spec.text, train.H, train.W, train.C, bh, bw, bc, bc * bh * bw,
-             model.n_params, model_forward_flops(&model) / 1e6);
+             "%.2f MFLOP/image forward | %s\n", model.spec.text, train.H, train.W, train.C, bh, bw, bc, bc * bh * bw,
+             model.n_params, model_forward_flops(&model) / 1e6, model_precision_name(model.precision));
     par_log0(&ctx, "optimizer: %s lr %g%s | global batch %d (%d per rank at most) | %d epoch(s) | seed %llu%s%s\n",
              optimizer_name(opt.kind), (double)opt.adam.lr, opt.kind == OPT_SGD ? " momentum" : "",
              cfg.batch_size, model.max_batch, cfg.epochs, (unsigned long long)start.seed,
