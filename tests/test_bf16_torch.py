@@ -28,6 +28,9 @@ e(a, b) = ||a - b|| / ||b||.  Two PyTorch references (Debian python3-torch):
    aesim's deviation from float64 must be at most AUTOCAST_FACTOR times
    autocast's, plus LOOSE (bf16 training here is about as accurate as
    PyTorch's; measured ratio up to 2).
+Encoding (aesim-search index --precision bf16, same kernels): the stored
+vectors of a small image array against the bf16 definition's encoder
+(TIGHT), and visibly apart from the float32 encoding (VISIBLE).
 Kernels: every convolution kernel this CPU runs (direct fuses pooling and
 upsampling into the convolutions, generic does not); 1 and 2 threads.
 BF16_TABLE=1 prints every error instead of asserting.
@@ -45,6 +48,7 @@ import aesim_torch
 
 BUILD = os.environ.get("AESIM_BUILD", "build")
 TOOL = os.path.join(BUILD, "tests", "tool_model_ref")
+SEARCH = os.path.join(BUILD, "aesim-search")
 TIGHT = 1e-3
 VISIBLE = 0.35
 LOOSE = 1e-2
@@ -182,6 +186,31 @@ class Bf16VsTorch(unittest.TestCase):
                     self.assertLessEqual(e_plain, AUTOCAST_FACTOR * e_ap + LOOSE, msg)
                 else:
                     self.assertLessEqual(e_auto, LOOSE, msg)
+
+    def test_search_encode(self):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
+            C, H, W, N = 1, 28, 28, 12
+            env = dict(os.environ, OMP_NUM_THREADS="2")
+            subprocess.run([TOOL, "mnist", str(C), str(H), str(W), "2", "1", "adam", d], check=True, env=env)
+            imgs = np.random.default_rng(7).integers(0, 256, size=(N, C, H, W), dtype=np.uint8)
+            np.save(os.path.join(d, "imgs.npy"), imgs)
+            ckpt = os.path.join(d, "init.npz")
+            vec = {}
+            for prec in ("fp32", "bf16"):
+                db = os.path.join(d, f"db_{prec}")
+                subprocess.run([SEARCH, "index", "--model", ckpt, "--data", os.path.join(d, "imgs.npy"), "--db", db,
+                                "--precision", prec], check=True, env=env, stdout=subprocess.DEVNULL)
+                vec[prec] = np.load(os.path.join(db, "shard-00000.vectors.npy"))
+            init = np.load(ckpt)
+            arch = bytes(init["meta.arch"]).decode()
+            m = bf16_definition(aesim_torch.build(arch, C, torch.float64))
+            aesim_torch.load_npz(m, init)
+            x = torch.from_numpy((imgs.astype(np.float32) / np.float32(255)).astype(np.float64))
+            ref = m.encoder(x).reshape(N, -1).detach().numpy()
+            e_def, e_fp32 = rel_err(vec["bf16"], ref), rel_err(vec["fp32"], ref)
+            msg = f"aesim-search --precision bf16 vectors: error vs the bf16 definition {e_def:.2e}, fp32 vectors {e_fp32:.2e}"
+            self.assertLessEqual(e_def, TIGHT, msg)
+            self.assertLessEqual(e_def, VISIBLE * e_fp32, msg)
 
     def test_cases(self):
         for kernel in KERNELS:

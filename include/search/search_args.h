@@ -55,6 +55,7 @@ typedef struct SearchConfig {
     unsigned baselines;             /* eval --baseline: SEARCH_BASE_* bits */
     int batch;                      /* --batch images per encoder call */
     int threads;                    /* --threads, 0 = cores / ranks per node */
+    int precision;                  /* --precision: ModelPrecision (model.h) of the encoder, MODEL_FP32 default */
     int help;                       /* --help given */
 } SearchConfig;
 

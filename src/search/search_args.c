@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/model.h"
 #include "search/knn.h"
 
 /* Which subcommands accept an option (bit mask). */
@@ -20,7 +21,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_ALL = 7 };
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_HELP
+    OPT_PRECISION, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -43,6 +44,7 @@ static const struct option LONG_OPTS[] = {
     { "baseline", required_argument, 0, OPT_BASELINE },
     { "batch", required_argument, 0, OPT_BATCH },
     { "threads", required_argument, 0, OPT_THREADS },
+    { "precision", required_argument, 0, OPT_PRECISION },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -58,7 +60,8 @@ static const int OPT_FOR[] = {
     [OPT_JSON - OPT_DB] = FOR_QUERY,     [OPT_SHEET - OPT_DB] = FOR_QUERY,
     [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
     [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
-    [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
+    [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_PRECISION - OPT_DB] = FOR_ALL,
+    [OPT_HELP - OPT_DB] = FOR_ALL,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval" };
@@ -117,6 +120,8 @@ void search_args_usage(FILE *out)
 "  --batch N             images per encoder call (default %d)\n"
 "  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
 "                        node; BLAS single-threaded inside)\n"
+"  --precision P         encoder arithmetic: fp32 (default) or bf16 (convolution inputs and\n"
+"                        weights rounded to bfloat16, float32 sums; as aesim-train --precision)\n"
 "  --help                this text\n"
 "\n"
 "Output of query (TSV with a header line; --json gives the same fields):\n"
@@ -244,6 +249,12 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         if (parse_i64("--threads", arg, 1, 1024, &i, err)) return AE_EARG;
         c->threads = (int)i;
         return AE_OK;
+    case OPT_PRECISION: {
+        ModelPrecision p;
+        if (model_precision_parse(&p, arg, err)) return AE_EARG;
+        c->precision = (int)p;
+        return AE_OK;
+    }
     default: return AE_OK;
     }
 }
