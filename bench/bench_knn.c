@@ -17,7 +17,9 @@
  * every query once; a remainder of fewer than C queries is skipped).
  * FLOPs per query: 2 N D (the distance GEMM); bytes per run: N D 4 (the
  * database must be read at least once per search).
- * Output: JSON lines (bench_common.h).
+ * Output: JSON lines (bench_common.h); each result names the kNN GEMM
+ * kernel that ran ("knn_gemm": AESIM_KNN_GEMM=auto|blas|avx512 chooses,
+ * knn_gemm.h).
  * Threading: threads_setup(T) as aesim's programs do (OpenMP T, BLAS 1),
  * because knn.c runs its sgemm tiles inside its OpenMP loop over query
  * blocks.  No MPI communication (one rank).
@@ -30,6 +32,7 @@
 #include "bench_common.h"
 #include "base/check.h"
 #include "search/knn.h"
+#include "search/knn_gemm.h"
 #include "data/npy.h"
 #include "par/par.h"
 #include "base/rng.h"
@@ -165,7 +168,10 @@ int main(int argc, char **argv)
                      (long long)per);
         else
             snprintf(variant, sizeof variant, "%d threads", plan.omp_threads);
-        snprintf(extra, sizeof extra, "\"threads\": %d, \"chunks\": %d", plan.omp_threads, c);
+        KnnGemm gemm = KNN_GEMM_AUTO;
+        knn_gemm_from_env(&gemm, NULL); /* an invalid value fails the search itself */
+        snprintf(extra, sizeof extra, "\"threads\": %d, \"chunks\": %d, \"knn_gemm\": \"%s\"", plan.omp_threads, c,
+                 knn_gemm_name(knn_gemm_resolve(gemm)));
         bench_print_result(stdout, workload, "aesim", variant, sec, nrun, (double)per, 2.0 * (double)N * D,
                            4.0 * (double)N * D, extra);
     }

@@ -82,6 +82,23 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+# SIMD flags of /proc/cpuinfo that decide which kernels run (issue 16: bf16
+# needs avx512_bf16; amx_bf16 is listed for the record).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in SIMD_FLAGS if fl in have], [fl for fl in SIMD_FLAGS if fl not in have]
+    except OSError:
+        pass
+    return [], list(SIMD_FLAGS)
+
+
 def mem_total_gib():
     try:
         with open("/proc/meminfo") as f:
@@ -390,6 +407,9 @@ def machine_section(recs, info):
     notes = [f"- note: {r['note']}" for r in recs if r["kind"] == "info" and "note" in r]
     out = notes + [f"- CPU: {cpu_model()}; {os.cpu_count()} cores online, {len(os.sched_getaffinity(0))} usable; "
            f"{mem_total_gib():.0f} GiB RAM",
+           f"- CPU SIMD flags: has {' '.join(cpu_flags()[0]) or 'none of them'}; lacks "
+           f"{' '.join(cpu_flags()[1]) or 'none'}"
+           + ("" if "avx512_bf16" in cpu_flags()[0] else " (no AVX512_BF16: bf16 would run emulated)"),
            f"- OpenBLAS: {info.get('openblas_config', '?')} (OPENBLAS_CORETYPE: {info.get('openblas_coretype', '?')})",
            f"- PyTorch {info.get('torch_version', '?')}, FAISS {info.get('faiss_version', '?')}, "
            f"Python {platform.python_version()}",

@@ -1,6 +1,7 @@
 /*
  * test_gemm_avx512.c - aesim's AVX-512 SGEMM kernels (gemm_avx512.h) against
- * a naive double-precision triple loop written here, for nn, tn and nt.
+ * a naive double-precision triple loop written here, for nn, tn, nt and
+ * nt_bcast (the kNN GEMM, issue 16: B^T packed, same shapes as nt).
  *
  * Shapes straddle every blocking edge of the kernels: m around the 8-row
  * register block (1, 7, 8, 9, 17), n around the 32-column panel (1, 31,
@@ -28,12 +29,12 @@
 #define GEMM_ATOL 1e-4
 #define GEMM_RTOL 1e-5
 
-typedef enum { OP_NN, OP_TN, OP_NT } Op;
+typedef enum { OP_NN, OP_TN, OP_NT, OP_NTB } Op;
 typedef struct GemmShape { int m, n, k; } GemmShape;
 
 static const GemmShape SHAPES[] = {
     {1, 1, 1}, {7, 31, 5}, {8, 32, 16}, {9, 33, 17}, {17, 1, 300}, {3, 65, 513}, {16, 100, 144},
-    {5, 7, 2100}, {9, 4, 2100}, {1, 3, 2049},
+    {5, 7, 2100}, {9, 4, 2100}, {1, 3, 2049}, {40, 70, 130},
 };
 static const float BETAS[] = {0.0f, 1.0f, 0.5f};
 
@@ -48,7 +49,7 @@ static void ref_gemm(double *ref, Op op, const float *a, const float *b, const f
             double s = 0.0;
             for (int p = 0; p < k; p++) {
                 const double av = op == OP_TN ? a[(size_t)p * m + i] : a[(size_t)i * k + p];
-                const double bv = op == OP_NT ? b[(size_t)j * k + p] : b[(size_t)p * n + j];
+                const double bv = op == OP_NT || op == OP_NTB ? b[(size_t)j * k + p] : b[(size_t)p * n + j];
                 s += av * bv;
             }
             ref[(size_t)i * n + j] = s + (beta != 0.0f ? (double)beta * c0[(size_t)i * n + j] : 0.0);
@@ -76,7 +77,8 @@ static void run_op(Op op, const char *opname)
             for (size_t i = 0; i < nc; i++) c[i] = beta == 0.0f ? NAN : c0[i];
             if (op == OP_NN) gemm_avx512_nn(c, a, b, s.m, s.n, s.k, beta);
             else if (op == OP_TN) gemm_avx512_tn(c, a, b, s.m, s.n, s.k, beta);
-            else gemm_avx512_nt(c, a, b, s.m, s.n, s.k, beta);
+            else if (op == OP_NT) gemm_avx512_nt(c, a, b, s.m, s.n, s.k, beta);
+            else gemm_avx512_nt_bcast(c, a, b, s.m, s.n, s.k, beta);
             ref_gemm(ref, op, a, b, c0, s.m, s.n, s.k, beta);
             for (size_t i = 0; i < nc; i++) got[i] = c[i];
             char name[128];
@@ -90,6 +92,7 @@ static void run_op(Op op, const char *opname)
 static void test_nn_matches_naive(void **state) { (void)state; run_op(OP_NN, "nn"); }
 static void test_tn_matches_naive(void **state) { (void)state; run_op(OP_TN, "tn"); }
 static void test_nt_matches_naive(void **state) { (void)state; run_op(OP_NT, "nt"); }
+static void test_nt_bcast_matches_naive(void **state) { (void)state; run_op(OP_NTB, "nt_bcast"); }
 
 int main(void)
 {
@@ -97,6 +100,7 @@ int main(void)
         cmocka_unit_test(test_nn_matches_naive),
         cmocka_unit_test(test_tn_matches_naive),
         cmocka_unit_test(test_nt_matches_naive),
+        cmocka_unit_test(test_nt_bcast_matches_naive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

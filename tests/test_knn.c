@@ -15,6 +15,9 @@
  * brute force through their documented error bounds (knn_scan.h), on
  * ordinary, wide-range and underflowing data; vectors whose squared norm
  * exceeds KNN_MAX_NORM2 must be refused with AE_ENUMERIC naming them.
+ * The whole group runs once per kNN GEMM kernel (issue 16: OpenBLAS, then
+ * aesim's AVX-512 kernel where the CPU has AVX-512F), forced through
+ * AESIM_KNN_GEMM (knn_gemm.h); an invalid value must be refused.
  * Serial process; OpenMP inside the library.
  */
 #include <setjmp.h>
@@ -27,6 +30,7 @@
 #include <cmocka.h>
 
 #include "search/knn.h"
+#include "search/knn_gemm.h"
 #include "search/knn_scan.h"
 #include "testutil.h"
 
@@ -764,6 +768,37 @@ static void test_overflow_refused(void **state)
     free(mask);
 }
 
+/* AESIM_KNN_GEMM: parsing, and an invalid value refused by the searches
+ * with AE_EARG naming the variable (restores the caller's value). */
+static void test_gemm_choice(void **state)
+{
+    (void)state;
+    KnnGemm g = KNN_GEMM_AVX512;
+    Err err;
+    assert_int_equal(knn_gemm_parse(&g, NULL, &err), AE_OK);
+    assert_int_equal(g, KNN_GEMM_AUTO);
+    assert_int_equal(knn_gemm_parse(&g, "blas", &err), AE_OK);
+    assert_int_equal(knn_gemm_resolve(g), KNN_GEMM_BLAS);
+    assert_int_equal(knn_gemm_parse(&g, "avx9000", &err), AE_EARG);
+    assert_non_null(strstr(err.msg, KNN_GEMM_ENV));
+    const char *old = getenv(KNN_GEMM_ENV);
+    char *saved = old ? strdup(old) : NULL;
+    setenv(KNN_GEMM_ENV, "cublas", 1);
+    uint64_t rng = 5;
+    float *q = rand_matrix(40, 8, &rng, -1, 1), *x = rand_matrix(100, 8, &rng, -1, 1);
+    KnnDb db = { x, 100, 8, 0, NULL, NULL };
+    TopK out;
+    KnnRange r;
+    assert_int_equal(knn_search_local(&out, q, 40, &db, 3, KNN_L2, 1, &err), AE_EARG);
+    assert_non_null(strstr(err.msg, "cublas"));
+    assert_int_equal(knn_range_search_local(&r, q, 40, &db, 1.0f, KNN_L2, 1, &err), AE_EARG);
+    if (saved) setenv(KNN_GEMM_ENV, saved, 1);
+    else unsetenv(KNN_GEMM_ENV);
+    free(saved);
+    free(q);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -773,7 +808,18 @@ int main(void)
         cmocka_unit_test(test_range),        cmocka_unit_test(test_normalize),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_scan_kernel_bounds),
         cmocka_unit_test(test_scan_path),    cmocka_unit_test(test_scan_fallback),
-        cmocka_unit_test(test_overflow_refused),
+        cmocka_unit_test(test_overflow_refused), cmocka_unit_test(test_gemm_choice),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* Every test once per kNN GEMM kernel (knn_gemm.h), forced by name. */
+    int failed = 0;
+    setenv(KNN_GEMM_ENV, "blas", 1);
+    failed += cmocka_run_group_tests_name("knn, GEMM on OpenBLAS", tests, NULL, NULL);
+    KnnGemm g;
+    if (knn_gemm_parse(&g, "avx512", NULL) == AE_OK) {
+        setenv(KNN_GEMM_ENV, "avx512", 1);
+        failed += cmocka_run_group_tests_name("knn, GEMM on AVX-512", tests, NULL, NULL);
+    } else {
+        printf("  (no AVX-512F on this CPU: the AVX-512 kNN GEMM not run)\n");
+    }
+    return failed;
 }

@@ -12,7 +12,8 @@
  * The convolution kernel is AESIM_KERNEL's (conv2d.h CONV2D_KERNEL_ENV; auto
  * when unset), so the test can run the model's paths for every kernel (the
  * direct kernel fuses pooling and upsampling into the convolutions, the
- * others do not).
+ * others do not).  AESIM_PRECISION=bf16 (when set: fp32 or bf16) runs the
+ * model in bf16 mixed precision (model.h MODEL_BF16; tests/test_bf16_torch.py).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,11 @@ int main(int argc, char **argv)
     ConvKernel kernel;
     if (conv2d_kernel_parse(&kernel, getenv(CONV2D_KERNEL_ENV), &err)) die(&err);
     model_build(&m, &spec, N, nthreads);
+    if (getenv("AESIM_PRECISION")) {
+        ModelPrecision prec;
+        if (model_precision_parse(&prec, getenv("AESIM_PRECISION"), &err)) die(&err);
+        model_set_precision(&m, prec);
+    }
     for (int i = 0; i < spec.n_layers; i++)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;
     model_init_glorot(&m, 1234);

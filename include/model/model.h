@@ -43,6 +43,21 @@
 /* Longest spec string, bytes including the NUL. */
 #define MODEL_SPEC_MAX 1024
 
+/* Arithmetic of the convolutions (issue 16; model_set_precision).
+ *   MODEL_FP32  float32 throughout (the default).
+ *   MODEL_BF16  bf16 mixed precision: every convolution's input, weights
+ *               and output gradient (dL/d pre-activation) are rounded to
+ *               bfloat16 (nn/bf16.h, round to nearest even) and multiplied
+ *               with float32 accumulation; biases, the master weights in
+ *               m->params, m->grads, the optimizer, the loss and the
+ *               allreduce stay float32, and so do pooling, upsampling and
+ *               activations.  Emulated on every CPU: the operands are
+ *               rounded (activations in place, weights into m->wq, the
+ *               batch into m->xq) and the float32 kernels run on them;
+ *               since bf16 x bf16 products are exact in float32, this is
+ *               what a VDPBF16PS kernel computes, up to summation order. */
+typedef enum { MODEL_FP32 = 0, MODEL_BF16 = 1 } ModelPrecision;
+
 typedef enum { LAYER_CONV = 0, LAYER_MAXPOOL = 1, LAYER_UPSAMPLE = 2 } LayerKind;
 typedef enum { ACT_RELU = 0, ACT_SIGMOID = 1 } ActKind;
 
@@ -79,6 +94,9 @@ typedef struct Model {
     float *dbuf[2];          /* two [max_batch * largest activation] gradient buffers */
     float *scratch;          /* conv scratch arena, largest layer need */
     float *acts;             /* one block holding every layer's `out` */
+    ModelPrecision precision; /* MODEL_FP32 (0) unless model_set_precision */
+    float *wq;               /* MODEL_BF16: [n_params] bf16-rounded weights (biases unused), else NULL */
+    float *xq;               /* MODEL_BF16: [max_batch][C][H][W] the bf16-rounded batch, else NULL */
 } Model;
 
 /* Parses `spec_or_preset` (a preset name or a spec) for input CxHxW into
@@ -105,6 +123,23 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads);
  * allocating it. */
 double model_memory_bytes(const ModelSpec *spec, int max_batch, int nthreads);
 void model_free(Model *m);
+
+/* *out = the precision named by `name`: "fp32" -> MODEL_FP32, "bf16" ->
+ * MODEL_BF16.  Returns AE_OK, or AE_EARG (*out unchanged) naming the value
+ * and the accepted ones ("--precision" in the message). */
+int model_precision_parse(ModelPrecision *out, const char *name, Err *err);
+
+/* "fp32" or "bf16" (static string; "?" otherwise). */
+const char *model_precision_name(ModelPrecision p);
+
+/* Sets the convolutions' arithmetic (ModelPrecision above) after
+ * model_build; MODEL_BF16 allocates m->wq and m->xq (freed by model_free).
+ * Every later forward rounds the weights from m->params again, so the
+ * optimizer keeps updating the float32 master weights.  A backward must
+ * follow the forward of the same weights (as model_forward_backward does).
+ * With MODEL_BF16 the activations that feed a convolution are stored
+ * rounded (layer `out` buffers; the caller's batch x is never modified). */
+void model_set_precision(Model *m, ModelPrecision p);
 
 /* Keras defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in + fan_out))
  * with fan_in = C*K*K, fan_out = OC*K*K (Glorot & Bengio 2010), zero biases.

@@ -32,8 +32,9 @@
  * BLAS, CPU (AVX-512 or not) or split of the database into shards.  The
  * passes, chosen by knn_search_local:
  *   - GEMM pass (KNN_SCAN_MAX_QUERIES queries or more, or D > 2^20): float
- *     ||q||^2 + ||x||^2 - 2 q.x from blocked sgemm tiles (it moves by a few
- *     ulps with the block shape and BLAS kernel); nominates the best
+ *     ||q||^2 + ||x||^2 - 2 q.x from blocked sgemm tiles (knn_gemm.h:
+ *     aesim's AVX-512 kernel or OpenBLAS, AESIM_KNN_GEMM forces one; it
+ *     moves by a few ulps with the block shape and kernel); nominates the best
  *     k + KNN_RESCORE_MARGIN rows per query; bound |error| <=
  *     (D+4) u (|q|+|x|)^2 for L2, (D+2) u |q||x| for IP, u = 2^-24, times a
  *     safety factor (the dot-product bound of Higham, Accuracy and Stability
@@ -180,7 +181,8 @@ int knn_check_vectors(const float *v, int64_t n, int D, const char *what, Err *e
  *   err      filled on failure (may be NULL)
  * Returns AE_OK, or
  *   AE_EARG      k <= 0, Q < 0, M < 0, unknown metric, id_offset < 0,
- *                id_offset + M overflowing int64, a negative explicit id;
+ *                id_offset + M overflowing int64, a negative explicit id,
+ *                an invalid AESIM_KNN_GEMM (knn_gemm.h);
  *   AE_ESHAPE    D <= 0;
  *   AE_ENUMERIC  a NaN or infinite component, or a squared norm above
  *                KNN_MAX_NORM2, in a query or an eligible database row

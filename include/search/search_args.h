@@ -72,6 +72,7 @@ typedef struct SearchConfig {
     int max_k;                      /* serve --max-k */
     int max_body_mib;               /* serve --max-body-mib */
     int timeout_s;                  /* serve --timeout seconds */
+    int precision;                  /* --precision: ModelPrecision (model.h) of the encoder, MODEL_FP32 default */
     int help;                       /* --help given */
 } SearchConfig;
 

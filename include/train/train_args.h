@@ -53,6 +53,7 @@ typedef struct TrainConfig {
     double tau;                /* --tau: NT-Xent temperature */
     char recipe[32];           /* --recipe NAME ("" = none): defaults for the options above and --arch */
     int overwrite;             /* --overwrite: a fresh run may replace another run's files in --out */
+    int precision;             /* ModelPrecision (model.h): MODEL_FP32 (default) or MODEL_BF16 */
     int help;                  /* --help was given */
     int version;               /* --version was given */
     unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are

@@ -8,6 +8,9 @@
  * the upsampled tensor is never stored; inference also skips a pooled conv's
  * output); the layer kernels (conv2d.c, maxpool.c, upsample.c, act.c,
  * loss.c) do the math.
+ * bf16 mixed precision (MODEL_BF16, issue 16): the operands of every
+ * convolution are rounded right before it runs (conv_input, layer_conv,
+ * round_grad below) and the float32 kernels do the arithmetic.
  * Does not: communicate (the trainer allreduces grads), own an optimizer, or
  * read files.  Threading: the kernels parallelise over images (OpenMP).
  */
@@ -21,6 +24,7 @@
 #include <string.h>
 
 #include "nn/act.h"
+#include "nn/bf16.h"
 #include "base/check.h"
 #include "nn/loss.h"
 #include "nn/maxpool.h"
@@ -270,7 +274,76 @@ void model_free(Model *m)
     free(m->dbuf[0]);
     free(m->dbuf[1]);
     free(m->scratch);
+    free(m->wq);
+    free(m->xq);
     memset(m, 0, sizeof *m);
+}
+
+int model_precision_parse(ModelPrecision *out, const char *name, Err *err)
+{
+    if (name && strcmp(name, "fp32") == 0) {
+        *out = MODEL_FP32;
+        return AE_OK;
+    }
+    if (name && strcmp(name, "bf16") == 0) {
+        *out = MODEL_BF16;
+        return AE_OK;
+    }
+    return err_set(err, AE_EARG, "--precision '%s': unknown; use fp32 or bf16", name ? name : "(null)");
+}
+
+const char *model_precision_name(ModelPrecision p)
+{
+    return p == MODEL_FP32 ? "fp32" : p == MODEL_BF16 ? "bf16" : "?";
+}
+
+void model_set_precision(Model *m, ModelPrecision p)
+{
+    free(m->wq);
+    free(m->xq);
+    m->wq = m->xq = NULL;
+    m->precision = p;
+    if (p != MODEL_BF16) return;
+    m->wq = xcalloc(m->n_params, sizeof(float));
+    m->xq = xcalloc_huge((size_t)m->spec.C * m->spec.H * m->spec.W * (size_t)m->max_batch, sizeof(float));
+}
+
+/* The Conv2d that layer L's kernels run: L->conv itself (float32), or for
+ * MODEL_BF16 a copy whose weights are L's slice of m->wq, rounded from the
+ * master weights first when `refresh` (every forward; backward reuses the
+ * forward's). */
+static Conv2d layer_conv(Model *m, const Layer *L, int refresh)
+{
+    Conv2d cv = L->conv;
+    if (m->precision == MODEL_BF16) {
+        float *wq = m->wq + (L->conv.w - m->params);
+        if (refresh) bf16_round_array(wq, L->conv.w, (size_t)L->OC * L->C * L->conv.K * L->conv.K);
+        cv.w = wq;
+    }
+    return cv;
+}
+
+/* The buffer a convolution reads as its input, numel floats: `act`, a model
+ * activation (rounded in place for MODEL_BF16: its other readers, the ReLU
+ * masks and pooling backward, see the same signs and maxima, bf16.h), or
+ * when act is NULL the caller's batch x (for MODEL_BF16 rounded into m->xq,
+ * x itself is the loss target and stays as it is). */
+static const float *conv_input(Model *m, float *act, const float *x, size_t numel)
+{
+    if (m->precision != MODEL_BF16) return act ? act : x;
+    if (!act) {
+        bf16_round_array(m->xq, x, numel);
+        return m->xq;
+    }
+    bf16_round_array(act, act, numel);
+    return act;
+}
+
+/* MODEL_BF16: rounds the output gradient g[numel] of a convolution in place
+ * before its backward. */
+static void round_grad(const Model *m, float *g, size_t numel)
+{
+    if (m->precision == MODEL_BF16) bf16_round_array(g, g, numel);
 }
 
 void model_init_glorot(Model *m, uint64_t seed)
@@ -341,17 +414,21 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
     Layer *L = &m->layers[i];
     const size_t numel = (size_t)N * L->OC * L->OH * L->OW;
+    const size_t in_numel = (size_t)N * L->C * L->H * L->W;
     switch (L->kind) {
-    case LAYER_CONV:
+    case LAYER_CONV: {
+        const Conv2d cv = layer_conv(m, L, 1);
         if (upsample_fused(m, i - 1)) { /* in = the upsample's output, never written */
-            conv2d_forward_upsample(L->out, m->layers[i - 2].out, &L->conv, N, L->H, L->W, m->scratch,
-                                    m->nthreads);
+            const float *up_in = conv_input(m, m->layers[i - 2].out, NULL, in_numel / 4);
+            conv2d_forward_upsample(L->out, up_in, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         } else if (maxpool_fused(m, i)) {
-            conv2d_forward_maxpool(L->out, keep, m->layers[i + 1].out, in, &L->conv, N, L->H, L->W, m->scratch,
+            in = conv_input(m, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
+            conv2d_forward_maxpool(L->out, keep, m->layers[i + 1].out, in, &cv, N, L->H, L->W, m->scratch,
                                    m->nthreads);
             break;
         } else {
-            conv2d_forward(L->out, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+            in = conv_input(m, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
+            conv2d_forward(L->out, in, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         }
         if (!(L->conv.fuse & CONV_FUSE_RELU)) {
             if (L->act == ACT_RELU)
@@ -360,6 +437,7 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
                 sigmoid_forward(L->out, L->out, numel);
         }
         break;
+    }
     case LAYER_MAXPOOL:
         if (!maxpool_fused(m, i - 1)) maxpool2x2_forward(L->out, in, N, L->C, L->H, L->W);
         break;
@@ -439,28 +517,38 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
 {
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
     Layer *L = &m->layers[i];
+    /* the batch as the first conv read it (MODEL_BF16: rounded in m->xq) */
+    const float *xc = m->precision == MODEL_BF16 && m->layers[0].kind == LAYER_CONV ? m->xq : x;
     const float *in = i > 0 ? m->layers[i - 1].out : x;
     const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
     if (L->kind == LAYER_CONV && upsample_fused(m, i - 1)) {
         /* the conv and the upsample before it, a chunk of images at a time */
         if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
-        conv2d_backward_upsample(gnext, g, m->layers[i - 2].out, relu_backward_fused(m, i - 2), &L->conv, N, L->H,
+        round_grad(m, g, out_numel);
+        const Conv2d cv = layer_conv(m, L, 0);
+        conv2d_backward_upsample(gnext, g, m->layers[i - 2].out, relu_backward_fused(m, i - 2), &cv, N, L->H,
                                  L->W, m->scratch, m->nthreads);
         return i - 2;
     }
     if (L->kind == LAYER_MAXPOOL && maxpool_backward_fused(m, i)) {
-        /* the pool and the conv before it, one image at a time */
+        /* the pool and the conv before it, one image at a time; the pool
+         * only routes gradients, so rounding its gradient rounds the conv's */
         Layer *P = &m->layers[i - 1];
-        conv2d_backward_maxpool(i > 1 ? gnext : NULL, g, P->out, i > 1 ? m->layers[i - 2].out : x, &P->conv, N,
+        round_grad(m, g, out_numel);
+        const Conv2d cv = layer_conv(m, P, 0);
+        conv2d_backward_maxpool(i > 1 ? gnext : NULL, g, P->out, i > 1 ? m->layers[i - 2].out : xc, &cv, N,
                                 P->H, P->W, m->scratch, m->nthreads);
         return i - 2;
     }
     switch (L->kind) {
-    case LAYER_CONV:
+    case LAYER_CONV: {
         if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
+        round_grad(m, g, out_numel);
+        const Conv2d cv = layer_conv(m, L, 0);
         /* The input gradient of the first layer is never needed. */
-        conv2d_backward(i > 0 ? gnext : NULL, g, in, &L->conv, N, L->H, L->W, m->scratch, m->nthreads);
+        conv2d_backward(i > 0 ? gnext : NULL, g, i > 0 ? in : xc, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         break;
+    }
     case LAYER_MAXPOOL: /* with layer i-1's ReLU backward when it is a ReLU conv */
         if (relu_backward_fused(m, i - 1))
             maxpool2x2_backward_relu(gnext, g, in, N, L->C, L->H, L->W);

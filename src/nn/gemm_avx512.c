@@ -78,6 +78,24 @@ TARGET_AVX512 static void pack_b(float *panel, const float *b, int ldb, int kc, 
     }
 }
 
+/* panel[kc][NR] = B^T: panel[p][j] = B[j][p] for j < nr (rows of B ldb
+ * floats apart), zero beyond nr.  Reads each of the nr rows of B once,
+ * 16 consecutive floats at a time, and scatters them down a panel column
+ * (the panel is 8 KiB, in L1). */
+TARGET_AVX512 static void pack_bt(float *panel, const float *b, int ldb, int kc, int nr)
+{
+    const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(NR));
+    for (int j = 0; j < NR; j++) {
+        const float *src = b + (size_t)(j < nr ? j : 0) * (size_t)ldb;
+        for (int p = 0; p < kc; p += LANES) {
+            const __mmask16 m = lane_mask(kc - p);
+            const __m512 v = j < nr ? _mm512_maskz_loadu_ps(m, src + p) : _mm512_setzero_ps();
+            _mm512_mask_i32scatter_ps(panel + (size_t)p * NR + j, m, col, v, 4);
+        }
+    }
+}
+
 /* One accumulated row pair of C: c[0..nr) = acc (+ old C as the mode says). */
 TARGET_AVX512 static void store_row(float *c, __m512 lo, __m512 hi, int nr, int first, float beta)
 {
@@ -129,16 +147,18 @@ TARGET_AVX512 static void kernel_8x32(float *c, int ldc, const float *const ar[M
     for (int r = 0; r < mr; r++) store_row(c + (size_t)r * (size_t)ldc, lo[r], hi[r], nr, first, beta);
 }
 
-/* C[m][n] = A x B[k][n] + beta*C with A(i, p) = a[i * a_rs + p * a_ks]. */
+/* C[m][n] = A x B + beta*C with A(i, p) = a[i * a_rs + p * a_ks] and B
+ * stored [k][n] (b_trans 0) or [n][k] (b_trans 1, B^T is packed). */
 TARGET_AVX512 static void gemm_bcast(float *c, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *b,
-                                     int m, int n, int k, float beta)
+                                     int b_trans, int m, int n, int k, float beta)
 {
     float panel[GEMM_AVX512_KC * NR] __attribute__((aligned(64)));
     for (int j0 = 0; j0 < n; j0 += NR) {
         const int nr = min_int(n - j0, NR);
         for (int p0 = 0; p0 < k; p0 += GEMM_AVX512_KC) {
             const int kc = min_int(k - p0, GEMM_AVX512_KC);
-            pack_b(panel, b + (size_t)p0 * (size_t)n + (size_t)j0, n, kc, nr);
+            if (b_trans) pack_bt(panel, b + (size_t)j0 * (size_t)k + (size_t)p0, k, kc, nr);
+            else pack_b(panel, b + (size_t)p0 * (size_t)n + (size_t)j0, n, kc, nr);
             for (int i0 = 0; i0 < m; i0 += MR) {
                 const int mr = min_int(m - i0, MR);
                 const float *ar[MR];
@@ -156,13 +176,19 @@ TARGET_AVX512 static void gemm_bcast(float *c, const float *a, ptrdiff_t a_rs, p
 void gemm_avx512_nn(float *c, const float *a, const float *b, int m, int n, int k, float beta)
 {
     assert(m >= 1 && n >= 1 && k >= 1);
-    gemm_bcast(c, a, k, 1, b, m, n, k, beta);
+    gemm_bcast(c, a, k, 1, b, 0, m, n, k, beta);
 }
 
 void gemm_avx512_tn(float *c, const float *a, const float *b, int m, int n, int k, float beta)
 {
     assert(m >= 1 && n >= 1 && k >= 1);
-    gemm_bcast(c, a, 1, m, b, m, n, k, beta);
+    gemm_bcast(c, a, 1, m, b, 0, m, n, k, beta);
+}
+
+void gemm_avx512_nt_bcast(float *c, const float *a, const float *b, int m, int n, int k, float beta)
+{
+    assert(m >= 1 && n >= 1 && k >= 1);
+    gemm_bcast(c, a, k, 1, b, 1, m, n, k, beta);
 }
 
 /* C tile [mr][nr] op= dot(ar[r][0..kc), br[q][0..kc)). */
@@ -256,6 +282,11 @@ void gemm_avx512_tn(float *c, const float *a, const float *b, int m, int n, int 
 }
 
 void gemm_avx512_nt(float *c, const float *a, const float *b, int m, int n, int k, float beta)
+{
+    gemm_nt(c, a, b, m, n, k, beta);
+}
+
+void gemm_avx512_nt_bcast(float *c, const float *a, const float *b, int m, int n, int k, float beta)
 {
     gemm_nt(c, a, b, m, n, k, beta);
 }

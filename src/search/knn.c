@@ -1,6 +1,6 @@
 /*
  * knn.c - exact k-NN and range search of float32 vectors on one shard
- * (candidates from blocked sgemm via gemm.h, or from the float pre-scan of
+ * (candidates from blocked sgemm via knn_gemm.h, or from the float pre-scan of
  * knn_scan.h, + fixed-order exact re-scoring), the merge of per-shard
  * results, and the MPI-sharded search (see include/search/knn.h for the contract
  * and for why the results are exact and independent of blocking).
@@ -34,7 +34,7 @@
 #endif
 
 #include "base/check.h"
-#include "nn/gemm.h"
+#include "search/knn_gemm.h"
 #include "search/knn_scan.h"
 
 /* OpenMP pragmas through _Pragma, so an OMP=0 build has no unknown-pragma
@@ -720,12 +720,14 @@ typedef struct Scratch {
     double *bound; /* [bq] GEMM error bound of each query */
     float *cd;     /* [bq][kc] candidate heaps: GEMM values */
     int64_t *ci;   /* [bq][kc] candidate heaps: local row indices */
+    KnnGemm gemm;  /* the inner-product kernel (knn_gemm.h) */
 } Scratch;
 
-static Scratch *scratch_alloc(int nt, int64_t bq, int64_t bm, int kc)
+static Scratch *scratch_alloc(int nt, int64_t bq, int64_t bm, int kc, KnnGemm gemm)
 {
     Scratch *s = xcalloc((size_t)nt, sizeof *s);
     for (int t = 0; t < nt; t++) {
+        s[t].gemm = gemm;
         s[t].ip = xmalloc((size_t)bq * (size_t)bm * sizeof *s[t].ip);
         s[t].qn = xmalloc((size_t)bq * sizeof *s[t].qn);
         s[t].bound = xmalloc((size_t)bq * sizeof *s[t].bound);
@@ -776,7 +778,7 @@ static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const 
         const int64_t nb = M - j0 < KNN_DB_BLOCK ? M - j0 : KNN_DB_BLOCK;
         /* ip[i][j] = q[i0+i] . x[j0+j]; nq, nb are bounded by the block
          * sizes, so the int arguments cannot overflow */
-        gemm_nt(s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D, 0.0f);
+        knn_gemm_nt(s->gemm, s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D);
         for (int64_t i = 0; i < nq; i++)
             tile_update(s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, metric,
                         s->ip + (size_t)i * (size_t)nb, nb, j0, s->qn[i], xn, db->mask);
@@ -790,7 +792,7 @@ static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const 
 /* GEMM path (knn.h "Exactness"); requires k + KNN_RESCORE_MARGIN < M.
  * Returns AE_OK or the AE_ENUMERIC of a bad row (fn names the caller). */
 static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, int k, KnnMetric metric, int nt,
-                       const char *fn, Err *err)
+                       KnnGemm gemm, const char *fn, Err *err)
 {
     const int D = db->D;
     const int64_t M = db->M;
@@ -806,7 +808,7 @@ static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, in
     }
     /* one scratch slice per thread of a team of at most nblocks threads */
     const int team = nblocks < nt ? (int)nblocks : nt;
-    Scratch *s = scratch_alloc(team, bq, bm, k + KNN_RESCORE_MARGIN);
+    Scratch *s = scratch_alloc(team, bq, bm, k + KNN_RESCORE_MARGIN, gemm);
     double work = (double)Q * (double)M * D;
     (void)work;
     /* dynamic: a query that falls back scans the whole shard */
@@ -830,7 +832,10 @@ int knn_search_local(TopK *out, const float *q, int64_t Q, const KnnDb *db, int 
     /* The passes pay off only when they can exclude rows (more rows than
      * candidates); otherwise every row is re-scored directly. */
     const int pass = Q > 0 && (int64_t)k + KNN_RESCORE_MARGIN < db->M && k <= INT32_MAX - KNN_RESCORE_MARGIN;
-    int rc = validate(fn, q, Q, db, metric, !pass, err);
+    KnnGemm gemm;
+    int rc = knn_gemm_from_env(&gemm, err);
+    if (rc != AE_OK) return rc;
+    rc = validate(fn, q, Q, db, metric, !pass, err);
     if (rc != AE_OK) return rc;
     topk_alloc(out, Q, k, knn_metric_order(metric));
     if (Q == 0 || db->M == 0) return AE_OK;
@@ -840,7 +845,7 @@ int knn_search_local(TopK *out, const float *q, int64_t Q, const KnnDb *db, int 
     else if (Q < KNN_SCAN_MAX_QUERIES && db->D <= KNN_SCAN_MAX_D)
         rc = search_scan(out, q, Q, db, k, metric, nt, fn, err);
     else
-        rc = search_gemm(out, q, Q, db, k, metric, nt, fn, err);
+        rc = search_gemm(out, q, Q, db, k, metric, nt, gemm, fn, err);
     if (rc != AE_OK) topk_free(out);
     return rc;
 }
@@ -916,7 +921,7 @@ static void range_block(RangeList *lists, const float *qb, int64_t nq, const Knn
     block_norms(s, qb, nq, D, metric, xmax2);
     for (int64_t j0 = 0; j0 < M; j0 += KNN_DB_BLOCK) {
         const int64_t nb = M - j0 < KNN_DB_BLOCK ? M - j0 : KNN_DB_BLOCK;
-        gemm_nt(s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D, 0.0f);
+        knn_gemm_nt(s->gemm, s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D);
         for (int64_t i = 0; i < nq; i++)
             range_tile_update(&lists[i], row_ptr(qb, i, D), s->ip + (size_t)i * (size_t)nb, nb, j0,
                               s->qn[i], xn, db, metric, radius, s->bound[i]);
@@ -933,7 +938,10 @@ int knn_range_search_local(KnnRange *out, const float *q, int64_t Q, const KnnDb
         return err_set(err, AE_EARG, "%s: radius is NaN or infinite; hint: "
                        "pass a finite squared distance (L2) or score (IP)", fn);
     /* with Q > 0 both passes read (and check) every eligible row */
-    int rc = validate(fn, q, Q, db, metric, Q == 0, err);
+    KnnGemm gemm;
+    int rc = knn_gemm_from_env(&gemm, err);
+    if (rc != AE_OK) return rc;
+    rc = validate(fn, q, Q, db, metric, Q == 0, err);
     if (rc != AE_OK) return rc;
     const int D = db->D;
     const int64_t M = db->M;
@@ -963,7 +971,7 @@ int knn_range_search_local(KnnRange *out, const float *q, int64_t Q, const KnnDb
         if (bad) rc = check_rows(fn, db, err);
         if (rc == AE_OK) {
             const int team = nblocks < nt ? (int)nblocks : nt;
-            Scratch *s = scratch_alloc(team, bq, bm, 0);
+            Scratch *s = scratch_alloc(team, bq, bm, 0, gemm);
             const int par = nblocks > 1 && (double)Q * (double)M * D > KNN_OMP_MIN_WORK;
             (void)par;
             KNN_OMP("omp parallel for num_threads(team) schedule(dynamic, 1) if(par)")

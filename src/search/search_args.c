@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/model.h"
 #include "search/knn.h"
 
 /* Which subcommands accept an option (bit mask). */
@@ -20,7 +21,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 }
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -48,6 +49,7 @@ static const struct option LONG_OPTS[] = {
     { "max-k", required_argument, 0, OPT_MAX_K },
     { "max-body-mib", required_argument, 0, OPT_MAX_BODY_MIB },
     { "timeout", required_argument, 0, OPT_TIMEOUT },
+    { "precision", required_argument, 0, OPT_PRECISION },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -67,6 +69,7 @@ static const int OPT_FOR[] = {
     [OPT_LISTEN - OPT_DB] = FOR_SERVE,   [OPT_MAX_BATCH - OPT_DB] = FOR_SERVE,
     [OPT_MAX_K - OPT_DB] = FOR_SERVE,    [OPT_MAX_BODY_MIB - OPT_DB] = FOR_SERVE,
     [OPT_TIMEOUT - OPT_DB] = FOR_SERVE,
+    [OPT_PRECISION - OPT_DB] = FOR_ALL,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
@@ -137,6 +140,8 @@ void search_args_usage(FILE *out)
 "  --batch N             images per encoder call (default %d)\n"
 "  --threads T           OpenMP threads per rank (default: the CPUs this rank may run on /\n"
 "                        the ranks of the node sharing them; BLAS single-threaded inside)\n"
+"  --precision P         encoder arithmetic: fp32 (default) or bf16 (convolution inputs and\n"
+"                        weights rounded to bfloat16, float32 sums; as aesim-train --precision)\n"
 "  --help                this text\n"
 "  --version             version, git commit, build flags and the CPU kernels chosen\n"
 "\n"
@@ -283,6 +288,12 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         if (parse_i64("--timeout", arg, 1, 3600, &i, err)) return AE_EARG;
         c->timeout_s = (int)i;
         return AE_OK;
+    case OPT_PRECISION: {
+        ModelPrecision p;
+        if (model_precision_parse(&p, arg, err)) return AE_EARG;
+        c->precision = (int)p;
+        return AE_OK;
+    }
     default: return AE_OK;
     }
 }

@@ -406,6 +406,7 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     SearchMeta meta;
     search_meta_init(&meta, &db);
     if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
+    model_set_precision(&m, (ModelPrecision)cfg->precision);
     search_check_model(&db, &m, crc, cfg->model, err);
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0) open_queries(&qset, &es, cfg, &db, err);

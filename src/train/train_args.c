@@ -41,7 +41,7 @@ enum {
     OPT_DATA = 256, OPT_DATA_OPTS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
-    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_OVERWRITE, OPT_HELP, OPT_VERSION
+    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_OVERWRITE, OPT_PRECISION, OPT_HELP, OPT_VERSION
 };
 
 static const struct option LONG_OPTS[] = {
@@ -77,6 +77,7 @@ static const struct option LONG_OPTS[] = {
     { "tau", required_argument, 0, OPT_TAU },
     { "recipe", required_argument, 0, OPT_RECIPE },
     { "overwrite", no_argument, 0, OPT_OVERWRITE },
+    { "precision", required_argument, 0, OPT_PRECISION },
     { "help", no_argument, 0, OPT_HELP },
     { "version", no_argument, 0, OPT_VERSION },
     { 0, 0, 0, 0 },
@@ -133,6 +134,9 @@ void train_args_usage(FILE *out)
 "                        also after --resume (default 0 = no limit; a resume without it trains\n"
 "                        on to --epochs)\n"
 "  --batch-size N        GLOBAL batch in images, split across ranks (default 128)\n"
+"  --precision P         fp32 (default) or bf16: convolution inputs, weights and output\n"
+"                        gradients rounded to bfloat16, products summed in float32; master\n"
+"                        weights, Adam, loss and allreduce stay float32 (emulated on every CPU)\n"
 "  --optimizer adam|sgd  (default adam)\n"
 "  --lr X                learning rate (default 1e-3)\n"
 "  --beta1 X --beta2 X   Adam moment decay (defaults 0.9, 0.999)\n"
@@ -298,6 +302,11 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
         case OPT_BATCH:
             if (!(rc = parse_i64(name, optarg, 1, 1 << 20, &i, err))) c->batch_size = (int)i;
             break;
+        case OPT_PRECISION: {
+            ModelPrecision p;
+            if (!(rc = model_precision_parse(&p, optarg, err))) c->precision = (int)p;
+            break;
+        }
         case OPT_OPTIMIZER:
             if (strcmp(optarg, "adam") == 0) c->opt = OPT_ADAM;
             else if (strcmp(optarg, "sgd") == 0) c->opt = OPT_SGD;

@@ -157,6 +157,7 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
         return err->code;
     }
     model_build(m, &spec, per_rank, nthreads);
+    model_set_precision(m, (ModelPrecision)cfg->precision);
     OptKind kind = cfg->resume[0] ? ck->opt_kind : cfg->opt;
     optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
     if (cfg->resume[0]) {

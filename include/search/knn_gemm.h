@@ -1,0 +1,58 @@
+/*
+ * knn_gemm.h - the inner-product GEMM of knn.c's many-query pass (issue 16):
+ * ip[m][n] = q[m][D] x x[n][D]^T, on aesim's own AVX-512 kernel
+ * (gemm_avx512_nt_bcast) or on OpenBLAS cblas_sgemm (gemm_nt), chosen at
+ * run time.
+ *
+ * Choice (measured, as the convolutions' kernels are chosen; figures in
+ * src/search/knn_gemm.c): KNN_GEMM_AUTO runs the AVX-512 kernel when the
+ * running CPU has AVX-512F, else OpenBLAS.  A program or test may force one
+ * with the environment variable KNN_GEMM_ENV (AESIM_KNN_GEMM=auto|blas|avx512),
+ * which knn.c reads at each search call (knn_gemm_from_env): no global
+ * state.  Exactness does not depend on the choice: both kernels are float32
+ * dot products in some summation order, which the rounding-error bound of
+ * knn.h "Exactness" covers (any order, FMA or not), and every reported value
+ * is re-scored in a fixed order; results are bit-identical either way.
+ *
+ * Threading: knn_gemm_nt is serial on the AVX-512 path; on the OpenBLAS path
+ * it runs on however many threads OpenBLAS has (knn.c calls it inside its
+ * OpenMP loop, with OpenBLAS at 1 thread; see knn.h "Threading").
+ * Does not allocate.
+ */
+#ifndef AESIM_KNN_GEMM_H
+#define AESIM_KNN_GEMM_H
+
+#include "base/err.h"
+
+/* Environment variable that forces the kNN GEMM kernel (tests, benchmarks). */
+#define KNN_GEMM_ENV "AESIM_KNN_GEMM"
+
+typedef enum KnnGemm {
+    KNN_GEMM_AUTO = 0,  /* AVX-512 when the CPU has AVX-512F, else OpenBLAS */
+    KNN_GEMM_BLAS = 1,  /* OpenBLAS cblas_sgemm (gemm.h) */
+    KNN_GEMM_AVX512 = 2 /* gemm_avx512_nt_bcast (gemm_avx512.h) */
+} KnnGemm;
+
+/* *out = the kernel named by `name`: NULL, "" or "auto" -> KNN_GEMM_AUTO,
+ * "blas" -> KNN_GEMM_BLAS, "avx512" -> KNN_GEMM_AVX512.  Returns AE_OK, or
+ * AE_EARG (*out unchanged) for an unknown name or for "avx512" on a
+ * CPU/build without AVX-512F; the message names the value, KNN_GEMM_ENV and
+ * the accepted values. */
+int knn_gemm_parse(KnnGemm *out, const char *name, Err *err);
+
+/* knn_gemm_parse of getenv(KNN_GEMM_ENV). */
+int knn_gemm_from_env(KnnGemm *out, Err *err);
+
+/* The kernel knn_gemm_nt runs for choice g on this CPU: KNN_GEMM_BLAS or
+ * KNN_GEMM_AVX512 (AUTO resolved; AVX512 without AVX-512F -> BLAS). */
+KnnGemm knn_gemm_resolve(KnnGemm g);
+
+/* "auto", "blas" or "avx512" (static string; "?" otherwise). */
+const char *knn_gemm_name(KnnGemm g);
+
+/* ip[m][n] = q[m][D] x x[n][D]^T (row-major, densely packed; ip
+ * overwritten, may hold anything on entry) with kernel knn_gemm_resolve(g).
+ * m, n, D >= 1. */
+void knn_gemm_nt(KnnGemm g, float *ip, const float *q, const float *x, int m, int n, int D);
+
+#endif
