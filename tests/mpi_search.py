@@ -423,6 +423,53 @@ class Search(unittest.TestCase):
         per_label = [l.split() for l in lines[2:] if l.split()[0].isdigit()]
         self.assertEqual(sum(int(r[1]) for r in per_label), nq)
 
+    def test_whiten(self):
+        # index --whiten (P = 3): the stored vectors are the codes whitened
+        # by the PCA of all indexed codes.  Reference independent of axis
+        # signs and of rotations inside equal-variance subspaces: squared
+        # distances between whitened vectors equal the Mahalanobis form
+        # (x_i - x_j)^T (C + eps I)^-1 (x_i - x_j) (numpy, float64), with C
+        # the covariance of the raw codes and eps = 1e-3 max eig(C).
+        db = os.path.join(WORK, "db_whiten")
+        shutil.rmtree(db, ignore_errors=True)
+        search(3, "index", "--model", self.ckpt, "--data", self.src, "--db", db, "--whiten")
+        man, y, ids, _, _ = load_db(db)
+        self.assertEqual(man["transform"], "whiten")
+        self.assertEqual(list(ids), list(range(N_DB)))
+        x = self.x.astype(np.float64)
+        cov = np.cov(x, rowvar=False, bias=True)
+        eps = 1e-3 * np.linalg.eigvalsh(cov).max()
+        prec = np.linalg.inv(cov + eps * np.eye(cov.shape[0]))
+        rng = np.random.default_rng(11)
+        i, j = rng.integers(0, N_DB, 300), rng.integers(0, N_DB, 300)
+        dx = x[i] - x[j]
+        ref = np.einsum("nd,de,ne->n", dx, prec, dx)
+        got = ((y[i].astype(np.float64) - y[j]) ** 2).sum(1)
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-3 * ref.mean())
+        np.testing.assert_allclose(y.mean(0), 0, atol=1e-3 * np.abs(y).max())
+        # queries are whitened too: the query of an indexed image finds itself
+        # first, and its neighbours are those of the Mahalanobis distance
+        res = lists(run_json(2, "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "5,17,400", "--k", "4"))
+        for qi, (rids, _) in zip((5, 17, 400), res):
+            d = np.einsum("nd,de,ne->n", x - x[qi], prec, x - x[qi])
+            self.assertEqual(rids[0], qi)
+            self.assertEqual(sorted(rids), sorted(np.argsort(d, kind="stable")[:4].tolist()))
+        # eval reads it; --append reuses the fitted transform, and refuses
+        # --whiten on a database indexed without it
+        out = os.path.join(WORK, "eval_whiten.json")
+        search(2, "eval", "--db", db, "--model", self.ckpt, "--queries", self.src, "--max-queries", "50", "--json",
+               "--out", out)
+        self.assertGreater(read_json(out)["methods"]["aesim"]["precision"], 0.5)
+        search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append")
+        _, y2, _, _, _ = load_db(db)
+        np.testing.assert_allclose(y2[N_DB:], y[:N_APPEND], rtol=1e-5, atol=1e-5)
+        p = search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", self.db, "--append", "--whiten",
+                   check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("without --whiten", p.stderr)
+        # older manifests (no "transform") still open: the main database
+        self.assertNotIn("transform", self.man)
+
     def test_eval_map_nn1_json(self):
         # mAP@k and 1-NN accuracy (text table and --json) against numpy:
         # AP@k = sum_j rel_j * precision@j / (relevant in the top k)

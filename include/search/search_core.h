@@ -56,6 +56,11 @@ int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char
  * else the index (0..n-1) of the first vector holding NaN or Inf. */
 int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n);
 
+/* Rank 0 (or any one process): if db was indexed with --whiten, applies its
+ * transform (DIR/whiten.npz, whiten.h) to the query codes q[Q][D] in place;
+ * nothing otherwise.  Errors: those of whiten_load. */
+int search_whiten_queries(const VecDb *db, float *q, int64_t Q, Err *err);
+
 /* The shards this rank owns, ready for knn (vectors mapped; for cosine a
  * normalised copy; a mask per shard when filters are given). */
 typedef struct LocalShards {

@@ -94,6 +94,9 @@ typedef struct VecDb {
     int D;                       /* vector dimension */
     int64_t count;               /* vectors in all */
     KnnMetric metric;            /* default metric: KNN_L2 ("l2") or KNN_IP ("cosine") */
+    int whiten;                  /* 1: vectors are PCA-whitened codes (whiten.h), queries get the
+                                    same transform; manifest "transform": "whiten" (optional key,
+                                    absent = none, as in databases written before it) */
     int n_sources;
     VecDbSource *sources;        /* [n_sources] in id order */
     int n_shards;

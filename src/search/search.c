@@ -30,6 +30,7 @@
 #include "data/sheet.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
+#include "search/whiten.h"
 
 /* Most query vectors one run takes (--ids ranges, --queries rows). */
 #define SEARCH_MAX_QUERIES ((int64_t)1 << 24)
@@ -56,6 +57,9 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
             char msg[ERR_MSG_BYTES];
             snprintf(msg, sizeof msg, "--append refused: %.980s", err->msg);
             snprintf(err->msg, sizeof err->msg, "%s", msg);
+        } else if (!err->code && cfg->whiten && !db->whiten) {
+            err_set(err, AE_EARG, "--append --whiten: %s was indexed without --whiten (hint: drop --whiten, or "
+                                  "index everything again into a new --db with --whiten)", cfg->db);
         } else if (!err->code && cfg->metric != SEARCH_METRIC_DEFAULT && metric != db->metric) {
             err_set(err, AE_EARG, "--append: --metric %s differs from the database's default %s (hint: drop --metric)",
                     vecdb_metric_name(metric), vecdb_metric_name(db->metric));
@@ -74,11 +78,48 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         char real[PATH_MAX];
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
         vecdb_init(db, cfg->db, crc, m->spec.text, m->spec.C, m->spec.H, m->spec.W, ckpt, D, metric);
+        db->whiten = cfg->whiten;
     }
     if (par_agree(ctx, err)) {
         vecdb_free(db);
         return err->code;
     }
+    return AE_OK;
+}
+
+/* Collective: whitens this rank's vec[n][D] in place.  A new database fits
+ * the transform on the vectors of all ranks (rank 0 fits and writes
+ * DIR/whiten.npz, then broadcasts it); --append reads the existing one. */
+static int index_whiten(const ParCtx *ctx, const SearchConfig *cfg, const VecDb *db, float *vec, int64_t n, Err *err)
+{
+    const int D = db->D;
+    Whiten w;
+    memset(&w, 0, sizeof w);
+    if (cfg->append) {
+        if (ctx->rank == 0) whiten_load(&w, db->dir, D, err);
+    } else {
+        PcaStats st;
+        pca_stats_init(&st, D);
+        pca_stats_add(&st, vec, n);
+        par_allreduce_sum_f64(ctx, &st.n, 1);
+        par_allreduce_sum_f64(ctx, st.sum, (size_t)D);
+        par_allreduce_sum_f64(ctx, st.sxx, (size_t)D * (size_t)D);
+        if (ctx->rank == 0 && !whiten_fit(&w, &st, err)) whiten_save(&w, db->dir, err);
+        pca_stats_free(&st);
+    }
+    if (par_agree(ctx, err)) {
+        whiten_free(&w);
+        return err->code;
+    }
+    if (ctx->rank != 0) {
+        w.D = D;
+        w.mean = xmalloc((size_t)D * sizeof *w.mean);
+        w.mat = xmalloc((size_t)D * D * sizeof *w.mat);
+    }
+    par_bcast(ctx, w.mean, (size_t)D * sizeof *w.mean, 0);
+    par_bcast(ctx, w.mat, (size_t)D * D * sizeof *w.mat, 0);
+    whiten_apply(&w, vec, n);
+    whiten_free(&w);
     return AE_OK;
 }
 
@@ -124,6 +165,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
                 name, (long long)(lo + bad), cfg->model);
     }
     if (par_agree(ctx, err)) goto done;
+    if (db.whiten && index_whiten(ctx, cfg, &db, vec, n, err)) goto done;
     labels = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *labels);
     names = xmalloc((size_t)(n > 0 ? n : 1) * IMGSET_NAME_BYTES);
     name_ptrs = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *name_ptrs);
@@ -589,7 +631,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         search_check_model(&db, &m, crc, cfg->model, err);
         if (par_agree(ctx, err)) goto done;
     }
-    if (ctx->rank == 0) load_queries(&qs, cfg, &m, &db, err);
+    if (ctx->rank == 0 && !load_queries(&qs, cfg, &m, &db, err)) search_whiten_queries(&db, qs.vec, qs.Q, err);
     if (par_agree(ctx, err)) goto done;
     par_bcast(ctx, &qs.Q, sizeof qs.Q, 0);
     if (ctx->rank != 0) qs.vec = xmalloc((size_t)qs.Q * (size_t)db.D * sizeof *qs.vec);

@@ -21,7 +21,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 }
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -29,6 +29,7 @@ static const struct option LONG_OPTS[] = {
     { "model", required_argument, 0, OPT_MODEL },
     { "data", required_argument, 0, OPT_DATA },
     { "append", no_argument, 0, OPT_APPEND },
+    { "whiten", no_argument, 0, OPT_WHITEN },
     { "k", required_argument, 0, OPT_K },
     { "image", required_argument, 0, OPT_IMAGE },
     { "ids", required_argument, 0, OPT_IDS },
@@ -70,6 +71,7 @@ static const int OPT_FOR[] = {
     [OPT_MAX_K - OPT_DB] = FOR_SERVE,    [OPT_MAX_BODY_MIB - OPT_DB] = FOR_SERVE,
     [OPT_TIMEOUT - OPT_DB] = FOR_SERVE,
     [OPT_PRECISION - OPT_DB] = FOR_ALL,
+    [OPT_WHITEN - OPT_DB] = FOR_INDEX,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
@@ -83,11 +85,14 @@ void search_args_usage(FILE *out)
 "k-nearest-neighbour searches over all shards, spread over the P ranks.\n"
 "\n"
 "Commands\n"
-"  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine]\n"
+"  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten]\n"
 "        Every rank encodes its contiguous slice of SRC and writes one shard\n"
 "        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
 "        DIR/manifest.json. --append adds new shards (ids continue after the existing\n"
 "        count) for new images, without re-encoding; the model must be the same.\n"
+"        --whiten: store PCA-whitened codes (PCA of the indexed codes, every direction\n"
+"        scaled to unit variance; DIR/whiten.npz, manifest \"transform\": \"whiten\");\n"
+"        query and eval apply it to the query codes (and --append to new images).\n"
 "  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
 "        QUERY-INPUT, exactly one of:\n"
 "          --image FILE [FILE ...]         PNG or JPEG images, any colour type: alpha over\n"
@@ -220,6 +225,7 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_MODEL: return copy_str(c->model, sizeof c->model, "--model", arg, err);
     case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
     case OPT_APPEND: c->append = 1; return AE_OK;
+    case OPT_WHITEN: c->whiten = 1; return AE_OK;
     case OPT_K: {
         char *end;
         errno = 0;

@@ -13,6 +13,7 @@
 #include "base/check.h"
 #include "model/ckpt.h"
 #include "data/image_convert.h"
+#include "search/whiten.h"
 
 int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
                         Err *err)
@@ -489,5 +490,15 @@ int search_meta_get(SearchMeta *sm, int64_t id, int32_t *label, const char **nam
         }
         *name = sm->names[s] + (size_t)(id - sm->db->shards[s].first_id) * VECDB_NAME_BYTES;
     }
+    return AE_OK;
+}
+
+int search_whiten_queries(const VecDb *db, float *q, int64_t Q, Err *err)
+{
+    if (!db->whiten) return AE_OK;
+    Whiten w;
+    if (whiten_load(&w, db->dir, db->D, err)) return err->code;
+    whiten_apply(&w, q, Q);
+    whiten_free(&w);
     return AE_OK;
 }

@@ -112,6 +112,8 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     memset(&res, 0, sizeof res);
     if (ctx->rank == 0 && search_encode(qv, m, qset, NULL, 0, es->Q) >= 0)
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN weights)");
+    else if (ctx->rank == 0)
+        search_whiten_queries(db, qv, es->Q, err);
     if (par_agree(ctx, err)) goto done;
     if (metric == KNN_IP) knn_normalize(qv, es->Q, db->D);
     par_bcast(ctx, qv, (size_t)es->Q * (size_t)db->D * sizeof *qv, 0);

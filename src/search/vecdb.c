@@ -161,6 +161,7 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
                              "count", (json_int_t)db->count, "metric", vecdb_metric_name(db->metric), "sources",
                              sources, "shards", shards);
     CHECK(root != NULL);
+    if (db->whiten) json_object_set_new(root, "transform", json_string("whiten"));
     char path[VECDB_PATH_BYTES + 32];
     snprintf(path, sizeof path, "%s/%s", db->dir, VECDB_MANIFEST);
     AtomicFile af;
@@ -349,6 +350,13 @@ int vecdb_read(VecDb *db, const char *dir, Err *err)
         err->code = AE_EFORMAT;
         goto done;
     }
+    json_t *transform = json_object_get(root, "transform"); /* optional (issue 17) */
+    if (transform && !(json_is_string(transform) && strcmp(json_string_value(transform), "whiten") == 0)) {
+        err_set(err, AE_EFORMAT, "%s: 'transform' must be \"whiten\" when present (hint: the manifest is damaged, "
+                                 "or written by a newer aesim)", path);
+        goto done;
+    }
+    db->whiten = transform != NULL;
     db->count = count;
     if (read_sources(db, sources, path, err)) goto done;
     db->count = count;

@@ -1,0 +1,54 @@
+/*
+ * whiten.h - PCA whitening of database vectors (aesim-search index
+ * --whiten): y = diag(1 / sqrt(var + eps)) A (x - mu), with mu, A (the D
+ * principal axes, as rows) and var (their variances) fitted on the indexed
+ * vectors (pca.h).  Every direction of the codes then has unit variance, so
+ * L2 / cosine distances weigh all of them equally instead of being
+ * dominated by the few directions of largest variance (A. Hyvarinen,
+ * E. Oja, "Independent component analysis", Neural Networks 13, 2000,
+ * sec. 5.1; for retrieval, H. Jegou, O. Chum, "Negative evidences and
+ * co-occurrences in image retrieval", ECCV 2012).
+ * eps = WHITEN_EPS_REL * the largest variance keeps directions without
+ * variance (dead ReLU units) from being blown up.
+ *
+ * Stored as DIR/whiten.npz (mean [D], matrix [D][D] = the scaled axes, row
+ * i = axis i / sqrt(var_i + eps)), written atomically before the manifest,
+ * which then says "transform": "whiten"; queries go through the same
+ * transform before the search.  No MPI (the caller sums the PcaStats of all
+ * ranks); matrix products with cblas_sgemm.
+ */
+#ifndef AESIM_WHITEN_H
+#define AESIM_WHITEN_H
+
+#include <stdint.h>
+
+#include "base/err.h"
+#include "search/pca.h"
+
+/* Floor of the variances, relative to the largest one. */
+#define WHITEN_EPS_REL 1e-3
+/* File name inside the database folder. */
+#define WHITEN_FILE "whiten.npz"
+
+typedef struct Whiten {
+    int D;
+    float *mean;   /* [D] */
+    float *mat;    /* [D][D] row i = axis i / sqrt(var_i + eps) */
+} Whiten;
+
+/* Fits from the summed statistics of D-dimensional vectors (all D axes).
+ * Errors as pca_fit.  Free with whiten_free. */
+int whiten_fit(Whiten *w, const PcaStats *s, Err *err);
+void whiten_free(Whiten *w);
+
+/* x[n][D] <- whitened x, in place (a block of rows at a time). */
+void whiten_apply(const Whiten *w, float *x, int64_t n);
+
+/* dir/WHITEN_FILE (npz_write: temp file, fsync, rename). */
+int whiten_save(const Whiten *w, const char *dir, Err *err);
+
+/* Reads dir/WHITEN_FILE and checks it holds mean [D] and matrix [D][D]
+ * float32.  AE_EIO / AE_EFORMAT with the path and a hint otherwise. */
+int whiten_load(Whiten *w, const char *dir, int D, Err *err);
+
+#endif
