@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """serve_bench.py - `make bench` rows for aesim-search serve (issue 14):
 HTTP load against `aesim-search query`'s batch throughput on the same
 vectors, N database vectors of d = 512, P ranks.

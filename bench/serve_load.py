@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """serve_load.py - bounded loopback load generator for aesim-search serve.
 
 For each concurrency level C (--clients 1,8,64), C threads, each with its own

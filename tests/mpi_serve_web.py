@@ -32,7 +32,7 @@ import numpy as np
 
 import mpi_serve as ms
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium")  # Debian's chromium (launch/install-deps.sh)
 
 
 class Cdp:

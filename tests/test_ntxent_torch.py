@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """NT-Xent (src/ntxent.c) and the model's gradient at the bottleneck
 (model_forward_backward_ex) against PyTorch (Debian python3-torch).
 

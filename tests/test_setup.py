@@ -160,7 +160,10 @@ class CiDescription(unittest.TestCase):
 
 class FlagsRebuild(unittest.TestCase):
     def make(self, build, *args):
-        r = sh("make", "--no-print-directory", f"BUILD={build}", *args, f"{build}/obj/base/err.o")
+        # A clean environment for make: under `make WERROR=1 test` (and CI's
+        # exported WERROR=1) MAKEFLAGS and WERROR would reach this make too.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "WERROR")}
+        r = sh("make", "--no-print-directory", f"BUILD={build}", *args, f"{build}/obj/base/err.o", env=env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return [line for line in r.stdout.splitlines() if " -c src/base/err.c " in line]
 

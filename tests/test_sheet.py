@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """test_sheet.py - the contact sheet of `aesim-search query --sheet` (issue 13,
 item 18): a gap between the query and its neighbours, each neighbour's
 distance and label under it, Fashion-MNIST's class names.
@@ -53,7 +53,7 @@ def check(cond, what):
 
 def font():
     """{char: 7 row bitmasks} parsed from src/sheet.c."""
-    with open(os.path.join(ROOT, "src", "sheet.c")) as f:
+    with open(os.path.join(ROOT, "src", "data", "sheet.c")) as f:
         src = f.read()
     glyphs = {}
     for ch, rows in re.findall(r"\{ '(.|\\\\)', \{ ([^}]*) \} \}", src):
