@@ -37,6 +37,7 @@ typedef struct SearchConfig {
     char model[SEARCH_PATH_MAX];    /* --model checkpoint ("" = none) */
     char data[SEARCH_PATH_MAX];     /* --data source spec ("" = none) */
     int append;                     /* index --append */
+    int allow_gaps;                 /* --allow-gaps: numbered sets with a file missing are taken (warning) */
     int k;                          /* --k / -k, 0 = not given */
     const char *images[SEARCH_MAX_IMAGES]; /* --image files (point into argv) */
     int n_images;
