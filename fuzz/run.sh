@@ -12,7 +12,7 @@ CC=${1:-clang}; OUT=${2:-build-fuzz}; SECS=${3:-20}; PKG=${4:-}; LIBS=${5:-}
 PY=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT/obj" "$OUT/corpus" "$OUT/crashes"
 # The library modules the parsers need (serial build, no MPI).
-SRC="err check par_serial fileio npy idx zip_read image_decode image_convert dataset_opts image_source image_folder
+SRC="err check par_serial fileio npy idx zip_read image_decode image_convert dataset_opts image_source numbered_set image_folder
      cifar dataset sample_store rng"
 CFLAGS="-g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -DAESIM_MPI=0 -DAESIM_OMP=0
         -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
