@@ -201,6 +201,22 @@ class Inputs(unittest.TestCase):
         lone = self.path("lone8")
         self.batches(lone, [5])
         self.assertEqual(run(PACK, "--out", self.path("p8d.npz"), lone).returncode, 0)
+        # A set starting above 1 lacks its first files; zero-padded numbers
+        # are named as written; long digit runs (dates) are no sequence.
+        late = self.path("late8")
+        self.batches(late, [3, 4])
+        r = run(PACK, "--out", self.path("p8e.npz"), late)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("train_data_batch_1.npz, train_data_batch_2.npz are missing", r.stderr)
+        pad = self.path("pad8")
+        os.makedirs(pad)
+        for k in ("01", "03", "20240101", "20240301"):
+            np.save(os.path.join(pad, "part_%s.npy" % k), self.x[:2])
+        r = run(PACK, "--out", self.path("p8f.npz"), os.path.join(pad, "part_0*.npy"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("part_02.npy is missing", r.stderr)
+        r = run(PACK, "--out", self.path("p8g.npz"), os.path.join(pad, "part_2024*.npy"))
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     # ---- 9 ----------------------------------------------------------------
     def query_sources(self, db, data, ids):
