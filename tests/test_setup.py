@@ -31,6 +31,20 @@ def sh(*cmd, **kw):
     return subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT, **kw)
 
 
+def read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def clean_make_env():
+    """The environment without the calling make's settings (under `make
+    WERROR=1 test`, MAKEFLAGS would pass WERROR=1 on to our own make runs)."""
+    env = dict(os.environ)
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "WERROR", "OPT", "CFLAGS", "LDFLAGS", "SAN"):
+        env.pop(k, None)
+    return env
+
+
 def script_packages():
     r = sh("bash", "launch/install-deps.sh", "--list")
     assert r.returncode == 0, r.stderr
@@ -87,8 +101,8 @@ def tools_used():
         for name in sorted(os.listdir(os.path.join(ROOT, d))):
             p = os.path.join(ROOT, d, name)
             if os.path.isfile(p) and (name.endswith((".sh", ".py")) or d == ".ci"):
-                texts.append(open(p, errors="replace").read())
-    texts.append(open(os.path.join(ROOT, "Makefile")).read())
+                texts.append(read(p))
+    texts.append(read(os.path.join(ROOT, "Makefile")))
     for t in texts:
         tools.update(re.findall(r"command -v ([A-Za-z0-9_.+-]+)", t))
         tools.update(re.findall(r"shutil\.which\(\"([A-Za-z0-9_.+-]+)\"\)", t))
@@ -109,7 +123,7 @@ class Packages(unittest.TestCase):
         return owner in self.closure or essential(owner)
 
     def test_readme_lists_exactly_the_script_packages(self):
-        readme = open(os.path.join(ROOT, "README.md")).read()
+        readme = read(os.path.join(ROOT, "README.md"))
         m = re.search(r"<!-- install-deps:begin[^>]*-->(.*?)<!-- install-deps:end -->", readme, re.S)
         self.assertIsNotNone(m, "README.md has no install-deps:begin/end block")
         listed = re.findall(r"`([^`]+)`", m.group(1))
@@ -146,11 +160,11 @@ class Packages(unittest.TestCase):
 
 class CiDescription(unittest.TestCase):
     def test_readme_names_every_ci_step(self):
-        ci = open(os.path.join(ROOT, ".ci", "run")).read()
+        ci = read(os.path.join(ROOT, ".ci", "run"))
         steps = set(re.findall(r"^\s*(?:\./launch/install-deps\.sh && )?(make [a-z-]+)", ci, re.M))
         steps.update(re.findall(r"(make [a-z-]+ FUZZ_SECONDS=\d+)", ci))
         self.assertTrue(steps, ".ci/run runs no make target?")
-        readme = open(os.path.join(ROOT, "README.md")).read()
+        readme = read(os.path.join(ROOT, "README.md"))
         self.assertNotIn("runs exactly this command", readme)
         for step in sorted(steps):
             self.assertIn(f"`{step}", readme, f"README does not say that CI runs `{step}`")
@@ -160,19 +174,16 @@ class CiDescription(unittest.TestCase):
 
 class FlagsRebuild(unittest.TestCase):
     def make(self, build, *args):
-        # A clean environment for make: under `make WERROR=1 test` (and CI's
-        # exported WERROR=1) MAKEFLAGS and WERROR would reach this make too.
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "WERROR")}
-        r = sh("make", "--no-print-directory", f"BUILD={build}", *args, f"{build}/obj/base/err.o", env=env)
+        r = sh("make", "--no-print-directory", f"BUILD={build}", *args, f"{build}/obj/base/err.o", env=clean_make_env())
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return [line for line in r.stdout.splitlines() if " -c src/base/err.c " in line]
 
     def test_werror_recompiles_a_reused_build(self):
         with tempfile.TemporaryDirectory() as build:
-            first = self.make(build, "MPI=0", "OMP=0")
+            first = self.make(build, "MPI=0", "OMP=0", "WERROR=0")
             self.assertEqual(len(first), 1)
             self.assertNotIn("-Werror", first[0])
-            again = self.make(build, "MPI=0", "OMP=0")
+            again = self.make(build, "MPI=0", "OMP=0", "WERROR=0")
             self.assertEqual(again, [], "nothing changed, yet err.o was recompiled")
             werror = self.make(build, "MPI=0", "OMP=0", "WERROR=1")
             self.assertEqual(len(werror), 1, "WERROR=1 did not recompile an object built without it")
@@ -207,7 +218,7 @@ class DebianPython(unittest.TestCase):
                  if r.endswith((".sh", ".sbatch")) and not r.endswith("install-deps.sh")]
         files += [os.path.join(ROOT, ".ci", "run"), os.path.join(ROOT, "Makefile")]
         for p in files:
-            for no, line in enumerate(open(p, errors="replace"), 1):
+            for no, line in enumerate(read(p).splitlines(), 1):
                 code = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
                 for m in re.finditer(r"(?<![/\w.-])python3?(?![\w-])", code):
                     bad.append(f"{os.path.relpath(p, ROOT)}:{no}: {line.strip()}")
@@ -241,8 +252,11 @@ class DebianPython(unittest.TestCase):
                 self.assertFalse(os.path.exists(marker), f"{rel}'s shebang ran the python3 first on PATH")
                 self.assertEqual(r.stdout.strip(), DEBIAN_PYTHON, f"{rel}: {first.strip()}")
             # make test's interpreter (dry run: prints the command).
+            menv = clean_make_env()
+            menv["PATH"] = env["PATH"]
+            menv.pop("PYTHON", None)
             r = subprocess.run(["make", "-n", "--no-print-directory", "BUILD=" + os.path.join(d, "b"), "test"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                               cwd=ROOT, env=menv, capture_output=True, text=True, timeout=120)
             self.assertIn(f"PYTHON={DEBIAN_PYTHON}", r.stdout)
             # The suite refuses an interpreter without the reference modules.
             env["PYTHON"] = fake

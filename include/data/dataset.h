@@ -44,6 +44,8 @@
 
 /* Size of Dataset.source in bytes. */
 #define DATASET_SOURCE_BYTES 4096
+/* Size of Dataset.warning in bytes. */
+#define DATASET_WARNING_BYTES 2048
 /* Folder layout: the images file looked for inside a folder (plain name;
  * the ".gz" variant is tried first). */
 #define DATASET_IDX_TRAIN_IMAGES "train-images-idx3-ubyte"
@@ -79,6 +81,8 @@ typedef struct DatasetOptions {
     int64_t max_pixels;     /* max_pixels=N: refuse decoded images larger than this (decompression bombs) */
     char images[DATASET_MEMBER_BYTES]; /* images=NAME: npz member holding the images ("" = guess) */
     char labels[DATASET_MEMBER_BYTES]; /* labels=NAME: npz member holding the labels ("" = guess) */
+    int allow_gaps;         /* allow_gaps=1: a numbered set of files (train_data_batch_N.npz, ...) with a number
+                               missing is taken with a warning instead of refused (image_source.h, numbered sets) */
 } DatasetOptions;
 
 struct DatasetImpl; /* dataset.c: shared mappings, segments, names; opaque */
@@ -93,6 +97,10 @@ typedef struct Dataset {
     int32_t *labels;    /* [n] or NULL when a source has none, owned (-1 for folder images outside class folders) */
     char source[DATASET_SOURCE_BYTES]; /* what was loaded, for logs, e.g. "/p/a.npz (800 images 3x32x32, labelled)" */
     int64_t n_skipped;  /* bad files skipped (skip_bad=1); 0 otherwise */
+    int64_t n_resized;  /* images whose own height x width differed from H x W: resized (box filter after the
+                           fit=crop|squash region, image_convert.h) */
+    char warning[DATASET_WARNING_BYTES]; /* what the caller must print as a warning (rank 0), "" if nothing:
+                                            a numbered set taken with a gap (allow_gaps=1) */
     struct DatasetImpl *impl; /* owned; NULL for a hand-made Dataset whose pixels/labels were malloc'ed */
 } Dataset;
 
@@ -166,6 +174,14 @@ int32_t dataset_label(const Dataset *ds, int64_t i);
  * sample stores, "" when the source has no names.  Returns 1 if a name was
  * known, 0 otherwise. */
 int dataset_name(char *out, size_t cap, const Dataset *ds, int64_t i);
+
+/* Where image i came from: returns the path of the file (or folder, list
+ * file) it was read from, as opened after wildcard and folder-set expansion
+ * (so "train_data_batch_7.npz", never the pattern or the folder of batches),
+ * and sets *row to its 0-based row in that file (images skipped by
+ * skip_bad=1 keep their rows counted, so the row is the file's own).
+ * NULL (and *row = i) for a hand-made Dataset.  0 <= i < n (asserted). */
+const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row);
 
 /* Splits off a validation set: nval = round(frac * n) images (at least 1)
  * chosen uniformly at random with rng_seed(seed, RNG_STREAM_SPLIT) go to

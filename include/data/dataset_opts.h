@@ -26,6 +26,7 @@
  *     coarse=0|1                CIFAR-100: coarse labels
  *     max_pixels=N              largest decoded image accepted
  *     images=NAME, labels=NAME  npz member names
+ *     allow_gaps=0|1            take a numbered file set with a number missing (warning)
  * A literal '?' cannot appear in PATH (it starts the options); '*' and
  * '[...]' in PATH are wildcards (glob(3)).
  *

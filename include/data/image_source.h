@@ -52,6 +52,7 @@ typedef struct ImageFile {
     char *name;     /* relative to the folder / as written in the list; points into path or owned (see name_owned) */
     int name_owned;
     int32_t label;  /* -1 when none */
+    int64_t line;   /* list files: the 1-based line naming it (for messages); 0 for folders */
 } ImageFile;
 
 typedef struct ImageSource {
@@ -65,8 +66,14 @@ typedef struct ImageSource {
     int64_t next_first;             /* sequential sources: where the next read must start */
     const uint8_t *mapped;          /* [n][C][H][W] read-only pages of the file, or NULL */
     int64_t n_skipped;              /* images marked bad so far (skip_bad) */
+    int64_t n_resized;              /* images whose own H x W differs from the delivered H x W: all of them for
+                                       an array source of another size, counted as read for folders/lists */
     char skip_note[IMAGE_SOURCE_NOTE_BYTES]; /* the first skipped file and why */
     int is_store;                   /* 1 for an aesim sample store */
+    const char *guess;              /* why its kind was guessed ("its name ends in .txt ..."; static) when no
+                                       KIND: was given, for messages; NULL when named or found in a folder */
+    char gap_note[IMAGE_SOURCE_NOTE_BYTES]; /* first source of a numbered set taken with a gap (allow_gaps=1):
+                                               the warning to print, naming the missing files; "" otherwise */
 
     /* Array sources. */
     RawAccess access;
@@ -94,7 +101,11 @@ typedef struct ImageSource {
 } ImageSource;
 
 /* Opens every item of a comma-separated spec, expanding wildcards and
- * folders of batch files into several sources (in order).  *srcs receives
+ * folders of batch files into several sources (in order).  A wildcard or a
+ * folder set whose numbered files have a gap (numbered_set.h: _7 of 1..10
+ * missing) is refused with AE_EIO naming the missing files, or with the
+ * item's allow_gaps=1 opened with the warning in the set's first gap_note.
+ * *srcs receives
  * an array of *n opened sources (free with image_source_close_all).
  * Errors: see dataset_open_opts (dataset.h).  On error nothing is held. */
 int image_source_open_spec(ImageSource ***srcs, int *n, const char *spec, const DatasetOptions *defaults, Err *err);

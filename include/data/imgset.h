@@ -13,16 +13,20 @@
  * item without labels gives -1 for its images (dataset_label).
  *
  * Names (used by aesim-search to say where a vector came from): the last
- * path component of the item (after realpath, so symbolic links are
- * resolved), '#', the 0-based row within that item, e.g.
- * "t10k-images-idx3-ubyte.gz#123" or "fashion-mnist#7" for a folder; for
- * sources whose images have their own names (dataset_name: image folders,
- * lists, sample stores) the item's last component, '/', and that name, e.g.
+ * path component of the file the image was read from (dataset_origin: a
+ * wildcard's or a folder set's own member, the IDX file inside an MNIST
+ * folder), '#', the 0-based row within that file, e.g.
+ * "train_data_batch_7.npz#1" for train_data_batch_*.npz or its folder,
+ * "train-images-idx3-ubyte.gz#123" for a Fashion-MNIST folder; for sources
+ * whose images have their own names (dataset_name: image folders, lists,
+ * sample stores) that source's last component, '/', and that name, e.g.
  * "photos/cats/001.png".
  * Tabs, newlines and other control bytes of the path become '?', so a name is
  * always one TSV field.
  *
- * Does not: resize or convert images (all items must agree on C, H, W), read
+ * Does not: resize or convert images itself (imgset_open_opts passes the
+ * options, e.g. the model's size, to every item; all items must then agree
+ * on C, H, W), read
  * image files (image_decode.h), or split work between ranks (the caller picks the
  * range it needs).  Loading is single-threaded; the getters only read and may
  * be called from several threads.  No MPI.
@@ -48,6 +52,9 @@ typedef struct ImageSet {
     int64_t *first;           /* [n_items + 1] global index of each item's row 0; first[n_items] = n */
     int64_t n;                /* images in all */
     int C, H, W;              /* image shape shared by all items */
+    int64_t n_resized;        /* images whose own size differed from H x W (resized when read) */
+    int64_t n_skipped;        /* bad images skipped (skip_bad=1) */
+    char warning[DATASET_WARNING_BYTES]; /* the items' warnings (dataset.h), "" if none: print it */
 } ImageSet;
 
 /* Opens every item of `spec`.  Errors (message names the item, ends with a
@@ -55,6 +62,11 @@ typedef struct ImageSet {
  * an empty spec or an empty item between commas, AE_ESHAPE when two items
  * disagree on C, H or W.  On error *s is left empty (nothing to free). */
 int imgset_open(ImageSet *s, const char *spec, Err *err);
+
+/* As imgset_open, with `defaults` as every item's options (NULL: the
+ * dataset_options_default values), e.g. a model's size and channels so that
+ * images of any size are converted to them (dataset.h). */
+int imgset_open_opts(ImageSet *s, const char *spec, const DatasetOptions *defaults, Err *err);
 
 /* Frees everything and zeroes *s.  s may be NULL or already freed. */
 void imgset_free(ImageSet *s);

@@ -46,6 +46,7 @@ typedef struct PackStats {
     double decode_s;         /* wall time of the parallel decode/write phase */
     double finish_s;         /* wall time of rank 0's compaction/CRC/metadata phase */
     char skip_note[1024];    /* the first skipped file and why */
+    char warning[2048];      /* numbered sets taken with a gap (allow_gaps=1), "" if none: print it */
 } PackStats;
 
 /* Packs cfg->spec into cfg->out.  Collective.  Returns the same status on

@@ -120,8 +120,32 @@ int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, co
  * ids, dist; free with knn_range_free). */
 void search_topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_radius, double radius);
 
+/* The options every image source of aesim-search is opened with (index
+ * --data, query --data, eval --queries, the database's sources): the
+ * model's input channels and size C x H x W as targets, so images of another
+ * size or channel count are converted exactly as query --image converts its
+ * files (alpha over white, channels, centre crop to the aspect ratio unless
+ * ?fit=squash, box filter: dataset.h, image_convert.h); allow_gaps as given.
+ * An item's own ?key=value options still override these. */
+void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps);
+
+/* Query images whose mean pixel (in [0, 1]) is farther than this from the
+ * database images' mean, while their inverse 1 - mean is closer, are
+ * reported as of the opposite polarity.  Measured on Fashion-MNIST's 10,000
+ * test images (mean 0.287; per image 0.03..0.71, s.d. 0.126): 0.3 flags
+ * 0.73% of single genuine images and none of 100,000 random sets of 8
+ * (largest set mean 0.50); inverted (255 - x), 81% of single images and
+ * every set of 8 (mean about 0.71, 0.43 away). */
+#define SEARCH_POLARITY_DIFF 0.3
+
+/* 1 if query images of mean q look like the opposite polarity of database
+ * images of mean d (see SEARCH_POLARITY_DIFF), else 0. */
+int search_polarity_suspect(double q, double d);
+
 /* Local.  Opens the images of the database's source run i (0 <= i <
  * db->n_sources) from the absolute item paths recorded in the manifest.
+ * Opened with search_data_options (allow_gaps=1: the index run already
+ * warned, and the counts below catch any change).
  * Errors: imgset_open's (a file moved or deleted: AE_EIO), AE_EFORMAT when an
  * item now holds another number of images than at index time, AE_ESHAPE
  * when the images do not have the model's input shape.  On error *set holds

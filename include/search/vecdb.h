@@ -17,14 +17,16 @@
  * ids are 0..count-1 with no gaps.  The .npy files are NumPy format 1.0
  * (npy.h), readable with numpy.load.
  *
- * manifest.json (jansson), every key required:
+ * manifest.json (jansson), every key required but pixel_mean:
  *   "format": "aesim-vecdb", "version": 1,
  *   "model": { "crc32": "8 hex digits" (CRC-32 of the encoder checkpoint's
  *              parameter bytes, as aesim-train prints it), "arch": spec text,
  *              "input_shape": [C, H, W], "checkpoint": path used at index time },
  *   "dim": D, "count": total vectors, "metric": "l2" | "cosine" (default of query),
  *   "sources": [ { "spec": source as given, "first_id", "count",
- *                  "items": [ { "path": absolute path, "count" } ... ] } ... ]
+ *                  "items": [ { "path": absolute path, "count" } ... ],
+ *                  "pixel_mean": mean pixel in [0, 1] (optional: older
+ *                  manifests lack it; readers then skip the polarity check) } ... ]
  *              one entry per index / --append run, in id order,
  *   "shards":  [ { "shard": number, "count", "first_id", "last_id" } ... ]
  *              last_id = first_id + count - 1 (first_id - 1 when empty).
@@ -75,6 +77,8 @@ typedef struct VecDbSource {
     char *spec;       /* the --data value as given (owned) */
     int64_t first_id; /* id of its first image */
     int64_t count;    /* images, = sum of item counts */
+    double pixel_mean; /* mean pixel value of its images scaled to [0, 1] (query warns when query images are far
+                          from it: opposite polarity); -1 = unknown (manifests written before it existed) */
     int n_items;
     VecDbItem *items; /* [n_items], owned */
 } VecDbSource;

@@ -26,6 +26,7 @@ typedef struct TrainConfig {
     char data[ARG_PATH_MAX];   /* training source(s), comma-separated */
     char val[ARG_PATH_MAX];    /* validation source, "" = split off val_fraction */
     char data_opts[1024];      /* dataset options KEY=VALUE[&KEY=VALUE...] for --data and --val */
+    int allow_gaps;            /* --allow-gaps: numbered sets with a file missing are taken, with a warning */
     double val_fraction;       /* fraction of data held out when val == "" */
     int64_t val_limit;         /* evaluate on at most this many val images (0 = all) */
     char arch[1024];           /* preset name or spec; "" = preset for the image shape */

@@ -139,6 +139,18 @@ int dataset_name(char *out, size_t cap, const Dataset *ds, int64_t i)
     return s->src ? image_source_name(s->src, r, out, cap) : 0;
 }
 
+const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row)
+{
+    assert(i >= 0 && i < ds->n);
+    *row = i;
+    if (!ds->impl) return NULL;
+    int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
+    const Segment *s = find_segment(ds->impl->st, p);
+    int64_t r = p - s->first;
+    *row = s->src_rows ? s->src_rows[r] : r;
+    return s->src ? s->src->path : NULL;
+}
+
 /* Appends ", text" (or "text" when empty) to dst, truncating. */
 static void append_source(char *dst, size_t cap, const char *text)
 {
@@ -252,6 +264,7 @@ int dataset_open_opts(Dataset *ds, const char *spec, const DatasetOptions *opts,
         if (rc) break;
         g->n = kept;
         skipped += s->n_skipped;
+        ds->n_resized += s->n_resized;
         total += kept;
         if (kept > 0) st->n_seg++;
         else {
@@ -260,6 +273,7 @@ int dataset_open_opts(Dataset *ds, const char *spec, const DatasetOptions *opts,
         }
         describe(da, sizeof da, s, kept);
         append_source(ds->source, sizeof ds->source, da);
+        if (s->gap_note[0]) append_source(ds->warning, sizeof ds->warning, s->gap_note);
     }
     if (rc == AE_OK && total == 0)
         rc = err_set(err, AE_EFORMAT, "no images in '%.900s'%s (hint: check the files)", spec,
@@ -339,6 +353,7 @@ static void take_subset(Dataset *dst, const Dataset *src, const uint8_t *in_val,
     assert(k == count);
     snprintf(dst->source, sizeof dst->source, "%.3900s [%s: %" PRId64 " of %" PRId64 "]", src->source, role, count,
              src->n);
+    snprintf(dst->warning, sizeof dst->warning, "%s", src->warning);
 }
 
 int dataset_split(Dataset *train, Dataset *val, const Dataset *src, double frac, uint64_t seed, Err *err)

@@ -27,7 +27,8 @@ static const char *const KIND_NAMES[] = {"auto", "npz", "npy", "idx", "mnist", "
 #define N_KINDS ((int)(sizeof KIND_NAMES / sizeof KIND_NAMES[0]))
 
 static const char OPTION_KEYS[] =
-    "size, channels, layout, fit, bg, skip_bad, range, verify, map, coarse, max_pixels, images, labels";
+    "size, channels, layout, fit, bg, skip_bad, range, verify, map, coarse, max_pixels, images, labels, "
+    "allow_gaps";
 
 const char *dataset_kind_name(SourceKind k)
 {
@@ -141,6 +142,9 @@ int dataset_options_set(DatasetOptions *o, const char *key, const char *value, E
         if (!strcmp(value, "auto")) o->map = -1;
         else if (parse_bool(value, &b) == 0) o->map = b;
         else return bad_value(err, key, value, "map=auto, 0 or 1");
+    } else if (!strcmp(key, "allow_gaps") || !strcmp(key, "allow-gaps")) {
+        if (parse_bool(value, &b)) return bad_value(err, key, value, "allow_gaps=0 or 1");
+        o->allow_gaps = b;
     } else if (!strcmp(key, "coarse")) {
         if (parse_bool(value, &b)) return bad_value(err, key, value, "coarse=0 or 1");
         o->coarse = b;

@@ -47,7 +47,7 @@ typedef struct FileVec {
     int64_t n, cap;
 } FileVec;
 
-static void vec_push(FileVec *fv, char *path, char *name, int name_owned, int32_t label)
+static void vec_push(FileVec *fv, char *path, char *name, int name_owned, int32_t label, int64_t line)
 {
     if (fv->n == fv->cap) {
         int64_t ncap = fv->cap ? 2 * fv->cap : 64;
@@ -57,7 +57,7 @@ static void vec_push(FileVec *fv, char *path, char *name, int name_owned, int32_
         fv->v = g;
         fv->cap = ncap;
     }
-    fv->v[fv->n++] = (ImageFile){path, name, name_owned, label};
+    fv->v[fv->n++] = (ImageFile){path, name, name_owned, label, line};
 }
 
 static void vec_free(FileVec *fv)
@@ -130,7 +130,7 @@ static int walk(FileVec *fv, const char *dir, size_t root_len, int depth, const 
             /* A dangling symlink or a file removed meanwhile: an image file
              * that cannot be read is an error (skip_bad counts it later). */
             if (is_image_name(de->d_name)) {
-                vec_push(fv, p, p + root_len + 1, 0, -1);
+                vec_push(fv, p, p + root_len + 1, 0, -1, 0);
                 continue;
             }
             free(p);
@@ -140,7 +140,7 @@ static int walk(FileVec *fv, const char *dir, size_t root_len, int depth, const 
             if (!is_ancestor(&here, &st)) rc = walk(fv, p, root_len, depth + 1, root, &here, err);
             free(p);
         } else if (is_image_name(de->d_name)) {
-            vec_push(fv, p, p + root_len + 1, 0, -1);
+            vec_push(fv, p, p + root_len + 1, 0, -1, 0);
         } else {
             free(p);
         }
@@ -155,6 +155,21 @@ static int cmp_files(const void *a, const void *b)
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* For a list file: prefixes e's message with the list, the line and the
+ * path as written there, since the message names the resolved path only. */
+static void name_list_line(const ImageSource *s, const ImageFile *f, Err *e)
+{
+    if (s->kind != SOURCE_LIST || f->line <= 0) return;
+    char msg[ERR_MSG_BYTES];
+    snprintf(msg, sizeof msg, "%s", e->msg);
+    if (s->guess) /* a text file that may not be a list at all: say so */
+        snprintf(e->msg, sizeof e->msg, "%.300s was guessed to be a list file of image paths because %s; its line %"
+                 PRId64 " ('%.100s'): %.300s (hint: if it is something else, name its kind before the path, e.g. "
+                 "npz:PATH, npy:PATH, idx:PATH, folder:PATH)", s->path, s->guess, f->line, f->name, msg);
+    else
+        snprintf(e->msg, sizeof e->msg, "%.300s line %" PRId64 " ('%.200s'): %.480s", s->path, f->line, f->name, msg);
+}
 
 /* Size from the first image that decodes (every image when skip_bad=0
  * must decode anyway, so the first failure is reported). */
@@ -174,6 +189,7 @@ static int first_size(ImageSource *s, Err *err)
             image_free(&im);
             return AE_OK;
         }
+        name_list_line(s, &s->files[i], err);
         if (!s->opts.skip_bad) return err->code;
     }
     return err_set(err, AE_EFORMAT, "%s: none of its %" PRId64 " images decodes (hint: check the files)", s->path, s->n);
@@ -318,7 +334,7 @@ int image_list_parse(ImageSource *s, const char *buf, size_t len, const char *ba
             full = xmalloc(plen + 1);
             memcpy(full, rel, plen + 1);
         }
-        vec_push(&fv, full, rel, 1, lab);
+        vec_push(&fv, full, rel, 1, lab, line_no);
         if (fv.n > lab_cap) {
             int64_t ncap = lab_cap ? 2 * lab_cap : 64;
             int32_t *g = xmalloc((size_t)ncap * sizeof *g);
@@ -377,6 +393,7 @@ int image_folder_read(ImageSource *s, int64_t first, int64_t count, uint8_t *pix
 {
     int64_t img = (int64_t)s->C * s->H * s->W;
     Err **errs = xcalloc((size_t)(count ? count : 1), sizeof *errs);
+    uint8_t *resized = xcalloc((size_t)(count ? count : 1), 1); /* [count]: 1 if the image had another size */
     /* One image per iteration, each writing its own slot of pix / errs. */
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) if (count > 1)
@@ -388,14 +405,17 @@ int image_folder_read(ImageSource *s, int64_t first, int64_t count, uint8_t *pix
         const ImageFile *f = &s->files[first + k];
         if (image_decode_file(&im, f->path, s->opts.max_pixels, &e) == AE_OK) {
             image_convert(pix + k * img, s->C, s->H, s->W, &im, s->opts.bg, s->opts.fit);
+            resized[k] = im.h != s->H || im.w != s->W;
             image_free(&im);
         } else {
+            name_list_line(s, f, &e);
             errs[k] = xmalloc(sizeof e);
             *errs[k] = e;
         }
     }
     int rc = AE_OK;
     for (int64_t k = 0; k < count; k++) {
+        s->n_resized += resized[k];
         if (ok) ok[k] = errs[k] == NULL;
         if (!errs[k]) continue;
         if (!s->opts.skip_bad) {
@@ -411,5 +431,6 @@ int image_folder_read(ImageSource *s, int64_t first, int64_t count, uint8_t *pix
         free(errs[k]);
     }
     free(errs);
+    free(resized);
     return rc;
 }

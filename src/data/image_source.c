@@ -21,6 +21,7 @@
 #include "data/image_folder.h"
 #include "data/source_array.h"
 #include "data/sample_store.h"
+#include "data/numbered_set.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -751,6 +752,23 @@ static int match_prefix_suffix(const char *name, const char *pre, const char *su
 static int is_cifar10_batch(const char *name) { return match_prefix_suffix(name, "data_batch_", ".bin"); }
 static int is_imagenet_batch(const char *name) { return match_prefix_suffix(name, "train_data_batch_", ".npz"); }
 
+/* A numbered set (numbered_set.h) of n files named names[] (what: the
+ * pattern or folder, for the message): AE_OK without a gap; with one,
+ * AE_EIO naming the missing files, or with allow_gaps=1 AE_OK and the
+ * warning in note[IMAGE_SOURCE_NOTE_BYTES]. */
+static int check_gaps(const char *const *names, int n, const char *what, const DatasetOptions *opts, char *note,
+                      Err *err)
+{
+    char gaps[IMAGE_SOURCE_NOTE_BYTES - 200];
+    note[0] = '\0';
+    if (numbered_set_gaps(names, n, gaps, sizeof gaps) == 0) return AE_OK;
+    if (!opts->allow_gaps)
+        return err_set(err, AE_EIO, "%.300s: numbered set %s (hint: restore the missing file(s), or pass --allow-gaps "
+                       "(?allow_gaps=1) to use the others)", what, gaps);
+    snprintf(note, IMAGE_SOURCE_NOTE_BYTES, "%.150s: numbered set %s; using the others (allow_gaps=1)", what, gaps);
+    return AE_OK;
+}
+
 /* Opens every file of a folder matched by pred, in natural order. */
 static int open_folder_set(ImageSource ***list, int *count, int *cap, SourceKind kind, const char *dir,
                            int (*pred)(const char *), const DatasetOptions *opts, Err *err)
@@ -758,12 +776,14 @@ static int open_folder_set(ImageSource ***list, int *count, int *cap, SourceKind
     char **names;
     int n;
     folder_matches(&names, &n, dir, pred);
-    int rc = AE_OK;
+    char note[IMAGE_SOURCE_NOTE_BYTES];
+    int rc = check_gaps((const char *const *)names, n, dir, opts, note, err), first = *count;
     for (int i = 0; i < n && rc == AE_OK; i++) {
         char p[DATASET_PATH_BYTES];
         snprintf(p, sizeof p, "%s/%s", dir, names[i]);
         rc = open_single(list, count, cap, kind, p, opts, err);
     }
+    if (rc == AE_OK && *count > first) snprintf((*list)[first]->gap_note, sizeof note, "%s", note);
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     return rc;
@@ -843,20 +863,35 @@ int image_source_open_path(ImageSource ***list, int *count, int *cap, SourceKind
     fclose(f);
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
-    if (got >= 2 && head[0] == 'P' && head[1] == 'K') kind = SOURCE_NPZ;
-    else if (got >= 6 && memcmp(head, "\x93NUMPY", 6) == 0) kind = SOURCE_NPY;
-    else if (got >= 2 && ((head[0] == 0x1f && head[1] == 0x8b) || (head[0] == 0 && head[1] == 0))) kind = SOURCE_IDX;
-    else if (is_cifar10_batch(base) || !strcmp(base, "test_batch.bin")) kind = SOURCE_CIFAR10;
+    const char *why = NULL; /* the reason for the guess, named if opening fails */
+    if (got >= 2 && head[0] == 'P' && head[1] == 'K') kind = SOURCE_NPZ, why = "its first bytes are a zip signature 'PK'";
+    else if (got >= 6 && memcmp(head, "\x93NUMPY", 6) == 0) kind = SOURCE_NPY, why = "its first bytes are the .npy magic";
+    else if (got >= 2 && head[0] == 0x1f && head[1] == 0x8b) kind = SOURCE_IDX, why = "it is gzip-compressed (1f 8b)";
+    else if (got >= 2 && head[0] == 0 && head[1] == 0) kind = SOURCE_IDX, why = "its first bytes are 00 00 as in IDX";
+    else if (is_cifar10_batch(base) || !strcmp(base, "test_batch.bin"))
+        kind = SOURCE_CIFAR10, why = "its name is a CIFAR-10 batch's";
     else if ((!strcmp(base, "train.bin") || !strcmp(base, "test.bin")) && st.st_size % CIFAR100_RECORD == 0)
-        kind = SOURCE_CIFAR100;
-    else if (ends_with(base, ".txt") || ends_with(base, ".lst") || ends_with(base, ".list")) kind = SOURCE_LIST;
+        kind = SOURCE_CIFAR100, why = "its name is train.bin/test.bin and its size a multiple of 3074";
+    else if (ends_with(base, ".txt") || ends_with(base, ".lst") || ends_with(base, ".list"))
+        kind = SOURCE_LIST, why = "its name ends in .txt/.lst/.list and its first bytes match no binary format";
     else
         return err_set(err, AE_EFORMAT,
                        "%s: not a recognised dataset file: first bytes %02x %02x %02x %02x, %zu bytes read (hint: give "
                        "an .npz, .npy, IDX file, CIFAR batch, list file (.txt) or an image folder, or name the kind: "
                        "npz:, npy:, idx:, cifar10:, cifar100:, list:, folder:)",
                        path, head[0], head[1], head[2], head[3], got);
-    return open_single(list, count, cap, kind, path, opts, err);
+    int rc = open_single(list, count, cap, kind, path, opts, err);
+    if (rc == AE_OK) (*list)[*count - 1]->guess = why;
+    if (rc) {
+        /* Say what was guessed and why first: the error itself may name
+         * another file (a path listed in what was taken for a list). */
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        err_set(err, rc, "%.300s was guessed to be %s because %s; reading it as such failed: %.500s (hint: if it "
+                "is something else, name its kind before the path, e.g. npz:PATH, npy:PATH, idx:PATH, folder:PATH)",
+                path, kind == SOURCE_LIST ? "a list file of image paths" : dataset_kind_name(kind), why, msg);
+    }
+    return rc;
 }
 
 static int has_wildcard(const char *p) { return strchr(p, '*') || strchr(p, '['); }
@@ -899,8 +934,12 @@ int image_source_open_spec(ImageSource ***srcs, int *n, const char *spec, const 
                 rc = err_set(err, AE_EIO, "cannot expand %s (hint: check permissions)", item->path);
             } else {
                 qsort(g.gl_pathv, g.gl_pathc, sizeof *g.gl_pathv, natural_qsort_cmp);
+                char note[IMAGE_SOURCE_NOTE_BYTES];
+                int first = count, many = g.gl_pathc > INT_MAX ? INT_MAX : (int)g.gl_pathc;
+                rc = check_gaps((const char *const *)g.gl_pathv, many, item->path, &item->opts, note, err);
                 for (size_t i = 0; i < g.gl_pathc && rc == AE_OK; i++)
                     rc = image_source_open_path(&list, &count, &cap, item->kind, g.gl_pathv[i], &item->opts, err);
+                if (rc == AE_OK && count > first) snprintf(list[first]->gap_note, sizeof note, "%s", note);
             }
             if (gr == 0 || gr == GLOB_NOMATCH) globfree(&g);
         } else {

@@ -17,6 +17,11 @@
 
 int imgset_open(ImageSet *s, const char *spec, Err *err)
 {
+    return imgset_open_opts(s, spec, NULL, err);
+}
+
+int imgset_open_opts(ImageSet *s, const char *spec, const DatasetOptions *defaults, Err *err)
+{
     memset(s, 0, sizeof *s);
     if (!spec || !*spec)
         return err_set(err, AE_EARG, "no image source given (hint: an .npz, an IDX file or a folder; several "
@@ -39,9 +44,15 @@ int imgset_open(ImageSet *s, const char *spec, Err *err)
                                        "commas, no spaces)", spec);
             break;
         }
-        rc = dataset_open(&s->items[p], item, err);
+        rc = dataset_open_opts(&s->items[p], item, defaults, err);
         if (rc) break;
         s->n_items = p + 1;
+        s->n_resized += s->items[p].n_resized;
+        s->n_skipped += s->items[p].n_skipped;
+        if (s->items[p].warning[0]) {
+            size_t k = strlen(s->warning);
+            snprintf(s->warning + k, sizeof s->warning - k, "%s%s", k ? "; " : "", s->items[p].warning);
+        }
         char real[PATH_MAX];
         if (!realpath(item, real)) snprintf(real, sizeof real, "%s", item);
         snprintf(s->paths[p], IMGSET_PATH_BYTES, "%s", real);
@@ -108,8 +119,12 @@ void imgset_name(char *out, size_t cap, const ImageSet *s, int64_t i)
     assert(cap >= 1);
     int64_t row;
     int p = imgset_locate(s, i, &row);
+    /* The file the image came from (after wildcard and folder-set
+     * expansion), and its row there; the item's path for a hand-made item. */
+    int64_t file_row = row;
+    const char *path = dataset_origin(&s->items[p], row, &file_row);
+    if (!path) path = s->paths[p];
     /* Last non-empty path component (a folder may end with '/'). */
-    const char *path = s->paths[p];
     size_t end = strlen(path);
     while (end > 1 && path[end - 1] == '/') end--;
     size_t start = end;
@@ -118,7 +133,7 @@ void imgset_name(char *out, size_t cap, const ImageSet *s, int64_t i)
     if (dataset_name(own, sizeof own, &s->items[p], row) && own[0])
         snprintf(out, cap, "%.*s/%s", (int)(end - start), path + start, own);
     else
-        snprintf(out, cap, "%.*s#%lld", (int)(end - start), path + start, (long long)row);
+        snprintf(out, cap, "%.*s#%lld", (int)(end - start), path + start, (long long)file_row);
     for (char *c = out; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
 }

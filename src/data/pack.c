@@ -175,6 +175,11 @@ int pack_run(const ParCtx *ctx, const PackConfig *cfg, PackStats *st, Err *err)
     st->C = srcs[0]->C;
     st->H = srcs[0]->H;
     st->W = srcs[0]->W;
+    for (int i = 0; i < ns; i++) /* every rank opened the same sources: the same notes */
+        if (srcs[i]->gap_note[0]) {
+            size_t k = strlen(st->warning);
+            snprintf(st->warning + k, sizeof st->warning - k, "%s%s", k ? "; " : "", srcs[i]->gap_note);
+        }
     /* The temporary file is named by rank 0's pid and shared by all. */
     char tmp[TMP_PATH_BYTES];
     long long pid = (long long)getpid();

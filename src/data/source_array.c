@@ -23,6 +23,7 @@ int source_array_finish_shape(ImageSource *s, const char *what, Err *err)
     s->H = o->H ? o->H : s->H0;
     s->W = o->W ? o->W : s->W0;
     int identity = s->C == s->C0 && s->H == s->H0 && s->W == s->W0;
+    s->n_resized = s->H != s->H0 || s->W != s->W0 ? s->n : 0;
     uint64_t rec = (uint64_t)s->C0 * s->H0 * s->W0;
     int mappable = s->access == RAW_FILE && s->dtype == NPY_U8 && s->skip == 0 && s->stride == rec &&
                    (!s->nhwc || s->C0 == 1) && identity;

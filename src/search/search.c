@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/check.h"
 #include "base/fileio.h"
@@ -44,10 +45,49 @@
 
 /* ================================================================ index */
 
+/* The outermost folder on the way to dir that does not exist yet, into
+ * out[cap] ("" when dir exists): what mkdir -p is about to create, and what
+ * a failed index removes again (a failed command leaves nothing). */
+static void first_missing_dir(char *out, size_t cap, const char *dir)
+{
+    struct stat st;
+    out[0] = '\0';
+    size_t len = strlen(dir);
+    if (len >= cap) return;
+    for (size_t i = 1; i <= len; i++) {
+        if (i < len && dir[i] != '/') continue;
+        memcpy(out, dir, i);
+        out[i] = '\0';
+        if (stat(out, &st) != 0) return;
+    }
+    out[0] = '\0';
+}
+
+/* Rank 0 after a failed index: removes the shard files of this run (shards
+ * first..first+P-1; the manifest does not list them) and the folders it
+ * created, from dir up to `created` (rmdir: only if empty). */
+static void index_undo(const char *dir, int first, int P, const char *created)
+{
+    char path[VECDB_PATH_BYTES + 64];
+    for (int sh = first; sh < first + P; sh++)
+        for (int f = VECDB_VECTORS; f <= VECDB_NAMES; f++)
+            if (vecdb_shard_path(path, sizeof path, dir, sh, (VecDbFile)f, NULL) == AE_OK) unlink(path);
+    if (!created[0]) return;
+    snprintf(path, sizeof path, "%s", dir);
+    for (;;) {
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/') path[--n] = '\0';
+        if (rmdir(path) != 0 || strcmp(path, created) == 0) return;
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path) return;
+        *slash = '\0';
+    }
+}
+
 /* All ranks: an empty description for a new database, or the existing one
  * (--append) after checking the model. */
 static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cfg, const Model *m, uint32_t crc,
-                            Err *err)
+                            char *created, Err *err)
 {
     memset(db, 0, sizeof *db);
     const int D = model_embedding_dim(m);
@@ -72,8 +112,10 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
             if (stat(path, &st) == 0)
                 err_set(err, AE_EARG, "%s already holds a database (%s) (hint: add images with --append, or choose "
                                       "another --db)", cfg->db, VECDB_MANIFEST);
-            else
+            else {
+                first_missing_dir(created, VECDB_PATH_BYTES, cfg->db);
                 fileio_mkdirs(cfg->db, err);
+            }
         }
         char real[PATH_MAX];
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
@@ -123,6 +165,20 @@ static int index_whiten(const ParCtx *ctx, const SearchConfig *cfg, const VecDb 
     return AE_OK;
 }
 
+/* Sum of the pixel values (scaled to [0, 1]) of images [lo, lo+n) of src. */
+static double index_pixel_sum(const ImageSet *src, int64_t lo, int64_t n)
+{
+    const size_t chw = (size_t)src->C * (size_t)src->H * (size_t)src->W;
+    float *img = xmalloc(chw * sizeof *img);
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        imgset_get_f32(img, src, lo + i);
+        for (size_t j = 0; j < chw; j++) sum += img[j];
+    }
+    free(img);
+    return sum;
+}
+
 int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
 {
     err_clear(err);
@@ -140,17 +196,29 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     char *names = NULL;
     const char **name_ptrs = NULL;
     int64_t *counts = NULL;
-    if (index_prepare_db(ctx, &db, cfg, &m, crc, err)) {
+    char created[VECDB_PATH_BYTES] = ""; /* rank 0: the outermost folder this run created */
+    if (index_prepare_db(ctx, &db, cfg, &m, crc, created, err)) {
+        if (ctx->rank == 0) index_undo(cfg->db, 0, 0, created);
         model_free(&m);
         return err->code;
     }
-    if (!imgset_open(&src, cfg->data, err) && (src.C != m.spec.C || src.H != m.spec.H || src.W != m.spec.W))
-        err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model %s takes %dx%dx%d (hint: index with a "
-                                "model trained on such images)", cfg->data, src.C, src.H, src.W, cfg->model,
-                m.spec.C, m.spec.H, m.spec.W);
+    /* Any size and channel count: converted to the model's input as query
+     * --image converts its files (search_data_options). */
+    DatasetOptions opts;
+    search_data_options(&opts, m.spec.C, m.spec.H, m.spec.W, cfg->allow_gaps);
+    if (!imgset_open_opts(&src, cfg->data, &opts, err) && (src.C != m.spec.C || src.H != m.spec.H ||
+                                                            src.W != m.spec.W))
+        err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model %s takes %dx%dx%d (hint: drop the "
+                                "source's own ?size= / ?channels=, or index with a model trained on such images)",
+                cfg->data, src.C, src.H, src.W, cfg->model, m.spec.C, m.spec.H, m.spec.W);
     if (par_agree(ctx, err)) goto done;
+    if (src.warning[0]) par_err0(ctx, "index: warning: %s\n", src.warning);
     par_err0(ctx, "index: %lld images of %s, %d rank(s) -> shards %d..%d of %s | model %s crc32 %08x | D = %d\n",
              (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D);
+    if (src.n_resized || src.n_skipped)
+        par_err0(ctx, "index: %lld of %lld images resized to %dx%d (box filter after a centre crop, or the whole "
+                 "image with ?fit=squash); %lld bad file(s) skipped\n", (long long)src.n_resized,
+                 (long long)(src.n + src.n_skipped), m.spec.H, m.spec.W, (long long)src.n_skipped);
 
     /* This rank's contiguous slice and its global ids. */
     const int64_t N = src.n, lo = N * ctx->rank / P, hi = N * (ctx->rank + 1) / P, n = hi - lo;
@@ -166,6 +234,10 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     }
     if (par_agree(ctx, err)) goto done;
     if (db.whiten && index_whiten(ctx, cfg, &db, vec, n, err)) goto done;
+    /* Mean pixel of the indexed images (manifest pixel_mean: query warns
+     * when its images are far from it, e.g. of the opposite polarity). */
+    double pix_sum = index_pixel_sum(&src, lo, n);
+    par_allreduce_sum_f64(ctx, &pix_sum, 1);
     labels = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *labels);
     names = xmalloc((size_t)(n > 0 ? n : 1) * IMGSET_NAME_BYTES);
     name_ptrs = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *name_ptrs);
@@ -188,6 +260,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
             item_counts[i] = src.first[i + 1] - src.first[i];
         }
         vecdb_add_source(&db, cfg->data, src.n_items, paths, item_counts);
+        if (N > 0) db.sources[db.n_sources - 1].pixel_mean = pix_sum / ((double)N * (double)src.C * src.H * src.W);
         for (int p = 0; p < P; p++) vecdb_add_shard(&db, counts[p]);
         vecdb_write_manifest(&db, err);
         free(paths);
@@ -198,6 +271,9 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     par_err0(ctx, "index: done in %.1f s (%.0f images/s) | %s now holds %lld vectors in %d shards\n", secs,
              (double)N / (secs > 0 ? secs : 1), cfg->db, (long long)db.count, db.n_shards); /* rank 0's db is updated */
 done:
+    /* Every rank is here after the same agreed error: nothing more is
+     * written, so rank 0 can remove what this run left. */
+    if (err->code && ctx->rank == 0) index_undo(cfg->db, db.n_shards, P, created);
     free(vec);
     free(labels);
     free(names);
@@ -279,6 +355,30 @@ static int parse_id_list(int64_t **out, int64_t *n, const char *text, int64_t li
     return AE_OK;
 }
 
+/* Rank 0: a warning on stderr when the query images' mean pixel is far
+ * from the database images' (manifest pixel_mean) and their inverse would
+ * be close: images of the opposite polarity (dark objects on white, while
+ * Fashion-MNIST has light objects on black) find meaningless neighbours.
+ * Databases without pixel_mean (older manifests) are not checked. */
+static void warn_polarity(const Queries *qs, const VecDb *db, size_t chw)
+{
+    double known = 0, dsum = 0;
+    for (int s = 0; s < db->n_sources; s++)
+        if (db->sources[s].pixel_mean >= 0) {
+            known += (double)db->sources[s].count;
+            dsum += db->sources[s].pixel_mean * (double)db->sources[s].count;
+        }
+    if (known <= 0 || qs->Q < 1 || !qs->img) return;
+    double qsum = 0;
+    for (size_t j = 0; j < (size_t)qs->Q * chw; j++) qsum += qs->img[j];
+    const double dm = dsum / known, qm = qsum / ((double)qs->Q * (double)chw);
+    if (search_polarity_suspect(qm, dm))
+        fprintf(stderr, "query: warning: the query images' mean pixel is %.3f but the database images' is %.3f "
+                "(0 = black, 1 = white), and the inverse %.3f would fit: opposite polarity? (Fashion-MNIST has "
+                "light objects on a black background; invert dark-on-white images, e.g. 255 - x)\n", qm, dm,
+                1.0 - qm);
+}
+
 /* Rank 0: reads the queries and encodes them (vectors in qs->vec). */
 static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const VecDb *db, Err *err)
 {
@@ -315,20 +415,31 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
         qs->img = xmalloc((size_t)qs->Q * chw * sizeof *qs->img);
         qs->names = xcalloc((size_t)qs->Q, IMGSET_NAME_BYTES);
         uint8_t *pix = xmalloc(chw);
+        int64_t resized = 0;
         for (int64_t i = 0; i < qs->Q && err->code == AE_OK; i++) {
             /* PNG or JPEG, any colour type (search_image_to_input). */
             DecodedImage im;
             if (image_decode_file(&im, cfg->images[i], DATASET_DEFAULT_MAX_PIXELS, err)) break;
             search_image_to_input(qs->img + (size_t)i * chw, pix, &im, C, H, W);
+            resized += im.w != W || im.h != H;
             image_free(&im);
             snprintf(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, "%.*s", IMGSET_NAME_BYTES - 1,
                      cfg->images[i]);
         }
         free(pix);
         if (err->code) return err->code;
+        if (resized)
+            fprintf(stderr, "query: %lld of %lld --image files resized to %dx%d (box filter after a centre crop)\n",
+                    (long long)resized, (long long)qs->Q, H, W);
     } else {
         ImageSet set;
-        if (imgset_open(&set, cfg->data, err)) return err->code;
+        DatasetOptions opts;
+        search_data_options(&opts, C, H, W, cfg->allow_gaps);
+        if (imgset_open_opts(&set, cfg->data, &opts, err)) return err->code;
+        if (set.warning[0]) fprintf(stderr, "query: warning: --data %s\n", set.warning);
+        if (set.n_resized)
+            fprintf(stderr, "query: %lld of %lld images of --data resized to %dx%d (box filter after a centre crop, "
+                    "or the whole image with ?fit=squash)\n", (long long)set.n_resized, (long long)set.n, H, W);
         int64_t *ids = NULL;
         if (set.C != C || set.H != H || set.W != W)
             err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model takes %dx%dx%d", cfg->data, set.C,
@@ -345,6 +456,7 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
         imgset_free(&set);
         if (err->code) return err->code;
     }
+    warn_polarity(qs, db, chw);
     qs->vec = xmalloc((size_t)qs->Q * (size_t)D * sizeof *qs->vec);
     int64_t bad = search_encode(qs->vec, m, NULL, qs->img, 0, qs->Q);
     if (bad >= 0)

@@ -21,7 +21,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 }
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -52,6 +52,7 @@ static const struct option LONG_OPTS[] = {
     { "timeout", required_argument, 0, OPT_TIMEOUT },
     { "precision", required_argument, 0, OPT_PRECISION },
     { "help", no_argument, 0, OPT_HELP },
+    { "allow-gaps", no_argument, 0, OPT_ALLOW_GAPS },
     { 0, 0, 0, 0 },
 };
 
@@ -72,6 +73,7 @@ static const int OPT_FOR[] = {
     [OPT_TIMEOUT - OPT_DB] = FOR_SERVE,
     [OPT_PRECISION - OPT_DB] = FOR_ALL,
     [OPT_WHITEN - OPT_DB] = FOR_INDEX,
+    [OPT_ALLOW_GAPS - OPT_DB] = FOR_ALL,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
@@ -95,9 +97,8 @@ void search_args_usage(FILE *out)
 "        query and eval apply it to the query codes (and --append to new images).\n"
 "  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
 "        QUERY-INPUT, exactly one of:\n"
-"          --image FILE [FILE ...]         PNG or JPEG images, any colour type: alpha over\n"
-"                                          white, converted to the model's channels, centre-\n"
-"                                          cropped and box-resized to its input size\n"
+"          --image FILE [FILE ...]         PNG or JPEG images, any colour type and size\n"
+"                                          (converted as under Images below)\n"
 "          --data SRC --ids LIST           images of SRC by 0-based index, LIST = 3,17,20-29\n"
 "          --queries FILE.npy              float32 vectors [Q][D] (no --model needed)\n"
 "        Shard s is searched by rank s %% P, for any P. Results are the exact k nearest,\n"
@@ -124,8 +125,17 @@ void search_args_usage(FILE *out)
 "  --db DIR              database folder (index creates it)\n"
 "  --model CKPT          checkpoint.npz of aesim-train; query and eval refuse a model\n"
 "                        other than the one that built the database (CRC-32 of its weights)\n"
-"  --data SRC[,SRC...]   .npz (downsampled ImageNet), IDX images file or MNIST-style folder;\n"
-"                        labels come with the source (-1 when it has none)\n"
+"  --data SRC[,SRC...]   images: [KIND:]PATH[?key=value&...], any source aesim-train reads:\n"
+"                        npz (downsampled ImageNet, any images array, aesim-pack stores), npy,\n"
+"                        idx (MNIST IDX, plain or gzip), mnist (a folder with train-images-\n"
+"                        idx3-ubyte[.gz]), cifar10, cifar100, folder (PNG/JPEG, sub-folder =\n"
+"                        label), list (text file of image paths); KIND is guessed when omitted\n"
+"                        (datasets/README.md). Labels come with the source (-1 when none).\n"
+"                        Images of another size or channel count are converted to the model's\n"
+"                        input as query --image does (see Images below); index and query report\n"
+"                        how many were resized\n"
+"  --allow-gaps          take a numbered set (train_data_batch_*.npz, a folder of batches) with\n"
+"                        a file missing, with a warning; without it such a gap is an error\n"
 "  --k K, -k K           neighbours per query, >= 1 (query: required unless --radius;\n"
 "                        eval: default %d)\n"
 "  --metric l2|cosine    l2: distance = squared Euclidean distance; cosine: distance =\n"
@@ -150,10 +160,20 @@ void search_args_usage(FILE *out)
 "  --help                this text\n"
 "  --version             version, git commit, build flags and the CPU kernels chosen\n"
 "\n"
+"Images (index --data, query --image / --data, eval --queries, all alike): alpha composited\n"
+"over white, converted to the model's channels (RGB->grey: ITU-R 601-2 luma), the largest\n"
+"centred region with the input's aspect ratio cut out (?fit=squash: the whole image) and\n"
+"box-filtered to the model's input size; the count of resized (and, with ?skip_bad=1,\n"
+"skipped) images is reported on stderr. A warning says when query images are much\n"
+"brighter or darker on average than the indexed ones (opposite polarity: white background\n"
+"vs Fashion-MNIST's black).\n"
+"\n"
 "Output of query (TSV with a header line; --json gives the same fields):\n"
 "  query  rank  id  distance  label  source\n"
 "  query = 0-based query number, rank = 1 for the nearest, id = global database id,\n"
-"  label = the database image's label (-1 none), source = FILE#ROW it was encoded from.\n"
+"  label = the database image's label (-1 none), source = the file and row it was encoded\n"
+"  from, FILE#ROW (train_data_batch_7.npz#1, even for a wildcard or a folder of batches),\n"
+"  or FOLDER/NAME for images with their own names (photos/cat/x.png).\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
             SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K, SEARCH_DEFAULT_MAX_BODY_MIB,
             SEARCH_DEFAULT_TIMEOUT_S, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
@@ -226,6 +246,7 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
     case OPT_APPEND: c->append = 1; return AE_OK;
     case OPT_WHITEN: c->whiten = 1; return AE_OK;
+    case OPT_ALLOW_GAPS: c->allow_gaps = 1; return AE_OK;
     case OPT_K: {
         char *end;
         errno = 0;
@@ -372,7 +393,7 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
         if (o == 'k') o = OPT_K;
         if (o == ':')
             return err_set(err, AE_EARG, "option %s needs a value (see --help)", sub_argv[optind - 1]);
-        if (o < OPT_DB || o > OPT_HELP)
+        if (o < OPT_DB || o > OPT_HELP) /* the last option */
             /* optopt: the bad character of a short option ("-xq"); 0 or >= 256 for a long one. */
             return optopt > 0 && optopt < 256
                        ? err_set(err, AE_EARG, "unknown option '-%c' (see --help)", optopt)

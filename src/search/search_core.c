@@ -385,6 +385,20 @@ void search_topk_to_range(KnnRange *r, const TopK *t, KnnMetric metric, int has_
 
 /* ------------------------------------------------------------ sources */
 
+int search_polarity_suspect(double q, double d)
+{
+    return fabs(q - d) > SEARCH_POLARITY_DIFF && fabs((1.0 - q) - d) < fabs(q - d);
+}
+
+void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps)
+{
+    dataset_options_default(o);
+    o->C = C;
+    o->H = H;
+    o->W = W;
+    o->allow_gaps = allow_gaps;
+}
+
 int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
 {
     memset(set, 0, sizeof *set);
@@ -397,7 +411,9 @@ int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
         if (j) strcat(spec, ",");
         strcat(spec, src->items[j].path);
     }
-    int rc = imgset_open(set, spec, err);
+    DatasetOptions opts;
+    search_data_options(&opts, db->C, db->H, db->W, 1);
+    int rc = imgset_open_opts(set, spec, &opts, err);
     free(spec);
     if (rc) return rc;
     if (set->n_items != src->n_items)

@@ -75,7 +75,13 @@ static int score(EvalState *es, int method, const TopK *res, SearchMeta *meta, E
 /* Rank 0: the query source, its labels, and whether it is a database source. */
 static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, const VecDb *db, Err *err)
 {
-    if (imgset_open(qset, cfg->queries, err)) return err->code;
+    DatasetOptions opts;
+    search_data_options(&opts, db->C, db->H, db->W, cfg->allow_gaps);
+    if (imgset_open_opts(qset, cfg->queries, &opts, err)) return err->code;
+    if (qset->warning[0]) fprintf(stderr, "eval: warning: --queries %s\n", qset->warning);
+    if (qset->n_resized)
+        fprintf(stderr, "eval: %lld of %lld query images resized to %dx%d (box filter; see --help, Images)\n",
+                (long long)qset->n_resized, (long long)qset->n, db->H, db->W);
     if (qset->C != db->C || qset->H != db->H || qset->W != db->W)
         return err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the database holds %dx%dx%d ones",
                        cfg->queries, qset->C, qset->H, qset->W, db->C, db->H, db->W);

@@ -86,6 +86,7 @@ void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *cons
     s->spec = xstrdup(spec);
     s->first_id = db->count;
     s->count = 0;
+    s->pixel_mean = -1.0; /* unknown until vecdb_set_pixel_mean */
     s->n_items = n_items;
     s->items = xcalloc((size_t)n_items, sizeof *s->items);
     for (int j = 0; j < n_items; j++) {
@@ -150,9 +151,11 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
         for (int j = 0; j < s->n_items; j++)
             json_array_append_new(items, json_pack("{s:s, s:I}", "path", s->items[j].path, "count",
                                                    (json_int_t)s->items[j].count));
-        json_array_append_new(sources, json_pack("{s:s, s:I, s:I, s:o}", "spec", s->spec, "first_id",
-                                                 (json_int_t)s->first_id, "count", (json_int_t)s->count, "items",
-                                                 items));
+        json_t *js = json_pack("{s:s, s:I, s:I, s:o}", "spec", s->spec, "first_id", (json_int_t)s->first_id, "count",
+                               (json_int_t)s->count, "items", items);
+        CHECK(js != NULL);
+        if (s->pixel_mean >= 0) json_object_set_new(js, "pixel_mean", json_real(s->pixel_mean));
+        json_array_append_new(sources, js);
     }
     for (int i = 0; i < db->n_shards; i++) json_array_append_new(shards, shard_json(&db->shards[i], i));
     json_t *root = json_pack("{s:s, s:i, s:{s:s, s:s, s:[i,i,i], s:s}, s:i, s:I, s:s, s:o, s:o}", "format",
@@ -234,7 +237,15 @@ static int read_sources(VecDb *db, json_t *arr, const char *path, Err *err)
             vecdb_add_source(db, json_string_value(spec), (int)n, paths, counts);
             VecDbSource *src = &db->sources[db->n_sources - 1];
             src->first_id = first;
-            if (src->count != count || first != next)
+            /* Optional (added after version 1's first release): older
+             * manifests have no pixel_mean, which is then unknown. */
+            json_t *mean = json_object_get(s, "pixel_mean");
+            if (mean && json_is_number(mean) && json_number_value(mean) >= 0 && json_number_value(mean) <= 1)
+                src->pixel_mean = json_number_value(mean);
+            else if (mean)
+                rc = err_set(err, AE_EFORMAT, "%s: %s'pixel_mean' is not a number in [0, 1] (hint: the manifest is "
+                             "damaged)", path, where);
+            if (rc == AE_OK && (src->count != count || first != next))
                 rc = err_set(err, AE_EFORMAT,
                              "%s: sources[%zu] has first_id %lld and count %lld but its items add up to %lld and it "
                              "should start at %lld (hint: the manifest is damaged)",

@@ -24,7 +24,13 @@ static void usage(FILE *f)
 "Usage: [mpirun -np P] aesim-pack --out STORE.npz [options] SOURCE[,SOURCE...]\n"
 "Packs images from any source into one uncompressed, memory-mappable sample\n"
 "store (uint8 NCHW images + labels + names; a valid .npz).  Train on it with\n"
-"--data STORE.npz.  Sources and their ?key=value options: datasets/README.md.\n"
+"--data STORE.npz.\n"
+"SOURCE: [KIND:]PATH[?key=value&...]; KIND (guessed when omitted, the guess and its\n"
+"reason are named in errors): npz (downsampled ImageNet, any images array, aesim\n"
+"stores), npy, idx (MNIST IDX, plain or gzip), mnist (a folder holding\n"
+"train-images-idx3-ubyte[.gz]), cifar10, cifar100, folder (PNG/JPEG, sub-folder =\n"
+"label), list (a text file of image paths).  * and [...] are wildcards.  Keys and\n"
+"formats: datasets/README.md.\n"
 "  --out PATH           the store to write (replaced atomically)\n"
 "  --size HxW|S         resize every image to HxW (default: the source's / first image's)\n"
 "  --channels 1|3       grey or RGB (default: the source's; folders: 3)\n"
@@ -33,8 +39,12 @@ static void usage(FILE *f)
 "  --layout auto|nchw|nhwc   layout of 4-D NumPy arrays (default auto)\n"
 "  --range 1|255        full-intensity value of float arrays (default 1)\n"
 "  --skip-bad           skip images that do not decode (counted and reported)\n"
+"  --allow-gaps         take a numbered set (train_data_batch_*.npz) with a file missing,\n"
+"                       with a warning; without it such a gap is an error\n"
 "  --window N           images decoded per window and rank (default %d)\n"
-"  --version            version, git commit, build flags and the CPU kernels chosen\n",
+"  --version            version, git commit, build flags and the CPU kernels chosen\n"
+"  --help               this text\n"
+"Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
             PACK_DEFAULT_WINDOW);
 }
 
@@ -48,7 +58,8 @@ int main(int argc, char **argv)
         {"size", required_argument, 0, OPT_DATAOPT},  {"channels", required_argument, 0, OPT_DATAOPT},
         {"fit", required_argument, 0, OPT_DATAOPT},   {"bg", required_argument, 0, OPT_DATAOPT},
         {"layout", required_argument, 0, OPT_DATAOPT}, {"range", required_argument, 0, OPT_DATAOPT},
-        {"skip-bad", no_argument, 0, OPT_DATAOPT},    {"help", no_argument, 0, OPT_HELP},
+        {"skip-bad", no_argument, 0, OPT_DATAOPT},    {"allow-gaps", no_argument, 0, OPT_DATAOPT},
+        {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0}};
     PackConfig cfg = {0};
     dataset_options_default(&cfg.opts);
@@ -69,7 +80,9 @@ int main(int argc, char **argv)
                 cfg.window = w;
         }
         else if (c == OPT_DATAOPT) {
-            const char *key = !strcmp(longs[idx].name, "skip-bad") ? "skip_bad" : longs[idx].name;
+            const char *key = !strcmp(longs[idx].name, "skip-bad")     ? "skip_bad"
+                              : !strcmp(longs[idx].name, "allow-gaps") ? "allow_gaps"
+                                                                       : longs[idx].name;
             bad = dataset_options_set(&cfg.opts, key, optarg ? optarg : "1", &err) != AE_OK;
         } else if (c == OPT_HELP) {
             if (ctx.rank == 0) usage(stdout);
@@ -77,10 +90,16 @@ int main(int argc, char **argv)
             return 0;
         } else bad = 1;
     }
-    if (!bad && (optind != argc - 1 || !cfg.out)) bad = 1;
+    if (!bad && (optind != argc - 1 || !cfg.out)) {
+        if (optind == argc) err_set(&err, AE_EARG, "no SOURCE given%s", cfg.out ? "" : " and no --out STORE.npz");
+        else if (optind < argc - 1) err_set(&err, AE_EARG, "one SOURCE argument expected, got %d (hint: join several "
+                                                           "sources with commas)", argc - optind);
+        else err_set(&err, AE_EARG, "--out STORE.npz is missing");
+        bad = 1;
+    }
     if (bad) {
-        if (err.code) par_err0(&ctx, "aesim-pack: %s\n", err.msg);
-        if (ctx.rank == 0) usage(stderr);
+        if (err.code) par_err0(&ctx, "aesim-pack: %s (see aesim-pack --help)\n", err.msg);
+        else par_err0(&ctx, "aesim-pack: bad usage (see aesim-pack --help)\n");
         par_finalize(&ctx);
         return 2;
     }
@@ -100,6 +119,7 @@ int main(int argc, char **argv)
     int rc = pack_run(&ctx, &cfg, &st, &err);
     if (rc) par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
     else {
+        if (st.warning[0]) par_err0(&ctx, "aesim-pack: warning: %s\n", st.warning);
         par_log0(&ctx, "aesim-pack: %s: %lld images %dx%dx%d (CxHxW) from %lld in %s | %d rank(s) | decode %.2f s "
                  "(%.0f images/s) | finish %.2f s\n", cfg.out, (long long)st.n_out, st.C, st.H, st.W,
                  (long long)st.n_in, cfg.spec, ctx.size, st.decode_s, st.decode_s > 0 ? st.n_in / st.decode_s : 0.0,

@@ -38,7 +38,7 @@ static const struct {
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 
 enum {
-    OPT_DATA = 256, OPT_DATA_OPTS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
+    OPT_DATA = 256, OPT_DATA_OPTS, OPT_ALLOW_GAPS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
     OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_OVERWRITE, OPT_PRECISION, OPT_HELP, OPT_VERSION
@@ -47,6 +47,7 @@ enum {
 static const struct option LONG_OPTS[] = {
     { "data", required_argument, 0, OPT_DATA },
     { "data-opts", required_argument, 0, OPT_DATA_OPTS },
+    { "allow-gaps", no_argument, 0, OPT_ALLOW_GAPS },
     { "val", required_argument, 0, OPT_VAL },
     { "val-fraction", required_argument, 0, OPT_VAL_FRACTION },
     { "val-limit", required_argument, 0, OPT_VAL_LIMIT },
@@ -89,7 +90,9 @@ void train_args_usage(FILE *out)
 "Usage: mpirun -np P aesim-train [options]      (or plain aesim-train for one rank)\n"
 "Trains a convolutional autoencoder (conv3x3+ReLU, 2x2 max-pooling, 2x upsampling,\n"
 "sigmoid output, MSE loss) data-parallel over P ranks: every rank reads its slice\n"
-"of each global batch and gradients are averaged with MPI_Allreduce every step.\n"
+"of each global batch; each rank's loss is scaled by 1/(global batch x pixels) and the\n"
+"gradients are summed over ranks during backward (bucketed MPI_Iallreduce, --bucket-kib),\n"
+"so every rank applies the gradient of the mean over the global batch.\n"
 "\n"
 "Data\n"
 "  --data SRC[,SRC...]   training images (default " DEFAULT_DATA ").\n"
@@ -102,6 +105,8 @@ void train_args_usage(FILE *out)
 "                        datasets/README.md).\n"
 "  --data-opts K=V[&K=V] options for every --data and --val source, e.g.\n"
 "                        'size=64x64&channels=3&fit=crop' (resize with a box filter, centre crop)\n"
+"  --allow-gaps          take a numbered set (train_data_batch_*.npz, a folder of batches) with a\n"
+"                        file missing, with a warning; without it such a gap is an error\n"
 "  --val SRC[,SRC...]    held-out validation images (default: split off --val-fraction;\n"
 "                        for a MNIST-style folder: its t10k-images file)\n"
 "  --val-fraction F      fraction of --data held out by seed when --val is not given (default 0.05)\n"
@@ -286,6 +291,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
         case OPT_DATA: rc = copy_str(c->data, sizeof c->data, name, optarg, err); break;
         case OPT_VAL: rc = copy_str(c->val, sizeof c->val, name, optarg, err); break;
         case OPT_DATA_OPTS: rc = copy_str(c->data_opts, sizeof c->data_opts, name, optarg, err); break;
+        case OPT_ALLOW_GAPS: c->allow_gaps = 1; break;
         case OPT_VAL_FRACTION:
             if (!(rc = parse_f64(name, optarg, 1e-9, 0.5, &f, err))) c->val_fraction = f;
             break;

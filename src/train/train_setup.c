@@ -45,6 +45,7 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
     err_clear(err);
     DatasetOptions opts;
     dataset_options_default(&opts);
+    opts.allow_gaps = cfg->allow_gaps; /* --allow-gaps; --data-opts allow_gaps=1 says the same */
     if (dataset_options_parse(&opts, cfg->data_opts, err)) {
         char msg[ERR_MSG_BYTES];
         snprintf(msg, sizeof msg, "%s", err->msg);
@@ -59,6 +60,9 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
         dataset_free(&all);
     }
     if (par_agree(ctx, err)) return err->code;
+    if (train->warning[0]) par_err0(ctx, "aesim-train: warning: --data %s\n", train->warning);
+    if (val->warning[0] && strcmp(val->warning, train->warning) != 0)
+        par_err0(ctx, "aesim-train: warning: --val %s\n", val->warning);
     /* Every rank must see the same data: counts and shapes (the content is
      * the user's promise; a different count would deadlock the loop). */
     char desc[PAR_DESC_BYTES];
