@@ -76,12 +76,19 @@ $(BUILD)/build_info.h: FORCE | $(BUILD)
 	  "$$($(CC) --version | head -n1)" "$(filter -O% -f% -m%,$(CFLAGS))" "$(MPI)" "$(OMP)" \
 	  "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo -dirty)" > $@.tmp
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+# Phony, so it runs on every make: the plain `FORCE:` idiom does not, because
+# `.SECONDARY:` above makes a missing FORCE an intermediate file that need
+# not exist, and build_info.h kept the commit of the first build.
+.PHONY: FORCE
 FORCE:
 
 $(BUILD) $(BUILD)/obj $(BUILD)/tests:
 	@mkdir -p $@
 
-$(BUILD)/obj/%.o: src/%.c $(BUILD)/build_info.h | $(BUILD)/obj
+# build_info.h is order-only: it exists before the first compile, and the
+# -MMD dependency files rebuild just the objects that include it when the
+# commit changes (version.o and the mains), not every object.
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj $(BUILD)/build_info.h
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libaesim.a: $(LIB_OBJ)
@@ -90,7 +97,7 @@ $(BUILD)/libaesim.a: $(LIB_OBJ)
 $(BUILD)/aesim-%: $(BUILD)/obj/%_main.o $(BUILD)/libaesim.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/obj/%_main.o: src/%_main.c $(BUILD)/build_info.h | $(BUILD)/obj
+$(BUILD)/obj/%_main.o: src/%_main.c | $(BUILD)/obj $(BUILD)/build_info.h
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a | $(BUILD)/tests
