@@ -119,7 +119,8 @@ int main(int argc, char **argv)
         if (v > nq_max) nq_max = v;
         s = *end == ',' ? end + 1 : end;
     }
-    ThreadPlan plan = threads_setup(&ctx, threads);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(threads, cpus.cpus, cpus.sharing, ctx.local_size);
 
     double t0 = timer_now();
     float *x = xmalloc((size_t)N * (size_t)D * sizeof(float));

@@ -58,7 +58,8 @@ int main(int argc, char **argv)
     int runs = (int)bench_opt_int(argc, argv, "--runs", 3, 1);
     int T = (int)bench_opt_int(argc, argv, "--threads", 1, 1);
     const char *nq_list = bench_opt_str(argc, argv, "--nq", "1,100");
-    ThreadPlan plan = threads_setup(&ctx, T);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(T, cpus.cpus, cpus.sharing, ctx.local_size);
     int64_t r0 = N * ctx.rank / ctx.size, r1 = N * (ctx.rank + 1) / ctx.size;
     float *x = xmalloc((size_t)(r1 - r0) * (size_t)D * sizeof(float));
     fill_rows(x, r0, r1, D, KNN_DATA_SEED);

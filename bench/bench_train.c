@@ -335,7 +335,8 @@ int main(int argc, char **argv)
         par_err0(&ctx, "bench_train: unknown preset '%s' (mnist, imagenet32, imagenet64) %s\n", preset, err.msg);
         par_abort(2);
     }
-    ThreadPlan plan = threads_setup(&ctx, threads);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(threads, cpus.cpus, cpus.sharing, ctx.local_size);
 
     /* The global batch, identical on every rank; this rank's slice. */
     size_t chw = (size_t)C * H * W;
