@@ -79,6 +79,9 @@ $(BUILD)/build_info.h: FORCE | $(BUILD)
 	  "$$($(CC) --version | head -n1)" "$(filter -O% -f% -m%,$(CFLAGS))" "$(MPI)" "$(OMP)" \
 	  "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$$(git diff --quiet HEAD 2>/dev/null || echo -dirty)" > $@.tmp
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+# Phony, so it runs on every make: the plain `FORCE:` idiom does not, because
+# `.SECONDARY:` above makes a missing FORCE an intermediate file that need
+# not exist, and build_info.h kept the commit of the first build.
 .PHONY: FORCE
 FORCE:
 
@@ -94,7 +97,10 @@ $(BUILD)/flags.txt: FORCE | $(BUILD)
 $(BUILD) $(BUILD)/obj $(BUILD)/tests:
 	@mkdir -p $@
 
-$(BUILD)/obj/%.o: src/%.c $(BUILD)/flags.txt | $(BUILD)/obj
+# build_info.h is order-only: it exists before the first compile, and the
+# -MMD dependency files rebuild just the objects that include it when the
+# commit changes (src/tools/: version.o and the mains), not every object.
+$(BUILD)/obj/%.o: src/%.c $(BUILD)/flags.txt | $(BUILD)/obj $(BUILD)/build_info.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -109,11 +115,6 @@ $(BUILD)/libaesim.a: $(LIB_OBJ)
 
 $(BUILD)/aesim-%: $(BUILD)/obj/tools/%_main.o $(BUILD)/libaesim.a $(BUILD)/flags.txt
 	$(CC) $(LDFLAGS) $(filter %.o %.a,$^) $(LDLIBS) -o $@
-
-# Only the programs (src/tools/: mains and --version) print the build information.
-$(BUILD)/obj/tools/%.o: src/tools/%.c $(BUILD)/build_info.h $(BUILD)/flags.txt | $(BUILD)/obj
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a $(BUILD)/flags.txt | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@

@@ -63,7 +63,7 @@ awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $3 ~ re && $3 + 0 > 0 && $4 == "" { p
 # Epoch ends: "step epoch" of the rows with a validation loss.
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re && $4 ~ re { print $1, $2 }' "$csv" >"$work/epochs.dat"
 # What the CSV covers: the last step and epoch.
-span=$(awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re { s = $1; e = $2 } END { printf "%d steps, %.3g epochs", s, e }' "$csv")
+span=$(awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re { s = $1; e = $2 } END { printf "%d steps, %.3g epoch(s)", s, e }' "$csv")
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $4 ~ re && $4 + 0 > 0 { print $1, $4 }' "$csv" >"$work/val.dat"
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $5 ~ re { print $1, $5 }' "$csv" >"$work/psnr.dat"
 

@@ -326,14 +326,16 @@ class Search(unittest.TestCase):
                              "--sheet", sheet))
         ref = lists(run_json(1, "--db", self.db, "--model", self.ckpt, "--data", self.src, "--ids", "7,42", "--k", "4"))
         self.assertEqual(got, ref)
-        # Sheet: 2 rows x 5 tiles of 28*3 pixels, 2-pixel borders (png_io.h grid formula).
+        # Sheet: 2 rows x 5 tiles of 28*3 pixels, 2-pixel borders, a 20-pixel
+        # caption under each tile and a 14-pixel gap after the query (sheet.h;
+        # the captions are checked in test_sheet.py).
         im = np.asarray(Image.open(sheet))
-        scale, pad = 3, 2
-        self.assertEqual(im.shape, (pad + 2 * (28 * scale + pad), pad + 5 * (28 * scale + pad)))
+        scale, pad, caption, gap = 3, 2, 20, 14
+        self.assertEqual(im.shape, (pad + 2 * (28 * scale + caption + pad), pad + 5 * (28 * scale + pad) + gap))
         for r, (ids, _) in enumerate(got):
             tiles = [self.images[[7, 42][r]]] + [self.images[i] for i in ids]
             for c, tile in enumerate(tiles):
-                y, x = pad + r * (28 * scale + pad), pad + c * (28 * scale + pad)
+                y, x = pad + r * (28 * scale + caption + pad), pad + c * (28 * scale + pad) + (gap if c else 0)
                 np.testing.assert_array_equal(im[y:y + 28 * scale:scale, x:x + 28 * scale:scale], tile,
                                               err_msg=f"tile {r},{c}")
         # Other sizes are resized with the box filter: image 7 enlarged 2x

@@ -11,6 +11,7 @@ to its own CPU by taskset, and a single process under taskset.
 OMP_NUM_THREADS above the share is capped with a warning; --threads is
 honoured with a warning when it oversubscribes.
 """
+import itertools
 import os
 import re
 import shutil
@@ -32,11 +33,14 @@ DATA = os.path.join(TMP, "tiny-images-idx3-ubyte")
 NCPU = len(os.sched_getaffinity(0))
 PLAN = re.compile(r"threads: (\d+) rank\(s\)/node x (\d+) OpenMP \(([^)]*)\) x 1 BLAS \| this rank may run on "
                   r"(\d+) CPU\(s\) \(affinity\), shared by (\d+) rank\(s\)")
-# Prints "rank cpu,cpu,..." for the rank it runs in.
-MASK_PY = ("import os; print(os.environ.get('OMPI_COMM_WORLD_RANK', '0'), "
-           "','.join(map(str, sorted(os.sched_getaffinity(0)))))")
+# Writes "cpu,cpu,..." to TMP/mask.RANK for the rank it runs in (files, not
+# stdout: mpirun may interleave the ranks' lines).
+MASK_PY = ("import os; r = os.environ.get('OMPI_COMM_WORLD_RANK', '0'); "
+           "open(os.path.join(%r, 'mask.' + r), 'w').write(','.join(map(str, sorted(os.sched_getaffinity(0)))))")
 # Runs the rest of the command confined to CPU (rank % NCPU).
 OWN_CPU = os.path.join(TMP, "own_cpu.sh")
+# Numbers the output folders (a fresh run needs a fresh one).
+RUNS = itertools.count()
 
 
 def setUpModule():
@@ -64,18 +68,24 @@ def launch(np_, mpi_args, wrap, prog, env=None):
 
 def expected(np_, mpi_args, wrap):
     """(cpus, sharing, threads) of rank 0 from the kernel's masks."""
-    p = launch(np_, mpi_args, wrap, [sys.executable, "-c", MASK_PY])
+    for f in os.listdir(TMP):
+        if f.startswith("mask."):
+            os.remove(os.path.join(TMP, f))
+    launch(np_, mpi_args, wrap, [sys.executable, "-c", MASK_PY % TMP])
     masks = {}
-    for line in p.stdout.splitlines():
-        r, cpus = line.split()
-        masks[int(r)] = set(map(int, cpus.split(",")))
+    for f in os.listdir(TMP):
+        if f.startswith("mask."):
+            with open(os.path.join(TMP, f)) as fh:
+                masks[int(f[5:])] = set(map(int, fh.read().split(",")))
+    if len(masks) != max(np_, 1):
+        raise AssertionError(f"masks of {sorted(masks)}, expected {max(np_, 1)} rank(s)")
     mine = masks[0]
     sharing = sum(1 for m in masks.values() if m & mine)
     return len(mine), sharing, max(1, len(mine) // sharing)
 
 
 def plan(np_, mpi_args, wrap, *args, env=None):
-    out = os.path.join(TMP, "out%d" % len(os.listdir(TMP)))
+    out = os.path.join(TMP, "out%d" % next(RUNS))
     p = launch(np_, mpi_args, wrap, [TRAIN, "--data", DATA, "--val", DATA, "--batch-size", "20",
                                      "--max-steps", "1", "--grid", "0", "--out", out, *args], env)
     m = PLAN.search(p.stdout)

@@ -246,7 +246,7 @@ def test_plot_epochs(tmp, rng):
     with open(script) as f:
         gp = f.read()
     title = re.search(r"set title '([^']*)'", gp)
-    check(title is not None and "rows" not in title.group(1) and "90 steps, 3 epochs" in title.group(1),
+    check(title is not None and "rows" not in title.group(1) and "90 steps, 3 epoch(s)" in title.group(1),
           f"plot epochs: title says steps and epochs ({title.group(1) if title else None!r})")
     xs = [int(x) for x in re.findall(r"set arrow from (\d+), graph 0 to \1, graph 1", gp)]
     check(xs == sorted(ends), f"plot epochs: a line at each epoch end ({xs} vs {sorted(ends)})")

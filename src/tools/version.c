@@ -2,6 +2,8 @@
  * version.c - the --version text of every aesim program (see
  * include/version.h).  Queries the CPU through the kernels' own "supported"
  * functions, so it reports what the programs will run, not what the CPU has.
+ * Does not: start MPI or query the MPI library (it runs before MPI_Init).
+ * Single-threaded.
  */
 #include "tools/version.h"
 

@@ -1,7 +1,9 @@
 /*
  * train_outdir.c - choice and protection of aesim-train's output folder
  * (see include/train_outdir.h).  Rank 0 alone looks at and changes the disk;
- * the decision and its status are shared through par.h.  Single-threaded.
+ * the decision and its status are shared through par.h.  Does not: lock the
+ * folder against a second job started at the same time (one job per folder,
+ * ckpt.h), or touch files other than a run's own names.  Single-threaded.
  */
 #include "train/train_outdir.h"
 
@@ -18,16 +20,19 @@
 /* Bytes copied per read when copying metrics.csv. */
 #define OUTDIR_COPY_CHUNK 65536
 
+/* 1 if name starts with prefix and ends with ext. */
+static int named(const char *name, const char *prefix, const char *ext)
+{
+    size_t n = strlen(name), p = strlen(prefix), e = strlen(ext);
+    return n >= p + e && strncmp(name, prefix, p) == 0 && strcmp(name + n - e, ext) == 0;
+}
+
 /* 1 if `name` is a file a run writes into its folder (see the header). */
 static int is_run_file(const char *name)
 {
-    size_t n = strlen(name);
-    if (strstr(name, ".tmp.")) return 0; /* a crashed writer's temporary: ckpt.h cleans those */
+    if (strstr(name, ".tmp.")) return 0; /* a crashed writer's temporary (fileio.h): ckpt.h cleans those */
     if (strcmp(name, CKPT_LATEST_NAME) == 0 || strcmp(name, TRAIN_METRICS_NAME) == 0) return 1;
-    if (strncmp(name, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 && n > 4 && strcmp(name + n - 4, ".npz") == 0)
-        return 1;
-    return strncmp(name, TRAIN_RECON_PREFIX, strlen(TRAIN_RECON_PREFIX)) == 0 && n > 4 &&
-           strcmp(name + n - 4, ".png") == 0;
+    return named(name, CKPT_STEP_PREFIX, ".npz") || named(name, TRAIN_RECON_PREFIX, ".png");
 }
 
 /* Counts (and with `remove`, deletes) the run files in dir; `first` gets
