@@ -458,6 +458,36 @@ class Serve(unittest.TestCase):
                    "50", "--baseline", "pixels", "--threads", "1")
         self.assertIn("mean", p.stdout)
 
+    def test_cosine_server_equals_query(self):
+        srv = Server(3, self.db, self.ckpt, "--metric", "cosine", tag="cosine")
+        try:
+            qfile = os.path.join(WORK, "cos.npy")
+            np.save(qfile, self.x[[10, 20]] * np.float32(1.5))
+            ref = self.query("--queries", qfile, "--k", "6", "--metric", "cosine")
+            for i, row in enumerate(np.load(qfile)):
+                st, _, data = request(f"{srv.url}/search?k=6", "POST",
+                                      json.dumps({"vector": [float(t) for t in row]}).encode())
+                doc = json.loads(data)
+                self.assertEqual((st, doc["metric"]), (200, "cosine"))
+                self.assertEqual(results(doc), ref[i])
+            # numpy: 1 - cosine similarity, float64
+            x64 = self.x.astype(np.float64)
+            q64 = np.load(qfile)[0].astype(np.float64)
+            d = 1 - (x64 @ q64) / np.linalg.norm(x64, axis=1) / np.linalg.norm(q64)
+            np.testing.assert_allclose([t for _, t in ref[0]], np.sort(d)[:6], atol=1e-5)
+        finally:
+            srv.kill()
+
+    def test_sigterm_to_another_rank_stops_every_rank(self):
+        srv = Server(2, self.db, self.ckpt, tag="term1")
+        try:
+            os.kill(rank_pids(srv.proc.pid)[1], signal.SIGTERM)
+            self.assertEqual(srv.wait(30), 0, srv.stderr())
+            self.assertIn("signal received by another rank", srv.stderr())
+        finally:
+            if srv.proc.poll() is None:
+                srv.kill()
+
     def test_zz_kill9_of_a_rank_ends_the_job(self):
         srv = Server(2, self.db, self.ckpt, tag="kill9")
         try:
