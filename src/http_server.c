@@ -37,7 +37,21 @@ typedef struct ReqCtx {
     size_t len, cap;
     int too_big;          /* the body passed max_body: answer 413 */
     int answered;         /* a response was queued */
+    ServeEndpoint ep;     /* from the path, for the metrics of early answers */
 } ReqCtx;
+
+/* The metrics endpoint of a path (EP_OTHER for unknown ones). */
+static ServeEndpoint endpoint_of(const char *url, const char *method)
+{
+    if (strcmp(url, "/search") == 0) return EP_SEARCH;
+    if (strcmp(url, "/images") == 0) return EP_IMAGE_POST;
+    if (strncmp(url, "/images/", 8) == 0) return EP_IMAGE_GET;
+    if (strcmp(url, "/healthz") == 0) return EP_HEALTHZ;
+    if (strcmp(url, "/metrics") == 0) return EP_METRICS;
+    if (strcmp(url, "/labels") == 0) return EP_LABELS;
+    if ((strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) && method) return EP_PAGE;
+    return EP_OTHER;
+}
 
 static const char JSON_TYPE[] = "application/json";
 
@@ -197,6 +211,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!r) {
         r = xcalloc(1, sizeof *r);
         r->t0 = timer_now();
+        r->ep = endpoint_of(url, method);
         *con_cls = r;
         pthread_mutex_lock(&s->mu);
         s->in_flight++;
@@ -208,7 +223,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             char msg[160];
             snprintf(msg, sizeof msg, "request body of %.30s bytes is over %zu bytes (the server's --max-body-mib)",
                      cl, s->cfg.max_body);
-            return respond_error(s, c, r, EP_OTHER, API_TOO_BIG, msg, NULL);
+            return respond_error(s, c, r, r->ep, API_TOO_BIG, msg, NULL);
         }
         return MHD_YES;
     }
@@ -246,7 +261,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(msg, sizeof msg, "request body over %zu bytes (the server's --max-body-mib)", s->cfg.max_body);
         /* The connection is closed after the answer: the rest of an
          * oversized body is not read. */
-        return respond_error(s, c, r, EP_OTHER, API_TOO_BIG, msg, NULL);
+        return respond_error(s, c, r, r->ep, API_TOO_BIG, msg, NULL);
     }
     return route(s, c, r, url, method);
 }

@@ -89,7 +89,7 @@ static int label_cmp(const void *a, const void *b)
 
 static int has_label(const Server *s, int32_t l)
 {
-    return bsearch(&l, s->labels, (size_t)s->n_labels, sizeof l, label_cmp) != NULL;
+    return s->n_labels > 0 && bsearch(&l, s->labels, (size_t)s->n_labels, sizeof l, label_cmp) != NULL;
 }
 
 /* Adds labels[n] to the sorted distinct set. */
