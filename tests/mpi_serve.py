@@ -352,6 +352,11 @@ class Serve(unittest.TestCase):
         c.request("POST", "/search?k=5", body=iter([b"y" * 65536] * 20), encode_chunked=True)
         self.assertEqual(c.getresponse().status, 413)
         c.close()
+        # A body declared far over the limit: 413 before any of it is sent.
+        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
+        s.sendall(b"POST /search?k=5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (100 << 20))
+        self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 413"))
+        s.close()
         self.assertEqual(results(self.post_search(good, k=3))[0], (7, 0.0))
 
     def test_silent_client_times_out_and_blocks_nobody(self):
