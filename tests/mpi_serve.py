@@ -434,13 +434,35 @@ class Serve(unittest.TestCase):
         np.save(q, x[ids[0]:ids[0] + 1])
         self.assertEqual(self.query("--queries", q, "--k", "1")[0][0], (ids[0], 0.0))
 
-        # SIGTERM to rank 0 with a request in flight: answered, all ranks exit 0.
+        # SIGTERM to rank 0 with a request in flight (half its body sent):
+        # no new connection is accepted, the request is answered, and every
+        # rank exits 0.
         pids = rank_pids(self.srv.proc.pid)
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            fut = ex.submit(self.post_search, png_bytes(self.images[11]), k=5)
+        host, port = self.srv.url[7:].split(":")
+        body = png_bytes(self.images[11])
+        s = socket.create_connection((host, int(port)), timeout=HTTP_TIMEOUT)
+        s.sendall(b"POST /search?k=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                  % len(body) + body[:len(body) // 2])
+        time.sleep(0.3)
+        os.kill(pids[0], signal.SIGTERM)
+        deadline = time.time() + 10
+        while "stop requested" not in self.srv.stderr() and time.time() < deadline:
             time.sleep(0.05)
-            os.kill(pids[0], signal.SIGTERM)
-            self.assertEqual(len(fut.result()["results"]), 5)
+        time.sleep(0.3)
+        with self.assertRaises(OSError):
+            socket.create_connection((host, int(port)), timeout=5).close()
+        self.assertIsNone(self.srv.proc.poll(), "stopped with a request in flight")
+        s.sendall(body[len(body) // 2:])
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        s.close()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
+        doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(results(doc)[0], (11, 0.0))
         self.assertEqual(self.srv.wait(30), 0, self.srv.stderr())
         self.assertIn("stop requested (SIGTERM)", self.srv.stderr())
         # Restart: the additions are still there; eval reads the added source.
