@@ -217,7 +217,7 @@ mkdir -p "$(dirname "$report")"
     if [ "$QUICK" = 1 ]; then serve_args=(--n 20000 --nq 50 --requests 100 --seconds 20)
     else serve_args=(--n "${BENCH_SERVE_N:-$knn_n}" --nq 200 --requests 400 --seconds 120); fi
     "$PYTHON" bench/serve_bench.py --build "$BUILD" --ranks "$T" --threads 1 --work "$tmp" "${serve_args[@]}" \
-        --jsonl "$out_dir/serve$suffix.jsonl"
+        --jsonl "$out_dir/serve$suffix.jsonl" || echo "serve bench FAILED (see above)"
 } >>"$report"
 # The raw lines go next to the report, so it can be regenerated
 # (bench/report.py --results X.jsonl --out X.md) or compared later.

@@ -352,6 +352,11 @@ class Serve(unittest.TestCase):
         c.request("POST", "/search?k=5", body=iter([b"y" * 65536] * 20), encode_chunked=True)
         self.assertEqual(c.getresponse().status, 413)
         c.close()
+        # A body declared far over the limit: 413 before any of it is sent.
+        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
+        s.sendall(b"POST /search?k=5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (100 << 20))
+        self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 413"))
+        s.close()
         self.assertEqual(results(self.post_search(good, k=3))[0], (7, 0.0))
 
     def test_silent_client_times_out_and_blocks_nobody(self):
@@ -429,13 +434,35 @@ class Serve(unittest.TestCase):
         np.save(q, x[ids[0]:ids[0] + 1])
         self.assertEqual(self.query("--queries", q, "--k", "1")[0][0], (ids[0], 0.0))
 
-        # SIGTERM to rank 0 with a request in flight: answered, all ranks exit 0.
+        # SIGTERM to rank 0 with a request in flight (half its body sent):
+        # no new connection is accepted, the request is answered, and every
+        # rank exits 0.
         pids = rank_pids(self.srv.proc.pid)
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            fut = ex.submit(self.post_search, png_bytes(self.images[11]), k=5)
+        host, port = self.srv.url[7:].split(":")
+        body = png_bytes(self.images[11])
+        s = socket.create_connection((host, int(port)), timeout=HTTP_TIMEOUT)
+        s.sendall(b"POST /search?k=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                  % len(body) + body[:len(body) // 2])
+        time.sleep(0.3)
+        os.kill(pids[0], signal.SIGTERM)
+        deadline = time.time() + 10
+        while "stop requested" not in self.srv.stderr() and time.time() < deadline:
             time.sleep(0.05)
-            os.kill(pids[0], signal.SIGTERM)
-            self.assertEqual(len(fut.result()["results"]), 5)
+        time.sleep(0.3)
+        with self.assertRaises(OSError):
+            socket.create_connection((host, int(port)), timeout=5).close()
+        self.assertIsNone(self.srv.proc.poll(), "stopped with a request in flight")
+        s.sendall(body[len(body) // 2:])
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        s.close()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
+        doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(results(doc)[0], (11, 0.0))
         self.assertEqual(self.srv.wait(30), 0, self.srv.stderr())
         self.assertIn("stop requested (SIGTERM)", self.srv.stderr())
         # Restart: the additions are still there; eval reads the added source.
@@ -457,6 +484,36 @@ class Serve(unittest.TestCase):
         p = mpirun(2, SEARCH, "eval", "--db", self.db, "--model", self.ckpt, "--queries", self.src, "--max-queries",
                    "50", "--baseline", "pixels", "--threads", "1")
         self.assertIn("mean", p.stdout)
+
+    def test_cosine_server_equals_query(self):
+        srv = Server(3, self.db, self.ckpt, "--metric", "cosine", tag="cosine")
+        try:
+            qfile = os.path.join(WORK, "cos.npy")
+            np.save(qfile, self.x[[10, 20]] * np.float32(1.5))
+            ref = self.query("--queries", qfile, "--k", "6", "--metric", "cosine")
+            for i, row in enumerate(np.load(qfile)):
+                st, _, data = request(f"{srv.url}/search?k=6", "POST",
+                                      json.dumps({"vector": [float(t) for t in row]}).encode())
+                doc = json.loads(data)
+                self.assertEqual((st, doc["metric"]), (200, "cosine"))
+                self.assertEqual(results(doc), ref[i])
+            # numpy: 1 - cosine similarity, float64
+            x64 = self.x.astype(np.float64)
+            q64 = np.load(qfile)[0].astype(np.float64)
+            d = 1 - (x64 @ q64) / np.linalg.norm(x64, axis=1) / np.linalg.norm(q64)
+            np.testing.assert_allclose([t for _, t in ref[0]], np.sort(d)[:6], atol=1e-5)
+        finally:
+            srv.kill()
+
+    def test_sigterm_to_another_rank_stops_every_rank(self):
+        srv = Server(2, self.db, self.ckpt, tag="term1")
+        try:
+            os.kill(rank_pids(srv.proc.pid)[1], signal.SIGTERM)
+            self.assertEqual(srv.wait(30), 0, srv.stderr())
+            self.assertIn("signal received by another rank", srv.stderr())
+        finally:
+            if srv.proc.poll() is None:
+                srv.kill()
 
     def test_zz_kill9_of_a_rank_ends_the_job(self):
         srv = Server(2, self.db, self.ckpt, tag="kill9")

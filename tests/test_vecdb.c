@@ -158,6 +158,12 @@ static void test_roundtrip(void **state)
         assert_int_equal(vecdb_read_names(&names, &db, s, &err), AE_OK);
         for (int64_t j = 0; j < SIZES[s]; j++) assert_string_equal(names + j * VECDB_NAME_BYTES, f->names[first + j]);
         free(names);
+        char *packed;
+        int64_t *offs;
+        assert_int_equal(vecdb_read_names_packed(&packed, &offs, &db, s, &err), AE_OK);
+        for (int64_t j = 0; j < SIZES[s]; j++) assert_string_equal(packed + offs[j], f->names[first + j]);
+        free(packed);
+        free(offs);
         first += SIZES[s];
     }
     /* Only the arrays asked for are mapped. */
@@ -262,6 +268,12 @@ static void test_damaged_shards(void **state)
     assert_int_equal(vecdb_read_names(&names, &db, 2, &err), AE_EFORMAT);
     assert_non_null(strstr(err.msg, "2 names"));
     assert_null(names);
+    int64_t *offs = NULL;
+    err_clear(&err);
+    assert_int_equal(vecdb_read_names_packed(&names, &offs, &db, 2, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "2 names"));
+    assert_null(names);
+    assert_null(offs);
     vecdb_free(&db);
 }
 

@@ -26,9 +26,10 @@
 
 /* Most label filters per request (label=L repeated or L1,L2). */
 #define API_MAX_LABELS 64
-/* Largest decoded upload, pixels (a 64 Mpixel photo; the model input is far
- * smaller: uploads are resized). */
-#define API_MAX_IMAGE_PIXELS ((int64_t)1 << 26)
+/* Largest decoded upload, pixels: 16.7 Mpixel (a 12 Mpixel phone photo
+ * fits; the model input is far smaller, uploads are resized).  A small PNG
+ * can declare a huge image: this bounds what one request may allocate. */
+#define API_MAX_IMAGE_PIXELS ((int64_t)1 << 24)
 /* Default k of POST /search when ?k= is absent. */
 #define API_DEFAULT_K 10
 

@@ -13,8 +13,8 @@
  *   GET  /metrics                              Prometheus text (serve_metrics.h)
  *   GET  /                                     the web page (text/html, web_page.h)
  * Anything else: 404 (unknown path) or 405 (known path, wrong method, with
- * an Allow header).  Bodies over max_body bytes: 413, refused from the
- * Content-Length header before reading when there is one.  A client silent
+ * an Allow header).  Bodies over max_body bytes: 413 (drained first up to
+ * HTTP_DRAIN_FACTOR x max_body, refused unread beyond).  A client silent
  * for timeout_s seconds is disconnected by libmicrohttpd; it only ever holds
  * its own thread.  Search, add, image and label jobs go to the MPI thread
  * through the ServeQueue (serve_queue.h); a full queue answers 503.
@@ -34,6 +34,14 @@
 
 /* Most connections open at once (one thread each). */
 #define HTTP_MAX_CONNECTIONS 512
+/* Most uploads decoded at once: a decoded image may take up to
+ * API_MAX_IMAGE_PIXELS x 4 bytes, so 64 clients uploading large photos must
+ * not all hold one (the rest wait their turn; small images decode in ~1 ms). */
+#define HTTP_MAX_DECODES 4
+/* A body over the limit is drained (read and dropped) before the 413 when
+ * it is at most this many times the limit, so that ordinary clients read
+ * the answer instead of a broken pipe; beyond, the connection is cut. */
+#define HTTP_DRAIN_FACTOR 4
 
 typedef struct HttpServerConfig {
     const char *listen;  /* "HOST:PORT", IPv4 address or name; PORT 0 = any free port */

@@ -5,6 +5,8 @@
  * ranks) and eval (precision@k by label, aesim encoder vs raw pixels vs PCA).
  * index and query live in src/search/search.c, eval in src/search/search_eval.c; the
  * pieces they share (encoder, sharded search, metadata) in search_core.h.
+ * The fourth job, serve (the same search as a long-running HTTP service),
+ * is in serve.h.
  *
  * MPI (through par.h only; every function is collective and returns the
  * same status on every rank, agreed with par_agree, so all ranks leave

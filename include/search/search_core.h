@@ -160,7 +160,8 @@ int search_source_of(const VecDb *db, int64_t id);
 typedef struct SearchMeta {
     const VecDb *db;
     VecShard *maps;       /* [n_shards] labels mapped on first use */
-    char **names;         /* [n_shards] names blocks (vecdb_read_names) or NULL */
+    char **names;         /* [n_shards] packed names (vecdb_read_names_packed) or NULL */
+    int64_t **name_offs;  /* [n_shards] their offsets or NULL */
     uint8_t *state;       /* [n_shards] bit 1 labels loaded, bit 2 names loaded */
     int n;                /* shards the arrays cover */
 } SearchMeta;

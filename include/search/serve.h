@@ -14,9 +14,9 @@
  * query's on the same inputs, bit for bit); rank 0 answers each request.
  * The other ranks wait for rank 0's next command with a non-blocking
  * broadcast polled every SERVE_POLL_US microseconds (idle ranks do not spin
- * a core).  When idle, rank 0 sends a ping every SERVE_PING_MS ms in which
- * every rank reports whether it received SIGTERM/SIGINT, so a signal to any
- * rank, or to mpirun, stops the whole job.
+ * a core).  Between batches, at most every SERVE_PING_MS ms, rank 0 sends
+ * a ping in which every rank reports whether it received SIGTERM/SIGINT, so
+ * a signal to any rank, or to mpirun, stops the whole job.
  *
  * Live additions (POST /images): rank 0 writes the images as
  * DIR/added-SSSSS.npz (data uint8 [n][C][H][W], labels int32 [n]; readable by
@@ -40,7 +40,7 @@
 
 /* Idle ranks test for rank 0's next command this often (microseconds). */
 #define SERVE_POLL_US 200
-/* An idle rank 0 pings the other ranks this often (milliseconds). */
+/* Rank 0 pings the other ranks this often (milliseconds). */
 #define SERVE_PING_MS 500
 /* Requests waiting for the MPI thread at most, per --max-batch (then 503). */
 #define SERVE_QUEUE_BATCHES 16

@@ -189,6 +189,12 @@ void vecdb_shard_unmap(VecShard *s);
  * differs from the manifest's count, or a line too long). */
 int vecdb_read_names(char **names, const VecDb *db, int shard, Err *err);
 
+/* vecdb_read_names with the names packed (about 30 bytes per name instead
+ * of VECDB_NAME_BYTES, for databases of millions of vectors): *text holds
+ * the count NUL-terminated names one after the other, name j at
+ * *text + (*offsets)[j] (free both with free()).  Same checks and errors. */
+int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int shard, Err *err);
+
 /* "l2" / "cosine" for KNN_L2 / KNN_IP. */
 const char *vecdb_metric_name(KnnMetric m);
 

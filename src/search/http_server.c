@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@ struct HttpServer {
     ServeMetrics *m;
     pthread_mutex_t mu;
     int in_flight;        /* guarded by mu */
+    sem_t decodes;        /* bounds the uploads decoded at once (HTTP_MAX_DECODES) */
 };
 
 /* One request being received (MHD's per-connection request context). */
@@ -37,7 +39,21 @@ typedef struct ReqCtx {
     size_t len, cap;
     int too_big;          /* the body passed max_body: answer 413 */
     int answered;         /* a response was queued */
+    ServeEndpoint ep;     /* from the path, for the metrics of early answers */
 } ReqCtx;
+
+/* The metrics endpoint of a path (EP_OTHER for unknown ones). */
+static ServeEndpoint endpoint_of(const char *url, const char *method)
+{
+    if (strcmp(url, "/search") == 0) return EP_SEARCH;
+    if (strcmp(url, "/images") == 0) return EP_IMAGE_POST;
+    if (strncmp(url, "/images/", 8) == 0) return EP_IMAGE_GET;
+    if (strcmp(url, "/healthz") == 0) return EP_HEALTHZ;
+    if (strcmp(url, "/metrics") == 0) return EP_METRICS;
+    if (strcmp(url, "/labels") == 0) return EP_LABELS;
+    if ((strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) && method) return EP_PAGE;
+    return EP_OTHER;
+}
 
 static const char JSON_TYPE[] = "application/json";
 
@@ -131,9 +147,12 @@ static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r,
         ServeJob job;
         memset(&job, 0, sizeof job);
         job.kind = JOB_SEARCH;
-        if (parse_args(c, &job.params, s->cfg.max_k, 1, &err) ||
-            api_parse_query(&job.query, r->body, r->len, s->cfg.D, s->cfg.C, s->cfg.H, s->cfg.W, &err))
+        if (parse_args(c, &job.params, s->cfg.max_k, 1, &err))
             return respond_error(s, c, r, EP_SEARCH, err.code, err.msg, NULL);
+        while (sem_wait(&s->decodes) != 0) continue; /* EINTR (a signal) */
+        int rc = api_parse_query(&job.query, r->body, r->len, s->cfg.D, s->cfg.C, s->cfg.H, s->cfg.W, &err);
+        sem_post(&s->decodes);
+        if (rc) return respond_error(s, c, r, EP_SEARCH, err.code, err.msg, NULL);
         return run_job(s, c, r, EP_SEARCH, &job);
     }
     if (strcmp(url, "/images") == 0) {
@@ -141,9 +160,12 @@ static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r,
         ServeJob job;
         memset(&job, 0, sizeof job);
         job.kind = JOB_ADD;
-        if (parse_args(c, &job.params, s->cfg.max_k, 0, &err) ||
-            api_parse_image(&job.query, r->body, r->len, s->cfg.C, s->cfg.H, s->cfg.W, &err))
+        if (parse_args(c, &job.params, s->cfg.max_k, 0, &err))
             return respond_error(s, c, r, EP_IMAGE_POST, err.code, err.msg, NULL);
+        while (sem_wait(&s->decodes) != 0) continue;
+        int rc = api_parse_image(&job.query, r->body, r->len, s->cfg.C, s->cfg.H, s->cfg.W, &err);
+        sem_post(&s->decodes);
+        if (rc) return respond_error(s, c, r, EP_IMAGE_POST, err.code, err.msg, NULL);
         return run_job(s, c, r, EP_IMAGE_POST, &job);
     }
     if (strncmp(url, "/images/", 8) == 0) {
@@ -197,18 +219,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!r) {
         r = xcalloc(1, sizeof *r);
         r->t0 = timer_now();
+        r->ep = endpoint_of(url, method);
         *con_cls = r;
         pthread_mutex_lock(&s->mu);
         s->in_flight++;
         pthread_mutex_unlock(&s->mu);
-        /* A declared body over the limit is refused before it is read. */
+        /* A declared body over the limit is read and dropped, then refused
+         * (so that the client, still sending, can read the 413); one far
+         * over it is refused at once and the connection closed. */
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->cfg.max_body) {
-            r->too_big = 1;
+        unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+        if (declared > s->cfg.max_body) r->too_big = 1;
+        if (declared / HTTP_DRAIN_FACTOR > s->cfg.max_body) {
             char msg[160];
             snprintf(msg, sizeof msg, "request body of %.30s bytes is over %zu bytes (the server's --max-body-mib)",
                      cl, s->cfg.max_body);
-            return respond_error(s, c, r, EP_OTHER, API_TOO_BIG, msg, NULL);
+            return respond_error(s, c, r, r->ep, API_TOO_BIG, msg, NULL);
         }
         return MHD_YES;
     }
@@ -246,7 +272,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(msg, sizeof msg, "request body over %zu bytes (the server's --max-body-mib)", s->cfg.max_body);
         /* The connection is closed after the answer: the rest of an
          * oversized body is not read. */
-        return respond_error(s, c, r, EP_OTHER, API_TOO_BIG, msg, NULL);
+        return respond_error(s, c, r, r->ep, API_TOO_BIG, msg, NULL);
     }
     return route(s, c, r, url, method);
 }
@@ -305,6 +331,7 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
     s->q = q;
     s->m = m;
     CHECK(pthread_mutex_init(&s->mu, NULL) == 0);
+    CHECK(sem_init(&s->decodes, 0, HTTP_MAX_DECODES) == 0);
     s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
                                 MHD_USE_POLL,
                             0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
@@ -313,6 +340,7 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
     if (!s->d) {
         pthread_mutex_destroy(&s->mu);
+        sem_destroy(&s->decodes);
         free(s);
         return err_set(err, AE_EIO, "cannot listen on %s (address in use, or not allowed?) (hint: choose another "
                                     "--listen port, or 0 for any free one)", cfg->listen);
@@ -344,5 +372,6 @@ void http_server_stop(HttpServer *s)
     if (!s) return;
     MHD_stop_daemon(s->d);
     pthread_mutex_destroy(&s->mu);
+    sem_destroy(&s->decodes);
     free(s);
 }

@@ -448,6 +448,7 @@ void search_meta_init(SearchMeta *sm, const VecDb *db)
     size_t n = (size_t)(db->n_shards ? db->n_shards : 1);
     sm->maps = xcalloc(n, sizeof *sm->maps);
     sm->names = xcalloc(n, sizeof *sm->names);
+    sm->name_offs = xcalloc(n, sizeof *sm->name_offs);
     sm->state = xcalloc(n, sizeof *sm->state);
     sm->n = db->n_shards;
 }
@@ -458,15 +459,19 @@ void search_meta_sync(SearchMeta *sm)
     if (n <= sm->n) return;
     VecShard *maps = xcalloc((size_t)n, sizeof *maps);
     char **names = xcalloc((size_t)n, sizeof *names);
+    int64_t **offs = xcalloc((size_t)n, sizeof *offs);
     uint8_t *state = xcalloc((size_t)n, sizeof *state);
     memcpy(maps, sm->maps, (size_t)sm->n * sizeof *maps);
     memcpy(names, sm->names, (size_t)sm->n * sizeof *names);
+    memcpy(offs, sm->name_offs, (size_t)sm->n * sizeof *offs);
     memcpy(state, sm->state, (size_t)sm->n * sizeof *state);
     free(sm->maps);
     free(sm->names);
+    free(sm->name_offs);
     free(sm->state);
     sm->maps = maps;
     sm->names = names;
+    sm->name_offs = offs;
     sm->state = state;
     sm->n = n;
 }
@@ -476,9 +481,11 @@ void search_meta_free(SearchMeta *sm)
     for (int s = 0; sm->db && s < sm->n; s++) {
         vecdb_shard_unmap(&sm->maps[s]);
         free(sm->names[s]);
+        free(sm->name_offs[s]);
     }
     free(sm->maps);
     free(sm->names);
+    free(sm->name_offs);
     free(sm->state);
     memset(sm, 0, sizeof *sm);
 }
@@ -500,11 +507,11 @@ int search_meta_get(SearchMeta *sm, int64_t id, int32_t *label, const char **nam
     *label = sm->maps[s].labels[id - sm->maps[s].first_id];
     if (name) {
         if (!(sm->state[s] & META_NAMES)) {
-            int rc = vecdb_read_names(&sm->names[s], sm->db, s, err);
+            int rc = vecdb_read_names_packed(&sm->names[s], &sm->name_offs[s], sm->db, s, err);
             if (rc) return rc;
             sm->state[s] |= META_NAMES;
         }
-        *name = sm->names[s] + (size_t)(id - sm->db->shards[s].first_id) * VECDB_NAME_BYTES;
+        *name = sm->names[s] + sm->name_offs[s][id - sm->db->shards[s].first_id];
     }
     return AE_OK;
 }

@@ -89,7 +89,7 @@ static int label_cmp(const void *a, const void *b)
 
 static int has_label(const Server *s, int32_t l)
 {
-    return bsearch(&l, s->labels, (size_t)s->n_labels, sizeof l, label_cmp) != NULL;
+    return s->n_labels > 0 && bsearch(&l, s->labels, (size_t)s->n_labels, sizeof l, label_cmp) != NULL;
 }
 
 /* Adds labels[n] to the sorted distinct set. */
@@ -529,10 +529,9 @@ static int rank0_loop(Server *s, int *by_signal, Err *err)
     int stopping = 0, rc = AE_OK;
     for (;;) {
         int n = serve_queue_take(&s->q, jobs, max, SERVE_PING_MS / 5);
-        if (n > 0) {
-            if ((rc = serve_batch(s, jobs, n, err))) break;
-            last = timer_now();
-        } else if (timer_now() - last > SERVE_PING_MS * 1e-3) {
+        if (n > 0 && (rc = serve_batch(s, jobs, n, err))) break;
+        /* Busy or idle, the other ranks are asked for signals this often. */
+        if (timer_now() - last > SERVE_PING_MS * 1e-3) {
             if (ping(s) && !stopping) {
                 stopping = 1;
                 par_err0(s->ctx, "serve: stop requested (%s): answering the requests in flight\n",

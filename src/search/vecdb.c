@@ -575,3 +575,55 @@ int vecdb_read_names(char **names, const VecDb *db, int shard, Err *err)
     *names = out;
     return AE_OK;
 }
+
+int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int shard, Err *err)
+{
+    *text = NULL;
+    *offsets = NULL;
+    char path[VECDB_PATH_BYTES];
+    int rc = vecdb_shard_path(path, sizeof path, db->dir, shard, VECDB_NAMES, err);
+    if (rc) return rc;
+    if (fileio_check_input(path, err)) return err->code;
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(err, AE_EIO, "cannot open shard file %s: %s (%s)", path, strerror(errno), SHARD_HINT);
+    const int64_t n = db->shards[shard].count;
+    int64_t *offs = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *offs);
+    size_t cap = 4096, used = 0;
+    char *out = xmalloc(cap);
+    char line[VECDB_NAME_BYTES + 2];
+    int64_t j = 0;
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (len == 0 || line[len - 1] != '\n' || len > VECDB_NAME_BYTES) {
+            rc = err_set(err, AE_EFORMAT, "%s: line %lld is too long or not ended by a newline (%s)", path,
+                         (long long)(j + 1), SHARD_HINT);
+            break;
+        }
+        if (j < n) {
+            if (used + len > cap) {
+                while (used + len > cap) cap *= 2;
+                char *grown = xmalloc(cap);
+                memcpy(grown, out, used);
+                free(out);
+                out = grown;
+            }
+            offs[j] = (int64_t)used;
+            memcpy(out + used, line, len - 1);
+            out[used + len - 1] = '\0';
+            used += len;
+        }
+        j++;
+    }
+    fclose(f);
+    if (rc == AE_OK && j != n)
+        rc = err_set(err, AE_EFORMAT, "%s: %lld names but the manifest says %lld vectors (%s)", path, (long long)j,
+                     (long long)n, SHARD_HINT);
+    if (rc) {
+        free(out);
+        free(offs);
+        return rc;
+    }
+    *text = out;
+    *offsets = offs;
+    return AE_OK;
+}
