@@ -13,6 +13,10 @@ steps excluded:
   no-mkldnn      torch.backends.mkldnn.enabled = False (PyTorch's own
                  im2col + BLAS convolution, the scheme aesim uses)
   channels_last  model and batch in torch.channels_last (NHWC), mkldnn on
+  channels_last-bf16  channels_last under torch.autocast("cpu",
+                 dtype=torch.bfloat16) (issue 16: PyTorch's bf16 mixed
+                 precision; the loss in float32); not a candidate for the
+                 per-layer profile, which compares float32 kernels
 Process-wide settings that must be in place before start-up (glibc malloc
 tunables, MALLOC_ARENA_MAX) are chosen by launch/bench.sh, which passes a
 label for them in --env-label.
@@ -47,25 +51,26 @@ PRESETS = {
 }
 # aesim's Adam defaults (include/nn/optim_step.h ADAM_CONFIG_DEFAULT).
 ADAM_LR, ADAM_EPS = 1e-3, 1e-7
-SETTINGS = ("default", "no-mkldnn", "channels_last")
+SETTINGS = ("default", "no-mkldnn", "channels_last", "channels_last-bf16")
 
 
 def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
-def make_step(model, x, mode):
+def make_step(model, x, mode, bf16=False):
     if mode == "encode":
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model.encoder(x)
         return step
     opt = torch.optim.Adam(model.parameters(), lr=ADAM_LR, eps=ADAM_EPS)
 
     def step():
         opt.zero_grad()
-        y = model(x)
-        loss = torch.mean((y - x) ** 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = model(x)
+        loss = torch.mean((y.float() - x) ** 2)
         loss.backward()
         opt.step()
         return loss
@@ -77,7 +82,7 @@ def setup(spec, channels, x_np, setting):
     torch.manual_seed(0)
     model = aesim_torch.build(spec, channels)
     x = torch.from_numpy(x_np)
-    if setting == "channels_last":
+    if setting.startswith("channels_last"):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return model, x
@@ -85,7 +90,7 @@ def setup(spec, channels, x_np, setting):
 
 def time_setting(args, spec, x_np, setting, workload, flop_item):
     model, x = setup(spec, x_np.shape[1], x_np, setting)
-    step = make_step(model, x, args.mode)
+    step = make_step(model, x, args.mode, bf16=setting.endswith("-bf16"))
     for _ in range(args.warmup):
         step()
     seconds = []
@@ -179,7 +184,8 @@ def main():
             ap.error(f"unknown setting {setting}")
         timed[setting] = time_setting(args, spec, x_np, setting, workload, flop_item)
     if args.profile > 0 and args.mode == "train":
-        profile_layers(args, spec, x_np, workload, min(timed, key=timed.get))
+        fp32 = {s: t for s, t in timed.items() if not s.endswith("-bf16")}
+        profile_layers(args, spec, x_np, workload, min(fp32 or timed, key=(fp32 or timed).get))
 
 
 if __name__ == "__main__":

@@ -140,8 +140,12 @@ run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
         # The per-layer profile runs in the "malloc keep" process (on its
         # fastest setting): without page-fault noise in the layer times.
         [ "$label" = "malloc keep" ] && extra=("$@")
+        # PyTorch bf16 autocast (issue 16) as a peer, in the fastest environment
+        local settings=default,channels_last
+        [ "$label" = "malloc keep+THP" ] && settings+=,channels_last-bf16
         env ${envset:+"$envset"} "$PYTHON" bench/torch_train.py --preset "$preset" --mode "$mode" --data "$data" \
-            --threads "$T" --steps "$steps" --warmup "$warm" --runs "$train_runs" --settings default,channels_last \
+            --threads "$T" --steps "$steps" --warmup "$warm" --runs "$train_runs" \
+            --settings "$settings" \
             --env-label "$label" ${extra[@]+"${extra[@]}"} | collect
     done
     # PyTorch's own im2col + BLAS convolution, as aesim computes it; BLAS
