@@ -181,6 +181,7 @@ class Serve(unittest.TestCase):
         cls.images, cls.labels = load_mnist()
         cls.src = write_idx(os.path.join(WORK, "m2000"), cls.images[:N_DB], cls.labels[:N_DB])
         run = os.path.join(WORK, "run")
+        shutil.rmtree(run, ignore_errors=True)  # the load and web tests share WORK: a fresh run each time
         mpirun(2, TRAIN, "--data", MNIST, "--max-steps", "30", "--batch-size", "64", "--seed", "3", "--threads", "1",
                "--out", run, "--grid", "0")
         cls.ckpt = os.path.join(run, "checkpoint.npz")
