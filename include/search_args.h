@@ -38,6 +38,7 @@ typedef struct SearchConfig {
     char data[SEARCH_PATH_MAX];     /* --data source spec ("" = none) */
     int append;                     /* index --append */
     int whiten;                     /* index --whiten: store PCA-whitened codes (whiten.h) */
+    int recipe_retrieval;           /* index --recipe retrieval: --whiten --metric cosine */
     int k;                          /* --k / -k, 0 = not given */
     const char *images[SEARCH_MAX_IMAGES]; /* --image files (point into argv) */
     int n_images;

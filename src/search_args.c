@@ -20,7 +20,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_ALL = 7 };
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_WHITEN, OPT_HELP
+    OPT_WHITEN, OPT_RECIPE, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -28,7 +28,6 @@ static const struct option LONG_OPTS[] = {
     { "model", required_argument, 0, OPT_MODEL },
     { "data", required_argument, 0, OPT_DATA },
     { "append", no_argument, 0, OPT_APPEND },
-    { "whiten", no_argument, 0, OPT_WHITEN },
     { "k", required_argument, 0, OPT_K },
     { "image", required_argument, 0, OPT_IMAGE },
     { "ids", required_argument, 0, OPT_IDS },
@@ -44,6 +43,8 @@ static const struct option LONG_OPTS[] = {
     { "baseline", required_argument, 0, OPT_BASELINE },
     { "batch", required_argument, 0, OPT_BATCH },
     { "threads", required_argument, 0, OPT_THREADS },
+    { "whiten", no_argument, 0, OPT_WHITEN },
+    { "recipe", required_argument, 0, OPT_RECIPE },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -60,7 +61,7 @@ static const int OPT_FOR[] = {
     [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
     [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
     [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
-    [OPT_WHITEN - OPT_DB] = FOR_INDEX,
+    [OPT_WHITEN - OPT_DB] = FOR_INDEX,   [OPT_RECIPE - OPT_DB] = FOR_INDEX,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval" };
@@ -75,6 +76,7 @@ void search_args_usage(FILE *out)
 "\n"
 "Commands\n"
 "  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten]\n"
+"        [--recipe retrieval]\n"
 "        Every rank encodes its contiguous slice of SRC and writes one shard\n"
 "        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
 "        DIR/manifest.json. --append adds new shards (ids continue after the existing\n"
@@ -82,6 +84,7 @@ void search_args_usage(FILE *out)
 "        --whiten: store PCA-whitened codes (PCA of the indexed codes, every direction\n"
 "        scaled to unit variance; DIR/whiten.npz, manifest \"transform\": \"whiten\");\n"
 "        query and eval apply it to the query codes (and --append to new images).\n"
+"        --recipe retrieval: --whiten --metric cosine (the best measured combination).\n"
 "  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
 "        QUERY-INPUT, exactly one of:\n"
 "          --image FILE [FILE ...]         PNG or JPEG images, any colour type: alpha over\n"
@@ -200,6 +203,12 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
     case OPT_APPEND: c->append = 1; return AE_OK;
     case OPT_WHITEN: c->whiten = 1; return AE_OK;
+    case OPT_RECIPE:
+        /* the measured best search-side combination (README "Search quality") */
+        if (strcmp(arg, "retrieval") != 0)
+            return err_set(err, AE_EARG, "--recipe: '%s' is unknown (the one recipe is 'retrieval')", arg);
+        c->recipe_retrieval = 1;
+        return AE_OK;
     case OPT_K: {
         char *end;
         errno = 0;
@@ -336,6 +345,10 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
                            sub_argv[i]);
         int rc = add_image(c, sub_argv[i], err);
         if (rc) return rc;
+    }
+    if (c->recipe_retrieval) { /* explicit options win */
+        c->whiten = 1;
+        if (c->metric == SEARCH_METRIC_DEFAULT) c->metric = KNN_IP;
     }
     return check_config(c, err);
 }
