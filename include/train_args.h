@@ -51,7 +51,6 @@ typedef struct TrainConfig {
     AugmentConfig aug;         /* --noise and --augment */
     double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
     double tau;                /* --tau: NT-Xent temperature */
-    char recipe[32];           /* --recipe NAME ("" = none): defaults for the options above and --arch */
     int help;                  /* --help was given */
 } TrainConfig;
 
