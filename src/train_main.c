@@ -14,6 +14,7 @@
 #include "train.h"
 #include "train_args.h"
 #include "train_setup.h"
+#include "train_views.h"
 
 static int finish(ParCtx *ctx, const Err *err, int code)
 {
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
              model.n_params, model_forward_flops(&model) / 1e6);
     par_log0(&ctx, "optimizer: %s lr %g%s | global batch %d (%d per rank at most) | %d epoch(s) | seed %llu%s%s\n",
              optimizer_name(opt.kind), (double)opt.adam.lr, opt.kind == OPT_SGD ? " momentum" : "",
-             cfg.batch_size, model.max_batch, cfg.epochs, (unsigned long long)start.seed,
+             cfg.batch_size, model.max_batch / train_views_per_rank(&cfg, 1), cfg.epochs, (unsigned long long)start.seed,
              cfg.resume[0] ? " | resuming from " : "", cfg.resume);
     if (ctx.rank == 0) fileio_mkdirs(cfg.out, &err);
     if (par_agree(&ctx, &err)) return finish(&ctx, &err, 1);
