@@ -459,9 +459,26 @@ class Search(unittest.TestCase):
         # eval reads it; --append reuses the fitted transform, and refuses
         # --whiten on a database indexed without it
         out = os.path.join(WORK, "eval_whiten.json")
-        search(2, "eval", "--db", db, "--model", self.ckpt, "--queries", self.src, "--max-queries", "50", "--json",
-               "--out", out)
-        self.assertGreater(read_json(out)["methods"]["aesim"]["precision"], 0.5)
+        nq = 80
+        search(2, "eval", "--db", db, "--model", self.ckpt, "--queries", self.src, "--max-queries", str(nq), "--json",
+               "--baseline", "pixels", "--out", out)
+        ev = read_json(out)
+        self.assertTrue(ev["whitened"])
+        # the pixels baseline is whitened too: numpy whitening of the pixels
+        pix = self.images[:N_DB].reshape(N_DB, -1).astype(np.float64) / 255
+        c = np.cov(pix, rowvar=False, bias=True)
+        w, v = np.linalg.eigh(c)
+        m = v / np.sqrt(np.maximum(w, 0) + 1e-3 * w.max())
+        for name, vecs, mat in (("aesim", x, prec), ("pixels", pix, None)):
+            if mat is None:
+                wv = (vecs - vecs.mean(0)) @ m
+                d = brute(wv[:nq], wv)
+            else:
+                d = np.stack([np.einsum("nd,de,ne->n", vecs - vecs[i], mat, vecs - vecs[i]) for i in range(nq)])
+            d[np.arange(nq), np.arange(nq)] = np.inf
+            nn = np.argsort(d, axis=1, kind="stable")[:, :10]
+            ref = float(np.mean(self.labels[:N_DB][nn] == self.labels[:nq, None]))
+            self.assertAlmostEqual(ev["methods"][name]["precision"], ref, delta=0.02, msg=name)
         search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append")
         _, y2, _, _, _ = load_db(db)
         np.testing.assert_allclose(y2[N_DB:], y[:N_APPEND], rtol=1e-5, atol=1e-5)

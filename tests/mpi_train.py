@@ -185,7 +185,7 @@ class MpiEmbeddings(unittest.TestCase):
 
     def test_bad_options(self):
         for args, needle in ((["--noise", "salt:0.1"], "--noise"), (["--noise", "gauss:-1"], "gauss:SIGMA"),
-                             (["--augment", "rotate"], "rotate"), (["--recipe", "fastest"], "fastest"),
+                             (["--augment", "rotate"], "rotate"), (["--contrastive", "-1"], "--contrastive"),
                              (["--tau", "0"], "--tau")):
             p = train(2, os.path.join(TMP, "bad_emb"), "--data", MNIST, *args, check=False, timeout=120)
             self.assertEqual(p.returncode, 2, f"{args}: {p.stderr}")

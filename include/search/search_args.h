@@ -51,6 +51,7 @@ typedef struct SearchConfig {
     int append;                     /* index --append */
     int whiten;                     /* index --whiten: store PCA-whitened codes (whiten.h) */
     int allow_gaps;                 /* --allow-gaps: numbered sets with a file missing are taken (warning) */
+    int recipe_retrieval;           /* index --recipe retrieval: --whiten --metric cosine */
     int k;                          /* --k / -k, 0 = not given */
     const char *images[SEARCH_MAX_IMAGES]; /* --image files (point into argv) */
     int n_images;

@@ -52,7 +52,6 @@ typedef struct TrainConfig {
     AugmentConfig aug;         /* --noise and --augment */
     double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
     double tau;                /* --tau: NT-Xent temperature */
-    char recipe[32];           /* --recipe NAME ("" = none): defaults for the options above and --arch */
     int overwrite;             /* --overwrite: a fresh run may replace another run's files in --out */
     int precision;             /* ModelPrecision (model.h): MODEL_FP32 (default) or MODEL_BF16 */
     int help;                  /* --help was given */

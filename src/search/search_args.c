@@ -21,7 +21,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 }
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -29,7 +29,6 @@ static const struct option LONG_OPTS[] = {
     { "model", required_argument, 0, OPT_MODEL },
     { "data", required_argument, 0, OPT_DATA },
     { "append", no_argument, 0, OPT_APPEND },
-    { "whiten", no_argument, 0, OPT_WHITEN },
     { "k", required_argument, 0, OPT_K },
     { "image", required_argument, 0, OPT_IMAGE },
     { "ids", required_argument, 0, OPT_IDS },
@@ -51,10 +50,21 @@ static const struct option LONG_OPTS[] = {
     { "max-body-mib", required_argument, 0, OPT_MAX_BODY_MIB },
     { "timeout", required_argument, 0, OPT_TIMEOUT },
     { "precision", required_argument, 0, OPT_PRECISION },
-    { "help", no_argument, 0, OPT_HELP },
+    { "whiten", no_argument, 0, OPT_WHITEN },
     { "allow-gaps", no_argument, 0, OPT_ALLOW_GAPS },
+    { "recipe", required_argument, 0, OPT_RECIPE },
+    { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
+
+/* The long name of option code o (LONG_OPTS is searched, so its order need
+ * not follow the enum's). */
+static const char *option_name(int o)
+{
+    for (const struct option *l = LONG_OPTS; l->name; l++)
+        if (l->val == o) return l->name;
+    return "?";
+}
 
 /* Subcommands each option belongs to, indexed by option - OPT_DB. */
 static const int OPT_FOR[] = {
@@ -74,6 +84,7 @@ static const int OPT_FOR[] = {
     [OPT_PRECISION - OPT_DB] = FOR_ALL,
     [OPT_WHITEN - OPT_DB] = FOR_INDEX,
     [OPT_ALLOW_GAPS - OPT_DB] = FOR_ALL,
+    [OPT_RECIPE - OPT_DB] = FOR_INDEX,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
@@ -88,6 +99,7 @@ void search_args_usage(FILE *out)
 "\n"
 "Commands\n"
 "  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten]\n"
+"        [--recipe retrieval]\n"
 "        Every rank encodes its contiguous slice of SRC and writes one shard\n"
 "        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
 "        DIR/manifest.json. --append adds new shards (ids continue after the existing\n"
@@ -95,6 +107,7 @@ void search_args_usage(FILE *out)
 "        --whiten: store PCA-whitened codes (PCA of the indexed codes, every direction\n"
 "        scaled to unit variance; DIR/whiten.npz, manifest \"transform\": \"whiten\");\n"
 "        query and eval apply it to the query codes (and --append to new images).\n"
+"        --recipe retrieval: --whiten --metric cosine (the best measured combination).\n"
 "  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
 "        QUERY-INPUT, exactly one of:\n"
 "          --image FILE [FILE ...]         PNG or JPEG images, any colour type and size\n"
@@ -104,11 +117,15 @@ void search_args_usage(FILE *out)
 "        Shard s is searched by rank s %% P, for any P. Results are the exact k nearest,\n"
 "        by distance, ties by smaller id; k larger than the database returns all of it.\n"
 "  eval --db DIR --model CKPT --queries SRC [-k 10] [--max-queries N] [--baseline pixels|pca]\n"
+"        [--json]\n"
 "        Precision@k by label (fraction of the k neighbours whose label is the query's),\n"
 "        per label and mean. --baseline pixels: raw pixels as vectors; --baseline pca: PCA\n"
 "        of the pixels to the same D (LAPACK dsyevd on the covariance of the database\n"
 "        images); both index the database's own source images in memory. If SRC is the\n"
 "        database's source, each query's own image is left out of its neighbours.\n"
+"        Also mAP@k (AP@k = sum over ranks j <= k of rel_j * precision@j / relevant in\n"
+"        the top k) and 1-NN accuracy per method.  On a --whiten database the\n"
+"        baselines are whitened the same way.  --json: the same as one JSON object.\n"
 "  serve --db DIR --model CKPT [--listen HOST:PORT] [--max-batch N] [--max-k K]\n"
 "        [--max-body-mib M] [--timeout S]\n"
 "        Long-running search service: every rank maps its shards once; rank 0 answers\n"
@@ -247,6 +264,12 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_APPEND: c->append = 1; return AE_OK;
     case OPT_WHITEN: c->whiten = 1; return AE_OK;
     case OPT_ALLOW_GAPS: c->allow_gaps = 1; return AE_OK;
+    case OPT_RECIPE:
+        /* the measured best search-side combination (README "Search quality") */
+        if (strcmp(arg, "retrieval") != 0)
+            return err_set(err, AE_EARG, "--recipe: '%s' is unknown (the one recipe is 'retrieval')", arg);
+        c->recipe_retrieval = 1;
+        return AE_OK;
     case OPT_K: {
         char *end;
         errno = 0;
@@ -400,7 +423,7 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
                        : err_set(err, AE_EARG, "unknown option '%s' (see --help)", sub_argv[optind - 1]);
         if (!(OPT_FOR[o - OPT_DB] & mask))
             return err_set(err, AE_EARG, "option --%s is not an option of %s (see --help)",
-                           LONG_OPTS[o - OPT_DB].name, cmd);
+                           option_name(o), cmd);
         if (o == OPT_HELP) {
             c->help = 1;
             return AE_OK;
@@ -415,6 +438,10 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
                            sub_argv[i]);
         int rc = add_image(c, sub_argv[i], err);
         if (rc) return rc;
+    }
+    if (c->recipe_retrieval) { /* explicit options win */
+        c->whiten = 1;
+        if (c->metric == SEARCH_METRIC_DEFAULT) c->metric = KNN_IP;
     }
     return check_config(c, err);
 }

@@ -6,6 +6,9 @@
  *   pixels  the image scaled to [0,1] as a C*H*W vector;
  *   pca     the pixels projected on the D leading principal axes of the
  *           database images (pca.h; sums over all ranks, dsyevd on rank 0).
+ * When the database is whitened (index --whiten), each baseline is
+ * whitened the same way (fitted on its own database vectors), so the
+ * comparison stays like for like.
  * Precision@k of a query = (neighbours with the query's label) / (neighbours
  * returned), over its k nearest database vectors; the query's own image is
  * left out when the queries are the database's source (leave-one-out).
@@ -29,6 +32,7 @@
 #include "search/search_core.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
+#include "search/whiten.h"
 
 /* Methods compared: the encoder and the two baselines. */
 enum { METHOD_AESIM = 0, METHOD_PIXELS = 1, METHOD_PCA = 2, METHOD_COUNT = 3 };
@@ -173,10 +177,42 @@ static void owned_pixels(Owned *o, const ParCtx *ctx, const VecDb *db, const Ima
     }
 }
 
-/* Collective: search the baseline vectors (normalised for cosine) and score. */
-static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
-                        KnnMetric metric, SearchMeta *meta, int nthreads, double t0, Err *err)
+/* Collective: PCA-whitens the owned baseline vectors and the queries
+ * qv[Q][dim] (every rank holds the same qv) with a transform fitted on the
+ * vectors of all ranks, as index --whiten does for the codes, so that the
+ * baselines get the same treatment as a whitened database. */
+static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int dim, Err *err)
 {
+    PcaStats st;
+    pca_stats_init(&st, dim);
+    for (int i = 0; i < o->n; i++) pca_stats_add(&st, o->vec[i], o->dbs[i].M);
+    par_allreduce_sum_f64(ctx, &st.n, 1);
+    par_allreduce_sum_f64(ctx, st.sum, (size_t)dim);
+    par_allreduce_sum_f64(ctx, st.sxx, (size_t)dim * (size_t)dim);
+    Whiten w;
+    memset(&w, 0, sizeof w);
+    if (ctx->rank == 0) whiten_fit(&w, &st, err);
+    pca_stats_free(&st);
+    if (par_agree(ctx, err)) return err->code;
+    if (ctx->rank != 0) {
+        w.D = dim;
+        w.mean = xmalloc((size_t)dim * sizeof *w.mean);
+        w.mat = xmalloc((size_t)dim * dim * sizeof *w.mat);
+    }
+    par_bcast(ctx, w.mean, (size_t)dim * sizeof *w.mean, 0);
+    par_bcast(ctx, w.mat, (size_t)dim * dim * sizeof *w.mat, 0);
+    for (int i = 0; i < o->n; i++) whiten_apply(&w, o->vec[i], o->dbs[i].M);
+    whiten_apply(&w, qv, Q);
+    whiten_free(&w);
+    return AE_OK;
+}
+
+/* Collective: search the baseline vectors (whitened when the database is,
+ * normalised for cosine) and score. */
+static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
+                        KnnMetric metric, int whiten, SearchMeta *meta, int nthreads, double t0, Err *err)
+{
+    if (whiten && whiten_owned(ctx, o, qv, es->Q, dim, err)) return err->code;
     if (metric == KNN_IP) {
         knn_normalize(qv, es->Q, dim);
         for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
@@ -250,7 +286,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         owned_pixels(&o, ctx, db, sets);
         float *q = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *q);
         memcpy(q, qv, (size_t)es->Q * (size_t)Pd * sizeof *q);
-        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, meta, nthreads, t0, err);
+        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, meta, nthreads, t0, err);
         free(q);
         owned_free(&o);
         if (rc) goto done;
@@ -260,7 +296,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         const int D = db->D < Pd ? db->D : Pd;
         owned_pixels(&o, ctx, db, sets);
         if (pca_transform(ctx, &o, &qv, es->Q, Pd, D, err)) goto done;
-        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, meta, nthreads, t0, err);
+        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, meta, nthreads, t0, err);
     }
 done:
     owned_free(&o);
@@ -316,9 +352,10 @@ static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, con
                                       mean_of(es->prec[m], es->Q), "map", mean_of(es->ap[m], es->Q), "nn1_accuracy",
                                       mean_of(es->nn1[m], es->Q), "seconds", es->secs[m], "per_label", per));
     }
-    json_t *root = json_pack("{s:i,s:I,s:s,s:s,s:I,s:s,s:b,s:o}", "k", es->k, "queries", (json_int_t)es->Q,
+    json_t *root = json_pack("{s:i,s:I,s:s,s:s,s:I,s:s,s:b,s:b,s:o}", "k", es->k, "queries", (json_int_t)es->Q,
                              "query_source", cfg->queries, "db", db->dir, "db_count", (json_int_t)db->count, "metric",
-                             vecdb_metric_name(metric), "leave_one_out", es->self_first >= 0, "methods", methods);
+                             vecdb_metric_name(metric), "whitened", db->whiten, "leave_one_out", es->self_first >= 0,
+                             "methods", methods);
     CHECK(root);
     int rc = json_dumpf(root, f, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
     fputc('\n', f);
@@ -345,8 +382,9 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
         fflush(stdout);
         return AE_OK;
     }
-    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s\n", es->k,
+    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s\n", es->k,
             (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
+            db->whiten ? " | whitened (baselines too)" : "",
             es->self_first >= 0 ? " | leave-one-out (queries are the database's source)" : "");
     fprintf(f, "%-8s %8s", "label", "queries");
     for (int m = 0; m < METHOD_COUNT; m++) {

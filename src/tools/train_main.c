@@ -14,6 +14,7 @@
 #include "train/train.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
+#include "train/train_views.h"
 #include "data/sampler.h"
 #include "train/train_outdir.h"
 #include "tools/version.h"
@@ -72,7 +73,7 @@ int main(int argc, char **argv)
                  (double)cfg.max_steps / (double)steps_per_epoch);
     par_log0(&ctx, "optimizer: %s lr %g%s | global batch %d (%d per rank at most) | %d epoch(s) of %lld steps%s | "
              "seed %llu | output %s%s%s\n", optimizer_name(opt.kind), (double)opt.adam.lr,
-             opt.kind == OPT_SGD ? " momentum" : "", cfg.batch_size, model.max_batch, cfg.epochs,
+             opt.kind == OPT_SGD ? " momentum" : "", cfg.batch_size, model.max_batch / train_views_per_rank(&cfg, 1), cfg.epochs,
              (long long)steps_per_epoch, until, (unsigned long long)start.seed, cfg.out,
              cfg.resume[0] ? " | resuming from " : "", cfg.resume);
     if (cfg.batch_size < ctx.size)

@@ -16,24 +16,6 @@
 /* NT-Xent temperature when --tau is not given (SimCLR's CIFAR-10 setting). */
 #define DEFAULT_TAU 0.5
 
-/* --recipe retrieval (issue 17): see README "Search quality" for the runs
- * that chose it. */
-#define RECIPE_RETRIEVAL_AUGMENT "default"
-#define RECIPE_RETRIEVAL_NOISE ""
-#define RECIPE_RETRIEVAL_ARCH ""
-#define RECIPE_RETRIEVAL_CONTRASTIVE 1.0
-#define RECIPE_RETRIEVAL_TAU 0.5
-
-/* --recipe presets: values for the options the command line leaves unset
- * (measured in README "Search quality"). */
-static const struct {
-    const char *name, *augment, *noise, *arch;
-    double contrastive, tau;
-} RECIPES[] = {
-    { "retrieval", RECIPE_RETRIEVAL_AUGMENT, RECIPE_RETRIEVAL_NOISE, RECIPE_RETRIEVAL_ARCH,
-      RECIPE_RETRIEVAL_CONTRASTIVE, RECIPE_RETRIEVAL_TAU },
-};
-
 /* The default training data: Debian's dataset-fashion-mnist package. */
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 
@@ -41,7 +23,7 @@ enum {
     OPT_DATA = 256, OPT_DATA_OPTS, OPT_ALLOW_GAPS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
-    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_RECIPE, OPT_OVERWRITE, OPT_PRECISION, OPT_HELP, OPT_VERSION
+    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_OVERWRITE, OPT_PRECISION, OPT_HELP, OPT_VERSION
 };
 
 static const struct option LONG_OPTS[] = {
@@ -76,7 +58,6 @@ static const struct option LONG_OPTS[] = {
     { "augment", required_argument, 0, OPT_AUGMENT },
     { "contrastive", required_argument, 0, OPT_CONTRASTIVE },
     { "tau", required_argument, 0, OPT_TAU },
-    { "recipe", required_argument, 0, OPT_RECIPE },
     { "overwrite", no_argument, 0, OPT_OVERWRITE },
     { "precision", required_argument, 0, OPT_PRECISION },
     { "help", no_argument, 0, OPT_HELP },
@@ -128,9 +109,10 @@ void train_args_usage(FILE *out)
 "  --contrastive W       add W x NT-Xent (SimCLR) on the bottleneck: two views of each image,\n"
 "                        the other images of the GLOBAL batch as negatives (default 0 = off)\n"
 "  --tau T               NT-Xent temperature (default 0.5)\n"
-"  --recipe retrieval    the measured best combination for search (README); options given\n"
-"                        explicitly win.  Views and noise are seeded by (seed, epoch, position)\n"
-"                        and do not depend on the number of ranks.\n"
+"                        Views and noise are seeded by (seed, epoch, position) and do not\n"
+"                        depend on the number of ranks.  Measured effect on search quality:\n"
+"                        README \"Search quality\" (the best search recipe is on the search\n"
+"                        side: aesim-search index --recipe retrieval).\n"
 "\n"
 "Optimisation (hyper-parameters mean the same for any P)\n"
 "  --epochs N            train until N passes over the training set are done, counted from the\n"
@@ -278,7 +260,6 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     c->csv_every = 20;
     c->bucket_kib = GRAD_SYNC_BUCKET_KIB_DEFAULT;
     c->tau = DEFAULT_TAU;
-    int set_aug = 0, set_noise = 0, set_contrastive = 0, set_tau = 0;
     optind = 1;
     opterr = 0;
     int o, idx = 0;
@@ -369,21 +350,16 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             break;
         case OPT_NOISE:
             rc = augment_parse_noise(&c->aug, optarg, err);
-            set_noise = 1;
             break;
         case OPT_AUGMENT:
             rc = augment_parse(&c->aug, optarg, err);
-            set_aug = 1;
             break;
         case OPT_CONTRASTIVE:
             if (!(rc = parse_f64(name, optarg, 0, 1e6, &f, err))) c->contrastive = f;
-            set_contrastive = 1;
             break;
         case OPT_TAU:
             if (!(rc = parse_f64(name, optarg, 1e-3, 1e3, &f, err))) c->tau = f;
-            set_tau = 1;
             break;
-        case OPT_RECIPE: rc = copy_str(c->recipe, sizeof c->recipe, name, optarg, err); break;
         case OPT_OVERWRITE: c->overwrite = 1; break;
         case 'h':
         case OPT_HELP: c->help = 1; break;
@@ -402,17 +378,5 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     }
     if (optind < argc)
         return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)", argv[optind]);
-    if (c->recipe[0]) {
-        size_t r = 0, nr = sizeof RECIPES / sizeof RECIPES[0];
-        while (r < nr && strcmp(RECIPES[r].name, c->recipe) != 0) r++;
-        if (r == nr) return err_set(err, AE_EARG, "--recipe: '%s' is unknown (the one recipe is 'retrieval')", c->recipe);
-        int rc = AE_OK;
-        if (!set_aug && RECIPES[r].augment[0]) rc = augment_parse(&c->aug, RECIPES[r].augment, err);
-        if (!rc && !set_noise && RECIPES[r].noise[0]) rc = augment_parse_noise(&c->aug, RECIPES[r].noise, err);
-        if (rc) return rc;
-        if (!set_contrastive) c->contrastive = RECIPES[r].contrastive;
-        if (!set_tau) c->tau = RECIPES[r].tau;
-        if (!c->arch[0] && RECIPES[r].arch[0]) snprintf(c->arch, sizeof c->arch, "%s", RECIPES[r].arch);
-    }
     return AE_OK;
 }

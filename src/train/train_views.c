@@ -104,7 +104,9 @@ double train_views_step(TrainViews *v, Model *m, const float *images, uint64_t s
     v->cnt = cnt;
     v->contrastive_loss = 0;
     const int H = m->spec.H, W = m->spec.W, C = m->spec.C;
-    #pragma omp parallel for schedule(static) num_threads(m->nthreads) if (V * cnt > 1)
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(m->nthreads) if (V * cnt > 1)
+#endif
     for (int64_t k = 0; k < V * cnt; k++) {
         const int64_t j = k % cnt, view = k / cnt;
         float *t = v->target + (size_t)k * chw, *x = m->input + (size_t)k * chw;
