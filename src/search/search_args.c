@@ -12,15 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "search/ivf.h"
 #include "search/knn.h"
 
 /* Which subcommands accept an option (bit mask). */
-enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_ALL = 7 };
+enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_TRAIN_IVF = 8, FOR_ALL = 15 };
 
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_HELP
+    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -43,6 +44,11 @@ static const struct option LONG_OPTS[] = {
     { "baseline", required_argument, 0, OPT_BASELINE },
     { "batch", required_argument, 0, OPT_BATCH },
     { "threads", required_argument, 0, OPT_THREADS },
+    { "ivf", required_argument, 0, OPT_IVF },
+    { "nlist", required_argument, 0, OPT_NLIST },
+    { "nprobe", required_argument, 0, OPT_NPROBE },
+    { "exact", no_argument, 0, OPT_EXACT },
+    { "recall", no_argument, 0, OPT_RECALL },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -59,9 +65,12 @@ static const int OPT_FOR[] = {
     [OPT_OUT - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_MAX_QUERIES - OPT_DB] = FOR_EVAL,
     [OPT_BASELINE - OPT_DB] = FOR_EVAL,  [OPT_BATCH - OPT_DB] = FOR_ALL,
     [OPT_THREADS - OPT_DB] = FOR_ALL,    [OPT_HELP - OPT_DB] = FOR_ALL,
+    [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
+    [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL,
+    [OPT_RECALL - OPT_DB] = FOR_EVAL,
 };
 
-static const char *const CMD_NAME[] = { "", "index", "query", "eval" };
+static const char *const CMD_NAME[] = { "", "index", "query", "eval", "train-ivf" };
 
 void search_args_usage(FILE *out)
 {
@@ -92,6 +101,15 @@ void search_args_usage(FILE *out)
 "        of the pixels to the same D (LAPACK dsyevd on the covariance of the database\n"
 "        images); both index the database's own source images in memory. If SRC is the\n"
 "        database's source, each query's own image is left out of its neighbours.\n"
+"  train-ivf --db DIR --nlist NLIST\n"
+"        Builds an IVF index (faiss IndexIVFFlat) over an existing database: NLIST\n"
+"        centroids by k-means over a seeded sample of min(count, 256 NLIST) vectors, spread\n"
+"        over the P ranks (the same centroids for any P), then per shard the rows of each\n"
+"        list (DIR/ivf-CRC.centroids.npy, DIR/shard-SSSSS.ivf-CRC.lists.npy; manifest\n"
+"        version 2). index --ivf NLIST does the same after indexing; index --append and\n"
+"        later adds assign new vectors to their nearest list. query and eval then scan the\n"
+"        --nprobe nearest lists (default %d) and re-score the candidates exactly;\n"
+"        --nprobe NLIST gives exactly the exact answer, --exact forces the full scan.\n"
 "\n"
 "Options\n"
 "  --db DIR              database folder (index creates it)\n"
@@ -118,6 +136,13 @@ void search_args_usage(FILE *out)
 "  --batch N             images per encoder call (default %d)\n"
 "  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
 "                        node; BLAS single-threaded inside)\n"
+"  --ivf NLIST           index: then train an IVF index of NLIST lists (see train-ivf)\n"
+"  --nlist NLIST         train-ivf: lists of the IVF index, 1..count\n"
+"  --nprobe N            query, eval: IVF lists scanned per query (default %d when the\n"
+"                        database has an IVF index)\n"
+"  --exact               query, eval: exact search (full scan) even with an IVF index\n"
+"  --recall              eval: recall@k of the IVF answer against exact search and\n"
+"                        queries/s, for nprobe = 1, 2, 4, ... NLIST\n"
 "  --help                this text\n"
 "\n"
 "Output of query (TSV with a header line; --json gives the same fields):\n"
@@ -125,7 +150,7 @@ void search_args_usage(FILE *out)
 "  query = 0-based query number, rank = 1 for the nearest, id = global database id,\n"
 "  label = the database image's label (-1 none), source = FILE#ROW it was encoded from.\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
-            SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
+            IVF_DEFAULT_NPROBE, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH, IVF_DEFAULT_NPROBE);
 }
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
@@ -245,6 +270,17 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         if (parse_i64("--threads", arg, 1, 1024, &i, err)) return AE_EARG;
         c->threads = (int)i;
         return AE_OK;
+    case OPT_IVF:
+    case OPT_NLIST:
+        if (parse_i64(o == OPT_IVF ? "--ivf" : "--nlist", arg, 1, 1 << 20, &i, err)) return AE_EARG;
+        c->nlist = (int)i;
+        return AE_OK;
+    case OPT_NPROBE:
+        if (parse_i64("--nprobe", arg, 1, 1 << 20, &i, err)) return AE_EARG;
+        c->nprobe = (int)i;
+        return AE_OK;
+    case OPT_EXACT: c->exact = 1; return AE_OK;
+    case OPT_RECALL: c->recall = 1; return AE_OK;
     default: return AE_OK;
     }
 }
@@ -273,8 +309,14 @@ static int check_config(SearchConfig *c, Err *err)
             return err_set(err, AE_EARG, "--sheet needs query images (--image or --data --ids), not --queries vectors");
         break;
     }
+    case SEARCH_TRAIN_IVF:
+        if (!c->nlist) return err_set(err, AE_EARG, "train-ivf needs --nlist N (see --help)");
+        break;
     case SEARCH_EVAL:
-        if (!c->model[0] || !c->queries[0])
+        if (c->recall && c->exact) return err_set(err, AE_EARG, "eval: --recall compares IVF with exact search; drop --exact");
+        if (c->recall && !c->queries[0])
+            return err_set(err, AE_EARG, "eval --recall needs --queries (vectors .npy, or images with --model)");
+        if (!c->recall && (!c->model[0] || !c->queries[0]))
             return err_set(err, AE_EARG, "eval needs --model CKPT and --queries SRC (labelled images; see --help)");
         if (!c->k) c->k = SEARCH_DEFAULT_EVAL_K;
         break;
@@ -288,7 +330,7 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     memset(c, 0, sizeof *c);
     c->metric = SEARCH_METRIC_DEFAULT;
     c->batch = SEARCH_DEFAULT_BATCH;
-    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query or eval (see --help)");
+    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or train-ivf (see --help)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         c->help = 1;
@@ -297,7 +339,9 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     if (strcmp(cmd, "index") == 0) c->cmd = SEARCH_INDEX;
     else if (strcmp(cmd, "query") == 0) c->cmd = SEARCH_QUERY;
     else if (strcmp(cmd, "eval") == 0) c->cmd = SEARCH_EVAL;
-    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query or eval (see --help)", cmd);
+    else if (strcmp(cmd, "train-ivf") == 0) c->cmd = SEARCH_TRAIN_IVF;
+    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query, eval or train-ivf (see --help)",
+                        cmd);
     const int mask = 1 << (c->cmd - 1);
     optind = 1;
     opterr = 0;
