@@ -44,10 +44,13 @@ def fashion(kind="train"):
     return x, y
 
 
-def clustered(n, d, n_clusters, seed, spread=0.1):
-    """Gaussian blobs around random centres (the synthetic data of faiss's own benchmarks)."""
+def clustered(n, d, n_clusters, seed, spread=1.0, centre_seed=0):
+    """Gaussian blobs (standard deviation `spread`) around N(0, 1) centres drawn
+    from centre_seed (the synthetic data of faiss's own benchmarks); points
+    from `seed`.  A spread of 1 makes the blobs overlap, so recall grows with
+    nprobe instead of being 1 at nprobe = 1."""
+    centres = np.random.default_rng(centre_seed).standard_normal((n_clusters, d)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
     which = rng.integers(0, n_clusters, n)
     return (centres[which] + spread * rng.standard_normal((n, d))).astype(np.float32)
 

@@ -53,6 +53,11 @@
 #include "search/topk.h"
 #include "search/vecdb.h"
 
+/* k-means iterations of train-ivf: faiss's for an IVF's coarse quantizer
+ * (Level1Quantizer sets cp.niter = 10: "typically used for large
+ * clusterings"). */
+#define IVF_KMEANS_ITERS 10
+
 /* Lists probed per query when --nprobe is not given. */
 #define IVF_DEFAULT_NPROBE 8
 /* Most lists of an index. */

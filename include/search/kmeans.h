@@ -13,7 +13,8 @@
  *     (size_j - 1) / (n - k) by a seeded walk over the clusters, its
  *     centroid copied and both copies moved by a relative +-1/1024 in
  *     alternate dimensions, and its count shared (faiss split_clusters);
- *   - a fixed number of iterations (faiss niter, default 25).
+ *   - a fixed number of iterations (faiss niter: 25 for a plain Clustering,
+ *     10 for the coarse quantizer of an IVF index, faiss Level1Quantizer).
  *
  * Across ranks: every rank holds its own part of the sample (any split).
  * Assignment: knn_search_local with k = 1 on the centroids (the kNN GEMM pass,

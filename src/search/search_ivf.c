@@ -28,9 +28,9 @@ int search_train_ivf(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, E
     if (par_agree(ctx, err)) return err->code;
     par_err0(ctx, "train-ivf: %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | nlist %d, sample %lld, %d "
                   "iterations\n", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size, cfg->nlist,
-             (long long)kmeans_sample_size(db.count, cfg->nlist), KMEANS_DEFAULT_ITERS);
+             (long long)kmeans_sample_size(db.count, cfg->nlist), IVF_KMEANS_ITERS);
     KmeansStats st;
-    if (ivf_train_db(ctx, &db, cfg->nlist, KMEANS_DEFAULT_ITERS, nthreads, &st, err) == AE_OK) {
+    if (ivf_train_db(ctx, &db, cfg->nlist, IVF_KMEANS_ITERS, nthreads, &st, err) == AE_OK) {
         if (ctx->rank == 0) vecdb_write_manifest(&db, err);
         if (par_agree(ctx, err) == AE_OK)
             par_err0(ctx, "train-ivf: done in %.2f s | %d iterations, %lld cluster split(s), objective %.6g | "
