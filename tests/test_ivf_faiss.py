@@ -1,19 +1,19 @@
 """IVF index of aesim-search against FAISS IndexIVFFlat (Debian's python3-faiss)
 at equal nlist and nprobe: recall@10 (share of the exact 10 nearest found,
-faiss's "10-recall@10", ground truth from faiss.IndexFlatL2) at least
-FAISS's minus 0.01, and within 0.03 of it either way, on
+faiss's "10-recall@10", ground truth from faiss.IndexFlatL2) on
 - the 60,000 Fashion-MNIST training images as 784 pixel values (Debian's
   dataset-fashion-mnist), 500 test images as queries, nlist = 64;
-- clustered synthetic vectors (Gaussian blobs, as faiss's own benchmarks
-  use), N = 50,000, D = 64, nlist = 100.
-Both sides train k-means on a sample of 256 x nlist vectors with their own
-seeds, so the curves differ by the luck of the clustering: on Fashion-MNIST
-at nprobe = 1 aesim measured 0.7575 against FAISS's 0.7467 (better by
-0.0108), hence "no worse than FAISS - 0.01" rather than a symmetric 0.01;
-a much better recall (beyond 0.03) would mean more rows scanned than the
-nprobe lists hold, which tests/mpi_ivf.py checks exactly.  Our recall
-is read from eval --recall and cross-checked against the ids of query
---nprobe.  One process (an MPI singleton), so it also runs in MPI=0 builds.
+- clustered synthetic vectors (overlapping Gaussian blobs, as faiss's own
+  benchmarks use), N = 50,000, D = 64, nlist = 100.
+Both sides run k-means (10 iterations, a sample of 256 x nlist vectors) from
+their own random start, and the start alone moves the recall: FAISS with
+seeds 1234 (its default), 1, 2, 3 gave 0.939-0.966 at nprobe = 2 on the
+synthetic set.  So the test compares with FAISS's mean over those FAISS_SEEDS:
+aesim's recall must be at least that mean minus 0.01 (the issue's tolerance)
+and at most FAISS's best plus 0.02 (more would mean more rows scanned than
+the nprobe lists hold, which tests/mpi_ivf.py checks exactly).  Our recall is
+read from eval --recall and cross-checked against the ids of query --nprobe.
+One process (an MPI singleton), so it also runs in MPI=0 builds.
 """
 import os
 import shutil
@@ -30,23 +30,26 @@ from ivf_common import clustered, fashion, parse_tsv, run, write_db  # noqa: E40
 TMP = os.environ.get("AESIM_TEST_TMP") or tempfile.mkdtemp()
 WORK = os.path.join(TMP, "test_ivf_faiss")
 K = 10
-TOL = 0.01      # aesim may trail FAISS by at most this
-TOL_ABOVE = 0.03  # and lead it by at most this (clustering luck)
+TOL = 0.01        # aesim may trail FAISS's mean recall by at most this
+TOL_ABOVE = 0.02  # and lead FAISS's best by at most this
+FAISS_SEEDS = (1234, 1, 2, 3)  # 1234 = faiss ClusteringParameters' default seed
 
 
 def faiss_recalls(x, q, nlist, probes):
+    """{nprobe: [recall for each of FAISS_SEEDS]}, and the exact ids."""
     gt = faiss.IndexFlatL2(x.shape[1])
     gt.add(x)
     _, exact = gt.search(q, K)
-    quant = faiss.IndexFlatL2(x.shape[1])
-    ivf = faiss.IndexIVFFlat(quant, x.shape[1], nlist)
-    ivf.train(x)
-    ivf.add(x)
-    out = {}
-    for p in probes:
-        ivf.nprobe = p
-        _, ids = ivf.search(q, K)
-        out[p] = np.mean([len(set(ids[i]) & set(exact[i])) / K for i in range(len(q))])
+    out = {p: [] for p in probes}
+    for seed in FAISS_SEEDS:
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+        ivf.cp.seed = seed
+        ivf.train(x)
+        ivf.add(x)
+        for p in probes:
+            ivf.nprobe = p
+            _, ids = ivf.search(q, K)
+            out[p].append(np.mean([len(set(ids[i]) & set(exact[i])) / K for i in range(len(q))]))
     return out, exact
 
 
@@ -75,11 +78,12 @@ class IvfFaissTest(unittest.TestCase):
         ours, d, qpath = aesim_recalls(name, x, q, nlist, shards)
         theirs, exact = faiss_recalls(x, q, nlist, probes)
         for p in probes:
-            print(f"{name}: nprobe {p}: recall@{K} aesim {ours[p]:.4f} faiss {theirs[p]:.4f}", file=sys.stderr)
-        for p in probes:
-            msg = f"{name} nprobe {p}: aesim {ours[p]:.4f} faiss {theirs[p]:.4f}"
-            self.assertGreaterEqual(ours[p], theirs[p] - TOL, msg)
-            self.assertLessEqual(ours[p], theirs[p] + TOL_ABOVE, msg)
+            t = theirs[p]
+            msg = (f"{name} nprobe {p}: recall@{K} aesim {ours[p]:.4f}, faiss mean {np.mean(t):.4f} "
+                   f"(seeds {FAISS_SEEDS}: {' '.join(f'{v:.4f}' for v in t)})")
+            print(msg, file=sys.stderr)
+            self.assertGreaterEqual(ours[p], np.mean(t) - TOL, msg)
+            self.assertLessEqual(ours[p], max(t) + TOL_ABOVE, msg)
         self.assertEqual(ours[nlist], 1.0)
         # the table's recall is that of the ids query prints
         p = probes[1]

@@ -35,8 +35,9 @@
  * cosine: lists are probed by L2 distance from the (normalised) query to
  * the centroids of the stored vectors; candidates are scored by cosine.
  *
- * Threading: OpenMP over queries (each thread its own scratch); one query
- * runs on one thread.  MPI through par.h; collective functions say so
+ * Threading: OpenMP over queries (each thread its own scratch); with fewer
+ * queries than threads, each query's probes are dealt over the threads and
+ * the exact per-thread lists merged (the same result).  MPI through par.h; collective functions say so
  * and agree on errors (par_agree).
  */
 #ifndef AESIM_IVF_H

@@ -22,6 +22,14 @@
 #include "data/npy.h"
 #include "search/knn_scan.h"
 
+/* OpenMP pragmas through _Pragma, so an OMP=0 build has no unknown-pragma
+ * warnings (as knn.c). */
+#ifdef _OPENMP
+#define IVF_OMP(directive) _Pragma(directive)
+#else
+#define IVF_OMP(directive)
+#endif
+
 /* Hint ending every message about a damaged or mismatched IVF file. */
 #define IVF_HINT "hint: the IVF index is damaged or from another training; rebuild it with aesim-search train-ivf"
 
@@ -559,31 +567,44 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
         free(probe);
         return err->code;
     }
+    /* Work items: (query, part).  With fewer queries than threads, a query's
+     * probes are dealt over `parts` items (probe j to part j % parts), each
+     * searched exactly on its own (the proof holds for any subset of rows),
+     * then merged: the same result as one part. */
     const int T = resolve_threads(nthreads);
-    int64_t bad = -1; /* lowest query with an error */
+    const int parts = Q >= T ? 1 : (T < nprobe ? T : nprobe);
+    const int64_t items = Q * parts;
+    float *pd = xmalloc((size_t)items * (size_t)k * sizeof *pd);
+    int64_t *pi = xmalloc((size_t)items * (size_t)k * sizeof *pi);
+    int64_t bad = -1; /* lowest item with an error */
     Err first;
     err_clear(&first);
     KnnScanBound bound;
     knn_scan_bound_init(&bound, il->D);
-#pragma omp parallel num_threads(T) if (Q > 1)
+    IVF_OMP("omp parallel num_threads(T) if (items > 1)")
     {
         Scratch sc;
         scratch_init(&sc, k, k + KNN_RESCORE_MARGIN);
+        int64_t *sub = xmalloc((size_t)nprobe * sizeof *sub);
         Err e;
         err_clear(&e);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < Q; i++) {
+        IVF_OMP("omp for schedule(dynamic, 1)")
+        for (int64_t it = 0; it < items; it++) {
+            const int64_t i = it / parts;
+            const int part = (int)(it % parts);
             const float *qi = q + (size_t)i * (size_t)il->D;
-            ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, il->D), .probe = probe + (size_t)i * (size_t)nprobe,
-                             .nprobe = nprobe, .k = k, .kc = k + KNN_RESCORE_MARGIN, .metric = metric,
-                             .bound = bound };
-            float *od = out->dist + (size_t)i * (size_t)k;
-            int64_t *oi = out->ids + (size_t)i * (size_t)k;
+            int ns = 0;
+            for (int j = part; j < nprobe; j += parts) sub[ns++] = probe[(size_t)i * (size_t)nprobe + (size_t)j];
+            ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, il->D), .probe = sub, .nprobe = ns, .k = k,
+                             .kc = k + KNN_RESCORE_MARGIN, .metric = metric, .bound = bound };
+            float *od = pd + (size_t)it * (size_t)k;
+            int64_t *oi = pi + (size_t)it * (size_t)k;
+            topk_heap_init(od, oi, k, order);
             for (int s = 0; s < il->n; s++) {
                 if (shard_knn(&sc, &dbs[s], &il->lists[s], &job, &e)) {
-#pragma omp critical(ivf_err)
-                    if (bad < 0 || i < bad) {
-                        bad = i;
+                    IVF_OMP("omp critical(ivf_err)")
+                    if (bad < 0 || it < bad) {
+                        bad = it;
                         first = e;
                     }
                     err_clear(&e);
@@ -593,10 +614,23 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
                     if (sc.si[c] != TOPK_NO_ID && topk_better(order, sc.sd[c], sc.si[c], od[0], oi[0]))
                         topk_heap_push(od, oi, k, order, sc.sd[c], sc.si[c]);
             }
-            topk_heap_sort(od, oi, k, order);
         }
+        free(sub);
         scratch_free(&sc);
     }
+    for (int64_t i = 0; i < Q && bad < 0; i++) {
+        float *od = out->dist + (size_t)i * (size_t)k;
+        int64_t *oi = out->ids + (size_t)i * (size_t)k;
+        for (int part = 0; part < parts; part++) {
+            const size_t at = ((size_t)i * (size_t)parts + (size_t)part) * (size_t)k;
+            for (int c = 0; c < k; c++)
+                if (pi[at + c] != TOPK_NO_ID && topk_better(order, pd[at + c], pi[at + c], od[0], oi[0]))
+                    topk_heap_push(od, oi, k, order, pd[at + c], pi[at + c]);
+        }
+        topk_heap_sort(od, oi, k, order);
+    }
+    free(pd);
+    free(pi);
     free(probe);
     if (bad >= 0) {
         *err = first;
@@ -642,13 +676,13 @@ int ivf_search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q
         int64_t bad = -1;
         Err first;
         err_clear(&first);
-#pragma omp parallel num_threads(resolve_threads(nthreads)) if (Q > 1)
+        IVF_OMP("omp parallel num_threads(resolve_threads(nthreads)) if (Q > 1)")
         {
             Scratch sc;
             scratch_init(&sc, 1, 1);
             Err e;
             err_clear(&e);
-#pragma omp for schedule(dynamic, 1)
+            IVF_OMP("omp for schedule(dynamic, 1)")
             for (int64_t i = 0; i < Q; i++) {
                 const float *qi = q + (size_t)i * (size_t)il->D;
                 ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, il->D), .probe = probe + (size_t)i * (size_t)nprobe,
@@ -658,7 +692,7 @@ int ivf_search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q
                     float nfmax = 0.0f;
                     scan_lists(&sc, &dbs[s], &il->lists[s], &job, block_range, &hits[i], &nfmax);
                     if (!(nfmax <= (float)KNN_MAX_NORM2) && check_probed(&dbs[s], &il->lists[s], &job, &e)) {
-#pragma omp critical(ivf_err)
+                        IVF_OMP("omp critical(ivf_err)")
                         if (bad < 0 || i < bad) {
                             bad = i;
                             first = e;

@@ -19,6 +19,14 @@
 #include "search/knn.h"
 #include "search/topk.h"
 
+/* OpenMP pragmas through _Pragma, so an OMP=0 build has no unknown-pragma
+ * warnings (as knn.c). */
+#ifdef _OPENMP
+#define KMEANS_OMP(directive) _Pragma(directive)
+#else
+#define KMEANS_OMP(directive)
+#endif
+
 /* Rng streams of the sample and of the cluster splits (rng.h: small numbers). */
 #define KMEANS_STREAM_SAMPLE 0x6b6d31u
 #define KMEANS_STREAM_SPLIT 0x6b6d32u
@@ -128,7 +136,7 @@ static void fixed_sums(int64_t *acc, int64_t *part, int T, const float *x, const
     const size_t kd = (size_t)k * (size_t)D, w = kd + (size_t)k;
     memset(acc, 0, w * sizeof *acc);
     if (T > 1) memset(part, 0, (size_t)(T - 1) * w * sizeof *part);
-#pragma omp parallel num_threads(T) if (T > 1)
+    KMEANS_OMP("omp parallel num_threads(T) if (T > 1)")
     {
 #ifdef _OPENMP
         const int t = omp_get_thread_num();
@@ -136,7 +144,7 @@ static void fixed_sums(int64_t *acc, int64_t *part, int T, const float *x, const
         const int t = 0;
 #endif
         int64_t *a = t == 0 ? acc : part + (size_t)(t - 1) * w;
-#pragma omp for schedule(static)
+        KMEANS_OMP("omp for schedule(static)")
         for (int64_t i = 0; i < n; i++) {
             int64_t *row = a + (size_t)assign[i] * (size_t)D;
             const float *xi = x + (size_t)i * (size_t)D;
