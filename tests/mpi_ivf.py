@@ -111,6 +111,15 @@ class IvfMpiTest(unittest.TestCase):
         rids, rdist = ivf_reference(self.x, self.q, self.cent, self.assign, nprobe, K)
         np.testing.assert_array_equal(ids, rids)
         np.testing.assert_allclose(dist, rdist, rtol=1e-5)
+        # one query on 2 threads (its probes dealt over the threads) and 2 ranks: the same answer
+        for i in (0, 7):
+            one = os.path.join(WORK, f"one{i}.npy")
+            np.save(one, self.q[i:i + 1])
+            out = run(2, "query", "--db", self.db1, "--queries", one, "--k", str(K), "--nprobe", str(nprobe),
+                      threads=2).stdout
+            oids, odist = parse_tsv(out, 1, K)
+            np.testing.assert_array_equal(oids[0], rids[i])
+            np.testing.assert_allclose(odist[0], rdist[i], rtol=1e-5)
         # IVF really is approximate here: some answer differs from the exact one
         eids, _ = parse_tsv(self.exact_v1, NQ, K)
         self.assertTrue((ids != eids).any())
