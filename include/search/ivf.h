@@ -91,8 +91,8 @@ int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err);
 void ivf_lists_free(IvfLists *l);
 
 /* Local.  list[i] = number of the centroid nearest to x[i] (exact L2, ties
- * to the smaller number), x[n][D], centroids[nlist][D].  Errors:
- * knn_search_local's (AE_ENUMERIC for a NaN/Inf vector). */
+ * to the smaller number: kmeans_assign), x[n][D], centroids[nlist][D].
+ * Errors: AE_ENUMERIC for a NaN/Inf or too large vector (knn_check_vectors). */
 int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int nthreads,
                Err *err);
 

@@ -17,10 +17,10 @@
  *     10 for the coarse quantizer of an IVF index, faiss Level1Quantizer).
  *
  * Across ranks: every rank holds its own part of the sample (any split).
- * Assignment: knn_search_local with k = 1 on the centroids (the kNN GEMM pass,
- * then exact re-scoring: knn.h "Exactness"), so a point's cluster is a pure
- * function of the point and the centroids, ties to the smaller centroid
- * number.  Sums: each coordinate is turned into a 64-bit fixed-point integer
+ * Assignment: kmeans_assign (the kNN GEMM, then exact re-scoring of the
+ * centroids the GEMM's error bound cannot exclude: knn.h "Exactness"), so a
+ * point's cluster is a pure function of the point and the centroids, ties to
+ * the smaller centroid number.  Sums: each coordinate is turned into a 64-bit fixed-point integer
  * with one scale for the whole sample (2^s, s chosen so that the sum of the
  * whole sample cannot overflow), so the per-cluster sums are exact integer
  * sums that do not depend on the order or the split; one
@@ -66,6 +66,20 @@ typedef struct KmeansStats {
  * int64 per id of [0, count) during the call.  Local. */
 int64_t kmeans_sample_size(int64_t count, int k);
 void kmeans_sample(int64_t *ids, int64_t n_sample, int64_t count, uint64_t seed);
+
+/* Local.  assign[i] = number of the centroid nearest to x[i] (x[n][D],
+ * centroids c[k][D]) by the exact distance of knn.h "Exactness" (double
+ * accumulation, rounded to float), ties to the smaller number: the same
+ * answer as knn_search_local with k = 1, for less work.  Float sgemm
+ * distances ||x||^2 + ||c||^2 - 2 x.c of blocks of points (gemm.h) give the
+ * smallest value f; only centroids within twice the GEMM rounding-error
+ * bound of f (knn.c's bound, Higham ch. 3) are re-scored exactly (usually
+ * one or two); a point whose norms could overflow the GEMM formula is
+ * re-scored against every centroid.  dist (may be NULL) gets the exact
+ * distances.  Points must be valid (knn_check_vectors).  OpenMP over blocks
+ * of points (BLAS single-threaded inside, threads.h). */
+void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, const float *c, int k, int D,
+                   int nthreads);
 
 /* Collective.  k-means of the sample held by all ranks together.
  *   centroids  out [k][D], the same bits on every rank

@@ -159,20 +159,14 @@ int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err)
     return AE_OK;
 }
 
-/* Queries per knn_search_local call of ivf_assign (bounds the TopK). */
-#define IVF_ASSIGN_BLOCK 65536
-
 int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int nthreads,
                Err *err)
 {
-    KnnDb cdb = { .x = centroids, .M = nlist, .D = D, .id_offset = 0, .ids = NULL, .mask = NULL };
-    for (int64_t i0 = 0; i0 < n; i0 += IVF_ASSIGN_BLOCK) {
-        int64_t m = n - i0 < IVF_ASSIGN_BLOCK ? n - i0 : IVF_ASSIGN_BLOCK;
-        TopK t;
-        if (knn_search_local(&t, x + (size_t)i0 * (size_t)D, m, &cdb, 1, KNN_L2, nthreads, err)) return err->code;
-        for (int64_t i = 0; i < m; i++) list[i0 + i] = (int32_t)t.ids[i];
-        topk_free(&t);
-    }
+    if (knn_check_vectors(x, n, D, "vector to assign to an IVF list", err)) return err->code;
+    int64_t *a = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    kmeans_assign(a, NULL, x, n, centroids, nlist, D, nthreads);
+    for (int64_t i = 0; i < n; i++) list[i] = (int32_t)a[i];
+    free(a);
     return AE_OK;
 }
 

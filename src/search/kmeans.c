@@ -7,6 +7,7 @@
 #include "search/kmeans.h"
 
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include "base/check.h"
 #include "base/rng.h"
+#include "nn/gemm.h"
 #include "search/knn.h"
 #include "search/topk.h"
 
@@ -39,6 +41,16 @@
  * which fewer threads are used (a thread's own accumulator costs k*D
  * int64 to clear and add). */
 #define KMEANS_SUM_MIN_WORK ((int64_t)1 << 20)
+
+/* Points per GEMM block of kmeans_assign (the block's distances to all
+ * centroids, KMEANS_ASSIGN_BLOCK x k floats, are kept at once). */
+#define KMEANS_ASSIGN_BLOCK 256
+
+/* The GEMM rounding-error bound of knn.c (gemm_err_bound): float32 unit
+ * roundoff, the safety factor and the largest scale without overflow. */
+#define KMEANS_U_F32 ((double)FLT_EPSILON / 2.0)
+#define KMEANS_ERR_SAFETY 2.0
+#define KMEANS_GEMM_MAX_SCALE ((double)FLT_MAX / 16.0)
 
 /* Largest scale exponent (keeps ldexp finite for all-zero or tiny data). */
 #define KMEANS_MAX_SHIFT 900
@@ -64,6 +76,89 @@ void kmeans_sample(int64_t *ids, int64_t n_sample, int64_t count, uint64_t seed)
         ids[i] = perm[i];
     }
     free(perm);
+}
+
+/* knn.h's exact distance: double accumulation in order d = 0..D-1, rounded
+ * once to float (bit for bit knn.c's dist_exact). */
+static float dist_exact_l2(const float *a, const float *b, int D)
+{
+    double s = 0.0;
+    for (int d = 0; d < D; d++) {
+        double t = (double)a[d] - (double)b[d];
+        s += t * t;
+    }
+    return (float)s;
+}
+
+static double sq_norm(const float *v, int D)
+{
+    double s = 0.0;
+    for (int d = 0; d < D; d++) s += (double)v[d] * (double)v[d];
+    return s;
+}
+
+void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, const float *c, int k, int D,
+                   int nthreads)
+{
+    float *cn = xmalloc((size_t)k * sizeof *cn);
+    double cmax2 = 0.0;
+    for (int j = 0; j < k; j++) {
+        double v = sq_norm(c + (size_t)j * (size_t)D, D);
+        cn[j] = (float)v;
+        if (v > cmax2) cmax2 = v;
+    }
+    const int64_t nblocks = (n + KMEANS_ASSIGN_BLOCK - 1) / KMEANS_ASSIGN_BLOCK;
+#ifdef _OPENMP
+    const int T = nthreads > 0 ? nthreads : omp_get_max_threads();
+#else
+    const int T = 1;
+    (void)nthreads;
+#endif
+    KMEANS_OMP("omp parallel num_threads(T) if (nblocks > 1)")
+    {
+        float *ip = xmalloc((size_t)KMEANS_ASSIGN_BLOCK * (size_t)k * sizeof *ip);
+        KMEANS_OMP("omp for schedule(dynamic, 1)")
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t i0 = b * KMEANS_ASSIGN_BLOCK;
+            const int nb = (int)(n - i0 < KMEANS_ASSIGN_BLOCK ? n - i0 : KMEANS_ASSIGN_BLOCK);
+            const float *xb = x + (size_t)i0 * (size_t)D;
+            gemm_nt(ip, xb, c, nb, k, D, 0.0f); /* ip[i][j] = x_i . c_j */
+            for (int i = 0; i < nb; i++) {
+                const float *xi = xb + (size_t)i * (size_t)D;
+                const double xn2 = sq_norm(xi, D);
+                const float xn = (float)xn2;
+                float *f = ip + (size_t)i * (size_t)k;
+                float fmin = INFINITY;
+                for (int j = 0; j < k; j++) {
+                    f[j] = xn + cn[j] - 2.0f * f[j];
+                    if (f[j] < fmin) fmin = f[j];
+                }
+                /* |f_j - r_j| <= bound for every centroid j (knn.c's
+                 * gemm_err_bound); r* <= fmin + bound, so any j with f_j >
+                 * fmin + 2 bound is strictly worse than the best */
+                const double scale = (sqrt(xn2) + sqrt(cmax2)) * (sqrt(xn2) + sqrt(cmax2));
+                const double bound =
+                    scale < KMEANS_GEMM_MAX_SCALE
+                        ? KMEANS_ERR_SAFETY * ((D + 4.0) * KMEANS_U_F32 * scale + (D + 4.0) * (double)FLT_MIN)
+                        : INFINITY;
+                const double cut = (double)fmin + 2.0 * bound;
+                int best = -1;
+                float rbest = INFINITY;
+                for (int j = 0; j < k; j++) {
+                    if (!((double)f[j] <= cut) && isfinite(cut)) continue;
+                    float r = dist_exact_l2(xi, c + (size_t)j * (size_t)D, D);
+                    if (best < 0 || r < rbest) {
+                        best = j;
+                        rbest = r;
+                    }
+                }
+                assign[i0 + i] = best;
+                if (dist) dist[i0 + i] = rbest;
+            }
+        }
+        free(ip);
+    }
+    free(cn);
 }
 
 /* Empty clusters get half of a large one (faiss split_clusters).  counts[k]
@@ -180,30 +275,24 @@ int kmeans_train(const ParCtx *ctx, float *centroids, const float *x, const int6
     const int s = fixed_shift(ctx, x, n, D, n_total);
     int64_t *acc = xmalloc((kd + (size_t)k) * sizeof *acc); /* [k][D] sums, then [k] counts */
     int64_t *assign = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *assign);
+    float *dist = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *dist);
     double *counts = xmalloc((size_t)k * sizeof *counts);
     const double scale = ldexp(1.0, s), unscale = ldexp(1.0, -s); /* powers of 2: exact products */
     Rng r;
     rng_seed(&r, seed, KMEANS_STREAM_SPLIT);
     const int T = kmeans_threads(nthreads, n, D);
     int64_t *part = T > 1 ? xmalloc((size_t)(T - 1) * (kd + (size_t)k) * sizeof *part) : NULL;
-    int rc = AE_OK;
     for (int it = 0; it < iters; it++) {
-        KnnDb cdb = { .x = centroids, .M = k, .D = D, .id_offset = 0, .ids = NULL, .mask = NULL };
-        TopK nn;
-        rc = knn_search_local(&nn, x, n, &cdb, 1, KNN_L2, nthreads, err);
-        if (par_agree(ctx, err)) {
-            rc = err->code;
-            break;
-        }
-        double obj = 0;
-        for (int64_t i = 0; i < n; i++) {
-            assign[i] = nn.ids[i];
-            obj += nn.dist[i];
-        }
-        topk_free(&nn);
+        const int last = it == iters - 1;
+        kmeans_assign(assign, last ? dist : NULL, x, n, centroids, k, D, nthreads);
         fixed_sums(acc, part, T, x, assign, n, D, k, scale);
-        par_allreduce_sum_i64(ctx, acc, kd + (size_t)k);
-        par_allreduce_sum_f64(ctx, &obj, 1);
+        par_allreduce_sum_i64(ctx, acc, kd + (size_t)k); /* the one collective of an iteration */
+        if (last) {
+            double obj = 0;
+            for (int64_t i = 0; i < n; i++) obj += dist[i];
+            par_allreduce_sum_f64(ctx, &obj, 1);
+            stats->objective = obj;
+        }
         for (int c = 0; c < k; c++) {
             counts[c] = (double)acc[kd + (size_t)c];
             if (acc[kd + (size_t)c] == 0) continue;
@@ -213,11 +302,11 @@ int kmeans_train(const ParCtx *ctx, float *centroids, const float *x, const int6
         }
         stats->splits += split_empty(centroids, counts, k, D, n_total, &r);
         stats->iters = it + 1;
-        stats->objective = obj;
     }
     free(acc);
     free(part);
     free(assign);
+    free(dist);
     free(counts);
-    return rc;
+    return AE_OK;
 }
