@@ -1,9 +1,10 @@
 """FAISS peer of bench/bench_ivf.c (issue 15): faiss.IndexIVFFlat with the
 same nlist on the same vectors (DIR/db/shard-00000.vectors.npy and DIR/q.npy
 written by bench_ivf), the same thread count, k and nprobe sweep: the time of
-train() (k-means; FAISS subsamples to 256 x nlist itself), then per nprobe one
+train() (k-means; FAISS subsamples to 256 x nlist itself) and of train() + add()
+(aesim's train-ivf also assigns every vector to its list), then per nprobe one
 call of NQ queries and NQ1 calls of one query, with recall@k against the exact
-ids aesim wrote (DIR/exact_ids.npy).  Adding the vectors is not timed.
+ids aesim wrote (DIR/exact_ids.npy).
 Output: JSON lines of kind "ivf" as bench_ivf.c describes (impl "faiss").
 Usage: faiss_ivf.py --data-dir DIR --nlist 1024 --k 10 --nq-one 200 --nq-many 1000
        --nprobe 1,2,4,8,16,32,64 --threads 2
@@ -48,7 +49,10 @@ def main():
     sec = time.perf_counter() - t0
     base = {"kind": "ivf", "impl": "faiss", "N": n, "d": d, "nlist": a.nlist, "threads": a.threads}
     emit(dict(base, what="train", nprobe=0, nq=0, items=1, seconds=sec, recall=0))
+    t0 = time.perf_counter()
     index.add(x)
+    # train + add: what aesim's train-ivf does (k-means, then every vector to its list)
+    emit(dict(base, what="train+add", nprobe=0, nq=0, items=1, seconds=sec + time.perf_counter() - t0, recall=0))
     del x
     for p in [int(v) for v in a.nprobe.split(",")]:
         index.nprobe = min(p, a.nlist)

@@ -9,7 +9,7 @@ eval --recall, --append), on Fashion-MNIST training images as pixel vectors
 - search: --nprobe N with P = 1, 2, 3 gives the same TSV, equal to a numpy
   IVF search (nprobe nearest centroids, then float64 exact distances over
   those lists' rows; ids equal, distances within 1e-5 relative); --nprobe
-  NLIST gives exactly the --exact answer; --label and --radius with the IVF
+  NLIST gives exactly the --exact answer (L2 and cosine); --label and --radius with the IVF
   equal the numpy search restricted to those rows / within that radius;
 - index --ivf 16 (P = 2) on encoder codes of a small checkpoint trained here,
   then --append (P = 3): every vector, old and new, is in its nearest list
@@ -135,6 +135,22 @@ class IvfMpiTest(unittest.TestCase):
         a = run(1, "query", "--db", self.db1, "--queries", one, "--k", "7", "--nprobe", str(NLIST), threads=2).stdout
         b = run(1, "query", "--db", self.db1, "--queries", one, "--k", "7", "--exact").stdout
         self.assertEqual(a, b)
+
+    def test_cosine(self):
+        # cosine: lists probed by L2 to the centroids, candidates scored by cosine;
+        # nprobe = NLIST is the exact cosine answer, and the order is by 1 - cosine
+        a = run(3, "query", "--db", self.db1, "--queries", self.qpath, "--k", str(K), "--metric", "cosine",
+                "--nprobe", str(NLIST)).stdout
+        b = run(2, "query", "--db", self.db1, "--queries", self.qpath, "--k", str(K), "--metric", "cosine",
+                "--exact").stdout
+        self.assertEqual(a, b)
+        ids, dist = parse_tsv(run(2, "query", "--db", self.db1, "--queries", self.qpath, "--k", str(K), "--metric",
+                                  "cosine", "--nprobe", "4").stdout, NQ, K)
+        xn = self.x / np.linalg.norm(self.x.astype(np.float64), axis=1, keepdims=True)
+        qn = self.q / np.linalg.norm(self.q.astype(np.float64), axis=1, keepdims=True)
+        for i in range(NQ):
+            np.testing.assert_allclose(dist[i], 1 - xn[ids[i]] @ qn[i], atol=1e-5)
+            self.assertTrue((np.diff(dist[i]) >= -1e-7).all())
 
     def test_filters_and_radius(self):
         nprobe = 4

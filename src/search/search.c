@@ -586,6 +586,9 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     par_err0(ctx, "query: %lld quer%s | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s\n",
              (long long)qs.Q, qs.Q == 1 ? "y" : "ies", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
              vecdb_metric_name(metric));
+    if (si.nprobe > 0)
+        par_err0(ctx, "query: IVF index, %d lists, scanning the %d nearest per query (--exact: full scan)\n",
+                 db.ivf_nlist, si.nprobe);
     if (cfg->k > 0) {
         /* k beyond the database returns all of it: no need for longer lists. */
         int k = cfg->k;
