@@ -1,5 +1,6 @@
 """MPI tests of the IVF index of aesim-search (train-ivf, --nprobe, --exact,
 eval --recall, --append), on Fashion-MNIST training images as pixel vectors
+(scaled to [0, 1])
 (Debian's dataset-fashion-mnist), written as a database with numpy
 (tests/ivf_common.py), checked against references nobody here wrote:
 - k-means: the centroids and lists files are the same bytes whether P = 1 or
@@ -53,9 +54,11 @@ class IvfMpiTest(unittest.TestCase):
         shutil.rmtree(WORK, ignore_errors=True)
         os.makedirs(WORK)
         x, y = fashion("train")
-        cls.x, cls.y = x[:N], y[:N]
+        # pixels / 255: non-integer values, so float sums depend on their order
+        # (integer pixels sum exactly in float and could not show it)
+        cls.x, cls.y = (x[:N] / 255).astype(np.float32), y[:N]
         q, _ = fashion("t10k")
-        cls.q = q[:NQ]
+        cls.q = (q[:NQ] / 255).astype(np.float32)
         cls.qpath = os.path.join(WORK, "q.npy")
         np.save(cls.qpath, cls.q)
         # Two copies of a 4-shard database; P = 3 gives rank 0 two shards.

@@ -120,6 +120,9 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     par_bcast(ctx, qv, (size_t)es->Q * (size_t)db->D * sizeof *qv, 0);
     if (search_shards_open(ctx, &ls, db, metric, NULL, err)) goto done;
     if (search_ivf_open(ctx, &si, cfg, db, &ls, err)) goto done;
+    if (si.nprobe > 0)
+        par_err0(ctx, "eval: aesim row searched with the IVF index, %d lists, nprobe %d (--exact: full scan)\n",
+                 db->ivf_nlist, si.nprobe);
     if (search_ivf_knn(ctx, &res, qv, es->Q, &ls, &si, es->kk, metric, nthreads, err)) goto done;
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
