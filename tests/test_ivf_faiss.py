@@ -3,6 +3,9 @@ at equal nlist and nprobe: recall@10 (share of the exact 10 nearest found,
 faiss's "10-recall@10", ground truth from faiss.IndexFlatL2) on
 - the 60,000 Fashion-MNIST training images as 784 pixel values (Debian's
   dataset-fashion-mnist), 500 test images as queries, nlist = 64;
+- the same images as the encoder's codes (D = 392) of a checkpoint trained
+  here for 60 steps, indexed by aesim-search index, 500 test images' codes as
+  queries, nlist = 64;
 - clustered synthetic vectors (overlapping Gaussian blobs, as faiss's own
   benchmarks use), N = 50,000, D = 64, nlist = 100.
 Both sides run k-means (10 iterations, a sample of 256 x nlist vectors) from
@@ -17,6 +20,7 @@ One process (an MPI singleton), so it also runs in MPI=0 builds.
 """
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -25,8 +29,10 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ivf_common import clustered, fashion, parse_tsv, run, write_db  # noqa: E402
+from ivf_common import (BUILD, ENV, FASHION, ROOT, clustered, fashion, parse_tsv, run,  # noqa: E402
+                        write_db)
 
+TRAIN = os.path.join(ROOT, BUILD, "aesim-train")
 TMP = os.environ.get("AESIM_TEST_TMP") or tempfile.mkdtemp()
 WORK = os.path.join(TMP, "test_ivf_faiss")
 K = 10
@@ -96,6 +102,26 @@ class IvfFaissTest(unittest.TestCase):
         x, _ = fashion("train")
         q, _ = fashion("t10k")
         self.compare("fashion", x, q[:500], 64, [1, 2, 4, 8, 16], shards=3)
+
+    def test_fashion_encoder_codes(self):
+        # the encoder's codes (D = 392) of a small checkpoint trained here on the
+        # Fashion-MNIST training images, indexed by aesim-search itself
+        ck = os.path.join(WORK, "run")
+        shutil.rmtree(ck, ignore_errors=True)
+        train = os.path.join(FASHION, "train-images-idx3-ubyte.gz")
+        p = subprocess.run([TRAIN, "--data", train, "--max-steps", "60", "--batch-size", "64", "--seed", "3",
+                            "--threads", "2", "--out", ck, "--grid", "0"], env=ENV, capture_output=True, text=True,
+                           timeout=600)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        vecs = []
+        for name, src in (("codes_db", train), ("codes_q", os.path.join(FASHION, "t10k-images-idx3-ubyte.gz"))):
+            d = os.path.join(WORK, name)
+            shutil.rmtree(d, ignore_errors=True)
+            run(0, "index", "--model", os.path.join(ck, "checkpoint.npz"), "--data", src, "--db", d, threads=2)
+            vecs.append(np.load(os.path.join(d, "shard-00000.vectors.npy")))
+        x, q = vecs
+        self.assertEqual(x.shape, (60000, 392))
+        self.compare("codes", x, q[:500], 64, [1, 2, 4, 8, 16], shards=3)
 
     def test_clustered_synthetic(self):
         x = clustered(50000, 64, 200, seed=11)
