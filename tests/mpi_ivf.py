@@ -348,6 +348,24 @@ class IvfBadInputTest(unittest.TestCase):
         np.save(path, a)
         self.refused(d, path, "repeated")
 
+    def test_lists_offset_beyond_rows(self):
+        d, man = self.copy("bad_offset")
+        path = os.path.join(d, f"shard-00000.ivf-{man['ivf']['crc32']}.lists.npy")
+        a = np.load(path)
+        a[3] = 10 ** 12
+        np.save(path, a)
+        self.refused(d, path, "offset of list 3")
+
+    def test_retrain_replaces_files(self):
+        d, man = self.copy("retrain")
+        run(2, "train-ivf", "--db", d, "--nlist", "5")
+        new = load_json(os.path.join(d, "manifest.json"))
+        self.assertEqual(new["ivf"]["nlist"], 5)
+        self.assertEqual(sorted(f for f in os.listdir(d) if "ivf" in f),
+                         sorted([new["ivf"]["centroids"]] +
+                                [f"shard-{s:05d}.ivf-{new['ivf']['crc32']}.lists.npy" for s in range(2)]))
+        run(2, "query", "--db", d, "--queries", self.qpath, "--k", "3")
+
     def test_lists_truncated(self):
         d, man = self.copy("trunc_lists")
         path = os.path.join(d, f"shard-00000.ivf-{man['ivf']['crc32']}.lists.npy")

@@ -126,13 +126,15 @@ int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err)
         rc = err_set(err, AE_EFORMAT, "%s: list offsets start at %lld and end at %lld, expected 0 and %lld rows (%s)",
                      path, (long long)v[0], (long long)v[nlist], (long long)n, IVF_HINT);
     } else {
+        /* offsets first (non-decreasing, within 0..n), so no row index below
+         * can point outside the array */
+        for (int j = 0; j < nlist && rc == AE_OK; j++)
+            if (v[j + 1] < v[j] || v[j + 1] > n)
+                rc = err_set(err, AE_EFORMAT, "%s: offset of list %d (%lld) is below that of list %d (%lld) or above "
+                                              "the %lld rows (%s)", path, j + 1, (long long)v[j + 1], j,
+                             (long long)v[j], (long long)n, IVF_HINT);
         uint8_t *seen = xcalloc((size_t)(n > 0 ? n : 1), 1);
         for (int j = 0; j < nlist && rc == AE_OK; j++) {
-            if (v[j + 1] < v[j]) {
-                rc = err_set(err, AE_EFORMAT, "%s: offset of list %d (%lld) is below that of list %d (%lld) (%s)",
-                             path, j + 1, (long long)v[j + 1], j, (long long)v[j], IVF_HINT);
-                break;
-            }
             const int64_t *rows = v + nlist + 1;
             for (int64_t t = v[j]; t < v[j + 1]; t++) {
                 int64_t r = rows[t];

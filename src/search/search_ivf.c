@@ -19,6 +19,22 @@
 /* Most queries of eval --recall (the exact answers are kept in memory). */
 #define RECALL_MAX_QUERIES ((int64_t)1 << 20)
 
+/* After a retraining is committed: the files of the previous index (named
+ * by its CRC, no longer in the manifest) are removed; a failure only leaves
+ * an unused file behind. */
+static void remove_ivf_files(const VecDb *db, int nlist, uint32_t crc)
+{
+    VecDb old = *db;
+    old.ivf_nlist = nlist;
+    old.ivf_crc = crc;
+    char path[VECDB_PATH_BYTES];
+    Err e;
+    err_clear(&e);
+    if (!ivf_centroids_path(path, sizeof path, &old, &e)) remove(path);
+    for (int s = 0; s < old.n_shards; s++)
+        if (!ivf_lists_path(path, sizeof path, &old, s, &e)) remove(path);
+}
+
 int search_train_ivf(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
 {
     err_clear(err);
@@ -30,8 +46,11 @@ int search_train_ivf(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, E
                   "iterations\n", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size, cfg->nlist,
              (long long)kmeans_sample_size(db.count, cfg->nlist), IVF_KMEANS_ITERS);
     KmeansStats st;
+    const int old_nlist = db.ivf_nlist;
+    const uint32_t old_crc = db.ivf_crc;
     if (ivf_train_db(ctx, &db, cfg->nlist, IVF_KMEANS_ITERS, nthreads, &st, err) == AE_OK) {
-        if (ctx->rank == 0) vecdb_write_manifest(&db, err);
+        if (ctx->rank == 0 && vecdb_write_manifest(&db, err) == AE_OK && old_nlist > 0 && old_crc != db.ivf_crc)
+            remove_ivf_files(&db, old_nlist, old_crc);
         if (par_agree(ctx, err) == AE_OK)
             par_err0(ctx, "train-ivf: done in %.2f s | %d iterations, %lld cluster split(s), objective %.6g | "
                           "centroids crc32 %08x\n", timer_now() - t0, st.iters, (long long)st.splits, st.objective,
