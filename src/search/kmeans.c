@@ -113,6 +113,7 @@ void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, cons
 #else
     const int T = 1;
     (void)nthreads;
+    (void)T;
 #endif
     KMEANS_OMP("omp parallel num_threads(T) if (nblocks > 1)")
     {
