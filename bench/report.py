@@ -431,6 +431,50 @@ def machine_section(recs, info):
     return out
 
 
+def ivf_section(recs, info):
+    """IVF index (issue 15): aesim beside FAISS IndexIVFFlat, per nprobe."""
+    iv = [r for r in recs if r["kind"] == "ivf"]
+    if not iv:
+        return []
+
+    def one(impl, what, nprobe=0, nq=0):
+        m = [r for r in iv if r["impl"] == impl and r["what"] == what and r["nprobe"] == nprobe and r["nq"] == nq]
+        return m[0] if m else None
+
+    def qps(r):
+        return r["items"] / r["seconds"] if r and r["seconds"] > 0 else None
+
+    def f(v, nd=1):
+        return "–" if v is None else f"{v:,.{nd}f}"
+
+    def ratio(a, b):
+        return "–" if a is None or b is None else f"{a / b:.2f}"
+
+    ta, tf, tfa = one("aesim", "train"), one("faiss", "train"), one("faiss", "train+add")
+    first = ta or tf
+    nq_many = max(r["nq"] for r in iv)
+    out = [f"N = {first['N']:,}, d = {first['d']}, nlist = {first['nlist']}, {first['threads']} threads, clustered "
+           "synthetic vectors (bench/bench_ivf.c); recall@10 against the exact ids. Training (k-means, then every "
+           f"vector to its list): aesim train-ivf {f(ta and ta['seconds'], 2)} s, FAISS train() + add() "
+           f"{f(tfa and tfa['seconds'], 2)} s (train() alone {f(tf and tf['seconds'], 2)} s); FAISS ÷ aesim "
+           f"{ratio(tfa and tfa['seconds'], ta and ta['seconds'])}."]
+    if "ivf_index_bytes" in info:
+        ib, vb = float(info["ivf_index_bytes"]), float(info["ivf_vector_bytes"])
+        out[0] += f" Index memory beside the vectors: {ib / 2**20:,.1f} MiB = {100 * ib / vb:.2f}% of the vectors."
+    e1, em = qps(one("aesim", "exact", 0, 1)), qps(one("aesim", "exact", 0, nq_many))
+    out += ["", f"aesim exact search: {f(e1)} queries/s at nq = 1, {f(em)} at nq = {nq_many:,}.", "",
+            f"| nprobe | recall aesim | recall FAISS | nq=1 aesim q/s | FAISS | aesim ÷ FAISS | aesim ÷ exact | "
+            f"nq={nq_many:,} aesim q/s | FAISS | aesim ÷ FAISS | aesim ÷ exact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted({r["nprobe"] for r in iv if r["what"] == "search"}):
+        a1, f1 = one("aesim", "search", p, 1), one("faiss", "search", p, 1)
+        am, fm = one("aesim", "search", p, nq_many), one("faiss", "search", p, nq_many)
+        out.append(f"| {p} | {f(am and am['recall'], 4)} | {f(fm and fm['recall'], 4)} | {f(qps(a1))} | "
+                   f"{f(qps(f1))} | {ratio(qps(a1), qps(f1))} | {ratio(qps(a1), e1)} | {f(qps(am))} | {f(qps(fm))} | "
+                   f"{ratio(qps(am), qps(fm))} | {ratio(qps(am), em)} |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", required=True)
@@ -463,6 +507,9 @@ def main():
               "malloc keep = GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=16GiB (freed "
               "memory stays in the process); +THP adds glibc.malloc.hugetlb=1 (transparent huge pages).", ""]
     lines += torch_table(recs, lim)
+    ivf = ivf_section(recs, info)
+    if ivf:
+        lines += ["", "## IVF index (issue 15): aesim vs FAISS IndexIVFFlat", ""] + ivf
     prof = profile_section(recs)
     if prof:
         lines += ["", "## Profile: aesim training step, per layer", ""] + prof

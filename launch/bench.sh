@@ -31,8 +31,11 @@
 #             (bench/serve_load.py, bounded in requests and time, every answer
 #             checked against query) beside query's batch throughput on the
 #             same vectors (bench/serve_bench.py)
+#   ivf       IVF index (issue 15), N=1,000,000 d=512 clustered vectors,
+#             nlist 1024: training time, recall@10 and queries/s at nq=1 and
+#             nq=1,000 for nprobe 1..64, beside FAISS IndexIVFFlat
 # Environment: BUILD (build), PYTHON (/usr/bin/python3), MPICC (mpicc),
-# BENCH_QUICK, BENCH_THREADS, BENCH_KNN_N, BENCH_KNN_LARGE_NQ, BENCH_OUT
+# BENCH_QUICK, BENCH_THREADS, BENCH_KNN_N, BENCH_KNN_LARGE_NQ, BENCH_IVF_N, BENCH_OUT
 # (report path), BENCH_TMP (scratch folder for the data shared with the
 # peers; default a folder in /dev/shm).  OPENBLAS_CORETYPE, if set, is left
 # as it is (it is reported).  Other engineers' jobs on the same cores make
@@ -58,6 +61,7 @@ if [ "$QUICK" = 1 ]; then
     batch=16 enc_batch=32 runs=3 train_runs=3 profile=2
     steps64=1 warm64=1 steps32=1 warm32=1 stepsmn=1 warmmn=1 stepsenc=1 warmenc=1
     knn_n=${BENCH_KNN_N:-50000} knn_large=${BENCH_KNN_LARGE_NQ:-300/3}
+    ivf_n=${BENCH_IVF_N:-50000} ivf_nlist=64 ivf_nq_one=50 ivf_nq_many=200
     report=${BENCH_OUT:-$out_dir/latest-quick.md}
 else
     gemm_n=2048 mem_mib=1024 lim_runs=5
@@ -67,6 +71,7 @@ else
     batch=128 enc_batch=256 runs=3 train_runs=5 profile=5
     steps64=8 warm64=2 steps32=16 warm32=3 stepsmn=100 warmmn=5 stepsenc=12 warmenc=2
     knn_n=${BENCH_KNN_N:-1000000} knn_large=${BENCH_KNN_LARGE_NQ:-3000/3}
+    ivf_n=${BENCH_IVF_N:-1000000} ivf_nlist=1024 ivf_nq_one=200 ivf_nq_many=1000
     report=${BENCH_OUT:-bench/results/latest.md}
 fi
 
@@ -75,7 +80,7 @@ make -s BUILD="$BUILD" all >"$out_dir/make.log" 2>&1 || { cat "$out_dir/make.log
 cflags=(-O2 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Iinclude -Ibench -fopenmp
         -DAESIM_MPI=1 -DAESIM_OMP=1)
 read -r -a pkg <<<"$(pkg-config --cflags --libs openblas libpng zlib libzip jansson libjpeg)"
-for prog in bench_limits bench_train bench_knn bench_allreduce bench_knn_mpi; do
+for prog in bench_limits bench_train bench_knn bench_allreduce bench_knn_mpi bench_ivf; do
     "$MPICC" "${cflags[@]}" "bench/$prog.c" bench/bench_common.c "$BUILD/libaesim.a" "${pkg[@]}" -lm \
         -o "$out_dir/$prog"
 done
@@ -194,6 +199,17 @@ knn_pair() {  # knn_pair D NQ-LIST RUNS
 knn_pair 512 "$knn_large,100" "$runs"
 # one query takes well under a second: more runs for a stable median
 knn_pair 392 1 $((runs * 5))
+
+# IVF (issue 15): clustered synthetic vectors, aesim's train-ivf and nprobe
+# search beside FAISS IndexIVFFlat (same vectors, nlist, nprobe, threads).
+echo "== ivf N=$ivf_n d=512 nlist=$ivf_nlist"
+load "ivf"
+mkdir -p "$tmp/ivf"
+"$out_dir/bench_ivf" --n "$ivf_n" --d 512 --nlist "$ivf_nlist" --nq-one "$ivf_nq_one" --nq-many "$ivf_nq_many" \
+    --threads "$T" --data-dir "$tmp/ivf" | collect
+"$PYTHON" bench/faiss_ivf.py --data-dir "$tmp/ivf" --nlist "$ivf_nlist" --nq-one "$ivf_nq_one" \
+    --nq-many "$ivf_nq_many" --threads "$T" | collect
+rm -rf "$tmp/ivf"
 
 limits
 info loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"

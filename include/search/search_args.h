@@ -1,6 +1,6 @@
 /*
  * search_args.h - command line of aesim-search (getopt_long): the
- * subcommand (index, query, eval, serve), its options, their defaults and units,
+ * subcommand (index, query, eval, serve, train-ivf), its options, their defaults and units,
  * the --help text, and the checks that need no file (which options go with
  * which subcommand, k >= 1, exactly one query input, ...).
  * No I/O besides printing usage; no MPI (every rank parses the same argv).
@@ -35,7 +35,7 @@
 #define SEARCH_MAX_BODY_MIB 1024
 #define SEARCH_DEFAULT_TIMEOUT_S 10
 
-typedef enum { SEARCH_NONE = 0, SEARCH_INDEX = 1, SEARCH_QUERY = 2, SEARCH_EVAL = 3, SEARCH_SERVE = 4 } SearchCmd;
+typedef enum { SEARCH_NONE = 0, SEARCH_INDEX = 1, SEARCH_QUERY = 2, SEARCH_EVAL = 3, SEARCH_SERVE = 4, SEARCH_TRAIN_IVF = 5 } SearchCmd;
 
 /* Metric choice: from the manifest unless given. */
 enum { SEARCH_METRIC_DEFAULT = -1 };
@@ -77,6 +77,10 @@ typedef struct SearchConfig {
     int timeout_s;                  /* serve --timeout seconds */
     int precision;                  /* --precision: ModelPrecision (model.h) of the encoder, MODEL_FP32 default */
     int help;                       /* --help given */
+    int nlist;                      /* index --ivf N / train-ivf --nlist N: IVF lists, 0 = no IVF */
+    int nprobe;                     /* query/eval --nprobe N, 0 = IVF_DEFAULT_NPROBE */
+    int exact;                      /* query/eval --exact: full scan even with an IVF */
+    int recall;                     /* eval --recall: recall@k and queries/s of IVF vs exact, nprobe sweep */
 } SearchConfig;
 
 /* Parses argv (argv[1] = subcommand) into cfg, defaults first.  With --help

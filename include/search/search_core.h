@@ -115,6 +115,21 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
 int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
                  float radius, KnnMetric metric, int nthreads, Err *err);
 
+/* Collective.  The rank-0 half of search_knn: gathers every rank's local
+ * top-k lists local (Q x k, sorted, e.g. this rank's shards merged) and
+ * merges them (knn_merge) into *out on rank 0 (zeroed TopK elsewhere).  Q,
+ * k and metric must be the same on every rank.  Used by the IVF search
+ * (ivf.h). */
+void search_merge_topk(const ParCtx *ctx, TopK *out, const TopK *local, int64_t Q, int k, KnnMetric metric);
+
+/* Collective.  The rank-0 half of search_range: gathers every rank's range
+ * hits parts[n_parts] (each over the same Q queries, any order within a
+ * query) into *out on rank 0, sorted best first, ties by id.  err holds this
+ * rank's error so far (agreed here).  Errors: that one, or AE_EARG when one
+ * rank has more than SEARCH_RANGE_MAX_HITS hits. */
+int search_merge_range(const ParCtx *ctx, KnnRange *out, const KnnRange *parts, int n_parts, int64_t Q,
+                       KnnMetric metric, Err *err);
+
 /* Top-k lists without their padding (and, with has_radius, without entries
  * whose reported distance exceeds radius) as a KnnRange (r->lims[Q+1],
  * ids, dist; free with knn_range_free). */

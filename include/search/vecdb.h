@@ -33,6 +33,12 @@
  * vecdb_read checks all of it: types, version, D >= 1, shard numbers equal
  * to their positions, contiguous ids, and counts that add up.
  *
+ * Version 2 (written when the database has an IVF index, ivf.h) adds
+ *   "ivf": { "nlist": NLIST, "crc32": "8 hex digits" (zlib CRC-32 of the
+ *            centroids' data bytes), "centroids": "ivf-<crc32>.centroids.npy" }
+ * and, per shard, DIR/shard-SSSSS.ivf-<crc32>.lists.npy (ivf.h).  Version-1
+ * databases still open (no IVF: searches stay exact).
+ *
  * Reading for search: vecdb_shard_map maps a shard's files read-only with
  * mmap(2), so a rank only touches the shards it owns (the OS pages in what
  * the scan reads).  Which rank owns a shard: vecdb_shard_owner, shard s goes
@@ -53,6 +59,8 @@
 
 #define VECDB_FORMAT "aesim-vecdb"
 #define VECDB_VERSION 1
+/* Version of a database with an IVF index (the "ivf" key). */
+#define VECDB_VERSION_IVF 2
 #define VECDB_MANIFEST "manifest.json"
 /* Longest path handled (folder + file name), bytes including the NUL. */
 #define VECDB_PATH_BYTES 4096
@@ -105,6 +113,8 @@ typedef struct VecDb {
     VecDbSource *sources;        /* [n_sources] in id order */
     int n_shards;
     VecDbShard *shards;          /* [n_shards]; shard s has number s */
+    int ivf_nlist;               /* IVF lists (version 2), 0 = no IVF index */
+    uint32_t ivf_crc;            /* CRC-32 of the IVF centroids (names their files) */
 } VecDb;
 
 /* A new, empty database description for folder dir (no file is written). */

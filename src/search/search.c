@@ -29,6 +29,7 @@
 #include "data/image_decode.h"
 #include "search/search_core.h"
 #include "data/sheet.h"
+#include "search/search_ivf.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
 #include "search/whiten.h"
@@ -179,6 +180,28 @@ static double index_pixel_sum(const ImageSet *src, int64_t lo, int64_t n)
     return sum;
 }
 
+/* --append to a database with an IVF index: this rank's new shard gets its
+ * lists (nearest centroid of each vector) before the manifest lists it. */
+static int search_index_ivf_lists(const ParCtx *ctx, const VecDb *db, const float *vec, int64_t n, int nthreads,
+                                  Err *err)
+{
+    float *cent = NULL;
+    int32_t *list = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *list);
+    if (!ivf_read_centroids(&cent, db, err) && !ivf_assign(list, vec, n, cent, db->ivf_nlist, db->D, nthreads, err))
+        ivf_write_lists(db, db->n_shards + ctx->rank, list, n, err);
+    free(cent);
+    free(list);
+    return par_agree(ctx, err);
+}
+
+/* index --ivf N: train the IVF index of the database just committed. */
+static int search_index_train_ivf(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
+{
+    SearchConfig c = *cfg;
+    c.cmd = SEARCH_TRAIN_IVF;
+    return search_train_ivf(ctx, &c, nthreads, err);
+}
+
 int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
 {
     err_clear(err);
@@ -248,6 +271,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     }
     vecdb_write_shard(cfg->db, db.n_shards + ctx->rank, vec, labels, name_ptrs, n, D, first_id, err);
     if (par_agree(ctx, err)) goto done;
+    if (db.ivf_nlist > 0 && search_index_ivf_lists(ctx, &db, vec, n, nthreads, err)) goto done;
 
     /* Rank 0 commits: the manifest lists the new source and shards. */
     counts = xcalloc((size_t)P, sizeof *counts);
@@ -267,6 +291,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         free(item_counts);
     }
     if (par_agree(ctx, err)) goto done;
+    if (cfg->nlist > 0 && search_index_train_ivf(ctx, cfg, nthreads, err)) goto done;
     const double secs = timer_now() - t0;
     par_err0(ctx, "index: done in %.1f s (%.0f images/s) | %s now holds %lld vectors in %d shards\n", secs,
              (double)N / (secs > 0 ? secs : 1), cfg->db, (long long)db.count, db.n_shards); /* rank 0's db is updated */
@@ -729,6 +754,8 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     memset(&qs, 0, sizeof qs);
     LocalShards ls;
     memset(&ls, 0, sizeof ls);
+    SearchIvf si;
+    memset(&si, 0, sizeof si);
     int64_t *filter_ids = NULL, n_filter = 0;
     TopK top;
     memset(&top, 0, sizeof top);
@@ -752,14 +779,18 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     if (cfg->ids_from[0] && share_filter_ids(ctx, &filter_ids, &n_filter, cfg, db.count, err)) goto done;
     SearchFilter filter = { cfg->labels, cfg->n_labels, filter_ids, n_filter, cfg->ids_from[0] != 0 };
     if (search_shards_open(ctx, &ls, &db, metric, &filter, err)) goto done;
+    if (search_ivf_open(ctx, &si, cfg, &db, &ls, err)) goto done;
     par_err0(ctx, "query: %lld quer%s | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s\n",
              (long long)qs.Q, qs.Q == 1 ? "y" : "ies", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
              vecdb_metric_name(metric));
+    if (si.nprobe > 0)
+        par_err0(ctx, "query: IVF index, %d lists, scanning the %d nearest per query (--exact: full scan)\n",
+                 db.ivf_nlist, si.nprobe);
     if (cfg->k > 0) {
         /* k beyond the database returns all of it: no need for longer lists. */
         int k = cfg->k;
         if ((int64_t)k > db.count) k = db.count > 0 ? (int)db.count : 1;
-        if (search_knn(ctx, &top, qs.vec, qs.Q, ls.dbs, ls.n, k, metric, nthreads, err)) goto done;
+        if (search_ivf_knn(ctx, &top, qs.vec, qs.Q, &ls, &si, k, metric, nthreads, err)) goto done;
         if (ctx->rank == 0) search_topk_to_range(&res, &top, metric, cfg->has_radius, cfg->radius);
     } else {
         /* Threshold in the knn's units, never tighter than the radius; the
@@ -771,7 +802,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         } else {
             rad = nextafterf((float)(1.0 - cfg->radius), -INFINITY);
         }
-        if (search_range(ctx, &res, qs.vec, qs.Q, ls.dbs, ls.n, rad, metric, nthreads, err)) goto done;
+        if (search_ivf_range(ctx, &res, qs.vec, qs.Q, &ls, &si, rad, metric, nthreads, err)) goto done;
         if (ctx->rank == 0) range_filter(&res, metric, cfg->radius);
     }
     if (ctx->rank == 0) {
@@ -784,6 +815,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
                  cfg->sheet[0] ? " | sheet " : "", cfg->sheet);
 done:
     search_meta_free(&meta);
+    search_ivf_close(&si);
     search_shards_close(&ls);
     knn_range_free(&res);
     topk_free(&top);

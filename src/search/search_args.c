@@ -13,15 +13,17 @@
 #include <string.h>
 
 #include "model/model.h"
+#include "search/ivf.h"
 #include "search/knn.h"
 
-/* Which subcommands accept an option (bit mask). */
-enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_ALL = 15 };
+/* Which subcommands accept an option (bit mask: 1 << (SearchCmd - 1)). */
+enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_TRAIN_IVF = 16, FOR_ALL = 31 };
 
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE, OPT_HELP
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE,
+    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -53,6 +55,11 @@ static const struct option LONG_OPTS[] = {
     { "whiten", no_argument, 0, OPT_WHITEN },
     { "allow-gaps", no_argument, 0, OPT_ALLOW_GAPS },
     { "recipe", required_argument, 0, OPT_RECIPE },
+    { "ivf", required_argument, 0, OPT_IVF },
+    { "nlist", required_argument, 0, OPT_NLIST },
+    { "nprobe", required_argument, 0, OPT_NPROBE },
+    { "exact", no_argument, 0, OPT_EXACT },
+    { "recall", no_argument, 0, OPT_RECALL },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -85,9 +92,12 @@ static const int OPT_FOR[] = {
     [OPT_WHITEN - OPT_DB] = FOR_INDEX,
     [OPT_ALLOW_GAPS - OPT_DB] = FOR_ALL,
     [OPT_RECIPE - OPT_DB] = FOR_INDEX,
+    [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
+    [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL,
+    [OPT_RECALL - OPT_DB] = FOR_EVAL,
 };
 
-static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve" };
+static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve", "train-ivf" };
 
 void search_args_usage(FILE *out)
 {
@@ -137,6 +147,17 @@ void search_args_usage(FILE *out)
 "        --max-k K: largest k a request may ask (default %d); --max-body-mib M: largest\n"
 "        request body in MiB (default %d, else 413); --timeout S: a client silent for S\n"
 "        seconds is disconnected (default %d).\n"
+"  train-ivf --db DIR --nlist NLIST\n"
+"        Builds an IVF index (faiss IndexIVFFlat) over an existing database: NLIST\n"
+"        centroids by k-means (10 iterations, as faiss) over a seeded sample of\n"
+"        min(count, 256 NLIST) vectors spread over the P ranks (the same centroids for\n"
+"        any P), then per shard the rows of each list (DIR/ivf-CRC.centroids.npy,\n"
+"        DIR/shard-SSSSS.ivf-CRC.lists.npy; manifest version 2). index --ivf NLIST does\n"
+"        the same after indexing; index --append puts new vectors in their nearest\n"
+"        list. query and eval then scan the --nprobe nearest lists (default %d) and\n"
+"        re-score the candidates exactly; --nprobe NLIST gives exactly the exact\n"
+"        answer, --exact forces the full scan. eval --recall --queries Q.npy: recall@k\n"
+"        against exact search and queries/s for nprobe = 1, 2, 4, ... NLIST.\n"
 "\n"
 "Options\n"
 "  --db DIR              database folder (index creates it)\n"
@@ -174,6 +195,15 @@ void search_args_usage(FILE *out)
 "                        the ranks of the node sharing them; BLAS single-threaded inside)\n"
 "  --precision P         encoder arithmetic: fp32 (default) or bf16 (convolution inputs and\n"
 "                        weights rounded to bfloat16, float32 sums; as aesim-train --precision)\n"
+"  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
+"                        node; BLAS single-threaded inside)\n"
+"  --ivf NLIST           index: then train an IVF index of NLIST lists (see train-ivf)\n"
+"  --nlist NLIST         train-ivf: lists of the IVF index, 1..count\n"
+"  --nprobe N            query, eval: IVF lists scanned per query (default %d when the\n"
+"                        database has an IVF index)\n"
+"  --exact               query, eval: exact search (full scan) even with an IVF index\n"
+"  --recall              eval: recall@k of the IVF answer against exact search and\n"
+"                        queries/s, for nprobe = 1, 2, 4, ... NLIST\n"
 "  --help                this text\n"
 "  --version             version, git commit, build flags and the CPU kernels chosen\n"
 "\n"
@@ -193,7 +223,8 @@ void search_args_usage(FILE *out)
 "  or FOLDER/NAME for images with their own names (photos/cat/x.png).\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
             SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K, SEARCH_DEFAULT_MAX_BODY_MIB,
-            SEARCH_DEFAULT_TIMEOUT_S, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH);
+            SEARCH_DEFAULT_TIMEOUT_S, IVF_DEFAULT_NPROBE, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH,
+            IVF_DEFAULT_NPROBE);
 }
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
@@ -344,6 +375,17 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         c->precision = (int)p;
         return AE_OK;
     }
+    case OPT_IVF:
+    case OPT_NLIST:
+        if (parse_i64(o == OPT_IVF ? "--ivf" : "--nlist", arg, 1, 1 << 20, &i, err)) return AE_EARG;
+        c->nlist = (int)i;
+        return AE_OK;
+    case OPT_NPROBE:
+        if (parse_i64("--nprobe", arg, 1, 1 << 20, &i, err)) return AE_EARG;
+        c->nprobe = (int)i;
+        return AE_OK;
+    case OPT_EXACT: c->exact = 1; return AE_OK;
+    case OPT_RECALL: c->recall = 1; return AE_OK;
     default: return AE_OK;
     }
 }
@@ -372,8 +414,14 @@ static int check_config(SearchConfig *c, Err *err)
             return err_set(err, AE_EARG, "--sheet needs query images (--image or --data --ids), not --queries vectors");
         break;
     }
+    case SEARCH_TRAIN_IVF:
+        if (!c->nlist) return err_set(err, AE_EARG, "train-ivf needs --nlist N (see --help)");
+        break;
     case SEARCH_EVAL:
-        if (!c->model[0] || !c->queries[0])
+        if (c->recall && c->exact) return err_set(err, AE_EARG, "eval: --recall compares IVF with exact search; drop --exact");
+        if (c->recall && !c->queries[0])
+            return err_set(err, AE_EARG, "eval --recall needs --queries (vectors .npy, or images with --model)");
+        if (!c->recall && (!c->model[0] || !c->queries[0]))
             return err_set(err, AE_EARG, "eval needs --model CKPT and --queries SRC (labelled images; see --help)");
         if (!c->k) c->k = SEARCH_DEFAULT_EVAL_K;
         break;
@@ -396,6 +444,7 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     c->max_body_mib = SEARCH_DEFAULT_MAX_BODY_MIB;
     c->timeout_s = SEARCH_DEFAULT_TIMEOUT_S;
     if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or serve (see --help)");
+    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or train-ivf (see --help)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         c->help = 1;
@@ -405,7 +454,9 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     else if (strcmp(cmd, "query") == 0) c->cmd = SEARCH_QUERY;
     else if (strcmp(cmd, "eval") == 0) c->cmd = SEARCH_EVAL;
     else if (strcmp(cmd, "serve") == 0) c->cmd = SEARCH_SERVE;
-    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query, eval or serve (see --help)", cmd);
+    else if (strcmp(cmd, "train-ivf") == 0) c->cmd = SEARCH_TRAIN_IVF;
+    else return err_set(err, AE_EARG, "unknown command '%s': expected index, query, eval, serve or train-ivf "
+                        "(see --help)", cmd);
     const int mask = 1 << (c->cmd - 1);
     optind = 1;
     opterr = 0;

@@ -244,6 +244,14 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
         topk_free(&local);
         return err->code;
     }
+    search_merge_topk(ctx, out, &local, Q, k, metric);
+    topk_free(&local);
+    return AE_OK;
+}
+
+void search_merge_topk(const ParCtx *ctx, TopK *out, const TopK *local, int64_t Q, int k, KnnMetric metric)
+{
+    memset(out, 0, sizeof *out);
     const int P = ctx->size, root = ctx->rank == 0;
     const TopKOrder order = knn_metric_order(metric);
     if (root) topk_alloc(out, Q, k, order);
@@ -262,8 +270,8 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
     for (int64_t i0 = 0; i0 < Q; i0 += qc) {
         const int64_t nq = Q - i0 < qc ? Q - i0 : qc;
         const size_t n = (size_t)nq * (size_t)k;
-        par_gather(ctx, local.dist + (size_t)i0 * (size_t)k, gd, n * sizeof *gd, 0);
-        par_gather(ctx, local.ids + (size_t)i0 * (size_t)k, gi, n * sizeof *gi, 0);
+        par_gather(ctx, local->dist + (size_t)i0 * (size_t)k, gd, n * sizeof *gd, 0);
+        par_gather(ctx, local->ids + (size_t)i0 * (size_t)k, gi, n * sizeof *gi, 0);
         if (!root) continue;
         for (int p = 0; p < P; p++)
             views[p] = (TopK){ .Q = nq, .k = k, .order = order, .dist = gd + (size_t)p * n, .ids = gi + (size_t)p * n };
@@ -276,8 +284,6 @@ int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const Kn
     free(gd);
     free(gi);
     free(views);
-    topk_free(&local);
-    return AE_OK;
 }
 
 /* One range hit on the wire. */
@@ -309,11 +315,22 @@ int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, co
                  float radius, KnnMetric metric, int nthreads, Err *err)
 {
     memset(out, 0, sizeof *out);
-    const int P = ctx->size, root = ctx->rank == 0;
     KnnRange *parts = xcalloc((size_t)(n_dbs ? n_dbs : 1), sizeof *parts);
-    int64_t mine = 0;
     for (int i = 0; i < n_dbs && err->code == AE_OK; i++)
-        if (!knn_range_search_local(&parts[i], q, Q, &dbs[i], radius, metric, nthreads, err)) mine += parts[i].lims[Q];
+        knn_range_search_local(&parts[i], q, Q, &dbs[i], radius, metric, nthreads, err);
+    int rc = search_merge_range(ctx, out, parts, n_dbs, Q, metric, err);
+    for (int i = 0; i < n_dbs; i++) knn_range_free(&parts[i]);
+    free(parts);
+    return rc;
+}
+
+int search_merge_range(const ParCtx *ctx, KnnRange *out, const KnnRange *parts, int n_dbs, int64_t Q,
+                       KnnMetric metric, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    const int P = ctx->size, root = ctx->rank == 0;
+    int64_t mine = 0;
+    for (int i = 0; i < n_dbs && err->code == AE_OK; i++) mine += parts[i].lims[Q];
     if (err->code == AE_OK && mine > SEARCH_RANGE_MAX_HITS)
         err_set(err, AE_EARG, "--radius matches %lld vectors of this rank, more than %lld (hint: lower --radius or "
                               "give --k)", (long long)mine, (long long)SEARCH_RANGE_MAX_HITS);
@@ -353,8 +370,6 @@ int search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, co
         for (int64_t qi = 0; qi < Q; qi++) out->lims[qi + 1] += out->lims[qi];
     }
 done:
-    for (int i = 0; i < n_dbs; i++) knn_range_free(&parts[i]);
-    free(parts);
     free(counts);
     free(send);
     free(recv);

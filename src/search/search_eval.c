@@ -30,6 +30,7 @@
 #include "data/imgset.h"
 #include "search/pca.h"
 #include "search/search_core.h"
+#include "search/search_ivf.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
 #include "search/whiten.h"
@@ -112,7 +113,7 @@ static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, 
 
 /* Collective: the aesim row: encode the queries on rank 0, search the shards. */
 static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet *qset, const VecDb *db,
-                      KnnMetric metric, SearchMeta *meta, int nthreads, Err *err)
+                      KnnMetric metric, SearchMeta *meta, const SearchConfig *cfg, int nthreads, Err *err)
 {
     const double t0 = timer_now();
     float *qv = xmalloc((size_t)es->Q * (size_t)db->D * sizeof *qv);
@@ -120,6 +121,8 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     memset(&ls, 0, sizeof ls);
     TopK res;
     memset(&res, 0, sizeof res);
+    SearchIvf si;
+    memset(&si, 0, sizeof si);
     if (ctx->rank == 0 && search_encode(qv, m, qset, NULL, 0, es->Q) >= 0)
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN weights)");
     else if (ctx->rank == 0)
@@ -128,7 +131,11 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     if (metric == KNN_IP) knn_normalize(qv, es->Q, db->D);
     par_bcast(ctx, qv, (size_t)es->Q * (size_t)db->D * sizeof *qv, 0);
     if (search_shards_open(ctx, &ls, db, metric, NULL, err)) goto done;
-    if (search_knn(ctx, &res, qv, es->Q, ls.dbs, ls.n, es->kk, metric, nthreads, err)) goto done;
+    if (search_ivf_open(ctx, &si, cfg, db, &ls, err)) goto done;
+    if (si.nprobe > 0)
+        par_err0(ctx, "eval: aesim row searched with the IVF index, %d lists, nprobe %d (--exact: full scan)\n",
+                 db->ivf_nlist, si.nprobe);
+    if (search_ivf_knn(ctx, &res, qv, es->Q, &ls, &si, es->kk, metric, nthreads, err)) goto done;
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
     es->dim[METHOD_AESIM] = db->D;
@@ -136,6 +143,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
 done:
     free(qv);
     topk_free(&res);
+    search_ivf_close(&si);
     search_shards_close(&ls);
     return err->code;
 }
@@ -437,6 +445,7 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
 int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
 {
     err_clear(err);
+    if (cfg->recall) return search_ivf_recall(ctx, cfg, nthreads, err);
     VecDb db;
     vecdb_read(&db, cfg->db, err);
     if (par_agree(ctx, err)) return err->code;
@@ -465,7 +474,7 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     par_err0(ctx, "eval: %lld queries, precision@%d | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric "
                   "%s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
              vecdb_metric_name(metric));
-    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &meta, nthreads, err)) goto done;
+    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &meta, cfg, nthreads, err)) goto done;
     if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &meta, nthreads, err)) goto done;
     if (ctx->rank == 0) print_table(&es, cfg, &db, metric, err);
     par_agree(ctx, err);

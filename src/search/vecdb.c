@@ -165,6 +165,14 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
                              sources, "shards", shards);
     CHECK(root != NULL);
     if (db->whiten) json_object_set_new(root, "transform", json_string("whiten"));
+    if (db->ivf_nlist > 0) {
+        char icrc[16], file[64];
+        snprintf(icrc, sizeof icrc, "%08" PRIx32, db->ivf_crc);
+        snprintf(file, sizeof file, "ivf-%s.centroids.npy", icrc);
+        CHECK(json_object_set_new(root, "version", json_integer(VECDB_VERSION_IVF)) == 0);
+        CHECK(json_object_set_new(root, "ivf", json_pack("{s:i, s:s, s:s}", "nlist", db->ivf_nlist, "crc32", icrc,
+                                                         "centroids", file)) == 0);
+    }
     char path[VECDB_PATH_BYTES + 32];
     snprintf(path, sizeof path, "%s/%s", db->dir, VECDB_MANIFEST);
     AtomicFile af;
@@ -290,6 +298,27 @@ static int read_shards(VecDb *db, json_t *arr, const char *path, Err *err)
     return AE_OK;
 }
 
+/* The "ivf" object of a version-2 manifest. */
+static int read_ivf(VecDb *db, json_t *root, const char *path, Err *err)
+{
+    json_t *ivf, *crc, *file;
+    int64_t nlist;
+    if (!(ivf = member(root, "ivf", JSON_OBJECT, path, "", err)) || get_i64(&nlist, ivf, "nlist", 1, path, "ivf.", err) ||
+        !(crc = member(ivf, "crc32", JSON_STRING, path, "ivf.", err)) ||
+        !(file = member(ivf, "centroids", JSON_STRING, path, "ivf.", err)))
+        return AE_EFORMAT;
+    char *end = NULL, want[64];
+    unsigned long long c = strtoull(json_string_value(crc), &end, 16);
+    snprintf(want, sizeof want, "ivf-%s.centroids.npy", json_string_value(crc));
+    if (!*json_string_value(crc) || *end || c > UINT32_MAX || nlist > INT32_MAX ||
+        strcmp(want, json_string_value(file)) != 0)
+        return err_set(err, AE_EFORMAT, "%s: bad ivf.crc32, ivf.nlist or ivf.centroids (hint: the manifest is "
+                                        "damaged; rebuild the index with aesim-search train-ivf)", path);
+    db->ivf_nlist = (int)nlist;
+    db->ivf_crc = (uint32_t)c;
+    return AE_OK;
+}
+
 int vecdb_read(VecDb *db, const char *dir, Err *err)
 {
     memset(db, 0, sizeof *db);
@@ -319,9 +348,10 @@ int vecdb_read(VecDb *db, const char *dir, Err *err)
         goto done;
     }
     if (get_i64(&version, root, "version", 0, path, "", err)) goto done;
-    if (version != VECDB_VERSION) {
-        err_set(err, AE_EFORMAT, "%s: database format version %lld, this aesim reads version %d (hint: rebuild it "
-                                 "with this aesim-search)", path, (long long)version, VECDB_VERSION);
+    if (version != VECDB_VERSION && version != VECDB_VERSION_IVF) {
+        err_set(err, AE_EFORMAT, "%s: database format version %lld, this aesim reads versions %d and %d (hint: "
+                                 "rebuild it with this aesim-search)", path, (long long)version, VECDB_VERSION,
+                VECDB_VERSION_IVF);
         goto done;
     }
     if (!(model = member(root, "model", JSON_OBJECT, path, "", err)) ||
@@ -371,7 +401,7 @@ int vecdb_read(VecDb *db, const char *dir, Err *err)
     db->count = count;
     if (read_sources(db, sources, path, err)) goto done;
     db->count = count;
-    rc = read_shards(db, shards, path, err);
+    if ((rc = read_shards(db, shards, path, err)) == AE_OK && version == VECDB_VERSION_IVF) rc = read_ivf(db, root, path, err);
 done:
     json_decref(root);
     if (rc) vecdb_free(db);

@@ -14,6 +14,7 @@
 #include "par/par.h"
 #include "search/search.h"
 #include "search/search_args.h"
+#include "search/search_ivf.h"
 #include "base/threads.h"
 #include "tools/version.h"
 #include "search/serve.h"
@@ -48,6 +49,7 @@ int main(int argc, char **argv)
     case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
     case SEARCH_QUERY: rc = search_query(&ctx, &cfg, plan.omp_threads, &err); break;
     case SEARCH_SERVE: rc = search_serve(&ctx, &cfg, plan.omp_threads, &err); break;
+    case SEARCH_TRAIN_IVF: rc = search_train_ivf(&ctx, &cfg, plan.omp_threads, &err); break;
     default: rc = search_eval(&ctx, &cfg, plan.omp_threads, &err); break;
     }
     /* Results on stdout that could not be written (a full disk, a closed

@@ -1,0 +1,721 @@
+/*
+ * ivf.c - IVF index of a vector database: training over the ranks, list
+ * files, and nprobe search (see include/search/ivf.h).  Does not: parse
+ * options or print results (search_ivf.c and search.c do), encode images.
+ */
+#include "search/ivf.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "base/check.h"
+#include "data/npy.h"
+#include "search/knn_scan.h"
+
+/* OpenMP pragmas through _Pragma, so an OMP=0 build has no unknown-pragma
+ * warnings (as knn.c). */
+#ifdef _OPENMP
+#define IVF_OMP(directive) _Pragma(directive)
+#else
+#define IVF_OMP(directive)
+#endif
+
+/* Hint ending every message about a damaged or mismatched IVF file. */
+#define IVF_HINT "hint: the IVF index is damaged or from another training; rebuild it with aesim-search train-ivf"
+
+/* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
+#define IVF_CRC_CHUNK ((size_t)1 << 30)
+
+/* zlib CRC-32 of n bytes. */
+static uint32_t crc_bytes(const void *p, size_t n)
+{
+    uLong c = crc32(0L, Z_NULL, 0);
+    const unsigned char *b = p;
+    while (n > 0) {
+        size_t m = n < IVF_CRC_CHUNK ? n : IVF_CRC_CHUNK;
+        c = crc32(c, b, (uInt)m);
+        b += m;
+        n -= m;
+    }
+    return (uint32_t)c;
+}
+
+int ivf_centroids_path(char *out, size_t cap, const VecDb *db, Err *err)
+{
+    int n = snprintf(out, cap, "%s/ivf-%08" PRIx32 ".centroids.npy", db->dir, db->ivf_crc);
+    if (n < 0 || (size_t)n >= cap) return err_set(err, AE_EARG, "path of the IVF centroids in %s is too long", db->dir);
+    return AE_OK;
+}
+
+int ivf_lists_path(char *out, size_t cap, const VecDb *db, int shard, Err *err)
+{
+    int n = snprintf(out, cap, "%s/shard-%05d.ivf-%08" PRIx32 ".lists.npy", db->dir, shard, db->ivf_crc);
+    if (n < 0 || (size_t)n >= cap) return err_set(err, AE_EARG, "path of the IVF lists in %s is too long", db->dir);
+    return AE_OK;
+}
+
+int ivf_read_centroids(float **c, const VecDb *db, Err *err)
+{
+    *c = NULL;
+    char path[VECDB_PATH_BYTES];
+    if (ivf_centroids_path(path, sizeof path, db, err)) return err->code;
+    NpyArray a;
+    if (npy_read(path, &a, err)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "IVF centroids: %.900s (%s)", err->msg, IVF_HINT);
+        snprintf(err->msg, sizeof err->msg, "%s", msg);
+        return err->code;
+    }
+    int rc = AE_OK;
+    if (a.dtype != NPY_F32 || a.ndim != 2 || a.shape[0] != db->ivf_nlist || a.shape[1] != db->D)
+        rc = err_set(err, AE_EFORMAT, "%s: IVF centroids are %s with %d dimension(s) (%lld x %lld) but the manifest "
+                                      "says float32 [%d][%d] (%s)", path, npy_dtype_descr(a.dtype), a.ndim,
+                     (long long)(a.ndim > 0 ? a.shape[0] : 0), (long long)(a.ndim > 1 ? a.shape[1] : 0),
+                     db->ivf_nlist, db->D, IVF_HINT);
+    else if (crc_bytes(a.data, (size_t)db->ivf_nlist * (size_t)db->D * sizeof(float)) != db->ivf_crc)
+        rc = err_set(err, AE_EFORMAT, "%s: CRC-32 of the centroids is %08" PRIx32 ", the manifest says %08" PRIx32
+                                      " (%s)", path, crc_bytes(a.data, (size_t)db->ivf_nlist * (size_t)db->D * 4),
+                     db->ivf_crc, IVF_HINT);
+    if (rc) {
+        npy_array_free(&a);
+        return rc;
+    }
+    *c = a.data;
+    return AE_OK;
+}
+
+void ivf_lists_free(IvfLists *l)
+{
+    if (!l) return;
+    free(l->data);
+    memset(l, 0, sizeof *l);
+}
+
+int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err)
+{
+    memset(l, 0, sizeof *l);
+    char path[VECDB_PATH_BYTES];
+    if (ivf_lists_path(path, sizeof path, db, shard, err)) return err->code;
+    NpyArray a;
+    if (npy_read(path, &a, err)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "IVF lists of shard %d: %.900s (%s)", shard, err->msg, IVF_HINT);
+        snprintf(err->msg, sizeof err->msg, "%s", msg);
+        return err->code;
+    }
+    const int nlist = db->ivf_nlist;
+    const int64_t n = db->shards[shard].count, want = (int64_t)nlist + 1 + n;
+    const int64_t *v = a.data;
+    int rc = AE_OK;
+    if (a.dtype != NPY_I64 || a.ndim != 1 || a.shape[0] != want) {
+        rc = err_set(err, AE_EFORMAT, "%s: holds %s with %d dimension(s) and %lld elements, expected int64 "
+                                      "[nlist + 1 + rows] = [%d + 1 + %lld] = %lld (%s)", path,
+                     npy_dtype_descr(a.dtype), a.ndim, (long long)npy_numel(&a), nlist, (long long)n,
+                     (long long)want, IVF_HINT);
+    } else if (v[0] != 0 || v[nlist] != n) {
+        rc = err_set(err, AE_EFORMAT, "%s: list offsets start at %lld and end at %lld, expected 0 and %lld rows (%s)",
+                     path, (long long)v[0], (long long)v[nlist], (long long)n, IVF_HINT);
+    } else {
+        /* offsets first (non-decreasing, within 0..n), so no row index below
+         * can point outside the array */
+        for (int j = 0; j < nlist && rc == AE_OK; j++)
+            if (v[j + 1] < v[j] || v[j + 1] > n)
+                rc = err_set(err, AE_EFORMAT, "%s: offset of list %d (%lld) is below that of list %d (%lld) or above "
+                                              "the %lld rows (%s)", path, j + 1, (long long)v[j + 1], j,
+                             (long long)v[j], (long long)n, IVF_HINT);
+        uint8_t *seen = xcalloc((size_t)(n > 0 ? n : 1), 1);
+        for (int j = 0; j < nlist && rc == AE_OK; j++) {
+            const int64_t *rows = v + nlist + 1;
+            for (int64_t t = v[j]; t < v[j + 1]; t++) {
+                int64_t r = rows[t];
+                if (r < 0 || r >= n || seen[r] || (t > v[j] && r <= rows[t - 1])) {
+                    rc = err_set(err, AE_EFORMAT, "%s: list %d holds row %lld, which is out of 0..%lld, repeated or "
+                                                  "out of order (%s)", path, j, (long long)r, (long long)n - 1,
+                                 IVF_HINT);
+                    break;
+                }
+                seen[r] = 1;
+            }
+        }
+        free(seen);
+    }
+    if (rc) {
+        npy_array_free(&a);
+        return rc;
+    }
+    l->nlist = nlist;
+    l->n = n;
+    l->data = a.data;
+    l->lims = v;
+    l->rows = v + nlist + 1;
+    return AE_OK;
+}
+
+int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int nthreads,
+               Err *err)
+{
+    if (knn_check_vectors(x, n, D, "vector to assign to an IVF list", err)) return err->code;
+    int64_t *a = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    kmeans_assign(a, NULL, x, n, centroids, nlist, D, nthreads);
+    for (int64_t i = 0; i < n; i++) list[i] = (int32_t)a[i];
+    free(a);
+    return AE_OK;
+}
+
+int ivf_write_lists(const VecDb *db, int shard, const int32_t *list, int64_t n, Err *err)
+{
+    const int nlist = db->ivf_nlist;
+    char path[VECDB_PATH_BYTES];
+    if (ivf_lists_path(path, sizeof path, db, shard, err)) return err->code;
+    int64_t *v = xcalloc((size_t)nlist + 1 + (size_t)n, sizeof *v);
+    /* Counting sort, stable: rows ascend within each list. */
+    for (int64_t j = 0; j < n; j++) v[list[j] + 1]++;
+    for (int l = 0; l < nlist; l++) v[l + 1] += v[l];
+    int64_t *next = xmalloc((size_t)nlist * sizeof *next);
+    memcpy(next, v, (size_t)nlist * sizeof *next);
+    for (int64_t j = 0; j < n; j++) v[nlist + 1 + next[list[j]]++] = j;
+    free(next);
+    NpyArray a = { .dtype = NPY_I64, .ndim = 1, .shape = { (int64_t)nlist + 1 + n }, .data = v };
+    int rc = npy_write(path, &a, err);
+    free(v);
+    return rc;
+}
+
+/* Assigns and writes the lists of the shards this rank owns among
+ * first..db->n_shards-1 (local; the caller agrees). */
+static int write_owned_lists(const ParCtx *ctx, const VecDb *db, const float *centroids, int first, int nthreads,
+                             Err *err)
+{
+    for (int s = first; s < db->n_shards; s++) {
+        if (vecdb_shard_owner(s, ctx->size) != ctx->rank) continue;
+        VecShard m;
+        if (vecdb_shard_map(&m, db, s, VECDB_MAP_VECTORS, err)) return err->code;
+        int32_t *list = xmalloc((size_t)(m.count > 0 ? m.count : 1) * sizeof *list);
+        int rc = ivf_assign(list, m.x, m.count, centroids, db->ivf_nlist, db->D, nthreads, err);
+        if (rc == AE_OK) rc = ivf_write_lists(db, s, list, m.count, err);
+        free(list);
+        vecdb_shard_unmap(&m);
+        if (rc) return rc;
+    }
+    return AE_OK;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int ivf_train_db(const ParCtx *ctx, VecDb *db, int nlist, int iters, int nthreads, KmeansStats *stats, Err *err)
+{
+    memset(stats, 0, sizeof *stats);
+    if (nlist < 1 || nlist > IVF_MAX_NLIST || (int64_t)nlist > db->count)
+        err_set(err, AE_EARG, "--nlist %d: the database %s holds %lld vectors; nlist must be in 1..%lld (hint: about "
+                              "sqrt(count) to 16 sqrt(count) lists; k-means wants %d+ vectors per list)",
+                nlist, db->dir, (long long)db->count,
+                (long long)(db->count < IVF_MAX_NLIST ? db->count : IVF_MAX_NLIST), KMEANS_MIN_PER_CENTROID);
+    if (par_agree(ctx, err)) return err->code;
+    const int D = db->D;
+    const int64_t ns = kmeans_sample_size(db->count, nlist);
+    if (ns < (int64_t)KMEANS_MIN_PER_CENTROID * nlist)
+        par_err0(ctx, "train-ivf: warning: %lld training vectors for %d lists, fewer than the %d per list k-means "
+                      "wants (faiss warns too)\n", (long long)ns, nlist, KMEANS_MIN_PER_CENTROID);
+    /* Every rank draws the same sample; each keeps the rows of its shards,
+     * visited in id order so every shard is read sequentially. */
+    int64_t *ids = xmalloc((size_t)ns * sizeof *ids);
+    kmeans_sample(ids, ns, db->count, KMEANS_DEFAULT_SEED);
+    int64_t *pairs = xmalloc((size_t)ns * 2 * sizeof *pairs); /* (id, position) sorted by id */
+    for (int64_t i = 0; i < ns; i++) {
+        pairs[2 * i] = ids[i];
+        pairs[2 * i + 1] = i;
+    }
+    free(ids);
+    qsort(pairs, (size_t)ns, 2 * sizeof *pairs, cmp_i64);
+    int64_t n = 0;
+    for (int64_t i = 0; i < ns; i++) n += vecdb_shard_owner(vecdb_shard_of(db, pairs[2 * i]), ctx->size) == ctx->rank;
+    float *x = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *x);
+    int64_t *pos = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *pos);
+    VecShard m;
+    memset(&m, 0, sizeof m);
+    int cur = -1;
+    int64_t t = 0;
+    for (int64_t i = 0; i < ns && err->code == AE_OK; i++) {
+        int s = vecdb_shard_of(db, pairs[2 * i]);
+        if (vecdb_shard_owner(s, ctx->size) != ctx->rank) continue;
+        if (s != cur) {
+            vecdb_shard_unmap(&m);
+            if (vecdb_shard_map(&m, db, s, VECDB_MAP_VECTORS, err)) break;
+            cur = s;
+        }
+        memcpy(x + (size_t)t * (size_t)D, m.x + (size_t)(pairs[2 * i] - m.first_id) * (size_t)D,
+               (size_t)D * sizeof *x);
+        pos[t++] = pairs[2 * i + 1];
+    }
+    vecdb_shard_unmap(&m);
+    free(pairs);
+    float *cent = xmalloc((size_t)nlist * (size_t)D * sizeof *cent);
+    if (par_agree(ctx, err) == AE_OK &&
+        kmeans_train(ctx, cent, x, pos, n, ns, D, nlist, iters, KMEANS_DEFAULT_SEED, nthreads, stats, err) == AE_OK) {
+        db->ivf_nlist = nlist;
+        db->ivf_crc = crc_bytes(cent, (size_t)nlist * (size_t)D * sizeof *cent);
+        if (ctx->rank == 0) {
+            char path[VECDB_PATH_BYTES];
+            NpyArray a = { .dtype = NPY_F32, .ndim = 2, .shape = { nlist, D }, .data = cent };
+            if (!ivf_centroids_path(path, sizeof path, db, err)) npy_write(path, &a, err);
+        }
+        if (par_agree(ctx, err) == AE_OK) {
+            write_owned_lists(ctx, db, cent, 0, nthreads, err);
+            par_agree(ctx, err);
+        }
+    }
+    free(x);
+    free(pos);
+    free(cent);
+    return err->code;
+}
+
+int ivf_add_shards(const ParCtx *ctx, const VecDb *db, int first_shard, int nthreads, Err *err)
+{
+    float *cent = NULL;
+    if (!ivf_read_centroids(&cent, db, err)) write_owned_lists(ctx, db, cent, first_shard, nthreads, err);
+    free(cent);
+    return par_agree(ctx, err);
+}
+
+/* ---------------------------------------------------------------- search */
+
+int ivf_local_open(const ParCtx *ctx, IvfLocal *il, const VecDb *db, const LocalShards *ls, Err *err)
+{
+    memset(il, 0, sizeof *il);
+    il->nlist = db->ivf_nlist;
+    il->D = db->D;
+    il->lists = xcalloc((size_t)(ls->n > 0 ? ls->n : 1), sizeof *il->lists);
+    if (!ivf_read_centroids(&il->centroids, db, err))
+        for (int i = 0; i < ls->n; i++) {
+            if (ivf_read_lists(&il->lists[i], db, ls->maps[i].shard, err)) break;
+            il->n++;
+        }
+    if (par_agree(ctx, err)) {
+        ivf_local_close(il);
+        return err->code;
+    }
+    return AE_OK;
+}
+
+void ivf_local_close(IvfLocal *il)
+{
+    if (!il) return;
+    for (int i = 0; i < il->n; i++) ivf_lists_free(&il->lists[i]);
+    free(il->lists);
+    free(il->centroids);
+    memset(il, 0, sizeof *il);
+}
+
+/* The exact distance of knn.h "Exactness": double accumulation in the order
+ * d = 0..D-1, rounded once to float.  knn.c's dist_exact computes the same
+ * bits (IEEE double, no FMA contraction under -std=c11), which is what makes
+ * nprobe = nlist equal to exact search. */
+static float dist_exact(KnnMetric metric, const float *a, const float *b, int D)
+{
+    double s = 0.0;
+    if (metric == KNN_L2) {
+        for (int d = 0; d < D; d++) {
+            double t = (double)a[d] - (double)b[d];
+            s += t * t;
+        }
+    } else {
+        for (int d = 0; d < D; d++) s += (double)a[d] * (double)b[d];
+    }
+    return (float)s;
+}
+
+/* A thread's scratch for scanning the probed lists of one query. */
+typedef struct Scratch {
+    float f[KNN_SCAN_BLOCK], nf[KNN_SCAN_BLOCK];
+    int64_t rows[KNN_SCAN_BLOCK];
+    float *hd;      /* [kc] float pre-scan heap of one shard (kNN) */
+    int64_t *hi;    /* [kc] its local rows */
+    float *sd;      /* [k] exact heap of one shard */
+    int64_t *si;    /* [k] its global ids */
+} Scratch;
+
+/* What one query's scan needs. */
+typedef struct ProbeJob {
+    const float *q;         /* [D] the query */
+    double qn2;             /* its squared norm in double (IP bound) */
+    const int64_t *probe;   /* [nprobe] lists, -1 = none */
+    int nprobe, k, kc;
+    KnnMetric metric;
+    KnnScanBound bound;
+    float radius;           /* range search */
+} ProbeJob;
+
+/* Growing list of range hits of one query. */
+typedef struct Hits {
+    float *dist;
+    int64_t *ids;
+    int64_t n, cap;
+} Hits;
+
+static void hits_add(Hits *h, float d, int64_t id)
+{
+    if (h->n == h->cap) {
+        int64_t cap = h->cap ? 2 * h->cap : 64;
+        float *nd = xmalloc((size_t)cap * sizeof *nd);
+        int64_t *ni = xmalloc((size_t)cap * sizeof *ni);
+        if (h->n) {
+            memcpy(nd, h->dist, (size_t)h->n * sizeof *nd);
+            memcpy(ni, h->ids, (size_t)h->n * sizeof *ni);
+        }
+        free(h->dist);
+        free(h->ids);
+        h->dist = nd;
+        h->ids = ni;
+        h->cap = cap;
+    }
+    h->dist[h->n] = d;
+    h->ids[h->n] = id;
+    h->n++;
+}
+
+static int64_t row_gid(const KnnDb *db, int64_t r) { return db->ids ? db->ids[r] : db->id_offset + r; }
+
+/* Calls the block function on the eligible rows of the probed lists of
+ * shard db, KNN_SCAN_BLOCK at a time, with their pre-scan values in sc->f
+ * and float norms in sc->nf.  *nfmax = largest float norm (INFINITY after a
+ * NaN). */
+typedef void (*BlockFn)(Scratch *sc, int nb, const KnnDb *db, const ProbeJob *job, void *state);
+
+static void scan_flush(Scratch *sc, int nb, const KnnDb *db, const ProbeJob *job, BlockFn fn, void *state,
+                       float *nfmax)
+{
+    knn_scan_rows(sc->f, sc->nf, job->q, 1, db->x, sc->rows, nb, db->D, job->metric);
+    for (int c = 0; c < nb; c++)
+        if (!(sc->nf[c] <= *nfmax)) *nfmax = isnan(sc->nf[c]) ? INFINITY : sc->nf[c];
+    fn(sc, nb, db, job, state);
+}
+
+static void scan_lists(Scratch *sc, const KnnDb *db, const IvfLists *l, const ProbeJob *job, BlockFn fn, void *state,
+                       float *nfmax)
+{
+    int nb = 0;
+    for (int p = 0; p < job->nprobe; p++) {
+        if (job->probe[p] < 0) continue;
+        for (int64_t t = l->lims[job->probe[p]]; t < l->lims[job->probe[p] + 1]; t++) {
+            const int64_t r = l->rows[t];
+            if (db->mask && !db->mask[r]) continue;
+            sc->rows[nb++] = r;
+            if (nb == KNN_SCAN_BLOCK) {
+                scan_flush(sc, nb, db, job, fn, state, nfmax);
+                nb = 0;
+            }
+        }
+    }
+    if (nb > 0) scan_flush(sc, nb, db, job, fn, state, nfmax);
+}
+
+static void block_knn(Scratch *sc, int nb, const KnnDb *db, const ProbeJob *job, void *state)
+{
+    (void)db;
+    (void)state;
+    const TopKOrder order = knn_metric_order(job->metric);
+    for (int c = 0; c < nb; c++) {
+        if (order == TOPK_SMALLEST ? sc->f[c] > sc->hd[0] : sc->f[c] < sc->hd[0]) continue;
+        topk_heap_push(sc->hd, sc->hi, job->kc, order, sc->f[c], sc->rows[c]);
+    }
+}
+
+static void block_exact(Scratch *sc, int nb, const KnnDb *db, const ProbeJob *job, void *state)
+{
+    (void)state;
+    const TopKOrder order = knn_metric_order(job->metric);
+    for (int c = 0; c < nb; c++) {
+        float d = dist_exact(job->metric, job->q, db->x + (size_t)sc->rows[c] * (size_t)db->D, db->D);
+        int64_t id = row_gid(db, sc->rows[c]);
+        if (topk_better(order, d, id, sc->sd[0], sc->si[0])) topk_heap_push(sc->sd, sc->si, job->k, order, d, id);
+    }
+}
+
+static void block_range(Scratch *sc, int nb, const KnnDb *db, const ProbeJob *job, void *state)
+{
+    Hits *h = state;
+    for (int c = 0; c < nb; c++) {
+        if (job->metric == KNN_L2 ? knn_scan_l2_lower(&job->bound, sc->f[c]) > job->radius
+                                  : knn_scan_ip_upper(&job->bound, sc->f[c], job->qn2, sc->nf[c]) < job->radius)
+            continue;
+        float d = dist_exact(job->metric, job->q, db->x + (size_t)sc->rows[c] * (size_t)db->D, db->D);
+        if (job->metric == KNN_L2 ? d <= job->radius : d >= job->radius) hits_add(h, d, row_gid(db, sc->rows[c]));
+    }
+}
+
+/* A flagged norm (NaN, Inf or above KNN_MAX_NORM2 in float): checks the
+ * probed rows exactly and names the first bad one (knn.h "Valid input"). */
+static int check_probed(const KnnDb *db, const IvfLists *l, const ProbeJob *job, Err *err)
+{
+    for (int p = 0; p < job->nprobe; p++) {
+        if (job->probe[p] < 0) continue;
+        for (int64_t t = l->lims[job->probe[p]]; t < l->lims[job->probe[p] + 1]; t++) {
+            const int64_t r = l->rows[t];
+            if (db->mask && !db->mask[r]) continue;
+            char what[64];
+            snprintf(what, sizeof what, "database vector id %lld", (long long)row_gid(db, r));
+            if (knn_check_vectors(db->x + (size_t)r * (size_t)db->D, 1, db->D, what, err)) return err->code;
+        }
+    }
+    return AE_OK;
+}
+
+/* Exact top k of one query over the probed lists of one shard into sc->sd,
+ * sc->si (a heap): float pre-scan keeping the best kc rows, exact re-score,
+ * and the proof of knn.c's pre-scan (knn.h "Exactness"); if it fails, every
+ * probed row is re-scored. */
+static int shard_knn(Scratch *sc, const KnnDb *db, const IvfLists *l, const ProbeJob *job, Err *err)
+{
+    const TopKOrder order = knn_metric_order(job->metric);
+    topk_heap_init(sc->hd, sc->hi, job->kc, order);
+    topk_heap_init(sc->sd, sc->si, job->k, order);
+    float nfmax = 0.0f;
+    scan_lists(sc, db, l, job, block_knn, NULL, &nfmax);
+    if (!(nfmax <= (float)KNN_MAX_NORM2) && check_probed(db, l, job, err)) return err->code;
+    for (int c = 0; c < job->kc; c++) {
+        if (sc->hi[c] == TOPK_NO_ID) continue;
+        float d = dist_exact(job->metric, job->q, db->x + (size_t)sc->hi[c] * (size_t)db->D, db->D);
+        int64_t id = row_gid(db, sc->hi[c]);
+        if (topk_better(order, d, id, sc->sd[0], sc->si[0])) topk_heap_push(sc->sd, sc->si, job->k, order, d, id);
+    }
+    if (sc->hi[0] == TOPK_NO_ID) return AE_OK; /* every probed row was a candidate */
+    const double kth = sc->sd[0];
+    const int safe = job->metric == KNN_L2 ? knn_scan_l2_lower(&job->bound, sc->hd[0]) > kth
+                                           : knn_scan_ip_upper(&job->bound, sc->hd[0], job->qn2, nfmax) < kth;
+    if (safe) return AE_OK;
+    topk_heap_init(sc->sd, sc->si, job->k, order);
+    float unused = 0.0f;
+    scan_lists(sc, db, l, job, block_exact, NULL, &unused);
+    return AE_OK;
+}
+
+/* The nprobe nearest lists of each query: probe[Q][nprobe] (exact L2, ties
+ * to the smaller list number). */
+static int probe_lists(int64_t **probe, const float *q, int64_t Q, const IvfLocal *il, int nprobe, int nthreads,
+                       Err *err)
+{
+    *probe = xmalloc((size_t)(Q > 0 ? Q : 1) * (size_t)nprobe * sizeof **probe);
+    KnnDb cdb = { .x = il->centroids, .M = il->nlist, .D = il->D, .id_offset = 0, .ids = NULL, .mask = NULL };
+    TopK t;
+    if (knn_search_local(&t, q, Q, &cdb, nprobe, KNN_L2, nthreads, err)) return err->code;
+    memcpy(*probe, t.ids, (size_t)Q * (size_t)nprobe * sizeof **probe);
+    topk_free(&t);
+    return AE_OK;
+}
+
+static void scratch_init(Scratch *sc, int k, int kc)
+{
+    sc->hd = xmalloc((size_t)kc * sizeof *sc->hd);
+    sc->hi = xmalloc((size_t)kc * sizeof *sc->hi);
+    sc->sd = xmalloc((size_t)k * sizeof *sc->sd);
+    sc->si = xmalloc((size_t)k * sizeof *sc->si);
+}
+
+static void scratch_free(Scratch *sc)
+{
+    free(sc->hd);
+    free(sc->hi);
+    free(sc->sd);
+    free(sc->si);
+}
+
+static double sq_norm(const float *v, int D)
+{
+    double n2 = 0.0;
+    for (int d = 0; d < D; d++) n2 += (double)v[d] * (double)v[d];
+    return n2;
+}
+
+static int resolve_threads(int nthreads)
+{
+#ifdef _OPENMP
+    return nthreads > 0 ? nthreads : omp_get_max_threads();
+#else
+    (void)nthreads;
+    return 1;
+#endif
+}
+
+/* This rank's IVF top k of every query (local, sorted; padding where fewer). */
+static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs, const IvfLocal *il, int nprobe,
+                         int k, KnnMetric metric, int nthreads, Err *err)
+{
+    const TopKOrder order = knn_metric_order(metric);
+    topk_alloc(out, Q, k, order);
+    int64_t *probe = NULL;
+    if (Q == 0 || il->n == 0) return AE_OK;
+    if (probe_lists(&probe, q, Q, il, nprobe, nthreads, err)) {
+        free(probe);
+        return err->code;
+    }
+    /* Work items: (query, part).  With fewer queries than threads, a query's
+     * probes are dealt over `parts` items (probe j to part j % parts), each
+     * searched exactly on its own (the proof holds for any subset of rows),
+     * then merged: the same result as one part. */
+    const int T = resolve_threads(nthreads);
+    const int parts = Q >= T ? 1 : (T < nprobe ? T : nprobe);
+    const int64_t items = Q * parts;
+    float *pd = xmalloc((size_t)items * (size_t)k * sizeof *pd);
+    int64_t *pi = xmalloc((size_t)items * (size_t)k * sizeof *pi);
+    int64_t bad = -1; /* lowest item with an error */
+    Err first;
+    err_clear(&first);
+    KnnScanBound bound;
+    knn_scan_bound_init(&bound, il->D);
+    IVF_OMP("omp parallel num_threads(T) if (items > 1)")
+    {
+        Scratch sc;
+        scratch_init(&sc, k, k + KNN_RESCORE_MARGIN);
+        int64_t *sub = xmalloc((size_t)nprobe * sizeof *sub);
+        Err e;
+        err_clear(&e);
+        IVF_OMP("omp for schedule(dynamic, 1)")
+        for (int64_t it = 0; it < items; it++) {
+            const int64_t i = it / parts;
+            const int part = (int)(it % parts);
+            const float *qi = q + (size_t)i * (size_t)il->D;
+            int ns = 0;
+            for (int j = part; j < nprobe; j += parts) sub[ns++] = probe[(size_t)i * (size_t)nprobe + (size_t)j];
+            ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, il->D), .probe = sub, .nprobe = ns, .k = k,
+                             .kc = k + KNN_RESCORE_MARGIN, .metric = metric, .bound = bound };
+            float *od = pd + (size_t)it * (size_t)k;
+            int64_t *oi = pi + (size_t)it * (size_t)k;
+            topk_heap_init(od, oi, k, order);
+            for (int s = 0; s < il->n; s++) {
+                if (shard_knn(&sc, &dbs[s], &il->lists[s], &job, &e)) {
+                    IVF_OMP("omp critical(ivf_err)")
+                    if (bad < 0 || it < bad) {
+                        bad = it;
+                        first = e;
+                    }
+                    err_clear(&e);
+                    break;
+                }
+                for (int c = 0; c < k; c++)
+                    if (sc.si[c] != TOPK_NO_ID && topk_better(order, sc.sd[c], sc.si[c], od[0], oi[0]))
+                        topk_heap_push(od, oi, k, order, sc.sd[c], sc.si[c]);
+            }
+        }
+        free(sub);
+        scratch_free(&sc);
+    }
+    for (int64_t i = 0; i < Q && bad < 0; i++) {
+        float *od = out->dist + (size_t)i * (size_t)k;
+        int64_t *oi = out->ids + (size_t)i * (size_t)k;
+        for (int part = 0; part < parts; part++) {
+            const size_t at = ((size_t)i * (size_t)parts + (size_t)part) * (size_t)k;
+            for (int c = 0; c < k; c++)
+                if (pi[at + c] != TOPK_NO_ID && topk_better(order, pd[at + c], pi[at + c], od[0], oi[0]))
+                    topk_heap_push(od, oi, k, order, pd[at + c], pi[at + c]);
+        }
+        topk_heap_sort(od, oi, k, order);
+    }
+    free(pd);
+    free(pi);
+    free(probe);
+    if (bad >= 0) {
+        *err = first;
+        return err->code;
+    }
+    return AE_OK;
+}
+
+int ivf_search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
+                   const IvfLocal *il, int nprobe, int k, KnnMetric metric, int nthreads, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    assert(n_dbs == il->n);
+    (void)n_dbs;
+    if (nprobe > il->nlist) nprobe = il->nlist;
+    TopK local;
+    memset(&local, 0, sizeof local);
+    ivf_local_knn(&local, q, Q, dbs, il, nprobe, k, metric, nthreads, err);
+    if (par_agree(ctx, err)) {
+        topk_free(&local);
+        return err->code;
+    }
+    search_merge_topk(ctx, out, &local, Q, k, metric);
+    topk_free(&local);
+    return AE_OK;
+}
+
+int ivf_search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs,
+                     const IvfLocal *il, int nprobe, float radius, KnnMetric metric, int nthreads, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    assert(n_dbs == il->n);
+    (void)n_dbs;
+    if (nprobe > il->nlist) nprobe = il->nlist;
+    KnnRange local = { .Q = Q };
+    local.lims = xcalloc((size_t)Q + 1, sizeof *local.lims);
+    Hits *hits = xcalloc((size_t)(Q > 0 ? Q : 1), sizeof *hits);
+    int64_t *probe = NULL;
+    if (!isfinite(radius)) err_set(err, AE_EARG, "range search: radius %g is not finite", (double)radius);
+    else if (Q > 0 && il->n > 0 && !probe_lists(&probe, q, Q, il, nprobe, nthreads, err)) {
+        KnnScanBound bound;
+        knn_scan_bound_init(&bound, il->D);
+        int64_t bad = -1;
+        Err first;
+        err_clear(&first);
+        IVF_OMP("omp parallel num_threads(resolve_threads(nthreads)) if (Q > 1)")
+        {
+            Scratch sc;
+            scratch_init(&sc, 1, 1);
+            Err e;
+            err_clear(&e);
+            IVF_OMP("omp for schedule(dynamic, 1)")
+            for (int64_t i = 0; i < Q; i++) {
+                const float *qi = q + (size_t)i * (size_t)il->D;
+                ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, il->D), .probe = probe + (size_t)i * (size_t)nprobe,
+                                 .nprobe = nprobe, .k = 1, .kc = 1, .metric = metric, .bound = bound,
+                                 .radius = radius };
+                for (int s = 0; s < il->n; s++) {
+                    float nfmax = 0.0f;
+                    scan_lists(&sc, &dbs[s], &il->lists[s], &job, block_range, &hits[i], &nfmax);
+                    if (!(nfmax <= (float)KNN_MAX_NORM2) && check_probed(&dbs[s], &il->lists[s], &job, &e)) {
+                        IVF_OMP("omp critical(ivf_err)")
+                        if (bad < 0 || i < bad) {
+                            bad = i;
+                            first = e;
+                        }
+                        err_clear(&e);
+                        break;
+                    }
+                }
+            }
+            scratch_free(&sc);
+        }
+        if (bad >= 0) *err = first;
+    }
+    free(probe);
+    for (int64_t i = 0; i < Q; i++) local.lims[i + 1] = local.lims[i] + hits[i].n;
+    local.ids = xmalloc((size_t)(local.lims[Q] > 0 ? local.lims[Q] : 1) * sizeof *local.ids);
+    local.dist = xmalloc((size_t)(local.lims[Q] > 0 ? local.lims[Q] : 1) * sizeof *local.dist);
+    for (int64_t i = 0; i < Q; i++) {
+        if (hits[i].n) {
+            memcpy(local.ids + local.lims[i], hits[i].ids, (size_t)hits[i].n * sizeof *local.ids);
+            memcpy(local.dist + local.lims[i], hits[i].dist, (size_t)hits[i].n * sizeof *local.dist);
+        }
+        free(hits[i].ids);
+        free(hits[i].dist);
+    }
+    free(hits);
+    int rc = search_merge_range(ctx, out, &local, 1, Q, metric, err);
+    knn_range_free(&local);
+    return rc;
+}
