@@ -128,7 +128,8 @@ int main(int argc, char **argv)
         probes[n_probes++] = (int)v;
         s = *end == ',' ? end + 1 : end;
     }
-    ThreadPlan plan = threads_setup(ctx.local_size, threads);
+    const ParCpus cpus = par_cpus(&ctx);
+    ThreadPlan plan = threads_setup(threads, cpus.cpus, cpus.sharing, ctx.local_size);
     const int T = plan.omp_threads;
     const int64_t nq = nq_one > nq_many ? nq_one : nq_many;
     Err err;

@@ -183,6 +183,14 @@ int dataset_name(char *out, size_t cap, const Dataset *ds, int64_t i);
  * NULL (and *row = i) for a hand-made Dataset.  0 <= i < n (asserted). */
 const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row);
 
+/* The class names of the data set's labels when its source names them: an
+ * image folder's class sub-folders (labels 0..K-1 in sorted order) or an
+ * aesim-pack store's meta.json "classes".  Returns K and sets *names to the
+ * source's array (owned by ds, valid until dataset_free), or returns 0 and
+ * sets *names to NULL (no such source, or a hand-made Dataset).  With several
+ * sources, the first that names classes. */
+int dataset_class_names(const Dataset *ds, const char *const **names);
+
 /* Splits off a validation set: nval = round(frac * n) images (at least 1)
  * chosen uniformly at random with rng_seed(seed, RNG_STREAM_SPLIT) go to
  * val, the rest to train.  Both keep the images' original order; labels are

@@ -65,6 +65,7 @@ typedef struct SearchConfig {
     double radius;                  /* --radius, in the units of the distance column */
     int json;                       /* --json */
     char sheet[SEARCH_PATH_MAX];    /* --sheet PNG ("" = none) */
+    char class_names[SEARCH_PATH_MAX]; /* query --class-names FILE ("" = the data's own, class_names.h) */
     char out[SEARCH_PATH_MAX];      /* --out FILE ("" = stdout) */
     int64_t max_queries;            /* eval --max-queries, 0 = all */
     unsigned baselines;             /* eval --baseline: SEARCH_BASE_* bits */

@@ -89,6 +89,9 @@ typedef struct VecDbSource {
                           from it: opposite polarity); -1 = unknown (manifests written before it existed) */
     int n_items;
     VecDbItem *items; /* [n_items], owned */
+    int n_classes;    /* names of labels 0..n_classes-1 (optional "classes" key: image folders' class
+                         sub-folders, aesim-pack stores' classes), 0 = none recorded */
+    char **classes;   /* [n_classes], owned */
 } VecDbSource;
 
 typedef struct VecDbShard {
@@ -139,6 +142,10 @@ void vecdb_free(VecDb *db);
  * its first_id is db->count at the time of the call and its count the sum.
  * Does not change db->count (vecdb_add_shard does). */
 void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *const *paths, const int64_t *counts);
+
+/* Records the class names of source s's labels 0..n-1 (copied; replaces
+ * any names recorded before; n = 0 records none). */
+void vecdb_set_classes(VecDbSource *s, const char *const *names, int n);
 
 /* Appends shard number db->n_shards holding ids db->count .. db->count+count-1
  * and adds count to db->count.  count >= 0. */

@@ -151,6 +151,19 @@ const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row)
     return s->src ? s->src->path : NULL;
 }
 
+int dataset_class_names(const Dataset *ds, const char *const **names)
+{
+    *names = NULL;
+    if (!ds->impl) return 0;
+    const DatasetStore *st = ds->impl->st;
+    for (int i = 0; i < st->n_src; i++)
+        if (st->srcs[i] && st->srcs[i]->n_classes > 0) {
+            *names = (const char *const *)st->srcs[i]->classes;
+            return st->srcs[i]->n_classes;
+        }
+    return 0;
+}
+
 /* Appends ", text" (or "text" when empty) to dst, truncating. */
 static void append_source(char *dst, size_t cap, const char *text)
 {

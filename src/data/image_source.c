@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -556,6 +557,37 @@ static int store_names(ImageSource *s, Err *err)
     return rc;
 }
 
+/* Store class names: meta.json's "classes" list (the class sub-folders of
+ * the packed folder), kept as the source's classes. */
+static int store_classes(ImageSource *s, Err *err)
+{
+    const ZipEntry *e = zip_archive_find(&s->za, STORE_META);
+    if (!e || e->size == 0 || e->size > (1u << 26)) return AE_OK;
+    char *text = xmalloc((size_t)e->size + 1);
+    ZipStream zs;
+    int rc = zip_stream_open(&zs, &s->za, e, err);
+    if (rc == AE_OK) {
+        rc = zip_stream_read(&zs, text, e->size, err);
+        zip_stream_close(&zs);
+    }
+    text[rc == AE_OK ? e->size : 0] = '\0';
+    json_t *o = rc == AE_OK ? json_loadb(text, (size_t)e->size, 0, NULL) : NULL;
+    json_t *cls = o ? json_object_get(o, "classes") : NULL;
+    size_t n = json_is_array(cls) ? json_array_size(cls) : 0;
+    if (rc == AE_OK && n) {
+        s->classes = xcalloc(n, sizeof *s->classes);
+        for (size_t i = 0; i < n; i++) {
+            const char *v = json_string_value(json_array_get(cls, i));
+            s->classes[i] = xmalloc(strlen(v ? v : "") + 1);
+            strcpy(s->classes[i], v ? v : "");
+        }
+        s->n_classes = (int)n;
+    }
+    json_decref(o);
+    free(text);
+    return rc;
+}
+
 static int npz_open(ImageSource *s, Err *err)
 {
     if (zip_archive_open(&s->za, s->path, err)) return err->code;
@@ -616,7 +648,7 @@ static int npz_open(ImageSource *s, Err *err)
         }
     }
     if (lab && npz_labels(s, lab, err)) return err->code;
-    if (s->is_store && store_names(s, err)) return err->code;
+    if (s->is_store && (store_names(s, err) || store_classes(s, err))) return err->code;
     return source_array_finish_shape(s, what, err);
 }
 

@@ -29,6 +29,7 @@
 #include "data/image_decode.h"
 #include "search/search_core.h"
 #include "data/sheet.h"
+#include "data/class_names.h"
 #include "search/search_ivf.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
@@ -285,6 +286,14 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         }
         vecdb_add_source(&db, cfg->data, src.n_items, paths, item_counts);
         if (N > 0) db.sources[db.n_sources - 1].pixel_mean = pix_sum / ((double)N * (double)src.C * src.H * src.W);
+        for (int i = 0; i < src.n_items; i++) {
+            const char *const *names;
+            int n_names = dataset_class_names(&src.items[i], &names);
+            if (n_names > 0) {
+                vecdb_set_classes(&db.sources[db.n_sources - 1], names, n_names);
+                break;
+            }
+        }
         for (int p = 0; p < P; p++) vecdb_add_shard(&db, counts[p]);
         vecdb_write_manifest(&db, err);
         free(paths);
@@ -598,9 +607,37 @@ static void range_filter(KnnRange *r, KnnMetric metric, double radius)
     }
 }
 
+/* Class names for the results' `class` column and the sheet's captions
+ * (class_names.h): --class-names FILE when given, else the names the
+ * database recorded for the id's source (image folders' class sub-folders,
+ * aesim-pack stores), else Fashion-MNIST's ten (sheet.h) when the source's
+ * path names it, as Debian's dataset-fashion-mnist
+ * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
+ * MNIST's, so the path is the only sign. */
+typedef struct LabelNames {
+    ClassNames file; /* --class-names, n = 0 when not given */
+} LabelNames;
+
+static int is_fashion_mnist(const char *spec)
+{
+    return strstr(spec, "fashion-mnist") || strstr(spec, "fashion_mnist") || strstr(spec, "Fashion-MNIST");
+}
+
+static const char *label_name(const LabelNames *ln, const VecDb *db, int64_t id, int32_t label)
+{
+    if (label < 0) return NULL;
+    if (ln->file.n > 0) return class_names_get(&ln->file, label);
+    int s = search_source_of(db, id);
+    if (s < 0) return NULL;
+    const VecDbSource *src = &db->sources[s];
+    if (src->n_classes > 0) return label < src->n_classes && src->classes[label][0] ? src->classes[label] : NULL;
+    if (is_fashion_mnist(src->spec) && label < 10) return SHEET_FASHION_MNIST_CLASSES[label];
+    return NULL;
+}
+
 /* Rank 0: TSV or JSON results to cfg->out or stdout. */
-static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, KnnMetric metric,
-                         SearchMeta *meta, Err *err)
+static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
+                         const LabelNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
 {
     AtomicFile af;
     FILE *f = stdout;
@@ -614,7 +651,7 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
         root = json_pack("{s:s, s:i, s:o, s:o}", "metric", vecdb_metric_name(metric), "k", cfg->k, "radius",
                          cfg->has_radius ? json_real(cfg->radius) : json_null(), "queries", jq);
     } else {
-        fprintf(f, "query\trank\tid\tdistance\tlabel\tsource\n");
+        fprintf(f, "query\trank\tid\tdistance\tlabel\tsource\tclass\n");
     }
     for (int64_t i = 0; i < r->Q && err->code == AE_OK; i++) {
         json_t *list = cfg->json ? json_array() : NULL;
@@ -624,13 +661,14 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
             if (search_meta_get(meta, r->ids[h], &label, &name, err)) break;
             double d = search_out_dist(metric, r->dist[h]);
             long long rank = (long long)(h - r->lims[i] + 1);
+            const char *cls = label_name(ln, db, r->ids[h], label);
             if (cfg->json)
-                json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s}", "rank", (json_int_t)rank, "id",
+                json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s, s:o}", "rank", (json_int_t)rank, "id",
                                                       (json_int_t)r->ids[h], "distance", d, "label", (int)label,
-                                                      "source", name));
+                                                      "source", name, "class", cls ? json_string(cls) : json_null()));
             else
-                fprintf(f, "%lld\t%lld\t%lld\t%.9g\t%d\t%s\n", (long long)i, rank, (long long)r->ids[h], d,
-                        (int)label, name);
+                fprintf(f, "%lld\t%lld\t%lld\t%.9g\t%d\t%s\t%s\n", (long long)i, rank, (long long)r->ids[h], d,
+                        (int)label, name, cls ? cls : "");
         }
         if (cfg->json)
             json_array_append_new(jq, json_pack("{s:I, s:s, s:o}", "query", (json_int_t)i, "name",
@@ -650,27 +688,11 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
     return err->code;
 }
 
-/* The class names of the database's labels, or NULL: Fashion-MNIST's ten
- * (sheet.h) when a source's path names it, as Debian's dataset-fashion-mnist
- * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
- * MNIST's, so the path is the only sign. */
-static const char *const *class_names(const VecDb *db, int *n)
-{
-    for (int s = 0; s < db->n_sources; s++)
-        if (strstr(db->sources[s].spec, "fashion-mnist") || strstr(db->sources[s].spec, "fashion_mnist") ||
-            strstr(db->sources[s].spec, "Fashion-MNIST")) {
-            *n = 10;
-            return SHEET_FASHION_MNIST_CLASSES;
-        }
-    *n = 0;
-    return NULL;
-}
-
 /* Rank 0: one row per query: its image, a gap, then its neighbours' images
  * read from the database's sources, each captioned with its distance and
- * label (class name where known: class_names). */
+ * label (class name where known: label_name). */
 static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
-                       KnnMetric metric, SearchMeta *meta, Err *err)
+                       const LabelNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
 {
     const int C = db->C, H = db->H, W = db->W;
     const size_t chw = (size_t)C * (size_t)H * (size_t)W;
@@ -684,8 +706,6 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
     float *tiles = xcalloc(cells * chw, sizeof *tiles);
     SheetCaption *caps = xcalloc(cells, sizeof *caps);
     unsigned char *present = xcalloc(cells, 1);
-    int n_names;
-    const char *const *names = class_names(db, &n_names);
     ImageSet *sets = xcalloc((size_t)db->n_sources, sizeof *sets);
     for (int i = 0; i < rows && err->code == AE_OK; i++) {
         memcpy(tiles + (size_t)i * (size_t)cols * chw, qs->img + (size_t)i * chw, chw * sizeof *tiles);
@@ -707,10 +727,11 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
             present[t] = 1;
             snprintf(caps[t].line[0], SHEET_CAPTION_BYTES, "%s=%.3g", metric == KNN_L2 ? "d" : "s",
                      search_out_dist(metric, r->dist[h]));
+            const char *cls = label_name(ln, db, id, label);
             if (label < 0)
                 snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "no label");
-            else if (names && label < n_names)
-                snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "%s", names[label]);
+            else if (cls)
+                snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "%s", cls);
             else
                 snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "label %d", (int)label);
         }
@@ -763,6 +784,10 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     memset(&res, 0, sizeof res);
     SearchMeta meta;
     search_meta_init(&meta, &db);
+    LabelNames ln;
+    memset(&ln, 0, sizeof ln);
+    if (ctx->rank == 0 && cfg->class_names[0]) class_names_read(&ln.file, cfg->class_names, err);
+    if (par_agree(ctx, err)) goto done;
     if (cfg->model[0]) {
         uint32_t crc = 0;
         if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
@@ -806,14 +831,15 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         if (ctx->rank == 0) range_filter(&res, metric, cfg->radius);
     }
     if (ctx->rank == 0) {
-        write_results(cfg, &res, &qs, metric, &meta, err);
-        if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, metric, &meta, err);
+        write_results(cfg, &res, &qs, &db, &ln, metric, &meta, err);
+        if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, &ln, metric, &meta, err);
     }
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0)
         par_err0(ctx, "query: %lld result(s) in %.2f s%s%s\n", (long long)res.lims[res.Q], timer_now() - t0,
                  cfg->sheet[0] ? " | sheet " : "", cfg->sheet);
 done:
+    class_names_free(&ln.file);
     search_meta_free(&meta);
     search_ivf_close(&si);
     search_shards_close(&ls);

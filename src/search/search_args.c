@@ -23,7 +23,7 @@ enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
     OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE,
-    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_HELP
+    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -60,6 +60,7 @@ static const struct option LONG_OPTS[] = {
     { "nprobe", required_argument, 0, OPT_NPROBE },
     { "exact", no_argument, 0, OPT_EXACT },
     { "recall", no_argument, 0, OPT_RECALL },
+    { "class-names", required_argument, 0, OPT_CLASS_NAMES },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -94,7 +95,7 @@ static const int OPT_FOR[] = {
     [OPT_RECIPE - OPT_DB] = FOR_INDEX,
     [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
     [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL,
-    [OPT_RECALL - OPT_DB] = FOR_EVAL,
+    [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve", "train-ivf" };
@@ -188,6 +189,11 @@ void search_args_usage(FILE *out)
 "  --out FILE            write the results (query) or the table (eval) to FILE, not stdout\n"
 "  --sheet FILE.png      query: contact sheet, one row per query: the query image, then its\n"
 "                        neighbours (read from the sources recorded in the manifest)\n"
+"  --class-names FILE    query: class names for the `class` column and the sheet's captions:\n"
+"                        the ILSVRC devkit's map_clsloc.txt (\"WNID LABEL NAME\" per line, the\n"
+"                        1-based labels of the downsampled-ImageNet files) or one name per\n"
+"                        line (line 1 = label 0). Default: the names the data carries (image\n"
+"                        folders' class sub-folders, aesim-pack stores, Fashion-MNIST's ten)\n"
 "  --max-queries N       eval: use the first N query images only (default 0 = all)\n"
 "  --baseline B          eval: pixels, pca or pixels,pca (repeatable)\n"
 "  --batch N             images per encoder call (default %d)\n"
@@ -195,8 +201,6 @@ void search_args_usage(FILE *out)
 "                        the ranks of the node sharing them; BLAS single-threaded inside)\n"
 "  --precision P         encoder arithmetic: fp32 (default) or bf16 (convolution inputs and\n"
 "                        weights rounded to bfloat16, float32 sums; as aesim-train --precision)\n"
-"  --threads T           OpenMP threads per rank (default: cores on the node / ranks on the\n"
-"                        node; BLAS single-threaded inside)\n"
 "  --ivf NLIST           index: then train an IVF index of NLIST lists (see train-ivf)\n"
 "  --nlist NLIST         train-ivf: lists of the IVF index, 1..count\n"
 "  --nprobe N            query, eval: IVF lists scanned per query (default %d when the\n"
@@ -338,6 +342,7 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     }
     case OPT_JSON: c->json = 1; return AE_OK;
     case OPT_SHEET: return copy_str(c->sheet, sizeof c->sheet, "--sheet", arg, err);
+    case OPT_CLASS_NAMES: return copy_str(c->class_names, sizeof c->class_names, "--class-names", arg, err);
     case OPT_OUT: return copy_str(c->out, sizeof c->out, "--out", arg, err);
     case OPT_MAX_QUERIES:
         if (parse_i64("--max-queries", arg, 0, INT64_MAX, &i, err)) return AE_EARG;

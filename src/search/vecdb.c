@@ -70,6 +70,7 @@ void vecdb_free(VecDb *db)
         for (int j = 0; j < s->n_items; j++) free(s->items[j].path);
         free(s->items);
         free(s->spec);
+        vecdb_set_classes(s, NULL, 0);
     }
     free(db->sources);
     free(db->shards);
@@ -87,6 +88,8 @@ void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *cons
     s->first_id = db->count;
     s->count = 0;
     s->pixel_mean = -1.0; /* unknown until vecdb_set_pixel_mean */
+    s->n_classes = 0;
+    s->classes = NULL;
     s->n_items = n_items;
     s->items = xcalloc((size_t)n_items, sizeof *s->items);
     for (int j = 0; j < n_items; j++) {
@@ -94,6 +97,18 @@ void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *cons
         s->items[j].count = counts[j];
         s->count += counts[j];
     }
+}
+
+void vecdb_set_classes(VecDbSource *s, const char *const *names, int n)
+{
+    for (int i = 0; i < s->n_classes; i++) free(s->classes[i]);
+    free(s->classes);
+    s->classes = NULL;
+    s->n_classes = 0;
+    if (n <= 0) return;
+    s->classes = xcalloc((size_t)n, sizeof *s->classes);
+    for (int i = 0; i < n; i++) s->classes[i] = xstrdup(names[i] ? names[i] : "");
+    s->n_classes = n;
 }
 
 void vecdb_add_shard(VecDb *db, int64_t count)
@@ -155,6 +170,11 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
                                (json_int_t)s->count, "items", items);
         CHECK(js != NULL);
         if (s->pixel_mean >= 0) json_object_set_new(js, "pixel_mean", json_real(s->pixel_mean));
+        if (s->n_classes > 0) {
+            json_t *cls = json_array();
+            for (int c = 0; c < s->n_classes; c++) json_array_append_new(cls, json_string(s->classes[c]));
+            json_object_set_new(js, "classes", cls);
+        }
         json_array_append_new(sources, js);
     }
     for (int i = 0; i < db->n_shards; i++) json_array_append_new(shards, shard_json(&db->shards[i], i));
@@ -253,6 +273,22 @@ static int read_sources(VecDb *db, json_t *arr, const char *path, Err *err)
             else if (mean)
                 rc = err_set(err, AE_EFORMAT, "%s: %s'pixel_mean' is not a number in [0, 1] (hint: the manifest is "
                              "damaged)", path, where);
+            /* Optional: the class names of its labels (issue 13). */
+            json_t *cls = json_object_get(s, "classes");
+            size_t nc = json_is_array(cls) ? json_array_size(cls) : 0;
+            for (size_t c = 0; rc == AE_OK && c < nc; c++)
+                if (!json_is_string(json_array_get(cls, c)))
+                    rc = err_set(err, AE_EFORMAT, "%s: %s'classes'[%zu] is not a string (hint: the manifest is "
+                                 "damaged)", path, where, c);
+            if (rc == AE_OK && cls && (!json_is_array(cls) || nc > INT32_MAX))
+                rc = err_set(err, AE_EFORMAT, "%s: %s'classes' is not a list of names (hint: the manifest is "
+                             "damaged)", path, where);
+            if (rc == AE_OK && nc) {
+                const char **names = xcalloc(nc, sizeof *names);
+                for (size_t c = 0; c < nc; c++) names[c] = json_string_value(json_array_get(cls, c));
+                vecdb_set_classes(src, names, (int)nc);
+                free(names);
+            }
             if (rc == AE_OK && (src->count != count || first != next))
                 rc = err_set(err, AE_EFORMAT,
                              "%s: sources[%zu] has first_id %lld and count %lld but its items add up to %lld and it "
