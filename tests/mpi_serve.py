@@ -486,6 +486,68 @@ class Serve(unittest.TestCase):
                    "50", "--baseline", "pixels", "--threads", "1")
         self.assertIn("mean", p.stdout)
 
+    def test_whitened_ivf_server_equals_query(self):
+        """A database indexed with --recipe retrieval (whitened codes, cosine) and an
+        IVF index: served answers (image uploads, vectors) equal `query --nprobe`'s,
+        with the whitening applied to the uploaded images' codes as query applies it;
+        a live addition joins its nearest IVF list, is found by the next search and,
+        after the server stops, by `query --nprobe` in another process (which reads
+        the addition's list file)."""
+        db = os.path.join(WORK, "db_wivf")
+        shutil.rmtree(db, ignore_errors=True)
+        mpirun(2, SEARCH, "index", "--model", self.ckpt, "--data", self.src, "--db", db, "--recipe", "retrieval",
+               "--ivf", "16", "--threads", "1")
+        man = json.load(open(os.path.join(db, "manifest.json")))
+        self.assertEqual((man["transform"], man["metric"], man["ivf"]["nlist"]), ("whiten", "cosine", 16))
+        srv = Server(2, db, self.ckpt, "--nprobe", "3", tag="wivf")
+        try:
+            self.assertIn("IVF index, 16 lists, scanning the 3 nearest", srv.stderr())
+            files = []
+            for i in (7, 123, 4000):
+                path = os.path.join(WORK, f"wivf{i}.png")
+                with open(path, "wb") as f:
+                    f.write(png_bytes(self.images[i]))
+                files.append(path)
+
+            def q(*args):
+                p = mpirun(2, SEARCH, "query", "--json", "--db", db, "--threads", "1", "--nprobe", "3", *args)
+                return [[(r["id"], r["distance"]) for r in x["results"]] for x in json.loads(p.stdout)["queries"]]
+            ref = q("--model", self.ckpt, "--image", *files, "--k", "5")
+            for i, path in enumerate(files):
+                st, _, data = request(f"{srv.url}/search?k=5", "POST", open(path, "rb").read())
+                self.assertEqual(st, 200, data)
+                self.assertEqual(results(json.loads(data)), ref[i], path)
+            # The IVF answer differs from the exact one somewhere (nprobe 3 of 16), so the
+            # equality above is not the exact search's by accident.
+            exact = [[(r["id"], r["distance"]) for r in x["results"]] for x in json.loads(mpirun(
+                2, SEARCH, "query", "--json", "--db", db, "--threads", "1", "--exact", "--model", self.ckpt,
+                "--data", self.src, "--ids", "0-199", "--k", "10").stdout)["queries"]]
+            approx = [[(r["id"], r["distance"]) for r in x["results"]] for x in json.loads(mpirun(
+                2, SEARCH, "query", "--json", "--db", db, "--threads", "1", "--nprobe", "3", "--model", self.ckpt,
+                "--data", self.src, "--ids", "0-199", "--k", "10").stdout)["queries"]]
+            self.assertNotEqual(exact, approx)
+            # Live addition.
+            st, _, data = request(f"{srv.url}/images?label=4", "POST", png_bytes(self.images[6000]))
+            self.assertEqual(st, 200, data)
+            nid = json.loads(data)["id"]
+            self.assertEqual(nid, N_DB)
+            st, _, data = request(f"{srv.url}/search?k=1", "POST", png_bytes(self.images[6000]))
+            got = results(json.loads(data))[0]
+            self.assertEqual(got[0], nid)
+            self.assertLess(got[1], 1e-5)
+            man = json.load(open(os.path.join(db, "manifest.json")))
+            crc = man["ivf"]["crc32"]
+            lists = os.path.join(db, "shard-%05d.ivf-%s.lists.npy" % (len(man["shards"]) - 1, crc))
+            self.assertTrue(os.path.exists(lists), lists)
+        finally:
+            srv.kill()
+        added = os.path.join(WORK, "wivf_add.png")
+        with open(added, "wb") as f:
+            f.write(png_bytes(self.images[6000]))
+        got = q("--model", self.ckpt, "--image", added, "--k", "1")[0][0]
+        self.assertEqual(got[0], nid)
+        self.assertLess(got[1], 1e-5)
+
     def test_cosine_server_equals_query(self):
         srv = Server(3, self.db, self.ckpt, "--metric", "cosine", tag="cosine")
         try:

@@ -128,6 +128,12 @@ typedef struct IvfLocal {
 int ivf_local_open(const ParCtx *ctx, IvfLocal *il, const VecDb *db, const LocalShards *ls, Err *err);
 void ivf_local_close(IvfLocal *il);
 
+/* Not collective.  Reads the lists of the shards ls gained since il was
+ * opened (ls->maps[il->n .. ls->n - 1]: aesim-search serve's live
+ * additions; a rank that gained none reads nothing).  Errors: those of
+ * ivf_read_lists (the caller agrees them). */
+int ivf_local_add(IvfLocal *il, const VecDb *db, const LocalShards *ls, Err *err);
+
 /* Collective.  Approximate k-NN over the nprobe nearest lists (the same
  * shape as search_knn; dbs[n_dbs] are the LocalShards' KnnDbs, il their
  * lists).  nprobe >= 1 (capped at nlist).  *out valid on rank 0.  Errors:

@@ -41,7 +41,8 @@ typedef struct Whiten {
 int whiten_fit(Whiten *w, const PcaStats *s, Err *err);
 void whiten_free(Whiten *w);
 
-/* x[n][D] <- whitened x, in place (a block of rows at a time). */
+/* x[n][D] <- whitened x, in place.  A row's result does not depend on n or on
+ * the other rows (fixed-shape GEMM blocks), so batches of any size agree. */
 void whiten_apply(const Whiten *w, float *x, int64_t n);
 
 /* dir/WHITEN_FILE (npz_write: temp file, fsync, rename). */

@@ -312,6 +312,20 @@ int ivf_local_open(const ParCtx *ctx, IvfLocal *il, const VecDb *db, const Local
     return AE_OK;
 }
 
+int ivf_local_add(IvfLocal *il, const VecDb *db, const LocalShards *ls, Err *err)
+{
+    if (ls->n <= il->n) return AE_OK;
+    IvfLists *grown = xcalloc((size_t)ls->n, sizeof *grown);
+    if (il->n) memcpy(grown, il->lists, (size_t)il->n * sizeof *grown);
+    free(il->lists);
+    il->lists = grown;
+    while (il->n < ls->n) {
+        if (ivf_read_lists(&il->lists[il->n], db, ls->maps[il->n].shard, err)) return err->code;
+        il->n++;
+    }
+    return AE_OK;
+}
+
 void ivf_local_close(IvfLocal *il)
 {
     if (!il) return;

@@ -94,7 +94,7 @@ static const int OPT_FOR[] = {
     [OPT_ALLOW_GAPS - OPT_DB] = FOR_ALL,
     [OPT_RECIPE - OPT_DB] = FOR_INDEX,
     [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
-    [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL,
+    [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE,
     [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY,
 };
 
@@ -155,7 +155,8 @@ void search_args_usage(FILE *out)
 "        any P), then per shard the rows of each list (DIR/ivf-CRC.centroids.npy,\n"
 "        DIR/shard-SSSSS.ivf-CRC.lists.npy; manifest version 2). index --ivf NLIST does\n"
 "        the same after indexing; index --append puts new vectors in their nearest\n"
-"        list. query and eval then scan the --nprobe nearest lists (default %d) and\n"
+"        list (and so do serve's live additions). query, eval and serve then scan the\n"
+"        --nprobe nearest lists (default %d) and\n"
 "        re-score the candidates exactly; --nprobe NLIST gives exactly the exact\n"
 "        answer, --exact forces the full scan. eval --recall --queries Q.npy: recall@k\n"
 "        against exact search and queries/s for nprobe = 1, 2, 4, ... NLIST.\n"
@@ -203,9 +204,9 @@ void search_args_usage(FILE *out)
 "                        weights rounded to bfloat16, float32 sums; as aesim-train --precision)\n"
 "  --ivf NLIST           index: then train an IVF index of NLIST lists (see train-ivf)\n"
 "  --nlist NLIST         train-ivf: lists of the IVF index, 1..count\n"
-"  --nprobe N            query, eval: IVF lists scanned per query (default %d when the\n"
+"  --nprobe N            query, eval, serve: IVF lists scanned per query (default %d when the\n"
 "                        database has an IVF index)\n"
-"  --exact               query, eval: exact search (full scan) even with an IVF index\n"
+"  --exact               query, eval, serve: exact search (full scan) even with an IVF index\n"
 "  --recall              eval: recall@k of the IVF answer against exact search and\n"
 "                        queries/s, for nprobe = 1, 2, 4, ... NLIST\n"
 "  --help                this text\n"

@@ -21,11 +21,13 @@
 #include "data/npy.h"
 #include "data/png_io.h"
 #include "search/search_core.h"
+#include "search/search_ivf.h"
 #include "search/serve_metrics.h"
 #include "search/serve_queue.h"
 #include "base/signals.h"
 #include "base/timer.h"
 #include "search/vecdb.h"
+#include "search/whiten.h"
 
 /* Commands of rank 0 to every rank. */
 enum { CMD_SEARCH = 1, CMD_ADD = 2, CMD_PING = 3, CMD_STOP = 4 };
@@ -46,7 +48,9 @@ typedef struct Server {
     KnnMetric metric;
     Model m;
     LocalShards ls;
+    SearchIvf si;        /* IVF lists of this rank's shards when the database has an index (nprobe > 0) */
     /* rank 0 only */
+    Whiten w;            /* the database's whitening (whiten.h) when it has one: w.D > 0 */
     SearchMeta meta;
     VecShard *vmaps;     /* [n_vmaps] vectors of any shard, mapped for {"id"} queries */
     int n_vmaps;
@@ -149,7 +153,7 @@ static int run_search(Server *s, const ServeCmd *c, int32_t *labels, float *vec,
     par_bcast(ctx, vec, (size_t)c->n * (size_t)s->db.D * sizeof *vec, 0);
     SearchFilter f = { labels, c->n_labels, NULL, 0, 0 };
     search_shards_set_filter(&s->ls, &f);
-    return search_knn(ctx, top, vec, c->n, s->ls.dbs, s->ls.n, c->k, s->metric, s->nthreads, err);
+    return search_ivf_knn(ctx, top, vec, c->n, &s->ls, &s->si, c->k, s->metric, s->nthreads, err);
 }
 
 /* Rank 0: the answer of one job from row i of top. */
@@ -228,8 +232,10 @@ static int serve_searches(Server *s, ServeJob **jobs, int n, double t0, Err *err
                 err_set(&e, API_BAD_REQUEST, "label %d is not in the database (GET /labels lists them)",
                         (int)j->params.labels[l]);
         if (!e.code && j->query.kind == API_QUERY_ID) vector_of(s, j->query.id, vec + (size_t)i * (size_t)D, &e);
-        if (!e.code && j->query.kind == API_QUERY_VECTOR)
+        if (!e.code && j->query.kind == API_QUERY_VECTOR) {
             memcpy(vec + (size_t)i * (size_t)D, j->query.vec, (size_t)D * sizeof *vec);
+            if (s->w.D) whiten_apply(&s->w, vec + (size_t)i * (size_t)D, 1); /* as query --queries */
+        }
         if (!e.code && j->query.kind == API_QUERY_IMAGE) {
             memcpy(imgs + (size_t)n_img * chw, j->query.input, chw * sizeof *imgs);
             img_row[n_img++] = i;
@@ -241,6 +247,7 @@ static int serve_searches(Server *s, ServeJob **jobs, int n, double t0, Err *err
     if (n_img > 0) {
         float *z = xmalloc((size_t)n_img * (size_t)D * sizeof *z);
         search_encode(z, &s->m, NULL, imgs, 0, n_img);
+        if (s->w.D) whiten_apply(&s->w, z, n_img);
         for (int t = 0; t < n_img; t++) {
             int64_t i = img_row[t];
             Err e;
@@ -371,6 +378,7 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for the uploaded image");
         goto done;
     }
+    if (s->w.D) whiten_apply(&s->w, vec, n); /* stored as index --append stores them */
     names = xmalloc((size_t)n * IMGSET_NAME_BYTES);
     name_ptrs = xmalloc((size_t)n * sizeof *name_ptrs);
     for (int i = 0; i < n; i++) {
@@ -379,6 +387,17 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
     }
     *first_id = s->db.count;
     if (vecdb_write_shard(s->db.dir, shard, vec, labels, name_ptrs, n, D, *first_id, err)) goto done;
+    if (s->db.ivf_nlist > 0) {
+        /* The new vectors join their nearest lists, as index --append's do. */
+        float *cent = NULL;
+        int32_t *list = xmalloc((size_t)n * sizeof *list);
+        if (!ivf_read_centroids(&cent, &s->db, err) &&
+            !ivf_assign(list, vec, n, cent, s->db.ivf_nlist, D, s->nthreads, err))
+            ivf_write_lists(&s->db, shard, list, n, err);
+        free(cent);
+        free(list);
+        if (err->code) goto done;
+    }
     const char *item = set.paths[0];
     const int64_t count = n;
     vecdb_add_source(&s->db, path, 1, &item, &count);
@@ -403,7 +422,8 @@ done:
 static int apply_addition(Server *s, const ServeCmd *c, Err *err)
 {
     if (s->ctx->rank != 0) vecdb_add_shard(&s->db, c->n);
-    search_shards_add(s->ctx, &s->ls, &s->db, c->shard, s->metric, err);
+    if (!search_shards_add(s->ctx, &s->ls, &s->db, c->shard, s->metric, err) && s->si.nprobe > 0)
+        ivf_local_add(&s->si.il, &s->db, &s->ls, err);
     return par_agree(s->ctx, err);
 }
 
@@ -614,6 +634,9 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     if (par_agree(ctx, err)) goto done;
     SearchFilter none = { NULL, 0, NULL, 0, 0 };
     if (search_shards_open(ctx, &s->ls, &s->db, s->metric, &none, err)) goto done;
+    if (search_ivf_open(ctx, &s->si, cfg, &s->db, &s->ls, err)) goto done;
+    if (ctx->rank == 0 && s->db.whiten) whiten_load(&s->w, s->db.dir, s->db.D, err);
+    if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0) {
         search_meta_init(&s->meta, &s->db);
         have_meta = 1;
@@ -641,6 +664,9 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     par_err0(ctx, "serve: %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s | max batch %d\n",
              cfg->db, (long long)s->db.count, s->db.D, s->db.n_shards, ctx->size, vecdb_metric_name(s->metric),
              cfg->max_batch);
+    if (s->si.nprobe > 0)
+        par_err0(ctx, "serve: IVF index, %d lists, scanning the %d nearest per query (--exact: full scan)\n",
+                 s->db.ivf_nlist, s->si.nprobe);
     par_err0(ctx, "serve: listening on %s\n", url);
     if (ctx->rank == 0) rank0_loop(s, &by_signal, err);
     else worker_loop(s, &by_signal, err);
@@ -657,6 +683,8 @@ done:
     for (int i = 0; i < s->n_sets; i++) imgset_free(&s->sets[i]);
     free(s->sets);
     free(s->labels);
+    search_ivf_close(&s->si);
+    if (s->w.D) whiten_free(&s->w);
     search_shards_close(&s->ls);
     if (have_model) model_free(&s->m);
     vecdb_free(&s->db);

@@ -14,7 +14,7 @@
 #include "data/npy.h"
 
 /* Rows transformed per sgemm call. */
-#define WHITEN_BLOCK_ROWS 1024
+#define WHITEN_BLOCK_ROWS 64
 
 int whiten_fit(Whiten *w, const PcaStats *s, Err *err)
 {
@@ -45,17 +45,27 @@ void whiten_free(Whiten *w)
 
 void whiten_apply(const Whiten *w, float *x, int64_t n)
 {
+    /* Every block is a full WHITEN_BLOCK_ROWS-row GEMM (the last one padded
+     * with zero rows): a row's result then never depends on how many rows
+     * came with it (a GEMM library may pick other kernels, and so another
+     * rounding, for other shapes), so index, query and serve whiten the same
+     * code to the same bits whatever their batch sizes. */
     const int D = w->D;
-    float *blk = xmalloc((size_t)WHITEN_BLOCK_ROWS * D * sizeof *blk);
+    float *blk = xcalloc((size_t)WHITEN_BLOCK_ROWS * D, sizeof *blk);
+    float *out = xmalloc((size_t)WHITEN_BLOCK_ROWS * D * sizeof *out);
     for (int64_t r = 0; r < n; r += WHITEN_BLOCK_ROWS) {
         const int nb = (int)(n - r < WHITEN_BLOCK_ROWS ? n - r : WHITEN_BLOCK_ROWS);
         float *xr = x + (size_t)r * D;
         for (int i = 0; i < nb; i++)
             for (int j = 0; j < D; j++) blk[(size_t)i * D + j] = xr[(size_t)i * D + j] - w->mean[j];
-        /* x[nb][D] = blk[nb][D] mat^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, D, D, 1.0f, blk, D, w->mat, D, 0.0f, xr, D);
+        if (nb < WHITEN_BLOCK_ROWS) memset(blk + (size_t)nb * D, 0, (size_t)(WHITEN_BLOCK_ROWS - nb) * D * sizeof *blk);
+        /* out[BLOCK][D] = blk[BLOCK][D] mat^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, WHITEN_BLOCK_ROWS, D, D, 1.0f, blk, D, w->mat, D, 0.0f,
+                    out, D);
+        memcpy(xr, out, (size_t)nb * D * sizeof *xr);
     }
     free(blk);
+    free(out);
 }
 
 int whiten_save(const Whiten *w, const char *dir, Err *err)
