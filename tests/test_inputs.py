@@ -4,6 +4,8 @@
 numpy (image counts, rows, pixel means, which file is missing) and Pillow
 (the images written), never our own code.
 
+  2  aesim-pack --out never replaces an existing store unless --overwrite
+     is given (the file is left byte for byte as it was);
   6  a text file that is not a list, given as --data: the error says what was
      guessed (a list file), why (its name), and names the line and its text;
   7  a failed `aesim-search index` leaves nothing behind: no new --db folder
@@ -217,6 +219,26 @@ class Inputs(unittest.TestCase):
         self.assertIn("part_02.npy is missing", r.stderr)
         r = run(PACK, "--out", self.path("p8g.npz"), os.path.join(pad, "part_2024*.npy"))
         self.assertEqual(r.returncode, 0, r.stderr)
+
+    # ---- 2 (the same trap in aesim-pack) ------------------------------------
+    def test_pack_never_replaces_a_store_unasked(self):
+        out = self.path("p2.npz")
+        r = run(PACK, "--out", out, self.train_npz)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out, "rb") as f:
+            before = f.read()
+        other = self.path("p2src.npz")
+        np.savez(other, images=self.x[200:210], labels=self.y[200:210])
+        r = run(PACK, "--out", out, other)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("p2.npz already exists", r.stderr)
+        self.assertIn("--overwrite", r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), before, "the existing store was changed")
+        r = run(PACK, "--overwrite", "--out", out, other)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(np.array_equal(np.load(out)["images"][:, 0], self.x[200:210]))
 
     # ---- 9 ----------------------------------------------------------------
     def query_sources(self, db, data, ids):

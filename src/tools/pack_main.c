@@ -16,7 +16,7 @@
 #include "par/par.h"
 #include "tools/version.h"
 
-enum { OPT_OUT = 256, OPT_WINDOW, OPT_HELP, OPT_DATAOPT };
+enum { OPT_OUT = 256, OPT_WINDOW, OPT_HELP, OPT_DATAOPT, OPT_OVERWRITE };
 
 static void usage(FILE *f)
 {
@@ -31,7 +31,9 @@ static void usage(FILE *f)
 "train-images-idx3-ubyte[.gz]), cifar10, cifar100, folder (PNG/JPEG, sub-folder =\n"
 "label), list (a text file of image paths).  * and [...] are wildcards.  Keys and\n"
 "formats: datasets/README.md.\n"
-"  --out PATH           the store to write (replaced atomically)\n"
+"  --out PATH           the store to write (written to a temporary file, then renamed);\n"
+"                       an existing file is refused unless --overwrite is given\n"
+"  --overwrite          replace an existing --out file\n"
 "  --size HxW|S         resize every image to HxW (default: the source's / first image's)\n"
 "  --channels 1|3       grey or RGB (default: the source's; folders: 3)\n"
 "  --fit crop|squash    aspect ratio: centre crop (default) or squash\n"
@@ -59,16 +61,17 @@ int main(int argc, char **argv)
         {"fit", required_argument, 0, OPT_DATAOPT},   {"bg", required_argument, 0, OPT_DATAOPT},
         {"layout", required_argument, 0, OPT_DATAOPT}, {"range", required_argument, 0, OPT_DATAOPT},
         {"skip-bad", no_argument, 0, OPT_DATAOPT},    {"allow-gaps", no_argument, 0, OPT_DATAOPT},
-        {"help", no_argument, 0, OPT_HELP},
+        {"overwrite", no_argument, 0, OPT_OVERWRITE}, {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0}};
     PackConfig cfg = {0};
     dataset_options_default(&cfg.opts);
     cfg.window = PACK_DEFAULT_WINDOW;
     Err err;
     err_clear(&err);
-    int c, idx, bad = 0;
+    int c, idx, bad = 0, overwrite = 0;
     while (!bad && (c = getopt_long(argc, argv, "", longs, &idx)) != -1) {
         if (c == OPT_OUT) cfg.out = optarg;
+        else if (c == OPT_OVERWRITE) overwrite = 1;
         else if (c == OPT_WINDOW) {
             char *end;
             errno = 0;
@@ -114,6 +117,15 @@ int main(int argc, char **argv)
         par_err0(&ctx, "aesim-pack: %s\n", err.msg);
         par_finalize(&ctx);
         return 2;
+    }
+    /* Another run's store is never replaced without being asked. */
+    if (!overwrite && stat(cfg.out, &ost) == 0)
+        err_set(&err, AE_EIO, "%s already exists: refusing to replace it (hint: choose another --out, or add "
+                "--overwrite to replace it)", cfg.out);
+    if (par_agree(&ctx, &err)) {
+        par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
+        par_finalize(&ctx);
+        return 1;
     }
     PackStats st;
     int rc = pack_run(&ctx, &cfg, &st, &err);
