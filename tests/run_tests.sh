@@ -29,6 +29,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=1
 # Scratch space for test outputs, removed at the end.
 export AESIM_TEST_TMP=$(mktemp -d)
 trap 'rm -rf "$AESIM_TEST_TMP"' EXIT
+# Verified-file cache (include/data/verify.h) inside the scratch space: the
+# tests never read or grow the user's ~/.cache/aesim, and every test that
+# damages a file in place is checked afresh (mpi_verify.py tests the cache).
+export AESIM_VERIFY_CACHE="$AESIM_TEST_TMP/verified.tsv"
 
 pass=0; fail=0; failed=()
 run() {  # run NAME CMD...

@@ -41,6 +41,8 @@
 #include <stdint.h>
 
 #include "base/err.h"
+#include "data/verify.h"
+#include "par/par.h"
 
 /* Size of Dataset.source in bytes. */
 #define DATASET_SOURCE_BYTES 4096
@@ -81,6 +83,8 @@ typedef struct DatasetOptions {
     int64_t max_pixels;     /* max_pixels=N: refuse decoded images larger than this (decompression bombs) */
     char images[DATASET_MEMBER_BYTES]; /* images=NAME: npz member holding the images ("" = guess) */
     char labels[DATASET_MEMBER_BYTES]; /* labels=NAME: npz member holding the labels ("" = guess) */
+    int defer_verify;       /* not a spec key: 1 = the stored npz members that verify selects are not checked at
+                               open but by dataset_verify, shared by the ranks (set by aesim-train and index) */
     int allow_gaps;         /* allow_gaps=1: a numbered set of files (train_data_batch_N.npz, ...) with a number
                                missing is taken with a warning instead of refused (image_source.h, numbered sets) */
 } DatasetOptions;
@@ -190,6 +194,14 @@ const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row);
  * sets *names to NULL (no such source, or a hand-made Dataset).  With several
  * sources, the first that names classes. */
 int dataset_class_names(const Dataset *ds, const char *const **names);
+
+/* Collective: the CRC-32 check of every stored npz member that ds's sources
+ * left for later (opened with defer_verify = 1), split over the ranks and
+ * remembered across jobs (verify.h).  Every rank passes a Dataset opened
+ * from the same spec.  Adds to *st.  Errors (agreed): verify_members'.
+ * A Dataset with nothing left to check returns AE_OK without communicating
+ * beyond one agreement. */
+int dataset_verify(const ParCtx *ctx, const Dataset *ds, VerifyStats *st, Err *err);
 
 /* Splits off a validation set: nval = round(frac * n) images (at least 1)
  * chosen uniformly at random with rng_seed(seed, RNG_STREAM_SPLIT) go to

@@ -86,6 +86,8 @@ typedef struct ImageSource {
     int C0, H0, W0;                 /* shape of a raw record */
     int nhwc;                       /* 1 if raw records are [H0][W0][C0] */
     ZipArchive za;                  /* npz sources: the open archive */
+    int verify_pending;             /* 1: verify_entry's CRC is still to be checked (opts.defer_verify) */
+    ZipEntry verify_entry;          /* the images member, when verify_pending */
     const ZipEntry *member;         /* npz sources: the images member */
     ZipStream zs;                   /* RAW_ZIP_STREAM */
     IdxStream idx;                  /* RAW_IDX_STREAM */

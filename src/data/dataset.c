@@ -151,6 +151,30 @@ const char *dataset_origin(const Dataset *ds, int64_t i, int64_t *row)
     return s->src ? s->src->path : NULL;
 }
 
+int dataset_verify(const ParCtx *ctx, const Dataset *ds, VerifyStats *st, Err *err)
+{
+    err_clear(err);
+    int n = 0;
+    const DatasetStore *s = ds->impl ? ds->impl->st : NULL;
+    VerifyMember *m = xcalloc((size_t)(s && s->n_src ? s->n_src : 1), sizeof *m);
+    for (int i = 0; s && i < s->n_src; i++) {
+        const ImageSource *src = s->srcs[i];
+        if (!src || !src->verify_pending) continue;
+        m[n++] = (VerifyMember){ .fd = src->za.fd, .path = src->path, .member = src->verify_entry.name,
+                                 .offset = src->verify_entry.data_offset, .size = src->verify_entry.size,
+                                 .crc = src->verify_entry.crc };
+    }
+    /* Every rank must walk the same list (the same spec opened everywhere). */
+    int64_t mine = n, first = n;
+    par_bcast(ctx, &first, sizeof first, 0);
+    if (mine != first)
+        err_set(err, AE_EFORMAT, "rank %d opened %d member(s) to verify but rank 0 opened %lld (hint: every rank must "
+                "see the same --data files)", ctx->rank, n, (long long)first);
+    if (par_agree(ctx, err) == AE_OK && n > 0) verify_members(ctx, m, n, st, err);
+    free(m);
+    return err->code;
+}
+
 int dataset_class_names(const Dataset *ds, const char *const **names)
 {
     *names = NULL;

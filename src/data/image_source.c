@@ -616,7 +616,12 @@ static int npz_open(ImageSource *s, Err *err)
     char what[ZIP_PATH_BYTES + ZIP_NAME_BYTES + 16];
     snprintf(what, sizeof what, "%s (member '%s')", s->path, img->name);
     if (s->opts.verify == 1 || (s->opts.verify == -1 && !s->is_store && img->method == ZIP_METHOD_STORED)) {
-        if (zip_member_verify(&s->za, img, err)) return err->code;
+        if (s->opts.defer_verify && img->method == ZIP_METHOD_STORED) {
+            s->verify_pending = 1; /* dataset_verify, shared by the ranks */
+            s->verify_entry = *img;
+        } else if (zip_member_verify(&s->za, img, err)) {
+            return err->code;
+        }
     }
     if (zip_stream_open(&s->zs, &s->za, img, err)) return err->code;
     s->access = RAW_ZIP_STREAM; /* until the header is read */

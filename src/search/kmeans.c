@@ -17,7 +17,7 @@
 
 #include "base/check.h"
 #include "base/rng.h"
-#include "nn/gemm.h"
+#include "search/knn_gemm.h"
 #include "search/knn.h"
 #include "search/topk.h"
 
@@ -108,6 +108,14 @@ void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, cons
         if (v > cmax2) cmax2 = v;
     }
     const int64_t nblocks = (n + KMEANS_ASSIGN_BLOCK - 1) / KMEANS_ASSIGN_BLOCK;
+    /* The kNN search's GEMM (knn_gemm.h: aesim's AVX-512 kernel where the CPU
+     * has AVX-512F; AESIM_KNN_GEMM forces one, an invalid value means auto
+     * here as the search itself reports it).  The assignment does not depend
+     * on the kernel: the candidates within the rounding bound are re-scored
+     * exactly below. */
+    KnnGemm g = KNN_GEMM_AUTO;
+    Err ge;
+    if (knn_gemm_from_env(&g, &ge)) g = KNN_GEMM_AUTO;
 #ifdef _OPENMP
     const int T = nthreads > 0 ? nthreads : omp_get_max_threads();
 #else
@@ -123,7 +131,7 @@ void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, cons
             const int64_t i0 = b * KMEANS_ASSIGN_BLOCK;
             const int nb = (int)(n - i0 < KMEANS_ASSIGN_BLOCK ? n - i0 : KMEANS_ASSIGN_BLOCK);
             const float *xb = x + (size_t)i0 * (size_t)D;
-            gemm_nt(ip, xb, c, nb, k, D, 0.0f); /* ip[i][j] = x_i . c_j */
+            knn_gemm_nt(g, ip, xb, c, nb, k, D); /* ip[i][j] = x_i . c_j */
             for (int i = 0; i < nb; i++) {
                 const float *xi = xb + (size_t)i * (size_t)D;
                 const double xn2 = sq_norm(xi, D);

@@ -230,12 +230,19 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
      * --image converts its files (search_data_options). */
     DatasetOptions opts;
     search_data_options(&opts, m.spec.C, m.spec.H, m.spec.W, cfg->allow_gaps);
+    opts.defer_verify = 1; /* CRC checks shared by the ranks below (verify.h) */
     if (!imgset_open_opts(&src, cfg->data, &opts, err) && (src.C != m.spec.C || src.H != m.spec.H ||
                                                             src.W != m.spec.W))
         err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model %s takes %dx%dx%d (hint: drop the "
                                 "source's own ?size= / ?channels=, or index with a model trained on such images)",
                 cfg->data, src.C, src.H, src.W, cfg->model, m.spec.C, m.spec.H, m.spec.W);
     if (par_agree(ctx, err)) goto done;
+    VerifyStats vs = { 0 };
+    for (int i = 0; i < src.n_items; i++)
+        if (dataset_verify(ctx, &src.items[i], &vs, err)) goto done;
+    if (vs.members)
+        par_err0(ctx, "index: CRC-32 of %lld stored member(s) checked, each rank reading 1/%d of it\n",
+                 (long long)vs.members, P);
     if (src.warning[0]) par_err0(ctx, "index: warning: %s\n", src.warning);
     par_err0(ctx, "index: %lld images of %s, %d rank(s) -> shards %d..%d of %s | model %s crc32 %08x | D = %d\n",
              (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D);

@@ -13,6 +13,7 @@
 #include <zlib.h>
 
 #include "base/check.h"
+#include "base/timer.h"
 #include "data/dataset_opts.h"
 #include "train/train_views.h"
 #include "train/train_schedule.h"
@@ -46,6 +47,7 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
     DatasetOptions opts;
     dataset_options_default(&opts);
     opts.allow_gaps = cfg->allow_gaps; /* --allow-gaps; --data-opts allow_gaps=1 says the same */
+    opts.defer_verify = 1;             /* CRC checks shared by the ranks below (verify.h) */
     if (dataset_options_parse(&opts, cfg->data_opts, err)) {
         char msg[ERR_MSG_BYTES];
         snprintf(msg, sizeof msg, "%s", err->msg);
@@ -60,6 +62,15 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
         dataset_free(&all);
     }
     if (par_agree(ctx, err)) return err->code;
+    VerifyStats vs = { 0 };
+    const double tv = timer_now();
+    if (dataset_verify(ctx, train, &vs, err) || (val_src[0] && dataset_verify(ctx, val, &vs, err))) return err->code;
+    if (vs.members)
+        par_log0(ctx, "data: CRC-32 of %lld stored member(s) checked in %.2f s, each rank reading 1/%d of it (%.1f MB "
+                 "here)\n", (long long)vs.members, timer_now() - tv, ctx->size, vs.bytes_read / 1e6);
+    if (vs.cached)
+        par_log0(ctx, "data: %lld stored member(s) verified by an earlier job, unchanged since (size and mtime): not "
+                 "read again (%s=off checks every time)\n", (long long)vs.cached, VERIFY_CACHE_ENV);
     if (train->warning[0]) par_err0(ctx, "aesim-train: warning: --data %s\n", train->warning);
     if (val->warning[0] && strcmp(val->warning, train->warning) != 0)
         par_err0(ctx, "aesim-train: warning: --val %s\n", val->warning);
