@@ -64,4 +64,9 @@ int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off);
 /* mkdir -p with mode 0777 & ~umask.  AE_EIO names the component that failed. */
 int fileio_mkdirs(const char *dir, Err *err);
 
+/* Bytes this process has caused to be read from storage so far (the
+ * read_bytes line of /proc/self/io: page-cache hits are not counted), or -1
+ * where that file is unavailable. */
+int64_t fileio_disk_read_bytes(void);
+
 #endif

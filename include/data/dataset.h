@@ -83,6 +83,9 @@ typedef struct DatasetOptions {
     int64_t max_pixels;     /* max_pixels=N: refuse decoded images larger than this (decompression bombs) */
     char images[DATASET_MEMBER_BYTES]; /* images=NAME: npz member holding the images ("" = guess) */
     char labels[DATASET_MEMBER_BYTES]; /* labels=NAME: npz member holding the labels ("" = guess) */
+    int random_access;      /* not a spec key: 1 = mapped files are read in random order (training's shuffled
+                               batches): madvise(MADV_RANDOM), no readahead beyond the pages asked for; the
+                               reader then names the pages it needs next with dataset_prefetch */
     int defer_verify;       /* not a spec key: 1 = the stored npz members that verify selects are not checked at
                                open but by dataset_verify, shared by the ranks (set by aesim-train and index) */
     int allow_gaps;         /* allow_gaps=1: a numbered set of files (train_data_batch_N.npz, ...) with a number
@@ -202,6 +205,13 @@ int dataset_class_names(const Dataset *ds, const char *const **names);
  * A Dataset with nothing left to check returns AE_OK without communicating
  * beyond one agreement. */
 int dataset_verify(const ParCtx *ctx, const Dataset *ds, VerifyStats *st, Err *err);
+
+/* Asks the kernel to start reading the pages of images idx[0..count-1] (or
+ * first .. first + count - 1 when idx is NULL) of memory-mapped sources
+ * (madvise(MADV_WILLNEED): asynchronous readahead of exactly those pages),
+ * so that a later dataset_get_* of them does not wait for the disk; images
+ * held in memory are skipped.  A hint: never fails, changes no data. */
+void dataset_prefetch(const Dataset *ds, const int64_t *idx, int64_t first, int64_t count);
 
 /* Splits off a validation set: nval = round(frac * n) images (at least 1)
  * chosen uniformly at random with rng_seed(seed, RNG_STREAM_SPLIT) go to

@@ -151,3 +151,15 @@ int fileio_mkdirs(const char *dir, Err *err)
     }
     return AE_OK;
 }
+
+int64_t fileio_disk_read_bytes(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    if (!f) return -1;
+    char line[128];
+    long long v = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "read_bytes: %lld", &v) == 1) break;
+    fclose(f);
+    return v;
+}

@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Pixel scale: uint8 0..255 maps to float 0..1. */
 #define PIXEL_MAX 255.0f
@@ -114,6 +116,23 @@ const uint8_t *dataset_image(const Dataset *ds, int64_t i)
     int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
     const Segment *s = find_segment(ds->impl->st, p);
     return s->pix + (p - s->first) * img;
+}
+
+void dataset_prefetch(const Dataset *ds, const int64_t *idx, int64_t first, int64_t count)
+{
+    if (ds->pixels && !ds->impl) return;
+    const int64_t img = dataset_image_bytes(ds);
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t i = idx ? idx[k] : first + k;
+        if (i < 0 || i >= ds->n) continue;
+        int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
+        const Segment *s = find_segment(ds->impl->st, p);
+        if (!s->src || !s->src->mapped) continue; /* in memory already */
+        uintptr_t a = (uintptr_t)(s->pix + (p - s->first) * img), b = a + (uintptr_t)img;
+        a -= a % page;
+        madvise((void *)a, (size_t)(b - a), MADV_WILLNEED);
+    }
 }
 
 void dataset_get_u8(uint8_t *out, const Dataset *ds, int64_t i)

@@ -43,6 +43,10 @@ int source_array_finish_shape(ImageSource *s, const char *what, Err *err)
                            strerror(errno));
         s->map_addr = addr;
         s->map_len = (size_t)st.st_size;
+        /* Shuffled batches touch a few pages here and there: readahead
+         * would read whole windows around each (dataset_prefetch names the
+         * pages a step needs instead). */
+        if (o->random_access) madvise(addr, (size_t)st.st_size, MADV_RANDOM);
         s->mapped = (const uint8_t *)addr + s->offset;
     }
     return AE_OK;

@@ -96,16 +96,10 @@ static void cache_add(const char *path, const char *key)
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
+    Err e;
     if (slash && slash != dir) {
         *slash = '\0';
-        /* mkdir -p of the cache folder */
-        for (char *p = dir + 1; *p; p++)
-            if (*p == '/') {
-                *p = '\0';
-                mkdir(dir, 0755);
-                *p = '/';
-            }
-        mkdir(dir, 0755);
+        if (fileio_mkdirs(dir, &e)) return;
     }
     char *old = cache_read(path);
     int lines = 0;
@@ -116,7 +110,6 @@ static void cache_add(const char *path, const char *key)
         from = nl ? nl + 1 : NULL;
         lines--;
     }
-    Err e;
     AtomicFile af;
     if (atomic_open(&af, path, &e) == AE_OK) {
         if (from && *from) fputs(from, af.f);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "build_info.h"
+#include "base/check.h"
 #include "base/fileio.h"
 #include "par/par.h"
 #include "base/threads.h"
@@ -94,6 +95,19 @@ int main(int argc, char **argv)
                  res.seconds, (long long)res.state.step,
                  (double)res.state.epoch + (double)res.state.batch / (double)steps_per_epoch, res.images_per_s,
                  res.val_loss, res.val_psnr_db, cfg.out, cfg.out, cfg.out);
+    /* Storage reads of every rank (issue 18: what the data costs). */
+    int64_t rd = fileio_disk_read_bytes(), *rds = xcalloc((size_t)ctx.size, sizeof *rds);
+    par_gather(&ctx, &rd, rds, sizeof rd, 0);
+    if (rc == AE_OK && rd >= 0) {
+        int64_t mx = 0, sum = 0;
+        for (int r = 0; r < ctx.size; r++) {
+            sum += rds[r];
+            if (rds[r] > mx) mx = rds[r];
+        }
+        par_log0(&ctx, "disk: %.1f MB read from storage in all, %.1f MB by the busiest of %d rank(s) "
+                 "(/proc/self/io; the page cache's hits are free)\n", sum / 1e6, mx / 1e6, ctx.size);
+    }
+    free(rds);
     optimizer_free(&opt);
     model_free(&model);
     dataset_free(&train);

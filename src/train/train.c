@@ -60,8 +60,11 @@ double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t li
     int64_t lo = n * ctx->rank / ctx->size, hi = n * (ctx->rank + 1) / ctx->size;
     size_t chw = image_numel(ds);
     double acc[2] = { 0, (double)(hi - lo) }; /* sum of squared errors, images */
+    if (lo < hi) dataset_prefetch(ds, NULL, lo, hi - lo < m->max_batch ? hi - lo : m->max_batch);
     for (int64_t i = lo; i < hi; i += m->max_batch) {
         int nb = (int)(hi - i < m->max_batch ? hi - i : m->max_batch);
+        /* the next chunk's pages are read while this one is computed */
+        if (i + nb < hi) dataset_prefetch(ds, NULL, i + nb, hi - i - nb < m->max_batch ? hi - i - nb : m->max_batch);
         for (int j = 0; j < nb; j++) dataset_get_f32(m->input + (size_t)j * chw, ds, i + j);
         const float *y = model_forward(m, m->input, nb);
         for (size_t k = 0; k < (size_t)nb * chw; k++) {
@@ -307,6 +310,15 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             double ta = timer_now();
             int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;
             sampler_rank_slice(len, ctx->rank, ctx->size, &off, &cnt);
+            /* Mapped data (dataset_prefetch): this batch's pages all at once
+             * at an epoch's start or resume, then the next batch's pages are
+             * read while this step computes. */
+            if (st.batch == 0 || steps_done == 0) dataset_prefetch(train, perm + first + off, 0, cnt);
+            if (st.batch + 1 < nb) {
+                int64_t f2 = (st.batch + 1) * B, l2 = n - f2 < B ? n - f2 : B, o2, c2;
+                sampler_rank_slice(l2, ctx->rank, ctx->size, &o2, &c2);
+                dataset_prefetch(train, perm + f2 + o2, 0, c2);
+            }
             dataset_get_batch_f32(use_views ? tv.clean : m->input, train, perm + first + off, cnt);
             double tb = timer_now();
             model_zero_grad(m);

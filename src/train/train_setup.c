@@ -48,6 +48,7 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
     dataset_options_default(&opts);
     opts.allow_gaps = cfg->allow_gaps; /* --allow-gaps; --data-opts allow_gaps=1 says the same */
     opts.defer_verify = 1;             /* CRC checks shared by the ranks below (verify.h) */
+    opts.random_access = 1;            /* shuffled batches: no readahead, dataset_prefetch instead */
     if (dataset_options_parse(&opts, cfg->data_opts, err)) {
         char msg[ERR_MSG_BYTES];
         snprintf(msg, sizeof msg, "%s", err->msg);
