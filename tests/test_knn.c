@@ -159,7 +159,7 @@ static void test_shapes(void **state)
             int D = (int)cases[c][2], k = (int)cases[c][3];
             float *q = rand_matrix(Q, D, &rng, -1, 1), *x = rand_matrix(M, D, &rng, -1, 1);
             int64_t *gid = offset_ids(M, 1000);
-            KnnDb db = { x, M, D, 1000, NULL, NULL };
+            KnnDb db = { x, M, D, 1000, NULL, NULL, NULL, 0 };
             TopK out;
             Err err;
             assert_int_equal(knn_search_local(&out, q, Q, &db, k, (KnnMetric)metric, 0, &err), AE_OK);
@@ -187,7 +187,7 @@ static void test_duplicates(void **state)
     int64_t *gid = offset_ids(M, 0);
     for (int metric = 0; metric <= 1; metric++)
         for (int64_t nq = Q; nq >= 3; nq = nq == Q ? 3 : 0) {
-            KnnDb db = { x, M, D, 0, NULL, NULL };
+            KnnDb db = { x, M, D, 0, NULL, NULL, NULL, 0 };
             TopK out;
             assert_int_equal(knn_search_local(&out, q, nq, &db, K, (KnnMetric)metric, 0, NULL), AE_OK);
             check_knn(&out, q, nq, x, M, D, K, (KnnMetric)metric, gid, NULL);
@@ -217,7 +217,7 @@ static void test_cancellation(void **state)
     for (int i = 0; i < M * D; i++) x[i] += offset;
     int64_t *ids = malloc(M * sizeof *ids);
     for (int j = 0; j < M; j++) ids[j] = M - 1 - j;  /* id order opposite to row order */
-    KnnDb db = { x, M, D, 0, ids, NULL };
+    KnnDb db = { x, M, D, 0, ids, NULL, NULL, 0 };
     TopK out;
     assert_int_equal(knn_search_local(&out, q, Q, &db, K, KNN_L2, 0, NULL), AE_OK);
     check_knn(&out, q, Q, x, M, D, K, KNN_L2, ids, NULL);
@@ -256,13 +256,13 @@ static void test_mask_and_ids(void **state)
         const int ks[] = { 1, 12, 2000 };
         for (int t = 0; t < 3; t++)
             for (int64_t nq = Q; nq >= QS; nq = nq == Q ? QS : 0) {
-                KnnDb db = { x, M, D, 0, ids, mask };
+                KnnDb db = { x, M, D, 0, ids, mask, NULL, 0 };
                 TopK out;
                 assert_int_equal(knn_search_local(&out, q, nq, &db, ks[t], (KnnMetric)metric, 0, NULL), AE_OK);
                 check_knn(&out, q, nq, x, M, D, ks[t], (KnnMetric)metric, ids, mask);
                 topk_free(&out);
             }
-        KnnDb db0 = { x, M, D, 0, ids, none };
+        KnnDb db0 = { x, M, D, 0, ids, none, NULL, 0 };
         TopK out;
         assert_int_equal(knn_search_local(&out, q, Q, &db0, 4, (KnnMetric)metric, 0, NULL), AE_OK);
         check_knn(&out, q, Q, x, M, D, 4, (KnnMetric)metric, ids, none);
@@ -273,6 +273,48 @@ static void test_mask_and_ids(void **state)
     free(mask);
     free(none);
     free(ids);
+}
+
+/* Cached row norms (KnnDb.norms, as aesim-search serve keeps them): the
+ * many-query pass gives the same bits with and without them, masked or not,
+ * and the brute-force reference agrees; a NaN row gets no cache. */
+static void test_cached_norms(void **state)
+{
+    (void)state;
+    enum { Q = KNN_SCAN_MAX_QUERIES + 5, M = 900, D = 12 };
+    uint64_t rng = 41;
+    float *q = rand_matrix(Q, D, &rng, -2, 2), *x = rand_matrix(M, D, &rng, -2, 2);
+    uint8_t *mask = malloc(M);
+    for (int j = 0; j < M; j++) mask[j] = (test_rng_next(&rng) % 10) < 6;
+    float *nr = malloc(M * sizeof *nr);
+    int64_t *ids = malloc(M * sizeof *ids);
+    for (int j = 0; j < M; j++) ids[j] = j;
+    for (int metric = 0; metric <= 1; metric++)
+        for (int masked = 0; masked <= 1; masked++) {
+            KnnDb plain = { x, M, D, 0, NULL, masked ? mask : NULL, NULL, 0 };
+            KnnDb cached = plain;
+            double mx;
+            assert_int_equal(knn_row_norms(nr, &mx, &plain, 2), 1);
+            cached.norms = nr;
+            cached.norms_max2 = mx;
+            TopK a, b;
+            assert_int_equal(knn_search_local(&a, q, Q, &plain, 7, (KnnMetric)metric, 0, NULL), AE_OK);
+            assert_int_equal(knn_search_local(&b, q, Q, &cached, 7, (KnnMetric)metric, 0, NULL), AE_OK);
+            assert_memory_equal(a.ids, b.ids, (size_t)Q * 7 * sizeof *a.ids);
+            assert_memory_equal(a.dist, b.dist, (size_t)Q * 7 * sizeof *a.dist);
+            check_knn(&b, q, Q, x, M, D, 7, (KnnMetric)metric, ids, masked ? mask : NULL);
+            topk_free(&a);
+            topk_free(&b);
+        }
+    x[5 * D + 3] = NAN;
+    KnnDb bad = { x, M, D, 0, NULL, NULL, NULL, 0 };
+    double mx;
+    assert_int_equal(knn_row_norms(nr, &mx, &bad, 1), 0);
+    free(ids);
+    free(nr);
+    free(mask);
+    free(q);
+    free(x);
 }
 
 /* Same bits for 1 and 4 threads, and for the database split into uneven
@@ -288,7 +330,7 @@ static void test_threads_and_shards(void **state)
     for (int j = 0; j < M; j++) mask[j] = (j % 13) != 5;
     int64_t *gid = offset_ids(M, 0);
     for (int metric = 0; metric <= 1; metric++) {
-        KnnDb db = { x, M, D, 0, NULL, mask };
+        KnnDb db = { x, M, D, 0, NULL, mask, NULL, 0 };
         TopK t1, t4, merged, parts[S];
         assert_int_equal(knn_search_local(&t1, q, Q, &db, K, (KnnMetric)metric, 1, NULL), AE_OK);
         assert_int_equal(knn_search_local(&t4, q, Q, &db, K, (KnnMetric)metric, 4, NULL), AE_OK);
@@ -297,7 +339,7 @@ static void test_threads_and_shards(void **state)
         assert_memory_equal(t1.dist, t4.dist, Q * K * sizeof *t1.dist);
         int64_t start = 0;
         for (int s = 0; s < S; s++) {
-            KnnDb sh = { x + start * D, sizes[s], D, start, NULL, mask + start };
+            KnnDb sh = { x + start * D, sizes[s], D, start, NULL, mask + start, NULL, 0 };
             /* per-shard k differs from the merged k on purpose */
             assert_int_equal(knn_search_local(&parts[s], q, Q, &sh, K + s, (KnnMetric)metric, 2, NULL), AE_OK);
             start += sizes[s];
@@ -360,7 +402,7 @@ static void test_range(void **state)
             for (int64_t Q = 1; Q <= QMAX; Q += QMAX - 1) { /* Q = 1 pre-scan, Q = QMAX GEMM */
                 const uint8_t *masks[2] = { NULL, mask };
                 for (int mm = 0; mm < 2; mm++) {
-                    KnnDb db = { x, M, D, 50, NULL, masks[mm] };
+                    KnnDb db = { x, M, D, 50, NULL, masks[mm], NULL, 0 };
                     KnnRange r;
                     assert_int_equal(knn_range_search_local(&r, q, Q, &db, radii[t], (KnnMetric)metric, 0, NULL),
                                      AE_OK);
@@ -372,7 +414,7 @@ static void test_range(void **state)
          * a row ON the radius must be kept whatever its float pre-scan
          * value (the bound must not exclude it) */
         for (int t = 0; t < 40; t++) {
-            KnnDb db = { x, M, D, 50, NULL, NULL };
+            KnnDb db = { x, M, D, 50, NULL, NULL, NULL, 0 };
             KnnRange r;
             assert_int_equal(knn_range_search_local(&r, q, 1, &db, hits[t].d, (KnnMetric)metric, 0, NULL), AE_OK);
             check_range(&r, q, 1, x, M, D, hits[t].d, (KnnMetric)metric, gid, NULL);
@@ -414,7 +456,7 @@ static void test_errors(void **state)
     (void)state;
     float q[4] = { 1, 2, 3, 4 }, x[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
     int64_t bad_ids[2] = { 3, -2 };
-    KnnDb db = { x, 2, 4, 0, NULL, NULL };
+    KnnDb db = { x, 2, 4, 0, NULL, NULL, NULL, 0 };
     TopK out;
     KnnRange r;
     Err err;
@@ -425,11 +467,11 @@ static void test_errors(void **state)
     assert_int_equal(knn_search_local(&out, q, 1, &db, -3, KNN_IP, 0, &err), AE_EARG);
     assert_int_equal(knn_search_local(&out, q, 1, &db, 1, (KnnMetric)7, 0, &err), AE_EARG);
     assert_int_equal(knn_search_local(&out, q, -1, &db, 1, KNN_L2, 0, &err), AE_EARG);
-    KnnDb d0 = { x, 2, 0, 0, NULL, NULL };
+    KnnDb d0 = { x, 2, 0, 0, NULL, NULL, NULL, 0 };
     assert_int_equal(knn_search_local(&out, q, 1, &d0, 1, KNN_L2, 0, &err), AE_ESHAPE);
-    KnnDb dneg = { x, 2, 4, -1, NULL, NULL };
+    KnnDb dneg = { x, 2, 4, -1, NULL, NULL, NULL, 0 };
     assert_int_equal(knn_search_local(&out, q, 1, &dneg, 1, KNN_L2, 0, &err), AE_EARG);
-    KnnDb dids = { x, 2, 4, 0, bad_ids, NULL };
+    KnnDb dids = { x, 2, 4, 0, bad_ids, NULL, NULL, 0 };
     assert_int_equal(knn_search_local(&out, q, 1, &dids, 1, KNN_L2, 0, &err), AE_EARG);
     x[6] = NAN;
     assert_int_equal(knn_search_local(&out, q, 1, &db, 1, KNN_L2, 0, &err), AE_ENUMERIC);
@@ -566,7 +608,7 @@ static void test_scan_path(void **state)
         for (int variant = 0; variant < 3; variant++) {
             const int64_t *gid = variant == 0 ? seq : ids;
             const uint8_t *mk = variant == 0 ? NULL : variant == 1 ? mask : few;
-            KnnDb db = { x, M, D, 7, variant == 0 ? NULL : ids, mk };
+            KnnDb db = { x, M, D, 7, variant == 0 ? NULL : ids, mk, NULL, 0 };
             for (int t = 0; t < 3; t++)
                 for (int64_t nq = 1; nq <= 2; nq++) {
                     TopK t1, t4;
@@ -583,7 +625,7 @@ static void test_scan_path(void **state)
      * pre-scan (radius = its 30th distance) */
     Hit *hits = malloc(M * sizeof *hits);
     for (int metric = 0; metric <= 1; metric++) {
-        KnnDb db = { x, M, D, 0, ids, mask };
+        KnnDb db = { x, M, D, 0, ids, mask, NULL, 0 };
         naive_all(hits, q + D, x, M, D, (KnnMetric)metric, ids, mask);
         KnnRange r;
         assert_int_equal(knn_range_search_local(&r, q + D, 1, &db, hits[29].d, (KnnMetric)metric, 0, NULL), AE_OK);
@@ -652,7 +694,7 @@ static void test_scan_fallback(void **state)
             else
                 assert_true(knn_scan_ip_upper(&b, fc, naive_dist(KNN_IP, qm, qm, D), nc) >= (double)hits[K - 1].d);
             free(hits);
-            KnnDb db = { xm, M, D, 0, ids, NULL };
+            KnnDb db = { xm, M, D, 0, ids, NULL, NULL, 0 };
             for (int nt = 1; nt <= 4; nt += 3) {
                 TopK out;
                 assert_int_equal(knn_search_local(&out, qm, 1, &db, K, (KnnMetric)metric, nt, NULL), AE_OK);
@@ -690,7 +732,7 @@ static void test_overflow_refused(void **state)
         float *qb = malloc(Q * D * sizeof *qb);
         memcpy(qb, q, Q * D * sizeof *qb);
         for (int d = 0; d < D; d++) qb[D + d] = huge[h];
-        KnnDb db = { x, M, D, 0, NULL, NULL };
+        KnnDb db = { x, M, D, 0, NULL, NULL, NULL, 0 };
         const int64_t nqs[2] = { 2, Q };
         for (int t = 0; t < 2; t++) {
             err_clear(&err);
@@ -731,12 +773,12 @@ static void test_overflow_refused(void **state)
             }
             /* small shard (direct path: 15 rows <= k + margin), its row 7
              * too large */
-            KnnDb small = { x + 1227 * D, 15, D, 0, NULL, NULL };
+            KnnDb small = { x + 1227 * D, 15, D, 0, NULL, NULL, NULL, 0 };
             assert_int_equal(knn_search_local(&out, q, 2, &small, 3, (KnnMetric)metric, 0, &err), AE_ENUMERIC);
             assert_non_null(strstr(err.msg, "row 7"));
             /* masked out: searched as if absent */
             mask[1234] = mask[2000] = 0;
-            KnnDb dbm = { x, M, D, 0, NULL, mask };
+            KnnDb dbm = { x, M, D, 0, NULL, mask, NULL, 0 };
             int64_t *gid = offset_ids(M, 0);
             for (int t = 0; t < 2; t++) {
                 assert_int_equal(knn_search_local(&out, q, nqs2[t], &dbm, 4, (KnnMetric)metric, 0, NULL), AE_OK);
@@ -755,7 +797,7 @@ static void test_overflow_refused(void **state)
     /* just below the limit: accepted, and the result is exact */
     const float big = (float)sqrt(KNN_MAX_NORM2 / D) * 0.999f;
     for (int d = 0; d < D; d++) x[10 * D + d] = big;
-    KnnDb db = { x, M, D, 0, NULL, NULL };
+    KnnDb db = { x, M, D, 0, NULL, NULL, NULL, 0 };
     int64_t *gid = offset_ids(M, 0);
     for (int metric = 0; metric <= 1; metric++) {
         assert_int_equal(knn_search_local(&out, q, 1, &db, 5, (KnnMetric)metric, 0, NULL), AE_OK);
@@ -786,7 +828,7 @@ static void test_gemm_choice(void **state)
     setenv(KNN_GEMM_ENV, "cublas", 1);
     uint64_t rng = 5;
     float *q = rand_matrix(40, 8, &rng, -1, 1), *x = rand_matrix(100, 8, &rng, -1, 1);
-    KnnDb db = { x, 100, 8, 0, NULL, NULL };
+    KnnDb db = { x, 100, 8, 0, NULL, NULL, NULL, 0 };
     TopK out;
     KnnRange r;
     assert_int_equal(knn_search_local(&out, q, 40, &db, 3, KNN_L2, 1, &err), AE_EARG);
@@ -809,6 +851,7 @@ int main(void)
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_scan_kernel_bounds),
         cmocka_unit_test(test_scan_path),    cmocka_unit_test(test_scan_fallback),
         cmocka_unit_test(test_overflow_refused), cmocka_unit_test(test_gemm_choice),
+        cmocka_unit_test(test_cached_norms),
     };
     /* Every test once per kNN GEMM kernel (knn_gemm.h), forced by name. */
     int failed = 0;

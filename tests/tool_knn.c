@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     err_clear(&err);
     if (is_range) {
         KnnRange r;
-        KnnDb db = { x, M, D, 0, NULL, NULL };
+        KnnDb db = { x, M, D, 0, NULL, NULL, NULL, 0 };
         if (knn_range_search_local(&r, q, Q, &db, strtof(argv[3], NULL), metric, nthreads, &err) != AE_OK) {
             fprintf(stderr, "tool_knn: %s\n", err.msg);
             return 1;
@@ -137,7 +137,7 @@ int main(int argc, char **argv)
         int64_t start = 0, wsum = (int64_t)shards * (shards + 1) / 2;
         for (int s = 0; s < shards; s++) {
             int64_t end = s == shards - 1 ? M : start + M * (s + 1) / wsum;
-            KnnDb db = { x + (size_t)start * (size_t)D, end - start, D, start, NULL, NULL };
+            KnnDb db = { x + (size_t)start * (size_t)D, end - start, D, start, NULL, NULL, NULL, 0 };
             if (knn_search_local(&parts[s], q, Q, &db, k, metric, nthreads, &err) != AE_OK) {
                 fprintf(stderr, "tool_knn: %s\n", err.msg);
                 return 1;

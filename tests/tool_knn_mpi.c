@@ -90,7 +90,7 @@ int main(int argc, char **argv)
                 (long long)offset, (long long)start, (long long)total, (long long)M);
         par_abort(1);
     }
-    KnnDb db = { x + (size_t)offset * (size_t)D, mine, D, offset, NULL, mask + offset };
+    KnnDb db = { x + (size_t)offset * (size_t)D, mine, D, offset, NULL, mask + offset, NULL, 0 };
 
     int status = 0;
     const char *names[2] = { "l2", "ip" };

@@ -130,7 +130,19 @@ typedef struct KnnDb {
     const int64_t *ids;   /* [M] explicit global ids (>= 0), or NULL */
     const uint8_t *mask;  /* [M] 1 = row eligible, 0 = skipped inside the scan;
                              NULL = every row eligible */
+    const float *norms;   /* [M] optional: every row's squared norm as knn_row_norms gives it, so that a
+                             long-lived database (aesim-search serve) does not read the whole shard again
+                             for the norms at each many-query search; NULL = computed per call */
+    double norms_max2;    /* with norms: the largest squared norm (double) */
 } KnnDb;
+
+/* Squared norms of every row of db (mask ignored), accumulated in double
+ * and rounded to float, into out[db->M], as the many-query pass computes
+ * them; *max2 = the largest (double).  Returns 1 when every row is finite
+ * with a squared norm <= KNN_MAX_NORM2 (then out may be set as db->norms),
+ * 0 otherwise (leave db->norms NULL: the search checks such rows itself).
+ * OpenMP over rows (nthreads, 0 = default). */
+int knn_row_norms(float *out, double *max2, const KnnDb *db, int nthreads);
 
 /* Variable-length results of a range search (faiss RangeSearchResult):
  * the results of query i are ids[lims[i] .. lims[i+1]-1] and dist[same],

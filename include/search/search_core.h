@@ -69,6 +69,7 @@ typedef struct LocalShards {
     KnnDb *dbs;       /* [n] */
     float **copies;   /* [n] normalised copies (KNN_IP) or NULL entries */
     uint8_t **masks;  /* [n] masks or NULL entries */
+    float **norms;    /* [n] cached squared norms (search_shards_cache_norms) or NULL entries */
 } LocalShards;
 
 /* Filters applied inside the scan (mask = 1 for eligible rows). */
@@ -87,6 +88,13 @@ typedef struct SearchFilter {
 int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnMetric metric,
                        const SearchFilter *filter, Err *err);
 void search_shards_close(LocalShards *ls);
+
+/* For a long-lived LocalShards (serve): computes each shard's squared norms
+ * once (knn_row_norms) and hands them to its KnnDb, so that many-query
+ * searches do not read the whole shard again for them at every call.
+ * Shards that already have them, and shards with a non-finite or huge row
+ * (left to the search's own check), are skipped.  Memory: 4 bytes a vector. */
+void search_shards_cache_norms(LocalShards *ls, int nthreads);
 
 /* Local.  Replaces the masks of ls by those of filter (NULL or no labels
  * and no ids: no mask): the filter of the next search_knn / search_range

@@ -798,12 +798,15 @@ static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, in
     const int64_t M = db->M;
     const int64_t bq = query_block(Q, nt), nblocks = (Q + bq - 1) / bq;
     const int64_t bm = M < KNN_DB_BLOCK ? M : KNN_DB_BLOCK;
-    float *xn = xmalloc((size_t)M * sizeof *xn); /* [M] ||x||^2 */
-    int bad;
-    double xmax2 = row_norms(xn, &bad, db, nt);
+    /* [M] ||x||^2: the database's cached norms (every row valid: no check
+     * needed; masked rows are never read), else computed here */
+    float *own = db->norms ? NULL : xmalloc((size_t)M * sizeof *own);
+    const float *xn = db->norms ? db->norms : own;
+    int bad = 0;
+    double xmax2 = db->norms ? db->norms_max2 : row_norms(own, &bad, db, nt);
     int rc = bad ? check_rows(fn, db, err) : AE_OK;
     if (rc != AE_OK) {
-        free(xn);
+        free(own);
         return rc;
     }
     /* one scratch slice per thread of a team of at most nblocks threads */
@@ -818,8 +821,17 @@ static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, in
         knn_block(out, row_ptr(q, i0, D), i0, nq, db, xn, xmax2, k, metric, &s[thread_index()]);
     }
     scratch_free(s, team);
-    free(xn);
+    free(own);
     return AE_OK;
+}
+
+int knn_row_norms(float *out, double *max2, const KnnDb *db, int nthreads)
+{
+    KnnDb all = *db;
+    all.mask = NULL;
+    int bad = 0;
+    *max2 = row_norms(out, &bad, &all, resolve_threads(nthreads));
+    return !bad;
 }
 
 int knn_search_local(TopK *out, const float *q, int64_t Q, const KnnDb *db, int k, KnnMetric metric,

@@ -114,6 +114,7 @@ int search_shards_open(const ParCtx *ctx, LocalShards *ls, const VecDb *db, KnnM
     ls->dbs = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->dbs);
     ls->copies = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->copies);
     ls->masks = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->masks);
+    ls->norms = xcalloc((size_t)(owned ? owned : 1), sizeof *ls->norms);
     const int filtered = filter && (filter->n_labels > 0 || filter->has_ids);
     /* Labels whenever a filter is given, so search_shards_set_filter can
      * change it later (mmap: pages load only when a mask is built). */
@@ -154,12 +155,31 @@ void search_shards_close(LocalShards *ls)
         vecdb_shard_unmap(&ls->maps[i]);
         free(ls->copies[i]);
         free(ls->masks[i]);
+        free(ls->norms[i]);
     }
+    free(ls->norms);
     free(ls->maps);
     free(ls->dbs);
     free(ls->copies);
     free(ls->masks);
     memset(ls, 0, sizeof *ls);
+}
+
+void search_shards_cache_norms(LocalShards *ls, int nthreads)
+{
+    for (int i = 0; i < ls->n; i++) {
+        KnnDb *k = &ls->dbs[i];
+        if (k->norms || k->M == 0) continue;
+        float *nr = xmalloc((size_t)k->M * sizeof *nr);
+        double mx;
+        if (knn_row_norms(nr, &mx, k, nthreads)) {
+            ls->norms[i] = nr;
+            k->norms = nr;
+            k->norms_max2 = mx;
+        } else {
+            free(nr);
+        }
+    }
 }
 
 void search_shards_set_filter(LocalShards *ls, const SearchFilter *filter)
@@ -192,6 +212,7 @@ int search_shards_add(const ParCtx *ctx, LocalShards *ls, const VecDb *db, int s
     grow_by_one((void **)&ls->dbs, ls->n, sizeof *ls->dbs);
     grow_by_one((void **)&ls->copies, ls->n, sizeof *ls->copies);
     grow_by_one((void **)&ls->masks, ls->n, sizeof *ls->masks);
+    grow_by_one((void **)&ls->norms, ls->n, sizeof *ls->norms);
     VecShard *m = &ls->maps[ls->n];
     if (vecdb_shard_map(m, db, shard, VECDB_MAP_ALL, err)) return err->code;
     KnnDb *k = &ls->dbs[ls->n];
@@ -202,6 +223,7 @@ int search_shards_add(const ParCtx *ctx, LocalShards *ls, const VecDb *db, int s
     k->id_offset = m->first_id;
     ls->copies[ls->n] = NULL;
     ls->masks[ls->n] = NULL;
+    ls->norms[ls->n] = NULL;
     if (metric == KNN_IP && m->count > 0) {
         size_t bytes = (size_t)m->count * (size_t)db->D * sizeof(float);
         ls->copies[ls->n] = xmalloc(bytes);

@@ -424,6 +424,7 @@ static int apply_addition(Server *s, const ServeCmd *c, Err *err)
     if (s->ctx->rank != 0) vecdb_add_shard(&s->db, c->n);
     if (!search_shards_add(s->ctx, &s->ls, &s->db, c->shard, s->metric, err) && s->si.nprobe > 0)
         ivf_local_add(&s->si.il, &s->db, &s->ls, err);
+    if (!err->code) search_shards_cache_norms(&s->ls, s->nthreads);
     return par_agree(s->ctx, err);
 }
 
@@ -635,6 +636,7 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     SearchFilter none = { NULL, 0, NULL, 0, 0 };
     if (search_shards_open(ctx, &s->ls, &s->db, s->metric, &none, err)) goto done;
     if (search_ivf_open(ctx, &s->si, cfg, &s->db, &s->ls, err)) goto done;
+    search_shards_cache_norms(&s->ls, nthreads); /* read once, not at every batch */
     if (ctx->rank == 0 && s->db.whiten) whiten_load(&s->w, s->db.dir, s->db.D, err);
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0) {
