@@ -17,6 +17,10 @@
   count or another count) or with another --seed is refused, changing
   nothing; a version-2 checkpoint (no record, rewritten here with numpy)
   still resumes, with a warning that the data cannot be checked.
+- --shuffle block:B:W is recorded (meta.shuffle, version 4) and a resume
+  continues it bit for bit; a resume asking for another order is refused.
+- --shuffle block:B:W is recorded (meta.shuffle, version 4) and a resume
+  continues it bit for bit; a resume asking for another order is refused.
 """
 import os
 import shutil
@@ -195,7 +199,7 @@ class FreshRun(unittest.TestCase):
 class Schedule(unittest.TestCase):
     def test_checkpoint_records_the_schedule(self):
         ck = members(os.path.join(REF, "checkpoint.npz"))
-        self.assertEqual(int(ck["meta.state"][0]), 3, "format version")
+        self.assertEqual(int(ck["meta.state"][0]), 4, "format version")
         self.assertEqual([int(v) for v in ck["meta.schedule"]], [N_IMAGES, fingerprint(DATA), 2, 0])
         self.assertIn(os.path.basename(DATA), bytes(ck["meta.data"]).decode())
 
@@ -223,7 +227,7 @@ class Schedule(unittest.TestCase):
         run = os.path.join(TMP, "v2")
         train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
         ck = members(os.path.join(run, "checkpoint.npz"))
-        old = {k: v for k, v in ck.items() if k not in ("meta.schedule", "meta.data", "meta.crc32")}
+        old = {k: v for k, v in ck.items() if k not in ("meta.schedule", "meta.data", "meta.shuffle", "meta.crc32")}
         old["meta.state"] = old["meta.state"].copy()
         old["meta.state"][0] = 2
         old["meta.crc32"] = np.array([zlib.crc32(v.tobytes()) for v in old.values()], dtype=np.uint32)
@@ -234,6 +238,27 @@ class Schedule(unittest.TestCase):
                   "--seed", "3", "--resume", v2)
         self.assertIn("does not record its training data", p.stderr)
         assert_bitwise_weights(self, os.path.join(v2, "checkpoint.npz"), os.path.join(REF, "checkpoint.npz"))
+
+    def test_block_shuffle_is_recorded_and_resumes_exactly(self):
+        """--shuffle block:B:W (issue 18, item 3): the checkpoint records the
+        order (meta.shuffle), a resume that does not repeat it continues it
+        bit for bit, one that asks for another order is refused; the order
+        is not the global shuffle's (other weights than REF)."""
+        ref = os.path.join(TMP, "block_ref")
+        train(2, ref, *DATA_ARGS, *FIRST, "--epochs", "2", "--shuffle", "block:8:3")
+        ck = members(os.path.join(ref, "checkpoint.npz"))
+        self.assertEqual([int(v) for v in ck["meta.shuffle"]], [8, 3])
+        self.assertEqual(int(ck["meta.state"][0]), 4)
+        self.assertFalse(np.array_equal(ck["conv0.weight"], members(os.path.join(REF, "checkpoint.npz"))["conv0.weight"]))
+        run = os.path.join(TMP, "block_run")
+        train(2, run, *DATA_ARGS, *FIRST, "--epochs", "2", "--shuffle", "block:8:3", "--max-steps", "3")
+        before = tree_bytes(run)
+        p = train(2, None, *DATA_ARGS, "--threads", "1", "--shuffle", "global", "--resume", run, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("--shuffle differs from the order of", p.stderr)
+        self.assertEqual(tree_bytes(run), before, "a refused resume changed the run's folder")
+        train(2, None, *DATA_ARGS, "--threads", "1", "--resume", run)
+        assert_bitwise_weights(self, os.path.join(run, "checkpoint.npz"), os.path.join(ref, "checkpoint.npz"))
 
 
 if __name__ == "__main__":

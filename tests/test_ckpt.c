@@ -88,7 +88,8 @@ static int teardown(void **state)
 static CkptState state_at(int64_t step)
 {
     CkptState st = { .step = step, .epoch = step / 10, .batch = step % 10, .seed = 7, .batch_size = 30,
-                     .n_train = 600, .data_crc = 0xfedcba98, .epochs = 3, .max_steps = 40 };
+                     .n_train = 600, .data_crc = 0xfedcba98, .epochs = 3, .max_steps = 40,
+                     .shuffle_block = 256, .shuffle_window = 64 };
     snprintf(st.data, sizeof st.data, "train.npz (600 images 3x8x8)");
     return st;
 }
@@ -178,6 +179,9 @@ static void test_roundtrip_and_crc_format(void **state)
     assert_int_equal(ck.state.epochs, 3);
     assert_int_equal(ck.state.max_steps, 40);
     assert_string_equal(ck.state.data, "train.npz (600 images 3x8x8)");
+    /* Version 4: the epoch order. */
+    assert_int_equal(ck.state.shuffle_block, 256);
+    assert_int_equal(ck.state.shuffle_window, 64);
     assert_string_equal(ck.arch, f->m.spec.text);
     Fixture g;
     model_build(&g.m, &f->m.spec, 1, 1);
@@ -250,6 +254,7 @@ static void test_damage_is_refused(void **state)
     assert_int_equal(ck.state.n_train, 0);
     assert_int_equal(ck.state.epochs, 0);
     assert_string_equal(ck.state.data, "");
+    assert_int_equal(ck.state.shuffle_block, 0); /* the global shuffle */
     ckpt_free(&ck);
     npz_free(a, n);
 

@@ -55,6 +55,63 @@ static void test_permutation_is_permutation(void **state)
     }
 }
 
+/* Block-shuffled order: a permutation; reproducible; each window of W
+ * blocks holds exactly the samples of W whole blocks (the last window and
+ * block may be short); the blocks come in a random order, and the samples
+ * inside a window are mixed (not in block order). */
+static void test_block_permutation(void **state)
+{
+    (void)state;
+    const int64_t ns[] = { 0, 1, 7, 1000, 1003 };
+    const int64_t bs[] = { 1, 8, 16 }, ws[] = { 1, 4, 1000 };
+    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+        for (size_t b = 0; b < sizeof bs / sizeof *bs; b++)
+            for (size_t c = 0; c < sizeof ws / sizeof *ws; c++) {
+                const int64_t n = ns[a], B = bs[b], W = ws[c];
+                int64_t *p = xmalloc(((size_t)n + 1) * sizeof *p), *q = xmalloc(((size_t)n + 1) * sizeof *q);
+                sampler_block_permutation(p, n, 99, 2, B, W);
+                sampler_block_permutation(q, n, 99, 2, B, W);
+                assert_is_permutation(p, n);
+                assert_memory_equal(p, q, (size_t)n * sizeof *p);
+                /* window by window: the set of blocks touched, each whole */
+                const int64_t nb = (n + B - 1) / B;
+                int64_t at = 0;
+                for (int64_t w0 = 0; w0 < nb; w0 += W) {
+                    int64_t len = 0, blocks = 0;
+                    uint8_t *hit = calloc((size_t)nb + 1, 1);
+                    for (int64_t k = 0; k < W && w0 + k < nb; k++) blocks++;
+                    /* the window's length is the sum of its blocks' sizes */
+                    int64_t want = 0, seen_blocks = 0;
+                    for (int64_t t = at; t < n && seen_blocks <= blocks; t++) {
+                        int64_t blk = p[t] / B;
+                        if (!hit[blk]) {
+                            if (seen_blocks == blocks) break;
+                            hit[blk] = 1;
+                            seen_blocks++;
+                            want += (blk + 1) * B < n ? B : n - blk * B;
+                        }
+                        len++;
+                    }
+                    assert_int_equal(seen_blocks, blocks);
+                    assert_int_equal(len, want);
+                    at += len;
+                    free(hit);
+                }
+                assert_int_equal(at, n);
+                free(p);
+                free(q);
+            }
+    /* Random block order and mixing inside windows (n = 1000, B = 10, W = 4). */
+    int64_t *p = xmalloc(1000 * sizeof *p);
+    sampler_block_permutation(p, 1000, 5, 0, 10, 4);
+    int64_t first_blocks = 0, in_order = 0;
+    for (int64_t t = 0; t < 40; t++) first_blocks += p[t] / 10 < 4;
+    for (int64_t t = 1; t < 1000; t++) in_order += p[t] == p[t - 1] + 1;
+    assert_true(first_blocks < 40);  /* not blocks 0..3 first */
+    assert_true(in_order < 100);     /* mixed, not runs of consecutive samples */
+    free(p);
+}
+
 static void test_permutation_reproducible_and_varies(void **state)
 {
     (void)state;
@@ -199,6 +256,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_permutation_is_permutation),
         cmocka_unit_test(test_permutation_reproducible_and_varies),
+        cmocka_unit_test(test_block_permutation),
         cmocka_unit_test(test_shuffle_uniform),
         cmocka_unit_test(test_num_batches),
         cmocka_unit_test(test_rank_slices_tile_every_batch),

@@ -16,7 +16,8 @@
  * divide by the global batch length after the all-reduce, rather than
  * average locally and divide by P.
  *
- * Pure functions, no allocation, no MPI, thread-safe.
+ * Pure functions (sampler_block_permutation allocates a scratch array), no
+ * MPI, thread-safe.
  */
 #ifndef AESIM_SAMPLER_H
 #define AESIM_SAMPLER_H
@@ -29,6 +30,22 @@
  * Same (n, seed, epoch) -> same permutation on every rank and machine.
  * perm: [n].  n >= 0, epoch >= 0 (asserted). */
 void sampler_epoch_permutation(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch);
+
+/* Block-shuffled order for data sets larger than the page cache (FFCV's
+ * "quasi-random" order, Leclerc et al. 2023): the n samples are cut into
+ * blocks of `block` consecutive indices (the last one shorter), the blocks
+ * are put in a random order, and the samples of each run of `window`
+ * consecutive blocks of that order are shuffled together; perm[0..n) is the
+ * concatenation of the shuffled windows.  An epoch then reads `window`
+ * contiguous runs of the files at a time instead of random images all over
+ * them.  Drawn from the same stream as sampler_epoch_permutation (first the
+ * block order, then the windows in order, each by Fisher-Yates), so it is
+ * the same for every rank and P and resumes exactly from (seed, epoch).
+ * block >= 1, window >= 1 (asserted); block = 1 and window >= n give a
+ * uniformly random permutation (not the same one as the global shuffle's).
+ * perm: [n]; allocates the block order (8 bytes a block) for the call. */
+void sampler_block_permutation(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, int64_t block,
+                               int64_t window);
 
 /* Number of global batches per epoch: ceil(n / batch), the last partial
  * batch kept.  n >= 0, batch > 0 (asserted); 0 when n == 0. */

@@ -21,6 +21,9 @@
  *                                  CkptState)
  *   meta.data        uint8 [len]   (version >= 3) the training source as
  *                                  loaded (ASCII, for messages)
+ *   meta.shuffle     int64 [2]     (version >= 4) the epoch order: block and
+ *                                  window of sampler_block_permutation, or
+ *                                  0, 0 for the global shuffle
  *   meta.crc32       uint32 [n]    (version >= 2) always the LAST member;
  *                                  entry i = zlib crc32 of the raw data bytes
  *                                  (C order, little-endian, no .npy header)
@@ -34,7 +37,9 @@
  * and a CRC of sampled images) so that a resume on other data is refused
  * (train_schedule.h).
  *
- * Versions: 1 (no meta.crc32), 2 (meta.crc32), 3 (meta.schedule, meta.data).
+ * Versions: 1 (no meta.crc32), 2 (meta.crc32), 3 (meta.schedule, meta.data),
+ * 4 (meta.shuffle; older files read as the global shuffle, which is all they
+ * could use).
  * Every older version is still read; a version 1-2 file reads with the
  * version-3 fields of CkptState zero (not recorded), and the trainer then says
  * that it cannot check the data.
@@ -79,7 +84,7 @@
 /* Format version stored first in meta.state; bump on incompatible change.
  * 2 added meta.crc32, 3 meta.schedule and meta.data.  Versions 1 and 2 are
  * still read. */
-#define CKPT_VERSION 3
+#define CKPT_VERSION 4
 
 /* Length of meta.schedule: n_train, data_crc, epochs, max_steps. */
 #define CKPT_SCHEDULE_LEN 4
@@ -107,6 +112,9 @@ typedef struct CkptState {
     int64_t data_crc;        /* fingerprint of the training images, a uint32 (train_schedule.h) */
     int64_t epochs;          /* the run's --epochs target */
     int64_t max_steps;       /* the run's --max-steps target (0 = no limit) */
+    /* Version >= 4 (zero when read from an older file: the global shuffle): */
+    int64_t shuffle_block;   /* --shuffle block:B:W, 0 = global shuffle */
+    int64_t shuffle_window;
     char data[CKPT_DATA_BYTES]; /* the training source as loaded ("" = not recorded) */
 } CkptState;
 

@@ -22,6 +22,12 @@
  * even when it goes to a file (launch/train.sh asks for the bar itself). */
 enum { PROGRESS_AUTO = 0, PROGRESS_BAR = 1, PROGRESS_LINES = 2 };
 
+/* --shuffle block defaults: 256 consecutive samples a block (3 MiB of
+ * 64x64 RGB images: long sequential reads), 64 blocks shuffled together
+ * (16,384 samples mixed in each window). */
+#define TRAIN_SHUFFLE_BLOCK_DEFAULT 256
+#define TRAIN_SHUFFLE_WINDOW_DEFAULT 64
+
 typedef struct TrainConfig {
     char data[ARG_PATH_MAX];   /* training source(s), comma-separated */
     char val[ARG_PATH_MAX];    /* validation source, "" = split off val_fraction */
@@ -37,6 +43,8 @@ typedef struct TrainConfig {
     AdamConfig adam;           /* lr, beta1, beta2, eps */
     float momentum;            /* SGD */
     uint64_t seed;
+    int64_t shuffle_block;     /* --shuffle block:B:W: samples per block (sampler_block_permutation); 0 = global */
+    int64_t shuffle_window;    /* blocks shuffled together */
     char out[ARG_PATH_MAX];    /* output folder */
     int64_t ckpt_every;        /* checkpoint every N steps (0 = only at epoch ends) */
     char resume[ARG_PATH_MAX]; /* checkpoint file or folder to resume from, "" = fresh start */
@@ -72,7 +80,8 @@ enum {
     TRAIN_GIVEN_BETA1 = 1u << 7,
     TRAIN_GIVEN_BETA2 = 1u << 8,
     TRAIN_GIVEN_EPS = 1u << 9,
-    TRAIN_GIVEN_MOMENTUM = 1u << 10
+    TRAIN_GIVEN_MOMENTUM = 1u << 10,
+    TRAIN_GIVEN_SHUFFLE = 1u << 11
 };
 
 /* Parses argv into cfg (defaults first).  Errors: AE_EARG with a message

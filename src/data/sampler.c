@@ -6,9 +6,11 @@
  */
 #include "data/sampler.h"
 
+#include "base/check.h"
 #include "base/rng.h"
 
 #include <assert.h>
+#include <stdlib.h>
 
 void sampler_epoch_permutation(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch)
 {
@@ -24,6 +26,43 @@ void sampler_epoch_permutation(int64_t *perm, int64_t n, uint64_t seed, int64_t 
         perm[i] = perm[j];
         perm[j] = t;
     }
+}
+
+/* Durstenfeld's Fisher-Yates over a[0..m). */
+static void shuffle(int64_t *a, int64_t m, Rng *r)
+{
+    for (int64_t i = m - 1; i > 0; i--) {
+        int64_t j = (int64_t)rng_below(r, (uint64_t)i + 1);
+        int64_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+void sampler_block_permutation(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, int64_t block,
+                               int64_t window)
+{
+    assert(n >= 0 && epoch >= 0 && block >= 1 && window >= 1);
+    if (n == 0) return;
+    Rng r;
+    rng_seed(&r, seed, RNG_STREAM_EPOCH_BASE + (uint64_t)epoch);
+    const int64_t nb = (n + block - 1) / block;
+    /* The block order, kept in a separate array: perm is filled window by
+     * window from the front. */
+    int64_t *order = xmalloc((size_t)nb * sizeof *order);
+    for (int64_t b = 0; b < nb; b++) order[b] = b;
+    shuffle(order, nb, &r);
+    int64_t at = 0;
+    for (int64_t w0 = 0; w0 < nb; w0 += window) {
+        const int64_t start = at;
+        for (int64_t b = w0; b < nb && b < w0 + window; b++) {
+            const int64_t lo = order[b] * block, hi = lo + block < n ? lo + block : n;
+            for (int64_t i = lo; i < hi; i++) perm[at++] = i;
+        }
+        shuffle(perm + start, at - start, &r);
+    }
+    free(order);
+    assert(at == n);
 }
 
 int64_t sampler_num_batches(int64_t n, int64_t batch)

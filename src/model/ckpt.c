@@ -24,12 +24,14 @@
 /* Length of a member name such as "opt.m.conv12.weight". */
 #define CKPT_NAME_MAX 64
 /* Members after the tensors: meta.arch, meta.input_shape, meta.state,
- * meta.hparams, meta.schedule, meta.data, meta.crc32. */
-#define CKPT_META_MEMBERS 7
+ * meta.hparams, meta.schedule, meta.data, meta.shuffle, meta.crc32. */
+#define CKPT_META_MEMBERS 8
 /* meta.data of a state that records no source (a member needs >= 1 byte). */
 #define CKPT_DATA_UNKNOWN "unknown"
 /* Oldest format version with meta.schedule and meta.data. */
 #define CKPT_VERSION_SCHEDULE 3
+/* Oldest format version with meta.shuffle. */
+#define CKPT_VERSION_SHUFFLE 4
 /* Entries of meta.hparams: lr, beta1, beta2, eps, momentum. */
 #define CKPT_HPARAMS_LEN 5
 /* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
@@ -53,6 +55,16 @@ static uint32_t crc32_bytes(const void *data, size_t len)
 }
 
 static size_t array_bytes(const NpyArray *a) { return (size_t)npy_numel(a) * npy_dtype_size(a->dtype); }
+
+/* One 1-D metadata member named name: len entries of type t at data. */
+static void meta_1d(NpyArray *x, const char *name, NpyDtype t, int64_t len, void *data)
+{
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->dtype = t;
+    x->ndim = 1;
+    x->shape[0] = len;
+    x->data = data;
+}
 
 int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const CkptState *st, Err *err)
 {
@@ -83,53 +95,20 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
         hp[3] = opt->adam.eps;
         hp[4] = opt->momentum;
     }
-    NpyArray *x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.arch");
-    x->dtype = NPY_U8;
-    x->ndim = 1;
-    x->shape[0] = (int64_t)strlen(m->spec.text);
-    x->data = (void *)m->spec.text;
-    x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.input_shape");
-    x->dtype = NPY_I64;
-    x->ndim = 1;
-    x->shape[0] = 3;
-    x->data = in_shape;
-    x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.state");
-    x->dtype = NPY_I64;
-    x->ndim = 1;
-    x->shape[0] = CKPT_STATE_LEN;
-    x->data = state;
-    x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.hparams");
-    x->dtype = NPY_F64;
-    x->ndim = 1;
-    x->shape[0] = CKPT_HPARAMS_LEN;
-    x->data = hp;
+    meta_1d(&a[n++], "meta.arch", NPY_U8, (int64_t)strlen(m->spec.text), (void *)m->spec.text);
+    meta_1d(&a[n++], "meta.input_shape", NPY_I64, 3, in_shape);
+    meta_1d(&a[n++], "meta.state", NPY_I64, CKPT_STATE_LEN, state);
+    meta_1d(&a[n++], "meta.hparams", NPY_F64, CKPT_HPARAMS_LEN, hp);
     int64_t sched[CKPT_SCHEDULE_LEN] = { st->n_train, st->data_crc, st->epochs, st->max_steps };
-    x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.schedule");
-    x->dtype = NPY_I64;
-    x->ndim = 1;
-    x->shape[0] = CKPT_SCHEDULE_LEN;
-    x->data = sched;
+    meta_1d(&a[n++], "meta.schedule", NPY_I64, CKPT_SCHEDULE_LEN, sched);
     const char *data = st->data[0] ? st->data : CKPT_DATA_UNKNOWN;
-    x = &a[n++];
-    snprintf(x->name, sizeof x->name, "meta.data");
-    x->dtype = NPY_U8;
-    x->ndim = 1;
-    x->shape[0] = (int64_t)strnlen(data, CKPT_DATA_BYTES - 1);
-    x->data = (void *)data;
+    meta_1d(&a[n++], "meta.data", NPY_U8, (int64_t)strnlen(data, CKPT_DATA_BYTES - 1), (void *)data);
+    int64_t shuf[2] = { st->shuffle_block, st->shuffle_window };
+    meta_1d(&a[n++], "meta.shuffle", NPY_I64, 2, shuf);
     /* meta.crc32 last: one CRC per member written before it. */
     uint32_t *crcs = xmalloc((size_t)n * sizeof *crcs);
     for (int i = 0; i < n; i++) crcs[i] = crc32_bytes(a[i].data, array_bytes(&a[i]));
-    x = &a[n];
-    snprintf(x->name, sizeof x->name, "meta.crc32");
-    x->dtype = NPY_U32;
-    x->ndim = 1;
-    x->shape[0] = n;
-    x->data = crcs;
+    meta_1d(&a[n], "meta.crc32", NPY_U32, n, crcs);
     n++;
     int rc = npz_write(path, a, n, err);
     free(crcs);
@@ -244,6 +223,16 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
         memcpy(ck->state.data, data->data, dl);
         ck->state.data[dl] = '\0';
         if (strcmp(ck->state.data, CKPT_DATA_UNKNOWN) == 0) ck->state.data[0] = '\0';
+    }
+    if (s[0] >= CKPT_VERSION_SHUFFLE) {
+        const NpyArray *sh2 = member(ck, path, "meta.shuffle", NPY_I64, 2, err);
+        if (!sh2) return AE_EFORMAT;
+        const int64_t *v = sh2->data;
+        if (v[0] < 0 || v[1] < 0 || (v[0] == 0) != (v[1] == 0))
+            return err_set(err, AE_EFORMAT, "%s: meta.shuffle = %lld, %lld is neither 0, 0 nor a block and window",
+                           path, (long long)v[0], (long long)v[1]);
+        ck->state.shuffle_block = v[0];
+        ck->state.shuffle_window = v[1];
     }
     return AE_OK;
 }

@@ -305,7 +305,10 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     Window csv = { 0 }, ep = { 0 };
     int stop = 0, rc = AE_OK;
     for (; st.epoch < cfg->epochs && !stop; st.epoch++, st.batch = 0) {
-        sampler_epoch_permutation(perm, n, st.seed, st.epoch);
+        if (cfg->shuffle_block > 0)
+            sampler_block_permutation(perm, n, st.seed, st.epoch, cfg->shuffle_block, cfg->shuffle_window);
+        else
+            sampler_epoch_permutation(perm, n, st.seed, st.epoch);
         for (; st.batch < nb; st.batch++) {
             double ta = timer_now();
             int64_t first = st.batch * B, len = n - first < B ? n - first : B, off, cnt;

@@ -23,7 +23,7 @@ enum {
     OPT_DATA = 256, OPT_DATA_OPTS, OPT_ALLOW_GAPS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
-    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_OVERWRITE, OPT_PRECISION, OPT_HELP, OPT_VERSION
+    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_OVERWRITE, OPT_PRECISION, OPT_SHUFFLE, OPT_HELP, OPT_VERSION
 };
 
 static const struct option LONG_OPTS[] = {
@@ -44,6 +44,7 @@ static const struct option LONG_OPTS[] = {
     { "eps", required_argument, 0, OPT_EPS },
     { "momentum", required_argument, 0, OPT_MOMENTUM },
     { "seed", required_argument, 0, OPT_SEED },
+    { "shuffle", required_argument, 0, OPT_SHUFFLE },
     { "out", required_argument, 0, OPT_OUT },
     { "ckpt-every", required_argument, 0, OPT_CKPT_EVERY },
     { "resume", required_argument, 0, OPT_RESUME },
@@ -130,6 +131,12 @@ void train_args_usage(FILE *out)
 "  --eps X               Adam epsilon, added to sqrt(v_hat) as in torch.optim.Adam (default 1e-7)\n"
 "  --momentum X          SGD momentum (default 0.9)\n"
 "  --seed N              seed of the initial weights and of every epoch's shuffle (default 42)\n"
+"  --shuffle global|block[:B[:W]]  order of the samples in an epoch: global (default) = a\n"
+"                        uniformly random permutation; block = blocks of B consecutive samples\n"
+"                        in random order, the samples of each W blocks shuffled together\n"
+"                        (FFCV's quasi-random order: reads W runs of the files at a time, for\n"
+"                        data larger than the page cache; default B %d, W %d). Same for any\n"
+"                        number of ranks; kept by --resume\n"
 "  After --resume, --epochs, --batch-size, --seed, --optimizer, --lr, --beta1/2, --eps and\n"
 "  --momentum default to the resumed run's values (from its checkpoint), so the run continues as\n"
 "  it was started; --seed and --optimizer cannot change, the others may (each change is reported).\n"
@@ -187,7 +194,8 @@ void train_args_usage(FILE *out)
 "                        to one core when it starts 2 or fewer: --bind-to none lets threads\n"
 "                        spread, --map-by slot:PE=T --bind-to core gives each rank T cores\n"
 "  --help                this text\n"
-"  --version             version, git commit, build flags and the CPU kernels chosen\n", GRAD_SYNC_BUCKET_KIB_DEFAULT);
+"  --version             version, git commit, build flags and the CPU kernels chosen\n", TRAIN_SHUFFLE_BLOCK_DEFAULT,
+            TRAIN_SHUFFLE_WINDOW_DEFAULT, GRAD_SYNC_BUCKET_KIB_DEFAULT);
 }
 
 /* The TRAIN_GIVEN_* bit of an option, 0 for options a resume does not
@@ -206,8 +214,34 @@ static unsigned given_bit(int o)
     case OPT_BETA2: return TRAIN_GIVEN_BETA2;
     case OPT_EPS: return TRAIN_GIVEN_EPS;
     case OPT_MOMENTUM: return TRAIN_GIVEN_MOMENTUM;
+    case OPT_SHUFFLE: return TRAIN_GIVEN_SHUFFLE;
     default: return 0;
     }
+}
+
+static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err);
+
+/* --shuffle global | block[:B[:W]]. */
+static int parse_shuffle(TrainConfig *c, const char *s, Err *err)
+{
+    if (!strcmp(s, "global")) {
+        c->shuffle_block = c->shuffle_window = 0;
+        return AE_OK;
+    }
+    if (strncmp(s, "block", 5) != 0 || (s[5] && s[5] != ':'))
+        return err_set(err, AE_EARG, "--shuffle: '%s' is not global, block, block:B or block:B:W", s);
+    int64_t b = TRAIN_SHUFFLE_BLOCK_DEFAULT, w = TRAIN_SHUFFLE_WINDOW_DEFAULT;
+    if (s[5] == ':') {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "%s", s + 6);
+        char *colon = strchr(tmp, ':');
+        if (colon) *colon = '\0';
+        if (parse_i64("--shuffle block:B", tmp, 1, INT32_MAX, &b, err)) return err->code;
+        if (colon && parse_i64("--shuffle block:B:W", colon + 1, 1, INT32_MAX, &w, err)) return err->code;
+    }
+    c->shuffle_block = b;
+    c->shuffle_window = w;
+    return AE_OK;
 }
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, Err *err)
@@ -319,6 +353,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
         case OPT_SEED:
             if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->seed = (uint64_t)i;
             break;
+        case OPT_SHUFFLE: rc = parse_shuffle(c, optarg, err); break;
         case OPT_OUT: rc = copy_str(c->out, sizeof c->out, name, optarg, err); break;
         case OPT_CKPT_EVERY:
             if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->ckpt_every = i;

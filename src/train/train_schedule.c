@@ -52,6 +52,8 @@ uint32_t train_schedule_fingerprint(const Dataset *ds)
 void train_schedule_identity(CkptState *st, const Dataset *train, const TrainConfig *cfg)
 {
     st->n_train = train->n;
+    st->shuffle_block = cfg->shuffle_block;
+    st->shuffle_window = cfg->shuffle_window;
     st->data_crc = train_schedule_fingerprint(train);
     st->epochs = cfg->epochs;
     st->max_steps = cfg->max_steps;
@@ -81,7 +83,14 @@ int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Er
         return err_set(err, AE_EARG, "--optimizer %s differs from the optimizer %s of %s, whose state it holds "
                        "(drop --optimizer, or start a fresh run)", optimizer_name(cfg->opt),
                        optimizer_name(ck->opt_kind), ck->path);
+    if ((g & TRAIN_GIVEN_SHUFFLE) && (cfg->shuffle_block != s->shuffle_block || cfg->shuffle_window != s->shuffle_window))
+        return err_set(err, AE_EARG, "--shuffle differs from the order of %s (%s%lld:%lld), which decides which "
+                       "images the rest of its epoch holds: a resumed run keeps its order (drop --shuffle, or start "
+                       "a fresh run)", ck->path, s->shuffle_block ? "block:" : "global, recorded as ",
+                       (long long)s->shuffle_block, (long long)s->shuffle_window);
     cfg->seed = s->seed;
+    cfg->shuffle_block = s->shuffle_block;
+    cfg->shuffle_window = s->shuffle_window;
     cfg->opt = ck->opt_kind;
     if (!(g & TRAIN_GIVEN_BATCH)) {
         cfg->batch_size = (int)s->batch_size;
