@@ -59,7 +59,7 @@ PROGS := $(MAINS:src/tools/%_main.c=$(BUILD)/aesim-%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test asan bench run clean deps-check check-layers
+.PHONY: bench-data all test asan bench run clean deps-check check-layers
 # Keep intermediate objects (no 'rm build/obj/x_main.o' after linking).
 .SECONDARY:
 all: deps-check $(PROGS) $(BUILD)/libaesim.a
@@ -132,6 +132,13 @@ asan:
 
 bench: all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash launch/bench.sh
+
+# make bench-data: the full-size downsampled ImageNet on disk (issue 18):
+# generates 15.7 GB outside the repo (BENCH_DATA_DIR, default
+# /var/tmp/aesim-bench-data; BENCH_DATA_SCALE=0.1 for a tenth) and reports
+# start-up, storage bytes and memory per rank, images/s (bench/bench_data.py).
+bench-data: all
+	@BUILD=$(BUILD) $(PYTHON) bench/bench_data.py --scale $(or $(BENCH_DATA_SCALE),1.0)
 
 run: all
 	@bash launch/quickstart.sh

@@ -46,7 +46,7 @@ def train(tmp, data, tag):
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         raise SystemExit(f"FAIL  {' '.join(cmd)}:\n{p.stdout}\n{p.stderr}")
-    m = re.search(r"disk: ([0-9.]+) MB read from storage in all", p.stdout + p.stderr)
+    m = re.search(r"disk: at end [^:]*: ([0-9.]+) MB read from storage in all", p.stdout + p.stderr)
     sums = sorted(re.findall(r"parameter checksum crc32 ([0-9a-f]+)", p.stderr))
     return (float(m.group(1)) * 1e6 if m else None), sums
 

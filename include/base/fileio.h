@@ -69,4 +69,10 @@ int fileio_mkdirs(const char *dir, Err *err);
  * where that file is unavailable. */
 int64_t fileio_disk_read_bytes(void);
 
+/* Resident memory of this process in KiB from /proc/self/status: *anon =
+ * RssAnon (heap, stacks: what the process allocated), *file = RssFile
+ * (mapped file pages in memory).  Returns 0, or -1 (both -1) where that file
+ * is unavailable. */
+int fileio_rss_kib(int64_t *anon, int64_t *file);
+
 #endif

@@ -163,3 +163,18 @@ int64_t fileio_disk_read_bytes(void)
     fclose(f);
     return v;
 }
+
+int fileio_rss_kib(int64_t *anon, int64_t *file)
+{
+    *anon = *file = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[128];
+    long long v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "RssAnon: %lld", &v) == 1) *anon = v;
+        else if (sscanf(line, "RssFile: %lld", &v) == 1) *file = v;
+    }
+    fclose(f);
+    return *anon >= 0 && *file >= 0 ? 0 : -1;
+}

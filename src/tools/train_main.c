@@ -12,6 +12,7 @@
 #include "base/fileio.h"
 #include "par/par.h"
 #include "base/threads.h"
+#include "base/timer.h"
 #include "train/train.h"
 #include "train/train_args.h"
 #include "train/train_setup.h"
@@ -27,11 +28,38 @@ static int finish(ParCtx *ctx, const Err *err, int code)
     return code;
 }
 
+/* Storage bytes read and resident memory of every rank so far (issue 18:
+ * what the data costs), printed by rank 0: "disk: at open|end: ...". */
+static void report_storage(const ParCtx *ctx, const char *when, double t0)
+{
+    int64_t mine[3];
+    mine[0] = fileio_disk_read_bytes();
+    fileio_rss_kib(&mine[1], &mine[2]);
+    int64_t *all = xcalloc((size_t)ctx->size * 3, sizeof *all);
+    par_gather(ctx, mine, all, sizeof mine, 0);
+    int64_t sum = 0, mx[3] = { 0, 0, 0 };
+    int known = 1;
+    for (int r = 0; r < ctx->size; r++)
+        for (int j = 0; j < 3; j++) {
+            const int64_t v = all[3 * r + j];
+            if (v < 0) known = 0;
+            if (j == 0) sum += v;
+            if (v > mx[j]) mx[j] = v;
+        }
+    if (known)
+        par_log0(ctx, "disk: at %s (%.1f s): %.1f MB read from storage in all, %.1f MB by the busiest of %d rank(s); "
+                 "resident memory per rank at most %.0f MB anonymous, %.0f MB of mapped files (/proc/self/io, "
+                 "status)\n", when, timer_now() - t0, sum / 1e6, mx[0] / 1e6, ctx->size, mx[1] / 1024.0,
+                 mx[2] / 1024.0);
+    free(all);
+}
+
 int main(int argc, char **argv)
 {
     if (version_requested(argc, argv)) return version_print(stdout, "aesim-train");
     ParCtx ctx;
     par_init(&ctx, &argc, &argv);
+    const double t_start = timer_now();
     Err err;
     err_clear(&err);
     TrainConfig cfg;
@@ -55,6 +83,7 @@ int main(int argc, char **argv)
         return finish(&ctx, &err, 1);
     }
     par_log0(&ctx, "data: train %s\n      val   %s\n", train.source, val.source);
+    report_storage(&ctx, "open", t_start);
 
     Model model;
     Optimizer opt;
@@ -95,19 +124,7 @@ int main(int argc, char **argv)
                  res.seconds, (long long)res.state.step,
                  (double)res.state.epoch + (double)res.state.batch / (double)steps_per_epoch, res.images_per_s,
                  res.val_loss, res.val_psnr_db, cfg.out, cfg.out, cfg.out);
-    /* Storage reads of every rank (issue 18: what the data costs). */
-    int64_t rd = fileio_disk_read_bytes(), *rds = xcalloc((size_t)ctx.size, sizeof *rds);
-    par_gather(&ctx, &rd, rds, sizeof rd, 0);
-    if (rc == AE_OK && rd >= 0) {
-        int64_t mx = 0, sum = 0;
-        for (int r = 0; r < ctx.size; r++) {
-            sum += rds[r];
-            if (rds[r] > mx) mx = rds[r];
-        }
-        par_log0(&ctx, "disk: %.1f MB read from storage in all, %.1f MB by the busiest of %d rank(s) "
-                 "(/proc/self/io; the page cache's hits are free)\n", sum / 1e6, mx / 1e6, ctx.size);
-    }
-    free(rds);
+    if (rc == AE_OK) report_storage(&ctx, "end", t_start);
     optimizer_free(&opt);
     model_free(&model);
     dataset_free(&train);
