@@ -305,7 +305,7 @@ class Search(unittest.TestCase):
         p = search(2, "query", "--db", self.db, "--queries", self.qfile, "--k", "5000", "--out",
                    os.path.join(WORK, "all.tsv"))
         rows = [line.split("\t") for line in read_bytes(os.path.join(WORK, "all.tsv")).decode().splitlines()]
-        self.assertEqual(rows[0], ["query", "rank", "id", "distance", "label", "source"])
+        self.assertEqual(rows[0], ["query", "rank", "id", "distance", "label", "source", "class"])
         q0 = [r for r in rows[1:] if r[0] == "0"]
         self.assertEqual(len(q0), N_DB, p.stderr)
         self.assertEqual(sorted(int(r[2]) for r in q0), list(range(N_DB)))
