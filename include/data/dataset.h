@@ -77,7 +77,8 @@ typedef struct DatasetOptions {
     uint8_t bg[3];          /* bg=RRGGBB: background under transparent pixels (default ffffff, white) */
     int skip_bad;           /* skip_bad=1: folders/lists skip files that do not decode, counting them */
     double range;           /* range=1|255: value of full intensity in float arrays (default 1.0) */
-    int verify;             /* verify=0|1: CRC-check a stored npz member before mapping it; -1 = default (1 for npz, 0 for aesim stores) */
+    int verify;             /* verify=0|1: CRC-check a stored npz member before mapping it; -1 = default (1 for npz; aesim
+                               stores: 1 when the check is shared by the ranks, defer_verify, else 0) */
     int map;                /* map=0|1: -1 = map when possible; 0 = always read into memory; 1 = refuse sources that cannot be mapped */
     int coarse;             /* coarse=1: CIFAR-100 coarse (20-class) labels instead of fine */
     int64_t max_pixels;     /* max_pixels=N: refuse decoded images larger than this (decompression bombs) */

@@ -615,7 +615,11 @@ static int npz_open(ImageSource *s, Err *err)
     s->member = img;
     char what[ZIP_PATH_BYTES + ZIP_NAME_BYTES + 16];
     snprintf(what, sizeof what, "%s (member '%s')", s->path, img->name);
-    if (s->opts.verify == 1 || (s->opts.verify == -1 && !s->is_store && img->method == ZIP_METHOD_STORED)) {
+    /* By default a stored member is CRC-checked; an aesim store too when the
+     * check is shared by the ranks (defer_verify: training and indexing),
+     * not when one process would read a whole store to answer a query. */
+    if (s->opts.verify == 1 || (s->opts.verify == -1 && img->method == ZIP_METHOD_STORED &&
+                                (!s->is_store || s->opts.defer_verify))) {
         if (s->opts.defer_verify && img->method == ZIP_METHOD_STORED) {
             s->verify_pending = 1; /* dataset_verify, shared by the ranks */
             s->verify_entry = *img;
