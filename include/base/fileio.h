@@ -64,6 +64,12 @@ int fileio_pwrite_full(int fd, const void *buf, uint64_t n, uint64_t off);
 /* mkdir -p with mode 0777 & ~umask.  AE_EIO names the component that failed. */
 int fileio_mkdirs(const char *dir, Err *err);
 
+/* Reads the whole of a small text file: returns a malloc'ed, NUL-terminated
+ * copy (its length in *len when len is not NULL), or NULL with err set:
+ * AE_EIO (cannot open or read, errno text), AE_EFORMAT (more than max
+ * bytes).  The caller frees it. */
+char *fileio_read_text(const char *path, size_t max, size_t *len, Err *err);
+
 /* Bytes this process has caused to be read from storage so far (the
  * read_bytes line of /proc/self/io: page-cache hits are not counted), or -1
  * where that file is unavailable. */

@@ -5,10 +5,13 @@
  */
 #include "base/fileio.h"
 
+#include "base/check.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -177,4 +180,32 @@ int fileio_rss_kib(int64_t *anon, int64_t *file)
     }
     fclose(f);
     return *anon >= 0 && *file >= 0 ? 0 : -1;
+}
+
+char *fileio_read_text(const char *path, size_t max, size_t *len, Err *err)
+{
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    if (!f || fstat(fileno(f), &st) != 0) {
+        err_set(err, AE_EIO, "cannot open %s: %s", path, strerror(errno));
+        if (f) fclose(f);
+        return NULL;
+    }
+    if (st.st_size < 0 || (uint64_t)st.st_size > max) {
+        fclose(f);
+        err_set(err, AE_EFORMAT, "%s is larger than %zu bytes", path, max);
+        return NULL;
+    }
+    char *buf = xmalloc((size_t)st.st_size + 1);
+    size_t n = fread(buf, 1, (size_t)st.st_size, f);
+    const int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        err_set(err, AE_EIO, "cannot read %s", path);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
 }

@@ -5,6 +5,7 @@
 #include "data/class_names.h"
 
 #include "base/check.h"
+#include "base/fileio.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -87,19 +88,14 @@ static int parse_devkit(const char *s, size_t len, long *label, const char **nam
 int class_names_read(ClassNames *cn, const char *path, Err *err)
 {
     memset(cn, 0, sizeof *cn);
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, AE_EIO, "class names %s: cannot open: %s", path, strerror(errno));
-    char *buf = xmalloc(CLASS_NAMES_MAX_FILE_BYTES + 1);
-    size_t len = fread(buf, 1, CLASS_NAMES_MAX_FILE_BYTES + 1, f);
-    int rd_err = ferror(f);
-    fclose(f);
+    size_t len = 0;
+    Err e;
+    char *buf = fileio_read_text(path, CLASS_NAMES_MAX_FILE_BYTES, &len, &e);
+    if (!buf)
+        return err_set(err, e.code, "class names: %s (hint: the devkit's map_clsloc.txt, or one name per line)",
+                       e.msg);
     int rc = AE_OK;
-    if (rd_err)
-        rc = err_set(err, AE_EIO, "class names %s: read error", path);
-    else if (len > CLASS_NAMES_MAX_FILE_BYTES)
-        rc = err_set(err, AE_EFORMAT, "class names %s: larger than %d MiB (hint: one name per line, or the devkit's "
-                     "map_clsloc.txt)", path, CLASS_NAMES_MAX_FILE_BYTES >> 20);
-    else if (memchr(buf, '\0', len))
+    if (memchr(buf, '\0', len))
         rc = err_set(err, AE_EFORMAT, "class names %s: holds a NUL byte: not a text file", path);
     int devkit = -1; /* decided by the first non-empty line */
     long line = 0;

@@ -120,7 +120,7 @@ const uint8_t *dataset_image(const Dataset *ds, int64_t i)
 
 void dataset_prefetch(const Dataset *ds, const int64_t *idx, int64_t first, int64_t count)
 {
-    if (ds->pixels && !ds->impl) return;
+    if (!ds->impl) return; /* a hand-made Dataset: in memory */
     const int64_t img = dataset_image_bytes(ds);
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (int64_t k = 0; k < count; k++) {

@@ -18,6 +18,8 @@
 #include "base/check.h"
 #include "base/fileio.h"
 
+/* Largest cache file read (VERIFY_CACHE_MAX_LINES lines of at most ~4,200 bytes fit). */
+#define VERIFY_CACHE_MAX_BYTES ((size_t)64 << 20)
 /* pread chunk. */
 #define VERIFY_CHUNK_BYTES (4u << 20)
 
@@ -50,31 +52,12 @@ static int cache_key(char *out, size_t cap, const VerifyMember *m)
     return n > 0 && (size_t)n < cap;
 }
 
-/* Reads the whole cache file (NUL-terminated) or NULL. */
+/* The cache file's text, or NULL (missing, unreadable or too large: the
+ * cache only saves work, so it is then ignored). */
 static char *cache_read(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 65536 + 1 > cap) {
-            cap = cap ? 2 * cap : 131072;
-            char *g = realloc(buf, cap);
-            if (!g) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = g;
-        }
-        size_t got = fread(buf + len, 1, 65536, f);
-        len += got;
-        if (got == 0) break;
-    }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
+    Err e;
+    return fileio_read_text(path, VERIFY_CACHE_MAX_BYTES, NULL, &e);
 }
 
 static int cache_has(const char *text, const char *key)
@@ -89,9 +72,10 @@ static int cache_has(const char *text, const char *key)
     return 0;
 }
 
-/* Appends key, keeping the newest VERIFY_CACHE_MAX_LINES lines; failures
- * are ignored (the cache only saves work). */
-static void cache_add(const char *path, const char *key)
+/* Rewrites the cache as old's lines then the keys added (added: lines ending
+ * in '\n'), keeping the newest VERIFY_CACHE_MAX_LINES; failures are ignored
+ * (the cache only saves work). */
+static void cache_write(const char *path, const char *old, const char *added)
 {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
@@ -101,11 +85,11 @@ static void cache_add(const char *path, const char *key)
         *slash = '\0';
         if (fileio_mkdirs(dir, &e)) return;
     }
-    char *old = cache_read(path);
     int lines = 0;
     for (const char *p = old; p && *p; p++) lines += *p == '\n';
+    for (const char *p = added; *p; p++) lines += *p == '\n';
     const char *from = old;
-    while (from && lines >= VERIFY_CACHE_MAX_LINES) {
+    while (from && lines > VERIFY_CACHE_MAX_LINES) {
         const char *nl = strchr(from, '\n');
         from = nl ? nl + 1 : NULL;
         lines--;
@@ -113,11 +97,10 @@ static void cache_add(const char *path, const char *key)
     AtomicFile af;
     if (atomic_open(&af, path, &e) == AE_OK) {
         if (from && *from) fputs(from, af.f);
-        fprintf(af.f, "%s\n", key);
+        fputs(added, af.f);
         if (ferror(af.f)) atomic_abort(&af);
         else atomic_commit(&af, &e);
     }
-    free(old);
 }
 
 /* CRC-32 of bytes [off, off + len) of fd. */
@@ -126,15 +109,13 @@ static int crc_range(int fd, uint64_t off, uint64_t len, uint32_t *crc, uint8_t 
     uLong c = crc32(0L, Z_NULL, 0);
     while (len > 0) {
         size_t want = len < VERIFY_CHUNK_BYTES ? (size_t)len : VERIFY_CHUNK_BYTES;
-        ssize_t got = pread(fd, buf, want, (off_t)off);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0)
+        if (fileio_pread_full(fd, buf, want, off))
             return err_set(err, AE_EIO, "%s member '%s': cannot read %zu bytes at offset %" PRIu64 ": %s (hint: "
                            "the file is truncated or unreadable)", m->path, m->member, want, off,
-                           got < 0 ? strerror(errno) : "end of file");
-        c = crc32(c, buf, (uInt)got);
-        off += (uint64_t)got;
-        len -= (uint64_t)got;
+                           errno ? strerror(errno) : "end of file");
+        c = crc32(c, buf, (uInt)want);
+        off += want;
+        len -= want;
     }
     *crc = (uint32_t)c;
     return AE_OK;
@@ -149,6 +130,7 @@ int verify_members(const ParCtx *ctx, const VerifyMember *m, int n, VerifyStats 
     char *cache = r == 0 && use_cache ? cache_read(cpath) : NULL;
     uint8_t *buf = xmalloc(VERIFY_CHUNK_BYTES);
     uint64_t *parts = xmalloc((size_t)P * 2 * sizeof *parts);
+    char *added = NULL; /* rank 0: cache lines of the members verified now */
     for (int i = 0; i < n && err->code == AE_OK; i++) {
         char key[4400];
         int32_t hit = 0;
@@ -172,12 +154,22 @@ int verify_members(const ParCtx *ctx, const VerifyMember *m, int n, VerifyStats 
                 err_set(err, AE_EFORMAT, "%s member '%s': CRC-32 of its %" PRIu64 " bytes is %08" PRIx32 " but the "
                         "archive records %08" PRIx32 " (hint: the file is damaged or truncated; download or copy it "
                         "again)", m[i].path, m[i].member, m[i].size, (uint32_t)all, m[i].crc);
-            else if (use_cache && cache_key(key, sizeof key, &m[i]))
-                cache_add(cpath, key);
+            else if (use_cache && cache_key(key, sizeof key, &m[i])) {
+                const size_t kl = strlen(key), have = added ? strlen(added) : 0;
+                char *grown = xmalloc(have + kl + 2);
+                memcpy(grown, added ? added : "", have);
+                memcpy(grown + have, key, kl);
+                grown[have + kl] = '\n';
+                grown[have + kl + 1] = '\0';
+                free(added);
+                added = grown;
+            }
         }
         st->members++;
         if (par_agree(ctx, err)) break;
     }
+    if (added) cache_write(cpath, cache, added);
+    free(added);
     free(cache);
     free(buf);
     free(parts);

@@ -621,19 +621,15 @@ static void range_filter(KnnRange *r, KnnMetric metric, double radius)
  * path names it, as Debian's dataset-fashion-mnist
  * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
  * MNIST's, so the path is the only sign. */
-typedef struct LabelNames {
-    ClassNames file; /* --class-names, n = 0 when not given */
-} LabelNames;
-
 static int is_fashion_mnist(const char *spec)
 {
     return strstr(spec, "fashion-mnist") || strstr(spec, "fashion_mnist") || strstr(spec, "Fashion-MNIST");
 }
 
-static const char *label_name(const LabelNames *ln, const VecDb *db, int64_t id, int32_t label)
+static const char *label_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label)
 {
     if (label < 0) return NULL;
-    if (ln->file.n > 0) return class_names_get(&ln->file, label);
+    if (given->n > 0) return class_names_get(given, label);
     int s = search_source_of(db, id);
     if (s < 0) return NULL;
     const VecDbSource *src = &db->sources[s];
@@ -644,7 +640,7 @@ static const char *label_name(const LabelNames *ln, const VecDb *db, int64_t id,
 
 /* Rank 0: TSV or JSON results to cfg->out or stdout. */
 static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
-                         const LabelNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
+                         const ClassNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
 {
     AtomicFile af;
     FILE *f = stdout;
@@ -699,7 +695,7 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
  * read from the database's sources, each captioned with its distance and
  * label (class name where known: label_name). */
 static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
-                       const LabelNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
+                       const ClassNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
 {
     const int C = db->C, H = db->H, W = db->W;
     const size_t chw = (size_t)C * (size_t)H * (size_t)W;
@@ -791,9 +787,9 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     memset(&res, 0, sizeof res);
     SearchMeta meta;
     search_meta_init(&meta, &db);
-    LabelNames ln;
+    ClassNames ln; /* --class-names; n = 0 when not given */
     memset(&ln, 0, sizeof ln);
-    if (ctx->rank == 0 && cfg->class_names[0]) class_names_read(&ln.file, cfg->class_names, err);
+    if (ctx->rank == 0 && cfg->class_names[0]) class_names_read(&ln, cfg->class_names, err);
     if (par_agree(ctx, err)) goto done;
     if (cfg->model[0]) {
         uint32_t crc = 0;
@@ -846,7 +842,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         par_err0(ctx, "query: %lld result(s) in %.2f s%s%s\n", (long long)res.lims[res.Q], timer_now() - t0,
                  cfg->sheet[0] ? " | sheet " : "", cfg->sheet);
 done:
-    class_names_free(&ln.file);
+    class_names_free(&ln);
     search_meta_free(&meta);
     search_ivf_close(&si);
     search_shards_close(&ls);
