@@ -28,9 +28,10 @@ rm -rf "$out/db"
 # measured search setting (README "Search quality"); eval whitens the baselines the same way
 mpi build/aesim-search index --model "$out/checkpoint.npz" --data "$data/train-images-idx3-ubyte.gz" --db "$out/db" \
     --recipe retrieval
-mpi build/aesim-search query --model "$out/checkpoint.npz" --db "$out/db" --k 8 \
+# --overwrite: the database was just rebuilt, so its results replace the last run's.
+mpi build/aesim-search query --model "$out/checkpoint.npz" --db "$out/db" --k 8 --overwrite \
     --data "$data/t10k-images-idx3-ubyte.gz" --ids 0-7 --out "$out/neighbours.tsv" --sheet "$out/neighbours.png"
-mpi build/aesim-search eval --model "$out/checkpoint.npz" --db "$out/db" -k 10 \
+mpi build/aesim-search eval --model "$out/checkpoint.npz" --db "$out/db" -k 10 --overwrite \
     --queries "$data/t10k-images-idx3-ubyte.gz" --max-queries "${EVAL_QUERIES:-2000}" \
     --baseline pixels,pca --out "$out/precision_at_10.txt"
 cat "$out/precision_at_10.txt"

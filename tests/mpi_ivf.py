@@ -358,7 +358,7 @@ class IvfBadInputTest(unittest.TestCase):
 
     def test_retrain_replaces_files(self):
         d, man = self.copy("retrain")
-        run(2, "train-ivf", "--db", d, "--nlist", "5")
+        run(2, "train-ivf", "--db", d, "--nlist", "5", "--overwrite")
         new = load_json(os.path.join(d, "manifest.json"))
         self.assertEqual(new["ivf"]["nlist"], 5)
         self.assertEqual(sorted(f for f in os.listdir(d) if "ivf" in f),
@@ -388,7 +388,7 @@ class IvfBadInputTest(unittest.TestCase):
 
     def test_bad_nlist(self):
         d, _ = self.copy("nlist_big")
-        p = run(2, "train-ivf", "--db", d, "--nlist", "2000", check=False)
+        p = run(2, "train-ivf", "--db", d, "--nlist", "2000", "--overwrite", check=False)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("--nlist 2000", p.stderr)
         p = run(0, "train-ivf", "--db", d, check=False)

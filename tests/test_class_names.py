@@ -10,7 +10,8 @@ the `class` column (TSV and JSON) and in the sheet's caption, from
   not sorted;
 - `--class-names FILE` with one name per line (line 1 = label 0);
 - an image folder's class sub-folders (recorded in the database's manifest),
-  and the same folder packed with aesim-pack (the store's classes);
+  and the same folder packed with aesim-pack (the store's classes), in the
+  results and in the sheet's captions;
 - a damaged map file: one error line naming the file and the line, exit 1,
   no --out file written.
 The sheet's caption pixels are compared with the text rendered by
@@ -60,6 +61,22 @@ def tsv_rows(text):
     return head, [dict(zip(head, l.split("\t"))) for l in lines[1:]]
 
 
+def check_captions(sheet, rows, tile, what):
+    """Each neighbour's second caption line on the sheet is its row's class,
+    drawn as test_sheet.py reads src/data/sheet.c's font."""
+    with Image.open(sheet) as f:
+        im = np.asarray(f.convert("L"))
+    glyphs = ts.font()
+    for r in rows:
+        q, rank = int(r["query"]), int(r["rank"])
+        y = ts.PAD + q * (tile + ts.CAPTION_H + ts.PAD)
+        x = ts.PAD + rank * (tile + ts.PAD) + ts.GAP
+        ty = y + tile + ts.PAD + 1 + (ts.GLYPH_H + 2)
+        got = im[ty:ty + ts.GLYPH_H, x:x + tile]
+        check(r["class"] != "" and np.array_equal(got, ts.render(r["class"], tile, glyphs)),
+              f"{what} query {q} rank {rank}: caption {r['class']!r}")
+
+
 def imagenet_devkit(tmp):
     data = os.path.join(SAMPLE, "sample32_data_batch.npz")
     labels = np.load(data)["labels"]
@@ -88,18 +105,7 @@ def imagenet_devkit(tmp):
         want = by_label[int(r["label"])][1]
         check(r["class"] == want, f"imagenet id {r['id']} label {r['label']}: class {r['class']!r} == {want!r}")
     # The sheet's captions: 32x32 tiles scaled x2 (64 px): at most 10 characters.
-    im = np.asarray(Image.open(sheet).convert("L"))
-    glyphs = ts.font()
-    tile = 32 * 2
-    for r in rows:
-        q, rank = int(r["query"]), int(r["rank"])
-        y = ts.PAD + q * (tile + ts.CAPTION_H + ts.PAD)
-        x = ts.PAD + rank * (tile + ts.PAD) + ts.GAP
-        ty = y + tile + ts.PAD + 1 + (ts.GLYPH_H + 2)
-        got = im[ty:ty + ts.GLYPH_H, x:x + tile]
-        if got.ndim == 2:
-            check(np.array_equal(got, ts.render(r["class"], tile, glyphs)),
-                  f"imagenet query {q} rank {rank}: caption {r['class']!r}")
+    check_captions(sheet, rows, 32 * 2, "imagenet")
     # JSON carries the same names.
     p = run(ts.SEARCH, "query", "--model", ck, "--db", db, "--k", K, "--data", data, "--ids", "0", "--json",
             "--class-names", mapf, "--threads", "1")
@@ -151,13 +157,16 @@ def fashion_folder(tmp):
         db = os.path.join(tmp, "db_" + what)
         run(ts.SEARCH, "index", "--model", ck, "--data", f"{spec}?channels=1" if what == "folder" else spec,
             "--db", db, "--threads", "1")
+        sheet = os.path.join(tmp, what + ".png")
         p = run(ts.SEARCH, "query", "--model", ck, "--db", db, "--k", 4, "--data", data, "--ids", "0-1", "--threads",
-                "1")
+                "1", "--sheet", sheet)
         _, rows = tsv_rows(p.stdout)
         # The source column names the file, whose folder is the class.
         ok = all(r["class"] == os.path.basename(os.path.dirname(r["source"].split("#")[0])) for r in rows)
         check(len(rows) == 8 and ok, f"{what}: class column = the image's sub-folder "
               f"({[(r['class'], r['source']) for r in rows[:2]]})")
+        # 28x28 tiles scaled x3 (84 px): the sub-folder's name under each neighbour.
+        check_captions(sheet, rows, 28 * 3, what)
     # One name per line: line 1 = label 0 (Fashion-MNIST's names reversed, so the order is tested).
     plain = os.path.join(tmp, "names.txt")
     rev = ts.NAMES[::-1]

@@ -5,7 +5,9 @@ numpy (image counts, rows, pixel means, which file is missing) and Pillow
 (the images written), never our own code.
 
   2  aesim-pack --out never replaces an existing store unless --overwrite
-     is given (the file is left byte for byte as it was);
+     is given (the file is left byte for byte as it was); the same for
+     aesim-search: query --out/--sheet and eval --out files, train-ivf over
+     an existing IVF index, index --append --ivf on one;
   6  a text file that is not a list, given as --data: the error says what was
      guessed (a list file), why (its name), and names the line and its text;
   7  a failed `aesim-search index` leaves nothing behind: no new --db folder
@@ -240,9 +242,75 @@ class Inputs(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(np.array_equal(np.load(out)["images"][:, 0], self.x[200:210]))
 
+    def refused(self, r, what):
+        """One error line naming `what` and --overwrite, exit 1."""
+        self.assertEqual(r.returncode, 1, r.stderr)
+        err = r.stderr.strip().splitlines()
+        self.assertEqual(len(err), 1, r.stderr)
+        self.assertIn(what, err[0])
+        self.assertIn("--overwrite", err[0])
+
+    def test_search_never_replaces_outputs_unasked(self):
+        db = self.path("db2")
+        r = run(SEARCH, "index", "--model", self.ckpt, "--data", self.train_npz, "--db", db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        query = ["query", "--model", self.ckpt, "--db", db, "--k", "3", "--data", self.train_npz, "--ids", "0-1"]
+        ref = run(SEARCH, *query)
+        self.assertEqual(ref.returncode, 0, ref.stderr)
+        keep = b"another run's results\n"
+        out, sheet, table = self.path("q2.tsv"), self.path("q2.png"), self.path("e2.json")
+        for f in (out, sheet, table):
+            with open(f, "wb") as fh:
+                fh.write(keep)
+        evalc = ["eval", "--model", self.ckpt, "--db", db, "--queries", self.train_npz, "--max-queries", "8", "--json"]
+        for args, f, opt in ((query + ["--out", out], out, "--out"), (query + ["--sheet", sheet], sheet, "--sheet"),
+                             (evalc + ["--out", table], table, "--out")):
+            r = run(SEARCH, *args)
+            self.refused(r, "%s already exists" % os.path.basename(f))
+            self.assertIn("another " + opt, r.stderr)
+            with open(f, "rb") as fh:
+                self.assertEqual(fh.read(), keep, "%s was changed" % f)
+            r = run(SEARCH, *args, "--overwrite")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out) as fh:
+            self.assertEqual(fh.read(), ref.stdout)
+        with Image.open(sheet) as im:
+            self.assertEqual(im.format, "PNG")
+        with open(table) as fh:
+            self.assertIn("aesim", json.load(fh)["methods"])
+        # --out and --sheet on one file: a usage error, before any work.
+        r = run(SEARCH, *query, "--out", out, "--sheet", out, "--overwrite")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("same file", r.stderr)
+        # A folder is never replaced, even with --overwrite.
+        r = run(SEARCH, *query, "--out", db, "--overwrite")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("not a regular file", r.stderr)
+        # train-ivf over an existing IVF index, and index --append --ivf on one.
+        r = run(SEARCH, "train-ivf", "--db", db, "--nlist", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = tree(db)
+        with open(os.path.join(db, "manifest.json")) as fh:
+            manifest = fh.read()
+        r = run(SEARCH, "train-ivf", "--db", db, "--nlist", "8")
+        self.refused(r, "already has an IVF index (nlist 4")
+        r = run(SEARCH, "index", "--model", self.ckpt, "--db", db, "--data", self.train_npz, "--append", "--ivf", "8")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("already has an IVF index (nlist 4)", r.stderr)
+        self.assertIn("drop --ivf", r.stderr)
+        self.assertEqual(tree(db), before)
+        with open(os.path.join(db, "manifest.json")) as fh:
+            self.assertEqual(fh.read(), manifest)
+        r = run(SEARCH, "train-ivf", "--db", db, "--nlist", "8", "--overwrite")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(db, "manifest.json")) as fh:
+            self.assertEqual(json.load(fh)["ivf"]["nlist"], 8)
+        old = [f for f in before if f.startswith("ivf-") or ".ivf-" in f]
+        self.assertTrue(old and not any(os.path.exists(os.path.join(db, f)) for f in old), old)
+
     # ---- 9 ----------------------------------------------------------------
     def query_sources(self, db, data, ids):
-        out = self.path("q9.tsv")
+        out = self.path("q9_%s.tsv" % os.path.basename(db))  # one results file per database
         r = run(SEARCH, "query", "--model", self.ckpt, "--db", db, "--data", data, "--ids", ids, "--k", "1", "--out",
                 out)
         self.assertEqual(r.returncode, 0, r.stderr)

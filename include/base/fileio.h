@@ -55,6 +55,15 @@ void atomic_abort(AtomicFile *af);
  * never blocks. */
 int fileio_check_input(const char *path, Err *err);
 
+/* Call before a command's work when `path` (given by `option`, e.g.
+ * "--out") is a file it will write with atomic_open: nothing of another run
+ * is replaced unasked (issue 13).  Errors, naming the file: AE_EIO when it
+ * exists and is not a regular file (always: a folder or device is never
+ * replaced), or exists and overwrite is 0 (the hint names `option` and
+ * --overwrite).  A missing path, or one stat() cannot reach, is AE_OK
+ * (atomic_open reports the reason).  stat() only. */
+int fileio_check_output(const char *path, const char *option, int overwrite, Err *err);
+
 /* pread / pwrite of exactly n bytes at offset off, retrying on EINTR and
  * partial transfers.  Return 0, or -1 with errno set (errno 0 for a read
  * that hit the end of the file, or for an offset beyond INT64_MAX). */

@@ -38,11 +38,24 @@
 /* Precision@k is printed with this many decimals. */
 #define SEARCH_PRECISION_DECIMALS 4
 
+/* All ranks, before a command does any work (issue 13: nothing of another
+ * run is replaced unasked).  Refuses, with AE_EIO agreed on all ranks and a
+ * message naming the file (or database) and --overwrite:
+ *   query, eval: an existing --out or --sheet file unless cfg->overwrite,
+ *                and always one that is not a regular file
+ *                (fileio_check_output);
+ *   train-ivf:   a database that already has an IVF index, unless
+ *                cfg->overwrite (a missing or damaged database is left to
+ *                search_train_ivf's own error).
+ * Other commands: AE_OK. */
+int search_check_outputs(const ParCtx *ctx, const SearchConfig *cfg, Err *err);
+
 /* aesim-search index.  Errors (agreed): AE_EIO/AE_EFORMAT for the
  * checkpoint, source or output files; AE_ESHAPE when the images do not fit
  * the model's input; AE_EARG when the folder already holds a database and
  * --append is not given, or --append with a database of another model
- * (CRC-32 or D differs); AE_ENUMERIC when a vector holds NaN/Inf (names the
+ * (CRC-32 or D differs), or --append --ivf N on a database that already has
+ * an IVF index (new vectors join its lists; train-ivf --overwrite retrains); AE_ENUMERIC when a vector holds NaN/Inf (names the
  * image). */
 int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err);
 

@@ -82,6 +82,7 @@ typedef struct SearchConfig {
     int nprobe;                     /* query/eval --nprobe N, 0 = IVF_DEFAULT_NPROBE */
     int exact;                      /* query/eval --exact: full scan even with an IVF */
     int recall;                     /* eval --recall: recall@k and queries/s of IVF vs exact, nprobe sweep */
+    int overwrite;                  /* --overwrite: replace existing --out/--sheet files (query, eval) or IVF index (train-ivf) */
 } SearchConfig;
 
 /* Parses argv (argv[1] = subcommand) into cfg, defaults first.  With --help

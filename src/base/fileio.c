@@ -134,6 +134,19 @@ int fileio_check_input(const char *path, Err *err)
     return AE_OK;
 }
 
+int fileio_check_output(const char *path, const char *option, int overwrite, Err *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return AE_OK; /* missing (or unreachable: atomic_open names the reason) */
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, AE_EIO, "%s exists and is not a regular file: refusing to replace it (hint: name a new "
+                       "file)", path);
+    if (!overwrite)
+        return err_set(err, AE_EIO, "%s already exists: refusing to replace it (hint: choose another %s, or add "
+                       "--overwrite to replace it)", path, option);
+    return AE_OK;
+}
+
 int fileio_mkdirs(const char *dir, Err *err)
 {
     char buf[FILEIO_PATH_MAX];

@@ -102,6 +102,10 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         } else if (!err->code && cfg->whiten && !db->whiten) {
             err_set(err, AE_EARG, "--append --whiten: %s was indexed without --whiten (hint: drop --whiten, or "
                                   "index everything again into a new --db with --whiten)", cfg->db);
+        } else if (!err->code && cfg->nlist > 0 && db->ivf_nlist > 0) {
+            err_set(err, AE_EARG, "--append --ivf %d: %s already has an IVF index (nlist %d): refusing to replace it "
+                                  "(hint: drop --ivf, new vectors join their nearest lists; or retrain it afterwards "
+                                  "with train-ivf --overwrite)", cfg->nlist, cfg->db, db->ivf_nlist);
         } else if (!err->code && cfg->metric != SEARCH_METRIC_DEFAULT && metric != db->metric) {
             err_set(err, AE_EARG, "--append: --metric %s differs from the database's default %s (hint: drop --metric)",
                     vecdb_metric_name(metric), vecdb_metric_name(db->metric));
@@ -762,6 +766,27 @@ static int share_filter_ids(const ParCtx *ctx, int64_t **ids, int64_t *n, const 
     if (ctx->rank != 0) *ids = xmalloc((size_t)(*n > 0 ? *n : 1) * sizeof **ids);
     par_bcast(ctx, *ids, (size_t)*n * sizeof **ids, 0);
     return AE_OK;
+}
+
+int search_check_outputs(const ParCtx *ctx, const SearchConfig *cfg, Err *err)
+{
+    err_clear(err);
+    if (ctx->rank == 0 && (cfg->cmd == SEARCH_QUERY || cfg->cmd == SEARCH_EVAL)) {
+        if (cfg->out[0]) fileio_check_output(cfg->out, "--out", cfg->overwrite, err);
+        if (!err->code && cfg->sheet[0]) fileio_check_output(cfg->sheet, "--sheet", cfg->overwrite, err);
+    }
+    /* An existing IVF index (another run's nlist, maybe tuned) is replaced
+     * only when asked (a missing database: train-ivf's own error). */
+    VecDb db;
+    Err e;
+    err_clear(&e);
+    if (ctx->rank == 0 && cfg->cmd == SEARCH_TRAIN_IVF && !cfg->overwrite && vecdb_read(&db, cfg->db, &e) == AE_OK) {
+        if (db.ivf_nlist > 0)
+            err_set(err, AE_EIO, "%s already has an IVF index (nlist %d, centroids crc32 %08x): refusing to replace "
+                    "it (hint: add --overwrite to replace it)", cfg->db, db.ivf_nlist, (unsigned)db.ivf_crc);
+        vecdb_free(&db);
+    }
+    return par_agree(ctx, err);
 }
 
 int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)

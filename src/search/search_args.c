@@ -23,7 +23,7 @@ enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
     OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE,
-    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_HELP
+    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_OVERWRITE, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -61,6 +61,7 @@ static const struct option LONG_OPTS[] = {
     { "exact", no_argument, 0, OPT_EXACT },
     { "recall", no_argument, 0, OPT_RECALL },
     { "class-names", required_argument, 0, OPT_CLASS_NAMES },
+    { "overwrite", no_argument, 0, OPT_OVERWRITE },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -96,6 +97,7 @@ static const int OPT_FOR[] = {
     [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
     [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE,
     [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY,
+    [OPT_OVERWRITE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_TRAIN_IVF,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve", "train-ivf" };
@@ -148,7 +150,7 @@ void search_args_usage(FILE *out)
 "        --max-k K: largest k a request may ask (default %d); --max-body-mib M: largest\n"
 "        request body in MiB (default %d, else 413); --timeout S: a client silent for S\n"
 "        seconds is disconnected (default %d).\n"
-"  train-ivf --db DIR --nlist NLIST\n"
+"  train-ivf --db DIR --nlist NLIST [--overwrite]\n"
 "        Builds an IVF index (faiss IndexIVFFlat) over an existing database: NLIST\n"
 "        centroids by k-means (10 iterations, as faiss) over a seeded sample of\n"
 "        min(count, 256 NLIST) vectors spread over the P ranks (the same centroids for\n"
@@ -160,6 +162,7 @@ void search_args_usage(FILE *out)
 "        re-score the candidates exactly; --nprobe NLIST gives exactly the exact\n"
 "        answer, --exact forces the full scan. eval --recall --queries Q.npy: recall@k\n"
 "        against exact search and queries/s for nprobe = 1, 2, 4, ... NLIST.\n"
+"        An existing IVF index is replaced only with --overwrite.\n"
 "\n"
 "Options\n"
 "  --db DIR              database folder (index creates it)\n"
@@ -187,9 +190,13 @@ void search_args_usage(FILE *out)
 "                        column); with --k, at most the k nearest of them\n"
 "  --json                query: results as JSON instead of TSV; eval: the table as JSON\n"
 "                        (per method: dim, precision, map, nn1_accuracy, seconds, per_label)\n"
-"  --out FILE            write the results (query) or the table (eval) to FILE, not stdout\n"
+"  --out FILE            write the results (query) or the table (eval) to FILE, not stdout;\n"
+"                        an existing FILE is refused unless --overwrite is given\n"
 "  --sheet FILE.png      query: contact sheet, one row per query: the query image, then its\n"
-"                        neighbours (read from the sources recorded in the manifest)\n"
+"                        neighbours (read from the sources recorded in the manifest); an\n"
+"                        existing FILE.png is refused unless --overwrite is given\n"
+"  --overwrite           query, eval: replace an existing --out or --sheet file; train-ivf:\n"
+"                        replace the database's existing IVF index\n"
 "  --class-names FILE    query: class names for the `class` column and the sheet's captions:\n"
 "                        the ILSVRC devkit's map_clsloc.txt (\"WNID LABEL NAME\" per line, the\n"
 "                        1-based labels of the downsampled-ImageNet files) or one name per\n"
@@ -391,6 +398,7 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
         c->nprobe = (int)i;
         return AE_OK;
     case OPT_EXACT: c->exact = 1; return AE_OK;
+    case OPT_OVERWRITE: c->overwrite = 1; return AE_OK;
     case OPT_RECALL: c->recall = 1; return AE_OK;
     default: return AE_OK;
     }
@@ -418,6 +426,8 @@ static int check_config(SearchConfig *c, Err *err)
         if (!c->k && !c->has_radius) return err_set(err, AE_EARG, "query needs --k K (or --radius R)");
         if (c->sheet[0] && c->queries[0])
             return err_set(err, AE_EARG, "--sheet needs query images (--image or --data --ids), not --queries vectors");
+        if (c->sheet[0] && strcmp(c->sheet, c->out) == 0)
+            return err_set(err, AE_EARG, "--sheet and --out name the same file %s (hint: give each its own)", c->out);
         break;
     }
     case SEARCH_TRAIN_IVF:
@@ -449,8 +459,8 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     c->max_k = SEARCH_DEFAULT_MAX_K;
     c->max_body_mib = SEARCH_DEFAULT_MAX_BODY_MIB;
     c->timeout_s = SEARCH_DEFAULT_TIMEOUT_S;
-    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or serve (see --help)");
-    if (argc < 2) return err_set(err, AE_EARG, "missing command: index, query, eval or train-ivf (see --help)");
+    if (argc < 2)
+        return err_set(err, AE_EARG, "missing command: index, query, eval, serve or train-ivf (see --help)");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         c->help = 1;

@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
+#include "base/fileio.h"
 #include "data/pack.h"
 #include "par/par.h"
 #include "tools/version.h"
@@ -107,21 +107,16 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.spec = argv[optind];
-    /* Every rank must pack the same sources into the same store; and the
-     * store must not replace a device, folder or pipe. */
-    struct stat ost;
-    if (par_check_same_args(&ctx, argc, argv, &err) == AE_OK && stat(cfg.out, &ost) == 0 && !S_ISREG(ost.st_mode))
-        err_set(&err, AE_EIO, "%s exists and is not a regular file: refusing to replace it (hint: name a new file)",
-                cfg.out);
+    /* Every rank must pack the same sources into the same store. */
+    par_check_same_args(&ctx, argc, argv, &err);
     if (par_agree(&ctx, &err)) {
         par_err0(&ctx, "aesim-pack: %s\n", err.msg);
         par_finalize(&ctx);
         return 2;
     }
-    /* Another run's store is never replaced without being asked. */
-    if (!overwrite && stat(cfg.out, &ost) == 0)
-        err_set(&err, AE_EIO, "%s already exists: refusing to replace it (hint: choose another --out, or add "
-                "--overwrite to replace it)", cfg.out);
+    /* Another run's store is never replaced without being asked, nor a
+     * device, folder or pipe ever. */
+    fileio_check_output(cfg.out, "--out", overwrite, &err);
     if (par_agree(&ctx, &err)) {
         par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
         par_finalize(&ctx);

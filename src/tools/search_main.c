@@ -40,6 +40,8 @@ int main(int argc, char **argv)
         if (ctx.rank == 0) search_args_usage(stdout);
         return finish(&ctx, NULL, 0);
     }
+    /* Nothing of another run is replaced unasked (--overwrite). */
+    if (search_check_outputs(&ctx, &cfg, &err)) return finish(&ctx, &err, 1);
     par_err0(&ctx, "aesim-search %s | %d rank(s) | %s\n", argv[1], ctx.size, AESIM_BUILD_INFO);
     const ParCpus cpus = par_cpus(&ctx);
     ThreadPlan plan = threads_setup(cfg.threads, cpus.cpus, cpus.sharing, ctx.local_size);
