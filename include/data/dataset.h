@@ -77,8 +77,9 @@ typedef struct DatasetOptions {
     uint8_t bg[3];          /* bg=RRGGBB: background under transparent pixels (default ffffff, white) */
     int skip_bad;           /* skip_bad=1: folders/lists skip files that do not decode, counting them */
     double range;           /* range=1|255: value of full intensity in float arrays (default 1.0) */
-    int verify;             /* verify=0|1: CRC-check a stored npz member before mapping it; -1 = default (1 for npz; aesim
-                               stores: 1 when the check is shared by the ranks, defer_verify, else 0) */
+    int verify;             /* verify=0|1: CRC-check a stored npz member before mapping it; -1 = default (1 for npz;
+                               aesim stores with block CRCs: each block when first read; older stores: 1 when the
+                               check is shared by the ranks, defer_verify, else 0) */
     int map;                /* map=0|1: -1 = map when possible; 0 = always read into memory; 1 = refuse sources that cannot be mapped */
     int coarse;             /* coarse=1: CIFAR-100 coarse (20-class) labels instead of fine */
     int64_t max_pixels;     /* max_pixels=N: refuse decoded images larger than this (decompression bombs) */
@@ -99,8 +100,9 @@ typedef struct Dataset {
     int64_t n;          /* number of images, >= 1 after dataset_open */
     int C, H, W;        /* channels (1 grey or 3 RGB), height, width */
     uint8_t *pixels;    /* [n][C][H][W] when the images are one block: always for a single source (read-only
-                           when mapped) and for several in-memory sources; NULL for several mapped sources and for
-                           views made by dataset_split; use dataset_get_u8 / dataset_get_f32, which always work.
+                           when mapped) and for several in-memory sources; NULL for several mapped sources, for a
+                           mapped store whose records are CRC-checked when read (sample_store.h) and for views made
+                           by dataset_split; use dataset_get_u8 / dataset_get_f32, which always work.
                            Never free it yourself (dataset_free does). */
     int32_t *labels;    /* [n] or NULL when a source has none, owned (-1 for folder images outside class folders) */
     char source[DATASET_SOURCE_BYTES]; /* what was loaded, for logs, e.g. "/p/a.npz (800 images 3x32x32, labelled)" */
@@ -159,8 +161,18 @@ void dataset_free(Dataset *ds);
 int64_t dataset_image_bytes(const Dataset *ds);
 
 /* Pointer to image i's C*H*W bytes ([C][H][W], read-only; valid until
- * dataset_free).  0 <= i < n (asserted). */
+ * dataset_free).  0 <= i < n (asserted).  A record mapped from an aesim
+ * store with block CRCs is CRC-checked the first time it is read
+ * (image_source_check); a mismatch does not stop the read but is kept for
+ * dataset_read_error, which readers call before using what they read. */
 const uint8_t *dataset_image(const Dataset *ds, int64_t i);
+
+/* The first error of the reads so far (a damaged block of a store:
+ * AE_EFORMAT naming the file, the images and the CRCs; AE_EIO), copied into
+ * err, or AE_OK.  Sticky: once set, every later call returns it.  Call
+ * after the reads (not during a parallel gather: the message of a failure
+ * being recorded at that moment may not be complete yet). */
+int dataset_read_error(const Dataset *ds, Err *err);
 
 /* out[C][H][W] = the uint8 pixels of image i.  0 <= i < n (asserted). */
 void dataset_get_u8(uint8_t *out, const Dataset *ds, int64_t i);

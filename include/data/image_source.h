@@ -93,6 +93,10 @@ typedef struct ImageSource {
     IdxStream idx;                  /* RAW_IDX_STREAM */
     void *map_addr;                 /* the mapping, owned */
     size_t map_len;
+    uint32_t *block_crc;            /* stores with a block_crc member, checked when read (verify not 0 or 1):
+                                       [n_blocks] CRC-32 of each block of crc_block raw records, owned; else NULL */
+    int64_t crc_block, n_blocks;
+    uint8_t *block_ok;              /* [n_blocks] 1 once a block was checked (atomic bytes), owned */
     char *names;                    /* stores: NUL-separated names blob, owned (or NULL) */
     int64_t *name_off;              /* stores: [n + 1] offsets into names */
 
@@ -125,6 +129,17 @@ int image_source_open_path(ImageSource ***list, int *count, int *cap, SourceKind
  * next_first.  Errors: AE_EIO / AE_EFORMAT / AE_ENOMEM naming the file (and
  * the image), AE_EARG for a sequential source read out of order. */
 int image_source_read(ImageSource *s, int64_t first, int64_t count, uint8_t *pix, uint8_t *ok, Err *err);
+
+/* Checks the CRC-32 of every block of raw records overlapping [first,
+ * first + count) that has not been checked before, against the store's
+ * block_crc member (sample_store.h): from the mapping, or read with pread.
+ * AE_OK at once for sources without block CRCs.  image_source_read calls
+ * it; dataset.c calls it for mapped records.  Thread-safe: blocks may be
+ * checked by several threads at once (a block checked twice costs only
+ * time).  Errors: AE_EFORMAT "PATH: images A..B (CRC block b of nb):
+ * CRC-32 X, the store records Y (hint: ...)", AE_EIO when a block cannot
+ * be read. */
+int image_source_check(ImageSource *s, int64_t first, int64_t count, Err *err);
 
 /* Name of image i (see dataset_name): returns 1 and fills out if known. */
 int image_source_name(const ImageSource *s, int64_t i, char *out, size_t cap);

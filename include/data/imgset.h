@@ -78,6 +78,10 @@ int imgset_locate(const ImageSet *s, int64_t i, int64_t *row);
  * 0 <= i < n (assert). */
 void imgset_get_f32(float *out, const ImageSet *s, int64_t i);
 
+/* The first read error of any item (dataset_read_error: a damaged block of
+ * an aesim store read by imgset_get_f32), copied into err, or AE_OK. */
+int imgset_read_error(const ImageSet *s, Err *err);
+
 /* Label of global image i, or -1 when its item has no labels. */
 int32_t imgset_label(const ImageSet *s, int64_t i);
 

@@ -17,13 +17,24 @@
  *   then            labels.npy        int32 (N,)   (only if labelled)
  *                   names.npy         uint8 (B,)   all names, concatenated
  *                   name_offsets.npy  int64 (N+1,) name i = names[off[i]:off[i+1]]
- *                   meta.json         {"format": "aesim-store", "version": 1,
+ *                   block_crc.npy     uint32 (ceil(N/R),) CRC-32 (zlib crc32,
+ *                                     the zip polynomial) of the records of
+ *                                     block b = records [b R, min(N, (b+1) R)),
+ *                                     R = store_crc_block(C*H*W) records: the
+ *                                     records of about one 4 KiB page, the
+ *                                     unit storage reads anyway (since meta
+ *                                     version 2; older stores lack it)
+ *                   meta.json         {"format": "aesim-store", "version": 2,
  *                                      "n", "C", "H", "W", "layout": "NCHW",
+ *                                      "crc_block": R,
  *                                      "source", "skipped", "classes": [...]}
  *   central directory, zip64 end record + locator, end record whose archive
  *   comment is STORE_COMMENT ("aesim-store 1"): how readers recognise a store.
  * CRC-32s are real (computed while writing), so any zip tool can test it.
- * Readers (image_source.h) map images.npy at its offset and read the rest.
+ * Readers (image_source.h) map images.npy at its offset and read the rest;
+ * they check a record's block against block_crc.npy when it is first read
+ * (issue 18: no whole-store read before the first step), or the whole
+ * member with ?verify=1.
  *
  * Writing protocol (pack.c; MPI through the caller):
  *   1. one process: store_create(tmp, n_max, C, H, W)  - file of the final
@@ -68,6 +79,17 @@ static inline uint64_t store_record_offset(int64_t i, int64_t image_bytes)
     return (uint64_t)STORE_DATA_ALIGN + (uint64_t)i * (uint64_t)image_bytes;
 }
 
+/* Bytes a CRC block aims at: one page. */
+#define STORE_CRC_BLOCK_BYTES 4096
+/* Member name of the per-block CRCs (without .npy). */
+#define STORE_BLOCK_CRC "block_crc"
+
+/* Records per CRC block for C*H*W-byte images: max(1, 4096 / image_bytes). */
+static inline int64_t store_crc_block(int64_t image_bytes)
+{
+    return image_bytes >= STORE_CRC_BLOCK_BYTES ? 1 : STORE_CRC_BLOCK_BYTES / image_bytes;
+}
+
 /* Creates (truncating) tmp_path sized for n_max records of C*H*W bytes.
  * Errors: AE_EIO (errno text naming the file), AE_EARG (bad sizes). */
 int store_create(const char *tmp_path, int64_t n_max, int C, int H, int W, Err *err);
@@ -87,6 +109,8 @@ typedef struct StoreMeta {
     int64_t n;               /* records kept (<= n_max of store_create) */
     int C, H, W;
     uint32_t records_crc;    /* CRC-32 of the n records' bytes, in order */
+    const uint32_t *block_crc; /* [ceil(n / store_crc_block(C*H*W))] CRC-32 of each block of records, or NULL
+                                  (then the store has no block_crc member) */
     const int32_t *labels;   /* [n] or NULL */
     const char *const *names;/* [n] NUL-terminated names, or NULL */
     const char *source;      /* the spec packed, for meta.json */

@@ -51,6 +51,9 @@ typedef struct DatasetStore {
     uint8_t *block;       /* the in-memory images, owned (may be NULL) */
     ImageSource **srcs;   /* kept open for mappings and names */
     int n_src;
+    int bad;              /* 1 once a read found a damaged block (atomic; claimed by the first) */
+    int bad_done;         /* 1 once bad_err is complete (atomic) */
+    Err bad_err;          /* the first such error */
 } DatasetStore;
 
 struct DatasetImpl {
@@ -114,8 +117,25 @@ const uint8_t *dataset_image(const Dataset *ds, int64_t i)
     int64_t img = dataset_image_bytes(ds);
     if (ds->pixels) return ds->pixels + i * img;
     int64_t p = ds->impl->rows ? ds->impl->rows[i] : i;
-    const Segment *s = find_segment(ds->impl->st, p);
+    DatasetStore *st = ds->impl->st;
+    const Segment *s = find_segment(st, p);
+    if (s->src && s->src->block_crc && s->src->mapped) {
+        /* mapped segments have no skipped rows: p - first is the store row */
+        Err e;
+        err_clear(&e);
+        if (image_source_check(s->src, p - s->first, 1, &e) && !__atomic_exchange_n(&st->bad, 1, __ATOMIC_ACQ_REL)) {
+            st->bad_err = e;
+            __atomic_store_n(&st->bad_done, 1, __ATOMIC_RELEASE);
+        }
+    }
     return s->pix + (p - s->first) * img;
+}
+
+int dataset_read_error(const Dataset *ds, Err *err)
+{
+    if (!ds->impl || !__atomic_load_n(&ds->impl->st->bad_done, __ATOMIC_ACQUIRE)) return AE_OK;
+    *err = ds->impl->st->bad_err;
+    return err->code;
 }
 
 void dataset_prefetch(const Dataset *ds, const int64_t *idx, int64_t first, int64_t count)
@@ -354,7 +374,10 @@ int dataset_open_opts(Dataset *ds, const char *spec, const DatasetOptions *opts,
     ds->H = a->H;
     ds->W = a->W;
     ds->n_skipped = skipped;
-    if (st->n_seg == 1) ds->pixels = (uint8_t *)st->seg[0].pix; /* read-only when mapped */
+    /* One segment: a plain pointer (read-only when mapped), unless its
+     * records are CRC-checked as they are read (dataset_image). */
+    const ImageSource *s0 = st->n_seg == 1 ? st->seg[0].src : NULL;
+    if (st->n_seg == 1 && !(s0 && s0->block_crc && s0->mapped)) ds->pixels = (uint8_t *)st->seg[0].pix;
     else if (n_mapped == 0) ds->pixels = st->block;
     ds->impl = xcalloc(1, sizeof *ds->impl);
     ds->impl->st = st;

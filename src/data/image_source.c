@@ -39,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* First bytes that identify a file kind. */
 #define SNIFF_BYTES 8
@@ -119,6 +120,8 @@ void image_source_close(ImageSource *s)
     free(s->labels);
     free(s->names);
     free(s->name_off);
+    free(s->block_crc);
+    free(s->block_ok);
     for (int64_t i = 0; s->files && i < s->n; i++) {
         if (s->files[i].name_owned) free(s->files[i].name);
         free(s->files[i].path);
@@ -308,9 +311,44 @@ static int raw_get(ImageSource *s, int64_t first, int64_t m, uint8_t *buf, Err *
     }
 }
 
+int image_source_check(ImageSource *s, int64_t first, int64_t count, Err *err)
+{
+    if (!s->block_crc || count <= 0) return AE_OK;
+    const int64_t R = s->crc_block;
+    uint8_t *buf = NULL;
+    int rc = AE_OK;
+    for (int64_t b = first / R; b <= (first + count - 1) / R && rc == AE_OK; b++) {
+        if (__atomic_load_n(&s->block_ok[b], __ATOMIC_ACQUIRE)) continue;
+        const int64_t r0 = b * R, m = s->n - r0 < R ? s->n - r0 : R;
+        const uint64_t bytes = (uint64_t)m * s->stride, at = s->offset + (uint64_t)r0 * s->stride;
+        const uint8_t *p = s->mapped ? s->mapped + (uint64_t)r0 * s->stride : NULL;
+        if (!p) {
+            if (!buf) buf = xmalloc((size_t)((uint64_t)R * s->stride));
+            if (fileio_pread_full(s->fd, buf, bytes, at) != 0) {
+                rc = err_set(err, AE_EIO, "%s: %s reading images %" PRId64 "..%" PRId64 " to check their CRC (hint: the "
+                             "file shrank or is unreadable)", s->path, errno ? strerror(errno) : "unexpected end", r0,
+                             r0 + m - 1);
+                break;
+            }
+            p = buf;
+        }
+        /* a block is at most max(4 KiB, one record): within a uInt for any
+         * record sizes a store allows */
+        uint32_t c = (uint32_t)crc32(crc32(0L, Z_NULL, 0), p, (uInt)bytes);
+        if (c != s->block_crc[b])
+            rc = err_set(err, AE_EFORMAT, "%s: images %" PRId64 "..%" PRId64 " (CRC block %" PRId64 " of %" PRId64
+                         "): CRC-32 %08x, the store records %08x (hint: the store is damaged; pack it again from its "
+                         "source)", s->path, r0, r0 + m - 1, b, s->n_blocks, c, s->block_crc[b]);
+        else __atomic_store_n(&s->block_ok[b], 1, __ATOMIC_RELEASE);
+    }
+    free(buf);
+    return rc;
+}
+
 static int array_read(ImageSource *s, int64_t first, int64_t count, uint8_t *pix, Err *err)
 {
     int64_t img = (int64_t)s->C * s->H * s->W;
+    if (image_source_check(s, first, count, err)) return err->code;
     if (s->mapped) {
         memcpy(pix, s->mapped + first * img, (size_t)(count * img));
         return AE_OK;
@@ -588,6 +626,26 @@ static int store_classes(ImageSource *s, Err *err)
     return rc;
 }
 
+/* Store block CRCs: block_crc.npy, uint32, one per block of
+ * store_crc_block(record bytes) records. */
+static int store_block_crcs(ImageSource *s, const ZipEntry *e, Err *err)
+{
+    NpyHeader hd;
+    void *data;
+    const int64_t R = store_crc_block((int64_t)s->stride), nb = (s->n + R - 1) / R;
+    if (read_member_array(&s->za, e, &hd, &data, nb * 4, err)) return err->code;
+    if (hd.dtype != NPY_U32 || hd.big_endian || hd.ndim != 1 || hd.shape[0] != nb) {
+        free(data);
+        return err_set(err, AE_EFORMAT, "%s: member '%s' is not uint32 (%" PRId64 ",) for %" PRId64 " images in blocks "
+                       "of %" PRId64 " (hint: the store is damaged; pack it again)", s->path, e->name, nb, s->n, R);
+    }
+    s->block_crc = data;
+    s->crc_block = R;
+    s->n_blocks = nb;
+    s->block_ok = xcalloc((size_t)nb, 1);
+    return AE_OK;
+}
+
 static int npz_open(ImageSource *s, Err *err)
 {
     if (zip_archive_open(&s->za, s->path, err)) return err->code;
@@ -615,10 +673,14 @@ static int npz_open(ImageSource *s, Err *err)
     s->member = img;
     char what[ZIP_PATH_BYTES + ZIP_NAME_BYTES + 16];
     snprintf(what, sizeof what, "%s (member '%s')", s->path, img->name);
-    /* By default a stored member is CRC-checked; an aesim store too when the
-     * check is shared by the ranks (defer_verify: training and indexing),
-     * not when one process would read a whole store to answer a query. */
-    if (s->opts.verify == 1 || (s->opts.verify == -1 && img->method == ZIP_METHOD_STORED &&
+    /* By default a stored member is CRC-checked; an aesim store with block
+     * CRCs block by block as its records are read (image_source_check); an
+     * older store when the check is shared by the ranks (defer_verify:
+     * training and indexing), not when one process would read a whole store
+     * to answer a query. */
+    const ZipEntry *bc = s->is_store ? find_member(&s->za, STORE_BLOCK_CRC) : NULL;
+    int by_block = bc && s->opts.verify == -1 && img->method == ZIP_METHOD_STORED;
+    if (s->opts.verify == 1 || (s->opts.verify == -1 && img->method == ZIP_METHOD_STORED && !by_block &&
                                 (!s->is_store || s->opts.defer_verify))) {
         if (s->opts.defer_verify && img->method == ZIP_METHOD_STORED) {
             s->verify_pending = 1; /* dataset_verify, shared by the ranks */
@@ -641,6 +703,7 @@ static int npz_open(ImageSource *s, Err *err)
         s->fd = dup(s->za.fd);
         if (s->fd < 0) return err_set(err, AE_EIO, "%s: dup: %s", s->path, strerror(errno));
         s->offset = img->data_offset + hd.data_offset;
+        if (by_block && store_block_crcs(s, bc, err)) return err->code;
     } else {
         s->sequential = 1;
     }

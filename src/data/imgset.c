@@ -107,6 +107,13 @@ void imgset_get_f32(float *out, const ImageSet *s, int64_t i)
     dataset_get_f32(out, &s->items[p], row);
 }
 
+int imgset_read_error(const ImageSet *s, Err *err)
+{
+    for (int p = 0; p < s->n_items; p++)
+        if (dataset_read_error(&s->items[p], err)) return err->code;
+    return AE_OK;
+}
+
 int32_t imgset_label(const ImageSet *s, int64_t i)
 {
     int64_t row;

@@ -68,15 +68,20 @@ static int decode_all(ImageSource **srcs, int ns, const ParCtx *ctx, const char 
     return rc;
 }
 
-/* Rank 0: moves kept records together (in order) and computes their CRC. */
-static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, int64_t *kept, uint32_t *crc, Err *err)
+/* Rank 0: moves kept records together (in order) and computes the CRC-32
+ * of each block of store_crc_block(img) kept records (block_crc[ceil(n / R)]
+ * at most) and of all of them (joined from the blocks' with crc32_combine). */
+static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, int64_t *kept, uint32_t *crc,
+                   uint32_t *block_crc, Err *err)
 {
     int fd = open(tmp, O_RDWR | O_CLOEXEC);
     if (fd < 0) return err_set(err, AE_EIO, "cannot open %s: %s", tmp, strerror(errno));
     int64_t per = FINISH_WINDOW_BYTES / img;
     if (per < 1) per = 1;
     uint8_t *buf = xmalloc((size_t)(per * img));
-    uint32_t c = (uint32_t)crc32(0L, Z_NULL, 0);
+    const uint32_t crc0 = (uint32_t)crc32(0L, Z_NULL, 0);
+    const int64_t R = store_crc_block(img);
+    uint32_t c = crc0, cb = crc0; /* all records; the current block */
     int64_t out = 0;
     int rc = AE_OK;
     for (int64_t at = 0; at < n && rc == AE_OK; at += per) {
@@ -91,14 +96,25 @@ static int compact(const char *tmp, int64_t n, int64_t img, const int64_t *ok, i
             if (w != k) memmove(buf + w * img, buf + k * img, (size_t)img);
             w++;
         }
-        for (int64_t done = 0; done < w * img;) { /* crc32 takes uInt lengths */
-            int64_t part = w * img - done < (1LL << 30) ? w * img - done : (1LL << 30);
-            c = (uint32_t)crc32(c, buf + done, (uInt)part);
-            done += part;
+        /* Block by block (a block is at most a few pages: a uInt length).
+         * Record out + k of the store is buf's record k. */
+        for (int64_t k = 0; k < w;) {
+            int64_t rec = out + k, in_block = R - rec % R, take = w - k < in_block ? w - k : in_block;
+            cb = (uint32_t)crc32(cb, buf + k * img, (uInt)(take * img));
+            k += take;
+            if ((rec + take) % R == 0) {
+                block_crc[rec / R] = cb;
+                c = store_crc_combine(c, cb, (uint64_t)(R * img));
+                cb = crc0;
+            }
         }
         if (w > 0 && (out != at || w != m) && fileio_pwrite_full(fd, buf, (uint64_t)(w * img), store_record_offset(out, img)))
             rc = err_set(err, AE_EIO, "cannot write %s: %s (hint: disk full?)", tmp, strerror(errno ? errno : EIO));
         out += w;
+    }
+    if (out % R) { /* the last, shorter block */
+        block_crc[out / R] = cb;
+        c = store_crc_combine(c, cb, (uint64_t)((out % R) * img));
     }
     free(buf);
     if (close(fd) != 0 && rc == AE_OK) rc = err_set(err, AE_EIO, "cannot close %s: %s", tmp, strerror(errno));
@@ -113,10 +129,16 @@ static int finish(ImageSource **srcs, int ns, const PackConfig *cfg, const char 
 {
     int64_t img = (int64_t)srcs[0]->C * srcs[0]->H * srcs[0]->W, kept = 0;
     uint32_t crc = 0;
-    if (compact(tmp, n, img, ok, &kept, &crc, err)) return err->code;
-    if (kept == 0)
+    uint32_t *block_crc = xmalloc((size_t)((n + store_crc_block(img) - 1) / store_crc_block(img) + 1) * sizeof *block_crc);
+    if (compact(tmp, n, img, ok, &kept, &crc, block_crc, err)) {
+        free(block_crc);
+        return err->code;
+    }
+    if (kept == 0) {
+        free(block_crc);
         return err_set(err, AE_EFORMAT, "no image of '%.900s' could be decoded: all %" PRId64 " were skipped (hint: "
                        "check the files)", cfg->spec, n);
+    }
     int all_labels = 1, any_names = 0;
     for (int i = 0; i < ns; i++) {
         all_labels &= srcs[i]->labels != NULL;
@@ -143,9 +165,10 @@ static int finish(ImageSource **srcs, int ns, const PackConfig *cfg, const char 
     const ImageSource *cls = NULL;
     for (int i = 0; i < ns && !cls; i++)
         if (srcs[i]->n_classes) cls = srcs[i];
-    StoreMeta m = {kept, srcs[0]->C, srcs[0]->H, srcs[0]->W, crc, labels, (const char *const *)names, cfg->spec,
-                   n - kept, cls ? (const char *const *)cls->classes : NULL, cls ? cls->n_classes : 0};
+    StoreMeta m = {kept, srcs[0]->C, srcs[0]->H, srcs[0]->W, crc, block_crc, labels, (const char *const *)names,
+                   cfg->spec, n - kept, cls ? (const char *const *)cls->classes : NULL, cls ? cls->n_classes : 0};
     int rc = store_finish(tmp, cfg->out, &m, err);
+    free(block_crc);
     for (int64_t i = 0; names && i < kept; i++) free(names[i]);
     free(names);
     free(labels);

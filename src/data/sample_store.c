@@ -55,7 +55,7 @@
 /* Room for a small member's .npy header. */
 #define NPY_SMALL_HEADER 256
 /* Members after images.npy. */
-#define MAX_MEMBERS 5
+#define MAX_MEMBERS 6
 /* Bytes copied per write when appending members. */
 #define WRITE_CHUNK (4u << 20)
 
@@ -223,12 +223,13 @@ static char *meta_json(const StoreMeta *m)
 {
     json_t *o = json_object();
     json_object_set_new(o, "format", json_string("aesim-store"));
-    json_object_set_new(o, "version", json_integer(1));
+    json_object_set_new(o, "version", json_integer(m->block_crc ? 2 : 1));
     json_object_set_new(o, "n", json_integer(m->n));
     json_object_set_new(o, "C", json_integer(m->C));
     json_object_set_new(o, "H", json_integer(m->H));
     json_object_set_new(o, "W", json_integer(m->W));
     json_object_set_new(o, "layout", json_string("NCHW"));
+    if (m->block_crc) json_object_set_new(o, "crc_block", json_integer(store_crc_block((int64_t)m->C * m->H * m->W)));
     json_object_set_new(o, "source", json_string(m->source ? m->source : ""));
     json_object_set_new(o, "skipped", json_integer(m->skipped));
     json_t *cls = json_array();
@@ -275,6 +276,10 @@ int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err
         for (int64_t i = 0; i < m->n; i++) memcpy(blob + off[i], m->names[i], (size_t)(off[i + 1] - off[i]));
         member_npy(&mem[nm++], STORE_NAMES, "|u1", off[m->n], blob, (uint64_t)off[m->n]);
         member_npy(&mem[nm++], STORE_NAME_OFFSETS, "<i8", m->n + 1, off, (uint64_t)(m->n + 1) * sizeof *off);
+    }
+    if (m->block_crc) {
+        int64_t r = store_crc_block(img), nb = (m->n + r - 1) / r;
+        member_npy(&mem[nm++], STORE_BLOCK_CRC, "<u4", nb, m->block_crc, (uint64_t)nb * sizeof(uint32_t));
     }
     json = meta_json(m);
     Member *mj = &mem[nm++];

@@ -260,7 +260,9 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const int64_t first_id = db.count + par_exscan_sum_i64(ctx, n);
     vec = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *vec);
     int64_t bad = search_encode(vec, &m, &src, NULL, lo, n);
-    if (bad >= 0) {
+    if (imgset_read_error(&src, err)) {
+        /* a damaged store block: agreed below, nothing written */
+    } else if (bad >= 0) {
         char name[IMGSET_NAME_BYTES];
         imgset_name(name, sizeof name, &src, lo + bad);
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for image %s (source index %lld); nothing was "
@@ -496,6 +498,7 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
                 imgset_get_f32(qs->img + (size_t)i * chw, &set, ids[i]);
                 imgset_name(qs->names + (size_t)i * IMGSET_NAME_BYTES, IMGSET_NAME_BYTES, &set, ids[i]);
             }
+            imgset_read_error(&set, err);
         }
         free(ids);
         imgset_free(&set);
@@ -728,6 +731,7 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
             int s = search_source_of(db, id);
             if (s < 0 || (!sets[s].n && search_open_source(&sets[s], db, s, err))) break;
             imgset_get_f32(tiles + t * chw, &sets[s], id - db->sources[s].first_id);
+            if (imgset_read_error(&sets[s], err)) break;
             int32_t label = -1;
             const char *src = NULL;
             if (search_meta_get(meta, id, &label, &src, err)) break;

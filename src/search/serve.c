@@ -487,7 +487,8 @@ static void serve_image(Server *s, ServeJob *job)
     for (size_t j = 0; j < chw; j++) pix[j] = png_float_to_u8(f[j]);
     uint8_t *png = NULL;
     size_t len = 0;
-    if (png_encode_chw_mem(&png, &len, pix, set->C, set->H, set->W, &e)) serve_job_fail(&s->q, job, 500, e.msg);
+    if (imgset_read_error(set, &e)) serve_job_fail(&s->q, job, 500, e.msg);
+    else if (png_encode_chw_mem(&png, &len, pix, set->C, set->H, set->W, &e)) serve_job_fail(&s->q, job, 500, e.msg);
     else serve_job_finish(&s->q, job, 200, (char *)png, len, "image/png");
     free(f);
     free(pix);

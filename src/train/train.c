@@ -323,6 +323,9 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 dataset_prefetch(train, perm + f2 + o2, 0, c2);
             }
             dataset_get_batch_f32(use_views ? tv.clean : m->input, train, perm + first + off, cnt);
+            /* a damaged store block (dataset_read_error) stops every rank
+             * before the optimizer step: agreed through the allreduce below */
+            const int data_bad = dataset_read_error(train, err) != AE_OK;
             double tb = timer_now();
             model_zero_grad(m);
             grad_sync_begin(&sync);
@@ -344,8 +347,13 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
              * allreduce, so every rank sees a signal sent to any rank at the
              * same step. */
             const int sig_here = signals_pending();
-            double red[3] = { sse, sig_here ? 1.0 : 0.0, (double)sig_here };
-            par_allreduce_sum_f64(ctx, red, 3);
+            double red[4] = { sse, sig_here ? 1.0 : 0.0, (double)sig_here, data_bad ? 1.0 : 0.0 };
+            par_allreduce_sum_f64(ctx, red, 4);
+            if (red[3] > 0) { /* every rank: the lowest failing rank's message */
+                rc = par_agree(ctx, err);
+                stop = 1;
+                break;
+            }
             const int stop_asked = red[1] > 0;
             double td = timer_now();
             /* reconstruction MSE over all views, plus the weighted NT-Xent
@@ -438,6 +446,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         /* End of an epoch (or of max-steps): validate, grid, checkpoint. */
         if (ctx->rank == 0) progress_finish(&prog);
         res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
+        rc = dataset_read_error(val, err); /* a damaged store block: agreed below, nothing written */
         res->val_psnr_db = metrics_psnr_db(res->val_loss);
         double now = timer_now();
         /* The log's figures are the epoch row's of metrics.csv: the mean
@@ -451,7 +460,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                  "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, part, (long long)st.step,
                  ep.steps ? ep.loss / ep.steps : NAN, (long long)ep.steps, res->val_loss, res->val_psnr_db,
                  ep.s > 0 ? ep.images / ep.s : 0);
-        if (ctx->rank == 0) {
+        if (ctx->rank == 0 && rc == AE_OK) {
             /* The steps since the last row first get their own row, so that
              * step rows always cover --csv-every steps or fewer. */
             if (csv.steps > 0)
