@@ -123,7 +123,7 @@ class Server:
         self.url = None
         while self.url is None:
             with open(self.log) as f:
-                m = re.search(r"listening on (http://[0-9.]+:\d+)", f.read())
+                m = re.search(r"listening on (http://(?:[0-9.]+|\[[0-9a-f:]+\]):\d+)", f.read())
             if m:
                 self.url = m.group(1)
             elif self.proc.poll() is not None or time.time() - t0 > TIMEOUT:
@@ -405,6 +405,31 @@ class Serve(unittest.TestCase):
         return out
 
     # ------------------------------------------------------------ additions, stop, restart
+
+    def test_ipv6_listen_and_class_names(self):
+        # the suite's server: MNIST IDX files name no classes -> "class": null
+        doc = self.post_search(b'{"id": 3}', k=3)
+        self.assertEqual([r["class"] for r in doc["results"]], [None] * 3)
+        names = os.path.join(WORK, "digits.txt")
+        with open(names, "w") as f:
+            f.write("".join(f"digit {d}\n" for d in range(10)))
+        srv = Server(1, self.db, self.ckpt, "--listen", "[::1]:0", "--class-names", names, tag="v6")
+        try:
+            self.assertTrue(srv.url.startswith("http://[::1]:"), srv.url)
+            st, _, data = request(f"{srv.url}/search?k=6", "POST", b'{"id": 11}')
+            self.assertEqual(st, 200, data)
+            res = json.loads(data)["results"]
+            self.assertEqual([(r["id"], r["distance"]) for r in res], results(doc6 := self.post_search(b'{"id": 11}', k=6)))
+            self.assertEqual([r["class"] for r in res], [f"digit {int(self.labels[r['id']])}" for r in res])
+            self.assertEqual([r["label"] for r in res], [r["label"] for r in doc6["results"]])
+        finally:
+            srv.kill()
+        # a bracketless IPv6 address or a bad literal is refused with the reason
+        for bad in ("::1:0", "[::1:0", "[zz::1]:0"):
+            r = subprocess.run(["mpirun", "-np", "1", SEARCH, "serve", "--db", self.db, "--model", self.ckpt,
+                                "--listen", bad], env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertIn(f"--listen '{bad}'", r.stderr, bad)
 
     def test_z_add_stop_restart(self):
         from PIL import Image

@@ -93,10 +93,12 @@ typedef struct ApiResult {
     float dist;          /* the knn's value (search_out_dist gives "distance") */
     int32_t label;
     const char *source;  /* the database image's name (vecdb names.txt) */
+    const char *cls;     /* its class name (search_class_name), or NULL */
 } ApiResult;
 
 /* {"took_ms": took_ms, "metric": ..., "k": k, "results": [{"rank", "id",
- * "distance", "label", "source", "image": "/images/ID"}, ...]} (free()).
+ * "distance", "label", "source", "class", "image": "/images/ID"}, ...]}
+ * (free()); "class" is null when the label has no known name.
  * distance = search_out_dist(metric, dist), printed by jansson as `query
  * --json` prints it, so the two agree to the bit. */
 char *api_results_json(double took_ms, KnnMetric metric, int k, const ApiResult *res, int64_t n);

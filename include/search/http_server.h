@@ -44,7 +44,8 @@
 #define HTTP_DRAIN_FACTOR 4
 
 typedef struct HttpServerConfig {
-    const char *listen;  /* "HOST:PORT", IPv4 address or name; PORT 0 = any free port */
+    const char *listen;  /* "HOST:PORT" (IPv4 address or name) or "[IPV6]:PORT" (RFC 3986 brackets); PORT 0 = any
+                            free port */
     int timeout_s;       /* idle connection timeout, seconds */
     size_t max_body;     /* bytes */
     int max_k;

@@ -23,6 +23,7 @@
 
 #include <stdint.h>
 
+#include "data/class_names.h"
 #include "data/imgset.h"
 #include "search/knn.h"
 #include "model/model.h"
@@ -177,6 +178,17 @@ int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err);
 
 /* The source run holding database id (0 <= id < db->count), or -1. */
 int search_source_of(const VecDb *db, int64_t id);
+
+/* The class name of database id with label `label`, for query's `class`
+ * column, the sheet's captions and serve's "class" field: from `given`
+ * (--class-names FILE, class_names.h; may be NULL) when it holds names (NULL past its
+ * end), else the class names the database recorded for the id's source
+ * (image folders' class sub-folders, aesim-pack stores' meta.json), else
+ * Fashion-MNIST's ten (sheet.h) when the source's path names it (Debian's
+ * dataset-fashion-mnist holds IDX files like MNIST's: the path is the only
+ * sign).  NULL when unknown or label < 0.  The string belongs to given or
+ * db. */
+const char *search_class_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label);
 
 /* Labels and names of database ids, read on demand one shard at a time
  * (labels mapped, names read from names.txt): used by rank 0 for outputs. */

@@ -214,10 +214,11 @@ char *api_results_json(double took_ms, KnnMetric metric, int k, const ApiResult 
     for (int64_t i = 0; i < n; i++) {
         char url[40];
         snprintf(url, sizeof url, "/images/%lld", (long long)res[i].id);
-        json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:o, s:s}", "rank", (json_int_t)(i + 1), "id",
+        json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:o, s:o, s:s}", "rank", (json_int_t)(i + 1), "id",
                                               (json_int_t)res[i].id, "distance",
                                               search_out_dist(metric, res[i].dist), "label", (int)res[i].label,
-                                              "source", text(res[i].source), "image", url));
+                                              "source", text(res[i].source), "class",
+                                              res[i].cls ? text(res[i].cls) : json_null(), "image", url));
     }
     return dump(json_pack("{s:f, s:s, s:i, s:o}", "took_ms", took_ms, "metric", vecdb_metric_name(metric), "k", k,
                           "results", list));

@@ -292,31 +292,42 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     pthread_mutex_unlock(&s->mu);
 }
 
-/* "HOST:PORT" -> IPv4 socket address. */
-static int parse_listen(struct sockaddr_in *sa, const char *listen, Err *err)
+/* "HOST:PORT" (IPv4 address or name) or "[IPV6]:PORT" -> socket address. */
+static int parse_listen(struct sockaddr_storage *sa, const char *listen, Err *err)
 {
     char host[256];
-    const char *colon = strrchr(listen, ':');
-    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host)
-        return err_set(err, AE_EARG, "--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8080, or 0.0.0.0:8080 for "
-                                     "every interface)", listen);
-    memcpy(host, listen, (size_t)(colon - listen));
-    host[colon - listen] = '\0';
+    const char *colon = strrchr(listen, ':'), *h0 = listen, *h1 = colon;
+    int v6 = listen[0] == '[';
+    if (v6) { /* RFC 3986 section 3.2.2: an IPv6 literal in brackets */
+        h0 = listen + 1;
+        h1 = strchr(listen, ']');
+        if (!h1 || h1[1] != ':') h1 = NULL;
+        else colon = h1 + 1;
+    }
+    if (!colon || !h1 || h1 == h0 || (size_t)(h1 - h0) >= sizeof host)
+        return err_set(err, AE_EARG, "--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8080, 0.0.0.0:8080 for every "
+                                     "interface, or [::1]:8080 for IPv6)", listen);
+    memcpy(host, h0, (size_t)(h1 - h0));
+    host[h1 - h0] = '\0';
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (!colon[1] || *end || port < 0 || port > 65535)
         return err_set(err, AE_EARG, "--listen '%s': the port must be 0..65535 (0 = any free port)", listen);
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_INET;
+    hints.ai_family = v6 ? AF_INET6 : AF_INET;
     hints.ai_socktype = SOCK_STREAM;
+    if (v6) hints.ai_flags = AI_NUMERICHOST;
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc || !res)
-        return err_set(err, AE_EARG, "--listen '%s': cannot resolve '%s' to an IPv4 address (%s)", listen, host,
-                       gai_strerror(rc));
-    memcpy(sa, res->ai_addr, sizeof *sa);
+        return err_set(err, AE_EARG, "--listen '%s': cannot resolve '%s' to an %s address (%s)%s", listen, host,
+                       v6 ? "IPv6" : "IPv4", gai_strerror(rc),
+                       v6 ? "" : " (hint: write an IPv6 address in brackets, [::1]:8080)");
+    memset(sa, 0, sizeof *sa);
+    memcpy(sa, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
-    sa->sin_port = htons((uint16_t)port);
+    if (v6) ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+    else ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
     return AE_OK;
 }
 
@@ -324,8 +335,9 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
                       size_t url_cap, Err *err)
 {
     *out = NULL;
-    struct sockaddr_in sa;
+    struct sockaddr_storage sa;
     if (parse_listen(&sa, cfg->listen, err)) return err->code;
+    const int v6 = sa.ss_family == AF_INET6;
     HttpServer *s = xcalloc(1, sizeof *s);
     s->cfg = *cfg;
     s->q = q;
@@ -333,7 +345,7 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
     CHECK(pthread_mutex_init(&s->mu, NULL) == 0);
     CHECK(sem_init(&s->decodes, 0, HTTP_MAX_DECODES) == 0);
     s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
-                                MHD_USE_POLL,
+                                MHD_USE_POLL | (v6 ? MHD_USE_IPv6 : 0),
                             0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)HTTP_MAX_CONNECTIONS, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
@@ -346,9 +358,19 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
                                     "--listen port, or 0 for any free one)", cfg->listen);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
-    snprintf(url, url_cap, "http://%s:%u", ip, info ? (unsigned)info->port : (unsigned)ntohs(sa.sin_port));
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    if (v6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
+        port = ntohs(a6->sin6_port);
+    } else {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
+        port = ntohs(a4->sin_port);
+    }
+    if (info) port = info->port;
+    snprintf(url, url_cap, v6 ? "http://[%s]:%u" : "http://%s:%u", ip, port);
     *out = s;
     return AE_OK;
 }

@@ -493,13 +493,25 @@ static int check_probed(const KnnDb *db, const IvfLists *l, const ProbeJob *job,
  * sc->si (a heap): float pre-scan keeping the best kc rows, exact re-score,
  * and the proof of knn.c's pre-scan (knn.h "Exactness"); if it fails, every
  * probed row is re-scored. */
+static int shard_finish(Scratch *sc, const KnnDb *db, const IvfLists *l, const ProbeJob *job, float nfmax,
+                        Err *err);
+
 static int shard_knn(Scratch *sc, const KnnDb *db, const IvfLists *l, const ProbeJob *job, Err *err)
 {
-    const TopKOrder order = knn_metric_order(job->metric);
-    topk_heap_init(sc->hd, sc->hi, job->kc, order);
-    topk_heap_init(sc->sd, sc->si, job->k, order);
+    topk_heap_init(sc->hd, sc->hi, job->kc, knn_metric_order(job->metric));
     float nfmax = 0.0f;
     scan_lists(sc, db, l, job, block_knn, NULL, &nfmax);
+    return shard_finish(sc, db, l, job, nfmax, err);
+}
+
+/* The second half of shard_knn, given the float pre-scan heap sc->hd/hi of
+ * every probed row of the shard and the largest float norm among them:
+ * exact re-score, the proof, and the full re-score when it fails. */
+static int shard_finish(Scratch *sc, const KnnDb *db, const IvfLists *l, const ProbeJob *job, float nfmax,
+                        Err *err)
+{
+    const TopKOrder order = knn_metric_order(job->metric);
+    topk_heap_init(sc->sd, sc->si, job->k, order);
     if (!(nfmax <= (float)KNN_MAX_NORM2) && check_probed(db, l, job, err)) return err->code;
     for (int c = 0; c < job->kc; c++) {
         if (sc->hi[c] == TOPK_NO_ID) continue;
@@ -565,6 +577,171 @@ static int resolve_threads(int nthreads)
 #endif
 }
 
+/* Queries handed to one knn_scan_rows call of the batched scan: their f
+ * values (IVF_GROUP x KNN_SCAN_BLOCK floats) and the 4 rows the kernel holds
+ * stay in L1 while every query of the group passes over them. */
+#define IVF_GROUP 8
+/* Queries of one pass of the batched scan: bounds its per-thread heaps
+ * (IVF_BATCH_QUERIES x (k + KNN_RESCORE_MARGIN) x 12 bytes per thread). */
+#define IVF_BATCH_QUERIES 4096
+/* From this many queries on, ivf_local_knn scans list by list. */
+#define IVF_BATCH_MIN_QUERIES 16
+
+/* Batched scan of queries q[Q] (Q <= IVF_BATCH_QUERIES) with their probes
+ * probe[Q][nprobe], list by list: each block of a probed list's rows is
+ * read once and scanned for every query that probes the list, IVF_GROUP at
+ * a time (knn_scan_rows with nq > 1: the same float values, lane for lane,
+ * as one query at a time).  Each thread keeps a float pre-scan heap per
+ * query; per shard the threads' heaps are merged (the kc best of the union
+ * of the threads' kc best are the kc best of all rows, and every row left
+ * out is no better than the merged root, so shard_finish's proof holds as
+ * for one thread), then every query is finished as shard_knn finishes it.
+ * Adds each query's exact top k to the heaps od/oi [Q][k]. */
+static int knn_batched(float *od, int64_t *oi, const float *q, int64_t Q, const int64_t *probe, int nprobe,
+                       const KnnDb *dbs, const IvfLocal *il, int k, KnnMetric metric, int T, Err *err)
+{
+    const int nlist = il->nlist, D = il->D, kc = k + KNN_RESCORE_MARGIN;
+    const TopKOrder order = knn_metric_order(metric);
+    /* The queries of each list, ascending (CSR). */
+    int64_t *qlim = xcalloc((size_t)nlist + 1, sizeof *qlim);
+    int32_t *qof = xmalloc((size_t)(Q * nprobe > 0 ? Q * nprobe : 1) * sizeof *qof);
+    for (int64_t t = 0; t < Q * nprobe; t++)
+        if (probe[t] >= 0) qlim[probe[t] + 1]++;
+    for (int L = 0; L < nlist; L++) qlim[L + 1] += qlim[L];
+    int64_t *fill = xmalloc((size_t)nlist * sizeof *fill);
+    memcpy(fill, qlim, (size_t)nlist * sizeof *fill);
+    for (int64_t i = 0; i < Q; i++)
+        for (int p = 0; p < nprobe; p++) {
+            const int64_t L = probe[(size_t)i * (size_t)nprobe + (size_t)p];
+            if (L >= 0) qof[fill[L]++] = (int32_t)i;
+        }
+    free(fill);
+    const size_t per_t = (size_t)Q * (size_t)kc;
+    float *hd = xmalloc((size_t)T * per_t * sizeof *hd);
+    int64_t *hi = xmalloc((size_t)T * per_t * sizeof *hi);
+    float *nfm = xmalloc((size_t)T * (size_t)Q * sizeof *nfm);
+    KnnScanBound bound;
+    knn_scan_bound_init(&bound, D);
+    int64_t bad = -1; /* lowest query with an error */
+    Err first;
+    err_clear(&first);
+    for (int s = 0; s < il->n && bad < 0; s++) {
+        const KnnDb *db = &dbs[s];
+        const IvfLists *l = &il->lists[s];
+        IVF_OMP("omp parallel num_threads(T)")
+        {
+            int t = 0;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            float *th = hd + (size_t)t * per_t, *tn = nfm + (size_t)t * (size_t)Q;
+            int64_t *ti = hi + (size_t)t * per_t;
+            for (int64_t i = 0; i < Q; i++) {
+                topk_heap_init(th + (size_t)i * (size_t)kc, ti + (size_t)i * (size_t)kc, kc, order);
+                tn[i] = 0.0f;
+            }
+            float *qb = xmalloc((size_t)IVF_GROUP * (size_t)D * sizeof *qb);
+            float *f = xmalloc((size_t)IVF_GROUP * KNN_SCAN_BLOCK * sizeof *f);
+            float nf[KNN_SCAN_BLOCK];
+            int64_t rows[KNN_SCAN_BLOCK];
+            IVF_OMP("omp for schedule(dynamic, 1)")
+            for (int L = 0; L < nlist; L++) {
+                const int64_t q0 = qlim[L], nqL = qlim[L + 1] - q0;
+                if (nqL == 0) continue;
+                int64_t t0 = l->lims[L];
+                const int64_t t1 = l->lims[L + 1];
+                while (t0 < t1) {
+                    int nb = 0;
+                    for (; t0 < t1 && nb < KNN_SCAN_BLOCK; t0++) {
+                        const int64_t r = l->rows[t0];
+                        if (!db->mask || db->mask[r]) rows[nb++] = r;
+                    }
+                    if (nb == 0) break;
+                    float bmax = 0.0f;
+                    for (int64_t g0 = 0; g0 < nqL; g0 += IVF_GROUP) {
+                        const int ng = (int)(nqL - g0 < IVF_GROUP ? nqL - g0 : IVF_GROUP);
+                        for (int j = 0; j < ng; j++)
+                            memcpy(qb + (size_t)j * (size_t)D, q + (size_t)qof[q0 + g0 + j] * (size_t)D,
+                                   (size_t)D * sizeof *qb);
+                        knn_scan_rows(f, g0 == 0 ? nf : NULL, qb, ng, db->x, rows, nb, D, metric);
+                        if (g0 == 0)
+                            for (int c = 0; c < nb; c++)
+                                if (!(nf[c] <= bmax)) bmax = isnan(nf[c]) ? INFINITY : nf[c];
+                        for (int j = 0; j < ng; j++) {
+                            const int64_t i = qof[q0 + g0 + j];
+                            float *h = th + (size_t)i * (size_t)kc;
+                            int64_t *hr = ti + (size_t)i * (size_t)kc;
+                            const float *fj = f + (size_t)j * (size_t)nb;
+                            if (!(bmax <= tn[i])) tn[i] = bmax;
+                            for (int c = 0; c < nb; c++) {
+                                if (order == TOPK_SMALLEST ? fj[c] > h[0] : fj[c] < h[0]) continue;
+                                topk_heap_push(h, hr, kc, order, fj[c], rows[c]);
+                            }
+                        }
+                    }
+                }
+            }
+            free(qb);
+            free(f);
+            /* implicit barrier: every thread's heaps are complete */
+            Scratch sc;
+            scratch_init(&sc, k, kc);
+            int64_t *sub = xmalloc((size_t)nprobe * sizeof *sub);
+            Err e;
+            err_clear(&e);
+            IVF_OMP("omp for schedule(dynamic, 16)")
+            for (int64_t i = 0; i < Q; i++) {
+                /* merge the threads' heaps into sc.hd/hi */
+                memcpy(sc.hd, hd + (size_t)i * (size_t)kc, (size_t)kc * sizeof *sc.hd);
+                memcpy(sc.hi, hi + (size_t)i * (size_t)kc, (size_t)kc * sizeof *sc.hi);
+                float nfmax = nfm[i];
+                for (int u = 1; u < T; u++) {
+                    const float *uh = hd + (size_t)u * per_t + (size_t)i * (size_t)kc;
+                    const int64_t *ui = hi + (size_t)u * per_t + (size_t)i * (size_t)kc;
+                    for (int c = 0; c < kc; c++) {
+                        if (ui[c] == TOPK_NO_ID) continue;
+                        if (order == TOPK_SMALLEST ? uh[c] > sc.hd[0] : uh[c] < sc.hd[0]) continue;
+                        topk_heap_push(sc.hd, sc.hi, kc, order, uh[c], ui[c]);
+                    }
+                    const float un = nfm[(size_t)u * (size_t)Q + (size_t)i];
+                    if (!(un <= nfmax)) nfmax = un;
+                }
+                const float *qi = q + (size_t)i * (size_t)D;
+                int ns = 0;
+                for (int p = 0; p < nprobe; p++) sub[ns++] = probe[(size_t)i * (size_t)nprobe + (size_t)p];
+                ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, D), .probe = sub, .nprobe = ns, .k = k, .kc = kc,
+                                 .metric = metric, .bound = bound };
+                if (shard_finish(&sc, db, l, &job, nfmax, &e)) {
+                    IVF_OMP("omp critical(ivf_err)")
+                    if (bad < 0 || i < bad) {
+                        bad = i;
+                        first = e;
+                    }
+                    err_clear(&e);
+                    continue;
+                }
+                float *o = od + (size_t)i * (size_t)k;
+                int64_t *oid = oi + (size_t)i * (size_t)k;
+                for (int c = 0; c < k; c++)
+                    if (sc.si[c] != TOPK_NO_ID && topk_better(order, sc.sd[c], sc.si[c], o[0], oid[0]))
+                        topk_heap_push(o, oid, k, order, sc.sd[c], sc.si[c]);
+            }
+            free(sub);
+            scratch_free(&sc);
+        }
+    }
+    free(hd);
+    free(hi);
+    free(nfm);
+    free(qlim);
+    free(qof);
+    if (bad >= 0) {
+        *err = first;
+        return err->code;
+    }
+    return AE_OK;
+}
+
 /* This rank's IVF top k of every query (local, sorted; padding where fewer). */
 static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs, const IvfLocal *il, int nprobe,
                          int k, KnnMetric metric, int nthreads, Err *err)
@@ -577,11 +754,26 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
         free(probe);
         return err->code;
     }
+    const int T = resolve_threads(nthreads);
+    if (Q >= IVF_BATCH_MIN_QUERIES && !getenv("AESIM_IVF_PER_QUERY")) {
+        int rc = AE_OK;
+        for (int64_t i = 0; i < Q; i++)
+            topk_heap_init(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k, order);
+        for (int64_t b = 0; b < Q && rc == AE_OK; b += IVF_BATCH_QUERIES) {
+            const int64_t nb = Q - b < IVF_BATCH_QUERIES ? Q - b : IVF_BATCH_QUERIES;
+            rc = knn_batched(out->dist + (size_t)b * (size_t)k, out->ids + (size_t)b * (size_t)k,
+                             q + (size_t)b * (size_t)il->D, nb, probe + (size_t)b * (size_t)nprobe, nprobe, dbs, il,
+                             k, metric, T, err);
+        }
+        for (int64_t i = 0; i < Q && rc == AE_OK; i++)
+            topk_heap_sort(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k, order);
+        free(probe);
+        return rc;
+    }
     /* Work items: (query, part).  With fewer queries than threads, a query's
      * probes are dealt over `parts` items (probe j to part j % parts), each
      * searched exactly on its own (the proof holds for any subset of rows),
      * then merged: the same result as one part. */
-    const int T = resolve_threads(nthreads);
     const int parts = Q >= T ? 1 : (T < nprobe ? T : nprobe);
     const int64_t items = Q * parts;
     float *pd = xmalloc((size_t)items * (size_t)k * sizeof *pd);

@@ -621,30 +621,6 @@ static void range_filter(KnnRange *r, KnnMetric metric, double radius)
     }
 }
 
-/* Class names for the results' `class` column and the sheet's captions
- * (class_names.h): --class-names FILE when given, else the names the
- * database recorded for the id's source (image folders' class sub-folders,
- * aesim-pack stores), else Fashion-MNIST's ten (sheet.h) when the source's
- * path names it, as Debian's dataset-fashion-mnist
- * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
- * MNIST's, so the path is the only sign. */
-static int is_fashion_mnist(const char *spec)
-{
-    return strstr(spec, "fashion-mnist") || strstr(spec, "fashion_mnist") || strstr(spec, "Fashion-MNIST");
-}
-
-static const char *label_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label)
-{
-    if (label < 0) return NULL;
-    if (given->n > 0) return class_names_get(given, label);
-    int s = search_source_of(db, id);
-    if (s < 0) return NULL;
-    const VecDbSource *src = &db->sources[s];
-    if (src->n_classes > 0) return label < src->n_classes && src->classes[label][0] ? src->classes[label] : NULL;
-    if (is_fashion_mnist(src->spec) && label < 10) return SHEET_FASHION_MNIST_CLASSES[label];
-    return NULL;
-}
-
 /* Rank 0: TSV or JSON results to cfg->out or stdout. */
 static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queries *qs, const VecDb *db,
                          const ClassNames *ln, KnnMetric metric, SearchMeta *meta, Err *err)
@@ -671,7 +647,7 @@ static int write_results(const SearchConfig *cfg, const KnnRange *r, const Queri
             if (search_meta_get(meta, r->ids[h], &label, &name, err)) break;
             double d = search_out_dist(metric, r->dist[h]);
             long long rank = (long long)(h - r->lims[i] + 1);
-            const char *cls = label_name(ln, db, r->ids[h], label);
+            const char *cls = search_class_name(ln, db, r->ids[h], label);
             if (cfg->json)
                 json_array_append_new(list, json_pack("{s:I, s:I, s:f, s:i, s:s, s:o}", "rank", (json_int_t)rank, "id",
                                                       (json_int_t)r->ids[h], "distance", d, "label", (int)label,
@@ -738,7 +714,7 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
             present[t] = 1;
             snprintf(caps[t].line[0], SHEET_CAPTION_BYTES, "%s=%.3g", metric == KNN_L2 ? "d" : "s",
                      search_out_dist(metric, r->dist[h]));
-            const char *cls = label_name(ln, db, id, label);
+            const char *cls = search_class_name(ln, db, id, label);
             if (label < 0)
                 snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "no label");
             else if (cls)

@@ -96,7 +96,7 @@ static const int OPT_FOR[] = {
     [OPT_RECIPE - OPT_DB] = FOR_INDEX,
     [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
     [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE,
-    [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY,
+    [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY | FOR_SERVE,
     [OPT_OVERWRITE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_TRAIN_IVF,
 };
 
@@ -140,7 +140,7 @@ void search_args_usage(FILE *out)
 "        the top k) and 1-NN accuracy per method.  On a --whiten database the\n"
 "        baselines are whitened the same way.  --json: the same as one JSON object.\n"
 "  serve --db DIR --model CKPT [--listen HOST:PORT] [--max-batch N] [--max-k K]\n"
-"        [--max-body-mib M] [--timeout S]\n"
+"        [--max-body-mib M] [--timeout S] [--class-names FILE]\n"
 "        Long-running search service: every rank maps its shards once; rank 0 answers\n"
 "        HTTP/1.1 (libmicrohttpd) on HOST:PORT (default %s) and batches the\n"
 "        waiting requests (up to --max-batch, default %d) into one encoder call and one\n"
@@ -197,7 +197,8 @@ void search_args_usage(FILE *out)
 "                        existing FILE.png is refused unless --overwrite is given\n"
 "  --overwrite           query, eval: replace an existing --out or --sheet file; train-ivf:\n"
 "                        replace the database's existing IVF index\n"
-"  --class-names FILE    query: class names for the `class` column and the sheet's captions:\n"
+"  --class-names FILE    query, serve: class names for the `class` column (serve: field) and\n"
+"                        the sheet's captions:\n"
 "                        the ILSVRC devkit's map_clsloc.txt (\"WNID LABEL NAME\" per line, the\n"
 "                        1-based labels of the downsampled-ImageNet files) or one name per\n"
 "                        line (line 1 = label 0). Default: the names the data carries (image\n"

@@ -14,6 +14,7 @@
 #include "model/ckpt.h"
 #include "data/image_convert.h"
 #include "search/whiten.h"
+#include "data/sheet.h"
 
 int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
                         Err *err)
@@ -475,6 +476,30 @@ int search_source_of(const VecDb *db, int64_t id)
     for (int i = 0; i < db->n_sources; i++)
         if (id >= db->sources[i].first_id && id < db->sources[i].first_id + db->sources[i].count) return i;
     return -1;
+}
+
+/* Class names for the results' `class` column and the sheet's captions
+ * (class_names.h): --class-names FILE when given, else the names the
+ * database recorded for the id's source (image folders' class sub-folders,
+ * aesim-pack stores), else Fashion-MNIST's ten (sheet.h) when the source's
+ * path names it, as Debian's dataset-fashion-mnist
+ * (/usr/share/datasets/fashion-mnist) does: its files are IDX files like
+ * MNIST's, so the path is the only sign. */
+static int is_fashion_mnist(const char *spec)
+{
+    return strstr(spec, "fashion-mnist") || strstr(spec, "fashion_mnist") || strstr(spec, "Fashion-MNIST");
+}
+
+const char *search_class_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label)
+{
+    if (label < 0) return NULL;
+    if (given && given->n > 0) return class_names_get(given, label);
+    int s = search_source_of(db, id);
+    if (s < 0) return NULL;
+    const VecDbSource *src = &db->sources[s];
+    if (src->n_classes > 0) return label < src->n_classes && src->classes[label][0] ? src->classes[label] : NULL;
+    if (is_fashion_mnist(src->spec) && label < 10) return SHEET_FASHION_MNIST_CLASSES[label];
+    return NULL;
 }
 
 /* ------------------------------------------------------------ metadata */

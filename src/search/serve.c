@@ -52,6 +52,7 @@ typedef struct Server {
     /* rank 0 only */
     Whiten w;            /* the database's whitening (whiten.h) when it has one: w.D > 0 */
     SearchMeta meta;
+    ClassNames names;    /* --class-names FILE; n = 0 when not given (search_class_name) */
     VecShard *vmaps;     /* [n_vmaps] vectors of any shard, mapped for {"id"} queries */
     int n_vmaps;
     ImageSet *sets;      /* [n_sets] sources opened for GET /images */
@@ -172,6 +173,7 @@ static void answer_search(Server *s, ServeJob *job, const TopK *top, int64_t i, 
         res[h].id = r.ids[h];
         res[h].dist = r.dist[h];
         search_meta_get(&s->meta, r.ids[h], &res[h].label, &res[h].source, &err);
+        res[h].cls = search_class_name(&s->names, &s->db, r.ids[h], res[h].label);
     }
     if (err.code) {
         serve_job_fail(&s->q, job, 500, err.msg);
@@ -644,6 +646,7 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         search_meta_init(&s->meta, &s->db);
         have_meta = 1;
         scan_labels(s, 0, err);
+        if (err->code == AE_OK && cfg->class_names[0]) class_names_read(&s->names, cfg->class_names, err);
     }
     if (par_agree(ctx, err)) goto done;
     signals_install(&s->guard);
@@ -681,6 +684,7 @@ done:
         serve_metrics_free(&s->mx);
     }
     if (have_meta) search_meta_free(&s->meta);
+    class_names_free(&s->names);
     for (int i = 0; i < s->n_vmaps; i++) vecdb_shard_unmap(&s->vmaps[i]);
     free(s->vmaps);
     for (int i = 0; i < s->n_sets; i++) imgset_free(&s->sets[i]);
