@@ -35,9 +35,19 @@
  * cosine: lists are probed by L2 distance from the (normalised) query to
  * the centroids of the stored vectors; candidates are scored by cosine.
  *
- * Threading: OpenMP over queries (each thread its own scratch); with fewer
- * queries than threads, each query's probes are dealt over the threads and
- * the exact per-thread lists merged (the same result).  MPI through par.h; collective functions say so
+ * Many queries (16 or more in one call, as eval, query --queries and the
+ * server's micro-batches give) are scanned list by list: the rows of a
+ * probed list are read once, a block of 64 at a time, and scanned for every
+ * query that probes the list, 8 queries per knn_scan_rows call (the same
+ * float values as one at a time); each thread keeps a pre-scan heap per
+ * query, merged per shard before the exact re-score and the proof (the
+ * same result).  Measured at N = 1,000,000, d = 512, nlist 1,024, nq =
+ * 1,000, 2 threads: 4.3x the query-by-query scan at nprobe 2 (README).
+ *
+ * Threading: OpenMP over lists (batched) or over queries (each thread its
+ * own scratch); with fewer queries than threads, each query's probes are
+ * dealt over the threads and the exact per-thread lists merged (the same
+ * result).  MPI through par.h; collective functions say so
  * and agree on errors (par_agree).
  */
 #ifndef AESIM_IVF_H

@@ -755,7 +755,7 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
         return err->code;
     }
     const int T = resolve_threads(nthreads);
-    if (Q >= IVF_BATCH_MIN_QUERIES && !getenv("AESIM_IVF_PER_QUERY")) {
+    if (Q >= IVF_BATCH_MIN_QUERIES) {
         int rc = AE_OK;
         for (int64_t i = 0; i < Q; i++)
             topk_heap_init(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k, order);
