@@ -78,20 +78,52 @@ TARGET_AVX512 static void pack_b(float *panel, const float *b, int ldb, int kc, 
     }
 }
 
+/* In-register transpose of the 16 x 16 block r[0..15] (row i = r[i]):
+ * afterwards r[i] holds column i.  Three rounds of lane shuffles
+ * (unpack, shuffle within 128-bit lanes, then 128-bit lane shuffles twice;
+ * the classic AVX-512 16x16 float transpose): 64 shuffles, no memory. */
+TARGET_AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
 /* panel[kc][NR] = B^T: panel[p][j] = B[j][p] for j < nr (rows of B ldb
- * floats apart), zero beyond nr.  Reads each of the nr rows of B once,
- * 16 consecutive floats at a time, and scatters them down a panel column
- * (the panel is 8 KiB, in L1). */
+ * floats apart), zero beyond nr.  Blocks of 16 rows x 16 k values are
+ * loaded row by row (16 consecutive floats each), transposed in registers
+ * (transpose16) and stored as 16 panel half-rows.  Replaced a version that
+ * scattered each loaded vector down a panel column (VSCATTERDPS): for the
+ * few-query kNN tiles, where one packed panel serves few rows of A, that
+ * packing cost as much as the products (issue 14's micro-batches). */
 TARGET_AVX512 static void pack_bt(float *panel, const float *b, int ldb, int kc, int nr)
 {
-    const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                           _mm512_set1_epi32(NR));
-    for (int j = 0; j < NR; j++) {
-        const float *src = b + (size_t)(j < nr ? j : 0) * (size_t)ldb;
+    for (int h = 0; h < NR; h += LANES) {
         for (int p = 0; p < kc; p += LANES) {
             const __mmask16 m = lane_mask(kc - p);
-            const __m512 v = j < nr ? _mm512_maskz_loadu_ps(m, src + p) : _mm512_setzero_ps();
-            _mm512_mask_i32scatter_ps(panel + (size_t)p * NR + j, m, col, v, 4);
+            __m512 r[16];
+            for (int j = 0; j < LANES; j++)
+                r[j] = h + j < nr ? _mm512_maskz_loadu_ps(m, b + (size_t)(h + j) * (size_t)ldb + p) : _mm512_setzero_ps();
+            transpose16(r);
+            const int np = kc - p < LANES ? kc - p : LANES;
+            for (int i = 0; i < np; i++) _mm512_store_ps(panel + (size_t)(p + i) * NR + h, r[i]);
         }
     }
 }
@@ -157,7 +189,17 @@ TARGET_AVX512 static void gemm_bcast(float *c, const float *a, ptrdiff_t a_rs, p
         const int nr = min_int(n - j0, NR);
         for (int p0 = 0; p0 < k; p0 += GEMM_AVX512_KC) {
             const int kc = min_int(k - p0, GEMM_AVX512_KC);
-            if (b_trans) pack_bt(panel, b + (size_t)j0 * (size_t)k + (size_t)p0, k, kc, nr);
+            if (b_trans) {
+                /* the same k block of the next 32 rows of B, fetched while
+                 * this one is multiplied: with few rows of A, a panel's
+                 * products are too short to hide 32 rows' memory latency */
+                const int nn = min_int(n - j0 - NR, NR);
+                for (int j = 0; j < nn; j++) {
+                    const char *row = (const char *)(b + (size_t)(j0 + NR + j) * (size_t)k + (size_t)p0);
+                    for (int off = 0; off < kc * (int)sizeof(float); off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+                }
+                pack_bt(panel, b + (size_t)j0 * (size_t)k + (size_t)p0, k, kc, nr);
+            }
             else pack_b(panel, b + (size_t)p0 * (size_t)n + (size_t)j0, n, kc, nr);
             for (int i0 = 0; i0 < m; i0 += MR) {
                 const int mr = min_int(m - i0, MR);

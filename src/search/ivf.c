@@ -581,13 +581,16 @@ static int resolve_threads(int nthreads)
  * values (IVF_GROUP x KNN_SCAN_BLOCK floats) and the 4 rows the kernel holds
  * stay in L1 while every query of the group passes over them. */
 #define IVF_GROUP 8
-/* Queries of one pass of the batched scan: bounds its per-thread heaps
- * (IVF_BATCH_QUERIES x (k + KNN_RESCORE_MARGIN) x 12 bytes per thread). */
+/* Queries of one pass of the batched scan: at most IVF_BATCH_QUERIES, and
+ * at most IVF_BATCH_HEAP_ENTRIES / (k + KNN_RESCORE_MARGIN), which bounds its
+ * per-thread heaps to 12 x IVF_BATCH_HEAP_ENTRIES bytes (24 MiB) per thread
+ * for any k. */
 #define IVF_BATCH_QUERIES 4096
+#define IVF_BATCH_HEAP_ENTRIES ((int64_t)1 << 21)
 /* From this many queries on, ivf_local_knn scans list by list. */
 #define IVF_BATCH_MIN_QUERIES 16
 
-/* Batched scan of queries q[Q] (Q <= IVF_BATCH_QUERIES) with their probes
+/* Batched scan of queries q[Q] (one pass, see IVF_BATCH_QUERIES) with their probes
  * probe[Q][nprobe], list by list: each block of a probed list's rows is
  * read once and scanned for every query that probes the list, IVF_GROUP at
  * a time (knn_scan_rows with nq > 1: the same float values, lane for lane,
@@ -759,8 +762,11 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
         int rc = AE_OK;
         for (int64_t i = 0; i < Q; i++)
             topk_heap_init(out->dist + (size_t)i * (size_t)k, out->ids + (size_t)i * (size_t)k, k, order);
-        for (int64_t b = 0; b < Q && rc == AE_OK; b += IVF_BATCH_QUERIES) {
-            const int64_t nb = Q - b < IVF_BATCH_QUERIES ? Q - b : IVF_BATCH_QUERIES;
+        int64_t pass = IVF_BATCH_HEAP_ENTRIES / (k + KNN_RESCORE_MARGIN);
+        if (pass > IVF_BATCH_QUERIES) pass = IVF_BATCH_QUERIES;
+        if (pass < IVF_BATCH_MIN_QUERIES) pass = IVF_BATCH_MIN_QUERIES;
+        for (int64_t b = 0; b < Q && rc == AE_OK; b += pass) {
+            const int64_t nb = Q - b < pass ? Q - b : pass;
             rc = knn_batched(out->dist + (size_t)b * (size_t)k, out->ids + (size_t)b * (size_t)k,
                              q + (size_t)b * (size_t)il->D, nb, probe + (size_t)b * (size_t)nprobe, nprobe, dbs, il,
                              k, metric, T, err);
