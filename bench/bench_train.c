@@ -12,6 +12,9 @@
  * The batch is one fixed set of B random images uniform in [0, 1), in
  * memory for the whole run (no data loading is timed); --data-out saves it
  * as .npy so bench/torch_train.py times PyTorch on the same data.
+ * --precision fp32|bf16 (model.h MODEL_BF16, as aesim-train --precision):
+ * bf16 rows are variant "..., bf16" with "precision": "bf16" (issue 16;
+ * emulated on every CPU today: rounded operands, float32 kernels).
  * Timing: --warmup steps untimed, then --runs runs of --steps steps each,
  * each run timed on rank 0 between barriers.
  * --profile P (train, one rank): P more steps run through the layer steps
@@ -314,6 +317,7 @@ int main(int argc, char **argv)
     const char *mode = bench_opt_str(argc, argv, "--mode", "train");
     const char *data_out = bench_opt_str(argc, argv, "--data-out", NULL);
     const char *variant_opt = bench_opt_str(argc, argv, "--variant", NULL);
+    const char *precision_opt = bench_opt_str(argc, argv, "--precision", "fp32");
     int B = (int)bench_opt_int(argc, argv, "--batch", 128, 1);
     int threads = (int)bench_opt_int(argc, argv, "--threads", 0, 0);
     int steps = (int)bench_opt_int(argc, argv, "--steps", 5, 1);
@@ -358,6 +362,12 @@ int main(int argc, char **argv)
     Model m;
     model_build(&m, &spec, cnt > 0 ? (int)cnt : 1, plan.omp_threads);
     model_init_glorot(&m, BENCH_WEIGHT_SEED);
+    ModelPrecision precision;
+    if (model_precision_parse(&precision, precision_opt, &err) != AE_OK) {
+        par_err0(&ctx, "bench_train: %s\n", err.msg);
+        par_abort(2);
+    }
+    model_set_precision(&m, precision);
     /* GEMM kernel of every conv, read once here (conv2d.h CONV2D_KERNEL_ENV;
      * unset = auto, as model_build leaves it), so one build times both paths. */
     ConvKernel kernel;
@@ -380,8 +390,8 @@ int main(int argc, char **argv)
     if (variant_opt)
         snprintf(variant, sizeof variant, "%s", variant_opt);
     else
-        snprintf(variant, sizeof variant, "%d rank%s x %d thread%s", ctx.size, ctx.size > 1 ? "s" : "",
-                 plan.omp_threads, plan.omp_threads > 1 ? "s" : "");
+        snprintf(variant, sizeof variant, "%d rank%s x %d thread%s%s", ctx.size, ctx.size > 1 ? "s" : "",
+                 plan.omp_threads, plan.omp_threads > 1 ? "s" : "", precision == MODEL_BF16 ? ", bf16" : "");
 
     double first_loss = 0, last_loss = 0, sec[BENCH_MAX_RUNS];
     for (int s = 0; s < warmup; s++) {
@@ -407,8 +417,9 @@ int main(int argc, char **argv)
     double flop = encode ? layers_flops(&m, m.spec.n_encoder) : 3.0 * model_forward_flops(&m);
     snprintf(extra, sizeof extra,
              "\"ranks\": %d, \"threads\": %d, \"steps\": %d, \"warmup\": %d, \"loss_first\": %.6g, "
-             "\"loss_last\": %.6g, \"params\": %zu",
-             ctx.size, plan.omp_threads, steps, warmup, first_loss, last_loss, m.n_params);
+             "\"loss_last\": %.6g, \"params\": %zu, \"precision\": \"%s\"",
+             ctx.size, plan.omp_threads, steps, warmup, first_loss, last_loss, m.n_params,
+             model_precision_name(precision));
     if (ctx.rank == 0)
         bench_print_result(stdout, workload, "aesim", variant, sec, runs, (double)steps * B, flop, 0, extra);
     if (profile > 0) run_profile(workload, &m, &opt, x, B, profile);

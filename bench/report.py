@@ -163,6 +163,7 @@ def main_table(recs, lim, T):
     for w in order:
         rs = [r for r in recs if r["kind"] == "result" and r["workload"] == w]
         aes = [r for r in rs if r["impl"] == "aesim" and (not r.get("ranks") or r["variant"] == one_rank)]
+        aes_bf16 = [r for r in rs if r["impl"] == "aesim" and r.get("precision") == "bf16"]
         if not aes:
             continue
         a = aes[0]
@@ -198,6 +199,16 @@ def main_table(recs, lim, T):
             first = i == 0
             out.append(f"| {label if first else ''} | {fmt_rate(a) if first else ''} | {name} | {fmt_rate(p)} | "
                        f"{ratio:.2f} ({best:.2f}) | {f'{gflops(a):.1f}' if first else ''} | {fr if first else ''} |")
+        # issue 16: aesim --precision bf16 against PyTorch's bf16 autocast
+        tb = [p for name, p in peers if name.startswith("PyTorch bf16")]
+        for b in aes_bf16:
+            how = "emulated: rounded operands, fp32 kernels"  # model.h MODEL_BF16 (no VDPBF16PS path yet)
+            if tb:
+                ratio, best = med(rates(b)) / med(rates(tb[0])), max(rates(b)) / max(rates(tb[0]))
+                out.append(f"| aesim --precision bf16 ({how}) | {fmt_rate(b)} | PyTorch bf16 autocast | "
+                           f"{fmt_rate(tb[0])} | {ratio:.2f} ({best:.2f}) | {gflops(b):.1f} | |")
+            else:
+                out.append(f"| aesim --precision bf16 ({how}) | {fmt_rate(b)} | – | – | – | {gflops(b):.1f} | |")
     return out
 
 
@@ -206,7 +217,7 @@ def ranks_table(recs, T):
     rows = 0
     for w in dict.fromkeys(r["workload"] for r in recs if r["kind"] == "result"):
         a = [r for r in recs if r["kind"] == "result" and r["workload"] == w and r["impl"] == "aesim"
-             and r.get("ranks")]
+             and r.get("ranks") and r.get("precision", "fp32") != "bf16"]
         one = [r for r in a if r["ranks"] == 1]
         many = [r for r in a if r["ranks"] > 1]
         if one and many:

@@ -19,6 +19,7 @@
 #   train     imagenet64 / imagenet32 / mnist presets, global batch 128:
 #             aesim 1 rank x T threads and T ranks x 1 thread (mpirun);
 #             PyTorch as installed and tuned (settings x malloc environments);
+#             aesim --precision bf16 beside PyTorch's bf16 autocast;
 #             per-layer profiles of both, with every aesim conv also timed
 #             under each convolution kernel (bench_train --profile)
 #   encode    imagenet64 encoder, batch 256
@@ -167,6 +168,9 @@ train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer pr
     load "train $preset"
     "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
         --runs "$train_runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
+    # aesim --precision bf16 (issue 16), beside PyTorch's bf16 autocast
+    "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
+        --runs "$train_runs" --precision bf16 | collect
     if [ "$T" -gt 1 ]; then
         mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_train" --preset "$preset" --batch "$batch" \
             --threads 1 --steps "$steps" --warmup "$warm" --runs "$train_runs" | collect
@@ -184,6 +188,8 @@ echo "== encode imagenet64 B=$enc_batch"
 load "encode imagenet64"
 "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
     --warmup "$warmenc" --runs "$train_runs" --data-out "$tmp/enc64.npy" | collect
+"$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
+    --warmup "$warmenc" --runs "$train_runs" --precision bf16 | collect
 run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
 
 knn_pair() {  # knn_pair D NQ-LIST RUNS
