@@ -37,6 +37,13 @@
 #include "search/knn_gemm.h"
 #include "search/knn_scan.h"
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define KNN_HAVE_AVX512 1
+#include <immintrin.h>
+#else
+#define KNN_HAVE_AVX512 0
+#endif
+
 /* OpenMP pragmas through _Pragma, so an OMP=0 build has no unknown-pragma
  * warnings. */
 #ifdef _OPENMP
@@ -175,8 +182,16 @@ static double row_norms(float *out, int *bad, const KnnDb *db, int nt)
             continue;
         }
         const float *r = row_ptr(db->x, i, D);
-        double s = 0.0;
-        for (int d = 0; d < D; d++) s += (double)r[d] * (double)r[d];
+        /* 8 partial sums (d mod 8), added pairwise at the end: 8 independent
+         * chains instead of one latency-bound chain of D double adds; in
+         * double, the order changes the sum far below the float rounding
+         * of out[i], which the GEMM error bound already counts. */
+        double p[8] = { 0.0 };
+        int d = 0;
+        for (; d + 8 <= D; d += 8)
+            for (int l = 0; l < 8; l++) p[l] += (double)r[d + l] * (double)r[d + l];
+        for (; d < D; d++) p[d & 7] += (double)r[d] * (double)r[d];
+        const double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
         out[i] = (float)s;
         if (!(s <= KNN_MAX_NORM2)) flag = 1;
         else if (s > mx) mx = s;
@@ -325,25 +340,69 @@ static void scan_direct(float *hd, int64_t *hi, int k, const float *qi, const Kn
 /* Offers one row of a GEMM tile to a query's candidate heap hd[kc], hi[kc]
  * (heap ids are LOCAL row indices: the candidates are re-scored, so only the
  * values matter for exactness).  ipr[nb] = q.x for rows j0..j0+nb-1. */
+/* The scalar test and heap push of row j0 + j (tile_update's body). */
+static inline void tile_one(float *hd, int64_t *hi, int kc, KnnMetric metric, TopKOrder order, float d, int64_t j,
+                            int64_t j0, float qn, const float *xn, const uint8_t *mask)
+{
+    if (metric == KNN_L2) {
+        d = qn + xn[j0 + j] - 2.0f * d;
+        /* ||q||^2 + ||x||^2 - 2 q.x cancels catastrophically when x is
+         * close to q and can come out slightly negative; a squared
+         * distance is >= 0 (faiss clamps the same way). */
+        if (d < 0.0f) d = 0.0f;
+        if (d > hd[0]) return; /* quick reject: most rows */
+    } else if (d < hd[0]) {
+        return;
+    }
+    if (mask && !mask[j0 + j]) return;
+    if (topk_better(order, d, j0 + j, hd[0], hi[0])) topk_heap_push(hd, hi, kc, order, d, j0 + j);
+}
+
+#if KNN_HAVE_AVX512
+/* tile_update's reject test 16 rows at a time: the same float operations
+ * as tile_one (qn + xn, 2 ip, their difference: no FMA), compared with the
+ * heap's root; only rows that may enter go through tile_one, which repeats
+ * the exact scalar test against the root as it is then (a root only ever
+ * gets better, so a row rejected here is rejected there too).  NaN values
+ * are never rejected here (tile_one decides, as before). */
+__attribute__((target("avx512f"))) static void tile_update_avx512(float *hd, int64_t *hi, int kc, KnnMetric metric,
+                                                                   const float *ipr, int64_t nb, int64_t j0, float qn,
+                                                                   const float *xn, const uint8_t *mask)
+{
+    const TopKOrder order = knn_metric_order(metric);
+    const __m512 vq = _mm512_set1_ps(qn), two = _mm512_set1_ps(2.0f), zero = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= nb; j += 16) {
+        const __m512 ip = _mm512_loadu_ps(ipr + j), root = _mm512_set1_ps(hd[0]);
+        __mmask16 maybe;
+        if (metric == KNN_L2) {
+            __m512 d = _mm512_sub_ps(_mm512_add_ps(vq, _mm512_loadu_ps(xn + j0 + j)), _mm512_mul_ps(two, ip));
+            d = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(d, zero, _CMP_LT_OQ), d, zero);
+            maybe = _mm512_cmp_ps_mask(d, root, _CMP_NGT_UQ); /* not (d > root) */
+        } else {
+            maybe = _mm512_cmp_ps_mask(ip, root, _CMP_NLT_UQ); /* not (d < root) */
+        }
+        while (maybe) {
+            const int c = __builtin_ctz(maybe);
+            maybe &= (__mmask16)(maybe - 1);
+            tile_one(hd, hi, kc, metric, order, ipr[j + c], j + c, j0, qn, xn, mask);
+        }
+    }
+    for (; j < nb; j++) tile_one(hd, hi, kc, metric, order, ipr[j], j, j0, qn, xn, mask);
+}
+#endif
+
 static void tile_update(float *hd, int64_t *hi, int kc, KnnMetric metric, const float *ipr, int64_t nb,
                         int64_t j0, float qn, const float *xn, const uint8_t *mask)
 {
-    TopKOrder order = knn_metric_order(metric);
-    for (int64_t j = 0; j < nb; j++) {
-        float d = ipr[j];
-        if (metric == KNN_L2) {
-            d = qn + xn[j0 + j] - 2.0f * d;
-            /* ||q||^2 + ||x||^2 - 2 q.x cancels catastrophically when x is
-             * close to q and can come out slightly negative; a squared
-             * distance is >= 0 (faiss clamps the same way). */
-            if (d < 0.0f) d = 0.0f;
-            if (d > hd[0]) continue; /* quick reject: most rows */
-        } else if (d < hd[0]) {
-            continue;
-        }
-        if (mask && !mask[j0 + j]) continue;
-        if (topk_better(order, d, j0 + j, hd[0], hi[0])) topk_heap_push(hd, hi, kc, order, d, j0 + j);
+#if KNN_HAVE_AVX512
+    if (knn_scan_avx512_supported()) {
+        tile_update_avx512(hd, hi, kc, metric, ipr, nb, j0, qn, xn, mask);
+        return;
     }
+#endif
+    TopKOrder order = knn_metric_order(metric);
+    for (int64_t j = 0; j < nb; j++) tile_one(hd, hi, kc, metric, order, ipr[j], j, j0, qn, xn, mask);
 }
 
 /* Re-scores the candidates hd[kc], hi[kc] (local rows) of query qi exactly
