@@ -392,14 +392,19 @@ __attribute__((target("avx512f"))) static void tile_update_avx512(float *hd, int
 }
 #endif
 
+/* vec: the AVX-512 reject test (when the GEMM runs our AVX-512 kernel,
+ * knn_gemm.h; AESIM_KNN_GEMM=blas runs the scalar loop alone, which is how
+ * the tests exercise both). */
 static void tile_update(float *hd, int64_t *hi, int kc, KnnMetric metric, const float *ipr, int64_t nb,
-                        int64_t j0, float qn, const float *xn, const uint8_t *mask)
+                        int64_t j0, float qn, const float *xn, const uint8_t *mask, int vec)
 {
 #if KNN_HAVE_AVX512
-    if (knn_scan_avx512_supported()) {
+    if (vec) {
         tile_update_avx512(hd, hi, kc, metric, ipr, nb, j0, qn, xn, mask);
         return;
     }
+#else
+    (void)vec;
 #endif
     TopKOrder order = knn_metric_order(metric);
     for (int64_t j = 0; j < nb; j++) tile_one(hd, hi, kc, metric, order, ipr[j], j, j0, qn, xn, mask);
@@ -840,7 +845,8 @@ static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const 
         knn_gemm_nt(s->gemm, s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D);
         for (int64_t i = 0; i < nq; i++)
             tile_update(s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, metric,
-                        s->ip + (size_t)i * (size_t)nb, nb, j0, s->qn[i], xn, db->mask);
+                        s->ip + (size_t)i * (size_t)nb, nb, j0, s->qn[i], xn, db->mask,
+                        knn_gemm_resolve(s->gemm) == KNN_GEMM_AVX512);
     }
     for (int64_t i = 0; i < nq; i++)
         rescore(out->dist + (size_t)(i0 + i) * (size_t)k, out->ids + (size_t)(i0 + i) * (size_t)k, k,
