@@ -129,7 +129,8 @@ static int finish(ImageSource **srcs, int ns, const PackConfig *cfg, const char 
 {
     int64_t img = (int64_t)srcs[0]->C * srcs[0]->H * srcs[0]->W, kept = 0;
     uint32_t crc = 0;
-    uint32_t *block_crc = xmalloc((size_t)((n + store_crc_block(img) - 1) / store_crc_block(img) + 1) * sizeof *block_crc);
+    const int64_t R = store_crc_block(img);
+    uint32_t *block_crc = xmalloc((size_t)((n + R - 1) / R + 1) * sizeof *block_crc); /* + 1: n may be 0 */
     if (compact(tmp, n, img, ok, &kept, &crc, block_crc, err)) {
         free(block_crc);
         return err->code;

@@ -577,6 +577,14 @@ static int resolve_threads(int nthreads)
 #endif
 }
 
+/* Adds the entries of the exact list sd/si[k] (padding skipped) to the
+ * heap od/oi[k]: a shard's or a part's answer into a query's. */
+static void heap_add_exact(float *od, int64_t *oi, int k, TopKOrder order, const float *sd, const int64_t *si)
+{
+    for (int c = 0; c < k; c++)
+        if (si[c] != TOPK_NO_ID) topk_heap_push(od, oi, k, order, sd[c], si[c]);
+}
+
 /* Queries handed to one knn_scan_rows call of the batched scan: their f
  * values (IVF_GROUP x KNN_SCAN_BLOCK floats) and the 4 rows the kernel holds
  * stay in L1 while every query of the group passes over them. */
@@ -689,7 +697,6 @@ static int knn_batched(float *od, int64_t *oi, const float *q, int64_t Q, const 
             /* implicit barrier: every thread's heaps are complete */
             Scratch sc;
             scratch_init(&sc, k, kc);
-            int64_t *sub = xmalloc((size_t)nprobe * sizeof *sub);
             Err e;
             err_clear(&e);
             IVF_OMP("omp for schedule(dynamic, 16)")
@@ -710,10 +717,8 @@ static int knn_batched(float *od, int64_t *oi, const float *q, int64_t Q, const 
                     if (!(un <= nfmax)) nfmax = un;
                 }
                 const float *qi = q + (size_t)i * (size_t)D;
-                int ns = 0;
-                for (int p = 0; p < nprobe; p++) sub[ns++] = probe[(size_t)i * (size_t)nprobe + (size_t)p];
-                ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, D), .probe = sub, .nprobe = ns, .k = k, .kc = kc,
-                                 .metric = metric, .bound = bound };
+                ProbeJob job = { .q = qi, .qn2 = sq_norm(qi, D), .probe = probe + (size_t)i * (size_t)nprobe,
+                                 .nprobe = nprobe, .k = k, .kc = kc, .metric = metric, .bound = bound };
                 if (shard_finish(&sc, db, l, &job, nfmax, &e)) {
                     IVF_OMP("omp critical(ivf_err)")
                     if (bad < 0 || i < bad) {
@@ -723,13 +728,8 @@ static int knn_batched(float *od, int64_t *oi, const float *q, int64_t Q, const 
                     err_clear(&e);
                     continue;
                 }
-                float *o = od + (size_t)i * (size_t)k;
-                int64_t *oid = oi + (size_t)i * (size_t)k;
-                for (int c = 0; c < k; c++)
-                    if (sc.si[c] != TOPK_NO_ID && topk_better(order, sc.sd[c], sc.si[c], o[0], oid[0]))
-                        topk_heap_push(o, oid, k, order, sc.sd[c], sc.si[c]);
+                heap_add_exact(od + (size_t)i * (size_t)k, oi + (size_t)i * (size_t)k, k, order, sc.sd, sc.si);
             }
-            free(sub);
             scratch_free(&sc);
         }
     }
@@ -818,9 +818,7 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
                     err_clear(&e);
                     break;
                 }
-                for (int c = 0; c < k; c++)
-                    if (sc.si[c] != TOPK_NO_ID && topk_better(order, sc.sd[c], sc.si[c], od[0], oi[0]))
-                        topk_heap_push(od, oi, k, order, sc.sd[c], sc.si[c]);
+                heap_add_exact(od, oi, k, order, sc.sd, sc.si);
             }
         }
         free(sub);
@@ -831,9 +829,7 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
         int64_t *oi = out->ids + (size_t)i * (size_t)k;
         for (int part = 0; part < parts; part++) {
             const size_t at = ((size_t)i * (size_t)parts + (size_t)part) * (size_t)k;
-            for (int c = 0; c < k; c++)
-                if (pi[at + c] != TOPK_NO_ID && topk_better(order, pd[at + c], pi[at + c], od[0], oi[0]))
-                    topk_heap_push(od, oi, k, order, pd[at + c], pi[at + c]);
+            heap_add_exact(od, oi, k, order, pd + at, pi + at);
         }
         topk_heap_sort(od, oi, k, order);
     }

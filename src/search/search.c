@@ -260,9 +260,8 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const int64_t first_id = db.count + par_exscan_sum_i64(ctx, n);
     vec = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *vec);
     int64_t bad = search_encode(vec, &m, &src, NULL, lo, n);
-    if (imgset_read_error(&src, err)) {
-        /* a damaged store block: agreed below, nothing written */
-    } else if (bad >= 0) {
+    /* a damaged store block (imgset_read_error) is agreed below: nothing written */
+    if (imgset_read_error(&src, err) == AE_OK && bad >= 0) {
         char name[IMGSET_NAME_BYTES];
         imgset_name(name, sizeof name, &src, lo + bad);
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for image %s (source index %lld); nothing was "

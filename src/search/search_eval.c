@@ -123,13 +123,16 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     memset(&res, 0, sizeof res);
     SearchIvf si;
     memset(&si, 0, sizeof si);
-    if (ctx->rank == 0 && search_encode(qv, m, qset, NULL, 0, es->Q) >= 0 && !imgset_read_error(qset, err))
-        err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN weights)");
-    else if (ctx->rank == 0 && imgset_read_error(qset, err)) {
-        /* a damaged store block of the queries: agreed below */
+    if (ctx->rank == 0) {
+        const int64_t bad = search_encode(qv, m, qset, NULL, 0, es->Q);
+        if (imgset_read_error(qset, err) == AE_OK) { /* else a damaged store block: agreed below */
+            if (bad >= 0)
+                err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN "
+                        "weights)");
+            else
+                search_whiten_queries(db, qv, es->Q, err);
+        }
     }
-    else if (ctx->rank == 0)
-        search_whiten_queries(db, qv, es->Q, err);
     if (par_agree(ctx, err)) goto done;
     if (metric == KNN_IP) knn_normalize(qv, es->Q, db->D);
     par_bcast(ctx, qv, (size_t)es->Q * (size_t)db->D * sizeof *qv, 0);

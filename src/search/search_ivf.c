@@ -139,7 +139,8 @@ static int recall_queries(float **qv, int64_t *Q, const ParCtx *ctx, const Searc
             else {
                 *Q = set.n < cap ? set.n : cap;
                 *qv = xmalloc((size_t)(*Q > 0 ? *Q : 1) * (size_t)db->D * sizeof **qv);
-                if (search_encode(*qv, &m, &set, NULL, 0, *Q) >= 0 && !imgset_read_error(&set, err))
+                const int64_t bad = search_encode(*qv, &m, &set, NULL, 0, *Q);
+                if (imgset_read_error(&set, err) == AE_OK && bad >= 0)
                     err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query of %s", cfg->queries);
             }
             imgset_free(&set);
