@@ -8,7 +8,8 @@ below it); in addition
   - src/nn/ and include/nn/ (kernels, no I/O) include no data/ header, no file
     code of base/ (FILE_CODE) and none of <stdio.h>-level file APIs (NN_SYSTEM);
   - every quoted include names an existing header as "LAYER/x.h" (or the
-    generated "build_info.h", for the programs in src/tools/).
+    generated "build_info.h", for the programs in src/tools/, or a kernel
+    template "x.inc" in the including file's own folder).
 Usage: check_layers.py [ROOT]   (ROOT: the checkout, default: this file's ../)
 Prints one line per violation (file:line: rule) and exits 1 if any, else
 prints a one-line summary and exits 0.
@@ -71,6 +72,8 @@ def check(root):
                             continue
                         if GENERATED.get(inc) == layer:
                             continue
+                        if "/" not in inc and inc.endswith(".inc") and os.path.isfile(os.path.join(dirpath, inc)):
+                            continue  # a kernel template included twice by its one .c (same folder)
                         if "/" not in inc:
                             bad.append(f'{where}: "{inc}" names no layer (write "LAYER/{inc}")')
                             continue

@@ -32,7 +32,10 @@ Encoding (aesim-search index --precision bf16, same kernels): the stored
 vectors of a small image array against the bf16 definition's encoder
 (TIGHT), and visibly apart from the float32 encoding (VISIBLE).
 Kernels: every convolution kernel this CPU runs (direct fuses pooling and
-upsampling into the convolutions, generic does not); 1 and 2 threads.
+upsampling into the convolutions, generic does not) on float32 arithmetic of
+rounded operands, the direct bf16 kernels (conv_direct_bf16.h) with
+VDPBF16PS emulated on AVX-512F/BW, and where the CPU has AVX512_BF16 the same
+kernels on VDPBF16PS; 1 and 2 threads.
 BF16_TABLE=1 prints every error instead of asserting.
 """
 import os
@@ -56,15 +59,22 @@ AUTOCAST_FACTOR = 3.0
 STEPS = 1
 
 
-def _cpu_has_avx512f():
+def _cpu_has(flag):
+    """1 if /proc/cpuinfo lists the CPU flag (e.g. avx512f)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
+            return any(line.startswith("flags") and flag in line.split(":", 1)[1].split() for line in f)
     except OSError:
         return False
 
 
-KERNELS = ["generic"] + (["direct"] if _cpu_has_avx512f() else [])
+# (AESIM_KERNEL, AESIM_BF16_KERNELS): the im2col kernel and the direct
+# kernels on float32 arithmetic of rounded operands, the direct bf16 kernels
+# (conv_direct_bf16.h) with VDPBF16PS emulated on AVX-512F/BW, and where the
+# CPU has AVX512_BF16 the same kernels on VDPBF16PS
+KERNELS = [("generic", "float32")] + ([("direct", "float32")] if _cpu_has("avx512f") else []) \
+    + ([("direct", "emulated")] if _cpu_has("avx512bw") else []) \
+    + ([("direct", "native")] if _cpu_has("avx512_bf16") else [])
 
 CASES = [
     # name, spec, C, H, W, N
@@ -142,10 +152,16 @@ def step0(model, x, autocast=False):
 class Bf16VsTorch(unittest.TestCase):
     def run_case(self, name, spec, C, H, W, N, threads, kernel):
         case = name
+        kernel, how = kernel
         with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), AESIM_KERNEL=kernel, AESIM_PRECISION="bf16")
-            subprocess.run([TOOL, spec, str(C), str(H), str(W), str(N), str(STEPS), "adam", d], check=True, env=env)
-            name = f"{name} ({kernel} kernel, {threads} thread{'s' if threads > 1 else ''})"
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), AESIM_KERNEL=kernel, AESIM_PRECISION="bf16",
+                       AESIM_BF16_KERNELS=how)
+            out = subprocess.run([TOOL, spec, str(C), str(H), str(W), str(N), str(STEPS), "adam", d], check=True,
+                                 env=env, stdout=subprocess.PIPE, text=True).stdout
+            # the tool says which arithmetic ran: the test must not pass on the other one
+            self.assertIn({"float32": "(float32 kernels", "emulated": "VDPBF16PS emulated",
+                           "native": "(VDPBF16PS kernels"}[how], out)
+            name = f"{name} ({kernel} kernel {how}, {threads} thread{'s' if threads > 1 else ''})"
             init = np.load(os.path.join(d, "init.npz"))
             ref = np.load(os.path.join(d, "ref.npz"))
             arch = bytes(init["meta.arch"]).decode()

@@ -474,7 +474,9 @@ static void test_scratch_size(void **state)
     const Conv2d l = {.C = 3, .OC = 16, .K = 3};
     const size_t one = conv2d_scratch_floats(&l, 64, 64, 1);
     assert_true(one >= (size_t)3 * 9 * 64 * 64 + 16 * 3 * 9 + 16);
-    assert_int_equal(conv2d_scratch_floats(&l, 64, 64, 4), 4 * one);
+    /* per-thread slices plus shared packed weights and masks (direct kernels) */
+    const size_t four = conv2d_scratch_floats(&l, 64, 64, 4);
+    assert_true(four > 3 * one && four <= 4 * one);
 }
 
 int main(void)

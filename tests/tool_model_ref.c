@@ -13,7 +13,9 @@
  * when unset), so the test can run the model's paths for every kernel (the
  * direct kernel fuses pooling and upsampling into the convolutions, the
  * others do not).  AESIM_PRECISION=bf16 (when set: fp32 or bf16) runs the
- * model in bf16 mixed precision (model.h MODEL_BF16; tests/test_bf16_torch.py).
+ * model in bf16 mixed precision (model.h MODEL_BF16; tests/test_bf16_torch.py);
+ * AESIM_BF16_KERNELS=float32|emulated|native then picks the bf16 arithmetic
+ * (model_set_bf16_kernels; unset: the model's own choice).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 #include "base/check.h"
 #include "model/ckpt.h"
 #include "nn/conv2d.h"
+#include "nn/conv_direct_bf16.h"
 #include "model/model.h"
 #include "data/npy.h"
 #include "model/optimizer.h"
@@ -60,6 +63,22 @@ int main(int argc, char **argv)
         ModelPrecision prec;
         if (model_precision_parse(&prec, getenv("AESIM_PRECISION"), &err)) die(&err);
         model_set_precision(&m, prec);
+        /* AESIM_BF16_KERNELS: float32 = the float32 kernels on rounded operands,
+         * emulated = the bf16 kernels with VDPBF16PS emulated, native = on
+         * VDPBF16PS (unset: the model's choice) */
+        const char *bk = getenv("AESIM_BF16_KERNELS");
+        if (bk && prec == MODEL_BF16) {
+            const int impl = strcmp(bk, "native") == 0 ? CONV_BF16_NATIVE
+                             : strcmp(bk, "emulated") == 0 ? CONV_BF16_EMULATED : CONV_BF16_OFF;
+            if (!model_set_bf16_kernels(&m, impl)) {
+                fprintf(stderr, "tool_model_ref: AESIM_BF16_KERNELS=%s: not available on this CPU\n", bk);
+                return 2;
+            }
+        }
+        static const char *how[] = {"float32 kernels on rounded operands", "VDPBF16PS kernels",
+                                    "bf16 kernels, VDPBF16PS emulated"};
+        printf("precision %s%s%s%s\n", model_precision_name(prec), prec == MODEL_BF16 ? " (" : "",
+               prec == MODEL_BF16 ? how[m.bf16_native] : "", prec == MODEL_BF16 ? ")" : "");
     }
     for (int i = 0; i < spec.n_layers; i++)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;

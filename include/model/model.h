@@ -51,11 +51,14 @@
  *               with float32 accumulation; biases, the master weights in
  *               m->params, m->grads, the optimizer, the loss and the
  *               allreduce stay float32, and so do pooling, upsampling and
- *               activations.  Emulated on every CPU: the operands are
- *               rounded (activations in place, weights into m->wq, the
- *               batch into m->xq) and the float32 kernels run on them;
- *               since bf16 x bf16 products are exact in float32, this is
- *               what a VDPBF16PS kernel computes, up to summation order. */
+ *               activations.  The operands are rounded (activations in
+ *               place, weights into m->wq, the batch into m->xq); where the
+ *               CPU has AVX512_BF16 the direct kernels then multiply them
+ *               with VDPBF16PS (conv_direct_bf16.h, m->bf16_native), on
+ *               other CPUs (or the im2col kernels) the float32 kernels run
+ *               on them (the emulation): since bf16 x bf16 products are
+ *               exact in float32, both compute the same up to summation
+ *               order and subnormals. */
 typedef enum { MODEL_FP32 = 0, MODEL_BF16 = 1 } ModelPrecision;
 
 typedef enum { LAYER_CONV = 0, LAYER_MAXPOOL = 1, LAYER_UPSAMPLE = 2 } LayerKind;
@@ -97,6 +100,8 @@ typedef struct Model {
     ModelPrecision precision; /* MODEL_FP32 (0) unless model_set_precision */
     float *wq;               /* MODEL_BF16: [n_params] bf16-rounded weights (biases unused), else NULL */
     float *xq;               /* MODEL_BF16: [max_batch][C][H][W] the bf16-rounded batch, else NULL */
+    int bf16_native;         /* MODEL_BF16: CONV_BF16_* of the direct kernels (conv_direct_bf16.h);
+                              * CONV_BF16_OFF (0): float32 kernels on rounded operands */
 } Model;
 
 /* Parses `spec_or_preset` (a preset name or a spec) for input CxHxW into
@@ -138,8 +143,19 @@ const char *model_precision_name(ModelPrecision p);
  * optimizer keeps updating the float32 master weights.  A backward must
  * follow the forward of the same weights (as model_forward_backward does).
  * With MODEL_BF16 the activations that feed a convolution are stored
- * rounded (layer `out` buffers; the caller's batch x is never modified). */
+ * rounded (layer `out` buffers; the caller's batch x is never modified).
+ * MODEL_BF16 picks the VDPBF16PS kernels when
+ * conv_bf16_available(CONV_BF16_NATIVE) (m->bf16_native = CONV_BF16_NATIVE),
+ * else the float32 kernels on rounded operands (CONV_BF16_OFF). */
 void model_set_precision(Model *m, ModelPrecision p);
+
+/* MODEL_BF16 only, after model_set_precision: which bf16 arithmetic the
+ * direct kernels run (m->bf16_native = impl): CONV_BF16_NATIVE (VDPBF16PS),
+ * CONV_BF16_EMULATED (the same kernels with the instructions emulated) or
+ * CONV_BF16_OFF (float32 kernels on rounded operands); tests and
+ * benchmarks compare them.  Returns 1, or 0 (nothing changed) when the
+ * model is not MODEL_BF16 or conv_bf16_available(impl) is 0. */
+int model_set_bf16_kernels(Model *m, int impl);
 
 /* Keras defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in + fan_out))
  * with fan_in = C*K*K, fan_out = OC*K*K (Glorot & Bengio 2010), zero biases.

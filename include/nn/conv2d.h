@@ -83,6 +83,12 @@ typedef struct Conv2d {
     float *db;      /* [OC]           accumulated (+=) by backward */
     ConvKernel kernel; /* kernel choice; 0 = CONV_KERNEL_AUTO */
     unsigned fuse;     /* CONV_FUSE_* bits; 0 = plain convolution */
+    int bf16;          /* CONV_BF16_* (conv_direct_bf16.h): nonzero, the direct kernels
+                        * multiply in bfloat16 (operands rounded to nearest even, float32
+                        * accumulation; MODEL_BF16) on VDPBF16PS (NATIVE) or on its
+                        * AVX-512F emulation (EMULATED, tests); set only to an
+                        * implementation conv_bf16_available() grants; the im2col kernels
+                        * ignore it.  0 = float32 */
 } Conv2d;
 
 /* *out = the kernel named by `name`: NULL, "" or "auto" -> CONV_KERNEL_AUTO,

@@ -10,7 +10,9 @@
  * loss.c) do the math.
  * bf16 mixed precision (MODEL_BF16, issue 16): the operands of every
  * convolution are rounded right before it runs (conv_input, layer_conv,
- * round_grad below) and the float32 kernels do the arithmetic.
+ * round_grad below); the direct kernels then multiply them with VDPBF16PS
+ * where the CPU has AVX512_BF16 (Conv2d.bf16, m->bf16_native), the float32
+ * kernels elsewhere (the emulation).
  * Does not: communicate (the trainer allreduces grads), own an optimizer, or
  * read files.  Threading: the kernels parallelise over images (OpenMP).
  */
@@ -25,6 +27,7 @@
 
 #include "nn/act.h"
 #include "nn/bf16.h"
+#include "nn/conv_direct_bf16.h"
 #include "base/check.h"
 #include "nn/loss.h"
 #include "nn/maxpool.h"
@@ -303,6 +306,7 @@ void model_set_precision(Model *m, ModelPrecision p)
     free(m->xq);
     m->wq = m->xq = NULL;
     m->precision = p;
+    m->bf16_native = p == MODEL_BF16 && conv_bf16_available(CONV_BF16_NATIVE) ? CONV_BF16_NATIVE : CONV_BF16_OFF;
     if (p != MODEL_BF16) return;
     m->wq = xcalloc(m->n_params, sizeof(float));
     m->xq = xcalloc_huge((size_t)m->spec.C * m->spec.H * m->spec.W * (size_t)m->max_batch, sizeof(float));
@@ -319,18 +323,35 @@ static Conv2d layer_conv(Model *m, const Layer *L, int refresh)
         float *wq = m->wq + (L->conv.w - m->params);
         if (refresh) bf16_round_array(wq, L->conv.w, (size_t)L->OC * L->C * L->conv.K * L->conv.K);
         cv.w = wq;
+        cv.bf16 = m->bf16_native;
     }
     return cv;
 }
 
-/* The buffer a convolution reads as its input, numel floats: `act`, a model
- * activation (rounded in place for MODEL_BF16: its other readers, the ReLU
- * masks and pooling backward, see the same signs and maxima, bf16.h), or
- * when act is NULL the caller's batch x (for MODEL_BF16 rounded into m->xq,
- * x itself is the loss target and stays as it is). */
-static const float *conv_input(Model *m, float *act, const float *x, size_t numel)
+int model_set_bf16_kernels(Model *m, int impl)
 {
-    if (m->precision != MODEL_BF16) return act ? act : x;
+    if (m->precision != MODEL_BF16 || (impl != CONV_BF16_OFF && !conv_bf16_available(impl))) return 0;
+    m->bf16_native = impl;
+    return 1;
+}
+
+/* 1 if MODEL_BF16 runs conv layer L on the VDPBF16PS kernels: they round
+ * every operand while packing it, so the model's rounding passes are skipped
+ * (the im2col kernels ignore Conv2d.bf16 and stay emulated). */
+static int layer_bf16_native(const Model *m, const Layer *L)
+{
+    return m->precision == MODEL_BF16 && m->bf16_native &&
+           conv2d_kernel_resolve(L->conv.kernel, L->conv.K) == CONV_KERNEL_DIRECT;
+}
+
+/* The buffer conv layer L reads as its input, numel floats: `act`, a model
+ * activation (rounded in place for emulated MODEL_BF16: its other readers,
+ * the ReLU masks and pooling backward, see the same signs and maxima,
+ * bf16.h), or when act is NULL the caller's batch x (for emulated MODEL_BF16
+ * rounded into m->xq, x itself is the loss target and stays as it is). */
+static const float *conv_input(Model *m, const Layer *L, float *act, const float *x, size_t numel)
+{
+    if (m->precision != MODEL_BF16 || layer_bf16_native(m, L)) return act ? act : x;
     if (!act) {
         bf16_round_array(m->xq, x, numel);
         return m->xq;
@@ -339,11 +360,11 @@ static const float *conv_input(Model *m, float *act, const float *x, size_t nume
     return act;
 }
 
-/* MODEL_BF16: rounds the output gradient g[numel] of a convolution in place
- * before its backward. */
-static void round_grad(const Model *m, float *g, size_t numel)
+/* Emulated MODEL_BF16: rounds the output gradient g[numel] of conv layer L
+ * in place before its backward. */
+static void round_grad(const Model *m, const Layer *L, float *g, size_t numel)
 {
-    if (m->precision == MODEL_BF16) bf16_round_array(g, g, numel);
+    if (m->precision == MODEL_BF16 && !layer_bf16_native(m, L)) bf16_round_array(g, g, numel);
 }
 
 void model_init_glorot(Model *m, uint64_t seed)
@@ -419,15 +440,15 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
     case LAYER_CONV: {
         const Conv2d cv = layer_conv(m, L, 1);
         if (upsample_fused(m, i - 1)) { /* in = the upsample's output, never written */
-            const float *up_in = conv_input(m, m->layers[i - 2].out, NULL, in_numel / 4);
+            const float *up_in = conv_input(m, L, m->layers[i - 2].out, NULL, in_numel / 4);
             conv2d_forward_upsample(L->out, up_in, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         } else if (maxpool_fused(m, i)) {
-            in = conv_input(m, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
+            in = conv_input(m, L, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
             conv2d_forward_maxpool(L->out, keep, m->layers[i + 1].out, in, &cv, N, L->H, L->W, m->scratch,
                                    m->nthreads);
             break;
         } else {
-            in = conv_input(m, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
+            in = conv_input(m, L, i > 0 ? m->layers[i - 1].out : NULL, in, in_numel);
             conv2d_forward(L->out, in, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         }
         if (!(L->conv.fuse & CONV_FUSE_RELU)) {
@@ -517,14 +538,15 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
 {
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
     Layer *L = &m->layers[i];
-    /* the batch as the first conv read it (MODEL_BF16: rounded in m->xq) */
-    const float *xc = m->precision == MODEL_BF16 && m->layers[0].kind == LAYER_CONV ? m->xq : x;
+    /* the batch as the first conv read it (emulated MODEL_BF16: rounded in m->xq) */
+    const float *xc = m->precision == MODEL_BF16 && m->layers[0].kind == LAYER_CONV &&
+                      !layer_bf16_native(m, &m->layers[0]) ? m->xq : x;
     const float *in = i > 0 ? m->layers[i - 1].out : x;
     const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
     if (L->kind == LAYER_CONV && upsample_fused(m, i - 1)) {
         /* the conv and the upsample before it, a chunk of images at a time */
         if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
-        round_grad(m, g, out_numel);
+        round_grad(m, L, g, out_numel);
         const Conv2d cv = layer_conv(m, L, 0);
         conv2d_backward_upsample(gnext, g, m->layers[i - 2].out, relu_backward_fused(m, i - 2), &cv, N, L->H,
                                  L->W, m->scratch, m->nthreads);
@@ -534,7 +556,7 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
         /* the pool and the conv before it, one image at a time; the pool
          * only routes gradients, so rounding its gradient rounds the conv's */
         Layer *P = &m->layers[i - 1];
-        round_grad(m, g, out_numel);
+        round_grad(m, P, g, out_numel);
         const Conv2d cv = layer_conv(m, P, 0);
         conv2d_backward_maxpool(i > 1 ? gnext : NULL, g, P->out, i > 1 ? m->layers[i - 2].out : xc, &cv, N,
                                 P->H, P->W, m->scratch, m->nthreads);
@@ -543,7 +565,7 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
     switch (L->kind) {
     case LAYER_CONV: {
         if (L->act == ACT_RELU && !relu_backward_fused(m, i)) relu_backward(g, g, L->out, out_numel);
-        round_grad(m, g, out_numel);
+        round_grad(m, L, g, out_numel);
         const Conv2d cv = layer_conv(m, L, 0);
         /* The input gradient of the first layer is never needed. */
         conv2d_backward(i > 0 ? gnext : NULL, g, i > 0 ? in : xc, &cv, N, L->H, L->W, m->scratch, m->nthreads);

@@ -25,6 +25,7 @@
  */
 #include "nn/conv_direct.h"
 
+#include "nn/conv_direct_bf16.h"
 #include "nn/maxpool.h"
 #include "base/team.h"
 #include "nn/upsample.h"
@@ -104,22 +105,47 @@ static int bwd_chunk_images(const Conv2d *l, int H, int W)
 
 typedef struct Layout {
     size_t wf, wb, mask, thread0, per_thread, dw_part, image;
+    /* bf16 kernels (l->bf16; 0 sizes otherwise): packed weights of both
+     * passes and the 32-pixel lane masks (shared), and per thread after the
+     * image area the chunk's channel pairs, then its plain bfloat16 x and g */
+    size_t wf2, wb2, mask32, pairs, plain_x, plain_g;
 } Layout;
+
+/* Floats holding `bytes`, rounded up to a cache line. */
+static size_t line_floats(size_t bytes)
+{
+    return round_line((bytes + sizeof(float) - 1) / sizeof(float));
+}
+
+/* Extra floats past a bf16 operand buffer: its vector loads may run up to
+ * one 64-byte vector past the last element (masked), kept inside scratch. */
+#define BF16_TAIL_FLOATS 32
 
 static Layout layout(const Conv2d *l, int H, int W)
 {
     const size_t kk = (size_t)l->K * l->K, hw = (size_t)H * W;
     const size_t nv = (hw + LANES - 1) / LANES;
+    const size_t chunk = (size_t)bwd_chunk_images(l, H, W);
     Layout z;
     z.wf = 0;
     z.wb = z.wf + round_line((size_t)ceil_div(l->OC, CO_MAX) * kk * l->C * CO_MAX);
     z.mask = z.wb + round_line((size_t)ceil_div(l->C, CO_MAX) * kk * l->OC * CO_MAX);
-    z.thread0 = z.mask + round_line((nv * kk * sizeof(uint16_t) + sizeof(float) - 1) / sizeof(float));
+    z.wf2 = z.mask + line_floats(nv * kk * sizeof(uint16_t));
+    /* sized whenever the CPU could run them, so that the scratch a model
+     * allocates before choosing its precision serves both */
+    const int bf = l->bf16 != 0 || conv_bf16_available(CONV_BF16_NATIVE);
+    z.wb2 = z.wf2 + (bf ? line_floats(conv_bf16_weight_words(l->C, l->OC, (int)kk) * sizeof(uint32_t)) : 0);
+    z.mask32 = z.wb2 + (bf ? line_floats(conv_bf16_weight_words(l->OC, l->C, (int)kk) * sizeof(uint32_t)) : 0);
+    z.thread0 = z.mask32 + (bf ? line_floats(conv_bf16_mask_words(l->K, H, W) * sizeof(uint32_t)) : 0);
     z.dw_part = kk * l->OC * l->C * LANES;
     z.image = round_line(z.dw_part + 2 * (size_t)l->OC); /* + OC doubles */
     /* a chunk of images: OC planes (pooled variants) or 2 x C (upsampled) */
     const size_t planes = (size_t)(l->OC > 2 * l->C ? l->OC : 2 * l->C);
-    z.per_thread = z.image + round_line((size_t)bwd_chunk_images(l, H, W) * planes * hw);
+    z.pairs = z.image + round_line(chunk * planes * hw);
+    const size_t pair_planes = (size_t)ceil_div(l->C > l->OC ? l->C : l->OC, 2);
+    z.plain_x = z.pairs + (bf ? line_floats(chunk * pair_planes * hw * sizeof(uint32_t)) + BF16_TAIL_FLOATS : 0);
+    z.plain_g = z.plain_x + (bf ? line_floats(chunk * l->C * hw * sizeof(uint16_t)) + BF16_TAIL_FLOATS : 0);
+    z.per_thread = z.plain_g + (bf ? line_floats(chunk * l->OC * hw * sizeof(uint16_t)) + BF16_TAIL_FLOATS : 0);
     return z;
 }
 
@@ -190,9 +216,6 @@ static void pack_input_grad(float *wb, const float *w, int C, int OC, int kk)
                     w[((size_t)oc * C + c) * kk + t];
 }
 
-/* What to do with a finished output vector. */
-enum { OUT_PLAIN = 0, OUT_RELU = 1, OUT_MASK_BY_X = 2 };
-
 /* Tiles of at most this many vectors pick masked or plain loads per vector
  * (8 loop variants); taller tiles mask all their vectors or none. */
 #ifndef FWD_PER_VECTOR_MASK_R
@@ -216,7 +239,7 @@ enum { OUT_PLAIN = 0, OUT_RELU = 1, OUT_MASK_BY_X = 2 };
  * in + 16 r for input plane 0, lane masks mrow + r*KK) x CO output channels.
  * in: CI input planes at stride hw; wt: [KK][CI][CO_MAX] packed weights of
  * this channel block; bias: CO values or NULL; out: CO planes at stride hw,
- * same pixel offset as in.  mode OUT_MASK_BY_X: out = acc where xm (CO
+ * same pixel offset as in.  mode CONV_OUT_MASK_BY_X: out = acc where xm (CO
  * planes, same offsets as out) > 0, else 0. */
 INLINE_TARGET void tile_forward(const int R, const int CO, float *out, const float *in, const uint16_t *mrow,
                                 const float *wt, const float *bias, const float *xm, const int *off, int CI,
@@ -263,10 +286,10 @@ INLINE_TARGET void tile_forward(const int R, const int CO, float *out, const flo
 #pragma GCC unroll 8
         for (int o = 0; o < CO; o++) {
             __m512 v = acc[r][o];
-            if (mode == OUT_RELU) {
+            if (mode == CONV_OUT_RELU) {
                 /* torch.relu: keep v when v > 0 or NaN (not <=), else +0 */
                 v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ), v);
-            } else if (mode == OUT_MASK_BY_X) {
+            } else if (mode == CONV_OUT_MASK_BY_X) {
                 const __m512 xv = _mm512_maskz_loadu_ps(valid, xm + (size_t)o * hw + r * LANES);
                 v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_GT_OQ), v);
             }
@@ -357,13 +380,42 @@ static int prepare_forward(const Conv2d *l, int H, int W, float *scratch, const 
     build_masks(m, l->K, H, W);
     *wf = w;
     *mask = m;
-    return (l->fuse & CONV_FUSE_RELU) ? OUT_RELU : OUT_PLAIN;
+    return (l->fuse & CONV_FUSE_RELU) ? CONV_OUT_RELU : CONV_OUT_PLAIN;
 }
+
+/* The conv passes fused with the 2x2 max-pool after the conv or the 2x
+ * upsampling before it (conv_direct.h), and the plain conv when it runs
+ * the bf16 kernels (FUSED_NONE: whole images in chunks, as the fused
+ * passes): arguments of both directions. */
+typedef enum { FUSED_NONE, FUSED_MAXPOOL, FUSED_UPSAMPLE } FusedKind;
+typedef struct Fused {
+    FusedKind kind;
+    const Conv2d *l;
+    int N, H, W, nthreads; /* H, W: the conv's plane */
+    float *scratch;
+    const float *x; /* the conv input [N][C][H][W], or the upsample input a [N][C][H/2][W/2] */
+    float *y;       /* forward: conv output [N][OC][H][W] (not written: max-pool with keep_y 0) */
+    int keep_y;
+    float *yp;      /* forward, max-pool: pooled output [N][OC][H/2][W/2] */
+    const float *g; /* backward: dL/d(conv output), or dL/d(pooled output) with the max-pool */
+    const float *y_kept; /* backward, max-pool: the conv output y */
+    float *dx;      /* backward: dL/dx (dL/da with upsampling), or NULL */
+    int relu;       /* backward, upsampling: mask dL/da by a > 0 */
+} Fused;
+
+static void fused_forward(const Fused *f);
+static void fused_backward(const Fused *f);
 
 void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H, int W, float *scratch,
                          int nthreads)
 {
     assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS);
+    if (l->bf16) { /* whole images per thread, packed a chunk at a time */
+        const Fused f = {.kind = FUSED_NONE, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                         .scratch = scratch, .x = x, .y = y, .keep_y = 1};
+        fused_forward(&f);
+        return;
+    }
     const Layout z = layout(l, H, W);
     const int nv = ceil_div(H * W, LANES);
     const int64_t total = (int64_t)N * nv;
@@ -383,38 +435,28 @@ void conv_direct_forward(float *y, const float *x, const Conv2d *l, int N, int H
     }
 }
 
-/* The conv passes fused with the 2x2 max-pool after the conv or the 2x
- * upsampling before it (conv_direct.h): arguments of both directions. */
-typedef enum { FUSED_MAXPOOL, FUSED_UPSAMPLE } FusedKind;
-typedef struct Fused {
-    FusedKind kind;
-    const Conv2d *l;
-    int N, H, W, nthreads; /* H, W: the conv's plane */
-    float *scratch;
-    const float *x; /* the conv input [N][C][H][W], or the upsample input a [N][C][H/2][W/2] */
-    float *y;       /* forward: conv output [N][OC][H][W] (not written: max-pool with keep_y 0) */
-    int keep_y;
-    float *yp;      /* forward, max-pool: pooled output [N][OC][H/2][W/2] */
-    const float *g; /* backward: dL/d(conv output), or dL/d(pooled output) with the max-pool */
-    const float *y_kept; /* backward, max-pool: the conv output y */
-    float *dx;      /* backward: dL/dx (dL/da with upsampling), or NULL */
-    int relu;       /* backward, upsampling: mask dL/da by a > 0 */
-} Fused;
 
-/* Forward of the fused pair: threads take whole images, in chunks of
- * bwd_chunk_images; the chunk's upsampled input or conv output lives in the
- * thread's scratch image area, in L2. */
+/* Forward of the fused pair (or of the plain bf16 conv): threads take whole
+ * images, in chunks of bwd_chunk_images; the chunk's upsampled input or
+ * conv output, and with l->bf16 its packed input, live in the thread's
+ * scratch, in L2. */
 static void fused_forward(const Fused *f)
 {
     const Conv2d *l = f->l;
     const int H = f->H, W = f->W, N = f->N;
-    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
+    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && (f->kind == FUSED_NONE || (H % 2 == 0 && W % 2 == 0)));
     const Layout z = layout(l, H, W);
-    const int nv = ceil_div(H * W, LANES), up = f->kind == FUSED_UPSAMPLE;
+    const int nv = ceil_div(H * W, LANES), up = f->kind == FUSED_UPSAMPLE, pool = f->kind == FUSED_MAXPOOL;
     const size_t x_image = (size_t)l->C * H * W / (up ? 4 : 1), y_image = (size_t)l->OC * H * W;
     const float *wf;
     const uint16_t *mask;
     const int mode = prepare_forward(l, H, W, f->scratch, &z, &wf, &mask);
+    /* bf16: every operand goes through the packing (it rounds), even where
+     * one input channel leaves half of each pair empty */
+    const int bf = l->bf16 != 0;
+    const ConvBf16Kernels *bk = bf ? conv_bf16_kernels(l->bf16) : NULL;
+    uint32_t *wf2 = (uint32_t *)(void *)(f->scratch + z.wf2);
+    if (bf) conv_bf16_pack_weights(wf2, l->w, l->C, l->OC, l->K * l->K, 0);
     const int team = f->nthreads < N ? f->nthreads : N, chunk = bwd_chunk_images(l, H, W);
     (void)team;
 #ifdef _OPENMP
@@ -425,6 +467,7 @@ static void fused_forward(const Fused *f)
         int64_t n0, n1; /* this thread's images */
         thread_range(N, tid, nt, &n0, &n1);
         float *own = f->scratch + z.thread0 + (size_t)tid * z.per_thread + z.image;
+        uint32_t *pairs = (uint32_t *)(void *)(f->scratch + z.thread0 + (size_t)tid * z.per_thread + z.pairs);
         for (int64_t n = n0; n < n1; n += chunk) {
             const int k = (int)(n1 - n < chunk ? n1 - n : chunk); /* images in this chunk */
             const float *xn = f->x + (size_t)n * x_image;
@@ -432,9 +475,14 @@ static void fused_forward(const Fused *f)
                 upsample2x_forward_serial(own, xn, k, l->C, H / 2, W / 2);
                 xn = own;
             }
-            float *yn = up || f->keep_y ? f->y + (size_t)n * y_image : own;
-            direct_pass(yn, xn, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, (int64_t)k * nv, mode);
-            if (!up) maxpool2x2_forward_serial(f->yp + (size_t)n * y_image / 4, yn, k, l->OC, H, W);
+            float *yn = !pool || f->keep_y ? f->y + (size_t)n * y_image : own;
+            if (bf) {
+                bk->pack_pairs(pairs, xn, k, l->C, (size_t)H * W);
+                bk->pass(yn, pairs, wf2, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, (int64_t)k * nv, mode);
+            } else {
+                direct_pass(yn, xn, wf, l->b, NULL, l->C, l->OC, l->K, H, W, mask, 0, (int64_t)k * nv, mode);
+            }
+            if (pool) maxpool2x2_forward_serial(f->yp + (size_t)n * y_image / 4, yn, k, l->OC, H, W);
         }
     }
 }
@@ -778,7 +826,7 @@ static int prepare_backward(const Conv2d *l, int H, int W, float *scratch, const
     build_masks(m, l->K, H, W);
     *wb = w;
     *mask = m;
-    return (l->fuse & CONV_FUSE_DX_RELU) ? OUT_MASK_BY_X : OUT_PLAIN;
+    return (l->fuse & CONV_FUSE_DX_RELU) ? CONV_OUT_MASK_BY_X : CONV_OUT_PLAIN;
 }
 
 /* Zeroes a thread's weight-gradient partial part[dw_part] and the db
@@ -819,6 +867,12 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
                           float *scratch, int nthreads)
 {
     assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS);
+    if (l->bf16) { /* whole images per thread, packed a chunk at a time */
+        const Fused f = {.kind = FUSED_NONE, .l = l, .N = N, .H = H, .W = W, .nthreads = nthreads,
+                         .scratch = scratch, .x = x, .g = g, .dx = dx};
+        fused_backward(&f);
+        return;
+    }
     const Layout z = layout(l, H, W);
     const int C = l->C, OC = l->OC, nv = ceil_div(H * W, LANES);
     const int64_t total = (int64_t)N * nv;
@@ -854,7 +908,7 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
             const int64_t c1 = v1 - c0 < chunk ? v1 : c0 + chunk;
             wgrad_pass(part, dbp, g, x, C, OC, l->K, H, W, mask, c0, c1);
             if (dx)
-                direct_pass(dx, g, wb, NULL, mode == OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, c0, c1,
+                direct_pass(dx, g, wb, NULL, mode == CONV_OUT_MASK_BY_X ? x : NULL, OC, C, l->K, H, W, mask, c0, c1,
                             mode);
         }
 #ifdef _OPENMP
@@ -864,21 +918,51 @@ void conv_direct_backward(float *dx, const float *g, const float *x, const Conv2
     }
 }
 
-/* Backward of the fused pair: whole images per thread in chunks; per chunk
- * the gradient before the max-pool, or the upsampled input and its
- * gradient, live in the thread's scratch image area, in L2. */
+/* dbp[o] += sum of g[img][o][p] over the k images' pixels, g the rounded
+ * bfloat16 planes [k][OC][H*W] (the gradient the products use; float lane
+ * sums per image plane, then double): the bias gradient of the bf16 path. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void bias_grad_bf16(double *dbp, const uint16_t *g, int OC, int H, int W, const uint16_t *mask, int kk,
+                                  int k)
+{
+    const size_t hw = (size_t)H * W;
+    const int nv = ceil_div(H * W, LANES);
+    for (int img = 0; img < k; img++)
+        for (int o = 0; o < OC; o++) {
+            const uint16_t *gp = g + ((size_t)img * OC + o) * hw;
+            __m512 s = _mm512_setzero_ps();
+            for (int v = 0; v < nv; v++) {
+                const __mmask16 valid = (__mmask16)mask[(size_t)v * kk + kk / 2];
+                const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, gp + (size_t)v * LANES));
+                s = _mm512_add_ps(s, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+            }
+            dbp[o] += _mm512_reduce_add_ps(s);
+        }
+}
+
+/* Backward of the fused pair (or of the plain bf16 conv): whole images per
+ * thread in chunks; per chunk the gradient before the max-pool, or the
+ * upsampled input and its gradient, and with l->bf16 the packed operands,
+ * live in the thread's scratch, in L2. */
 static void fused_backward(const Fused *f)
 {
     const Conv2d *l = f->l;
-    const int H = f->H, W = f->W, N = f->N, C = l->C, OC = l->OC, up = f->kind == FUSED_UPSAMPLE;
-    assert(l->K * l->K <= CONV_DIRECT_MAX_TAPS && H % 2 == 0 && W % 2 == 0);
+    const int H = f->H, W = f->W, N = f->N, C = l->C, OC = l->OC, K = l->K, kk = K * K;
+    const int up = f->kind == FUSED_UPSAMPLE, pool = f->kind == FUSED_MAXPOOL;
+    assert(kk <= CONV_DIRECT_MAX_TAPS && (f->kind == FUSED_NONE || (H % 2 == 0 && W % 2 == 0)));
     assert(!up || !(l->fuse & CONV_FUSE_DX_RELU));
     const Layout z = layout(l, H, W);
     const int nv = ceil_div(H * W, LANES);
-    const size_t x_image = (size_t)C * H * W / (up ? 4 : 1), y_image = (size_t)OC * H * W;
+    const size_t hw = (size_t)H * W, x_image = (size_t)C * hw / (up ? 4 : 1), y_image = (size_t)OC * hw;
     const float *wb;
     const uint16_t *mask;
     const int mode = prepare_backward(l, H, W, f->scratch, &z, f->dx != NULL, &wb, &mask);
+    /* bf16: the weight gradient pairs pixels, the input gradient output
+     * channels; every operand goes through the packing (it rounds) */
+    const int bf_wg = l->bf16 != 0, bf_dx = l->bf16 && f->dx;
+    const ConvBf16Kernels *bk = l->bf16 ? conv_bf16_kernels(l->bf16) : NULL;
+    uint32_t *wb2 = (uint32_t *)(void *)(f->scratch + z.wb2), *mask32 = (uint32_t *)(void *)(f->scratch + z.mask32);
+    if (bf_dx) conv_bf16_pack_weights(wb2, l->w, C, OC, kk, 1);
+    if (bf_wg) conv_bf16_build_masks(mask32, K, H, W);
     const int team = f->nthreads < N ? f->nthreads : N, chunk = bwd_chunk_images(l, H, W);
     (void)team;
 #ifdef _OPENMP
@@ -888,30 +972,46 @@ static void fused_backward(const Fused *f)
         const int tid = team_thread_id(), nt = team_size();
         float *part = f->scratch + z.thread0 + (size_t)tid * z.per_thread;
         double *dbp = zero_partials(part, &z, OC);
-        float *own = part + z.image, *own2 = own + (size_t)chunk * C * H * W;
+        float *own = part + z.image, *own2 = own + (size_t)chunk * C * hw;
+        uint32_t *pairs = (uint32_t *)(void *)(part + z.pairs);
+        uint16_t *x16 = (uint16_t *)(void *)(part + z.plain_x), *g16 = (uint16_t *)(void *)(part + z.plain_g);
         int64_t n0, n1; /* this thread's images */
         thread_range(N, tid, nt, &n0, &n1);
         for (int64_t n = n0; n < n1; n += chunk) {
             const int k = (int)(n1 - n < chunk ? n1 - n : chunk); /* images in this chunk */
             const int64_t kv = (int64_t)k * nv;
-            const float *xn = f->x + (size_t)n * x_image, *gn;
-            if (up) { /* x = the chunk's upsampled a; dx of it into own2 */
+            const float *xn = f->x + (size_t)n * x_image;
+            const float *xc = xn, *gc = f->g + (size_t)n * y_image; /* the conv's input and output gradient */
+            if (up) { /* x = the chunk's upsampled a, in L2 */
                 upsample2x_forward_serial(own, xn, k, C, H / 2, W / 2);
-                gn = f->g + (size_t)n * y_image;
-                wgrad_pass(part, dbp, gn, own, C, OC, l->K, H, W, mask, 0, kv);
-                if (f->dx) {
-                    direct_pass(own2, gn, wb, NULL, NULL, OC, C, l->K, H, W, mask, 0, kv, OUT_PLAIN);
-                    upsample2x_backward_serial(f->dx + (size_t)n * x_image, own2, f->relu ? xn : NULL, k, C, H / 2,
-                                               W / 2);
-                }
-            } else { /* g = the chunk's gradient before the pool */
+                xc = own;
+            } else if (pool) { /* g = the chunk's gradient before the pool */
                 maxpool2x2_backward_relu_serial(own, f->g + (size_t)n * y_image / 4, f->y_kept + (size_t)n * y_image,
                                                 k, OC, H, W);
-                wgrad_pass(part, dbp, own, xn, C, OC, l->K, H, W, mask, 0, kv);
-                if (f->dx)
-                    direct_pass(f->dx + (size_t)n * x_image, own, wb, NULL, mode == OUT_MASK_BY_X ? xn : NULL, OC, C,
-                                l->K, H, W, mask, 0, kv, mode);
+                gc = own;
             }
+            if (bf_wg) {
+                bk->pack_plain(x16, xc, (size_t)k * C * hw);
+                bk->pack_plain(g16, gc, (size_t)k * OC * hw);
+                bk->wgrad(part, g16, x16, C, OC, K, H, W, mask32, k);
+                bias_grad_bf16(dbp, g16, OC, H, W, mask, kk, k);
+            } else {
+                wgrad_pass(part, dbp, gc, xc, C, OC, K, H, W, mask, 0, kv);
+            }
+            if (!f->dx) continue;
+            /* dL/dx of the conv input: of the upsampled tensor into own2 (then
+             * summed over 2x2 blocks), else straight into dx */
+            float *dxc = up ? own2 : f->dx + (size_t)n * x_image;
+            const int m = up ? CONV_OUT_PLAIN : mode;
+            const float *xm = m == CONV_OUT_MASK_BY_X ? xn : NULL;
+            if (bf_dx) {
+                bk->pack_pairs(pairs, gc, k, OC, hw);
+                bk->pass(dxc, pairs, wb2, NULL, xm, OC, C, K, H, W, mask, 0, kv, m);
+            } else {
+                direct_pass(dxc, gc, wb, NULL, xm, OC, C, K, H, W, mask, 0, kv, m);
+            }
+            if (up)
+                upsample2x_backward_serial(f->dx + (size_t)n * x_image, own2, f->relu ? xn : NULL, k, C, H / 2, W / 2);
         }
 #ifdef _OPENMP
 #pragma omp barrier

@@ -1,0 +1,216 @@
+/*
+ * conv_direct_bf16.c - VDPBF16PS direct convolution kernels (design and
+ * layouts: include/nn/conv_direct_bf16.h; the float32 kernels they mirror:
+ * conv_direct.c).
+ *
+ * Register tiles as in conv_direct.c: the pass keeps R pixel vectors x 8
+ * output channels of float32 accumulators (3 x 8 for 5..8 channels, 6 x
+ * 3..4, 8 x 1..2) and feeds them per (tap, input-channel pair) with R
+ * masked word loads and 8 pair broadcasts; vectors whose lanes are all
+ * inside the image load without a mask (8 loop variants for R <= 3).  The
+ * weight gradient keeps 4 output x 6 input channels of accumulators for one
+ * tap (or 6 (channel, tap) pairs when the layer has fewer than 6 input
+ * channels) and feeds them per 32-pixel vector with 4 loads of g and 6 of x,
+ * flushing into the caller's lane partials every WG_GROUP vectors.
+ */
+#include "nn/conv_direct_bf16.h"
+
+#include "nn/bf16.h"
+
+#include <assert.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && (__GNUC__ >= 11 || defined(__clang__))
+#define HAVE_BF16_KERNELS 1
+#include <immintrin.h>
+#else
+#define HAVE_BF16_KERNELS 0
+#endif
+
+/* Pixels per 16-lane word vector (pass) and per bfloat16 vector (weight gradient). */
+#define LANES 16
+#define LANES_BF 32
+/* Output channels per packed weight block = accumulator columns of a pass tile. */
+#define CO_BLK 8
+#define R_MAX 8
+#define TILE_R_WIDE 3
+#define TILE_R_MID 6
+#define TILE_R_NARROW 8
+/* Weight-gradient tile (output x input channels) and group (32-pixel vectors). */
+#define WG_CO 4
+#define WG_CI 6
+#define WG_GROUP 32
+
+static int ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
+
+size_t conv_bf16_weight_words(int CI, int CO, int kk)
+{
+    return (size_t)ceil_div(CO, CO_BLK) * kk * ceil_div(CI, 2) * CO_BLK;
+}
+
+/* The bfloat16 bits of v rounded to nearest even. */
+static uint32_t bf16_bits(float v)
+{
+    const float r = bf16_round(v);
+    uint32_t u;
+    memcpy(&u, &r, sizeof u);
+    return u >> 16;
+}
+
+void conv_bf16_pack_weights(uint32_t *wp, const float *w, int C, int OC, int kk, int input_grad)
+{
+    const int CI = input_grad ? OC : C, CO = input_grad ? C : OC, ci2 = ceil_div(CI, 2);
+    memset(wp, 0, sizeof(uint32_t) * conv_bf16_weight_words(CI, CO, kk));
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < kk; t++) {
+                const uint32_t b = bf16_bits(w[((size_t)oc * C + c) * kk + t]);
+                /* the pass's input channel i (paired), output channel o, tap u */
+                const int i = input_grad ? oc : c, o = input_grad ? c : oc, u = input_grad ? kk - 1 - t : t;
+                wp[(((size_t)(o / CO_BLK) * kk + u) * ci2 + i / 2) * CO_BLK + o % CO_BLK] |= b << (16 * (i % 2));
+            }
+}
+
+size_t conv_bf16_mask_words(int K, int H, int W)
+{
+    return (size_t)ceil_div(H * W, LANES_BF) * K * K;
+}
+
+void conv_bf16_build_masks(uint32_t *mask, int K, int H, int W)
+{
+    const int kk = K * K, pad = K / 2, hw = H * W;
+    memset(mask, 0, sizeof(uint32_t) * conv_bf16_mask_words(K, H, W));
+    int h = 0, w = 0;
+    for (int p = 0; p < hw; p++) {
+        uint32_t *mv = mask + (size_t)(p / LANES_BF) * kk;
+        const uint32_t bit = 1u << (p % LANES_BF);
+        for (int ky = 0; ky < K; ky++) {
+            const int hy = h + ky - pad;
+            if (hy < 0 || hy >= H) continue;
+            for (int kx = 0; kx < K; kx++) {
+                const int wx = w + kx - pad;
+                if (wx >= 0 && wx < W) mv[ky * K + kx] |= bit;
+            }
+        }
+        if (++w == W) {
+            w = 0;
+            h++;
+        }
+    }
+}
+
+#if HAVE_BF16_KERNELS
+
+static __mmask16 tail16(size_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+/* Tap offsets in pixels: off[t] = (ky - K/2) * W + (kx - K/2). */
+static void tap_offsets(int *off, int K, int W)
+{
+    const int pad = K / 2;
+    for (int t = 0; t < K * K; t++) off[t] = (t / K - pad) * W + (t % K - pad);
+}
+
+/* Largest K*K (conv2d.h CONV_DIRECT_MAX_TAPS). */
+#define MAX_TAPS 121
+
+/* A run of consecutive 32-pixel vectors [v0, v1) of image n. */
+typedef struct Segment {
+    int64_t n;
+    int v0, v1;
+} Segment;
+
+/* The AVX512_BF16 variant. */
+#define KNAME(x) x##_native
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define INLINE_TARGET static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512bf16")))
+#define DPBF16(acc, a, b) _mm512_dpbf16_ps((acc), (__m512bh)(a), (__m512bh)(b))
+#define CVTNE2PS(hi, lo) ((__m512i)_mm512_cvtne2ps_pbh((hi), (lo)))
+#include "conv_direct_bf16_kernels.inc"
+
+/* The same kernels on AVX-512F/BW only.  VDPBF16PS per lane (Intel SDM):
+ * acc += hi(a) * hi(b), then acc += lo(a) * lo(b), each product exact in
+ * float32 (two 8-bit significands); here two FMAs whose products are exact
+ * too, so the result is the instruction's except for subnormals (VDPBF16PS
+ * treats them as zero).  VCVTNE2PS2BF16: nn/bf16.h's rounding on 16 lanes,
+ * then the high halves narrowed (VPMOVDW). */
+__attribute__((target("avx512f"))) static inline __m512 bf16_lo(__m512i v)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+__attribute__((target("avx512f"))) static inline __m512 bf16_hi(__m512i v)
+{
+    return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
+__attribute__((target("avx512f"))) static inline __m512 dpbf16_emulated(__m512 acc, __m512i a, __m512i b)
+{
+    acc = _mm512_fmadd_ps(bf16_hi(a), bf16_hi(b), acc);
+    return _mm512_fmadd_ps(bf16_lo(a), bf16_lo(b), acc);
+}
+
+/* 16 floats rounded to bfloat16 (nearest even, NaN kept quiet), as 16-bit words. */
+__attribute__((target("avx512f"))) static inline __m256i round16_emulated(__m512 x)
+{
+    const __m512i u = _mm512_castps_si512(x);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
+                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+__attribute__((target("avx512f"))) static inline __m512i cvtne2ps_emulated(__m512 hi, __m512 lo)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(round16_emulated(lo)), round16_emulated(hi), 1);
+}
+
+#define KNAME(x) x##_emulated
+#define TARGET __attribute__((target("avx512f,avx512bw")))
+#define INLINE_TARGET static inline __attribute__((always_inline, target("avx512f,avx512bw")))
+#define DPBF16(acc, a, b) dpbf16_emulated((acc), (a), (b))
+#define CVTNE2PS(hi, lo) cvtne2ps_emulated((hi), (lo))
+#include "conv_direct_bf16_kernels.inc"
+
+static const ConvBf16Kernels KERNELS_NATIVE = {pack_pairs_native, pack_plain_native, pass_native, wgrad_native};
+static const ConvBf16Kernels KERNELS_EMULATED = {pack_pairs_emulated, pack_plain_emulated, pass_emulated,
+                                                 wgrad_emulated};
+
+int conv_bf16_available(int impl)
+{
+    __builtin_cpu_init();
+    const int bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    if (impl == CONV_BF16_EMULATED) return bw;
+    if (impl == CONV_BF16_NATIVE) return bw && __builtin_cpu_supports("avx512bf16");
+    return 0;
+}
+
+const ConvBf16Kernels *conv_bf16_kernels(int impl)
+{
+    assert(conv_bf16_available(impl));
+    return impl == CONV_BF16_NATIVE ? &KERNELS_NATIVE : &KERNELS_EMULATED;
+}
+
+#else /* no AVX-512 kernels in this build: never called (available() is 0) */
+
+int conv_bf16_available(int impl)
+{
+    (void)impl;
+    return 0;
+}
+
+const ConvBf16Kernels *conv_bf16_kernels(int impl)
+{
+    (void)impl;
+    assert(0 && "conv_bf16_kernels without AVX-512 support");
+    return NULL;
+}
+
+#endif
