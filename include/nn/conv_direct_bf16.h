@@ -82,6 +82,12 @@ size_t conv_bf16_mask_words(int K, int H, int W);
  * its tap-t neighbour is inside the image. */
 void conv_bf16_build_masks(uint32_t *mask, int K, int H, int W);
 
+/* src[n][CI][hw] plain bfloat16 (pack_plain's output) -> dst[n][ceil(CI/2)][hw]
+ * channel pairs, as pack_pairs of the float32 values would give (no
+ * rounding left to do; either implementation's tables may follow it).  Only
+ * call when conv_bf16_available(CONV_BF16_EMULATED). */
+void conv_bf16_pairs_from_plain(uint32_t *dst, const uint16_t *src, int n, int CI, size_t hw);
+
 /* The SIMD kernels of one implementation (conv_bf16_kernels).  All serial,
  * no allocation. */
 typedef struct ConvBf16Kernels {

@@ -973,7 +973,11 @@ static void fused_backward(const Fused *f)
         float *part = f->scratch + z.thread0 + (size_t)tid * z.per_thread;
         double *dbp = zero_partials(part, &z, OC);
         float *own = part + z.image, *own2 = own + (size_t)chunk * C * hw;
-        uint32_t *pairs = (uint32_t *)(void *)(part + z.pairs);
+        /* bf16: the channel pairs of g reuse the image area (its upsampled x or
+         * pre-pool g is dead once packed; with upsampling only where they fit
+         * before its second half, the upsampled dx), which keeps the chunk's
+         * working set in L2 */
+        uint32_t *pairs = (uint32_t *)(void *)(up && ceil_div(OC, 2) > C ? part + z.pairs : own);
         uint16_t *x16 = (uint16_t *)(void *)(part + z.plain_x), *g16 = (uint16_t *)(void *)(part + z.plain_g);
         int64_t n0, n1; /* this thread's images */
         thread_range(N, tid, nt, &n0, &n1);
@@ -1005,7 +1009,7 @@ static void fused_backward(const Fused *f)
             const int m = up ? CONV_OUT_PLAIN : mode;
             const float *xm = m == CONV_OUT_MASK_BY_X ? xn : NULL;
             if (bf_dx) {
-                bk->pack_pairs(pairs, gc, k, OC, hw);
+                conv_bf16_pairs_from_plain(pairs, g16, k, OC, hw); /* g16: packed for the weight gradient */
                 bk->pass(dxc, pairs, wb2, NULL, xm, OC, C, K, H, W, mask, 0, kv, m);
             } else {
                 direct_pass(dxc, gc, wb, NULL, xm, OC, C, K, H, W, mask, 0, kv, m);

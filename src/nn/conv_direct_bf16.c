@@ -40,6 +40,8 @@
 #define WG_CO 4
 #define WG_CI 6
 #define WG_GROUP 32
+/* How far ahead the packers prefetch their float32 source (2 KiB). */
+#define PREFETCH_FLOATS 512
 
 static int ceil_div(int a, int b)
 {
@@ -125,6 +127,28 @@ typedef struct Segment {
     int v0, v1;
 } Segment;
 
+/* pairs from plain bfloat16 planes: no rounding, so one version serves both
+ * implementations (AVX-512F/BW/VL). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void conv_bf16_pairs_from_plain(uint32_t *dst,
+                                                                                      const uint16_t *src, int n,
+                                                                                      int CI, size_t hw)
+{
+    const int ci2 = ceil_div(CI, 2);
+    for (int img = 0; img < n; img++)
+        for (int c2 = 0; c2 < ci2; c2++) {
+            const uint16_t *lo = src + ((size_t)img * CI + 2 * c2) * hw;
+            const uint16_t *hi = 2 * c2 + 1 < CI ? lo + hw : NULL;
+            uint32_t *d = dst + ((size_t)img * ci2 + c2) * hw;
+            for (size_t p = 0; p < hw; p += LANES) {
+                const __mmask16 m = tail16(hw - p);
+                const __m512i a = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo + p));
+                const __m512i b = hi ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi + p)), 16)
+                                     : _mm512_setzero_si512();
+                _mm512_mask_storeu_epi32(d + p, m, _mm512_or_si512(a, b));
+            }
+        }
+}
+
 /* The AVX512_BF16 variant. */
 #define KNAME(x) x##_native
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -204,6 +228,12 @@ int conv_bf16_available(int impl)
 {
     (void)impl;
     return 0;
+}
+
+void conv_bf16_pairs_from_plain(uint32_t *dst, const uint16_t *src, int n, int CI, size_t hw)
+{
+    (void)dst; (void)src; (void)n; (void)CI; (void)hw;
+    assert(0 && "conv_bf16_pairs_from_plain without AVX-512 support");
 }
 
 const ConvBf16Kernels *conv_bf16_kernels(int impl)

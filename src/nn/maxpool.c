@@ -213,6 +213,7 @@ TARGET_AVX512 static void backward_plane_avx512(float *dxp, const float *dyp, co
     const int OH = H / 2, OW = W / 2;
     for (int oh = 0; oh < OH; oh++) {
         const size_t top = (size_t)(2 * oh) * W;
+        for (int q = 0; q < 2 * W; q += 16) _mm_prefetch((const char *)(xp + top + 4 * (size_t)W + q), _MM_HINT_T0);
         backward_row_avx512(dxp + top, dxp + top + W, dyp + (size_t)oh * OW, xp + top, xp + top + W, OW, relu);
     }
 }
