@@ -417,9 +417,9 @@ int main(int argc, char **argv)
     double flop = encode ? layers_flops(&m, m.spec.n_encoder) : 3.0 * model_forward_flops(&m);
     snprintf(extra, sizeof extra,
              "\"ranks\": %d, \"threads\": %d, \"steps\": %d, \"warmup\": %d, \"loss_first\": %.6g, "
-             "\"loss_last\": %.6g, \"params\": %zu, \"precision\": \"%s\"",
+             "\"loss_last\": %.6g, \"params\": %zu, \"precision\": \"%s\", \"arithmetic\": \"%s\"",
              ctx.size, plan.omp_threads, steps, warmup, first_loss, last_loss, m.n_params,
-             model_precision_name(precision));
+             model_precision_name(precision), model_precision_describe(&m));
     if (ctx.rank == 0)
         bench_print_result(stdout, workload, "aesim", variant, sec, runs, (double)steps * B, flop, 0, extra);
     if (profile > 0) run_profile(workload, &m, &opt, x, B, profile);

@@ -201,8 +201,13 @@ def main_table(recs, lim, T):
                        f"{ratio:.2f} ({best:.2f}) | {f'{gflops(a):.1f}' if first else ''} | {fr if first else ''} |")
         # issue 16: aesim --precision bf16 against PyTorch's bf16 autocast
         tb = [p for name, p in peers if name.startswith("PyTorch bf16")]
+        if tb and not aes_bf16 and "avx512_bf16" not in cpu_flags()[0]:
+            out.append("| aesim --precision bf16 | not timed: this CPU has no AVX512_BF16 (it would run emulated) "
+                       f"| PyTorch bf16 autocast | {fmt_rate(tb[0])} | – | | |")
         for b in aes_bf16:
-            how = "emulated: rounded operands, fp32 kernels"  # model.h MODEL_BF16 (no VDPBF16PS path yet)
+            # model_precision_describe: "bf16 (VDPBF16PS kernels)" or an emulation
+            how = b.get("arithmetic", "bf16 (emulated: float32 kernels on rounded operands)")
+            how = how[how.find("(") + 1:how.rfind(")")] if "(" in how else how
             if tb:
                 ratio, best = med(rates(b)) / med(rates(tb[0])), max(rates(b)) / max(rates(tb[0]))
                 out.append(f"| aesim --precision bf16 ({how}) | {fmt_rate(b)} | PyTorch bf16 autocast | "
@@ -427,7 +432,8 @@ def machine_section(recs, info):
            f"{mem_total_gib():.0f} GiB RAM",
            f"- CPU SIMD flags: has {' '.join(cpu_flags()[0]) or 'none of them'}; lacks "
            f"{' '.join(cpu_flags()[1]) or 'none'}"
-           + ("" if "avx512_bf16" in cpu_flags()[0] else " (no AVX512_BF16: bf16 would run emulated)"),
+           + ("" if "avx512_bf16" in cpu_flags()[0] else " (no AVX512_BF16: aesim bf16 is not timed, it would run "
+                                                          "emulated)"),
            f"- OpenBLAS: {info.get('openblas_config', '?')} (OPENBLAS_CORETYPE: {info.get('openblas_coretype', '?')})",
            f"- PyTorch {info.get('torch_version', '?')}, FAISS {info.get('faiss_version', '?')}, "
            f"Python {platform.python_version()}",

@@ -19,7 +19,8 @@
 #   train     imagenet64 / imagenet32 / mnist presets, global batch 128:
 #             aesim 1 rank x T threads and T ranks x 1 thread (mpirun);
 #             PyTorch as installed and tuned (settings x malloc environments);
-#             aesim --precision bf16 beside PyTorch's bf16 autocast;
+#             aesim --precision bf16 (where the CPU has AVX512_BF16) beside
+#             PyTorch's bf16 autocast;
 #             per-layer profiles of both, with every aesim conv also timed
 #             under each convolution kernel (bench_train --profile)
 #   encode    imagenet64 encoder, batch 256
@@ -110,6 +111,8 @@ collect() {
 info() {  # info KEY VALUE: one machine fact for the report
     printf '{"kind": "info", "%s": "%s"}\n' "$1" "$2" >>"$results"
 }
+# aesim's bf16 rows need the VDPBF16PS kernels (AVX512_BF16)
+bf16_cpu=$(grep -qw avx512_bf16 /proc/cpuinfo && echo 1 || echo 0)
 t_start=$(date +%s)
 info date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 info loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -168,9 +171,12 @@ train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer pr
     load "train $preset"
     "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
         --runs "$train_runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
-    # aesim --precision bf16 (issue 16), beside PyTorch's bf16 autocast
-    "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
-        --runs "$train_runs" --precision bf16 | collect
+    # aesim --precision bf16 (issue 16), beside PyTorch's bf16 autocast; only
+    # where the CPU has AVX512_BF16 (elsewhere it would time the emulation)
+    if [ "$bf16_cpu" = 1 ]; then
+        "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
+            --runs "$train_runs" --precision bf16 | collect
+    fi
     if [ "$T" -gt 1 ]; then
         mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_train" --preset "$preset" --batch "$batch" \
             --threads 1 --steps "$steps" --warmup "$warm" --runs "$train_runs" | collect
@@ -188,8 +194,10 @@ echo "== encode imagenet64 B=$enc_batch"
 load "encode imagenet64"
 "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
     --warmup "$warmenc" --runs "$train_runs" --data-out "$tmp/enc64.npy" | collect
-"$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
-    --warmup "$warmenc" --runs "$train_runs" --precision bf16 | collect
+if [ "$bf16_cpu" = 1 ]; then
+    "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
+        --warmup "$warmenc" --runs "$train_runs" --precision bf16 | collect
+fi
 run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
 
 knn_pair() {  # knn_pair D NQ-LIST RUNS

@@ -30,7 +30,9 @@ e(a, b) = ||a - b|| / ||b||.  Two PyTorch references (Debian python3-torch):
    PyTorch's; measured ratio up to 2).
 Encoding (aesim-search index --precision bf16, same kernels): the stored
 vectors of a small image array against the bf16 definition's encoder
-(TIGHT), and visibly apart from the float32 encoding (VISIBLE).
+(TIGHT), and visibly apart from the float32 encoding (VISIBLE); --precision
+auto stores exactly the bf16 vectors where the CPU has AVX512_BF16, else
+exactly the fp32 ones.
 Kernels: every convolution kernel this CPU runs (direct fuses pooling and
 upsampling into the convolutions, generic does not) on float32 arithmetic of
 rounded operands, the direct bf16 kernels (conv_direct_bf16.h) with
@@ -212,7 +214,7 @@ class Bf16VsTorch(unittest.TestCase):
             np.save(os.path.join(d, "imgs.npy"), imgs)
             ckpt = os.path.join(d, "init.npz")
             vec = {}
-            for prec in ("fp32", "bf16"):
+            for prec in ("fp32", "bf16", "auto"):
                 db = os.path.join(d, f"db_{prec}")
                 subprocess.run([SEARCH, "index", "--model", ckpt, "--data", os.path.join(d, "imgs.npy"), "--db", db,
                                 "--precision", prec], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -227,6 +229,9 @@ class Bf16VsTorch(unittest.TestCase):
             msg = f"aesim-search --precision bf16 vectors: error vs the bf16 definition {e_def:.2e}, fp32 vectors {e_fp32:.2e}"
             self.assertLessEqual(e_def, TIGHT, msg)
             self.assertLessEqual(e_def, VISIBLE * e_fp32, msg)
+            # --precision auto: bf16 where the CPU has AVX512_BF16 (same kernels, same bits), else fp32
+            want = "bf16" if _cpu_has("avx512_bf16") else "fp32"
+            np.testing.assert_array_equal(vec["auto"], vec[want], err_msg=f"--precision auto is not {want} here")
 
     def test_cases(self):
         for kernel in KERNELS:

@@ -59,7 +59,10 @@
  *               on them (the emulation): since bf16 x bf16 products are
  *               exact in float32, both compute the same up to summation
  *               order and subnormals. */
-typedef enum { MODEL_FP32 = 0, MODEL_BF16 = 1 } ModelPrecision;
+/* MODEL_PRECISION_AUTO is a request, not an arithmetic: the command-line
+ * value "auto", turned into MODEL_BF16 or MODEL_FP32 by
+ * model_precision_resolve before model_set_precision. */
+typedef enum { MODEL_FP32 = 0, MODEL_BF16 = 1, MODEL_PRECISION_AUTO = 2 } ModelPrecision;
 
 typedef enum { LAYER_CONV = 0, LAYER_MAXPOOL = 1, LAYER_UPSAMPLE = 2 } LayerKind;
 typedef enum { ACT_RELU = 0, ACT_SIGMOID = 1 } ActKind;
@@ -130,12 +133,26 @@ double model_memory_bytes(const ModelSpec *spec, int max_batch, int nthreads);
 void model_free(Model *m);
 
 /* *out = the precision named by `name`: "fp32" -> MODEL_FP32, "bf16" ->
- * MODEL_BF16.  Returns AE_OK, or AE_EARG (*out unchanged) naming the value
- * and the accepted ones ("--precision" in the message). */
+ * MODEL_BF16, "auto" -> MODEL_PRECISION_AUTO.  Returns AE_OK, or AE_EARG
+ * (*out unchanged) naming the value and the accepted ones ("--precision" in
+ * the message). */
 int model_precision_parse(ModelPrecision *out, const char *name, Err *err);
 
-/* "fp32" or "bf16" (static string; "?" otherwise). */
+/* The arithmetic a request gives: MODEL_PRECISION_AUTO -> MODEL_BF16 when
+ * all_native is nonzero (the caller's agreement, over every rank of the
+ * job, that conv_bf16_available(CONV_BF16_NATIVE): the VDPBF16PS kernels
+ * run everywhere, so bf16 is faster and still within the quality gate of
+ * the README), else MODEL_FP32 (never the slower emulation); MODEL_FP32 and
+ * MODEL_BF16 as they are. */
+ModelPrecision model_precision_resolve(ModelPrecision request, int all_native);
+
+/* "fp32", "bf16" or "auto" (static string; "?" otherwise). */
 const char *model_precision_name(ModelPrecision p);
+
+/* m's arithmetic for logs: "fp32", "bf16 (VDPBF16PS kernels)", "bf16
+ * (VDPBF16PS emulated)" or "bf16 (emulated: float32 kernels on rounded
+ * operands)" (static string). */
+const char *model_precision_describe(const Model *m);
 
 /* Sets the convolutions' arithmetic (ModelPrecision above) after
  * model_build; MODEL_BF16 allocates m->wq and m->xq (freed by model_free).

@@ -39,6 +39,12 @@
 /* Most range-search hits one rank may send to rank 0 (24 bytes each). */
 #define SEARCH_RANGE_MAX_HITS ((int64_t)1 << 26)
 
+/* Collective.  The encoder arithmetic of --precision value `request`
+ * (ModelPrecision): MODEL_PRECISION_AUTO becomes bf16 only when every rank's
+ * CPU runs the VDPBF16PS kernels (model_precision_resolve), so all shards
+ * are encoded alike; fp32 and bf16 are returned as they are. */
+ModelPrecision search_precision(const ParCtx *ctx, int request);
+
 /* Collective.  Rank 0 reads the checkpoint; every rank builds the same model
  * (max batch `batch`, `nthreads` OpenMP threads) with the broadcast weights;
  * *crc = CRC-32 of the parameter bytes (ckpt_params_crc32).  Errors: those

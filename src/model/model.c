@@ -292,16 +292,35 @@ int model_precision_parse(ModelPrecision *out, const char *name, Err *err)
         *out = MODEL_BF16;
         return AE_OK;
     }
-    return err_set(err, AE_EARG, "--precision '%s': unknown; use fp32 or bf16", name ? name : "(null)");
+    if (name && strcmp(name, "auto") == 0) {
+        *out = MODEL_PRECISION_AUTO;
+        return AE_OK;
+    }
+    return err_set(err, AE_EARG, "--precision '%s': unknown; use fp32, bf16 or auto", name ? name : "(null)");
+}
+
+ModelPrecision model_precision_resolve(ModelPrecision request, int all_native)
+{
+    if (request != MODEL_PRECISION_AUTO) return request;
+    return all_native ? MODEL_BF16 : MODEL_FP32;
 }
 
 const char *model_precision_name(ModelPrecision p)
 {
-    return p == MODEL_FP32 ? "fp32" : p == MODEL_BF16 ? "bf16" : "?";
+    return p == MODEL_FP32 ? "fp32" : p == MODEL_BF16 ? "bf16" : p == MODEL_PRECISION_AUTO ? "auto" : "?";
+}
+
+const char *model_precision_describe(const Model *m)
+{
+    if (m->precision != MODEL_BF16) return model_precision_name(m->precision);
+    if (m->bf16_native == CONV_BF16_NATIVE) return "bf16 (VDPBF16PS kernels)";
+    if (m->bf16_native == CONV_BF16_EMULATED) return "bf16 (VDPBF16PS emulated)";
+    return "bf16 (emulated: float32 kernels on rounded operands)";
 }
 
 void model_set_precision(Model *m, ModelPrecision p)
 {
+    assert(p == MODEL_FP32 || p == MODEL_BF16); /* AUTO: model_precision_resolve first */
     free(m->wq);
     free(m->xq);
     m->wq = m->xq = NULL;

@@ -214,7 +214,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     Model m;
     uint32_t crc = 0;
     if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) return err->code;
-    model_set_precision(&m, (ModelPrecision)cfg->precision);
+    model_set_precision(&m, search_precision(ctx, cfg->precision));
     const int D = model_embedding_dim(&m), P = ctx->size;
     VecDb db;
     ImageSet src;
@@ -798,7 +798,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     if (cfg->model[0]) {
         uint32_t crc = 0;
         if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
-        model_set_precision(&m, (ModelPrecision)cfg->precision);
+        model_set_precision(&m, search_precision(ctx, cfg->precision));
         search_check_model(&db, &m, crc, cfg->model, err);
         if (par_agree(ctx, err)) goto done;
     }

@@ -12,9 +12,17 @@
 
 #include "base/check.h"
 #include "model/ckpt.h"
+#include "nn/conv_direct_bf16.h"
 #include "data/image_convert.h"
 #include "search/whiten.h"
 #include "data/sheet.h"
+
+ModelPrecision search_precision(const ParCtx *ctx, int request)
+{
+    if ((ModelPrecision)request != MODEL_PRECISION_AUTO) return (ModelPrecision)request;
+    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_available(CONV_BF16_NATIVE));
+    return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
+}
 
 int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
                         Err *err)

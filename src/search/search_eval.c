@@ -467,7 +467,7 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     SearchMeta meta;
     search_meta_init(&meta, &db);
     if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
-    model_set_precision(&m, (ModelPrecision)cfg->precision);
+    model_set_precision(&m, search_precision(ctx, cfg->precision));
     search_check_model(&db, &m, crc, cfg->model, err);
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0) open_queries(&qset, &es, cfg, &db, err);

@@ -95,7 +95,7 @@ int main(int argc, char **argv)
     model_bottleneck_shape(&model, &bc, &bh, &bw);
     par_log0(&ctx, "model: %s | input %dx%dx%d | bottleneck %dx%dx%d = %d values | %zu parameters | "
              "%.2f MFLOP/image forward | %s\n", model.spec.text, train.H, train.W, train.C, bh, bw, bc, bc * bh * bw,
-             model.n_params, model_forward_flops(&model) / 1e6, model_precision_name(model.precision));
+             model.n_params, model_forward_flops(&model) / 1e6, model_precision_describe(&model));
     const int64_t steps_per_epoch = sampler_num_batches(train.n, cfg.batch_size);
     char until[128] = "";
     if (cfg.max_steps > 0 && cfg.max_steps < (int64_t)cfg.epochs * steps_per_epoch)

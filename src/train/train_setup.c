@@ -15,6 +15,7 @@
 #include "base/check.h"
 #include "base/timer.h"
 #include "data/dataset_opts.h"
+#include "nn/conv_direct_bf16.h"
 #include "train/train_views.h"
 #include "train/train_schedule.h"
 
@@ -114,6 +115,16 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
     return err->code;
 }
 
+/* Collective: the arithmetic of --precision `request` (ModelPrecision):
+ * auto is bf16 only when every rank's CPU runs the VDPBF16PS kernels
+ * (model_precision_resolve), so all ranks train alike. */
+static ModelPrecision train_precision(const ParCtx *ctx, int request)
+{
+    if ((ModelPrecision)request != MODEL_PRECISION_AUTO) return (ModelPrecision)request;
+    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_available(CONV_BF16_NATIVE));
+    return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
+}
+
 int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train,
                       int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err)
 {
@@ -173,7 +184,7 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
         return err->code;
     }
     model_build(m, &spec, per_rank, nthreads);
-    model_set_precision(m, (ModelPrecision)cfg->precision);
+    model_set_precision(m, train_precision(ctx, cfg->precision));
     OptKind kind = cfg->resume[0] ? ck->opt_kind : cfg->opt;
     optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
     if (cfg->resume[0]) {
