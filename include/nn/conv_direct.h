@@ -36,6 +36,11 @@
  * pass reads them from L2.  Never allocates; no MPI; no
  * BLAS.  Results equal conv2d's other kernels up to float rounding (other
  * summation order).
+ * bf16 (Conv2d.bf16 set, issue 16): every entry point runs the VDPBF16PS
+ * variants of the tiles (conv_direct_bf16.h) instead, with whole images per
+ * thread in chunks as the fused passes do (the plain conv too): per chunk
+ * the operands are rounded and packed into bfloat16 pairs in the thread's
+ * scratch, then multiplied into the same float32 outputs and lane partials.
  */
 #ifndef AESIM_CONV_DIRECT_H
 #define AESIM_CONV_DIRECT_H
@@ -50,7 +55,9 @@ int conv_direct_supported(void);
 /* Floats of scratch conv_direct_forward/backward need for layer l on HxW
  * images with nthreads threads: packed weights for both directions, the lane
  * mask table and each thread's weight-gradient partial or output image
- * (cache-line aligned). */
+ * (cache-line aligned); when l->bf16 is set or the CPU could run the bf16
+ * kernels, also their packed weights, 32-pixel masks and each thread's
+ * bfloat16 operands of a chunk (so one size serves both precisions). */
 size_t conv_direct_scratch_floats(const Conv2d *l, int H, int W, int nthreads);
 
 /* y[N][OC][H][W] = conv(x[N][C][H][W]) + b, then ReLU (torch.relu: NaN

@@ -1,8 +1,9 @@
 /*
  * gemm_bf16.h - a bf16 GEMM on the AVX512_BF16 dot-product instruction
  * VDPBF16PS (issue 16): the first building block of native bf16
- * convolutions; not yet called by the model (model.h MODEL_BF16 runs
- * emulated: rounded operands, float32 kernels).
+ * convolutions, kept for tests and measurement; the model does not call it
+ * (its convolutions are direct kernels, and their VDPBF16PS variants are
+ * conv_direct_bf16.h).
  *
  *   gemm_bf16_nn  C[m][n] = bf16(A)[m][k] x bf16(B)[k][n] + beta*C
  * row-major, densely packed, alpha 1, m, n, k >= 1; with beta == 0, C may
@@ -32,7 +33,9 @@
  * GFLOP/s, noisy): on this Intel core VDPBF16PS issues at half the FMA
  * rate, so bf16 dot products bring no compute gain here (they would on
  * AMD Zen 4, where the issue measured PyTorch autocast's 1.24x); AMX is
- * Intel's bf16 path.  Hence not wired into the model.
+ * Intel's bf16 path.  On AMD Zen 5 (2026-12-04) the same register-only
+ * loop ran VDPBF16PS at 430 GFLOP/s per core against 233 for FMA (1.85x),
+ * which conv_direct_bf16.h uses.
  *
  * Only call gemm_bf16_nn when gemm_bf16_supported() is true (GCC/Clang
  * target attributes; elsewhere the function is absent from the dispatch and
