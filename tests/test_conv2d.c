@@ -119,16 +119,11 @@ static double problem_loss(void *ctx)
     return ref_dot(p->rd, p->yd, p->ny);
 }
 
-static void fill_nan(float *a, size_t n)
-{
-    for (size_t i = 0; i < n; i++) a[i] = NAN;
-}
-
 static float *alloc_scratch(const Conv2d *l, int H, int W, int nthreads)
 {
     const size_t n = conv2d_scratch_floats(l, H, W, nthreads);
     float *s = xmalloc(sizeof(float) * n);
-    fill_nan(s, n);
+    test_fill_nan(s, n);
     return s;
 }
 
@@ -155,7 +150,7 @@ static void test_forward_matches_naive(void **state)
             Conv2d l = layer_of(&p, NULL, NULL);
             l.kernel = kern;
             float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
-            fill_nan(y, p.ny);  /* y must be overwritten */
+            test_fill_nan(y, p.ny);  /* y must be overwritten */
             conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
             char name[128];
             snprintf(name, sizeof name, "y N%d C%d OC%d %dx%d K%d nthreads %d kernel %s", s.N, s.C, s.OC, s.H, s.W,
@@ -193,7 +188,7 @@ static void test_backward_matches_finite_differences(void **state)
             float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
             memset(dw, 0, sizeof(float) * p.nw);
             memset(db, 0, sizeof(float) * p.nb);
-            fill_nan(dx, p.nx);  /* dx must be overwritten */
+            test_fill_nan(dx, p.nx);  /* dx must be overwritten */
             conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
             char name[3][128];
             const char *what[3] = {"dx", "dw", "db"};
@@ -342,8 +337,8 @@ static void test_fused_maxpool(void **state)
                 conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, nt);
                 maxpool2x2_forward(yp, y, s.N, s.OC, s.H, s.W);
                 for (int keep = 1; keep >= 0; keep--) {
-                    fill_nan(yf, p.ny);
-                    fill_nan(ypf, np);
+                    test_fill_nan(yf, p.ny);
+                    test_fill_nan(ypf, np);
                     conv2d_forward_maxpool(yf, keep, ypf, p.x, &l, s.N, s.H, s.W, scratch, nt);
                     assert_true(check_tensor("pooled", ypf, yp, np, 0.0, 0.0));
                     if (keep || KERNELS[k] != CONV_KERNEL_DIRECT) {
@@ -394,12 +389,12 @@ static void test_fused_maxpool_backward(void **state)
                 for (size_t j = 0; j < ng; j++) grad[j] = gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
                 maxpool2x2_backward_relu(g, p.r, y, s.N, s.OC, s.H, s.W);
                 conv2d_backward(dx, g, p.x, &l, s.N, s.H, s.W, scratch, nt);
-                fill_nan(dxf, p.nx);
+                test_fill_nan(dxf, p.nx);
                 conv2d_backward_maxpool(dxf, p.r, y, p.x, &lf, s.N, s.H, s.W, scratch, nt);
                 assert_true(check_tensor("fused dx", dxf, dx, p.nx, 0.0, 0.0));
                 assert_true(check_tensor("fused dw db", gradf, grad, ng, 1e-5, 1e-5));
                 for (size_t j = 0; j < ng; j++) gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
-                fill_nan(dxf, p.nx);
+                test_fill_nan(dxf, p.nx);
                 conv2d_backward_maxpool(NULL, p.r, y, p.x, &lf, s.N, s.H, s.W, scratch, nt);
                 assert_true(check_tensor("fused dw db, dx NULL", gradf, grad, ng, 1e-5, 1e-5));
                 size_t written = 0;
@@ -444,7 +439,7 @@ static void test_fused_upsample(void **state)
                 l.fuse = lf.fuse = relu ? CONV_FUSE_RELU : 0;
                 float *scratch = alloc_scratch(&l, s.H, s.W, nt);
                 conv2d_forward(y, xup, &l, s.N, s.H, s.W, scratch, nt);
-                fill_nan(yf, p.ny);
+                test_fill_nan(yf, p.ny);
                 conv2d_forward_upsample(yf, a, &lf, s.N, s.H, s.W, scratch, nt);
                 assert_true(check_tensor("fused upsample y", yf, y, p.ny, 0.0, 0.0));
                 for (size_t j = 0; j < ng; j++) grad[j] = gradf[j] = 0.25f * (float)(j % 7) - 0.5f;
@@ -453,7 +448,7 @@ static void test_fused_upsample(void **state)
                     upsample2x_backward_relu(da, dxup, a, s.N, s.C, s.H / 2, s.W / 2);
                 else
                     upsample2x_backward(da, dxup, s.N, s.C, s.H / 2, s.W / 2);
-                fill_nan(daf, na);
+                test_fill_nan(daf, na);
                 conv2d_backward_upsample(daf, p.r, a, relu, &lf, s.N, s.H, s.W, scratch, nt);
                 assert_true(check_tensor("fused upsample da", daf, da, na, 0.0, 0.0));
                 assert_true(check_tensor("fused upsample dw db", gradf, grad, ng, BWD_ATOL, BWD_RTOL));

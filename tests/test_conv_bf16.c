@@ -50,8 +50,8 @@
 typedef struct Shape { int N, C, OC, H, W, K; } Shape;
 
 static const Shape SHAPES[] = {
-    {1, 1, 1, 1, 1, 3}, {2, 1, 3, 5, 7, 3}, {3, 3, 4, 7, 5, 3},   {2, 3, 16, 16, 64, 3}, {2, 2, 3, 6, 9, 5},
-    {3, 7, 13, 9, 9, 3}, {2, 16, 3, 14, 14, 3}, {1, 6, 9, 4, 64, 1}, {2, 5, 6, 8, 8, 7},  {2, 12, 8, 12, 10, 3},
+    {1, 1, 1, 1, 1, 3}, {2, 1, 3, 5, 7, 3}, {3, 3, 4, 7, 5, 3},  {2, 3, 16, 4, 64, 3}, {2, 2, 3, 6, 9, 5},
+    {3, 7, 13, 9, 9, 3}, {2, 16, 3, 6, 14, 3}, {1, 6, 9, 4, 64, 1}, {2, 5, 6, 8, 8, 7}, {1, 12, 8, 12, 10, 3},
 };
 static const int NTHREADS[] = {1, 3};
 static const int IMPLS[] = {CONV_BF16_EMULATED, CONV_BF16_NATIVE};
@@ -133,16 +133,11 @@ static double problem_loss_unrounded(void *ctx)
     return ref_dot(p->ru, p->yd, p->ny);
 }
 
-static void fill_nan(float *a, size_t n)
-{
-    for (size_t i = 0; i < n; i++) a[i] = NAN;
-}
-
 static float *alloc_scratch(const Conv2d *l, int H, int W, int nthreads)
 {
     const size_t n = conv2d_scratch_floats(l, H, W, nthreads);
     float *s = xmalloc(sizeof(float) * n);
-    fill_nan(s, n);
+    test_fill_nan(s, n);
     return s;
 }
 
@@ -196,7 +191,7 @@ static void test_forward_backward_match_reference(void **state)
                 Conv2d l = {.C = s.C, .OC = s.OC, .K = s.K, .w = p.w, .b = p.b, .dw = dw, .db = db,
                             .kernel = CONV_KERNEL_DIRECT, .bf16 = impl};
                 float *scratch = alloc_scratch(&l, s.H, s.W, nthreads);
-                fill_nan(out, nout);
+                test_fill_nan(out, nout);
                 memset(dw, 0, sizeof(float) * (p.nw + p.nb));
                 conv2d_forward(y, p.x, &l, s.N, s.H, s.W, scratch, nthreads);
                 conv2d_backward(dx, p.r, p.x, &l, s.N, s.H, s.W, scratch, nthreads);

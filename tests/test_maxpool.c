@@ -82,11 +82,6 @@ static void fill_ties(float *x, size_t n, uint64_t *seed)
     for (size_t i = 0; i < n; i++) x[i] = (float)(test_rng_next(seed) % 3);
 }
 
-static void fill_nan(float *a, size_t n)
-{
-    for (size_t i = 0; i < n; i++) a[i] = NAN;
-}
-
 /* Forward and backward against the naive reference for one input filling. */
 static void check_against_naive(void (*fill)(float *, size_t, uint64_t *), uint64_t seed0, const char *what)
 {
@@ -104,14 +99,14 @@ static void check_against_naive(void (*fill)(float *, size_t, uint64_t *), uint6
         ref_to_double(xd, x, ni);
         ref_to_double(dyd, dy, no);
 
-        fill_nan(y, no);
+        test_fill_nan(y, no);
         maxpool2x2_forward(y, x, s.N, s.C, s.H, s.W);
         ref_maxpool2x2(yd, xd, s.N, s.C, s.H, s.W);
         char name[128];
         snprintf(name, sizeof name, "y (%s) N%d C%d %dx%d", what, s.N, s.C, s.H, s.W);
         assert_true(ref_check(name, y, yd, no, EXACT_ATOL, EXACT_RTOL, tmp));
 
-        fill_nan(dx, ni);
+        test_fill_nan(dx, ni);
         maxpool2x2_backward(dx, dy, x, s.N, s.C, s.H, s.W);
         ref_maxpool2x2_backward(dxd, dyd, xd, s.N, s.C, s.H, s.W);
         snprintf(name, sizeof name, "dx (%s) N%d C%d %dx%d", what, s.N, s.C, s.H, s.W);
@@ -158,7 +153,7 @@ static void test_backward_matches_finite_differences(void **state)
         ref_to_double(c.xd, x, ni);
         ref_to_double(c.rd, r, no);
         ref_grad_fd(g, c.xd, ni, fd_loss, &c, REF_FD_EPS);
-        fill_nan(dx, ni);
+        test_fill_nan(dx, ni);
         maxpool2x2_backward(dx, r, x, s.N, s.C, s.H, s.W);
         char name[128];
         snprintf(name, sizeof name, "dx vs finite differences N%d C%d %dx%d", s.N, s.C, s.H, s.W);
@@ -345,8 +340,8 @@ static void test_public_matches_naive_special_values(void **state)
         float *yn = xmalloc(sizeof(float) * no), *dxn = xmalloc(sizeof(float) * ni);
         for (size_t i = 0; i < ni; i++) x[i] = special_value(&seed);
         for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
-        fill_nan(y, no);
-        fill_nan(dx, ni);
+        test_fill_nan(y, no);
+        test_fill_nan(dx, ni);
         maxpool2x2_forward(y, x, s.N, s.C, s.H, s.W);
         maxpool2x2_backward(dx, dy, x, s.N, s.C, s.H, s.W);
         naive_pool(yn, dxn, dy, x, s.N, s.C, s.H, s.W);
@@ -480,7 +475,7 @@ static void test_public_backward_relu_matches_unfused(void **state)
         float *dx = xmalloc(sizeof(float) * ni), *ref = xmalloc(sizeof(float) * ni);
         fill_fused_x(x, ni, &seed, (int)(k % 2));
         for (size_t i = 0; i < no; i++) dy[i] = special_value(&seed);
-        fill_nan(dx, ni);
+        test_fill_nan(dx, ni);
         maxpool2x2_backward_relu(dx, dy, x, s.N, s.C, s.H, s.W);
         maxpool2x2_backward(ref, dy, x, s.N, s.C, s.H, s.W);
         relu_backward(ref, ref, x, ni);
@@ -526,7 +521,7 @@ static void test_backward_relu_matches_finite_differences(void **state)
         ref_to_double(c.rd, r, no);
         ref_grad_fd(g, c.zd, ni, fused_fd_loss, &c, REF_FD_EPS);
         relu_forward(x, z, ni);
-        fill_nan(dz, ni);
+        test_fill_nan(dz, ni);
         maxpool2x2_backward_relu(dz, r, x, s.N, s.C, s.H, s.W);
         char name[128];
         snprintf(name, sizeof name, "fused dz vs finite differences N%d C%d %dx%d", s.N, s.C, s.H, s.W);

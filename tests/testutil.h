@@ -87,6 +87,13 @@ static inline void test_fill_uniform(float *x, size_t n, uint64_t *s, float lo, 
     for (size_t i = 0; i < n; i++) x[i] = test_rng_uniform(s, lo, hi);
 }
 
+/* NaN in every element: an output a kernel must overwrite, or scratch it
+ * must not read before writing. */
+static inline void test_fill_nan(float *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) a[i] = NAN;
+}
+
 /* Floats after each output that no implementation may touch, and the bit
  * patterns of that guard and of "not yet written" outputs. */
 #define GUARD_FLOATS 64

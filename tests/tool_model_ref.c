@@ -78,7 +78,7 @@ int main(int argc, char **argv)
         static const char *how[] = {"float32 kernels on rounded operands", "VDPBF16PS kernels",
                                     "bf16 kernels, VDPBF16PS emulated"};
         printf("precision %s%s%s%s\n", model_precision_name(prec), prec == MODEL_BF16 ? " (" : "",
-               prec == MODEL_BF16 ? how[m.bf16_native] : "", prec == MODEL_BF16 ? ")" : "");
+               prec == MODEL_BF16 ? how[m.bf16_kernels] : "", prec == MODEL_BF16 ? ")" : "");
     }
     for (int i = 0; i < spec.n_layers; i++)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;

@@ -54,7 +54,7 @@
  *               activations.  The operands are rounded (activations in
  *               place, weights into m->wq, the batch into m->xq); where the
  *               CPU has AVX512_BF16 the direct kernels then multiply them
- *               with VDPBF16PS (conv_direct_bf16.h, m->bf16_native), on
+ *               with VDPBF16PS (conv_direct_bf16.h, m->bf16_kernels), on
  *               other CPUs (or the im2col kernels) the float32 kernels run
  *               on them (the emulation): since bf16 x bf16 products are
  *               exact in float32, both compute the same up to summation
@@ -103,7 +103,7 @@ typedef struct Model {
     ModelPrecision precision; /* MODEL_FP32 (0) unless model_set_precision */
     float *wq;               /* MODEL_BF16: [n_params] bf16-rounded weights (biases unused), else NULL */
     float *xq;               /* MODEL_BF16: [max_batch][C][H][W] the bf16-rounded batch, else NULL */
-    int bf16_native;         /* MODEL_BF16: CONV_BF16_* of the direct kernels (conv_direct_bf16.h);
+    int bf16_kernels;        /* MODEL_BF16: CONV_BF16_* of the direct kernels (conv_direct_bf16.h);
                               * CONV_BF16_OFF (0): float32 kernels on rounded operands */
 } Model;
 
@@ -162,12 +162,12 @@ const char *model_precision_describe(const Model *m);
  * With MODEL_BF16 the activations that feed a convolution are stored
  * rounded (layer `out` buffers; the caller's batch x is never modified).
  * MODEL_BF16 picks the VDPBF16PS kernels when
- * conv_bf16_available(CONV_BF16_NATIVE) (m->bf16_native = CONV_BF16_NATIVE),
+ * conv_bf16_available(CONV_BF16_NATIVE) (m->bf16_kernels = CONV_BF16_NATIVE),
  * else the float32 kernels on rounded operands (CONV_BF16_OFF). */
 void model_set_precision(Model *m, ModelPrecision p);
 
 /* MODEL_BF16 only, after model_set_precision: which bf16 arithmetic the
- * direct kernels run (m->bf16_native = impl): CONV_BF16_NATIVE (VDPBF16PS),
+ * direct kernels run (m->bf16_kernels = impl): CONV_BF16_NATIVE (VDPBF16PS),
  * CONV_BF16_EMULATED (the same kernels with the instructions emulated) or
  * CONV_BF16_OFF (float32 kernels on rounded operands); tests and
  * benchmarks compare them.  Returns 1, or 0 (nothing changed) when the

@@ -11,7 +11,7 @@
  * bf16 mixed precision (MODEL_BF16, issue 16): the operands of every
  * convolution are rounded right before it runs (conv_input, layer_conv,
  * round_grad below); the direct kernels then multiply them with VDPBF16PS
- * where the CPU has AVX512_BF16 (Conv2d.bf16, m->bf16_native), the float32
+ * where the CPU has AVX512_BF16 (Conv2d.bf16, m->bf16_kernels), the float32
  * kernels elsewhere (the emulation).
  * Does not: communicate (the trainer allreduces grads), own an optimizer, or
  * read files.  Threading: the kernels parallelise over images (OpenMP).
@@ -313,8 +313,8 @@ const char *model_precision_name(ModelPrecision p)
 const char *model_precision_describe(const Model *m)
 {
     if (m->precision != MODEL_BF16) return model_precision_name(m->precision);
-    if (m->bf16_native == CONV_BF16_NATIVE) return "bf16 (VDPBF16PS kernels)";
-    if (m->bf16_native == CONV_BF16_EMULATED) return "bf16 (VDPBF16PS emulated)";
+    if (m->bf16_kernels == CONV_BF16_NATIVE) return "bf16 (VDPBF16PS kernels)";
+    if (m->bf16_kernels == CONV_BF16_EMULATED) return "bf16 (VDPBF16PS emulated)";
     return "bf16 (emulated: float32 kernels on rounded operands)";
 }
 
@@ -325,7 +325,7 @@ void model_set_precision(Model *m, ModelPrecision p)
     free(m->xq);
     m->wq = m->xq = NULL;
     m->precision = p;
-    m->bf16_native = p == MODEL_BF16 && conv_bf16_available(CONV_BF16_NATIVE) ? CONV_BF16_NATIVE : CONV_BF16_OFF;
+    m->bf16_kernels = p == MODEL_BF16 && conv_bf16_available(CONV_BF16_NATIVE) ? CONV_BF16_NATIVE : CONV_BF16_OFF;
     if (p != MODEL_BF16) return;
     m->wq = xcalloc(m->n_params, sizeof(float));
     m->xq = xcalloc_huge((size_t)m->spec.C * m->spec.H * m->spec.W * (size_t)m->max_batch, sizeof(float));
@@ -342,7 +342,7 @@ static Conv2d layer_conv(Model *m, const Layer *L, int refresh)
         float *wq = m->wq + (L->conv.w - m->params);
         if (refresh) bf16_round_array(wq, L->conv.w, (size_t)L->OC * L->C * L->conv.K * L->conv.K);
         cv.w = wq;
-        cv.bf16 = m->bf16_native;
+        cv.bf16 = m->bf16_kernels;
     }
     return cv;
 }
@@ -350,16 +350,16 @@ static Conv2d layer_conv(Model *m, const Layer *L, int refresh)
 int model_set_bf16_kernels(Model *m, int impl)
 {
     if (m->precision != MODEL_BF16 || (impl != CONV_BF16_OFF && !conv_bf16_available(impl))) return 0;
-    m->bf16_native = impl;
+    m->bf16_kernels = impl;
     return 1;
 }
 
 /* 1 if MODEL_BF16 runs conv layer L on the VDPBF16PS kernels: they round
  * every operand while packing it, so the model's rounding passes are skipped
  * (the im2col kernels ignore Conv2d.bf16 and stay emulated). */
-static int layer_bf16_native(const Model *m, const Layer *L)
+static int layer_bf16_kernels(const Model *m, const Layer *L)
 {
-    return m->precision == MODEL_BF16 && m->bf16_native &&
+    return m->precision == MODEL_BF16 && m->bf16_kernels &&
            conv2d_kernel_resolve(L->conv.kernel, L->conv.K) == CONV_KERNEL_DIRECT;
 }
 
@@ -370,7 +370,7 @@ static int layer_bf16_native(const Model *m, const Layer *L)
  * rounded into m->xq, x itself is the loss target and stays as it is). */
 static const float *conv_input(Model *m, const Layer *L, float *act, const float *x, size_t numel)
 {
-    if (m->precision != MODEL_BF16 || layer_bf16_native(m, L)) return act ? act : x;
+    if (m->precision != MODEL_BF16 || layer_bf16_kernels(m, L)) return act ? act : x;
     if (!act) {
         bf16_round_array(m->xq, x, numel);
         return m->xq;
@@ -383,7 +383,7 @@ static const float *conv_input(Model *m, const Layer *L, float *act, const float
  * in place before its backward. */
 static void round_grad(const Model *m, const Layer *L, float *g, size_t numel)
 {
-    if (m->precision == MODEL_BF16 && !layer_bf16_native(m, L)) bf16_round_array(g, g, numel);
+    if (m->precision == MODEL_BF16 && !layer_bf16_kernels(m, L)) bf16_round_array(g, g, numel);
 }
 
 void model_init_glorot(Model *m, uint64_t seed)
@@ -559,7 +559,7 @@ int model_layer_backward(Model *m, int i, float *gnext, float *g, const float *x
     Layer *L = &m->layers[i];
     /* the batch as the first conv read it (emulated MODEL_BF16: rounded in m->xq) */
     const float *xc = m->precision == MODEL_BF16 && m->layers[0].kind == LAYER_CONV &&
-                      !layer_bf16_native(m, &m->layers[0]) ? m->xq : x;
+                      !layer_bf16_kernels(m, &m->layers[0]) ? m->xq : x;
     const float *in = i > 0 ? m->layers[i - 1].out : x;
     const size_t out_numel = (size_t)N * L->OC * L->OH * L->OW;
     if (L->kind == LAYER_CONV && upsample_fused(m, i - 1)) {
