@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """torch_simclr_probe.py - the SimCLR probe of README "Search quality".
 
 Trains, in PyTorch, the wider Fashion-MNIST encoder of the README table
