@@ -66,30 +66,46 @@ def dpkg_owner(path):
     return None
 
 
+_DPKG_DB = None
+
+
+def dpkg_db():
+    """Every package dpkg knows, read once: name -> (the names its Depends,
+    Pre-Depends and Provides fields list, alternatives included; Essential)."""
+    global _DPKG_DB
+    if _DPKG_DB is None:
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\\t${Depends}, ${Pre-Depends}, ${Provides}\\t${Essential}\\n"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        _DPKG_DB = {}
+        for line in r.stdout.splitlines():
+            name, rel, ess = (line.split("\t") + ["", ""])[:3]
+            deps = []
+            for alt in rel.split(","):
+                for dep in alt.split("|"):
+                    dep = re.sub(r"\(.*?\)|:any|:amd64", "", dep).strip()
+                    if dep:
+                        deps.append(dep)
+            _DPKG_DB[name] = (deps, ess.strip() == "yes")
+    return _DPKG_DB
+
+
 def dependency_closure(pkgs):
     """Installed packages reachable from pkgs through Depends / Pre-Depends
     (dpkg's own records), alternatives included."""
+    db = dpkg_db()
     seen, todo = set(), list(pkgs)
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        r = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}, ${Pre-Depends}, ${Provides}", p],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            continue
-        for alt in r.stdout.split(","):
-            for name in alt.split("|"):
-                name = re.sub(r"\(.*?\)|:any|:amd64", "", name).strip()
-                if name:
-                    todo.append(name)
+        todo.extend(db.get(p, ([], False))[0])
     return seen
 
 
 def essential(pkg):
-    r = subprocess.run(["dpkg-query", "-W", "-f", "${Essential}", pkg], capture_output=True, text=True)
-    return r.stdout.strip() == "yes"
+    return dpkg_db().get(pkg, ([], False))[1]
 
 
 def tools_used():
@@ -113,11 +129,12 @@ def tools_used():
 
 
 class Packages(unittest.TestCase):
-    def setUp(self):
+    @classmethod
+    def setUpClass(cls):
         if not shutil.which("dpkg-query"):
-            self.skipTest("not a Debian system (no dpkg-query)")
-        self.pkgs = script_packages()
-        self.closure = dependency_closure(self.pkgs)
+            raise unittest.SkipTest("not a Debian system (no dpkg-query)")
+        cls.pkgs = script_packages()
+        cls.closure = dependency_closure(cls.pkgs)
 
     def covered(self, owner):
         return owner in self.closure or essential(owner)
