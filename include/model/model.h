@@ -44,7 +44,8 @@
 #define MODEL_SPEC_MAX 1024
 
 /* Arithmetic of the convolutions (issue 16; model_set_precision).
- *   MODEL_FP32  float32 throughout (the default).
+ *   MODEL_FP32  float32 throughout (a new Model; aesim-train resolves its
+ *               default --precision auto per CPU, model_precision_resolve).
  *   MODEL_BF16  bf16 mixed precision: every convolution's input, weights
  *               and output gradient (dL/d pre-activation) are rounded to
  *               bfloat16 (nn/bf16.h, round to nearest even) and multiplied

@@ -61,7 +61,7 @@ typedef struct TrainConfig {
     double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
     double tau;                /* --tau: NT-Xent temperature */
     int overwrite;             /* --overwrite: a fresh run may replace another run's files in --out */
-    int precision;             /* ModelPrecision (model.h): MODEL_FP32 (default) or MODEL_BF16 */
+    int precision;             /* ModelPrecision (model.h): MODEL_PRECISION_AUTO (default), MODEL_FP32 or MODEL_BF16 */
     int help;                  /* --help was given */
     int version;               /* --version was given */
     unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are

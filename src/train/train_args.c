@@ -122,11 +122,12 @@ void train_args_usage(FILE *out)
 "                        also after --resume (default 0 = no limit; a resume without it trains\n"
 "                        on to --epochs)\n"
 "  --batch-size N        GLOBAL batch in images, split across ranks (default 128)\n"
-"  --precision P         fp32 (default), bf16 or auto: bf16 rounds convolution inputs, weights\n"
+"  --precision P         auto (default), fp32 or bf16: bf16 rounds convolution inputs, weights\n"
 "                        and output gradients to bfloat16 and sums products in float32 (master\n"
 "                        weights, Adam, loss and allreduce stay float32): VDPBF16PS kernels on\n"
 "                        CPUs with AVX512_BF16, emulated (slower) elsewhere; auto = bf16 when\n"
-"                        every rank's CPU has AVX512_BF16, else fp32\n"
+"                        every rank's CPU has AVX512_BF16, else fp32 (the model: line says\n"
+"                        which); fp32 for results that equal PyTorch float32 on any CPU\n"
 "  --optimizer adam|sgd  (default adam)\n"
 "  --lr X                learning rate (default 1e-3)\n"
 "  --beta1 X --beta2 X   Adam moment decay (defaults 0.9, 0.999)\n"
@@ -296,6 +297,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     c->csv_every = 20;
     c->bucket_kib = GRAD_SYNC_BUCKET_KIB_DEFAULT;
     c->tau = DEFAULT_TAU;
+    c->precision = MODEL_PRECISION_AUTO;
     optind = 1;
     opterr = 0;
     int o, idx = 0;
