@@ -146,10 +146,10 @@ static void test_shapes(void **state)
     (void)state;
     /* {Q, M, D, k}: direct path (Q = 1, M <= k + margin), M < k, empty
      * shard, D = 1, odd sizes, GEMM with several database tiles (M = 5000)
-     * and two query blocks (Q = 300), k = 1, the margin boundary. */
+     * and two query blocks (Q = 600 > KNN_QUERY_BLOCK = 512), k = 1, the margin boundary. */
     const int64_t cases[][4] = {
         { 1, 50, 8, 5 },   { 7, 100, 3, 10 },    { 13, 5, 4, 10 },    { 5, 0, 4, 3 },
-        { 17, 300, 1, 7 }, { 33, 5000, 64, 10 }, { 300, 1500, 17, 20 }, { 2, 40, 5, 1 },
+        { 17, 300, 1, 7 }, { 33, 5000, 64, 10 }, { 600, 1500, 17, 20 }, { 2, 40, 5, 1 },
         { 9, 26, 6, 10 },  { 9, 27, 6, 10 },     { 3, 2049, 129, 3 },
     };
     uint64_t rng = 21;

@@ -47,7 +47,7 @@
 #define GEMM_AVX512_KC 64
 /* nt_bcast k block (the kNN distance GEMM, whose candidates are re-scored
  * exactly, so its rounding is free): panel 16 KiB.  The kNN's C tile is
- * 256 x 1024 floats (1 MiB, not in L2) and is re-read and re-written once
+ * 512 x 512 floats (1 MiB, not in L2; knn.c) and is re-read and re-written once
  * per k block.  Measured (Zen 5, 2 threads, N = 1,000,000, D = 512, 3 x 1000
  * queries, runs interleaved): KC 64 205-278 queries/s, 128 235-295 (+10%),
  * 256 171-185 (the 32 KiB panel and the 8 rows of A no longer fit in L1). */

@@ -53,16 +53,20 @@
 #endif
 
 /* Tile of the GEMM pass: KNN_QUERY_BLOCK queries x KNN_DB_BLOCK database
- * rows, i.e. an inner-product tile of 256 x 1024 floats = 1 MiB that stays in
- * cache while the heaps are updated.  Measured on the dev machine (2-core
- * Xeon, OpenBLAS 0.3.21 pthread, 1 thread; Q = 1000, M = 20000, D = 64,
- * k = 10): all of query blocks 64 / 256 / 1024 x database blocks
- * 256 / 1024 / 4096 took 0.14-0.20 s, within the run-to-run noise; the sgemm
- * alone takes ~0.1 s of it, so the heap updates are not the bottleneck.
- * faiss uses 4096 x 1024; the smaller query block keeps the candidate heaps
- * of a block in cache. */
-#define KNN_QUERY_BLOCK 256
-#define KNN_DB_BLOCK 1024
+ * rows, i.e. an inner-product tile of 512 x 512 floats = 1 MiB that stays in
+ * cache while the heaps are updated.  Each thread streams the whole shard
+ * once per query block, and the AVX-512 GEMM packs every database row once
+ * per block, so larger query blocks read and pack less per query.
+ * Measured (issue 16, 2026-12-04, 2-core AMD EPYC Zen 5, AVX-512 GEMM,
+ * bench_knn N = 1,000,000, D = 512, k = 10, 3 calls x 1000 queries, 2
+ * threads, queries/s, 4 interleaved rounds): 256 x 1024 (before) 248-273,
+ * 512 x 512 287-304 (+10%), 512 x 1024 224-297, 512 x 256 262-297,
+ * 1024 x 256 259-303; nq = 100 (50 queries per thread either way) 116-125
+ * for both.  perf: the GEMM is 94% of the time, its B packing ~11% of that.
+ * Earlier (2-core Xeon, OpenBLAS, D = 64, M = 20,000) every block size from
+ * 64 to 4096 was within the noise; faiss uses 4096 x 1024. */
+#define KNN_QUERY_BLOCK 512
+#define KNN_DB_BLOCK 512
 
 /* KNN_SCAN_MAX_QUERIES (knn.h) = 32, measured on the dev machine (2-core
  * Xeon at 2.3 GHz with AVX-512, 2 threads, k = 10, queries/s, pre-scan vs
