@@ -15,6 +15,7 @@ decision to recompile, and the interpreter the kernel runs for a shebang.
   * every Python script is run by /usr/bin/python3 (shebangs, shell scripts),
     and the suite refuses an interpreter without numpy/torch/faiss/PIL.
 """
+import functools
 import os
 import re
 import shutil
@@ -66,28 +67,24 @@ def dpkg_owner(path):
     return None
 
 
-_DPKG_DB = None
-
-
+@functools.lru_cache(maxsize=None)
 def dpkg_db():
     """Every package dpkg knows, read once: name -> (the names its Depends,
     Pre-Depends and Provides fields list, alternatives included; Essential)."""
-    global _DPKG_DB
-    if _DPKG_DB is None:
-        r = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\\t${Depends}, ${Pre-Depends}, ${Provides}\\t${Essential}\\n"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        _DPKG_DB = {}
-        for line in r.stdout.splitlines():
-            name, rel, ess = (line.split("\t") + ["", ""])[:3]
-            deps = []
-            for alt in rel.split(","):
-                for dep in alt.split("|"):
-                    dep = re.sub(r"\(.*?\)|:any|:amd64", "", dep).strip()
-                    if dep:
-                        deps.append(dep)
-            _DPKG_DB[name] = (deps, ess.strip() == "yes")
-    return _DPKG_DB
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\\t${Depends}, ${Pre-Depends}, ${Provides}\\t${Essential}\\n"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    db = {}
+    for line in r.stdout.splitlines():
+        name, rel, ess = (line.split("\t") + ["", ""])[:3]
+        deps = []
+        for alt in rel.split(","):
+            for dep in alt.split("|"):
+                dep = re.sub(r"\(.*?\)|:any|:amd64", "", dep).strip()
+                if dep:
+                    deps.append(dep)
+        db[name] = (deps, ess.strip() == "yes")
+    return db
 
 
 def dependency_closure(pkgs):
