@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main job, with 2 MPI ranks on Fashion-MNIST (Debian's
 # dataset-fashion-mnist: 60,000 train images, 10,000 test images):
-#   1. aesim-train: the mnist-preset autoencoder, validated on the test images;
+#   1. aesim-train: a conv autoencoder with a 16x7x7 (D = 784) bottleneck
+#      (ARCH, README "Search quality"), validated on the test images;
 #   2. aesim-search index --recipe retrieval: the 60,000 training images -> a
-#      sharded vector DB of whitened codes, searched by cosine;
+#      sharded vector DB of whitened codes of 10 views per image (flips and
+#      1-pixel shifts), searched by cosine with alpha query expansion;
 #   3. aesim-search query: 8 test images -> their 8 nearest neighbours, as TSV
 #      and a contact sheet;
 #   4. aesim-search eval: precision@10 by label, aesim encoder vs raw pixels vs
@@ -22,10 +24,14 @@ make -s all
 # all; nothing to train if it is there) instead of overwriting it.
 resume=()
 [ -e "$out/checkpoint.npz" ] && resume=(--resume "$out")
-launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --out "$out" "${resume[@]}" "$@"
+# The encoder of README "Search quality" (the `mnist` preset, D = 392, reaches
+# precision@10 0.848 with the same search recipe; this one 0.856).
+arch=${ARCH:-"c32 p c64 p c16 | c32 u c32 u c1"}
+launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --arch "$arch" --out "$out" "${resume[@]}" "$@"
 rm -rf "$out/db"
-# --recipe retrieval = --whiten --metric cosine: PCA-whitened, L2-normalised codes, the best
-# measured search setting (README "Search quality"); eval whitens the baselines the same way
+# --recipe retrieval = --whiten --metric cosine --tta flip,shift:1 --qe 5: PCA-whitened,
+# L2-normalised means of the codes of 10 views per image, alpha query expansion; the best
+# measured search setting (README "Search quality"); eval whitens and expands the baselines alike
 mpi build/aesim-search index --model "$out/checkpoint.npz" --data "$data/train-images-idx3-ubyte.gz" --db "$out/db" \
     --recipe retrieval
 # --overwrite: the database was just rebuilt, so its results replace the last run's.

@@ -520,10 +520,14 @@ class Serve(unittest.TestCase):
         the addition's list file)."""
         db = os.path.join(WORK, "db_wivf")
         shutil.rmtree(db, ignore_errors=True)
+        # --qe 0: the live addition below must be its own nearest neighbour at distance 0,
+        # which an expanded query is not (test_query_expansion_server_equals_query).
         mpirun(2, SEARCH, "index", "--model", self.ckpt, "--data", self.src, "--db", db, "--recipe", "retrieval",
-               "--ivf", "16", "--threads", "1")
+               "--qe", "0", "--ivf", "16", "--threads", "1")
         man = json.load(open(os.path.join(db, "manifest.json")))
-        self.assertEqual((man["transform"], man["metric"], man["ivf"]["nlist"]), ("whiten", "cosine", 16))
+        self.assertEqual((man["transform"], man["metric"], man["ivf"]["nlist"], man["tta"]),
+                         ("whiten", "cosine", 16, "flip,shift:1"))
+        self.assertNotIn("query_expansion", man)
         srv = Server(2, db, self.ckpt, "--nprobe", "3", tag="wivf")
         try:
             self.assertIn("IVF index, 16 lists, scanning the 3 nearest", srv.stderr())
@@ -590,6 +594,26 @@ class Serve(unittest.TestCase):
             q64 = np.load(qfile)[0].astype(np.float64)
             d = 1 - (x64 @ q64) / np.linalg.norm(x64, axis=1) / np.linalg.norm(q64)
             np.testing.assert_allclose([t for _, t in ref[0]], np.sort(d)[:6], atol=1e-5)
+        finally:
+            srv.kill()
+
+    def test_query_expansion_server_equals_query(self):
+        """serve --qe 3 --qe-alpha 2 answers vector and image queries as query does with
+        the same options (the second, expanded search round runs over every rank's shards),
+        and differently from the plain search (so the expansion did run)."""
+        srv = Server(3, self.db, self.ckpt, "--metric", "cosine", "--qe", "3", "--qe-alpha", "2", tag="qe")
+        try:
+            self.assertIn("alpha query expansion, n = 3, alpha = 2", srv.stderr())
+            qfile = os.path.join(WORK, "qe.npy")
+            np.save(qfile, self.x[[10, 20, 30]] + np.float32(0.05))
+            opts = ("--queries", qfile, "--k", "6", "--metric", "cosine")
+            ref = self.query(*opts, "--qe", "3", "--qe-alpha", "2")
+            self.assertNotEqual(ref, self.query(*opts))
+            for i, row in enumerate(np.load(qfile)):
+                st, _, data = request(f"{srv.url}/search?k=6", "POST",
+                                      json.dumps({"vector": [float(t) for t in row]}).encode())
+                self.assertEqual(st, 200, data)
+                self.assertEqual(results(json.loads(data)), ref[i])
         finally:
             srv.kill()
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "base/err.h"
+#include "search/vecdb.h"
 
 /* Longest path option, bytes including the NUL. */
 #define SEARCH_PATH_MAX 4096
@@ -22,6 +23,13 @@
 #define SEARCH_DEFAULT_BATCH 256
 /* Default neighbours of eval (precision@10, the issue's table). */
 #define SEARCH_DEFAULT_EVAL_K 10
+
+/* Test-time augmentation and query expansion (neighbours n) of index
+ * --recipe retrieval, and the default alpha of --qe (README "Search
+ * quality": measured best). */
+#define SEARCH_RECIPE_TTA "flip,shift:1"
+#define SEARCH_RECIPE_QE_N 5
+#define SEARCH_DEFAULT_QE_ALPHA 3.0
 
 /* serve defaults and limits: listen address, requests per micro-batch,
  * largest k a request may ask, largest request body (MiB) and the seconds a
@@ -82,6 +90,10 @@ typedef struct SearchConfig {
     int nprobe;                     /* query/eval --nprobe N, 0 = IVF_DEFAULT_NPROBE */
     int exact;                      /* query/eval --exact: full scan even with an IVF */
     int recall;                     /* eval --recall: recall@k and queries/s of IVF vs exact, nprobe sweep */
+    VecDbTta tta;                   /* index --tta (vecdb.h) */
+    int has_tta;                    /* --tta given (else none, or the database's with --append) */
+    int qe;                         /* --qe N: query expansion neighbours, 0 = off, -1 = not given (the database's) */
+    double qe_alpha;                /* --qe-alpha A, < 0 = not given (the database's, else SEARCH_DEFAULT_QE_ALPHA) */
     int overwrite;                  /* --overwrite: replace existing --out/--sheet files (query, eval) or IVF index (train-ivf) */
 } SearchConfig;
 

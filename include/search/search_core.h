@@ -59,9 +59,15 @@ int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthr
 int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char *ckpt, Err *err);
 
 /* Local.  Encodes n images into out[n][D]: images [lo, lo+n) of `set` when
- * set != NULL, else imgs[n][C][H][W].  Returns -1 if every vector is finite,
- * else the index (0..n-1) of the first vector holding NaN or Inf. */
-int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n);
+ * set != NULL, else imgs[n][C][H][W] (NCHW, not modified).  tta (may be
+ * NULL = none): each vector is the mean of the codes of the image's
+ * vecdb_tta_views(tta) views (vecdb.h VecDbTta: mirror along W, translations
+ * by tta->shift pixels with zero fill; test-time augmentation), summed in
+ * view order and divided by the count, so the work is views times one
+ * encoding.  Returns -1 if every vector is finite, else the index (0..n-1)
+ * of the first vector holding NaN or Inf. */
+int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n,
+                      const VecDbTta *tta);
 
 /* Rank 0 (or any one process): if db was indexed with --whiten, applies its
  * transform (DIR/whiten.npz, whiten.h) to the query codes q[Q][D] in place;
@@ -121,6 +127,24 @@ int search_shards_add(const ParCtx *ctx, LocalShards *ls, const VecDb *db, int s
  * those of knn_search_local on any rank. */
 int search_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const KnnDb *dbs, int n_dbs, int k,
                KnnMetric metric, int nthreads, Err *err);
+
+/* Collective.  Alpha query expansion (alpha-QE: Radenovic, Tolias and Chum,
+ * "Fine-tuning CNN image retrieval with no human annotation", TPAMI 2019,
+ * section 5; the same form as their cirtorch code): each query row
+ * q[i][D] (the same on every rank; unit rows, metric KNN_IP) becomes
+ *   q'_i = normalise(q_i + sum_{j < n} max(0, s_ij)^alpha x_ij)
+ * where x_ij is the database row of first->ids[i][j] (as the rows of
+ * dbs[n_dbs] hold it: the normalised copies) and s_ij = first->dist[i][j]
+ * its inner product with q_i.  first is the result of a k-NN search of q
+ * with first->k >= n, valid on rank 0 (search_knn's *out); padded entries
+ * add nothing.  Rows are fetched from their owner ranks: each rank writes the
+ * rows it holds into a zeroed [chunk][n][D] buffer and one allreduce sums
+ * them (one owner per row, so the sum is exact and the result the same for
+ * any P and shard split); chunks of at most SEARCH_GATHER_CHUNK_BYTES.
+ * The caller then searches again with q'.  KnnDbs with explicit ids are not
+ * supported (assert).  Collective; no error path. */
+void search_query_expand(const ParCtx *ctx, float *q, int64_t Q, int D, const TopK *first, const KnnDb *dbs,
+                         int n_dbs, int n, double alpha);
 
 /* Collective.  Range search: every eligible row with distance <= radius
  * (KNN_L2) / score >= radius (KNN_IP), over all ranks; *out valid on rank 0

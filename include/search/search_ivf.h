@@ -43,6 +43,31 @@ int search_ivf_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, cons
 int search_ivf_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const LocalShards *ls,
                      const SearchIvf *si, float radius, KnnMetric metric, int nthreads, Err *err);
 
+/* Query expansion of a search (search_query_expand); n = 0: none. */
+typedef struct SearchQe {
+    int n;        /* database neighbours added to each query */
+    double alpha; /* their weight: similarity^alpha */
+} SearchQe;
+
+/* Local.  The query expansion of query, eval and serve: --qe / --qe-alpha
+ * when given, else the database's (manifest "query_expansion"), alpha
+ * SEARCH_DEFAULT_QE_ALPHA when neither says.  Errors: AE_EARG when n > 0
+ * and metric is not KNN_IP (cosine). */
+int search_qe_resolve(SearchQe *qe, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err);
+
+/* Collective.  search_ivf_knn with query expansion: with qe->n = 0 exactly
+ * search_ivf_knn; else a first search for max(k, n) neighbours, the queries
+ * expanded (search_query_expand on a copy of q[Q][D]; D the same on every
+ * rank) and a second search for k:
+ * *out (rank 0) holds the second, its values those of the expanded queries.
+ * Errors: search_ivf_knn's. */
+int search_ivf_knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, int D, const LocalShards *ls,
+                      const SearchIvf *si, int k, KnnMetric metric, const SearchQe *qe, int nthreads, Err *err);
+
+/* The same over any KnnDbs (exact search_knn), for eval's baselines. */
+int search_knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, int D, const KnnDb *dbs, int n_dbs,
+                  int k, KnnMetric metric, const SearchQe *qe, int nthreads, Err *err);
+
 /* aesim-search eval --recall: the queries (--queries: a float32 .npy of
  * vectors [Q][D], or with --model an image source encoded by the model;
  * --max-queries caps them) are searched exactly once, then with the IVF for

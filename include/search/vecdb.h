@@ -33,6 +33,14 @@
  * vecdb_read checks all of it: types, version, D >= 1, shard numbers equal
  * to their positions, contiguous ids, and counts that add up.
  *
+ * Optional search settings (issue 17; absent = none, as in older manifests):
+ *   "transform": "whiten"   the vectors are PCA-whitened codes (whiten.h);
+ *   "tta": "flip,shift:1"   every vector is the mean of the codes of views of the
+ *                           image (test-time augmentation, VecDbTta below), and
+ *                           queries are encoded the same way;
+ *   "query_expansion": { "n": N, "alpha": A }  k-NN searches use alpha query
+ *                           expansion with these defaults (search_core.h).
+ *
  * Version 2 (written when the database has an IVF index, ivf.h) adds
  *   "ivf": { "nlist": NLIST, "crc32": "8 hex digits" (zlib CRC-32 of the
  *            centroids' data bytes), "centroids": "ivf-<crc32>.centroids.npy" }
@@ -66,6 +74,34 @@
 #define VECDB_PATH_BYTES 4096
 /* Longest name line in a names.txt file, bytes including the NUL. */
 #define VECDB_NAME_BYTES 512
+
+/* Test-time augmentation of the encoder (VecDb.tta, manifest "tta", index
+ * --tta): the vector of an image is the mean of the codes of its views,
+ * the image itself, its horizontal mirror when flip, and (shift = S > 0)
+ * each of those translated by S pixels left, right, up and down with zero
+ * fill (as aesim-train's --augment shift, augment.h): 1 + flip views times
+ * 1 + 4 (shift) views.  {0, 0} = none. */
+typedef struct VecDbTta {
+    int flip;   /* 0 or 1 */
+    int shift;  /* pixels, 0..VECDB_MAX_TTA_SHIFT */
+} VecDbTta;
+#define VECDB_MAX_TTA_SHIFT 8
+
+/* Parses a --tta / manifest value: "none", or a comma list of "flip" and
+ * "shift:S" (1 <= S <= VECDB_MAX_TTA_SHIFT), e.g. "flip,shift:1".  what
+ * names the value in the message.  Errors: AE_EARG (unknown item, bad S). */
+int vecdb_tta_parse(VecDbTta *t, const char *s, const char *what, Err *err);
+
+/* The canonical text of t ("none", "flip", "shift:1", "flip,shift:1") into
+ * buf[cap]; returns buf. */
+const char *vecdb_tta_name(const VecDbTta *t, char *buf, size_t cap);
+
+/* Views of one image under t: (1 + flip) * (1 + 4 if shift). */
+int vecdb_tta_views(const VecDbTta *t);
+
+/* Largest query-expansion n and alpha accepted (manifest and --qe / --qe-alpha). */
+#define VECDB_MAX_QE 100
+#define VECDB_MAX_QE_ALPHA 100.0
 
 /* Files of one shard (vecdb_shard_path). */
 typedef enum { VECDB_VECTORS = 0, VECDB_IDS = 1, VECDB_LABELS = 2, VECDB_NAMES = 3 } VecDbFile;
@@ -112,6 +148,10 @@ typedef struct VecDb {
     int whiten;                  /* 1: vectors are PCA-whitened codes (whiten.h), queries get the
                                     same transform; manifest "transform": "whiten" (optional key,
                                     absent = none, as in databases written before it) */
+    VecDbTta tta;                /* test-time augmentation (manifest "tta", optional; absent = none) */
+    int qe_n;                    /* query expansion: neighbours added to a query, 0 = none
+                                    (manifest "query_expansion", optional) */
+    double qe_alpha;             /* query expansion: similarity exponent alpha (>= 0) */
     int n_sources;
     VecDbSource *sources;        /* [n_sources] in id order */
     int n_shards;

@@ -106,6 +106,16 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
             err_set(err, AE_EARG, "--append --ivf %d: %s already has an IVF index (nlist %d): refusing to replace it "
                                   "(hint: drop --ivf, new vectors join their nearest lists; or retrain it afterwards "
                                   "with train-ivf --overwrite)", cfg->nlist, cfg->db, db->ivf_nlist);
+        } else if (!err->code && cfg->has_tta && (cfg->tta.flip != db->tta.flip || cfg->tta.shift != db->tta.shift)) {
+            char a[64], b[64];
+            err_set(err, AE_EARG, "--append --tta %s: %s was indexed with --tta %s (hint: drop --tta; new images are "
+                                  "encoded as the database's were)", vecdb_tta_name(&cfg->tta, a, sizeof a), cfg->db,
+                    vecdb_tta_name(&db->tta, b, sizeof b));
+        } else if (!err->code && cfg->qe >= 0 && (cfg->qe != db->qe_n ||
+                                                   (cfg->qe > 0 && cfg->qe_alpha >= 0 && cfg->qe_alpha != db->qe_alpha))) {
+            err_set(err, AE_EARG, "--append --qe: %s records query expansion n = %d, alpha = %g (hint: drop --qe; "
+                                  "query, eval and serve take --qe to search otherwise)", cfg->db, db->qe_n,
+                    db->qe_alpha);
         } else if (!err->code && cfg->metric != SEARCH_METRIC_DEFAULT && metric != db->metric) {
             err_set(err, AE_EARG, "--append: --metric %s differs from the database's default %s (hint: drop --metric)",
                     vecdb_metric_name(metric), vecdb_metric_name(db->metric));
@@ -127,6 +137,14 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
         vecdb_init(db, cfg->db, crc, m->spec.text, m->spec.C, m->spec.H, m->spec.W, ckpt, D, metric);
         db->whiten = cfg->whiten;
+        db->tta = cfg->tta; /* zero (none) unless --tta */
+        if (cfg->qe > 0) {
+            if (metric != KNN_IP)
+                err_set(err, AE_EARG, "--qe: query expansion needs the cosine metric (hint: add --metric cosine, or "
+                                      "use --recipe retrieval)");
+            db->qe_n = cfg->qe;
+            db->qe_alpha = cfg->qe_alpha >= 0 ? cfg->qe_alpha : SEARCH_DEFAULT_QE_ALPHA;
+        }
     }
     if (par_agree(ctx, err)) {
         vecdb_free(db);
@@ -259,7 +277,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const int64_t N = src.n, lo = N * ctx->rank / P, hi = N * (ctx->rank + 1) / P, n = hi - lo;
     const int64_t first_id = db.count + par_exscan_sum_i64(ctx, n);
     vec = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *vec);
-    int64_t bad = search_encode(vec, &m, &src, NULL, lo, n);
+    int64_t bad = search_encode(vec, &m, &src, NULL, lo, n, &db.tta);
     /* a damaged store block (imgset_read_error) is agreed below: nothing written */
     if (imgset_read_error(&src, err) == AE_OK && bad >= 0) {
         char name[IMGSET_NAME_BYTES];
@@ -505,7 +523,7 @@ static int load_queries(Queries *qs, const SearchConfig *cfg, Model *m, const Ve
     }
     warn_polarity(qs, db, chw);
     qs->vec = xmalloc((size_t)qs->Q * (size_t)D * sizeof *qs->vec);
-    int64_t bad = search_encode(qs->vec, m, NULL, qs->img, 0, qs->Q);
+    int64_t bad = search_encode(qs->vec, m, NULL, qs->img, 0, qs->Q, &db->tta);
     if (bad >= 0)
         return err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for query %s (hint: the checkpoint holds NaN "
                                          "weights)", qs->names + (size_t)bad * IMGSET_NAME_BYTES);
@@ -822,7 +840,11 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         /* k beyond the database returns all of it: no need for longer lists. */
         int k = cfg->k;
         if ((int64_t)k > db.count) k = db.count > 0 ? (int)db.count : 1;
-        if (search_ivf_knn(ctx, &top, qs.vec, qs.Q, &ls, &si, k, metric, nthreads, err)) goto done;
+        SearchQe qe;
+        search_qe_resolve(&qe, cfg, &db, metric, err);
+        if (par_agree(ctx, err)) goto done;
+        if (qe.n > 0) par_err0(ctx, "query: alpha query expansion, n = %d, alpha = %g (--qe 0: off)\n", qe.n, qe.alpha);
+        if (search_ivf_knn_qe(ctx, &top, qs.vec, qs.Q, db.D, &ls, &si, k, metric, &qe, nthreads, err)) goto done;
         if (ctx->rank == 0) search_topk_to_range(&res, &top, metric, cfg->has_radius, cfg->radius);
     } else {
         /* Threshold in the knn's units, never tighter than the radius; the

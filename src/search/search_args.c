@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/check.h"
 #include "model/model.h"
 #include "search/ivf.h"
 #include "search/knn.h"
+#include "search/vecdb.h"
 
 /* Which subcommands accept an option (bit mask: 1 << (SearchCmd - 1)). */
 enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_TRAIN_IVF = 16, FOR_ALL = 31 };
@@ -23,7 +25,7 @@ enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
     OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE,
-    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_OVERWRITE, OPT_HELP
+    OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_OVERWRITE, OPT_TTA, OPT_QE, OPT_QE_ALPHA, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -62,6 +64,9 @@ static const struct option LONG_OPTS[] = {
     { "recall", no_argument, 0, OPT_RECALL },
     { "class-names", required_argument, 0, OPT_CLASS_NAMES },
     { "overwrite", no_argument, 0, OPT_OVERWRITE },
+    { "tta", required_argument, 0, OPT_TTA },
+    { "qe", required_argument, 0, OPT_QE },
+    { "qe-alpha", required_argument, 0, OPT_QE_ALPHA },
     { "help", no_argument, 0, OPT_HELP },
     { 0, 0, 0, 0 },
 };
@@ -98,6 +103,9 @@ static const int OPT_FOR[] = {
     [OPT_NPROBE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE, [OPT_EXACT - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_SERVE,
     [OPT_RECALL - OPT_DB] = FOR_EVAL,   [OPT_CLASS_NAMES - OPT_DB] = FOR_QUERY | FOR_SERVE,
     [OPT_OVERWRITE - OPT_DB] = FOR_QUERY | FOR_EVAL | FOR_TRAIN_IVF,
+    [OPT_TTA - OPT_DB] = FOR_INDEX,
+    [OPT_QE - OPT_DB] = FOR_INDEX | FOR_QUERY | FOR_EVAL | FOR_SERVE,
+    [OPT_QE_ALPHA - OPT_DB] = FOR_INDEX | FOR_QUERY | FOR_EVAL | FOR_SERVE,
 };
 
 static const char *const CMD_NAME[] = { "", "index", "query", "eval", "serve", "train-ivf" };
@@ -112,7 +120,7 @@ void search_args_usage(FILE *out)
 "\n"
 "Commands\n"
 "  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten]\n"
-"        [--recipe retrieval]\n"
+"        [--tta none|flip|shift:S|flip,shift:S] [--qe N [--qe-alpha A]] [--recipe retrieval]\n"
 "        Every rank encodes its contiguous slice of SRC and writes one shard\n"
 "        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
 "        DIR/manifest.json. --append adds new shards (ids continue after the existing\n"
@@ -120,7 +128,15 @@ void search_args_usage(FILE *out)
 "        --whiten: store PCA-whitened codes (PCA of the indexed codes, every direction\n"
 "        scaled to unit variance; DIR/whiten.npz, manifest \"transform\": \"whiten\");\n"
 "        query and eval apply it to the query codes (and --append to new images).\n"
-"        --recipe retrieval: --whiten --metric cosine (the best measured combination).\n"
+"        --tta flip,shift:S: each vector is the mean of the codes of views of the\n"
+"        image: itself and its horizontal mirror (flip), each also translated by S\n"
+"        pixels left, right, up and down with zero fill (shift:S); flip,shift:1 = 10\n"
+"        views, 10x the encoding work (test-time augmentation). Queries are encoded\n"
+"        the same way (manifest \"tta\"). Default none.\n"
+"        --qe N: record alpha query expansion as the database's default for query,\n"
+"        eval and serve (see --qe below; needs the cosine metric).\n"
+"        --recipe retrieval: --whiten --metric cosine --tta %s --qe %d (the best\n"
+"        measured combination, README \"Search quality\"; explicit options win).\n"
 "  query --db DIR --model CKPT --k K  QUERY-INPUT  [filters] [output]\n"
 "        QUERY-INPUT, exactly one of:\n"
 "          --image FILE [FILE ...]         PNG or JPEG images, any colour type and size\n"
@@ -195,6 +211,14 @@ void search_args_usage(FILE *out)
 "  --sheet FILE.png      query: contact sheet, one row per query: the query image, then its\n"
 "                        neighbours (read from the sources recorded in the manifest); an\n"
 "                        existing FILE.png is refused unless --overwrite is given\n"
+"  --qe N                alpha query expansion (Radenovic et al., TPAMI 2019) of every\n"
+"                        k-NN search: the query q becomes q + sum of its N nearest database\n"
+"                        vectors x_i, each weighted by max(0, cos(q, x_i))^A, normalised, and\n"
+"                        is searched again (one more sharded round); reported distances are\n"
+"                        those to the expanded query. Cosine metric only. index: recorded as\n"
+"                        the database's default; query, eval, serve: overrides it, 0 = off.\n"
+"                        eval applies it to the baselines too. Not used by --radius alone\n"
+"  --qe-alpha A          the exponent A of --qe (default: the database's, else %g)\n"
 "  --overwrite           query, eval: replace an existing --out or --sheet file; train-ivf:\n"
 "                        replace the database's existing IVF index\n"
 "  --class-names FILE    query, serve: class names for the `class` column (serve: field) and\n"
@@ -236,8 +260,9 @@ void search_args_usage(FILE *out)
 "  from, FILE#ROW (train_data_batch_7.npz#1, even for a wildcard or a folder of batches),\n"
 "  or FOLDER/NAME for images with their own names (photos/cat/x.png).\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
-            SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K, SEARCH_DEFAULT_MAX_BODY_MIB,
-            SEARCH_DEFAULT_TIMEOUT_S, IVF_DEFAULT_NPROBE, SEARCH_DEFAULT_EVAL_K, SEARCH_DEFAULT_BATCH,
+            SEARCH_RECIPE_TTA, SEARCH_RECIPE_QE_N, SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K,
+            SEARCH_DEFAULT_MAX_BODY_MIB, SEARCH_DEFAULT_TIMEOUT_S, IVF_DEFAULT_NPROBE, SEARCH_DEFAULT_EVAL_K,
+            SEARCH_DEFAULT_QE_ALPHA, SEARCH_DEFAULT_BATCH,
             IVF_DEFAULT_NPROBE);
 }
 
@@ -308,6 +333,28 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
     case OPT_APPEND: c->append = 1; return AE_OK;
     case OPT_WHITEN: c->whiten = 1; return AE_OK;
+    case OPT_TTA:
+        c->has_tta = 1;
+        return vecdb_tta_parse(&c->tta, arg, "--tta", err);
+    case OPT_QE: {
+        char *end;
+        errno = 0;
+        long v = strtol(arg, &end, 10);
+        if (errno || end == arg || *end || v < 0 || v > VECDB_MAX_QE)
+            return err_set(err, AE_EARG, "--qe: '%s' is not an integer in 0..%d (neighbours added to each query; "
+                                         "0 = no query expansion)", arg, VECDB_MAX_QE);
+        c->qe = (int)v;
+        return AE_OK;
+    }
+    case OPT_QE_ALPHA: {
+        char *end;
+        errno = 0;
+        double v = strtod(arg, &end);
+        if (errno || end == arg || *end || !(v >= 0 && v <= VECDB_MAX_QE_ALPHA))
+            return err_set(err, AE_EARG, "--qe-alpha: '%s' is not a number in 0..%g", arg, VECDB_MAX_QE_ALPHA);
+        c->qe_alpha = v;
+        return AE_OK;
+    }
     case OPT_ALLOW_GAPS: c->allow_gaps = 1; return AE_OK;
     case OPT_RECIPE:
         /* the measured best search-side combination (README "Search quality") */
@@ -461,6 +508,8 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     c->max_k = SEARCH_DEFAULT_MAX_K;
     c->max_body_mib = SEARCH_DEFAULT_MAX_BODY_MIB;
     c->timeout_s = SEARCH_DEFAULT_TIMEOUT_S;
+    c->qe = -1;
+    c->qe_alpha = -1;
     if (argc < 2)
         return err_set(err, AE_EARG, "missing command: index, query, eval, serve or train-ivf (see --help)");
     const char *cmd = argv[1];
@@ -511,6 +560,12 @@ int search_args_parse(SearchConfig *c, int argc, char **argv, Err *err)
     if (c->recipe_retrieval) { /* explicit options win */
         c->whiten = 1;
         if (c->metric == SEARCH_METRIC_DEFAULT) c->metric = KNN_IP;
+        if (!c->has_tta) {
+            Err e;
+            CHECK(vecdb_tta_parse(&c->tta, SEARCH_RECIPE_TTA, "recipe", &e) == AE_OK);
+            c->has_tta = 1;
+        }
+        if (c->qe < 0) c->qe = SEARCH_RECIPE_QE_N;
     }
     return check_config(c, err);
 }

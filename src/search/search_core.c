@@ -73,19 +73,59 @@ int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char
     return AE_OK;
 }
 
-int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n)
+/* View v (0 <= v < vecdb_tta_views(t)) of the images x[n][C][H][W] into
+ * y: v = mirror * (1 + 4 shifts) + s, mirror in {0, flip}, s = 0 for no
+ * translation, 1..4 for (+S, 0), (-S, 0), (0, +S), (0, -S) in (x, y), zero
+ * fill: y[c][h][w] = m[c][h - dy][w - dx], m = x or x mirrored along W. */
+static void tta_view(float *y, const float *x, int64_t n, int C, int H, int W, const VecDbTta *t, int v)
 {
-    const int D = model_embedding_dim(m);
-    const size_t chw = (size_t)m->spec.C * (size_t)m->spec.H * (size_t)m->spec.W;
+    const int per = t->shift > 0 ? 5 : 1, mirror = v / per, s = v % per, S = t->shift;
+    static const int DX[5] = { 0, 1, -1, 0, 0 }, DY[5] = { 0, 0, 0, 1, -1 };
+    const int dx = DX[s] * S, dy = DY[s] * S;
+    for (int64_t r = 0; r < n * C; r++) {
+        const float *xi = x + (size_t)r * (size_t)H * (size_t)W;
+        float *yi = y + (size_t)r * (size_t)H * (size_t)W;
+        for (int h = 0; h < H; h++) {
+            const int hs = h - dy;
+            for (int w = 0; w < W; w++) {
+                const int ws = w - dx;
+                float val = 0.0f;
+                if (hs >= 0 && hs < H && ws >= 0 && ws < W) val = xi[(size_t)hs * W + (size_t)(mirror ? W - 1 - ws : ws)];
+                yi[(size_t)h * W + (size_t)w] = val;
+            }
+        }
+    }
+}
+
+int64_t search_encode(float *out, Model *m, const ImageSet *set, const float *imgs, int64_t lo, int64_t n,
+                      const VecDbTta *tta)
+{
+    const int D = model_embedding_dim(m), C = m->spec.C, H = m->spec.H, W = m->spec.W;
+    const size_t chw = (size_t)C * (size_t)H * (size_t)W;
+    const int views = tta ? vecdb_tta_views(tta) : 1;
+    /* With views, the batch's images are kept apart and each view is made
+     * from them into m->input. */
+    float *raw = views > 1 ? xmalloc((size_t)m->max_batch * chw * sizeof *raw) : NULL;
     for (int64_t b0 = 0; b0 < n; b0 += m->max_batch) {
         int nb = (int)(n - b0 < m->max_batch ? n - b0 : m->max_batch);
+        float *dst = raw ? raw : m->input;
         for (int i = 0; i < nb; i++) {
-            if (set) imgset_get_f32(m->input + (size_t)i * chw, set, lo + b0 + i);
-            else memcpy(m->input + (size_t)i * chw, imgs + (size_t)(b0 + i) * chw, chw * sizeof(float));
+            if (set) imgset_get_f32(dst + (size_t)i * chw, set, lo + b0 + i);
+            else memcpy(dst + (size_t)i * chw, imgs + (size_t)(b0 + i) * chw, chw * sizeof(float));
         }
-        const float *z = model_encode(m, m->input, nb);
-        memcpy(out + (size_t)b0 * (size_t)D, z, (size_t)nb * (size_t)D * sizeof(float));
+        float *o = out + (size_t)b0 * (size_t)D;
+        const size_t nd = (size_t)nb * (size_t)D;
+        for (int v = 0; v < views; v++) {
+            if (raw) tta_view(m->input, raw, nb, C, H, W, tta, v);
+            const float *z = model_encode(m, m->input, nb);
+            if (v == 0) memcpy(o, z, nd * sizeof(float));
+            else
+                for (size_t j = 0; j < nd; j++) o[j] += z[j];
+        }
+        if (views > 1)
+            for (size_t j = 0; j < nd; j++) o[j] /= (float)views;
     }
+    free(raw);
     for (int64_t i = 0; i < n; i++)
         for (int d = 0; d < D; d++)
             if (!isfinite(out[(size_t)i * (size_t)D + (size_t)d])) return i;
@@ -315,6 +355,63 @@ void search_merge_topk(const ParCtx *ctx, TopK *out, const TopK *local, int64_t 
     free(gd);
     free(gi);
     free(views);
+}
+
+void search_query_expand(const ParCtx *ctx, float *q, int64_t Q, int D, const TopK *first, const KnnDb *dbs,
+                         int n_dbs, int n, double alpha)
+{
+    if (Q <= 0 || n <= 0) return;
+    const size_t qn = (size_t)Q * (size_t)n;
+    int64_t *ids = xmalloc(qn * sizeof *ids);
+    float *w = xmalloc(qn * sizeof *w);
+    if (ctx->rank == 0) {
+        assert(first->k >= n);
+        for (int64_t i = 0; i < Q; i++)
+            for (int j = 0; j < n; j++) {
+                const size_t e = (size_t)i * (size_t)first->k + (size_t)j, o = (size_t)i * (size_t)n + (size_t)j;
+                ids[o] = first->ids[e];
+                const double s = first->dist[e] > 0 ? first->dist[e] : 0.0;
+                w[o] = ids[o] == TOPK_NO_ID ? 0.0f : (float)pow(s, alpha);
+            }
+    }
+    par_bcast(ctx, ids, qn * sizeof *ids, 0);
+    par_bcast(ctx, w, qn * sizeof *w, 0);
+    const size_t row = (size_t)n * (size_t)D * sizeof(float);
+    int64_t qc = (int64_t)(SEARCH_GATHER_CHUNK_BYTES / row);
+    if (qc < 1) qc = 1;
+    if (qc > Q) qc = Q;
+    float *buf = xmalloc((size_t)qc * row);
+    for (int64_t i0 = 0; i0 < Q; i0 += qc) {
+        const int64_t nq = Q - i0 < qc ? Q - i0 : qc;
+        memset(buf, 0, (size_t)nq * row);
+        for (int64_t i = 0; i < nq; i++)
+            for (int j = 0; j < n; j++) {
+                const int64_t id = ids[(size_t)(i0 + i) * (size_t)n + (size_t)j];
+                if (id == TOPK_NO_ID) continue;
+                for (int b = 0; b < n_dbs; b++) {
+                    const KnnDb *k = &dbs[b];
+                    assert(k->ids == NULL);
+                    if (id < k->id_offset || id >= k->id_offset + k->M) continue;
+                    memcpy(buf + ((size_t)i * (size_t)n + (size_t)j) * (size_t)D,
+                           k->x + (size_t)(id - k->id_offset) * (size_t)D, (size_t)D * sizeof(float));
+                    break;
+                }
+            }
+        par_allreduce_sum_f32(ctx, buf, (size_t)nq * (size_t)n * (size_t)D);
+        for (int64_t i = 0; i < nq; i++) {
+            float *qi = q + (size_t)(i0 + i) * (size_t)D;
+            for (int j = 0; j < n; j++) {
+                const float wj = w[(size_t)(i0 + i) * (size_t)n + (size_t)j];
+                const float *x = buf + ((size_t)i * (size_t)n + (size_t)j) * (size_t)D;
+                if (wj != 0.0f)
+                    for (int d = 0; d < D; d++) qi[d] += wj * x[d];
+            }
+        }
+    }
+    knn_normalize(q, Q, D);
+    free(buf);
+    free(ids);
+    free(w);
 }
 
 /* One range hit on the wire. */

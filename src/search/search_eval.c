@@ -113,7 +113,8 @@ static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, 
 
 /* Collective: the aesim row: encode the queries on rank 0, search the shards. */
 static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet *qset, const VecDb *db,
-                      KnnMetric metric, SearchMeta *meta, const SearchConfig *cfg, int nthreads, Err *err)
+                      KnnMetric metric, const SearchQe *qe, SearchMeta *meta, const SearchConfig *cfg, int nthreads,
+                      Err *err)
 {
     const double t0 = timer_now();
     float *qv = xmalloc((size_t)es->Q * (size_t)db->D * sizeof *qv);
@@ -124,7 +125,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     SearchIvf si;
     memset(&si, 0, sizeof si);
     if (ctx->rank == 0) {
-        const int64_t bad = search_encode(qv, m, qset, NULL, 0, es->Q);
+        const int64_t bad = search_encode(qv, m, qset, NULL, 0, es->Q, &db->tta);
         if (imgset_read_error(qset, err) == AE_OK) { /* else a damaged store block: agreed below */
             if (bad >= 0)
                 err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query (hint: the checkpoint holds NaN "
@@ -141,7 +142,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     if (si.nprobe > 0)
         par_err0(ctx, "eval: aesim row searched with the IVF index, %d lists, nprobe %d (--exact: full scan)\n",
                  db->ivf_nlist, si.nprobe);
-    if (search_ivf_knn(ctx, &res, qv, es->Q, &ls, &si, es->kk, metric, nthreads, err)) goto done;
+    if (search_ivf_knn_qe(ctx, &res, qv, es->Q, db->D, &ls, &si, es->kk, metric, qe, nthreads, err)) goto done;
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
     es->dim[METHOD_AESIM] = db->D;
@@ -224,7 +225,8 @@ static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int d
 /* Collective: search the baseline vectors (whitened when the database is,
  * normalised for cosine) and score. */
 static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
-                        KnnMetric metric, int whiten, SearchMeta *meta, int nthreads, double t0, Err *err)
+                        KnnMetric metric, int whiten, const SearchQe *qe, SearchMeta *meta, int nthreads, double t0,
+                        Err *err)
 {
     if (whiten && whiten_owned(ctx, o, qv, es->Q, dim, err)) return err->code;
     if (metric == KNN_IP) {
@@ -232,7 +234,7 @@ static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, 
         for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
     }
     TopK res;
-    if (search_knn(ctx, &res, qv, es->Q, o->dbs, o->n, es->kk, metric, nthreads, err)) return err->code;
+    if (search_knn_qe(ctx, &res, qv, es->Q, dim, o->dbs, o->n, es->kk, metric, qe, nthreads, err)) return err->code;
     if (ctx->rank == 0) score(es, method, &res, meta, err);
     topk_free(&res);
     es->dim[method] = dim;
@@ -282,7 +284,8 @@ static int pca_transform(const ParCtx *ctx, Owned *o, float **qv, int64_t Q, int
 
 /* Collective: the pixels and/or PCA rows. */
 static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *cfg, const ImageSet *qset,
-                          const VecDb *db, KnnMetric metric, SearchMeta *meta, int nthreads, Err *err)
+                          const VecDb *db, KnnMetric metric, const SearchQe *qe, SearchMeta *meta, int nthreads,
+                          Err *err)
 {
     const int Pd = db->C * db->H * db->W;
     ImageSet *sets = xcalloc((size_t)(db->n_sources ? db->n_sources : 1), sizeof *sets);
@@ -300,7 +303,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         owned_pixels(&o, ctx, db, sets);
         float *q = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *q);
         memcpy(q, qv, (size_t)es->Q * (size_t)Pd * sizeof *q);
-        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, meta, nthreads, t0, err);
+        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, qe, meta, nthreads, t0, err);
         free(q);
         owned_free(&o);
         if (rc) goto done;
@@ -310,7 +313,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         const int D = db->D < Pd ? db->D : Pd;
         owned_pixels(&o, ctx, db, sets);
         if (pca_transform(ctx, &o, &qv, es->Q, Pd, D, err)) goto done;
-        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, meta, nthreads, t0, err);
+        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, qe, meta, nthreads, t0, err);
     }
 done:
     owned_free(&o);
@@ -477,11 +480,17 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     par_bcast(ctx, &es.self_first, sizeof es.self_first, 0);
     int64_t kk = (int64_t)es.k + (es.self_first >= 0);
     es.kk = (int)(kk < db.count ? kk : db.count);
+    SearchQe qe;
+    char tta[64];
+    search_qe_resolve(&qe, cfg, &db, metric, err);
+    if (par_agree(ctx, err)) goto done;
     par_err0(ctx, "eval: %lld queries, precision@%d | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric "
-                  "%s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
-             vecdb_metric_name(metric));
-    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &meta, cfg, nthreads, err)) goto done;
-    if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &meta, nthreads, err)) goto done;
+                  "%s | test-time augmentation %s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D,
+             db.n_shards, ctx->size, vecdb_metric_name(metric), vecdb_tta_name(&db.tta, tta, sizeof tta));
+    if (qe.n > 0)
+        par_err0(ctx, "eval: alpha query expansion, n = %d, alpha = %g, every method (--qe 0: off)\n", qe.n, qe.alpha);
+    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &qe, &meta, cfg, nthreads, err)) goto done;
+    if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &qe, &meta, nthreads, err)) goto done;
     if (ctx->rank == 0) print_table(&es, cfg, &db, metric, err);
     par_agree(ctx, err);
 done:

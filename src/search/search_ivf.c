@@ -92,6 +92,65 @@ int search_ivf_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, cons
     return search_knn(ctx, out, q, Q, ls->dbs, ls->n, k, metric, nthreads, err);
 }
 
+int search_qe_resolve(SearchQe *qe, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err)
+{
+    qe->n = cfg->qe >= 0 ? cfg->qe : db->qe_n;
+    qe->alpha = cfg->qe_alpha >= 0 ? cfg->qe_alpha : db->qe_n > 0 ? db->qe_alpha : SEARCH_DEFAULT_QE_ALPHA;
+    if (qe->n > 0 && metric != KNN_IP)
+        return err_set(err, AE_EARG, "query expansion (n = %d, %s) needs the cosine metric, not %s (hint: --qe 0, "
+                                     "or --metric cosine)", qe->n, cfg->qe >= 0 ? "--qe" : "the database's default",
+                       vecdb_metric_name(metric));
+    return AE_OK;
+}
+
+/* First round, expansion, second round (qe->n > 0); search(k) is one of the
+ * two searches below. */
+typedef struct QeSearch {
+    const LocalShards *ls;
+    const SearchIvf *si;
+    const KnnDb *dbs;
+    int n_dbs;
+    int D;            /* the same on every rank (a rank may own no shard) */
+} QeSearch;
+
+static int qe_round(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const QeSearch *s, int k,
+                    KnnMetric metric, int nthreads, Err *err)
+{
+    if (s->ls) return search_ivf_knn(ctx, out, q, Q, s->ls, s->si, k, metric, nthreads, err);
+    return search_knn(ctx, out, q, Q, s->dbs, s->n_dbs, k, metric, nthreads, err);
+}
+
+static int knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, const QeSearch *s, int k,
+                  KnnMetric metric, const SearchQe *qe, int nthreads, Err *err)
+{
+    if (!qe || qe->n <= 0) return qe_round(ctx, out, q, Q, s, k, metric, nthreads, err);
+    memset(out, 0, sizeof *out);
+    TopK first;
+    const int k1 = k > qe->n ? k : qe->n;
+    if (qe_round(ctx, &first, q, Q, s, k1, metric, nthreads, err)) return err->code;
+    float *qx = xmalloc((size_t)(Q > 0 ? Q : 1) * (size_t)s->D * sizeof *qx);
+    memcpy(qx, q, (size_t)Q * (size_t)s->D * sizeof *qx);
+    search_query_expand(ctx, qx, Q, s->D, &first, s->dbs, s->n_dbs, qe->n, qe->alpha);
+    topk_free(&first);
+    int rc = qe_round(ctx, out, qx, Q, s, k, metric, nthreads, err);
+    free(qx);
+    return rc;
+}
+
+int search_ivf_knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, int D, const LocalShards *ls,
+                      const SearchIvf *si, int k, KnnMetric metric, const SearchQe *qe, int nthreads, Err *err)
+{
+    const QeSearch s = { ls, si, ls->dbs, ls->n, D };
+    return knn_qe(ctx, out, q, Q, &s, k, metric, qe, nthreads, err);
+}
+
+int search_knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, int D, const KnnDb *dbs, int n_dbs,
+                  int k, KnnMetric metric, const SearchQe *qe, int nthreads, Err *err)
+{
+    const QeSearch s = { NULL, NULL, dbs, n_dbs, D };
+    return knn_qe(ctx, out, q, Q, &s, k, metric, qe, nthreads, err);
+}
+
 int search_ivf_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q, const LocalShards *ls,
                      const SearchIvf *si, float radius, KnnMetric metric, int nthreads, Err *err)
 {
@@ -139,7 +198,7 @@ static int recall_queries(float **qv, int64_t *Q, const ParCtx *ctx, const Searc
             else {
                 *Q = set.n < cap ? set.n : cap;
                 *qv = xmalloc((size_t)(*Q > 0 ? *Q : 1) * (size_t)db->D * sizeof **qv);
-                const int64_t bad = search_encode(*qv, &m, &set, NULL, 0, *Q);
+                const int64_t bad = search_encode(*qv, &m, &set, NULL, 0, *Q, &db->tta);
                 if (imgset_read_error(&set, err) == AE_OK && bad >= 0)
                     err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for a query of %s", cfg->queries);
             }

@@ -49,6 +49,7 @@ typedef struct Server {
     Model m;
     LocalShards ls;
     SearchIvf si;        /* IVF lists of this rank's shards when the database has an index (nprobe > 0) */
+    SearchQe qe;         /* query expansion of every search (--qe, else the database's) */
     /* rank 0 only */
     Whiten w;            /* the database's whitening (whiten.h) when it has one: w.D > 0 */
     SearchMeta meta;
@@ -154,7 +155,8 @@ static int run_search(Server *s, const ServeCmd *c, int32_t *labels, float *vec,
     par_bcast(ctx, vec, (size_t)c->n * (size_t)s->db.D * sizeof *vec, 0);
     SearchFilter f = { labels, c->n_labels, NULL, 0, 0 };
     search_shards_set_filter(&s->ls, &f);
-    return search_ivf_knn(ctx, top, vec, c->n, &s->ls, &s->si, c->k, s->metric, s->nthreads, err);
+    return search_ivf_knn_qe(ctx, top, vec, c->n, s->db.D, &s->ls, &s->si, c->k, s->metric, &s->qe, s->nthreads,
+                             err);
 }
 
 /* Rank 0: the answer of one job from row i of top. */
@@ -248,7 +250,7 @@ static int serve_searches(Server *s, ServeJob **jobs, int n, double t0, Err *err
     /* One encoder call for every image of the batch. */
     if (n_img > 0) {
         float *z = xmalloc((size_t)n_img * (size_t)D * sizeof *z);
-        search_encode(z, &s->m, NULL, imgs, 0, n_img);
+        search_encode(z, &s->m, NULL, imgs, 0, n_img, &s->db.tta);
         if (s->w.D) whiten_apply(&s->w, z, n_img);
         for (int t = 0; t < n_img; t++) {
             int64_t i = img_row[t];
@@ -375,7 +377,7 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
     }
     /* Encoded from the file just written, as index would encode it. */
     vec = xmalloc((size_t)n * (size_t)D * sizeof *vec);
-    int64_t bad = search_encode(vec, &s->m, &set, NULL, 0, n);
+    int64_t bad = search_encode(vec, &s->m, &set, NULL, 0, n, &s->db.tta);
     if (bad >= 0) {
         err_set(err, AE_ENUMERIC, "the encoder gives NaN or Inf for the uploaded image");
         goto done;
@@ -631,6 +633,8 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     vecdb_read(&s->db, cfg->db, err);
     if (par_agree(ctx, err)) goto done;
     s->metric = cfg->metric == SEARCH_METRIC_DEFAULT ? s->db.metric : (KnnMetric)cfg->metric;
+    search_qe_resolve(&s->qe, cfg, &s->db, s->metric, err);
+    if (par_agree(ctx, err)) goto done;
     uint32_t crc = 0;
     if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &s->m, &crc, err)) goto done;
     have_model = 1;
@@ -673,6 +677,8 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     if (s->si.nprobe > 0)
         par_err0(ctx, "serve: IVF index, %d lists, scanning the %d nearest per query (--exact: full scan)\n",
                  s->db.ivf_nlist, s->si.nprobe);
+    if (s->qe.n > 0)
+        par_err0(ctx, "serve: alpha query expansion, n = %d, alpha = %g (--qe 0: off)\n", s->qe.n, s->qe.alpha);
     par_err0(ctx, "serve: listening on %s\n", url);
     if (ctx->rank == 0) rank0_loop(s, &by_signal, err);
     else worker_loop(s, &by_signal, err);

@@ -62,6 +62,51 @@ void vecdb_init(VecDb *db, const char *dir, uint32_t model_crc, const char *arch
     db->metric = metric;
 }
 
+int vecdb_tta_parse(VecDbTta *t, const char *s, const char *what, Err *err)
+{
+    memset(t, 0, sizeof *t);
+    if (strcmp(s, "none") == 0) return AE_OK;
+    const char *p = s;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == 4 && strncmp(p, "flip", 4) == 0) {
+            t->flip = 1;
+        } else if (n > 6 && strncmp(p, "shift:", 6) == 0) {
+            char num[16];
+            long v = 0;
+            char *end = NULL;
+            if (n - 6 < sizeof num) {
+                memcpy(num, p + 6, n - 6);
+                num[n - 6] = '\0';
+                v = strtol(num, &end, 10);
+            }
+            if (!end || *end || v < 1 || v > VECDB_MAX_TTA_SHIFT)
+                return err_set(err, AE_EARG, "%s: '%.*s': the shift must be an integer in 1..%d pixels", what, (int)n,
+                               p, VECDB_MAX_TTA_SHIFT);
+            t->shift = (int)v;
+        } else {
+            return err_set(err, AE_EARG, "%s: '%.*s' is unknown in '%s' (none, or a comma list of flip and "
+                                         "shift:PIXELS, e.g. flip,shift:1)", what, (int)n, p, s);
+        }
+        p += n + (e != NULL);
+    }
+    return AE_OK;
+}
+
+const char *vecdb_tta_name(const VecDbTta *t, char *buf, size_t cap)
+{
+    if (!t->flip && !t->shift) snprintf(buf, cap, "none");
+    else if (!t->shift) snprintf(buf, cap, "flip");
+    else snprintf(buf, cap, "%sshift:%d", t->flip ? "flip," : "", t->shift);
+    return buf;
+}
+
+int vecdb_tta_views(const VecDbTta *t)
+{
+    return (1 + (t->flip != 0)) * (t->shift > 0 ? 5 : 1);
+}
+
 void vecdb_free(VecDb *db)
 {
     if (!db) return;
@@ -185,6 +230,12 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
                              sources, "shards", shards);
     CHECK(root != NULL);
     if (db->whiten) json_object_set_new(root, "transform", json_string("whiten"));
+    if (vecdb_tta_views(&db->tta) > 1) {
+        char tta[64];
+        json_object_set_new(root, "tta", json_string(vecdb_tta_name(&db->tta, tta, sizeof tta)));
+    }
+    if (db->qe_n > 0)
+        json_object_set_new(root, "query_expansion", json_pack("{s:i, s:f}", "n", db->qe_n, "alpha", db->qe_alpha));
     if (db->ivf_nlist > 0) {
         char icrc[16], file[64];
         snprintf(icrc, sizeof icrc, "%08" PRIx32, db->ivf_crc);
@@ -434,6 +485,31 @@ int vecdb_read(VecDb *db, const char *dir, Err *err)
         goto done;
     }
     db->whiten = transform != NULL;
+    json_t *tta = json_object_get(root, "tta"), *qe = json_object_get(root, "query_expansion");
+    if (tta) {
+        char what[VECDB_PATH_BYTES + 64];
+        snprintf(what, sizeof what, "%s: 'tta'", path);
+        if (!json_is_string(tta)) {
+            err_set(err, AE_EFORMAT, "%s must be a string such as \"flip,shift:1\" (hint: the manifest is damaged)",
+                    what);
+            goto done;
+        }
+        if (vecdb_tta_parse(&db->tta, json_string_value(tta), what, err)) {
+            err->code = AE_EFORMAT;
+            goto done;
+        }
+    }
+    if (qe) {
+        json_t *qn = json_object_get(qe, "n"), *qa = json_object_get(qe, "alpha");
+        if (!json_is_integer(qn) || json_integer_value(qn) < 1 || json_integer_value(qn) > VECDB_MAX_QE ||
+            !json_is_number(qa) || !(json_number_value(qa) >= 0 && json_number_value(qa) <= VECDB_MAX_QE_ALPHA)) {
+            err_set(err, AE_EFORMAT, "%s: 'query_expansion' must be {\"n\": 1..%d, \"alpha\": 0..%g} (hint: the "
+                                     "manifest is damaged)", path, VECDB_MAX_QE, VECDB_MAX_QE_ALPHA);
+            goto done;
+        }
+        db->qe_n = (int)json_integer_value(qn);
+        db->qe_alpha = json_number_value(qa);
+    }
     db->count = count;
     if (read_sources(db, sources, path, err)) goto done;
     db->count = count;
