@@ -604,6 +604,8 @@ class Serve(unittest.TestCase):
         srv = Server(3, self.db, self.ckpt, "--metric", "cosine", "--qe", "3", "--qe-alpha", "2", tag="qe")
         try:
             self.assertIn("alpha query expansion, n = 3, alpha = 2", srv.stderr())
+            st, _, data = request(f"{srv.url}/healthz")
+            self.assertEqual((st, json.loads(data)["query_expansion"]), (200, {"n": 3, "alpha": 2}))
             qfile = os.path.join(WORK, "qe.npy")
             np.save(qfile, self.x[[10, 20, 30]] + np.float32(0.05))
             opts = ("--queries", qfile, "--k", "6", "--metric", "cosine")

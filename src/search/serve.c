@@ -662,9 +662,11 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         serve_metrics_init(&s->mx, ctx->size);
         have_queue = 1;
         publish_vectors(s);
+        char tta[64];
         snprintf(s->info, sizeof s->info, "\"dim\":%d,\"ranks\":%d,\"shards\":%d,\"metric\":\"%s\",\"model_crc32\":\"%08x\","
-                 "\"input_shape\":[%d,%d,%d]", s->db.D, ctx->size, s->db.n_shards, vecdb_metric_name(s->metric),
-                 (unsigned)crc, s->db.C, s->db.H, s->db.W);
+                 "\"input_shape\":[%d,%d,%d],\"tta\":\"%s\",\"query_expansion\":{\"n\":%d,\"alpha\":%g}", s->db.D,
+                 ctx->size, s->db.n_shards, vecdb_metric_name(s->metric), (unsigned)crc, s->db.C, s->db.H, s->db.W,
+                 vecdb_tta_name(&s->db.tta, tta, sizeof tta), s->qe.n, s->qe.alpha);
         HttpServerConfig hc = { .listen = cfg->listen, .timeout_s = cfg->timeout_s,
                                 .max_body = (size_t)cfg->max_body_mib << 20, .max_k = cfg->max_k, .D = s->db.D,
                                 .C = s->db.C, .H = s->db.H, .W = s->db.W, .info = s->info };
