@@ -67,7 +67,7 @@ int vecdb_tta_parse(VecDbTta *t, const char *s, const char *what, Err *err)
     memset(t, 0, sizeof *t);
     if (strcmp(s, "none") == 0) return AE_OK;
     const char *p = s;
-    while (*p) {
+    for (;;) {
         const char *e = strchr(p, ',');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         if (n == 4 && strncmp(p, "flip", 4) == 0) {
@@ -89,7 +89,8 @@ int vecdb_tta_parse(VecDbTta *t, const char *s, const char *what, Err *err)
             return err_set(err, AE_EARG, "%s: '%.*s' is unknown in '%s' (none, or a comma list of flip and "
                                          "shift:PIXELS, e.g. flip,shift:1)", what, (int)n, p, s);
         }
-        p += n + (e != NULL);
+        if (!e) break;
+        p = e + 1;
     }
     return AE_OK;
 }
