@@ -154,7 +154,9 @@ class QeTta(unittest.TestCase):
         p = search(2, "eval", "--db", self.db_qe, "--model", self.ckpt, "--queries", self.src, "-k", str(k),
                    "--max-queries", str(nq), "--baseline", "pixels", "--json")
         self.assertIn("alpha query expansion, n = 4, alpha = 2", p.stderr)
-        got = json.loads(p.stdout)["methods"]["pixels"]["precision"]
+        doc = json.loads(p.stdout)
+        self.assertEqual((doc["tta"], doc["query_expansion"]), ("none", {"n": 4, "alpha": 2}))
+        got = doc["methods"]["pixels"]["precision"]
         x = self.images.reshape(N, -1).astype(np.float64) / 255.0
         q = x[:nq]
         # leave-one-out: eval searches k + 1 (the query's own image is in the database)
@@ -182,6 +184,9 @@ class QeTta(unittest.TestCase):
         for opt, val in (("--qe", "101"), ("--qe", "-1"), ("--qe", "x"), ("--qe-alpha", "x"), ("--qe-alpha", "-2"),
                          ("--tta", "bogus"), ("--tta", "shift:9"), ("--tta", "flip,")):
             self.assertIn(opt, self.run_fail(*base, "--metric", "cosine", opt, val, code=2))
+        self.assertIn("--qe-alpha", self.run_fail(*base, "--metric", "cosine", "--qe-alpha", "2"))
+        self.assertIn("--qe-alpha", self.run_fail("query", "--db", self.db_tta, "--queries", self.qfile, "--k", "3",
+                                                  "--qe-alpha", "2"))
         self.assertIn("not an option of train-ivf", self.run_fail("train-ivf", "--db", db, "--nlist", "2", "--qe", "2",
                                                                   code=2))
         self.assertIn("cosine", self.run_fail("query", "--db", self.db_qe, "--queries", self.qfile, "--k", "3",

@@ -52,7 +52,8 @@ typedef struct SearchQe {
 /* Local.  The query expansion of query, eval and serve: --qe / --qe-alpha
  * when given, else the database's (manifest "query_expansion"), alpha
  * SEARCH_DEFAULT_QE_ALPHA when neither says.  Errors: AE_EARG when n > 0
- * and metric is not KNN_IP (cosine). */
+ * and metric is not KNN_IP (cosine), or --qe-alpha is given without --qe
+ * on a database that records no expansion. */
 int search_qe_resolve(SearchQe *qe, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err);
 
 /* Collective.  search_ivf_knn with query expansion: with qe->n = 0 exactly

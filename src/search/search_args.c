@@ -154,7 +154,8 @@ void search_args_usage(FILE *out)
 "        database's source, each query's own image is left out of its neighbours.\n"
 "        Also mAP@k (AP@k = sum over ranks j <= k of rel_j * precision@j / relevant in\n"
 "        the top k) and 1-NN accuracy per method.  On a --whiten database the\n"
-"        baselines are whitened the same way.  --json: the same as one JSON object.\n"
+"        baselines are whitened the same way, and query expansion (--qe) applies to every\n"
+"        method.  --json: the same as one JSON object (with \"tta\" and \"query_expansion\").\n"
 "  serve --db DIR --model CKPT [--listen HOST:PORT] [--max-batch N] [--max-k K]\n"
 "        [--max-body-mib M] [--timeout S] [--class-names FILE]\n"
 "        Long-running search service: every rank maps its shards once; rank 0 answers\n"
@@ -462,6 +463,8 @@ static int check_config(SearchConfig *c, Err *err)
     case SEARCH_INDEX:
         if (!c->model[0] || !c->data[0])
             return err_set(err, AE_EARG, "index needs --model CKPT and --data SRC (see --help)");
+        if (c->qe_alpha >= 0 && c->qe <= 0)
+            return err_set(err, AE_EARG, "--qe-alpha goes with --qe N (the query expansion the database records)");
         break;
     case SEARCH_QUERY: {
         int inputs = (c->n_images > 0) + (c->data[0] || c->ids[0]) + (c->queries[0] != 0);

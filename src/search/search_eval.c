@@ -48,6 +48,7 @@ typedef struct EvalState {
     double *nn1[METHOD_COUNT];  /* [Q] rank 0: 1 if the nearest neighbour has the query's label */
     int dim[METHOD_COUNT];
     double secs[METHOD_COUNT];
+    SearchQe qe;          /* query expansion of every method (n = 0: none) */
 } EvalState;
 
 /* Rank 0: precision of every query from its result list. */
@@ -374,6 +375,10 @@ static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, con
                              vecdb_metric_name(metric), "whitened", db->whiten, "leave_one_out", es->self_first >= 0,
                              "methods", methods);
     CHECK(root);
+    char tta[64];
+    CHECK(json_object_set_new(root, "tta", json_string(vecdb_tta_name(&db->tta, tta, sizeof tta))) == 0);
+    CHECK(json_object_set_new(root, "query_expansion", es->qe.n > 0 ? json_pack("{s:i,s:f}", "n", es->qe.n, "alpha",
+                                                                                es->qe.alpha) : json_null()) == 0);
     int rc = json_dumpf(root, f, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
     fputc('\n', f);
     json_decref(root);
@@ -399,9 +404,14 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
         fflush(stdout);
         return AE_OK;
     }
-    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s\n", es->k,
-            (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
-            db->whiten ? " | whitened (baselines too)" : "",
+    char tta[64], qe[96] = "";
+    vecdb_tta_name(&db->tta, tta, sizeof tta);
+    if (es->qe.n > 0)
+        snprintf(qe, sizeof qe, " | query expansion n = %d, alpha = %g (baselines too)", es->qe.n, es->qe.alpha);
+    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s%s%s%s\n",
+            es->k, (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
+            db->whiten ? " | whitened (baselines too)" : "", vecdb_tta_views(&db->tta) > 1 ? " | test-time views " : "",
+            vecdb_tta_views(&db->tta) > 1 ? tta : "", qe,
             es->self_first >= 0 ? " | leave-one-out (queries are the database's source)" : "");
     fprintf(f, "%-8s %8s", "label", "queries");
     for (int m = 0; m < METHOD_COUNT; m++) {
@@ -483,6 +493,7 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     SearchQe qe;
     char tta[64];
     search_qe_resolve(&qe, cfg, &db, metric, err);
+    es.qe = qe;
     if (par_agree(ctx, err)) goto done;
     par_err0(ctx, "eval: %lld queries, precision@%d | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric "
                   "%s | test-time augmentation %s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D,

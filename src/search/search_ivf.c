@@ -95,6 +95,9 @@ int search_ivf_knn(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, cons
 int search_qe_resolve(SearchQe *qe, const SearchConfig *cfg, const VecDb *db, KnnMetric metric, Err *err)
 {
     qe->n = cfg->qe >= 0 ? cfg->qe : db->qe_n;
+    if (cfg->qe_alpha >= 0 && cfg->qe < 0 && db->qe_n == 0)
+        return err_set(err, AE_EARG, "--qe-alpha: the database %s records no query expansion (hint: add --qe N)",
+                       db->dir);
     qe->alpha = cfg->qe_alpha >= 0 ? cfg->qe_alpha : db->qe_n > 0 ? db->qe_alpha : SEARCH_DEFAULT_QE_ALPHA;
     if (qe->n > 0 && metric != KNN_IP)
         return err_set(err, AE_EARG, "query expansion (n = %d, %s) needs the cosine metric, not %s (hint: --qe 0, "
