@@ -337,16 +337,10 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_TTA:
         c->has_tta = 1;
         return vecdb_tta_parse(&c->tta, arg, "--tta", err);
-    case OPT_QE: {
-        char *end;
-        errno = 0;
-        long v = strtol(arg, &end, 10);
-        if (errno || end == arg || *end || v < 0 || v > VECDB_MAX_QE)
-            return err_set(err, AE_EARG, "--qe: '%s' is not an integer in 0..%d (neighbours added to each query; "
-                                         "0 = no query expansion)", arg, VECDB_MAX_QE);
-        c->qe = (int)v;
+    case OPT_QE: /* neighbours added to each query; 0 = no query expansion */
+        if (parse_i64("--qe", arg, 0, VECDB_MAX_QE, &i, err)) return AE_EARG;
+        c->qe = (int)i;
         return AE_OK;
-    }
     case OPT_QE_ALPHA: {
         char *end;
         errno = 0;

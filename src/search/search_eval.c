@@ -114,8 +114,7 @@ static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, 
 
 /* Collective: the aesim row: encode the queries on rank 0, search the shards. */
 static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet *qset, const VecDb *db,
-                      KnnMetric metric, const SearchQe *qe, SearchMeta *meta, const SearchConfig *cfg, int nthreads,
-                      Err *err)
+                      KnnMetric metric, SearchMeta *meta, const SearchConfig *cfg, int nthreads, Err *err)
 {
     const double t0 = timer_now();
     float *qv = xmalloc((size_t)es->Q * (size_t)db->D * sizeof *qv);
@@ -143,7 +142,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     if (si.nprobe > 0)
         par_err0(ctx, "eval: aesim row searched with the IVF index, %d lists, nprobe %d (--exact: full scan)\n",
                  db->ivf_nlist, si.nprobe);
-    if (search_ivf_knn_qe(ctx, &res, qv, es->Q, db->D, &ls, &si, es->kk, metric, qe, nthreads, err)) goto done;
+    if (search_ivf_knn_qe(ctx, &res, qv, es->Q, db->D, &ls, &si, es->kk, metric, &es->qe, nthreads, err)) goto done;
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
     es->dim[METHOD_AESIM] = db->D;
@@ -226,8 +225,7 @@ static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int d
 /* Collective: search the baseline vectors (whitened when the database is,
  * normalised for cosine) and score. */
 static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
-                        KnnMetric metric, int whiten, const SearchQe *qe, SearchMeta *meta, int nthreads, double t0,
-                        Err *err)
+                        KnnMetric metric, int whiten, SearchMeta *meta, int nthreads, double t0, Err *err)
 {
     if (whiten && whiten_owned(ctx, o, qv, es->Q, dim, err)) return err->code;
     if (metric == KNN_IP) {
@@ -235,7 +233,8 @@ static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, 
         for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
     }
     TopK res;
-    if (search_knn_qe(ctx, &res, qv, es->Q, dim, o->dbs, o->n, es->kk, metric, qe, nthreads, err)) return err->code;
+    if (search_knn_qe(ctx, &res, qv, es->Q, dim, o->dbs, o->n, es->kk, metric, &es->qe, nthreads, err))
+        return err->code;
     if (ctx->rank == 0) score(es, method, &res, meta, err);
     topk_free(&res);
     es->dim[method] = dim;
@@ -285,8 +284,7 @@ static int pca_transform(const ParCtx *ctx, Owned *o, float **qv, int64_t Q, int
 
 /* Collective: the pixels and/or PCA rows. */
 static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *cfg, const ImageSet *qset,
-                          const VecDb *db, KnnMetric metric, const SearchQe *qe, SearchMeta *meta, int nthreads,
-                          Err *err)
+                          const VecDb *db, KnnMetric metric, SearchMeta *meta, int nthreads, Err *err)
 {
     const int Pd = db->C * db->H * db->W;
     ImageSet *sets = xcalloc((size_t)(db->n_sources ? db->n_sources : 1), sizeof *sets);
@@ -304,7 +302,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         owned_pixels(&o, ctx, db, sets);
         float *q = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *q);
         memcpy(q, qv, (size_t)es->Q * (size_t)Pd * sizeof *q);
-        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, qe, meta, nthreads, t0, err);
+        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, meta, nthreads, t0, err);
         free(q);
         owned_free(&o);
         if (rc) goto done;
@@ -314,7 +312,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         const int D = db->D < Pd ? db->D : Pd;
         owned_pixels(&o, ctx, db, sets);
         if (pca_transform(ctx, &o, &qv, es->Q, Pd, D, err)) goto done;
-        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, qe, meta, nthreads, t0, err);
+        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, meta, nthreads, t0, err);
     }
 done:
     owned_free(&o);
@@ -404,14 +402,14 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
         fflush(stdout);
         return AE_OK;
     }
-    char tta[64], qe[96] = "";
-    vecdb_tta_name(&db->tta, tta, sizeof tta);
+    char tta[64], views[96] = "", qe[96] = "";
+    if (vecdb_tta_views(&db->tta) > 1)
+        snprintf(views, sizeof views, " | test-time views %s", vecdb_tta_name(&db->tta, tta, sizeof tta));
     if (es->qe.n > 0)
         snprintf(qe, sizeof qe, " | query expansion n = %d, alpha = %g (baselines too)", es->qe.n, es->qe.alpha);
-    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s%s%s%s\n",
+    fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s%s%s\n",
             es->k, (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
-            db->whiten ? " | whitened (baselines too)" : "", vecdb_tta_views(&db->tta) > 1 ? " | test-time views " : "",
-            vecdb_tta_views(&db->tta) > 1 ? tta : "", qe,
+            db->whiten ? " | whitened (baselines too)" : "", views, qe,
             es->self_first >= 0 ? " | leave-one-out (queries are the database's source)" : "");
     fprintf(f, "%-8s %8s", "label", "queries");
     for (int m = 0; m < METHOD_COUNT; m++) {
@@ -490,18 +488,17 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     par_bcast(ctx, &es.self_first, sizeof es.self_first, 0);
     int64_t kk = (int64_t)es.k + (es.self_first >= 0);
     es.kk = (int)(kk < db.count ? kk : db.count);
-    SearchQe qe;
     char tta[64];
-    search_qe_resolve(&qe, cfg, &db, metric, err);
-    es.qe = qe;
+    search_qe_resolve(&es.qe, cfg, &db, metric, err);
     if (par_agree(ctx, err)) goto done;
     par_err0(ctx, "eval: %lld queries, precision@%d | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric "
                   "%s | test-time augmentation %s\n", (long long)es.Q, es.k, cfg->db, (long long)db.count, db.D,
              db.n_shards, ctx->size, vecdb_metric_name(metric), vecdb_tta_name(&db.tta, tta, sizeof tta));
-    if (qe.n > 0)
-        par_err0(ctx, "eval: alpha query expansion, n = %d, alpha = %g, every method (--qe 0: off)\n", qe.n, qe.alpha);
-    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &qe, &meta, cfg, nthreads, err)) goto done;
-    if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &qe, &meta, nthreads, err)) goto done;
+    if (es.qe.n > 0)
+        par_err0(ctx, "eval: alpha query expansion, n = %d, alpha = %g, every method (--qe 0: off)\n", es.qe.n,
+                 es.qe.alpha);
+    if (eval_aesim(ctx, &es, &m, &qset, &db, metric, &meta, cfg, nthreads, err)) goto done;
+    if (cfg->baselines && eval_baselines(ctx, &es, cfg, &qset, &db, metric, &meta, nthreads, err)) goto done;
     if (ctx->rank == 0) print_table(&es, cfg, &db, metric, err);
     par_agree(ctx, err);
 done:
