@@ -120,7 +120,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libaesim.a $(BUILD)/flags.txt | $(BUILD)/te
 	$(CC) $(CFLAGS) -Itests $< $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
 
 test: all $(TESTS)
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) MPI=$(MPI) bash tests/run_tests.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MPI=$(MPI) AESIM_SAN=$(SAN) bash tests/run_tests.sh
 
 # The layer rules (README "Code map"): includes only downwards, mpi.h only in
 # src/par/, no data or file code in src/nn/.  Reads #include lines only.
