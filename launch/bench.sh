@@ -3,8 +3,8 @@
 # FAISS on this machine, and against the machine's own limits (OpenBLAS
 # sgemm GFLOP/s, memory read GB/s).  Measures; changes nothing in the build.
 #
-#   launch/bench.sh                 full suite (~20 min on 2 cores)
-#   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (< 2 min): a smoke test
+#   launch/bench.sh                 full suite (~20 min on 2 cores, +~1.5 for the rounds)
+#   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (~2-4 min): a smoke test
 #
 # Steps: builds bench/*.c into $BUILD/bench/ (linked with $BUILD/libaesim.a,
 # made first by `make BUILD=$BUILD`), runs every workload (each program prints
@@ -16,14 +16,23 @@
 # Workloads (T = BENCH_THREADS, default: the cores of this machine):
 #   limits    sgemm 2048^3, register FMA peak and a 1 GiB OpenMP read, T
 #             threads (and 1), at the start and again at the end
-#   train     imagenet64 / imagenet32 / mnist presets, global batch 128:
-#             aesim 1 rank x T threads and T ranks x 1 thread (mpirun);
-#             PyTorch as installed and tuned (settings x malloc environments);
-#             aesim --precision bf16 (where the CPU has AVX512_BF16) beside
-#             PyTorch's bf16 autocast;
-#             per-layer profiles of both, with every aesim conv also timed
-#             under each convolution kernel (bench_train --profile)
-#   encode    imagenet64 encoder, batch 256
+#   train     imagenet64 / imagenet32 / mnist presets, global batch 128.
+#             The headline peers take turns, in BENCH_ROUNDS interleaved
+#             rounds (default 3; 1 in quick mode), each round running, one
+#             after the other, with 3 timed runs each: aesim fp32 (1 rank x
+#             T threads), aesim --precision bf16 (where the CPU has
+#             AVX512_BF16), PyTorch's fastest fp32 setting (channels_last,
+#             malloc keep+THP) and its bf16 autocast (same process): this
+#             VM's host noise comes in bursts of tens of seconds, which moved
+#             the ratios of peers timed minutes apart by 0.3; result lines
+#             of the rounds carry "round": k and the report takes medians of
+#             the per-round medians.  Then, once: aesim T ranks x 1 thread
+#             (mpirun); PyTorch's other settings x malloc environments (as
+#             installed, ..., no mkldnn); per-layer profiles of both, with
+#             every aesim conv also timed under each convolution kernel
+#             (bench_train --profile, in round 1)
+#   encode    imagenet64 encoder, batch 256, the same rounds and once-only
+#             PyTorch rows
 #   knn       exact k=10 L2 search, N=1,000,000: d=512 with 3 calls of 1,000
 #             queries (BENCH_KNN_LARGE_NQ, e.g. 10000/3 for the issue's full
 #             nq=10,000: +~10 min) and nq=100; d=392 with nq=1; FAISS
@@ -37,7 +46,7 @@
 #             nlist 1024: training time, recall@10 and queries/s at nq=1 and
 #             nq=1,000 for nprobe 1..64, beside FAISS IndexIVFFlat
 # Environment: BUILD (build), PYTHON (/usr/bin/python3), MPICC (mpicc),
-# BENCH_QUICK, BENCH_THREADS, BENCH_KNN_N, BENCH_KNN_LARGE_NQ, BENCH_IVF_N, BENCH_OUT
+# BENCH_QUICK, BENCH_ROUNDS, BENCH_THREADS, BENCH_KNN_N, BENCH_KNN_LARGE_NQ, BENCH_IVF_N, BENCH_OUT
 # (report path), BENCH_TMP (scratch folder for the data shared with the
 # peers; default a folder in /dev/shm).  OPENBLAS_CORETYPE, if set, is left
 # as it is (it is reported).  Other engineers' jobs on the same cores make
@@ -50,6 +59,8 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 MPICC=${MPICC:-mpicc}
 QUICK=${BENCH_QUICK:-0}
 T=${BENCH_THREADS:-$(nproc)}
+ROUNDS=${BENCH_ROUNDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
+case $ROUNDS in ''|*[!0-9]*|0) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
 out_dir="$BUILD/bench"
 mkdir -p "$out_dir"
 # Open MPI refuses to run as root without these (containers, CI).
@@ -60,17 +71,18 @@ export OMP_NUM_THREADS=$T OPENBLAS_NUM_THREADS=$T
 
 if [ "$QUICK" = 1 ]; then
     gemm_n=512 mem_mib=128 lim_runs=3
-    batch=16 enc_batch=32 runs=3 train_runs=3 profile=2
+    batch=16 enc_batch=32 runs=3 train_runs=3 round_runs=3 profile=2
     steps64=1 warm64=1 steps32=1 warm32=1 stepsmn=1 warmmn=1 stepsenc=1 warmenc=1
     knn_n=${BENCH_KNN_N:-50000} knn_large=${BENCH_KNN_LARGE_NQ:-300/3}
     ivf_n=${BENCH_IVF_N:-50000} ivf_nlist=64 ivf_nq_one=50 ivf_nq_many=200
     report=${BENCH_OUT:-$out_dir/latest-quick.md}
 else
     gemm_n=2048 mem_mib=1024 lim_runs=5
-    # training / encoding: 5 timed runs of at least ~0.6 s each (aesim and the
-    # fast PyTorch settings): this VM's host noise comes in bursts of seconds,
+    # training / encoding: timed runs of at least ~0.6 s each (aesim and the
+    # fast PyTorch settings); 3 per interleaved round (x BENCH_ROUNDS), 5 for
+    # the rows timed once: this VM's host noise comes in bursts of seconds,
     # which moved medians of 3 short runs by up to 30%
-    batch=128 enc_batch=256 runs=3 train_runs=5 profile=5
+    batch=128 enc_batch=256 runs=3 train_runs=5 round_runs=3 profile=5
     steps64=8 warm64=2 steps32=16 warm32=3 stepsmn=100 warmmn=5 stepsenc=12 warmenc=2
     knn_n=${BENCH_KNN_N:-1000000} knn_large=${BENCH_KNN_LARGE_NQ:-3000/3}
     ivf_n=${BENCH_IVF_N:-1000000} ivf_nlist=1024 ivf_nq_one=200 ivf_nq_many=1000
@@ -98,11 +110,15 @@ results="$out_dir/results$suffix.jsonl"
 log="$out_dir/log$suffix.txt"
 : >"$results"
 : >"$log"
-# collect: JSON lines to $results, everything to $log, progress to the terminal.
+# collect [ROUND]: JSON lines to $results, everything to $log, progress to
+# the terminal; with ROUND, result lines get "round": ROUND after their kind.
 collect() {
+    local head='{"kind": "result", ' tag=
+    [ $# -gt 0 ] && tag="\"round\": $1, "
     while IFS= read -r line; do
         printf '%s\n' "$line" >>"$log"
         case $line in
+            "$head"*) printf '%s\n' "$head$tag${line#"$head"}" >>"$results" ;;
             '{'*) printf '%s\n' "$line" >>"$results" ;;
             *) printf '%s\n' "$line" ;;
         esac
@@ -118,6 +134,7 @@ info date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 info loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 info quick "$QUICK"
 info threads "$T"
+info rounds "$ROUNDS"
 info openblas_coretype "${OPENBLAS_CORETYPE:-unset}"
 info git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
 
@@ -139,19 +156,19 @@ limits
 # are reused by the next instead of being page-faulted in again; "keep+THP"
 # also backs the heap with transparent huge pages.
 malloc_keep="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
-torch_envs=("default|" "malloc keep|GLIBC_TUNABLES=$malloc_keep"
-            "malloc keep+THP|GLIBC_TUNABLES=$malloc_keep:glibc.malloc.hugetlb=1")
+fast_env="GLIBC_TUNABLES=$malloc_keep:glibc.malloc.hugetlb=1"
+torch_envs=("default|" "malloc keep|GLIBC_TUNABLES=$malloc_keep" "malloc keep+THP|$fast_env")
+# The rows timed once, after the rounds: every setting x environment but the
+# two of the rounds (channels_last and its bf16 autocast in keep+THP).
 run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
     local preset=$1 mode=$2 data=$3 steps=$4 warm=$5; shift 5
-    local e label envset extra
+    local e label envset extra settings
     for e in "${torch_envs[@]}"; do
-        label=${e%%|*} envset=${e#*|} extra=()
+        label=${e%%|*} envset=${e#*|} extra=() settings=default,channels_last
         # The per-layer profile runs in the "malloc keep" process (on its
         # fastest setting): without page-fault noise in the layer times.
         [ "$label" = "malloc keep" ] && extra=("$@")
-        # PyTorch bf16 autocast (issue 16) as a peer, in the fastest environment
-        local settings=default,channels_last
-        [ "$label" = "malloc keep+THP" ] && settings+=,channels_last-bf16
+        [ "$label" = "malloc keep+THP" ] && settings=default
         env ${envset:+"$envset"} "$PYTHON" bench/torch_train.py --preset "$preset" --mode "$mode" --data "$data" \
             --threads "$T" --steps "$steps" --warmup "$warm" --runs "$train_runs" \
             --settings "$settings" \
@@ -165,18 +182,37 @@ run_torch() {  # run_torch PRESET MODE DATA STEPS WARMUP [--profile P]
         --env-label "default" | collect
 }
 
+# rounds MODE PRESET BATCH STEPS WARMUP DATA [ROUND-1 OPTIONS]: the headline
+# peers taking turns, BENCH_ROUNDS times: aesim fp32 (round 1 also writes the
+# batch to DATA for PyTorch, and takes the options, e.g. --profile), aesim
+# bf16, PyTorch channels_last and its bf16 autocast (one process, keep+THP).
+rounds() {
+    local mode=$1 preset=$2 b=$3 steps=$4 warm=$5 data=$6; shift 6
+    local args=(--preset "$preset" --mode "$mode" --batch "$b" --threads "$T" --steps "$steps" --warmup "$warm"
+                --runs "$round_runs") k
+    for ((k = 1; k <= ROUNDS; k++)); do
+        echo "-- round $k/$ROUNDS"
+        if [ "$k" = 1 ]; then
+            "$out_dir/bench_train" "${args[@]}" --data-out "$data" "$@" | collect "$k"
+        else
+            "$out_dir/bench_train" "${args[@]}" | collect "$k"
+        fi
+        # aesim --precision bf16 (issue 16), beside PyTorch's bf16 autocast; only
+        # where the CPU has AVX512_BF16 (elsewhere it would time the emulation)
+        if [ "$bf16_cpu" = 1 ]; then
+            "$out_dir/bench_train" "${args[@]}" --precision bf16 | collect "$k"
+        fi
+        env "$fast_env" "$PYTHON" bench/torch_train.py --preset "$preset" --mode "$mode" --data "$data" \
+            --threads "$T" --steps "$steps" --warmup "$warm" --runs "$round_runs" \
+            --settings channels_last,channels_last-bf16 --env-label "malloc keep+THP" | collect "$k"
+    done
+}
+
 train_one() {  # train_one PRESET STEPS WARMUP PROFILE-STEPS (0: no per-layer profile)
     local preset=$1 steps=$2 warm=$3 prof=$4
-    echo "== train $preset B=$batch"
+    echo "== train $preset B=$batch ($ROUNDS interleaved rounds)"
     load "train $preset"
-    "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
-        --runs "$train_runs" --data-out "$tmp/$preset.npy" --profile "$prof" | collect
-    # aesim --precision bf16 (issue 16), beside PyTorch's bf16 autocast; only
-    # where the CPU has AVX512_BF16 (elsewhere it would time the emulation)
-    if [ "$bf16_cpu" = 1 ]; then
-        "$out_dir/bench_train" --preset "$preset" --batch "$batch" --threads "$T" --steps "$steps" --warmup "$warm" \
-            --runs "$train_runs" --precision bf16 | collect
-    fi
+    rounds train "$preset" "$batch" "$steps" "$warm" "$tmp/$preset.npy" --profile "$prof"
     if [ "$T" -gt 1 ]; then
         mpirun --oversubscribe --bind-to none -np "$T" "$out_dir/bench_train" --preset "$preset" --batch "$batch" \
             --threads 1 --steps "$steps" --warmup "$warm" --runs "$train_runs" | collect
@@ -190,14 +226,9 @@ train_one imagenet64 "$steps64" "$warm64" "$profile"
 train_one imagenet32 "$steps32" "$warm32" "$profile"
 train_one mnist "$stepsmn" "$warmmn" "$profile"
 
-echo "== encode imagenet64 B=$enc_batch"
+echo "== encode imagenet64 B=$enc_batch ($ROUNDS interleaved rounds)"
 load "encode imagenet64"
-"$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
-    --warmup "$warmenc" --runs "$train_runs" --data-out "$tmp/enc64.npy" | collect
-if [ "$bf16_cpu" = 1 ]; then
-    "$out_dir/bench_train" --preset imagenet64 --mode encode --batch "$enc_batch" --threads "$T" --steps "$stepsenc" \
-        --warmup "$warmenc" --runs "$train_runs" --precision bf16 | collect
-fi
+rounds encode imagenet64 "$enc_batch" "$stepsenc" "$warmenc" "$tmp/enc64.npy"
 run_torch imagenet64 encode "$tmp/enc64.npy" "$stepsenc" "$warmenc"
 
 knn_pair() {  # knn_pair D NQ-LIST RUNS
