@@ -3,7 +3,7 @@
 # FAISS on this machine, and against the machine's own limits (OpenBLAS
 # sgemm GFLOP/s, memory read GB/s).  Measures; changes nothing in the build.
 #
-#   launch/bench.sh                 full suite (~20 min on 2 cores, +~1.5 for the rounds)
+#   launch/bench.sh                 full suite (~25 min on 2 cores with 3 rounds; measured 2026-12-04)
 #   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (~2-4 min): a smoke test
 #
 # Steps: builds bench/*.c into $BUILD/bench/ (linked with $BUILD/libaesim.a,
