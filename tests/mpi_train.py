@@ -13,6 +13,11 @@
 - Bad input ends every rank with a message naming the file and a non-zero
   exit, never a hang: missing file, wrong format, image size that does not
   fit --arch, bad spec, unwritable output folder, bad option.
+- A collapsed network (reconstructions that no longer depend on the input)
+  is reported once in the log, with the variance ratio that PyTorch (the
+  twin of tests/aesim_torch.py, on the checkpoint) and numpy compute on the
+  same validation images; a slowly starting network and a single
+  evaluation are not.
 """
 import csv
 import os
@@ -236,6 +241,63 @@ class BadInput(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         for opt in ("--data", "--val", "--arch", "--batch-size", "--lr", "--resume", "--threads", "--out"):
             self.assertIn(opt, p.stdout)
+
+
+COLLAPSE_WARNING = re.compile(r"warning: the network has collapsed: .*variance across the validation images is "
+                              r"(\S+)% of the images' own")
+
+
+class Collapse(unittest.TestCase):
+    """aesim-train warns once when, at two epoch ends in a row, the
+    reconstructions' variance across the validation images is below 1e-3 of
+    the images' own and not rising, and the PSNR is stuck (train.c
+    TRAIN_COLLAPSE_VAR_RATIO).  The ratio is recomputed here from the final
+    checkpoint with the PyTorch twin and numpy (float64 per-pixel variances,
+    averaged over the pixels)."""
+    @classmethod
+    def setUpClass(cls):
+        import gzip
+        with gzip.open(MNIST) as f:
+            imgs = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+        cls.val_images = imgs[-300:].astype(np.float32) / 255
+        cls.val = os.path.join(TMP, "collapse_val.npz")
+        np.savez(cls.val, images=imgs[-300:], labels=np.zeros(300, np.int32))
+
+    ARCH = "c16 p c8 p c8 | c16 u c16 u c1"  # the mnist preset
+
+    def run_and_ratio(self, name, lr, *args):
+        import sys
+        import torch
+        sys.path.insert(0, HERE)
+        import aesim_torch
+        out = os.path.join(TMP, name)
+        p = train(2, out, "--data", MNIST, "--val", self.val, "--batch-size", "64", "--seed", "7",
+                  "--lr", lr, "--precision", "fp32", "--grid", "0", "--arch", self.ARCH, *args)
+        m = aesim_torch.build(self.ARCH, 1)
+        aesim_torch.load_npz(m, np.load(os.path.join(out, "checkpoint.npz")))
+        with torch.no_grad():
+            y = m(torch.from_numpy(self.val_images[:, None])).double().numpy().reshape(300, -1)
+        x = self.val_images.astype(np.float64).reshape(300, -1)
+        return p, y.var(axis=0).mean() / x.var(axis=0).mean()
+
+    def test_collapse_is_reported_once(self):
+        # two epochs of the 10,000 images: the warning needs two epoch ends
+        p, ratio = self.run_and_ratio("collapse", "0.1", "--epochs", "2")
+        found = COLLAPSE_WARNING.findall(p.stdout + p.stderr)
+        self.assertEqual(len(found), 1, p.stdout + p.stderr)
+        self.assertLess(ratio, 1e-3)
+        self.assertLessEqual(abs(float(found[0]) / 100 - ratio), 1e-6 + 0.05 * ratio, (found, ratio))
+        self.assertIn("--lr", p.stdout + p.stderr)
+
+    def test_training_network_is_not_reported(self):
+        # a slow start (the ratio of a fresh network is below the threshold too)
+        p, ratio = self.run_and_ratio("no_collapse", "1e-4", "--epochs", "2")
+        self.assertGreater(ratio, 1e-2)
+        self.assertNotIn("collapsed", p.stdout + p.stderr)
+        # one evaluation of a barely trained network: below the threshold, no verdict
+        p, ratio = self.run_and_ratio("one_eval", "1e-4", "--max-steps", "5")
+        self.assertLess(ratio, 1e-3)
+        self.assertNotIn("collapsed", p.stdout + p.stderr)
 
 
 if __name__ == "__main__":

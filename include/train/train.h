@@ -86,7 +86,15 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
               const Dataset *val, const CkptState *start, TrainResult *res, Err *err);
 
 /* Mean squared error per pixel of the model on ds (sharded over ranks,
- * at most `limit` images if limit > 0).  Collective. */
-double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit);
+ * at most `limit` images if limit > 0); NaN when no image was evaluated.
+ * Collective.  If var_ratio is not NULL, *var_ratio = (variance of the
+ * reconstructions across the evaluated images) / (variance of the images
+ * themselves), each the per-pixel variance averaged over the C*H*W pixels:
+ * exactly 0 for a collapsed network, whose ReLUs no longer fire so that it
+ * outputs the same image (sigmoid of the last bias) whatever its input;
+ * about 1 for a good reconstruction; NaN when the images do not vary or
+ * none was evaluated.  Cost: four doubles per pixel summed over the images
+ * and one allreduce of 4*C*H*W + 2 doubles. */
+double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit, double *var_ratio);
 
 #endif

@@ -44,6 +44,19 @@
  * in which case it never returns.  Must stay below the SIGTERM-to-SIGKILL gap
  * of mpirun (odls_base_sigkill_timeout, see signals.h) to exit 0. */
 #define TRAIN_STOP_EXIT_GRACE_S 2
+/* A collapsed network (ReLUs that no longer fire: the output is one image
+ * whatever the input) trains on silently and gives codes of little use for
+ * search.  The log says so once, when at two epoch ends in a row the ratio
+ * of the reconstructions' variance across the validation images to the
+ * images' own (train_evaluate) is below TRAIN_COLLAPSE_VAR_RATIO, has not
+ * risen, and the validation PSNR moved by less than TRAIN_COLLAPSE_PSNR_DB.
+ * One evaluation is not enough: a freshly initialised network's ratio is
+ * 1e-4..4e-4 too (the presets, measured on MNIST), and a training one
+ * leaves that range within 1-2 epochs (0.01-0.07 after 150 steps of 64
+ * images at --lr 1e-4), while a collapsed one keeps falling (1e-4, 7e-5,
+ * 4e-5 over the first 3 MNIST epochs at --lr 1e-3, 9.09 dB throughout). */
+#define TRAIN_COLLAPSE_VAR_RATIO 1e-3
+#define TRAIN_COLLAPSE_PSNR_DB 0.05
 
 /* Per-rank seconds spent in each phase of a step.  PH_ALLREDUCE is the
  * exposed communication: from the end of the backward pass until gradients
@@ -54,12 +67,17 @@ static const char *PHASE_NAMES[PH_COUNT] = { "data", "forward+backward", "allred
 
 static size_t image_numel(const Dataset *ds) { return (size_t)ds->C * ds->H * ds->W; }
 
-double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit)
+double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t limit, double *var_ratio)
 {
     int64_t n = limit > 0 && limit < ds->n ? limit : ds->n;
     int64_t lo = n * ctx->rank / ctx->size, hi = n * (ctx->rank + 1) / ctx->size;
     size_t chw = image_numel(ds);
-    double acc[2] = { 0, (double)(hi - lo) }; /* sum of squared errors, images */
+    /* [0] sum of squared errors, [1] images; for var_ratio, per pixel the
+     * sums of the inputs, of their squares, of the outputs, of their squares */
+    size_t nacc = 2 + (var_ratio ? 4 * chw : 0);
+    double *acc = xcalloc(nacc, sizeof *acc);
+    double *sx = acc + 2, *sxx = sx + chw, *sy = sxx + chw, *syy = sy + chw;
+    acc[1] = (double)(hi - lo);
     if (lo < hi) dataset_prefetch(ds, NULL, lo, hi - lo < m->max_batch ? hi - lo : m->max_batch);
     for (int64_t i = lo; i < hi; i += m->max_batch) {
         int nb = (int)(hi - i < m->max_batch ? hi - i : m->max_batch);
@@ -71,9 +89,29 @@ double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t li
             double d = (double)y[k] - m->input[k];
             acc[0] += d * d;
         }
+        if (var_ratio)
+            for (int j = 0; j < nb; j++)
+                for (size_t k = 0; k < chw; k++) {
+                    double x = m->input[(size_t)j * chw + k], yk = y[(size_t)j * chw + k];
+                    sx[k] += x;
+                    sxx[k] += x * x;
+                    sy[k] += yk;
+                    syy[k] += yk * yk;
+                }
     }
-    par_allreduce_sum_f64(ctx, acc, 2);
-    return acc[1] > 0 ? acc[0] / (acc[1] * (double)chw) : NAN;
+    par_allreduce_sum_f64(ctx, acc, nacc);
+    double images = acc[1], mse = images > 0 ? acc[0] / (images * (double)chw) : NAN;
+    if (var_ratio) {
+        double vx = 0, vy = 0;
+        for (size_t k = 0; k < chw && images > 0; k++) {
+            double mx = sx[k] / images, my = sy[k] / images;
+            vx += fmax(sxx[k] / images - mx * mx, 0);
+            vy += fmax(syy[k] / images - my * my, 0);
+        }
+        *var_ratio = images > 0 && vx > 0 ? vy / vx : NAN;
+    }
+    free(acc);
+    return mse;
 }
 
 /* Rank 0: originals of the first grid_n validation images over their
@@ -284,7 +322,8 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     signals_install(&sig);
     const int64_t nan_step = fault_nan_step();
     char last_ckpt[FILEIO_PATH_MAX] = "";
-    int signalled = 0;
+    int signalled = 0, warned_collapse = 0;
+    double prev_ratio = NAN, prev_psnr = NAN; /* the last epoch end's, for the collapse warning */
     int64_t total = (int64_t)cfg->epochs * nb;
     if (cfg->max_steps > 0 && cfg->max_steps < total) total = cfg->max_steps;
     const double t0 = timer_now();
@@ -445,7 +484,8 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         if (rc || signalled) break;
         /* End of an epoch (or of max-steps): validate, grid, checkpoint. */
         if (ctx->rank == 0) progress_finish(&prog);
-        res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit);
+        double var_ratio = NAN;
+        res->val_loss = train_evaluate(ctx, m, val, cfg->val_limit, &var_ratio);
         rc = dataset_read_error(val, err); /* a damaged store block: agreed below, nothing written */
         res->val_psnr_db = metrics_psnr_db(res->val_loss);
         double now = timer_now();
@@ -460,6 +500,18 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                  "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, part, (long long)st.step,
                  ep.steps ? ep.loss / ep.steps : NAN, (long long)ep.steps, res->val_loss, res->val_psnr_db,
                  ep.s > 0 ? ep.images / ep.s : 0);
+        if (rc == AE_OK && !warned_collapse && var_ratio < TRAIN_COLLAPSE_VAR_RATIO && var_ratio <= prev_ratio &&
+            fabs(res->val_psnr_db - prev_psnr) < TRAIN_COLLAPSE_PSNR_DB) {
+            warned_collapse = 1;
+            par_log0(ctx, "warning: the network has collapsed: its reconstructions hardly depend on the input "
+                     "(their variance across the validation images is %.2g%% of the images' own, falling, and "
+                     "the validation PSNR is stuck at %.2f dB), which happens when its ReLUs no longer fire; its "
+                     "codes are of little use for search: train again with a lower --lr (on MNIST the default "
+                     "1e-3 collapses and `--arch \"c32 p c64 p c16 | c32 u c32 u c1\" --lr 1e-4` trains)\n",
+                     100.0 * var_ratio, res->val_psnr_db);
+        }
+        prev_ratio = var_ratio;
+        prev_psnr = res->val_psnr_db;
         if (ctx->rank == 0 && rc == AE_OK) {
             /* The steps since the last row first get their own row, so that
              * step rows always cover --csv-every steps or fewer. */
