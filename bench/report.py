@@ -218,17 +218,22 @@ ISSUE16_TARGET = 1.3
 
 def target_lines(hits):
     """The issue-16 target restated from the main table's ratios; hits =
-    [(workload, "fp32" | "bf16", aesim row, peer row)]."""
+    [(workload, "fp32" | "bf16", aesim row, peer row, faster PyTorch row
+    timed once or None)]."""
     out = []
     for which, name in (("fp32", "aesim fp32 ÷ PyTorch tuned fp32"), ("bf16", "aesim bf16 ÷ PyTorch bf16 autocast")):
-        rows = [(w, ratio_of(a, p)) for w, h, a, p in hits if h == which]
+        rows = [(w, ratio_of(a, p), ratio_of(a, once)[0] if once else None)
+                for w, h, a, p, once in hits if h == which]
         if not rows:
             continue
-        met = sum(r[0] >= ISSUE16_TARGET for _, r in rows)
-        out.append(f"- {name}: {'met' if met == len(rows) else 'NOT met'} ({met} of {len(rows)} rows at "
+        # a row counts as met when aesim leads both the peer of the rounds
+        # and a faster setting of PyTorch's timed once (if any) by the target
+        ok = [min(r[0], o if o is not None else r[0]) >= ISSUE16_TARGET for _, r, o in rows]
+        out.append(f"- {name}: {'met' if all(ok) else 'NOT met'} ({sum(ok)} of {len(rows)} rows at "
                    f"{ISSUE16_TARGET}x or more): " + "; ".join(
             f"{w} {ratio:.2f}x" + (f" ({fmt_spread(per)})" if per else "")
-            + ("" if ratio >= ISSUE16_TARGET else " (not met)") for w, (ratio, per, _) in rows))
+            + (f", {o:.2f}x against PyTorch's faster fp32 row timed once" if o is not None else "")
+            + ("" if good else " (not met)") for (w, (ratio, per, _), o), good in zip(rows, ok)))
     if out:
         out.insert(0, f"Issue 16 target: aesim at least {ISSUE16_TARGET}x PyTorch on every training and encoding "
                       "row; the ratio of the figures above (per-round range where the peers took turns):")
@@ -294,8 +299,10 @@ def main_table(recs, lim, T):
         # issue 16: aesim --precision bf16 against PyTorch's bf16 autocast
         tb = [p for name, p in peers if name.startswith("PyTorch bf16")]
         tuned = [p for name, p in peers if name.startswith("PyTorch tuned")]
+        faster_once = [p for name, p in peers if name.startswith("PyTorch's fastest fp32 row")]
         if w.startswith(("train ", "encode ")):
-            hits += [(w, "fp32", a, p) for p in tuned[:1]] + [(w, "bf16", b, p) for b in aes_bf16[:1] for p in tb[:1]]
+            hits += [(w, "fp32", a, p, (faster_once or [None])[0]) for p in tuned[:1]]
+            hits += [(w, "bf16", b, p, None) for b in aes_bf16[:1] for p in tb[:1]]
         if tb and not aes_bf16 and "avx512_bf16" not in cpu_flags()[0]:
             out.append("| aesim --precision bf16 | not timed: this CPU has no AVX512_BF16 (it would run emulated) "
                        f"| PyTorch bf16 autocast | {fmt_rate(tb[0])} | – | | |")
