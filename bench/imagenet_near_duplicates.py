@@ -33,8 +33,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
-    d32 = np.load(os.path.join(a.sample_dir, "sample32_data_batch.npz"))["data"]
-    d64 = np.load(os.path.join(a.sample_dir, "sample64_data_batch.npz"))["data"]
+    z32 = np.load(os.path.join(a.sample_dir, "sample32_data_batch.npz"))
+    z64 = np.load(os.path.join(a.sample_dir, "sample64_data_batch.npz"))
+    # row i of both files must be the same photo (same class label)
+    assert (z32["labels"] == z64["labels"]).all(), "sample32 and sample64 rows differ"
+    d32, d64 = z32["data"], z64["data"]
     n = len(d32)
     ids = np.arange(1, n + 1)
     q = np.empty_like(d32)

@@ -60,7 +60,9 @@ MPICC=${MPICC:-mpicc}
 QUICK=${BENCH_QUICK:-0}
 T=${BENCH_THREADS:-$(nproc)}
 ROUNDS=${BENCH_ROUNDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
-case $ROUNDS in ''|*[!0-9]*|0) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
+case $ROUNDS in ''|*[!0-9]*) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
+ROUNDS=$((10#$ROUNDS))  # 08 is eight, not bad octal
+case $ROUNDS in 0) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
 out_dir="$BUILD/bench"
 mkdir -p "$out_dir"
 # Open MPI refuses to run as root without these (containers, CI).

@@ -105,8 +105,9 @@ double train_evaluate(const ParCtx *ctx, Model *m, const Dataset *ds, int64_t li
         double vx = 0, vy = 0;
         for (size_t k = 0; k < chw && images > 0; k++) {
             double mx = sx[k] / images, my = sy[k] / images;
-            vx += fmax(sxx[k] / images - mx * mx, 0);
-            vy += fmax(syy[k] / images - my * my, 0);
+            double dx = sxx[k] / images - mx * mx, dy = syy[k] / images - my * my;
+            vx += dx < 0 ? 0 : dx; /* rounding below 0; a NaN stays NaN */
+            vy += dy < 0 ? 0 : dy;
         }
         *var_ratio = images > 0 && vx > 0 ? vy / vx : NAN;
     }
@@ -500,11 +501,12 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                  "val PSNR %.2f dB, %.0f img/s\n", (long long)st.epoch + 1, cfg->epochs, part, (long long)st.step,
                  ep.steps ? ep.loss / ep.steps : NAN, (long long)ep.steps, res->val_loss, res->val_psnr_db,
                  ep.s > 0 ? ep.images / ep.s : 0);
-        if (rc == AE_OK && !warned_collapse && var_ratio < TRAIN_COLLAPSE_VAR_RATIO && var_ratio <= prev_ratio &&
+        if (rc == AE_OK && !warned_collapse && var_ratio < TRAIN_COLLAPSE_VAR_RATIO &&
+            prev_ratio < TRAIN_COLLAPSE_VAR_RATIO && var_ratio <= prev_ratio &&
             fabs(res->val_psnr_db - prev_psnr) < TRAIN_COLLAPSE_PSNR_DB) {
             warned_collapse = 1;
             par_log0(ctx, "warning: the network has collapsed: its reconstructions hardly depend on the input "
-                     "(their variance across the validation images is %.2g%% of the images' own, falling, and "
+                     "(their variance across the validation images is %.3g%% of the images' own, not rising, and "
                      "the validation PSNR is stuck at %.2f dB), which happens when its ReLUs no longer fire; its "
                      "codes are of little use for search: train again with a lower --lr (on MNIST the default "
                      "1e-3 collapses and `--arch \"c32 p c64 p c16 | c32 u c32 u c1\" --lr 1e-4` trains)\n",
