@@ -21,7 +21,7 @@
 #             rounds (default 3; 1 in quick mode), each round running, one
 #             after the other, with 3 timed runs each: aesim fp32 (1 rank x
 #             T threads), aesim --precision bf16 (where the CPU has
-#             AVX512_BF16), PyTorch's fastest fp32 setting (channels_last,
+#             AVX512_BF16), PyTorch tuned fp32 (channels_last,
 #             malloc keep+THP) and its bf16 autocast (same process): this
 #             VM's host noise comes in bursts of tens of seconds, which moved
 #             the ratios of peers timed minutes apart by 0.3; result lines
@@ -60,9 +60,11 @@ MPICC=${MPICC:-mpicc}
 QUICK=${BENCH_QUICK:-0}
 T=${BENCH_THREADS:-$(nproc)}
 ROUNDS=${BENCH_ROUNDS:-$([ "$QUICK" = 1 ] && echo 1 || echo 3)}
-case $ROUNDS in ''|*[!0-9]*) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
-ROUNDS=$((10#$ROUNDS))  # 08 is eight, not bad octal
-case $ROUNDS in 0) echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2 ;; esac
+# digits only, read as decimal (08 is eight, not bad octal), at least 1
+if [[ ! $ROUNDS =~ ^[0-9]+$ ]] || (( 10#$ROUNDS < 1 )); then
+    echo "bench.sh: BENCH_ROUNDS must be a positive integer" >&2; exit 2
+fi
+ROUNDS=$((10#$ROUNDS))
 out_dir="$BUILD/bench"
 mkdir -p "$out_dir"
 # Open MPI refuses to run as root without these (containers, CI).
