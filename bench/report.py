@@ -74,6 +74,7 @@ def merge_rounds(recs):
             by[key].pop("round", None)
             out.append(by[key])
         m = by[key]
+        m["interleaved"] = m["interleaved"] or "round" in r
         m["seconds"] = m["seconds"] + r["seconds"]
         m["round_rates"].setdefault(r.get("round", 1), []).extend(rates(r))
     for m in by.values():
@@ -223,7 +224,12 @@ def target_lines(hits):
     out = []
     for which, name in (("fp32", "aesim fp32 ÷ PyTorch tuned fp32"), ("bf16", "aesim bf16 ÷ PyTorch bf16 autocast")):
         rows = [(w, ratio_of(a, p), ratio_of(a, once)[0] if once else None)
-                for w, h, a, p, once in hits if h == which]
+                for w, h, a, p, once in hits if h == which and a is not None]
+        untimed = [w for w, h, a, p, once in hits if h == which and a is None]
+        if untimed and not rows:  # PyTorch bf16 timed, aesim bf16 not (no AVX512_BF16 here)
+            out.append(f"- {name}: not timed on this CPU (no AVX512_BF16: aesim's bf16 would run emulated); "
+                       f"the target applies to CPUs with AVX512_BF16 ({', '.join(untimed)})")
+            continue
         if not rows:
             continue
         # a row counts as met when aesim leads both the peer of the rounds
@@ -266,9 +272,11 @@ def main_table(recs, lim, T):
                 peers.append(("PyTorch as installed", inst[0]))
             # the tuned peers: the fastest setting timed in the interleaved
             # rounds if any (bench.sh: its fastest), else the fastest timed
-            rounds = [r for r in torch if r.get("interleaved")] or torch
-            how = "timed in turn with aesim" if rounds is not torch else "fastest"
-            fp32 = [r for r in rounds if not r.get("setting", "").endswith("-bf16")]
+            # (fp32 and bf16 each: one may have been timed in rounds only)
+            def tuned_of(rows):
+                inter = [r for r in rows if r.get("interleaved")]
+                return (inter, "timed in turn with aesim") if inter else (rows, "fastest")
+            fp32, how = tuned_of([r for r in torch if not r.get("setting", "").endswith("-bf16")])
             if fp32:
                 best = max(fp32, key=center)
                 peers.append((f"PyTorch tuned ({how}: {torch_label(best)})", best))
@@ -276,7 +284,7 @@ def main_table(recs, lim, T):
                 once = max((r for r in torch if not r.get("setting", "").endswith("-bf16")), key=center)
                 if center(once) > center(best):
                     peers.append((f"PyTorch's fastest fp32 row, timed once ({torch_label(once)})", once))
-            bf16 = [r for r in rounds if r.get("setting", "").endswith("-bf16")]
+            bf16, _ = tuned_of([r for r in torch if r.get("setting", "").endswith("-bf16")])
             if bf16:  # issue 16: PyTorch's bf16 mixed precision, a separate peer
                 best = max(bf16, key=center)
                 peers.append((f"PyTorch bf16 autocast ({torch_label(best)})", best))
@@ -302,7 +310,7 @@ def main_table(recs, lim, T):
         faster_once = [p for name, p in peers if name.startswith("PyTorch's fastest fp32 row")]
         if w.startswith(("train ", "encode ")):
             hits += [(w, "fp32", a, p, (faster_once or [None])[0]) for p in tuned[:1]]
-            hits += [(w, "bf16", b, p, None) for b in aes_bf16[:1] for p in tb[:1]]
+            hits += [(w, "bf16", b, p, None) for b in (aes_bf16[:1] or [None]) for p in tb[:1]]
         if tb and not aes_bf16 and "avx512_bf16" not in cpu_flags()[0]:
             out.append("| aesim --precision bf16 | not timed: this CPU has no AVX512_BF16 (it would run emulated) "
                        f"| PyTorch bf16 autocast | {fmt_rate(tb[0])} | – | | |")
