@@ -12,7 +12,9 @@ pooled embedding (gap) and the flattened map (flat) as aesim's eval does:
 precision@10 by label, the first --nq test images as queries against the
 60,000 training images, cosine, raw and PCA-whitened (eps 1e-3 of the
 largest variance, all / top-128 / top-64 components).  Labels are used only
-to score.  Run with Debian's /usr/bin/python3 (numpy, torch):
+to score.  --mnist-split DIR: MNIST split as the README's MNIST rows (t10k:
+8,000 train and database, 2,000 queries).  Run with Debian's
+/usr/bin/python3 (numpy, torch):
     /usr/bin/python3 bench/torch_simclr_probe.py --epochs 3
 A decision aid, not a test: it asserts nothing.
 """
@@ -33,8 +35,14 @@ p.add_argument('--ch', default='32,64,64'); p.add_argument('--scale', type=float
 p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--nq', type=int, default=2000)
 p.add_argument('--seed', type=int, default=0); p.add_argument('--max_train', type=int, default=60000)
 p.add_argument('--data', default='/usr/share/datasets/fashion-mnist')
+p.add_argument('--mnist-split', metavar='DIR', default='',
+               help="MNIST as README's MNIST rows: DIR/t10k-*: the first 8,000 images train and are the "
+                    "database, the last 2,000 are the queries (the shared copy has no training images)")
+p.add_argument('--flip', type=int, default=1, help='1: horizontal flips in the views (0 for digits)')
+p.add_argument('--shift', type=float, default=0.0, help='extra random translation, fraction of the half-side')
+p.add_argument('--threads', type=int, default=2)
 a = p.parse_args()
-torch.set_num_threads(2); torch.manual_seed(a.seed); np.random.seed(a.seed)
+torch.set_num_threads(a.threads); torch.manual_seed(a.seed); np.random.seed(a.seed)
 def idx(f, off): return np.frombuffer(gzip.open(f).read(), np.uint8, offset=off)
 D = a.data + '/'
 xtr = idx(D+'train-images-idx3-ubyte.gz',16).reshape(-1,1,28,28).astype(np.float32)/255
@@ -42,6 +50,11 @@ ytr = idx(D+'train-labels-idx1-ubyte.gz',8)
 xte = idx(D+'t10k-images-idx3-ubyte.gz',16).reshape(-1,1,28,28).astype(np.float32)/255
 yte = idx(D+'t10k-labels-idx1-ubyte.gz',8)
 xtr=xtr[:a.max_train]; ytr=ytr[:a.max_train]
+if a.mnist_split:
+    M = a.mnist_split + '/'
+    xa = idx(M+'t10k-images-idx3-ubyte.gz',16).reshape(-1,1,28,28).astype(np.float32)/255
+    ya = idx(M+'t10k-labels-idx1-ubyte.gz',8)
+    xtr, ytr, xte, yte = xa[:8000], ya[:8000], xa[8000:], ya[8000:]
 c1,c2,c3 = map(int, a.ch.split(','))
 enc = nn.Sequential(nn.Conv2d(1,c1,3,padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(c1,c2,3,padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(c2,c3,3,padding=1), nn.ReLU())
 dec = nn.Sequential(nn.Conv2d(c3,32,3,padding=1), nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(32,32,3,padding=1), nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(32,1,3,padding=1), nn.Sigmoid())
@@ -51,8 +64,9 @@ opt = torch.optim.Adam(params, lr=a.lr)
 def aug(x):
     n = x.shape[0]
     s = torch.empty(n).uniform_(a.scale, 1.0).sqrt()  # area scale -> side
-    tx = (1-s)*torch.empty(n).uniform_(-1,1); ty = (1-s)*torch.empty(n).uniform_(-1,1)
-    fl = torch.where(torch.rand(n)<0.5, -1.0, 1.0)
+    tx = (1-s)*torch.empty(n).uniform_(-1,1) + a.shift*torch.empty(n).uniform_(-1,1)
+    ty = (1-s)*torch.empty(n).uniform_(-1,1) + a.shift*torch.empty(n).uniform_(-1,1)
+    fl = torch.where(torch.rand(n)<0.5, -1.0, 1.0) if a.flip else torch.ones(n)
     th = torch.zeros(n,2,3); th[:,0,0]=s*fl; th[:,1,1]=s; th[:,0,2]=tx; th[:,1,2]=ty
     g = F.affine_grid(th, x.shape, align_corners=False)
     return F.grid_sample(x, g, align_corners=False, padding_mode='zeros')

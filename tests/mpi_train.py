@@ -186,6 +186,66 @@ class MpiEmbeddings(unittest.TestCase):
             sums = checksums(self.runs[p][1].stderr)
             self.assertEqual(len({c for _, c in sums}), 1, f"P={p} ranks differ: {sums}")
 
+    def test_pooled_contrastive_same_for_any_P(self):
+        # --contrastive-pool avg: the ranks gather channel means (C floats
+        # per row, not D); P = 1 and 2 still give the same run, and one
+        # that differs from the flattened-code run of the same seed
+        runs = {}
+        for p in (1, 2):
+            out = os.path.join(TMP, f"emb_pool_p{p}")
+            runs[p] = (out, train(p, out, *EMB_ARGS, "--contrastive-pool", "avg"))
+        ref, got = losses(runs[1][0]), losses(runs[2][0])
+        self.assertEqual(sorted(ref), list(range(1, 9)))
+        for s in ref:
+            self.assertLessEqual(abs(got[s] - ref[s]), RTOL * abs(ref[s]), f"pooled P=2 step {s}: {got[s]} vs {ref[s]}")
+        w1, w2 = (np.load(os.path.join(runs[p][0], "checkpoint.npz")) for p in (1, 2))
+        for k in w1.files:
+            if k.startswith("conv"):
+                np.testing.assert_allclose(w2[k], w1[k], rtol=1e-3, atol=1e-5, err_msg=f"pooled P=2 {k}")
+        self.assertGreater(abs(ref[1] - losses(self.runs[1][0])[1]), 1e-3)
+
+    def test_projection_head_any_P_and_resume(self):
+        # --contrastive-head: every rank runs the head over the gathered
+        # rows, so P = 1 and 2 agree; the head is in every checkpoint, and a
+        # run stopped at step 4 and resumed (on another P) ends as the
+        # straight run: same losses, same conv and head weights
+        head = [*EMB_ARGS, "--contrastive-pool", "avg", "--contrastive-head", "16"]
+        runs = {}
+        for p in (1, 2):
+            out = os.path.join(TMP, f"emb_head_p{p}")
+            train(p, out, *head)
+            runs[p] = out
+        ref = losses(runs[1])
+        w1 = np.load(os.path.join(runs[1], "checkpoint.npz"))
+        self.assertEqual(w1["head.0.weight"].shape, (16, 8))  # [N][C]: the mnist preset's 8 pooled channels
+        self.assertEqual(w1["opt.v.head.2.bias"].shape, (16,))
+        first = [*head]
+        first[first.index("--max-steps") + 1] = "4"
+        part = os.path.join(TMP, "emb_head_part")
+        train(2, part, *first)
+        resumed = os.path.join(TMP, "emb_head_resumed")
+        train(1, resumed, *head, "--resume", os.path.join(part, "checkpoint.npz"))
+        for name, out in (("P=2", runs[2]), ("resumed", resumed)):
+            got = losses(out)
+            for s in got:
+                self.assertLessEqual(abs(got[s] - ref[s]), RTOL * abs(ref[s]), f"{name} step {s}: {got[s]} vs {ref[s]}")
+            w = np.load(os.path.join(out, "checkpoint.npz"))
+            for k in w1.files:
+                if k.startswith(("conv", "head.", "opt.m.head.")):
+                    np.testing.assert_allclose(w[k], w1[k], rtol=1e-3, atol=1e-5, err_msg=f"{name} {k}")
+        self.assertLessEqual({5, 6, 7, 8}, set(losses(resumed)))
+        self.assertNotAlmostEqual(ref[8], losses(self.runs[1][0])[8], places=3)
+        # a checkpoint without a head: a new head starts, and the log says so
+        plain = os.path.join(TMP, "emb_nohead")
+        train(1, plain, *first[:first.index("--contrastive-head")])
+        p = train(1, os.path.join(TMP, "emb_head_new"), *head, "--resume", os.path.join(plain, "checkpoint.npz"))
+        self.assertIn("has no projection head", p.stdout + p.stderr)
+        # another head width: refused with the member and both sizes
+        p = train(1, os.path.join(TMP, "emb_head_bad"), *head[:-1], "8", "--resume",
+                  os.path.join(part, "checkpoint.npz"), check=False, timeout=120)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("projection head member 'head.0.weight' has 128 values", p.stdout + p.stderr)
+
     def test_options_change_the_run(self):
         # the plain run of the same seed and batches has another (smaller) loss
         out = os.path.join(TMP, "emb_plain")
@@ -197,7 +257,9 @@ class MpiEmbeddings(unittest.TestCase):
     def test_bad_options(self):
         for args, needle in ((["--noise", "salt:0.1"], "--noise"), (["--noise", "gauss:-1"], "gauss:SIGMA"),
                              (["--augment", "rotate"], "rotate"), (["--contrastive", "-1"], "--contrastive"),
-                             (["--tau", "0"], "--tau")):
+                             (["--tau", "0"], "--tau"), (["--contrastive-pool", "max"], "--contrastive-pool"),
+                             (["--contrastive", "1", "--contrastive-head", "16"], "--contrastive-pool avg"),
+                             (["--contrastive-head", "-1"], "--contrastive-head")):
             p = train(2, os.path.join(TMP, "bad_emb"), "--data", MNIST, *args, check=False, timeout=120)
             self.assertEqual(p.returncode, 2, f"{args}: {p.stderr}")
             self.assertIn(needle, p.stderr)

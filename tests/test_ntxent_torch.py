@@ -15,7 +15,12 @@
    and autograd gives every conv's gradient.  Specs: the mnist preset (its
    bottleneck is a ReLU conv whose ReLU backward is fused into the decoder:
    the code gradient must go through that ReLU), a spec ending the encoder
-   with a max-pool, and one where the decoder starts with an upsample.
+   with a max-pool, and one where the decoder starts with an upsample;
+   each also with --contrastive-pool avg (NT-Xent of the bottleneck's
+   channel means, torch: z.mean((2, 3))).
+3. The projection head (--contrastive-head, nn/proj_head.h): tool_ntxent
+   head gives NT-Xent of g(z) and its gradients; PyTorch's
+   Sequential(Linear, ReLU, Linear) with the same weights, by autograd.
 Tolerance as test_model_torch.py: |c - torch| <= 1e-4 |torch| + 1e-4
 max|torch|.  Exit code 0 = pass.
 """
@@ -82,6 +87,40 @@ class NtXentVsTorch(unittest.TestCase):
                     close(self, f"loss n={n} D={D} tau={tau}", got["loss"], [loss.item()])
                     close(self, f"dz n={n} D={D} tau={tau}", got["dz"], scale * zt.grad.numpy())
 
+    def test_projection_head(self):
+        # --contrastive-head: NT-Xent of g(z) = W2 ReLU(W1 z + b1) + b2
+        # (SimCLR's head) against nn.Sequential(Linear, ReLU, Linear) with
+        # the tool's initial weights; dz and every head gradient by autograd
+        rng = np.random.default_rng(23)
+        with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
+            for n, D, hid, tau in ((3, 5, 8, 0.5), (16, 32, 64, 0.2), (40, 8, 16, 1.0)):
+                with self.subTest(n=n, D=D, hid=hid, tau=tau):
+                    z = np.abs(rng.standard_normal((2 * n, D))).astype(np.float32)  # pooled ReLU codes
+                    z[n:] += 0.1 * rng.standard_normal((n, D)).astype(np.float32)
+                    scale = 1.5
+                    np.save(os.path.join(d, "z.npy"), z)
+                    out = os.path.join(d, "head.npz")
+                    subprocess.run([TOOL, "head", os.path.join(d, "z.npy"), repr(tau), repr(scale), str(hid), out],
+                                   check=True)
+                    got = np.load(out)
+                    # Glorot-uniform init within its limit, zero biases
+                    self.assertLessEqual(np.abs(got["w1"]).max(), np.sqrt(6 / (D + hid)))
+                    self.assertEqual(np.abs(got["b1"]).max(), 0)
+                    head = torch.nn.Sequential(torch.nn.Linear(D, hid), torch.nn.ReLU(),
+                                               torch.nn.Linear(hid, hid)).double()
+                    with torch.no_grad():
+                        for i, w, b in ((0, "w1", "b1"), (2, "w2", "b2")):
+                            head[i].weight.copy_(torch.from_numpy(got[w].astype(np.float64)))
+                            head[i].bias.copy_(torch.from_numpy(got[b].astype(np.float64)))
+                    zt = torch.from_numpy(z.astype(np.float64)).requires_grad_(True)
+                    loss = ntxent_torch(head(zt), tau)
+                    loss.backward()
+                    close(self, f"head loss n={n}", got["loss"], [loss.item()])
+                    close(self, f"head dz n={n}", got["dz"], scale * zt.grad.numpy())
+                    for i, w, b in ((0, "w1", "b1"), (2, "w2", "b2")):
+                        close(self, f"head d{w} n={n}", got["g." + w], scale * head[i].weight.grad.numpy())
+                        close(self, f"head d{b} n={n}", got["g." + b], scale * head[i].bias.grad.numpy())
+
     def test_model_code_gradient(self):
         specs = [
             ("mnist", 1, 28, 28, 6),
@@ -89,41 +128,42 @@ class NtXentVsTorch(unittest.TestCase):
             ("c5 p c3 | u c4 c2", 2, 8, 10, 4),
         ]
         rng = np.random.default_rng(3)
-        for spec, C, H, W, N in specs:
-            for weight in (0.0, 2.5):
-                with self.subTest(spec=spec, weight=weight), \
-                        tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
-                    clean = rng.uniform(0, 1, (N, C, H, W)).astype(np.float32)
-                    noisy = np.clip(clean + rng.normal(0, 0.2, clean.shape), 0, 1).astype(np.float32)
-                    np.save(os.path.join(d, "noisy.npy"), noisy)
-                    np.save(os.path.join(d, "clean.npy"), clean)
-                    tau = 0.5
-                    env = dict(os.environ, OMP_NUM_THREADS="1")
-                    subprocess.run([TOOL, "model", spec, str(C), str(H), str(W), str(N), repr(tau), repr(weight),
-                                    os.path.join(d, "noisy.npy"), os.path.join(d, "clean.npy"), d],
-                                   check=True, env=env)
-                    init = np.load(os.path.join(d, "init.npz"))
-                    ref = np.load(os.path.join(d, "ref.npz"))
-                    model = aesim_torch.build(bytes(init["meta.arch"]).decode(), C, torch.float64)
-                    aesim_torch.load_npz(model, init)
-                    x = torch.from_numpy(noisy.astype(np.float64))
-                    t = torch.from_numpy(clean.astype(np.float64))
-                    z = model.encoder(x)
-                    y = model.decoder(z)
-                    mse = F.mse_loss(y, t)
-                    close(self, f"{spec} sse", ref["sse"], [mse.item() * clean.size])
-                    loss = mse
-                    if weight > 0:
-                        cl = ntxent_torch(z.reshape(N, -1), tau)
-                        close(self, f"{spec} NT-Xent", ref["closs"], [cl.item()])
-                        loss = loss + weight * cl
-                    model.zero_grad()
-                    loss.backward()
-                    for j, conv in enumerate(model.convs):
-                        close(self, f"{spec} W={weight} grad conv{j}.weight", ref[f"grad.conv{j}.weight"],
-                              conv.weight.grad.numpy())
-                        close(self, f"{spec} W={weight} grad conv{j}.bias", ref[f"grad.conv{j}.bias"],
-                              conv.bias.grad.numpy())
+        cases = [(s, w, "none") for s in specs for w in (0.0, 2.5)] + [(s, 2.5, "avg") for s in specs]
+        for (spec, C, H, W, N), weight, pool in cases:
+            with self.subTest(spec=spec, weight=weight, pool=pool), \
+                    tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
+                clean = rng.uniform(0, 1, (N, C, H, W)).astype(np.float32)
+                noisy = np.clip(clean + rng.normal(0, 0.2, clean.shape), 0, 1).astype(np.float32)
+                np.save(os.path.join(d, "noisy.npy"), noisy)
+                np.save(os.path.join(d, "clean.npy"), clean)
+                tau = 0.5
+                env = dict(os.environ, OMP_NUM_THREADS="1")
+                subprocess.run([TOOL, "model", spec, str(C), str(H), str(W), str(N), repr(tau), repr(weight),
+                                os.path.join(d, "noisy.npy"), os.path.join(d, "clean.npy"), d, pool],
+                               check=True, env=env)
+                init = np.load(os.path.join(d, "init.npz"))
+                ref = np.load(os.path.join(d, "ref.npz"))
+                model = aesim_torch.build(bytes(init["meta.arch"]).decode(), C, torch.float64)
+                aesim_torch.load_npz(model, init)
+                x = torch.from_numpy(noisy.astype(np.float64))
+                t = torch.from_numpy(clean.astype(np.float64))
+                z = model.encoder(x)
+                y = model.decoder(z)
+                mse = F.mse_loss(y, t)
+                close(self, f"{spec} sse", ref["sse"], [mse.item() * clean.size])
+                loss = mse
+                if weight > 0:
+                    # --contrastive-pool avg: NT-Xent of the channel means
+                    cl = ntxent_torch(z.mean((2, 3)) if pool == "avg" else z.reshape(N, -1), tau)
+                    close(self, f"{spec} NT-Xent", ref["closs"], [cl.item()])
+                    loss = loss + weight * cl
+                model.zero_grad()
+                loss.backward()
+                for j, conv in enumerate(model.convs):
+                    close(self, f"{spec} W={weight} {pool} grad conv{j}.weight", ref[f"grad.conv{j}.weight"],
+                          conv.weight.grad.numpy())
+                    close(self, f"{spec} W={weight} {pool} grad conv{j}.bias", ref[f"grad.conv{j}.bias"],
+                          conv.bias.grad.numpy())
 
 
 if __name__ == "__main__":

@@ -5,12 +5,19 @@
  *   tool_ntxent loss IN.npy TAU SCALE OUT.npz
  *       IN: float32 [2n][D]; writes OUT.npz with loss (float64 [1]) and dz
  *       (float32 [2n][D]) = ntxent_loss(dz, z, n, D, TAU, SCALE).
- *   tool_ntxent model ARCH C H W N TAU WEIGHT NOISY.npy CLEAN.npy OUT_DIR
+ *   tool_ntxent head IN.npy TAU SCALE HID OUT.npz
+ *       The same through a projection head g (proj_head.h, HID units,
+ *       Glorot init from seed 5): loss = SCALE-free NT-Xent of g(z), dz =
+ *       SCALE * dL/dz, plus the head's initial parameters (w1, b1, w2, b2)
+ *       and their gradients (g.w1 ...; SCALE * dL/dparam).
+ *   tool_ntxent model ARCH C H W N TAU WEIGHT NOISY.npy CLEAN.npy OUT_DIR [POOL]
  *       N even; builds ARCH for CxHxW, Glorot init (seed 1234) with small
  *       random biases, writes OUT_DIR/init.npz (ckpt_save), runs
  *       model_forward_backward_ex on input NOISY [N][C][H][W] with target
  *       CLEAN and the code hook WEIGHT * NT-Xent(bottleneck rows i, i + N/2
- *       paired, TAU), inv_count 1/(N*C*H*W), and writes OUT_DIR/ref.npz:
+ *       paired, TAU; POOL avg: of each row's channel means, global_avgpool.h,
+ *       as the trainer's --contrastive-pool avg; none, the default: of the
+ *       rows), inv_count 1/(N*C*H*W), and writes OUT_DIR/ref.npz:
  *       sse (float64 [1]), closs (float64 [1], unweighted NT-Xent) and
  *       grad.convJ.weight / grad.convJ.bias.
  * On error prints the message and exits 1.  No MPI.
@@ -23,7 +30,9 @@
 #include "model/ckpt.h"
 #include "model/model.h"
 #include "data/npy.h"
+#include "nn/global_avgpool.h"
 #include "nn/ntxent.h"
+#include "nn/proj_head.h"
 #include "model/optimizer.h"
 #include "base/rng.h"
 #ifdef _OPENMP
@@ -36,12 +45,33 @@ static void die(const Err *e)
     exit(1);
 }
 
-typedef struct Hook { double tau, weight, loss; } Hook;
+typedef struct Hook { double tau, weight, loss; int pool_c, pool_hw; } Hook;
 
 static void code_grad(void *user, float *dz, const float *z, int N, int D)
 {
     Hook *h = user;
-    h->loss = ntxent_loss(dz, z, N / 2, D, h->tau, h->weight);
+    if (!h->pool_c) {
+        h->loss = ntxent_loss(dz, z, N / 2, D, h->tau, h->weight);
+        return;
+    }
+    float *zp = xmalloc((size_t)N * h->pool_c * sizeof *zp), *dzp = xmalloc((size_t)N * h->pool_c * sizeof *dzp);
+    global_avgpool_forward(zp, z, N, h->pool_c, h->pool_hw);
+    h->loss = ntxent_loss(dzp, zp, N / 2, h->pool_c, h->tau, h->weight);
+    global_avgpool_backward(dz, dzp, N, h->pool_c, h->pool_hw);
+    free(zp);
+    free(dzp);
+}
+
+/* Reads float32 z[2n][D] from path into *in, or exits 1 with the reason. */
+static void read_pairs(const char *path, NpyArray *in)
+{
+    Err err;
+    err_clear(&err);
+    if (npy_read(path, in, &err)) die(&err);
+    if (in->dtype != NPY_F32 || in->ndim != 2 || in->shape[0] % 2) {
+        fprintf(stderr, "tool_ntxent: %s must be float32 [2n][D]\n", path);
+        exit(1);
+    }
 }
 
 static int run_loss(char **argv)
@@ -49,11 +79,7 @@ static int run_loss(char **argv)
     Err err;
     err_clear(&err);
     NpyArray in;
-    if (npy_read(argv[2], &in, &err)) die(&err);
-    if (in.dtype != NPY_F32 || in.ndim != 2 || in.shape[0] % 2) {
-        fprintf(stderr, "tool_ntxent: %s must be float32 [2n][D]\n", argv[2]);
-        return 1;
-    }
+    read_pairs(argv[2], &in);
     int n = (int)(in.shape[0] / 2), D = (int)in.shape[1];
     float *dz = xmalloc((size_t)2 * n * D * sizeof *dz);
     double loss = ntxent_loss(dz, in.data, n, D, atof(argv[3]), atof(argv[4]));
@@ -67,10 +93,52 @@ static int run_loss(char **argv)
     return 0;
 }
 
+static int run_head(char **argv)
+{
+    Err err;
+    err_clear(&err);
+    NpyArray in;
+    read_pairs(argv[2], &in);
+    int n = (int)(in.shape[0] / 2), D = (int)in.shape[1], hid = atoi(argv[5]);
+    ProjHead h;
+    proj_head_init(&h, D, hid, 2 * n, 5);
+    float *init = xmalloc(h.n * sizeof *init), *dp = xmalloc((size_t)2 * n * hid * sizeof *dp);
+    float *dz = xmalloc((size_t)2 * n * D * sizeof *dz);
+    memcpy(init, h.params, h.n * sizeof *init);
+    const float *g = proj_head_forward(&h, in.data, 2 * n);
+    double loss = ntxent_loss(dp, g, n, hid, atof(argv[3]), atof(argv[4]));
+    proj_head_backward(&h, dz, dp, in.data, 2 * n);
+    size_t off[4];
+    proj_head_offsets(&h, off);
+    NpyArray a[10] = {
+        { .name = "loss", .dtype = NPY_F64, .ndim = 1, .shape = { 1 }, .data = &loss },
+        { .name = "dz", .dtype = NPY_F32, .ndim = 2, .shape = { 2 * n, D }, .data = dz },
+    };
+    static const char *names[4] = { "w1", "b1", "w2", "b2" };
+    const int64_t rows[4] = { hid, hid, hid, hid }, cols[4] = { D, 0, hid, 0 };
+    for (int t = 0; t < 4; t++)
+        for (int s = 0; s < 2; s++) {
+            NpyArray *x = &a[2 + 2 * t + s];
+            snprintf(x->name, sizeof x->name, "%s%s", s ? "g." : "", names[t]);
+            x->dtype = NPY_F32;
+            x->ndim = cols[t] ? 2 : 1;
+            x->shape[0] = rows[t];
+            x->shape[1] = cols[t];
+            x->data = (s ? h.grads : init) + off[t];
+        }
+    if (npz_write(argv[6], a, 10, &err)) die(&err);
+    free(init);
+    free(dp);
+    free(dz);
+    proj_head_free(&h);
+    npy_array_free(&in);
+    return 0;
+}
+
 static int run_model(char **argv)
 {
     int C = atoi(argv[3]), H = atoi(argv[4]), W = atoi(argv[5]), N = atoi(argv[6]);
-    Hook h = { atof(argv[7]), atof(argv[8]), 0 };
+    Hook h = { atof(argv[7]), atof(argv[8]), 0, 0, 0 };
     const char *out = argv[11];
     Err err;
     err_clear(&err);
@@ -82,6 +150,15 @@ static int run_model(char **argv)
 #endif
     Model m;
     model_build(&m, &spec, N, nthreads);
+    if (argv[12] && strcmp(argv[12], "avg") == 0) {
+        int bc, bh, bw;
+        model_bottleneck_shape(&m, &bc, &bh, &bw);
+        h.pool_c = bc;
+        h.pool_hw = bh * bw;
+    } else if (argv[12] && strcmp(argv[12], "none") != 0) {
+        fprintf(stderr, "tool_ntxent: POOL must be none or avg, not %s\n", argv[12]);
+        return 2;
+    }
     model_init_glorot(&m, 1234);
     Rng rng;
     rng_seed(&rng, 99, 1);
@@ -135,8 +212,11 @@ static int run_model(char **argv)
 int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "loss") == 0) return run_loss(argv);
-    if (argc == 12 && strcmp(argv[1], "model") == 0) return run_model(argv);
+    if (argc == 7 && strcmp(argv[1], "head") == 0) return run_head(argv);
+    if ((argc == 12 || argc == 13) && strcmp(argv[1], "model") == 0) return run_model(argv);
     fprintf(stderr, "usage: %s loss IN.npy TAU SCALE OUT.npz\n"
-                    "       %s model ARCH C H W N TAU WEIGHT NOISY.npy CLEAN.npy OUT_DIR\n", argv[0], argv[0]);
+                    "       tool_ntxent head IN.npy TAU SCALE HID OUT.npz\n"
+                    "       %s model ARCH C H W N TAU WEIGHT NOISY.npy CLEAN.npy OUT_DIR [none|avg]\n", argv[0],
+            argv[0]);
     return 2;
 }

@@ -11,6 +11,8 @@
  *   convJ.weight, convJ.bias       parameters of the J-th conv (0-based)
  *   opt.m.NAME, opt.v.NAME         optimizer state per tensor (Adam: m and v;
  *                                  SGD: opt.m = momentum buffer)
+ *   head.*, opt.m.head.*, ...      only from aesim-train --contrastive-head:
+ *                                  the projection head (CkptState.extra)
  *   meta.arch        uint8 [len]   canonical architecture spec (ASCII)
  *   meta.input_shape int64 [3]     C, H, W
  *   meta.state       int64 [CKPT_STATE_LEN]  see CkptState (version first)
@@ -116,6 +118,13 @@ typedef struct CkptState {
     int64_t shuffle_block;   /* --shuffle block:B:W, 0 = global shuffle */
     int64_t shuffle_window;
     char data[CKPT_DATA_BYTES]; /* the training source as loaded ("" = not recorded) */
+    /* Members ckpt_save writes beside the model's, before meta.* (the
+     * trainer's projection head and its optimizer state, train_views.h);
+     * NULL / 0 = none.  Not owned: they point at live buffers.  Covered by
+     * meta.crc32 like every member; ckpt_restore ignores them (read them
+     * with npz_find on Checkpoint.arrays).  Not read back into state. */
+    const NpyArray *extra;
+    int n_extra;
 } CkptState;
 
 /* Length of meta.state: version, step, epoch, batch, seed, batch_size, optimizer kind. */

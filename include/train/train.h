@@ -63,6 +63,9 @@ typedef struct TrainResult {
  * res->stopped = 1 and AE_OK is returned on every rank.
  * Checkpoints: OUT/ckpt-stepN.npz + OUT/checkpoint.npz every
  * cfg->ckpt_every steps and at each epoch end, cfg->keep kept (ckpt.h).
+ * ck: the checkpoint of a resumed run (train_setup_model; read on rank 0,
+ * empty elsewhere and on a fresh start): the projection head of
+ * --contrastive-head is restored from it (train_views.h).
  * Test-only fault injection: if the environment variable
  * AESIM_FAULT_NAN_STEP=K is set (K >= 1), the highest rank writes a NaN into
  * its local gradient at step K before the allreduce (of its bucket).  Never
@@ -83,7 +86,7 @@ typedef struct TrainResult {
  * holds the same means over the epoch's steps of this run, as the log's
  * "epoch N/M:" line prints them. */
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
-              const Dataset *val, const CkptState *start, TrainResult *res, Err *err);
+              const Dataset *val, const CkptState *start, const Checkpoint *ck, TrainResult *res, Err *err);
 
 /* Mean squared error per pixel of the model on ds (sharded over ranks,
  * at most `limit` images if limit > 0); NaN when no image was evaluated.

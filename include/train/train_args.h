@@ -60,6 +60,10 @@ typedef struct TrainConfig {
     AugmentConfig aug;         /* --noise and --augment */
     double contrastive;        /* --contrastive W: NT-Xent weight (0 = off) */
     double tau;                /* --tau: NT-Xent temperature */
+    int contrastive_pool;      /* --contrastive-pool: CONTRASTIVE_POOL_NONE (NT-Xent on the
+                                  flattened bottleneck) or CONTRASTIVE_POOL_AVG (on its channel means) */
+    int contrastive_head;      /* --contrastive-head N: SimCLR projection head width (proj_head.h),
+                                  0 = none; needs CONTRASTIVE_POOL_AVG */
     int overwrite;             /* --overwrite: a fresh run may replace another run's files in --out */
     int precision;             /* ModelPrecision (model.h): MODEL_PRECISION_AUTO (default), MODEL_FP32 or MODEL_BF16 */
     int help;                  /* --help was given */
@@ -67,6 +71,9 @@ typedef struct TrainConfig {
     unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are
                                   defaults, which a resumed run takes from its checkpoint instead) */
 } TrainConfig;
+
+/* TrainConfig.contrastive_pool. */
+enum { CONTRASTIVE_POOL_NONE = 0, CONTRASTIVE_POOL_AVG = 1 };
 
 /* Bits of TrainConfig.given. */
 enum {

@@ -16,7 +16,15 @@
  * positions 0..len-1, then view 1), every rank evaluates the same NT-Xent
  * loss over those 2*len rows (ntxent.h) and keeps W * dL/dz of its own rows:
  * that is the backward of the all-gather (the sum over ranks of each rank's
- * share), and the result does not depend on P.
+ * share), and the result does not depend on P.  With --contrastive-pool avg
+ * each row is first pooled to its C channel means (global_avgpool.h): the
+ * gather moves C floats per row instead of D, and each dz value of a channel
+ * is its mean's gradient / (H*W).  With --contrastive-head N, NT-Xent
+ * compares g(pooled rows) (proj_head.h): every rank runs the head forward
+ * and backward over all 2*len gathered rows, so every rank gets the same
+ * head gradient (serial, fixed order: the same bits) without an allreduce,
+ * and applies the same update (train_views_head_step) with its own
+ * optimizer state of the model's kind and hyper-parameters.
  * Labels are never read.  Collective when contrastive: every rank calls
  * train_views_step once per step, also with cnt = 0.
  */
@@ -25,7 +33,10 @@
 
 #include <stdint.h>
 
+#include "model/ckpt.h"
 #include "model/model.h"
+#include "model/optimizer.h"
+#include "nn/proj_head.h"
 #include "par/par.h"
 #include "train/train_args.h"
 
@@ -40,6 +51,13 @@ typedef struct TrainViews {
     float *zsend;          /* [V * max images per rank][D] this rank's codes in send order */
     int *counts;           /* [P] floats each rank contributes to the gather */
     int D;
+    int pool_c, pool_hw;   /* bottleneck channels C and H*W (--contrastive-pool avg) */
+    /* --contrastive-head (head.n == 0: none) */
+    ProjHead head;
+    Optimizer head_opt;
+    float *dp;             /* [V * global batch][N] NT-Xent gradient at the head's output */
+    NpyArray members[12];  /* the head's checkpoint members (CkptState.extra) */
+    int n_members;
     /* the current step */
     int64_t len, off, cnt;
     double contrastive_loss; /* NT-Xent loss of the last step (unweighted), 0 without */
@@ -55,6 +73,22 @@ int train_views_per_rank(const TrainConfig *cfg, int64_t slice);
 
 void train_views_init(TrainViews *v, const ParCtx *ctx, const TrainConfig *cfg, const Model *m, int64_t max_slice);
 void train_views_free(TrainViews *v);
+
+/* --contrastive-head: builds the head (Glorot from st->seed) and its
+ * optimizer (opt's kind and hyper-parameters, step count opt->t); on a
+ * resumed run (ck with arrays, rank 0) restores head.0.weight, head.0.bias,
+ * head.2.weight, head.2.bias and their opt.m./opt.v. moments from ck, or,
+ * when ck has none (trained without a head), starts a new head and says so;
+ * rank 0's head is then broadcast.  Sets st->extra/n_extra so that every
+ * checkpoint carries the head.  No-op without --contrastive-head.
+ * Collective.  Errors (agreed): AE_EFORMAT when ck's head has another
+ * shape (another --contrastive-head N or bottleneck). */
+int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint *ck, CkptState *st, Err *err);
+
+/* The head's optimizer step with the gradient of the last
+ * train_views_step (call after the model's optimizer step; no-op without a
+ * head). */
+void train_views_head_step(TrainViews *v);
 
 /* One step: images[cnt][chw] are this rank's images (positions [off, off +
  * cnt) of the global batch of len images that starts at position `first` of

@@ -70,7 +70,7 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
 {
     int nt = model_num_tensors(m);
     int n_state = opt ? (opt->v ? 2 : 1) : 0;
-    int cap = nt * (1 + n_state) + CKPT_META_MEMBERS, n = 0;
+    int cap = nt * (1 + n_state) + st->n_extra + CKPT_META_MEMBERS, n = 0;
     NpyArray *a = xcalloc((size_t)cap, sizeof *a);
     for (int s = 0; s <= n_state; s++) {
         const float *base = s == 0 ? m->params : s == 1 ? opt->m : opt->v;
@@ -84,6 +84,7 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
             x->data = (void *)(base + t.offset);
         }
     }
+    for (int i = 0; i < st->n_extra; i++) a[n++] = st->extra[i];
     int64_t in_shape[3] = { m->spec.C, m->spec.H, m->spec.W };
     int64_t state[CKPT_STATE_LEN] = { CKPT_VERSION, st->step, st->epoch, st->batch, (int64_t)st->seed,
                                       st->batch_size, opt ? (int64_t)opt->kind : -1 };

@@ -112,7 +112,8 @@ int main(int argc, char **argv)
                  ctx.size - cfg.batch_size, ctx.size);
 
     TrainResult res;
-    int rc = train_run(&ctx, &cfg, &model, &opt, &train, &val, &start, &res, &err);
+    int rc = train_run(&ctx, &cfg, &model, &opt, &train, &val, &start, &ck, &res, &err);
+    ckpt_free(&ck);
     /* Per-rank diagnostic: equal on every rank iff the weights are identical. */
     fprintf(stderr, "[rank %d] parameter checksum crc32 %08lx after step %lld\n", ctx.rank,
             (unsigned long)ckpt_params_crc32(&model), (long long)res.state.step);

@@ -272,7 +272,7 @@ static void report_phases(const ParCtx *ctx, const double *t, int64_t steps, con
 }
 
 int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *opt, const Dataset *train,
-              const Dataset *val, const CkptState *start, TrainResult *res, Err *err)
+              const Dataset *val, const CkptState *start, const Checkpoint *ck, TrainResult *res, Err *err)
 {
     const int64_t n = train->n, B = cfg->batch_size;
     const int64_t nb = sampler_num_batches(n, B);
@@ -304,6 +304,10 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         int64_t o, c;
         sampler_rank_slice(B < n ? B : n, 0, ctx->size, &o, &c); /* rank 0's slice is the largest */
         train_views_init(&tv, ctx, cfg, m, c);
+        if (train_views_head_setup(&tv, opt, ck, &st, err)) {
+            train_views_free(&tv);
+            return err->code;
+        }
     }
     const double views_per_image = use_views ? tv.views : 1;
 
@@ -412,6 +416,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                 break;
             }
             optimizer_step(opt, m->params, m->grads);
+            if (use_views) train_views_head_step(&tv);
             if (!all_finite(m->params, m->n_params)) {
                 rc = err_set(err, AE_ENUMERIC,
                              "the weights are not finite after step %lld (epoch %lld): training diverged; nothing "

@@ -23,7 +23,7 @@ enum {
     OPT_DATA = 256, OPT_DATA_OPTS, OPT_ALLOW_GAPS, OPT_VAL, OPT_VAL_FRACTION, OPT_VAL_LIMIT, OPT_ARCH, OPT_EPOCHS, OPT_MAX_STEPS,
     OPT_BATCH, OPT_OPTIMIZER, OPT_LR, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_MOMENTUM, OPT_SEED, OPT_OUT,
     OPT_CKPT_EVERY, OPT_RESUME, OPT_KEEP, OPT_THREADS, OPT_LOG_EVERY, OPT_GRID, OPT_CSV_EVERY, OPT_PROGRESS, OPT_BUCKET_KIB,
-    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_TAU, OPT_OVERWRITE, OPT_PRECISION, OPT_SHUFFLE, OPT_HELP, OPT_VERSION
+    OPT_NOISE, OPT_AUGMENT, OPT_CONTRASTIVE, OPT_CONTRASTIVE_POOL, OPT_CONTRASTIVE_HEAD, OPT_TAU, OPT_OVERWRITE, OPT_PRECISION, OPT_SHUFFLE, OPT_HELP, OPT_VERSION
 };
 
 static const struct option LONG_OPTS[] = {
@@ -58,6 +58,8 @@ static const struct option LONG_OPTS[] = {
     { "noise", required_argument, 0, OPT_NOISE },
     { "augment", required_argument, 0, OPT_AUGMENT },
     { "contrastive", required_argument, 0, OPT_CONTRASTIVE },
+    { "contrastive-pool", required_argument, 0, OPT_CONTRASTIVE_POOL },
+    { "contrastive-head", required_argument, 0, OPT_CONTRASTIVE_HEAD },
     { "tau", required_argument, 0, OPT_TAU },
     { "overwrite", no_argument, 0, OPT_OVERWRITE },
     { "precision", required_argument, 0, OPT_PRECISION },
@@ -109,6 +111,12 @@ void train_args_usage(FILE *out)
 "                        shift:PX, or default (= crop:0.5,flip,shift:2)\n"
 "  --contrastive W       add W x NT-Xent (SimCLR) on the bottleneck: two views of each image,\n"
 "                        the other images of the GLOBAL batch as negatives (default 0 = off)\n"
+"  --contrastive-pool none|avg  what NT-Xent compares: none (default) the flattened bottleneck,\n"
+"                        avg its channel means (global average pooling, as SimCLR pools its\n"
+"                        encoder); the search vector stays the whole bottleneck either way\n"
+"  --contrastive-head N  NT-Xent on g(h) = W2 ReLU(W1 h + b1) + b2, N units (SimCLR's\n"
+"                        projection head, trained along, saved in checkpoints, not used by\n"
+"                        search); needs --contrastive-pool avg (default 0 = no head)\n"
 "  --tau T               NT-Xent temperature (default 0.5)\n"
 "                        Views and noise are seeded by (seed, epoch, position) and do not\n"
 "                        depend on the number of ranks.  Measured effect on search quality:\n"
@@ -396,6 +404,14 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
         case OPT_CONTRASTIVE:
             if (!(rc = parse_f64(name, optarg, 0, 1e6, &f, err))) c->contrastive = f;
             break;
+        case OPT_CONTRASTIVE_POOL:
+            if (strcmp(optarg, "none") == 0) c->contrastive_pool = CONTRASTIVE_POOL_NONE;
+            else if (strcmp(optarg, "avg") == 0) c->contrastive_pool = CONTRASTIVE_POOL_AVG;
+            else rc = err_set(err, AE_EARG, "--contrastive-pool: '%s' is not none or avg", optarg);
+            break;
+        case OPT_CONTRASTIVE_HEAD:
+            if (!(rc = parse_i64(name, optarg, 0, 4096, &i, err))) c->contrastive_head = (int)i;
+            break;
         case OPT_TAU:
             if (!(rc = parse_f64(name, optarg, 1e-3, 1e3, &f, err))) c->tau = f;
             break;
@@ -417,5 +433,8 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     }
     if (optind < argc)
         return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)", argv[optind]);
+    if (c->contrastive_head > 0 && (c->contrastive <= 0 || c->contrastive_pool != CONTRASTIVE_POOL_AVG))
+        return err_set(err, AE_EARG, "--contrastive-head %d needs --contrastive W > 0 and --contrastive-pool avg (the "
+                       "head takes the pooled bottleneck, as SimCLR's)", c->contrastive_head);
     return AE_OK;
 }

@@ -189,8 +189,10 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
     optimizer_init(opt, kind, &cfg->adam, cfg->momentum, m->n_params);
     if (cfg->resume[0]) {
         if (ctx->rank == 0) ckpt_restore(ck, m, opt, err);
-        ckpt_free(ck);
-        if (par_agree(ctx, err)) return err->code;
+        if (par_agree(ctx, err)) {
+            ckpt_free(ck);
+            return err->code;
+        }
         opt->t = start->step;
         par_bcast(ctx, opt->m, opt->n * sizeof(float), 0);
         if (opt->v) par_bcast(ctx, opt->v, opt->n * sizeof(float), 0);

@@ -12,6 +12,7 @@
 
 #include "data/augment.h"
 #include "base/check.h"
+#include "nn/global_avgpool.h"
 #include "nn/ntxent.h"
 #include "data/sampler.h"
 
@@ -32,6 +33,10 @@ void train_views_init(TrainViews *v, const ParCtx *ctx, const TrainConfig *cfg, 
     v->views = views_of(cfg);
     v->chw = (size_t)m->spec.C * m->spec.H * m->spec.W;
     v->D = model_embedding_dim(m);
+    int bc, bh, bw;
+    model_bottleneck_shape(m, &bc, &bh, &bw);
+    v->pool_c = bc;
+    v->pool_hw = bh * bw;
     v->clean = xmalloc((size_t)max_slice * v->chw * sizeof(float));
     v->target = xmalloc((size_t)v->views * max_slice * v->chw * sizeof(float));
     if (cfg->contrastive > 0) {
@@ -43,6 +48,79 @@ void train_views_init(TrainViews *v, const ParCtx *ctx, const TrainConfig *cfg, 
     }
 }
 
+/* The head's tensors in checkpoint order: name, offset, shape. */
+static const char *HEAD_NAMES[4] = { "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias" };
+
+static void head_shapes(const ProjHead *h, int64_t shape[4][2], int ndim[4])
+{
+    shape[0][0] = h->hid; shape[0][1] = h->in; ndim[0] = 2;
+    shape[1][0] = h->hid; ndim[1] = 1;
+    shape[2][0] = h->hid; shape[2][1] = h->hid; ndim[2] = 2;
+    shape[3][0] = h->hid; ndim[3] = 1;
+}
+
+int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint *ck, CkptState *st, Err *err)
+{
+    const TrainConfig *cfg = v->cfg;
+    if (cfg->contrastive_head <= 0) return AE_OK;
+    ProjHead *h = &v->head;
+    proj_head_init(h, v->pool_c, cfg->contrastive_head, 2 * cfg->batch_size, st->seed); /* the run's seed */
+    optimizer_init(&v->head_opt, opt->kind, &opt->adam, opt->momentum, h->n);
+    v->head_opt.t = opt->t;
+    v->dp = xmalloc(2 * (size_t)cfg->batch_size * (size_t)h->hid * sizeof(float));
+    size_t off[4];
+    proj_head_offsets(h, off);
+    int64_t shape[4][2] = { { 0 } };
+    int ndim[4];
+    head_shapes(h, shape, ndim);
+    const int n_state = v->head_opt.v ? 2 : 1;
+    v->n_members = 0;
+    for (int s = 0; s <= n_state; s++)
+        for (int t = 0; t < 4; t++) {
+            NpyArray *a = &v->members[v->n_members++];
+            memset(a, 0, sizeof *a);
+            snprintf(a->name, sizeof a->name, "%s%s", s == 0 ? "" : s == 1 ? "opt.m." : "opt.v.", HEAD_NAMES[t]);
+            a->dtype = NPY_F32;
+            a->ndim = ndim[t];
+            a->shape[0] = shape[t][0];
+            a->shape[1] = shape[t][1];
+            a->data = (s == 0 ? h->params : s == 1 ? v->head_opt.m : v->head_opt.v) + off[t];
+        }
+    if (v->ctx->rank == 0 && ck && ck->n_arrays > 0) {
+        int found = 0;
+        for (int k = 0; k < v->n_members; k++) {
+            const NpyArray *a = &v->members[k], *c = npz_find(ck->arrays, ck->n_arrays, a->name);
+            if (!c) continue;
+            found++;
+            if (err->code) continue; /* the first mismatch is the message */
+            if (c->dtype != NPY_F32 || npy_numel(c) != npy_numel(a))
+                err_set(err, AE_EFORMAT, "%.300s: its projection head member '%s' has %lld values, --contrastive-head "
+                        "%d on this bottleneck needs %lld (resume with the run's own --contrastive-head)", ck->path,
+                        a->name, (long long)npy_numel(c), h->hid, (long long)npy_numel(a));
+            else
+                memcpy(a->data, c->data, (size_t)npy_numel(a) * sizeof(float));
+        }
+        if (!err->code && found == 0)
+            par_log0(v->ctx, "note: %s has no projection head (trained without --contrastive-head): a new head starts "
+                     "at step %lld\n", ck->path, (long long)st->step);
+        else if (!err->code && found != v->n_members)
+            err_set(err, AE_EFORMAT, "%.300s: its projection head is incomplete (%d of %d members; damaged or "
+                    "edited checkpoint)", ck->path, found, v->n_members);
+    }
+    int rc = par_agree(v->ctx, err);
+    if (rc) return rc;
+    for (int k = 0; k < v->n_members; k++)
+        par_bcast(v->ctx, (void *)v->members[k].data, (size_t)npy_numel(&v->members[k]) * sizeof(float), 0);
+    st->extra = v->members;
+    st->n_extra = v->n_members;
+    return AE_OK;
+}
+
+void train_views_head_step(TrainViews *v)
+{
+    if (v->head.n) optimizer_step(&v->head_opt, v->head.params, v->head.grads);
+}
+
 void train_views_free(TrainViews *v)
 {
     free(v->clean);
@@ -51,17 +129,25 @@ void train_views_free(TrainViews *v)
     free(v->dzall);
     free(v->zsend);
     free(v->counts);
+    free(v->dp);
+    if (v->head.n) {
+        proj_head_free(&v->head);
+        optimizer_free(&v->head_opt);
+    }
     memset(v, 0, sizeof *v);
 }
 
-/* The code hook: gathers every rank's codes into the global order, computes
- * NT-Xent over them and hands back W * dL/dz of this rank's rows.  z[N][D]
- * with N = 2 cnt (rows [0, cnt) view 0, [cnt, 2 cnt) view 1). */
-static void contrastive_grad(void *user, float *dz, const float *z, int N, int D)
+/* The code hook: gathers every rank's codes (or their channel means) into
+ * the global order, computes NT-Xent over them and hands back W * dL/dz of
+ * this rank's rows.  z[N][Dz] with N = 2 cnt (rows [0, cnt) view 0, [cnt,
+ * 2 cnt) view 1). */
+static void contrastive_grad(void *user, float *dz, const float *z, int N, int Dz)
 {
     TrainViews *v = user;
     const ParCtx *ctx = v->ctx;
     const int64_t len = v->len, cnt = v->cnt;
+    const int pooled = v->cfg->contrastive_pool == CONTRASTIVE_POOL_AVG;
+    const int D = pooled ? v->pool_c : Dz; /* floats per row that NT-Xent sees */
     (void)N;
     int64_t total = 0;
     for (int r = 0; r < ctx->size; r++) {
@@ -72,7 +158,8 @@ static void contrastive_grad(void *user, float *dz, const float *z, int N, int D
     }
     CHECK(total == 2 * len);
     /* gathered: rank r's block = its view-0 rows then its view-1 rows */
-    if (cnt) memcpy(v->zsend, z, (size_t)(2 * cnt) * D * sizeof(float));
+    if (cnt && pooled) global_avgpool_forward(v->zsend, z, (int)(2 * cnt), v->pool_c, v->pool_hw);
+    else if (cnt) memcpy(v->zsend, z, (size_t)(2 * cnt) * D * sizeof(float));
     float *gathered = v->dzall; /* reused as the receive buffer, then overwritten */
     par_allgatherv_f32(ctx, v->zsend, gathered, v->counts);
     int64_t at = 0;
@@ -86,10 +173,23 @@ static void contrastive_grad(void *user, float *dz, const float *z, int N, int D
         }
         at += 2 * c;
     }
-    v->contrastive_loss = ntxent_loss(v->dzall, v->zall, (int)len, D, v->cfg->tau, v->cfg->contrastive);
+    if (v->head.n) { /* NT-Xent on g(rows); back through the head into dzall */
+        const float *g = proj_head_forward(&v->head, v->zall, (int)(2 * len));
+        v->contrastive_loss = ntxent_loss(v->dp, g, (int)len, v->head.hid, v->cfg->tau, v->cfg->contrastive);
+        proj_head_backward(&v->head, v->dzall, v->dp, v->zall, (int)(2 * len));
+    } else {
+        v->contrastive_loss = ntxent_loss(v->dzall, v->zall, (int)len, D, v->cfg->tau, v->cfg->contrastive);
+    }
     for (int64_t j = 0; j < cnt; j++) {
-        memcpy(dz + (size_t)j * D, v->dzall + (size_t)(v->off + j) * D, (size_t)D * sizeof(float));
-        memcpy(dz + (size_t)(cnt + j) * D, v->dzall + (size_t)(len + v->off + j) * D, (size_t)D * sizeof(float));
+        const float *g0 = v->dzall + (size_t)(v->off + j) * D, *g1 = v->dzall + (size_t)(len + v->off + j) * D;
+        float *d0 = dz + (size_t)j * Dz, *d1 = dz + (size_t)(cnt + j) * Dz;
+        if (pooled) {
+            global_avgpool_backward(d0, g0, 1, v->pool_c, v->pool_hw);
+            global_avgpool_backward(d1, g1, 1, v->pool_c, v->pool_hw);
+        } else {
+            memcpy(d0, g0, (size_t)D * sizeof(float));
+            memcpy(d1, g1, (size_t)D * sizeof(float));
+        }
     }
 }
 
