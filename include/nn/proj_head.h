@@ -14,9 +14,9 @@
  * aesim's convolutions (Keras defaults).
  *
  * Threading: none (serial loops in a fixed order): every rank that runs the
- * same rows gets the same bits, which the trainer relies on (each rank
- * computes the head's gradient over the whole gathered global batch, so no
- * allreduce is needed).  Allocation failure ends the job (check.h); no other
+ * same rows with the same weights gets the same bits (the trainer has each
+ * rank compute the head's gradient over the whole gathered global batch,
+ * so no allreduce is needed).  Allocation failure ends the job (check.h); no other
  * errors.
  */
 #ifndef AESIM_PROJ_HEAD_H

@@ -22,9 +22,11 @@
  * is its mean's gradient / (H*W).  With --contrastive-head N, NT-Xent
  * compares g(pooled rows) (proj_head.h): every rank runs the head forward
  * and backward over all 2*len gathered rows, so every rank gets the same
- * head gradient (serial, fixed order: the same bits) without an allreduce,
- * and applies the same update (train_views_head_step) with its own
- * optimizer state of the model's kind and hyper-parameters.
+ * head gradient without an allreduce, and applies the update
+ * (train_views_head_step) with its own optimizer state of the model's kind
+ * and hyper-parameters; rank 0's head weights are then broadcast (one
+ * small MPI_Bcast per step), so the ranks' heads stay identical even where
+ * their OpenBLAS thread counts, and so NT-Xent's roundings, differ.
  * Labels are never read.  Collective when contrastive: every rank calls
  * train_views_step once per step, also with cnt = 0.
  */
@@ -78,7 +80,8 @@ void train_views_free(TrainViews *v);
  * optimizer (opt's kind and hyper-parameters, step count opt->t); on a
  * resumed run (ck with arrays, rank 0) restores head.0.weight, head.0.bias,
  * head.2.weight, head.2.bias and their opt.m./opt.v. moments from ck, or,
- * when ck has none (trained without a head), starts a new head and says so;
+ * when ck has none (trained without a head), starts a new head (optimizer
+ * step count 0) and says so;
  * rank 0's head is then broadcast.  Sets st->extra/n_extra so that every
  * checkpoint carries the head.  No-op without --contrastive-head.
  * Collective.  Errors (agreed): AE_EFORMAT when ck's head has another
@@ -86,8 +89,8 @@ void train_views_free(TrainViews *v);
 int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint *ck, CkptState *st, Err *err);
 
 /* The head's optimizer step with the gradient of the last
- * train_views_step (call after the model's optimizer step; no-op without a
- * head). */
+ * train_views_step, then rank 0's head weights broadcast (call after the
+ * model's optimizer step; no-op without a head).  Collective with a head. */
 void train_views_head_step(TrainViews *v);
 
 /* One step: images[cnt][chw] are this rank's images (positions [off, off +

@@ -89,8 +89,10 @@ int main(int argc, char **argv)
     Optimizer opt;
     CkptState start;
     if (train_setup_model(&ctx, &cfg, &ck, &train, plan.omp_threads, &model, &opt, &start, &err) ||
-        train_outdir_commit(&ctx, &cfg, &err))
+        train_outdir_commit(&ctx, &cfg, &err)) {
+        ckpt_free(&ck);
         return finish(&ctx, &err, 1);
+    }
     int bc, bh, bw;
     model_bottleneck_shape(&model, &bc, &bh, &bw);
     par_log0(&ctx, "model: %s | input %dx%dx%d | bottleneck %dx%dx%d = %d values | %zu parameters | "

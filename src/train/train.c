@@ -306,6 +306,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
         train_views_init(&tv, ctx, cfg, m, c);
         if (train_views_head_setup(&tv, opt, ck, &st, err)) {
             train_views_free(&tv);
+            free(perm);
             return err->code;
         }
     }
@@ -417,7 +418,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             }
             optimizer_step(opt, m->params, m->grads);
             if (use_views) train_views_head_step(&tv);
-            if (!all_finite(m->params, m->n_params)) {
+            if (!all_finite(m->params, m->n_params) || (tv.head.n && !all_finite(tv.head.params, tv.head.n))) {
                 rc = err_set(err, AE_ENUMERIC,
                              "the weights are not finite after step %lld (epoch %lld): training diverged; nothing "
                              "was saved after step %lld, the last checkpoint %s is kept (try a smaller --lr)",
@@ -555,6 +556,8 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
     res->stopped = signalled;
     res->state = st;
+    res->state.extra = NULL; /* tv's members: gone with this call */
+    res->state.n_extra = 0;
     res->seconds = timer_now() - t0;
     res->steps_run = steps_done;
     res->images_per_s = train_s > 0 ? images_done / train_s : 0;

@@ -86,6 +86,7 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
             a->shape[1] = shape[t][1];
             a->data = (s == 0 ? h->params : s == 1 ? v->head_opt.m : v->head_opt.v) + off[t];
         }
+    int64_t t = opt->t; /* the head's step count: the model's, or 0 for a new head */
     if (v->ctx->rank == 0 && ck && ck->n_arrays > 0) {
         int found = 0;
         for (int k = 0; k < v->n_members; k++) {
@@ -100,6 +101,7 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
             else
                 memcpy(a->data, c->data, (size_t)npy_numel(a) * sizeof(float));
         }
+        if (!err->code && found == 0) t = 0;
         if (!err->code && found == 0)
             par_log0(v->ctx, "note: %s has no projection head (trained without --contrastive-head): a new head starts "
                      "at step %lld\n", ck->path, (long long)st->step);
@@ -111,6 +113,8 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
     if (rc) return rc;
     for (int k = 0; k < v->n_members; k++)
         par_bcast(v->ctx, (void *)v->members[k].data, (size_t)npy_numel(&v->members[k]) * sizeof(float), 0);
+    par_bcast(v->ctx, &t, sizeof t, 0);
+    v->head_opt.t = t;
     st->extra = v->members;
     st->n_extra = v->n_members;
     return AE_OK;
@@ -118,7 +122,11 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
 
 void train_views_head_step(TrainViews *v)
 {
-    if (v->head.n) optimizer_step(&v->head_opt, v->head.params, v->head.grads);
+    if (!v->head.n) return;
+    optimizer_step(&v->head_opt, v->head.params, v->head.grads);
+    /* rank 0's weights for all: NT-Xent's sgemm rounds alike only for the
+     * same OpenBLAS thread count, which nodes may not share */
+    par_bcast(v->ctx, v->head.params, v->head.n * sizeof(float), 0);
 }
 
 void train_views_free(TrainViews *v)
