@@ -104,22 +104,22 @@ class NtXentVsTorch(unittest.TestCase):
                                    check=True)
                     got = np.load(out)
                     # Glorot-uniform init within its limit, zero biases
-                    self.assertLessEqual(np.abs(got["w1"]).max(), np.sqrt(6 / (D + hid)))
-                    self.assertEqual(np.abs(got["b1"]).max(), 0)
+                    self.assertLessEqual(np.abs(got["0.weight"]).max(), np.sqrt(6 / (D + hid)))
+                    self.assertEqual(np.abs(got["0.bias"]).max(), 0)
                     head = torch.nn.Sequential(torch.nn.Linear(D, hid), torch.nn.ReLU(),
                                                torch.nn.Linear(hid, hid)).double()
                     with torch.no_grad():
-                        for i, w, b in ((0, "w1", "b1"), (2, "w2", "b2")):
-                            head[i].weight.copy_(torch.from_numpy(got[w].astype(np.float64)))
-                            head[i].bias.copy_(torch.from_numpy(got[b].astype(np.float64)))
+                        for i in (0, 2):
+                            head[i].weight.copy_(torch.from_numpy(got[f"{i}.weight"].astype(np.float64)))
+                            head[i].bias.copy_(torch.from_numpy(got[f"{i}.bias"].astype(np.float64)))
                     zt = torch.from_numpy(z.astype(np.float64)).requires_grad_(True)
                     loss = ntxent_torch(head(zt), tau)
                     loss.backward()
                     close(self, f"head loss n={n}", got["loss"], [loss.item()])
                     close(self, f"head dz n={n}", got["dz"], scale * zt.grad.numpy())
-                    for i, w, b in ((0, "w1", "b1"), (2, "w2", "b2")):
-                        close(self, f"head d{w} n={n}", got["g." + w], scale * head[i].weight.grad.numpy())
-                        close(self, f"head d{b} n={n}", got["g." + b], scale * head[i].bias.grad.numpy())
+                    for i in (0, 2):
+                        close(self, f"head d{i}.weight n={n}", got[f"g.{i}.weight"], scale * head[i].weight.grad.numpy())
+                        close(self, f"head d{i}.bias n={n}", got[f"g.{i}.bias"], scale * head[i].bias.grad.numpy())
 
     def test_model_code_gradient(self):
         specs = [

@@ -8,8 +8,9 @@
  *   tool_ntxent head IN.npy TAU SCALE HID OUT.npz
  *       The same through a projection head g (proj_head.h, HID units,
  *       Glorot init from seed 5): loss = SCALE-free NT-Xent of g(z), dz =
- *       SCALE * dL/dz, plus the head's initial parameters (w1, b1, w2, b2)
- *       and their gradients (g.w1 ...; SCALE * dL/dparam).
+ *       SCALE * dL/dz, plus the head's initial parameters under PyTorch's
+ *       names (0.weight, 0.bias, 2.weight, 2.bias) and their gradients
+ *       (g.0.weight ...; SCALE * dL/dparam).
  *   tool_ntxent model ARCH C H W N TAU WEIGHT NOISY.npy CLEAN.npy OUT_DIR [POOL]
  *       N even; builds ARCH for CxHxW, Glorot init (seed 1234) with small
  *       random biases, writes OUT_DIR/init.npz (ckpt_save), runs
@@ -108,23 +109,21 @@ static int run_head(char **argv)
     const float *g = proj_head_forward(&h, in.data, 2 * n);
     double loss = ntxent_loss(dp, g, n, hid, atof(argv[3]), atof(argv[4]));
     proj_head_backward(&h, dz, dp, in.data, 2 * n);
-    size_t off[4];
-    proj_head_offsets(&h, off);
+    ProjHeadTensor ten[4];
+    proj_head_tensors(&h, ten);
     NpyArray a[10] = {
         { .name = "loss", .dtype = NPY_F64, .ndim = 1, .shape = { 1 }, .data = &loss },
         { .name = "dz", .dtype = NPY_F32, .ndim = 2, .shape = { 2 * n, D }, .data = dz },
     };
-    static const char *names[4] = { "w1", "b1", "w2", "b2" };
-    const int64_t rows[4] = { hid, hid, hid, hid }, cols[4] = { D, 0, hid, 0 };
     for (int t = 0; t < 4; t++)
         for (int s = 0; s < 2; s++) {
             NpyArray *x = &a[2 + 2 * t + s];
-            snprintf(x->name, sizeof x->name, "%s%s", s ? "g." : "", names[t]);
+            snprintf(x->name, sizeof x->name, "%s%s", s ? "g." : "", ten[t].name);
             x->dtype = NPY_F32;
-            x->ndim = cols[t] ? 2 : 1;
-            x->shape[0] = rows[t];
-            x->shape[1] = cols[t];
-            x->data = (s ? h.grads : init) + off[t];
+            x->ndim = ten[t].ndim;
+            x->shape[0] = ten[t].shape[0];
+            x->shape[1] = ten[t].shape[1];
+            x->data = (s ? h.grads : init) + ten[t].offset;
         }
     if (npz_write(argv[6], a, 10, &err)) die(&err);
     free(init);

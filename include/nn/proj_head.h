@@ -43,8 +43,18 @@ typedef struct ProjHead {
 void proj_head_init(ProjHead *h, int in, int hid, int max_rows, uint64_t seed);
 void proj_head_free(ProjHead *h);
 
-/* Offsets of w1, b1, w2, b2 in params (and grads). */
-void proj_head_offsets(const ProjHead *h, size_t off[4]);
+/* One parameter tensor of the head: its PyTorch state_dict name ("0.weight",
+ * "0.bias", "2.weight", "2.bias"), offset in params (and grads), shape. */
+typedef struct ProjHeadTensor {
+    const char *name;
+    size_t offset;
+    int ndim;
+    int64_t shape[2];
+} ProjHeadTensor;
+
+/* The four tensors w1 [hid][in], b1 [hid], w2 [hid][hid], b2 [hid], in
+ * that order. */
+void proj_head_tensors(const ProjHead *h, ProjHeadTensor t[4]);
 
 /* out[rows][hid] = W2 ReLU(W1 x + b1) + b2 for x[rows][in], rows <=
  * max_rows; returns h->out (valid until the next forward). */

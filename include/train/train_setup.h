@@ -41,7 +41,8 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
  * come from it (its architecture must match --arch if both are given, the
  * image shape and the training images must be its own: train_schedule_start);
  * on success ck is kept for train_run (which restores the projection head
- * from it) and the caller frees it; on error it is freed.  Otherwise Glorot init from cfg->seed and *start = step 0.
+ * from it) and the caller frees it; on error it is freed.  Otherwise
+ * Glorot init from cfg->seed and *start = step 0.
  * Either way *start carries this run's schedule identity (train_schedule.h),
  * which every checkpoint of the run records.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
  * spec, shape or other data, AE_EFORMAT for the checkpoint. */

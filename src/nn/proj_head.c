@@ -11,12 +11,21 @@
 #include "base/check.h"
 #include "base/rng.h"
 
-void proj_head_offsets(const ProjHead *h, size_t off[4])
+void proj_head_tensors(const ProjHead *h, ProjHeadTensor t[4])
 {
-    off[0] = 0;
-    off[1] = (size_t)h->hid * h->in;
-    off[2] = off[1] + (size_t)h->hid;
-    off[3] = off[2] + (size_t)h->hid * h->hid;
+    const size_t w1 = (size_t)h->hid * h->in, w2 = (size_t)h->hid * h->hid;
+    t[0] = (ProjHeadTensor){ "0.weight", 0, 2, { h->hid, h->in } };
+    t[1] = (ProjHeadTensor){ "0.bias", w1, 1, { h->hid, 0 } };
+    t[2] = (ProjHeadTensor){ "2.weight", w1 + (size_t)h->hid, 2, { h->hid, h->hid } };
+    t[3] = (ProjHeadTensor){ "2.bias", w1 + (size_t)h->hid + w2, 1, { h->hid, 0 } };
+}
+
+/* Offsets of w1, b1, w2, b2 in params (and grads). */
+static void offsets(const ProjHead *h, size_t off[4])
+{
+    ProjHeadTensor t[4];
+    proj_head_tensors(h, t);
+    for (int k = 0; k < 4; k++) off[k] = t[k].offset;
 }
 
 void proj_head_init(ProjHead *h, int in, int hid, int max_rows, uint64_t seed)
@@ -32,7 +41,7 @@ void proj_head_init(ProjHead *h, int in, int hid, int max_rows, uint64_t seed)
     h->out = xmalloc((size_t)max_rows * hid * sizeof(float));
     h->da1 = xmalloc((size_t)max_rows * hid * sizeof(float));
     size_t off[4];
-    proj_head_offsets(h, off);
+    offsets(h, off);
     Rng r;
     rng_seed(&r, seed, 0x68656164u);
     const float l1 = (float)sqrt(6.0 / (in + hid)), l2 = (float)sqrt(6.0 / (hid + hid));
@@ -90,7 +99,7 @@ const float *proj_head_forward(ProjHead *h, const float *x, int rows)
 {
     CHECK(rows <= h->max_rows);
     size_t off[4];
-    proj_head_offsets(h, off);
+    offsets(h, off);
     dense(h->a1, x, h->params + off[0], h->params + off[1], rows, h->in, h->hid);
     for (size_t k = 0; k < (size_t)rows * h->hid; k++)
         if (!(h->a1[k] > 0)) h->a1[k] = 0;
@@ -101,7 +110,7 @@ const float *proj_head_forward(ProjHead *h, const float *x, int rows)
 void proj_head_backward(ProjHead *h, float *dx, const float *dout, const float *x, int rows)
 {
     size_t off[4];
-    proj_head_offsets(h, off);
+    offsets(h, off);
     float *g = h->grads, *p = h->params;
     dense_backward(h->da1, g + off[2], g + off[3], dout, h->a1, p + off[2], rows, h->hid, h->hid);
     for (size_t k = 0; k < (size_t)rows * h->hid; k++)

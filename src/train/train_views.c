@@ -48,17 +48,6 @@ void train_views_init(TrainViews *v, const ParCtx *ctx, const TrainConfig *cfg, 
     }
 }
 
-/* The head's tensors in checkpoint order: name, offset, shape. */
-static const char *HEAD_NAMES[4] = { "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias" };
-
-static void head_shapes(const ProjHead *h, int64_t shape[4][2], int ndim[4])
-{
-    shape[0][0] = h->hid; shape[0][1] = h->in; ndim[0] = 2;
-    shape[1][0] = h->hid; ndim[1] = 1;
-    shape[2][0] = h->hid; shape[2][1] = h->hid; ndim[2] = 2;
-    shape[3][0] = h->hid; ndim[3] = 1;
-}
-
 int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint *ck, CkptState *st, Err *err)
 {
     const TrainConfig *cfg = v->cfg;
@@ -68,23 +57,20 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
     optimizer_init(&v->head_opt, opt->kind, &opt->adam, opt->momentum, h->n);
     v->head_opt.t = opt->t;
     v->dp = xmalloc(2 * (size_t)cfg->batch_size * (size_t)h->hid * sizeof(float));
-    size_t off[4];
-    proj_head_offsets(h, off);
-    int64_t shape[4][2] = { { 0 } };
-    int ndim[4];
-    head_shapes(h, shape, ndim);
+    ProjHeadTensor ten[4];
+    proj_head_tensors(h, ten);
     const int n_state = v->head_opt.v ? 2 : 1;
     v->n_members = 0;
     for (int s = 0; s <= n_state; s++)
         for (int t = 0; t < 4; t++) {
             NpyArray *a = &v->members[v->n_members++];
             memset(a, 0, sizeof *a);
-            snprintf(a->name, sizeof a->name, "%s%s", s == 0 ? "" : s == 1 ? "opt.m." : "opt.v.", HEAD_NAMES[t]);
+            snprintf(a->name, sizeof a->name, "%shead.%s", s == 0 ? "" : s == 1 ? "opt.m." : "opt.v.", ten[t].name);
             a->dtype = NPY_F32;
-            a->ndim = ndim[t];
-            a->shape[0] = shape[t][0];
-            a->shape[1] = shape[t][1];
-            a->data = (s == 0 ? h->params : s == 1 ? v->head_opt.m : v->head_opt.v) + off[t];
+            a->ndim = ten[t].ndim;
+            a->shape[0] = ten[t].shape[0];
+            a->shape[1] = ten[t].shape[1];
+            a->data = (s == 0 ? h->params : s == 1 ? v->head_opt.m : v->head_opt.v) + ten[t].offset;
         }
     int64_t t = opt->t; /* the head's step count: the model's, or 0 for a new head */
     if (v->ctx->rank == 0 && ck && ck->n_arrays > 0) {
@@ -101,11 +87,11 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
             else
                 memcpy(a->data, c->data, (size_t)npy_numel(a) * sizeof(float));
         }
-        if (!err->code && found == 0) t = 0;
-        if (!err->code && found == 0)
+        if (!err->code && found == 0) {
+            t = 0;
             par_log0(v->ctx, "note: %s has no projection head (trained without --contrastive-head): a new head starts "
                      "at step %lld\n", ck->path, (long long)st->step);
-        else if (!err->code && found != v->n_members)
+        } else if (!err->code && found != v->n_members)
             err_set(err, AE_EFORMAT, "%.300s: its projection head is incomplete (%d of %d members; damaged or "
                     "edited checkpoint)", ck->path, found, v->n_members);
     }
