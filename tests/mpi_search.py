@@ -489,6 +489,79 @@ class Search(unittest.TestCase):
         # older manifests (no "transform") still open: the main database
         self.assertNotIn("transform", self.man)
 
+    def test_whiten_dim(self):
+        # index --whiten-dim K (P = 2): whitening keeps the K axes of largest
+        # variance and zeroes the rest.  Reference (numpy, float64,
+        # independent of axis signs): squared distances between stored
+        # vectors = sum over the top-K eigenvectors v_i of the codes'
+        # covariance of (v_i . dx)^2 / (lambda_i + eps), eps = 1e-3 max
+        # lambda (all D axes' eps, as with --whiten); the last D - K
+        # coordinates are exactly 0; eval whitens the pixels baseline to K
+        # directions the same way.
+        K = 24
+        db = os.path.join(WORK, "db_whiten_dim")
+        shutil.rmtree(db, ignore_errors=True)
+        search(2, "index", "--model", self.ckpt, "--data", self.src, "--db", db, "--whiten-dim", str(K))
+        man, y, _, _, _ = load_db(db)
+        self.assertEqual((man["transform"], man["whiten_dim"], man["dim"]), ("whiten", K, self.x.shape[1]))
+        self.assertFalse(np.any(y[:, K:]))
+        x = self.x.astype(np.float64)
+        lam, v = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
+        top = v[:, ::-1][:, :K] / np.sqrt(np.maximum(lam[::-1][:K], 0) + 1e-3 * lam.max())
+        rng = np.random.default_rng(12)
+        i, j = rng.integers(0, N_DB, 300), rng.integers(0, N_DB, 300)
+        ref = (((x[i] - x[j]) @ top) ** 2).sum(1)
+        got = ((y[i].astype(np.float64) - y[j]) ** 2).sum(1)
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-3 * ref.mean())
+        # eval: the codes and the pixels baseline, both whitened to K
+        out = os.path.join(WORK, "eval_whiten_dim.json")
+        nq = 80
+        search(2, "eval", "--db", db, "--model", self.ckpt, "--queries", self.src, "--max-queries", str(nq), "--json",
+               "--baseline", "pixels", "--out", out)
+        ev = read_json(out)
+        self.assertEqual((ev["whitened"], ev["whiten_dim"]), (True, K))
+        pix = self.images[:N_DB].reshape(N_DB, -1).astype(np.float64) / 255
+        pl, pv = np.linalg.eigh(np.cov(pix, rowvar=False, bias=True))
+        ptop = pv[:, ::-1][:, :K] / np.sqrt(np.maximum(pl[::-1][:K], 0) + 1e-3 * pl.max())
+        for name, wv in (("aesim", (x - x.mean(0)) @ top), ("pixels", (pix - pix.mean(0)) @ ptop)):
+            d = brute(wv[:nq], wv)
+            d[np.arange(nq), np.arange(nq)] = np.inf
+            nn = np.argsort(d, axis=1, kind="stable")[:, :10]
+            ref_p = float(np.mean(self.labels[:N_DB][nn] == self.labels[:nq, None]))
+            self.assertAlmostEqual(ev["methods"][name]["precision"], ref_p, delta=0.02, msg=name)
+        # --append keeps the transform; another K, K >= D, K = 0 and a
+        # damaged manifest are refused with the value named
+        search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append")
+        _, y2, _, _, _ = load_db(db)
+        np.testing.assert_allclose(y2[N_DB:], y[:N_APPEND], rtol=1e-5, atol=1e-5)
+        p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append", "--whiten-dim",
+                   "8", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("keeps %d whitened directions" % K, p.stderr)
+        D = self.x.shape[1]
+        for bad, msg in ((str(D), "K must be below D"), ("0", "--whiten-dim")):
+            other = os.path.join(WORK, "db_whiten_dim_bad")
+            shutil.rmtree(other, ignore_errors=True)
+            p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", other, "--whiten-dim", bad,
+                       check=False)
+            self.assertNotEqual(p.returncode, 0, bad)
+            self.assertIn(msg, p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(other, "manifest.json")))
+        man_path = os.path.join(db, "manifest.json")
+        good = read_bytes(man_path)
+        try:
+            m = json.loads(good)
+            del m["transform"]
+            with open(man_path, "w") as f:
+                json.dump(m, f)
+            p = search(1, "query", "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "1", "--k", "2",
+                       check=False)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("'whiten_dim'", p.stderr)
+        finally:
+            with open(man_path, "wb") as f:
+                f.write(good)
+
     def test_eval_map_nn1_json(self):
         # mAP@k and 1-NN accuracy (text table and --json) against numpy:
         # AP@k = sum_j rel_j * precision@j / (relevant in the top k)

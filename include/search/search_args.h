@@ -58,6 +58,7 @@ typedef struct SearchConfig {
     char data[SEARCH_PATH_MAX];     /* --data source spec ("" = none) */
     int append;                     /* index --append */
     int whiten;                     /* index --whiten: store PCA-whitened codes (whiten.h) */
+    int whiten_dim;                 /* index --whiten-dim K: directions kept (implies whiten), 0 = all */
     int allow_gaps;                 /* --allow-gaps: numbered sets with a file missing are taken (warning) */
     int recipe_retrieval;           /* index --recipe retrieval: --whiten --metric cosine */
     int k;                          /* --k / -k, 0 = not given */

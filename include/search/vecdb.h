@@ -35,6 +35,8 @@
  *
  * Optional search settings (issue 17; absent = none, as in older manifests):
  *   "transform": "whiten"   the vectors are PCA-whitened codes (whiten.h);
+ *   "whiten_dim": K         only the K directions of largest variance are kept
+ *                           (the others are zero; index --whiten-dim);
  *   "tta": "flip,shift:1"   every vector is the mean of the codes of views of the
  *                           image (test-time augmentation, VecDbTta below), and
  *                           queries are encoded the same way;
@@ -148,6 +150,8 @@ typedef struct VecDb {
     int whiten;                  /* 1: vectors are PCA-whitened codes (whiten.h), queries get the
                                     same transform; manifest "transform": "whiten" (optional key,
                                     absent = none, as in databases written before it) */
+    int whiten_dim;              /* whitened: directions kept (index --whiten-dim), 0 = all D;
+                                    manifest "whiten_dim" (optional, 1 .. D-1, only with "transform") */
     VecDbTta tta;                /* test-time augmentation (manifest "tta", optional; absent = none) */
     int qe_n;                    /* query expansion: neighbours added to a query, 0 = none
                                     (manifest "query_expansion", optional) */

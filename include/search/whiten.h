@@ -10,6 +10,11 @@
  * co-occurrences in image retrieval", ECCV 2012).
  * eps = WHITEN_EPS_REL * the largest variance keeps directions without
  * variance (dead ReLU units) from being blown up.
+ * Dimension reduction (index --whiten-dim K): only the K axes of largest
+ * variance are kept, the rows of the others are zero, so distances between
+ * whitened vectors are those of PCA-whitening with dimension reduction to
+ * K components (as in Jegou and Chum), while the vectors keep their D
+ * floats (the last D - K are 0).
  *
  * Stored as DIR/whiten.npz (mean [D], matrix [D][D] = the scaled axes, row
  * i = axis i / sqrt(var_i + eps)), written atomically before the manifest,
@@ -36,9 +41,11 @@ typedef struct Whiten {
     float *mat;    /* [D][D] row i = axis i / sqrt(var_i + eps) */
 } Whiten;
 
-/* Fits from the summed statistics of D-dimensional vectors (all D axes).
- * Errors as pca_fit.  Free with whiten_free. */
-int whiten_fit(Whiten *w, const PcaStats *s, Err *err);
+/* Fits from the summed statistics of D-dimensional vectors: the `keep` axes
+ * of largest variance (keep <= 0 or >= D: all D); the rows of the others
+ * are zero.  eps comes from the largest variance either way.  Errors as
+ * pca_fit.  Free with whiten_free. */
+int whiten_fit(Whiten *w, const PcaStats *s, int keep, Err *err);
 void whiten_free(Whiten *w);
 
 /* x[n][D] <- whitened x, in place.  A row's result does not depend on n or on

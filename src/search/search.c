@@ -102,6 +102,10 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         } else if (!err->code && cfg->whiten && !db->whiten) {
             err_set(err, AE_EARG, "--append --whiten: %s was indexed without --whiten (hint: drop --whiten, or "
                                   "index everything again into a new --db with --whiten)", cfg->db);
+        } else if (!err->code && cfg->whiten_dim > 0 && cfg->whiten_dim != db->whiten_dim) {
+            err_set(err, AE_EARG, "--append --whiten-dim %d: %s keeps %d whitened directions (hint: drop "
+                                  "--whiten-dim; new images get the database's transform)", cfg->whiten_dim, cfg->db,
+                    db->whiten_dim > 0 ? db->whiten_dim : db->D);
         } else if (!err->code && cfg->nlist > 0 && db->ivf_nlist > 0) {
             err_set(err, AE_EARG, "--append --ivf %d: %s already has an IVF index (nlist %d): refusing to replace it "
                                   "(hint: drop --ivf, new vectors join their nearest lists; or retrain it afterwards "
@@ -137,6 +141,10 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
         vecdb_init(db, cfg->db, crc, m->spec.text, m->spec.C, m->spec.H, m->spec.W, ckpt, D, metric);
         db->whiten = cfg->whiten;
+        if (cfg->whiten_dim >= D)
+            err_set(err, AE_EARG, "--whiten-dim %d: the codes of %s have D = %d dimensions; K must be below D (hint: "
+                                  "--whiten alone keeps all %d)", cfg->whiten_dim, cfg->model, D, D);
+        db->whiten_dim = cfg->whiten_dim;
         db->tta = cfg->tta; /* zero (none) unless --tta */
         if (cfg->qe > 0) {
             if (metric != KNN_IP)
@@ -170,7 +178,7 @@ static int index_whiten(const ParCtx *ctx, const SearchConfig *cfg, const VecDb 
         par_allreduce_sum_f64(ctx, &st.n, 1);
         par_allreduce_sum_f64(ctx, st.sum, (size_t)D);
         par_allreduce_sum_f64(ctx, st.sxx, (size_t)D * (size_t)D);
-        if (ctx->rank == 0 && !whiten_fit(&w, &st, err)) whiten_save(&w, db->dir, err);
+        if (ctx->rank == 0 && !whiten_fit(&w, &st, db->whiten_dim, err)) whiten_save(&w, db->dir, err);
         pca_stats_free(&st);
     }
     if (par_agree(ctx, err)) {

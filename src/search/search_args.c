@@ -24,7 +24,7 @@ enum { FOR_INDEX = 1, FOR_QUERY = 2, FOR_EVAL = 4, FOR_SERVE = 8, FOR_TRAIN_IVF 
 enum {
     OPT_DB = 256, OPT_MODEL, OPT_DATA, OPT_APPEND, OPT_K, OPT_IMAGE, OPT_IDS, OPT_QUERIES, OPT_METRIC, OPT_LABEL,
     OPT_IDS_FROM, OPT_RADIUS, OPT_JSON, OPT_SHEET, OPT_OUT, OPT_MAX_QUERIES, OPT_BASELINE, OPT_BATCH, OPT_THREADS,
-    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_ALLOW_GAPS, OPT_RECIPE,
+    OPT_LISTEN, OPT_MAX_BATCH, OPT_MAX_K, OPT_MAX_BODY_MIB, OPT_TIMEOUT, OPT_PRECISION, OPT_WHITEN, OPT_WHITEN_DIM, OPT_ALLOW_GAPS, OPT_RECIPE,
     OPT_IVF, OPT_NLIST, OPT_NPROBE, OPT_EXACT, OPT_RECALL, OPT_CLASS_NAMES, OPT_OVERWRITE, OPT_TTA, OPT_QE, OPT_QE_ALPHA, OPT_HELP
 };
 
@@ -55,6 +55,7 @@ static const struct option LONG_OPTS[] = {
     { "timeout", required_argument, 0, OPT_TIMEOUT },
     { "precision", required_argument, 0, OPT_PRECISION },
     { "whiten", no_argument, 0, OPT_WHITEN },
+    { "whiten-dim", required_argument, 0, OPT_WHITEN_DIM },
     { "allow-gaps", no_argument, 0, OPT_ALLOW_GAPS },
     { "recipe", required_argument, 0, OPT_RECIPE },
     { "ivf", required_argument, 0, OPT_IVF },
@@ -96,7 +97,7 @@ static const int OPT_FOR[] = {
     [OPT_MAX_K - OPT_DB] = FOR_SERVE,    [OPT_MAX_BODY_MIB - OPT_DB] = FOR_SERVE,
     [OPT_TIMEOUT - OPT_DB] = FOR_SERVE,
     [OPT_PRECISION - OPT_DB] = FOR_ALL,
-    [OPT_WHITEN - OPT_DB] = FOR_INDEX,
+    [OPT_WHITEN - OPT_DB] = FOR_INDEX,  [OPT_WHITEN_DIM - OPT_DB] = FOR_INDEX,
     [OPT_ALLOW_GAPS - OPT_DB] = FOR_ALL,
     [OPT_RECIPE - OPT_DB] = FOR_INDEX,
     [OPT_IVF - OPT_DB] = FOR_INDEX,      [OPT_NLIST - OPT_DB] = FOR_TRAIN_IVF,
@@ -119,7 +120,7 @@ void search_args_usage(FILE *out)
 "k-nearest-neighbour searches over all shards, spread over the P ranks.\n"
 "\n"
 "Commands\n"
-"  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten]\n"
+"  index --model CKPT --data SRC --db DIR [--append] [--metric l2|cosine] [--whiten | --whiten-dim K]\n"
 "        [--tta none|flip|shift:S|flip,shift:S] [--qe N [--qe-alpha A]] [--recipe retrieval]\n"
 "        Every rank encodes its contiguous slice of SRC and writes one shard\n"
 "        (DIR/shard-SSSSS.{vectors,ids,labels}.npy + .names.txt); rank 0 writes\n"
@@ -128,6 +129,9 @@ void search_args_usage(FILE *out)
 "        --whiten: store PCA-whitened codes (PCA of the indexed codes, every direction\n"
 "        scaled to unit variance; DIR/whiten.npz, manifest \"transform\": \"whiten\");\n"
 "        query and eval apply it to the query codes (and --append to new images).\n"
+"        --whiten-dim K (implies --whiten): keep only the K directions of largest\n"
+"        variance (the others become 0; vectors keep their D floats; manifest\n"
+"        \"whiten_dim\"). K < D; README \"Search quality\" has measured values.\n"
 "        --tta flip,shift:S: each vector is the mean of the codes of views of the\n"
 "        image: itself and its horizontal mirror (flip), each also translated by S\n"
 "        pixels left, right, up and down with zero fill (shift:S); flip,shift:1 = 10\n"
@@ -334,6 +338,11 @@ static int parse_option(SearchConfig *c, int o, const char *arg, Err *err)
     case OPT_DATA: return copy_str(c->data, sizeof c->data, "--data", arg, err);
     case OPT_APPEND: c->append = 1; return AE_OK;
     case OPT_WHITEN: c->whiten = 1; return AE_OK;
+    case OPT_WHITEN_DIM: /* directions kept; checked against D when the model is read */
+        if (parse_i64("--whiten-dim", arg, 1, INT32_MAX, &i, err)) return AE_EARG;
+        c->whiten = 1;
+        c->whiten_dim = (int)i;
+        return AE_OK;
     case OPT_TTA:
         c->has_tta = 1;
         return vecdb_tta_parse(&c->tta, arg, "--tta", err);

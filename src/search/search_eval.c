@@ -195,8 +195,9 @@ static void owned_pixels(Owned *o, const ParCtx *ctx, const VecDb *db, const Ima
 /* Collective: PCA-whitens the owned baseline vectors and the queries
  * qv[Q][dim] (every rank holds the same qv) with a transform fitted on the
  * vectors of all ranks, as index --whiten does for the codes, so that the
- * baselines get the same treatment as a whitened database. */
-static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int dim, Err *err)
+ * baselines get the same treatment as a whitened database: the `keep` axes
+ * of largest variance (the database's --whiten-dim; 0 = all). */
+static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int dim, int keep, Err *err)
 {
     PcaStats st;
     pca_stats_init(&st, dim);
@@ -206,7 +207,7 @@ static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int d
     par_allreduce_sum_f64(ctx, st.sxx, (size_t)dim * (size_t)dim);
     Whiten w;
     memset(&w, 0, sizeof w);
-    if (ctx->rank == 0) whiten_fit(&w, &st, err);
+    if (ctx->rank == 0) whiten_fit(&w, &st, keep, err);
     pca_stats_free(&st);
     if (par_agree(ctx, err)) return err->code;
     if (ctx->rank != 0) {
@@ -225,9 +226,9 @@ static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int d
 /* Collective: search the baseline vectors (whitened when the database is,
  * normalised for cosine) and score. */
 static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
-                        KnnMetric metric, int whiten, SearchMeta *meta, int nthreads, double t0, Err *err)
+                        KnnMetric metric, const VecDb *db, SearchMeta *meta, int nthreads, double t0, Err *err)
 {
-    if (whiten && whiten_owned(ctx, o, qv, es->Q, dim, err)) return err->code;
+    if (db->whiten && whiten_owned(ctx, o, qv, es->Q, dim, db->whiten_dim, err)) return err->code;
     if (metric == KNN_IP) {
         knn_normalize(qv, es->Q, dim);
         for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
@@ -302,7 +303,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         owned_pixels(&o, ctx, db, sets);
         float *q = xmalloc((size_t)es->Q * (size_t)Pd * sizeof *q);
         memcpy(q, qv, (size_t)es->Q * (size_t)Pd * sizeof *q);
-        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db->whiten, meta, nthreads, t0, err);
+        int rc = eval_vectors(ctx, es, METHOD_PIXELS, &o, q, Pd, metric, db, meta, nthreads, t0, err);
         free(q);
         owned_free(&o);
         if (rc) goto done;
@@ -312,7 +313,7 @@ static int eval_baselines(const ParCtx *ctx, EvalState *es, const SearchConfig *
         const int D = db->D < Pd ? db->D : Pd;
         owned_pixels(&o, ctx, db, sets);
         if (pca_transform(ctx, &o, &qv, es->Q, Pd, D, err)) goto done;
-        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db->whiten, meta, nthreads, t0, err);
+        eval_vectors(ctx, es, METHOD_PCA, &o, qv, D, metric, db, meta, nthreads, t0, err);
     }
 done:
     owned_free(&o);
@@ -373,6 +374,8 @@ static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, con
                              vecdb_metric_name(metric), "whitened", db->whiten, "leave_one_out", es->self_first >= 0,
                              "methods", methods);
     CHECK(root);
+    if (db->whiten)
+        CHECK(json_object_set_new(root, "whiten_dim", json_integer(db->whiten_dim > 0 ? db->whiten_dim : db->D)) == 0);
     char tta[64];
     CHECK(json_object_set_new(root, "tta", json_string(vecdb_tta_name(&db->tta, tta, sizeof tta))) == 0);
     CHECK(json_object_set_new(root, "query_expansion", es->qe.n > 0 ? json_pack("{s:i,s:f}", "n", es->qe.n, "alpha",
@@ -405,11 +408,16 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
     char tta[64], views[96] = "", qe[96] = "";
     if (vecdb_tta_views(&db->tta) > 1)
         snprintf(views, sizeof views, " | test-time views %s", vecdb_tta_name(&db->tta, tta, sizeof tta));
+    char white[64] = "";
+    if (db->whiten && db->whiten_dim > 0)
+        snprintf(white, sizeof white, " | whitened, %d directions (baselines too)", db->whiten_dim);
+    else if (db->whiten)
+        snprintf(white, sizeof white, " | whitened (baselines too)");
     if (es->qe.n > 0)
         snprintf(qe, sizeof qe, " | query expansion n = %d, alpha = %g (baselines too)", es->qe.n, es->qe.alpha);
     fprintf(f, "precision@%d by label | %lld queries from %s | database %s: %lld vectors | metric %s%s%s%s%s\n",
             es->k, (long long)es->Q, cfg->queries, db->dir, (long long)db->count, vecdb_metric_name(metric),
-            db->whiten ? " | whitened (baselines too)" : "", views, qe,
+            white, views, qe,
             es->self_first >= 0 ? " | leave-one-out (queries are the database's source)" : "");
     fprintf(f, "%-8s %8s", "label", "queries");
     for (int m = 0; m < METHOD_COUNT; m++) {

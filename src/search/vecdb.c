@@ -231,6 +231,7 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
                              sources, "shards", shards);
     CHECK(root != NULL);
     if (db->whiten) json_object_set_new(root, "transform", json_string("whiten"));
+    if (db->whiten && db->whiten_dim > 0) json_object_set_new(root, "whiten_dim", json_integer(db->whiten_dim));
     if (vecdb_tta_views(&db->tta) > 1) {
         char tta[64];
         json_object_set_new(root, "tta", json_string(vecdb_tta_name(&db->tta, tta, sizeof tta)));
@@ -486,6 +487,14 @@ int vecdb_read(VecDb *db, const char *dir, Err *err)
         goto done;
     }
     db->whiten = transform != NULL;
+    json_t *wdim = json_object_get(root, "whiten_dim"); /* optional */
+    if (wdim && (!db->whiten || !json_is_integer(wdim) || json_integer_value(wdim) < 1 ||
+                 json_integer_value(wdim) >= db->D)) {
+        err_set(err, AE_EFORMAT, "%s: 'whiten_dim' must be an integer in 1 .. %d (below 'dim') and needs "
+                                 "\"transform\": \"whiten\" (hint: the manifest is damaged)", path, db->D - 1);
+        goto done;
+    }
+    db->whiten_dim = wdim ? (int)json_integer_value(wdim) : 0;
     json_t *tta = json_object_get(root, "tta"), *qe = json_object_get(root, "query_expansion");
     if (tta) {
         char what[VECDB_PATH_BYTES + 64];

@@ -16,7 +16,7 @@
 /* Rows transformed per sgemm call. */
 #define WHITEN_BLOCK_ROWS 64
 
-int whiten_fit(Whiten *w, const PcaStats *s, Err *err)
+int whiten_fit(Whiten *w, const PcaStats *s, int keep, Err *err)
 {
     memset(w, 0, sizeof *w);
     Pca p;
@@ -27,9 +27,10 @@ int whiten_fit(Whiten *w, const PcaStats *s, Err *err)
     w->mean = xmalloc((size_t)D * sizeof *w->mean);
     w->mat = xmalloc((size_t)D * D * sizeof *w->mat);
     memcpy(w->mean, p.mean, (size_t)D * sizeof *w->mean);
+    if (keep <= 0 || keep > D) keep = D;
     for (int i = 0; i < D; i++) {
         const double v = p.var[i] > 0 ? p.var[i] : 0; /* dsyevd can return -1e-17 for a null direction */
-        const double f = 1.0 / sqrt(v + eps);
+        const double f = i < keep ? 1.0 / sqrt(v + eps) : 0.0; /* axes by decreasing variance */
         for (int j = 0; j < D; j++) w->mat[(size_t)i * D + j] = (float)(p.axes[(size_t)i * D + j] * f);
     }
     pca_free(&p);
