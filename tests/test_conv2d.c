@@ -58,6 +58,9 @@ static const Shape BWD_SHAPES[] = {
     {1, 1, 1, 1, 1, 3}, {1, 1, 1, 5, 7, 3}, {5, 3, 4, 7, 5, 3}, {2, 2, 3, 6, 9, 5},
     {1, 2, 2, 2, 3, 5}, {3, 8, 8, 7, 7, 3}, {2, 1, 4, 28, 28, 3}, {3, 5, 6, 5, 5, 3},
     {2, 7, 9, 4, 4, 3}, {2, 3, 5, 4, 16, 3}, {1, 7, 6, 3, 32, 3}, {1, 2, 3, 5, 48, 5},
+    /* the direct weight gradient's row tile (C >= 6, W a multiple of 16) with
+     * 5x5 taps: 3 vectors per row (first / last masked), and 1 (one mask) */
+    {1, 7, 3, 5, 48, 5}, {2, 7, 6, 5, 16, 5},
 };
 static const int NTHREADS[] = {1, 3};
 static const ConvKernel KERNELS[] = {CONV_KERNEL_GENERIC, CONV_KERNEL_AVX512, CONV_KERNEL_DIRECT};
