@@ -520,6 +520,7 @@ class Search(unittest.TestCase):
                "--baseline", "pixels", "--out", out)
         ev = read_json(out)
         self.assertEqual((ev["whitened"], ev["whiten_dim"]), (True, K))
+        self.assertEqual([ev["methods"][m]["whiten_dim"] for m in ("aesim", "pixels")], [K, K])
         pix = self.images[:N_DB].reshape(N_DB, -1).astype(np.float64) / 255
         pl, pv = np.linalg.eigh(np.cov(pix, rowvar=False, bias=True))
         ptop = pv[:, ::-1][:, :K] / np.sqrt(np.maximum(pl[::-1][:K], 0) + 1e-3 * pl.max())
@@ -529,17 +530,27 @@ class Search(unittest.TestCase):
             nn = np.argsort(d, axis=1, kind="stable")[:, :10]
             ref_p = float(np.mean(self.labels[:N_DB][nn] == self.labels[:nq, None]))
             self.assertAlmostEqual(ev["methods"][name]["precision"], ref_p, delta=0.02, msg=name)
-        # --append keeps the transform; another K, K >= D, K = 0 and a
-        # damaged manifest are refused with the value named
+        # --append keeps the transform, also with the same --whiten-dim K;
+        # another K, --whiten-dim on an unwhitened database, K >= D, K = 0
+        # and damaged manifests are refused with the value named
         search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append")
-        _, y2, _, _, _ = load_db(db)
-        np.testing.assert_allclose(y2[N_DB:], y[:N_APPEND], rtol=1e-5, atol=1e-5)
+        search(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append", "--whiten-dim", str(K))
+        man2, y2, _, _, _ = load_db(db)
+        self.assertEqual((man2["whiten_dim"], man2["count"]), (K, N_DB + 2 * N_APPEND))
+        np.testing.assert_allclose(y2[N_DB:N_DB + N_APPEND], y[:N_APPEND], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y2[N_DB + N_APPEND:], y[:N_APPEND], rtol=1e-5, atol=1e-5)
         p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--append", "--whiten-dim",
                    "8", check=False)
         self.assertNotEqual(p.returncode, 0)
-        self.assertIn("keeps %d whitened directions" % K, p.stderr)
+        self.assertIn("--append --whiten-dim 8: %s keeps %d whitened directions" % (db, K), p.stderr)
+        p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", self.db, "--append",
+                   "--whiten-dim", str(K), check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("--append --whiten-dim: %s was indexed without --whiten (hint: drop --whiten-dim" % self.db,
+                      p.stderr)
+        self.assertEqual(read_json(os.path.join(self.db, "manifest.json"))["count"], N_DB)
         D = self.x.shape[1]
-        for bad, msg in ((str(D), "K must be below D"), ("0", "--whiten-dim")):
+        for bad, msg in ((str(D), "K must be below D"), ("0", "--whiten-dim: '0' is not an integer in 1..")):
             other = os.path.join(WORK, "db_whiten_dim_bad")
             shutil.rmtree(other, ignore_errors=True)
             p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", other, "--whiten-dim", bad,
@@ -547,20 +558,53 @@ class Search(unittest.TestCase):
             self.assertNotEqual(p.returncode, 0, bad)
             self.assertIn(msg, p.stderr)
             self.assertFalse(os.path.exists(os.path.join(other, "manifest.json")))
+        # an earlier error (the --db holds a database) is kept, not replaced
+        # by that of K >= D
+        p = search(1, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--whiten-dim", str(D),
+                   check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("already holds a database", p.stderr)
+        # damaged manifests: "whiten_dim" without "transform", equal to D,
+        # 0, and a string
         man_path = os.path.join(db, "manifest.json")
         good = read_bytes(man_path)
         try:
-            m = json.loads(good)
-            del m["transform"]
-            with open(man_path, "w") as f:
-                json.dump(m, f)
-            p = search(1, "query", "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "1", "--k", "2",
-                       check=False)
-            self.assertNotEqual(p.returncode, 0)
-            self.assertIn("'whiten_dim'", p.stderr)
+            for key, value in (("transform", None), ("whiten_dim", D), ("whiten_dim", 0), ("whiten_dim", str(K))):
+                m = json.loads(good)
+                if value is None:
+                    del m[key]
+                else:
+                    m[key] = value
+                with open(man_path, "w") as f:
+                    json.dump(m, f)
+                p = search(1, "query", "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "1", "--k", "2",
+                           check=False)
+                self.assertNotEqual(p.returncode, 0, (key, value))
+                self.assertIn("'whiten_dim' must be an integer in 1 .. %d" % (D - 1), p.stderr, (key, value))
         finally:
             with open(man_path, "wb") as f:
                 f.write(good)
+        # codes wider than the pixels (D = 2 x 28 x 28 = 1,568), K = 1,000:
+        # eval whitens the 784-dimensional baselines in all 784 directions
+        # and says so (JSON per method, the table's header, stderr)
+        wide = os.path.join(WORK, "run_wide")
+        if not os.path.exists(os.path.join(wide, "checkpoint.npz")):
+            mpirun(1, TRAIN, "--data", MNIST, "--arch", "c2 | c1", "--max-steps", "2", "--batch-size", "16", "--seed",
+                   "7", "--threads", "1", "--out", wide, "--grid", "0")
+        db = os.path.join(WORK, "db_whiten_dim_wide")
+        shutil.rmtree(db, ignore_errors=True)
+        wckpt = os.path.join(wide, "checkpoint.npz")
+        search(2, "index", "--model", wckpt, "--data", self.src_app, "--db", db, "--whiten-dim", "1000")
+        args = ("eval", "--db", db, "--model", wckpt, "--queries", self.src_app, "--max-queries", "20", "--baseline",
+                "pixels,pca")
+        p = search(2, *args, "--json")
+        ev = json.loads(p.stdout)
+        self.assertEqual(ev["whiten_dim"], 1000)
+        self.assertEqual({m: (v["dim"], v["whiten_dim"]) for m, v in ev["methods"].items()},
+                         {"aesim": (1568, 1000), "pixels": (784, 784), "pca": (784, 784)})
+        self.assertIn("the pixels baseline has D = 784 < the database's whiten_dim 1000", p.stderr)
+        p = search(2, *args)
+        self.assertIn("| whitened, 1000 directions (baselines too, pixels all 784, pca all 784) |", p.stdout)
 
     def test_eval_map_nn1_json(self):
         # mAP@k and 1-NN accuracy (text table and --json) against numpy:

@@ -2,7 +2,8 @@
  * whiten.h - PCA whitening of database vectors (aesim-search index
  * --whiten): y = diag(1 / sqrt(var + eps)) A (x - mu), with mu, A (the D
  * principal axes, as rows) and var (their variances) fitted on the indexed
- * vectors (pca.h).  Every direction of the codes then has unit variance, so
+ * vectors (pca.h).  Every direction of the codes then has unit variance
+ * (with --whiten-dim K, below, only the K kept ones; the others are 0), so
  * L2 / cosine distances weigh all of them equally instead of being
  * dominated by the few directions of largest variance (A. Hyvarinen,
  * E. Oja, "Independent component analysis", Neural Networks 13, 2000,
@@ -16,11 +17,13 @@
  * K components (as in Jegou and Chum), while the vectors keep their D
  * floats (the last D - K are 0).
  *
- * Stored as DIR/whiten.npz (mean [D], matrix [D][D] = the scaled axes, row
- * i = axis i / sqrt(var_i + eps)), written atomically before the manifest,
- * which then says "transform": "whiten"; queries go through the same
- * transform before the search.  No MPI (the caller sums the PcaStats of all
- * ranks); matrix products with cblas_sgemm.
+ * Stored as DIR/whiten.npz (mean [D], matrix [D][D] = the scaled axes by
+ * decreasing variance, row i = axis i / sqrt(var_i + eps); with
+ * --whiten-dim K the rows i >= K are 0), written atomically before the
+ * manifest, which then says "transform": "whiten" (and "whiten_dim": K,
+ * vecdb.h); queries go through the same transform before the search.  No
+ * MPI (the caller sums the PcaStats of all ranks); matrix products with
+ * cblas_sgemm.
  */
 #ifndef AESIM_WHITEN_H
 #define AESIM_WHITEN_H
@@ -38,7 +41,7 @@
 typedef struct Whiten {
     int D;
     float *mean;   /* [D] */
-    float *mat;    /* [D][D] row i = axis i / sqrt(var_i + eps) */
+    float *mat;    /* [D][D] row i = axis i / sqrt(var_i + eps), 0 for i >= keep (whiten_fit) */
 } Whiten;
 
 /* Fits from the summed statistics of D-dimensional vectors: the `keep` axes

@@ -100,8 +100,9 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
             snprintf(msg, sizeof msg, "--append refused: %.980s", err->msg);
             snprintf(err->msg, sizeof err->msg, "%s", msg);
         } else if (!err->code && cfg->whiten && !db->whiten) {
-            err_set(err, AE_EARG, "--append --whiten: %s was indexed without --whiten (hint: drop --whiten, or "
-                                  "index everything again into a new --db with --whiten)", cfg->db);
+            const char *opt = cfg->whiten_dim ? "--whiten-dim" : "--whiten";
+            err_set(err, AE_EARG, "--append %s: %s was indexed without --whiten (hint: drop %s, or index everything "
+                                  "again into a new --db with %s)", opt, cfg->db, opt, opt);
         } else if (!err->code && cfg->whiten_dim > 0 && cfg->whiten_dim != db->whiten_dim) {
             err_set(err, AE_EARG, "--append --whiten-dim %d: %s keeps %d whitened directions (hint: drop "
                                   "--whiten-dim; new images get the database's transform)", cfg->whiten_dim, cfg->db,
@@ -141,7 +142,7 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
         vecdb_init(db, cfg->db, crc, m->spec.text, m->spec.C, m->spec.H, m->spec.W, ckpt, D, metric);
         db->whiten = cfg->whiten;
-        if (cfg->whiten_dim >= D)
+        if (!err->code && cfg->whiten_dim >= D)
             err_set(err, AE_EARG, "--whiten-dim %d: the codes of %s have D = %d dimensions; K must be below D (hint: "
                                   "--whiten alone keeps all %d)", cfg->whiten_dim, cfg->model, D, D);
         db->whiten_dim = cfg->whiten_dim;

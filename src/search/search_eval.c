@@ -8,7 +8,8 @@
  *           database images (pca.h; sums over all ranks, dsyevd on rank 0).
  * When the database is whitened (index --whiten), each baseline is
  * whitened the same way (fitted on its own database vectors), so the
- * comparison stays like for like.
+ * comparison stays like for like; with --whiten-dim K a baseline keeps
+ * min(K, its dimension) directions, reported per method.
  * Precision@k of a query = (neighbours with the query's label) / (neighbours
  * returned), over its k nearest database vectors; the query's own image is
  * left out when the queries are the database's source (leave-one-out).
@@ -37,6 +38,7 @@
 
 /* Methods compared: the encoder and the two baselines. */
 enum { METHOD_AESIM = 0, METHOD_PIXELS = 1, METHOD_PCA = 2, METHOD_COUNT = 3 };
+static const char *const METHOD_NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
 
 typedef struct EvalState {
     int64_t Q;            /* queries used */
@@ -47,6 +49,7 @@ typedef struct EvalState {
     double *ap[METHOD_COUNT];   /* [Q] rank 0: average precision@k */
     double *nn1[METHOD_COUNT];  /* [Q] rank 0: 1 if the nearest neighbour has the query's label */
     int dim[METHOD_COUNT];
+    int white[METHOD_COUNT];  /* directions kept by whitening (min(K, dim) for --whiten-dim K), 0 = not whitened */
     double secs[METHOD_COUNT];
     SearchQe qe;          /* query expansion of every method (n = 0: none) */
 } EvalState;
@@ -146,6 +149,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
     es->dim[METHOD_AESIM] = db->D;
+    es->white[METHOD_AESIM] = db->whiten ? (db->whiten_dim > 0 ? db->whiten_dim : db->D) : 0;
     es->secs[METHOD_AESIM] = timer_now() - t0;
 done:
     free(qv);
@@ -224,11 +228,18 @@ static int whiten_owned(const ParCtx *ctx, Owned *o, float *qv, int64_t Q, int d
 }
 
 /* Collective: search the baseline vectors (whitened when the database is,
- * normalised for cosine) and score. */
+ * to min(whiten_dim, dim) directions; normalised for cosine) and score. */
 static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, float *qv, int dim,
                         KnnMetric metric, const VecDb *db, SearchMeta *meta, int nthreads, double t0, Err *err)
 {
-    if (db->whiten && whiten_owned(ctx, o, qv, es->Q, dim, db->whiten_dim, err)) return err->code;
+    if (db->whiten) {
+        const int keep = db->whiten_dim > 0 && db->whiten_dim < dim ? db->whiten_dim : dim;
+        if (db->whiten_dim > dim)
+            par_err0(ctx, "eval: the %s baseline has D = %d < the database's whiten_dim %d: whitened in all %d "
+                          "directions\n", METHOD_NAME[method], dim, db->whiten_dim, dim);
+        if (whiten_owned(ctx, o, qv, es->Q, dim, keep, err)) return err->code;
+        es->white[method] = keep;
+    }
     if (metric == KNN_IP) {
         knn_normalize(qv, es->Q, dim);
         for (int i = 0; i < o->n; i++) knn_normalize(o->vec[i], o->dbs[i].M, dim);
@@ -329,8 +340,6 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static const char *const METHOD_NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
-
 static double mean_of(const double *v, int64_t n)
 {
     double s = 0;
@@ -339,7 +348,8 @@ static double mean_of(const double *v, int64_t n)
 }
 
 /* Rank 0: eval --json: one object with, per method, D, precision@k, mAP@k,
- * 1-NN accuracy, seconds and precision@k per label. */
+ * 1-NN accuracy, seconds, precision@k per label and (whitened database) the
+ * directions kept, "whiten_dim". */
 static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, const VecDb *db, KnnMetric metric)
 {
     json_t *methods = json_object();
@@ -368,6 +378,9 @@ static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, con
                             json_pack("{s:i,s:f,s:f,s:f,s:f,s:o}", "dim", es->dim[m], "precision",
                                       mean_of(es->prec[m], es->Q), "map", mean_of(es->ap[m], es->Q), "nn1_accuracy",
                                       mean_of(es->nn1[m], es->Q), "seconds", es->secs[m], "per_label", per));
+        if (db->whiten)
+            CHECK(json_object_set_new(json_object_get(methods, METHOD_NAME[m]), "whiten_dim",
+                                      json_integer(es->white[m])) == 0);
     }
     json_t *root = json_pack("{s:i,s:I,s:s,s:s,s:I,s:s,s:b,s:b,s:o}", "k", es->k, "queries", (json_int_t)es->Q,
                              "query_source", cfg->queries, "db", db->dir, "db_count", (json_int_t)db->count, "metric",
@@ -408,10 +421,14 @@ static int print_table(const EvalState *es, const SearchConfig *cfg, const VecDb
     char tta[64], views[96] = "", qe[96] = "";
     if (vecdb_tta_views(&db->tta) > 1)
         snprintf(views, sizeof views, " | test-time views %s", vecdb_tta_name(&db->tta, tta, sizeof tta));
-    char white[64] = "";
-    if (db->whiten && db->whiten_dim > 0)
-        snprintf(white, sizeof white, " | whitened, %d directions (baselines too)", db->whiten_dim);
-    else if (db->whiten)
+    char white[160] = "";
+    if (db->whiten && db->whiten_dim > 0) {
+        int n = snprintf(white, sizeof white, " | whitened, %d directions (baselines too", db->whiten_dim);
+        for (int m = 0; m < METHOD_COUNT; m++) /* a baseline of fewer dimensions keeps all of its own */
+            if (es->prec[m] && es->white[m] < db->whiten_dim)
+                n += snprintf(white + n, sizeof white - (size_t)n, ", %s all %d", NAME[m], es->white[m]);
+        snprintf(white + n, sizeof white - (size_t)n, ")");
+    } else if (db->whiten)
         snprintf(white, sizeof white, " | whitened (baselines too)");
     if (es->qe.n > 0)
         snprintf(qe, sizeof qe, " | query expansion n = %d, alpha = %g (baselines too)", es->qe.n, es->qe.alpha);
