@@ -148,7 +148,7 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         db->whiten_dim = cfg->whiten_dim;
         db->tta = cfg->tta; /* zero (none) unless --tta */
         if (cfg->qe > 0) {
-            if (metric != KNN_IP)
+            if (!err->code && metric != KNN_IP)
                 err_set(err, AE_EARG, "--qe: query expansion needs the cosine metric (hint: add --metric cosine, or "
                                       "use --recipe retrieval)");
             db->qe_n = cfg->qe;
