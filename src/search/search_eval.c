@@ -40,6 +40,15 @@
 enum { METHOD_AESIM = 0, METHOD_PIXELS = 1, METHOD_PCA = 2, METHOD_COUNT = 3 };
 static const char *const METHOD_NAME[METHOD_COUNT] = { "aesim", "pixels", "pca" };
 
+/* Directions that whitening keeps of a method's dim-dimensional vectors on
+ * this database: min(whiten_dim, dim) with --whiten-dim, all dim with
+ * --whiten, 0 when the database is not whitened. */
+static int whiten_kept(const VecDb *db, int dim)
+{
+    if (!db->whiten) return 0;
+    return db->whiten_dim > 0 && db->whiten_dim < dim ? db->whiten_dim : dim;
+}
+
 typedef struct EvalState {
     int64_t Q;            /* queries used */
     int32_t *qlabel;      /* [Q] rank 0 */
@@ -149,7 +158,7 @@ static int eval_aesim(const ParCtx *ctx, EvalState *es, Model *m, const ImageSet
     if (ctx->rank == 0) score(es, METHOD_AESIM, &res, meta, err);
     par_agree(ctx, err);
     es->dim[METHOD_AESIM] = db->D;
-    es->white[METHOD_AESIM] = db->whiten ? (db->whiten_dim > 0 ? db->whiten_dim : db->D) : 0;
+    es->white[METHOD_AESIM] = whiten_kept(db, db->D);
     es->secs[METHOD_AESIM] = timer_now() - t0;
 done:
     free(qv);
@@ -233,7 +242,7 @@ static int eval_vectors(const ParCtx *ctx, EvalState *es, int method, Owned *o, 
                         KnnMetric metric, const VecDb *db, SearchMeta *meta, int nthreads, double t0, Err *err)
 {
     if (db->whiten) {
-        const int keep = db->whiten_dim > 0 && db->whiten_dim < dim ? db->whiten_dim : dim;
+        const int keep = whiten_kept(db, dim);
         if (db->whiten_dim > dim)
             par_err0(ctx, "eval: the %s baseline has D = %d < the database's whiten_dim %d: whitened in all %d "
                           "directions\n", METHOD_NAME[method], dim, db->whiten_dim, dim);
@@ -374,13 +383,11 @@ static int print_json(FILE *f, const EvalState *es, const SearchConfig *cfg, con
             json_object_set_new(acc, "precision", json_real(json_real_value(json_object_get(acc, "sum")) / n));
             json_object_del(acc, "sum");
         }
-        json_object_set_new(methods, METHOD_NAME[m],
-                            json_pack("{s:i,s:f,s:f,s:f,s:f,s:o}", "dim", es->dim[m], "precision",
-                                      mean_of(es->prec[m], es->Q), "map", mean_of(es->ap[m], es->Q), "nn1_accuracy",
-                                      mean_of(es->nn1[m], es->Q), "seconds", es->secs[m], "per_label", per));
-        if (db->whiten)
-            CHECK(json_object_set_new(json_object_get(methods, METHOD_NAME[m]), "whiten_dim",
-                                      json_integer(es->white[m])) == 0);
+        json_t *one = json_pack("{s:i,s:f,s:f,s:f,s:f,s:o}", "dim", es->dim[m], "precision",
+                                mean_of(es->prec[m], es->Q), "map", mean_of(es->ap[m], es->Q), "nn1_accuracy",
+                                mean_of(es->nn1[m], es->Q), "seconds", es->secs[m], "per_label", per);
+        if (db->whiten) CHECK(json_object_set_new(one, "whiten_dim", json_integer(es->white[m])) == 0);
+        json_object_set_new(methods, METHOD_NAME[m], one);
     }
     json_t *root = json_pack("{s:i,s:I,s:s,s:s,s:I,s:s,s:b,s:b,s:o}", "k", es->k, "queries", (json_int_t)es->Q,
                              "query_source", cfg->queries, "db", db->dir, "db_count", (json_int_t)db->count, "metric",
