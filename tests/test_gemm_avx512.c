@@ -1,12 +1,14 @@
 /*
  * test_gemm_avx512.c - aesim's AVX-512 SGEMM kernels (gemm_avx512.h) against
- * a naive double-precision triple loop written here, for nn, tn, nt and
- * nt_bcast (the kNN GEMM, issue 16: B^T packed, same shapes as nt).
+ * a naive double-precision triple loop written here, for nn, tn, nt,
+ * nt_bcast (kmeans' GEMM, issue 16: B^T packed, same shapes as nt) and
+ * nt_packed_a (the kNN GEMM: A packed by gemm_avx512_pack_a_nt, beta 0).
  *
  * Shapes straddle every blocking edge of the kernels: m around the 8-row
- * register block (1, 7, 8, 9, 17), n around the 32-column panel (1, 31,
+ * register blocks (1, 7, 8, 9, 17; 12, 13, 25 for nt_packed_a's 12), n around the 32-column panel (1, 31,
  * 32, 33) and the 3-row dot block, k past the 256 k block of nn/tn (300,
- * 513) and the 2048 k block of nt (2100).  Each runs with beta 0 on a C
+ * 513), the 512 k block of nt_packed_a (511, 512, 513, 1025) and the 2048
+ * k block of nt (2100).  Each runs with beta 0 on a C
  * full of NaN (C must be overwritten, never read), beta 1 and beta 0.5.
  * Skipped (passes) on CPUs without AVX-512F; the generic path is OpenBLAS,
  * covered by test_conv2d.  Serial.
@@ -29,12 +31,12 @@
 #define GEMM_ATOL 1e-4
 #define GEMM_RTOL 1e-5
 
-typedef enum { OP_NN, OP_TN, OP_NT, OP_NTB } Op;
+typedef enum { OP_NN, OP_TN, OP_NT, OP_NTB, OP_NTP } Op;
 typedef struct GemmShape { int m, n, k; } GemmShape;
 
 static const GemmShape SHAPES[] = {
     {1, 1, 1}, {7, 31, 5}, {8, 32, 16}, {9, 33, 17}, {17, 1, 300}, {3, 65, 513}, {16, 100, 144},
-    {5, 7, 2100}, {9, 4, 2100}, {1, 3, 2049}, {40, 70, 130},
+    {5, 7, 2100}, {9, 4, 2100}, {1, 3, 2049}, {40, 70, 130}, {12, 33, 512}, {13, 64, 1025}, {25, 31, 511},
 };
 static const float BETAS[] = {0.0f, 1.0f, 0.5f};
 
@@ -49,7 +51,7 @@ static void ref_gemm(double *ref, Op op, const float *a, const float *b, const f
             double s = 0.0;
             for (int p = 0; p < k; p++) {
                 const double av = op == OP_TN ? a[(size_t)p * m + i] : a[(size_t)i * k + p];
-                const double bv = op == OP_NT || op == OP_NTB ? b[(size_t)j * k + p] : b[(size_t)p * n + j];
+                const double bv = op == OP_NT || op == OP_NTB || op == OP_NTP ? b[(size_t)j * k + p] : b[(size_t)p * n + j];
                 s += av * bv;
             }
             ref[(size_t)i * n + j] = s + (beta != 0.0f ? (double)beta * c0[(size_t)i * n + j] : 0.0);
@@ -72,13 +74,20 @@ static void run_op(Op op, const char *opname)
         test_fill_uniform(a, na, &seed, -1.0f, 1.0f);
         test_fill_uniform(b, nb, &seed, -1.0f, 1.0f);
         test_fill_uniform(c0, nc, &seed, -1.0f, 1.0f);
-        for (size_t bi = 0; bi < COUNT(BETAS); bi++) {
+        /* nt_packed_a has no beta: C = A B^T only */
+        for (size_t bi = 0; bi < (op == OP_NTP ? 1 : COUNT(BETAS)); bi++) {
             const float beta = BETAS[bi];
             for (size_t i = 0; i < nc; i++) c[i] = beta == 0.0f ? NAN : c0[i];
             if (op == OP_NN) gemm_avx512_nn(c, a, b, s.m, s.n, s.k, beta);
             else if (op == OP_TN) gemm_avx512_tn(c, a, b, s.m, s.n, s.k, beta);
             else if (op == OP_NT) gemm_avx512_nt(c, a, b, s.m, s.n, s.k, beta);
-            else gemm_avx512_nt_bcast(c, a, b, s.m, s.n, s.k, beta);
+            else if (op == OP_NTB) gemm_avx512_nt_bcast(c, a, b, s.m, s.n, s.k, beta);
+            else {
+                float *ap = xmalloc(sizeof(float) * gemm_avx512_pack_a_nt_floats(s.m, s.k));
+                gemm_avx512_pack_a_nt(ap, a, s.m, s.k);
+                gemm_avx512_nt_packed_a(c, ap, b, s.m, s.n, s.k);
+                free(ap);
+            }
             ref_gemm(ref, op, a, b, c0, s.m, s.n, s.k, beta);
             for (size_t i = 0; i < nc; i++) got[i] = c[i];
             char name[128];
@@ -93,6 +102,7 @@ static void test_nn_matches_naive(void **state) { (void)state; run_op(OP_NN, "nn
 static void test_tn_matches_naive(void **state) { (void)state; run_op(OP_TN, "tn"); }
 static void test_nt_matches_naive(void **state) { (void)state; run_op(OP_NT, "nt"); }
 static void test_nt_bcast_matches_naive(void **state) { (void)state; run_op(OP_NTB, "nt_bcast"); }
+static void test_nt_packed_a_matches_naive(void **state) { (void)state; run_op(OP_NTP, "nt_packed_a"); }
 
 int main(void)
 {
@@ -101,6 +111,7 @@ int main(void)
         cmocka_unit_test(test_tn_matches_naive),
         cmocka_unit_test(test_nt_matches_naive),
         cmocka_unit_test(test_nt_bcast_matches_naive),
+        cmocka_unit_test(test_nt_packed_a_matches_naive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

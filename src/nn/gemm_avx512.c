@@ -52,6 +52,20 @@
  * queries, runs interleaved): KC 64 205-278 queries/s, 128 235-295 (+10%),
  * 256 171-185 (the 32 KiB panel and the 8 rows of A no longer fit in L1). */
 #define GEMM_AVX512_KC_NT 128
+/* nt_packed_a register block: PMR rows of packed A x NR columns (24
+ * accumulators: 12 broadcasts and 2 panel loads per 24 FMAs), and its k
+ * block.  Measured (issue 16, 2026-12-05, Zen 5, 1 thread, C = A[504][512]
+ * x B[512][512]^T tiles over 262,144 streamed rows of B, GFLOP/s of a
+ * 220 FMA peak): nt_bcast (8 rows of A read in place, k block 128) 152-160;
+ * packed A, 8 rows: k block 128 / 256 / 512 173 / 181 / 186; 12 rows: 178 /
+ * 177 / 195; 14 rows, 512: 183.  The kernel alone, in L1: 12 rows 196.
+ * A 512 k block keeps the C tile in registers for the whole D = 512 (no
+ * re-read of the 1 MiB C tile per k block); its panel (64 KiB) streams from
+ * L2, two loads per 24 FMAs. */
+#ifndef GEMM_AVX512_KC_NTP
+#define GEMM_AVX512_KC_NTP 512
+#endif
+#define PMR 12
 /* nt register block: DMR rows of A x DNR rows of B (24 accumulators). */
 #define DMR 8
 #define DNR 3
@@ -241,6 +255,78 @@ void gemm_avx512_nt_bcast(float *c, const float *a, const float *b, int m, int n
     gemm_bcast(c, a, k, 1, b, 1, m, n, k, beta, GEMM_AVX512_KC_NT);
 }
 
+size_t gemm_avx512_pack_a_nt_floats(int m, int k)
+{
+    assert(m >= 1 && k >= 1);
+    return (size_t)((m + PMR - 1) / PMR) * PMR * (size_t)k;
+}
+
+/* Packed A: for each k block p0 (GEMM_AVX512_KC_NTP wide, kc = its width),
+ * for each block ib of PMR rows, kc x PMR floats [p][r] = A(ib*PMR + r,
+ * p0 + p), rows past m repeating row m - 1; block (p0, ib) starts at
+ * p0 * mp + ib * PMR * kc, mp = m rounded up to PMR. */
+void gemm_avx512_pack_a_nt(float *ap, const float *a, int m, int k)
+{
+    assert(m >= 1 && k >= 1);
+    const int nib = (m + PMR - 1) / PMR;
+    for (int p0 = 0; p0 < k; p0 += GEMM_AVX512_KC_NTP) {
+        const int kc = min_int(k - p0, GEMM_AVX512_KC_NTP);
+        for (int ib = 0; ib < nib; ib++) {
+            float *d = ap + (size_t)p0 * (size_t)nib * PMR + (size_t)ib * PMR * (size_t)kc;
+            for (int r = 0; r < PMR; r++) {
+                const float *src = a + (size_t)min_int(ib * PMR + r, m - 1) * (size_t)k + (size_t)p0;
+                for (int p = 0; p < kc; p++) d[(size_t)p * PMR + (size_t)r] = src[p];
+            }
+        }
+    }
+}
+
+/* C tile [mr][nr] (rows ldc apart) op= sum_p ap[p][r] * panel[p][.];
+ * first: store, else add to C. */
+TARGET_AVX512 static void kernel_12x32(float *c, int ldc, const float *ap, const float *panel, int kc, int mr, int nr,
+                                       int first)
+{
+    __m512 lo[PMR], hi[PMR];
+    for (int r = 0; r < PMR; r++) lo[r] = hi[r] = _mm512_setzero_ps();
+    for (int p = 0; p < kc; p++) {
+        const __m512 b0 = _mm512_load_ps(panel + (size_t)p * NR);
+        const __m512 b1 = _mm512_load_ps(panel + (size_t)p * NR + LANES);
+        const float *arow = ap + (size_t)p * PMR;
+#pragma GCC unroll 12
+        for (int r = 0; r < PMR; r++) {
+            const __m512 av = _mm512_set1_ps(arow[r]);
+            lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+            hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) store_row(c + (size_t)r * (size_t)ldc, lo[r], hi[r], nr, first, 0.0f);
+}
+
+TARGET_AVX512 void gemm_avx512_nt_packed_a(float *c, const float *ap, const float *b, int m, int n, int k)
+{
+    assert(m >= 1 && n >= 1 && k >= 1);
+    float panel[GEMM_AVX512_KC_NTP * NR] __attribute__((aligned(64)));
+    const int nib = (m + PMR - 1) / PMR;
+    for (int j0 = 0; j0 < n; j0 += NR) {
+        const int nr = min_int(n - j0, NR);
+        for (int p0 = 0; p0 < k; p0 += GEMM_AVX512_KC_NTP) {
+            const int kc = min_int(k - p0, GEMM_AVX512_KC_NTP);
+            /* the same k block of the next 32 rows of B, fetched while this
+             * one is multiplied (as in gemm_bcast) */
+            const int nn = min_int(n - j0 - NR, NR);
+            for (int j = 0; j < nn; j++) {
+                const char *row = (const char *)(b + (size_t)(j0 + NR + j) * (size_t)k + (size_t)p0);
+                for (int off = 0; off < kc * (int)sizeof(float); off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+            }
+            pack_bt(panel, b + (size_t)j0 * (size_t)k + (size_t)p0, k, kc, nr);
+            const float *apk = ap + (size_t)p0 * (size_t)nib * PMR;
+            for (int ib = 0; ib < nib; ib++)
+                kernel_12x32(c + (size_t)ib * PMR * (size_t)n + (size_t)j0, n, apk + (size_t)ib * PMR * (size_t)kc,
+                             panel, kc, min_int(m - ib * PMR, PMR), nr, p0 == 0);
+        }
+    }
+}
+
 /* C tile [mr][nr] op= dot(ar[r][0..kc), br[q][0..kc)). */
 TARGET_AVX512 static void dot_tile_8x3(float *c, int ldc, const float *const ar[DMR], const float *const br[DNR],
                                        int kc, int mr, int nr, int first, float beta)
@@ -320,6 +406,19 @@ void gemm_avx512_nt(float *c, const float *a, const float *b, int m, int n, int 
 #else /* !AESIM_HAVE_AVX512_KERNELS: never selected (supported() is 0); forward to cblas for safety. */
 
 int gemm_avx512_supported(void) { return 0; }
+
+/* Without the kernels the "packed" A is A itself. */
+size_t gemm_avx512_pack_a_nt_floats(int m, int k) { return (size_t)m * (size_t)k; }
+
+void gemm_avx512_pack_a_nt(float *ap, const float *a, int m, int k)
+{
+    for (size_t i = 0; i < (size_t)m * (size_t)k; i++) ap[i] = a[i];
+}
+
+void gemm_avx512_nt_packed_a(float *c, const float *ap, const float *b, int m, int n, int k)
+{
+    gemm_nt(c, ap, b, m, n, k, 0.0f);
+}
 
 void gemm_avx512_nn(float *c, const float *a, const float *b, int m, int n, int k, float beta)
 {

@@ -788,10 +788,11 @@ typedef struct Scratch {
     double *bound; /* [bq] GEMM error bound of each query */
     float *cd;     /* [bq][kc] candidate heaps: GEMM values */
     int64_t *ci;   /* [bq][kc] candidate heaps: local row indices */
+    float *qpack;  /* the block's queries packed for the GEMM (knn_gemm_prepare) */
     KnnGemm gemm;  /* the inner-product kernel (knn_gemm.h) */
 } Scratch;
 
-static Scratch *scratch_alloc(int nt, int64_t bq, int64_t bm, int kc, KnnGemm gemm)
+static Scratch *scratch_alloc(int nt, int64_t bq, int64_t bm, int D, int kc, KnnGemm gemm)
 {
     Scratch *s = xcalloc((size_t)nt, sizeof *s);
     for (int t = 0; t < nt; t++) {
@@ -799,6 +800,8 @@ static Scratch *scratch_alloc(int nt, int64_t bq, int64_t bm, int kc, KnnGemm ge
         s[t].ip = xmalloc((size_t)bq * (size_t)bm * sizeof *s[t].ip);
         s[t].qn = xmalloc((size_t)bq * sizeof *s[t].qn);
         s[t].bound = xmalloc((size_t)bq * sizeof *s[t].bound);
+        const size_t nqp = knn_gemm_queries_floats(gemm, (int)bq, D);
+        s[t].qpack = nqp ? xmalloc(nqp * sizeof *s[t].qpack) : NULL;
         if (kc > 0) {
             s[t].cd = xmalloc((size_t)bq * (size_t)kc * sizeof *s[t].cd);
             s[t].ci = xmalloc((size_t)bq * (size_t)kc * sizeof *s[t].ci);
@@ -813,6 +816,7 @@ static void scratch_free(Scratch *s, int nt)
         free(s[t].ip);
         free(s[t].qn);
         free(s[t].bound);
+        free(s[t].qpack);
         free(s[t].cd);
         free(s[t].ci);
     }
@@ -842,11 +846,12 @@ static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const 
     block_norms(s, qb, nq, D, metric, xmax2);
     for (int64_t i = 0; i < nq; i++)
         topk_heap_init(s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, order);
+    /* nq, nb are bounded by the block sizes, so the int arguments cannot
+     * overflow */
+    const KnnGemmQueries qs = knn_gemm_prepare(s->gemm, qb, (int)nq, D, s->qpack);
     for (int64_t j0 = 0; j0 < M; j0 += KNN_DB_BLOCK) {
         const int64_t nb = M - j0 < KNN_DB_BLOCK ? M - j0 : KNN_DB_BLOCK;
-        /* ip[i][j] = q[i0+i] . x[j0+j]; nq, nb are bounded by the block
-         * sizes, so the int arguments cannot overflow */
-        knn_gemm_nt(s->gemm, s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D);
+        knn_gemm_tile(&qs, s->ip, row_ptr(db->x, j0, D), (int)nb); /* ip[i][j] = q[i0+i] . x[j0+j] */
         for (int64_t i = 0; i < nq; i++)
             tile_update(s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, metric,
                         s->ip + (size_t)i * (size_t)nb, nb, j0, s->qn[i], xn, db->mask,
@@ -880,7 +885,7 @@ static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, in
     }
     /* one scratch slice per thread of a team of at most nblocks threads */
     const int team = nblocks < nt ? (int)nblocks : nt;
-    Scratch *s = scratch_alloc(team, bq, bm, k + KNN_RESCORE_MARGIN, gemm);
+    Scratch *s = scratch_alloc(team, bq, bm, D, k + KNN_RESCORE_MARGIN, gemm);
     double work = (double)Q * (double)M * D;
     (void)work;
     /* dynamic: a query that falls back scans the whole shard */
@@ -1000,9 +1005,10 @@ static void range_block(RangeList *lists, const float *qb, int64_t nq, const Knn
     const int D = db->D;
     const int64_t M = db->M;
     block_norms(s, qb, nq, D, metric, xmax2);
+    const KnnGemmQueries qs = knn_gemm_prepare(s->gemm, qb, (int)nq, D, s->qpack);
     for (int64_t j0 = 0; j0 < M; j0 += KNN_DB_BLOCK) {
         const int64_t nb = M - j0 < KNN_DB_BLOCK ? M - j0 : KNN_DB_BLOCK;
-        knn_gemm_nt(s->gemm, s->ip, qb, row_ptr(db->x, j0, D), (int)nq, (int)nb, D);
+        knn_gemm_tile(&qs, s->ip, row_ptr(db->x, j0, D), (int)nb);
         for (int64_t i = 0; i < nq; i++)
             range_tile_update(&lists[i], row_ptr(qb, i, D), s->ip + (size_t)i * (size_t)nb, nb, j0,
                               s->qn[i], xn, db, metric, radius, s->bound[i]);
@@ -1052,7 +1058,7 @@ int knn_range_search_local(KnnRange *out, const float *q, int64_t Q, const KnnDb
         if (bad) rc = check_rows(fn, db, err);
         if (rc == AE_OK) {
             const int team = nblocks < nt ? (int)nblocks : nt;
-            Scratch *s = scratch_alloc(team, bq, bm, 0, gemm);
+            Scratch *s = scratch_alloc(team, bq, bm, db->D, 0, gemm);
             const int par = nblocks > 1 && (double)Q * (double)M * D > KNN_OMP_MIN_WORK;
             (void)par;
             KNN_OMP("omp parallel for num_threads(team) schedule(dynamic, 1) if(par)")
