@@ -317,8 +317,10 @@ static void test_cached_norms(void **state)
     free(x);
 }
 
-/* Same bits for 1 and 4 threads, and for the database split into uneven
- * shards (one empty) searched separately and merged with knn_merge. */
+/* Same bits for 1 and 4 threads (4 threads and 50 queries: the threads
+ * split the database tiles, knn.c knn_rows_split; 1 thread: one query
+ * block), and for the database split into uneven shards (one empty)
+ * searched separately and merged with knn_merge. */
 static void test_threads_and_shards(void **state)
 {
     (void)state;

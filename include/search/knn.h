@@ -74,7 +74,10 @@
  *
  * Threading: OpenMP across query blocks: each thread takes whole blocks of
  * queries and runs their sgemm tiles, heap updates and re-scoring itself
- * (each thread owns its queries' heaps: owner-writes), so the sgemm calls are
+ * (each thread owns its queries' heaps: owner-writes); with at most one
+ * block of queries (KNN_QUERY_BLOCK = 512 in knn.c) the threads instead
+ * split the database tiles, each with its own heaps, merged before the
+ * re-scoring.  Either way the sgemm calls are
  * made INSIDE the OpenMP loop and BLAS must be single-threaded when
  * nthreads > 1 (threads.h sets OpenBLAS to 1 thread by default; BLAS and
  * OpenMP never nest).  The pre-scan runs OpenMP over chunks of rows (each

@@ -13,7 +13,9 @@
  * inside): the queries are cut into blocks; an OpenMP loop hands whole blocks
  * to threads, and each thread runs the sgemm tiles of its block, updates its
  * block's heaps and re-scores its block's queries, in its own scratch slice
- * (owner-writes, no atomics).  So BLAS must run single-threaded when
+ * (owner-writes, no atomics).  At most one block of queries: the threads
+ * split the database tiles instead (knn_rows_split), so that every thread
+ * multiplies all the queries and the shard is streamed once.  So BLAS must run single-threaded when
  * nthreads > 1: that is the program's default (threads.h sets OpenBLAS to 1
  * thread and gives the cores to OpenMP, as for the conv kernels), and it is
  * what makes the search use all cores.  With OMP=0 everything is serial and
@@ -455,6 +457,16 @@ static int thread_index(void)
 #endif
 }
 
+/* Threads in the current OpenMP team (1 outside one or without OpenMP). */
+static int team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* Exact top k of query qi over the whole shard, written sorted to od[k],
  * oi[k]: the rows are split into nt contiguous ranges scanned in parallel
  * with the exact distance and the nt sorted lists are merged (topk_merge,
@@ -835,13 +847,12 @@ static void block_norms(Scratch *s, const float *qb, int64_t nq, int D, KnnMetri
     }
 }
 
-/* k-NN of the nq queries qb = q[i0..i0+nq-1] by GEMM candidates and exact
- * re-scoring, written to rows i0.. of out.  Runs on one thread. */
-static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const KnnDb *db,
-                      const float *xn, double xmax2, int k, KnnMetric metric, Scratch *s)
+/* GEMM candidates of the nq queries qb[nq][D] among rows [r0, r1): s's
+ * heaps (initialised here), norms and bounds.  Runs on one thread. */
+static void block_candidates(const float *qb, int64_t nq, int64_t r0, int64_t r1, const KnnDb *db,
+                             const float *xn, double xmax2, int k, KnnMetric metric, Scratch *s)
 {
     const int D = db->D, kc = k + KNN_RESCORE_MARGIN;
-    const int64_t M = db->M;
     TopKOrder order = knn_metric_order(metric);
     block_norms(s, qb, nq, D, metric, xmax2);
     for (int64_t i = 0; i < nq; i++)
@@ -849,18 +860,74 @@ static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const 
     /* nq, nb are bounded by the block sizes, so the int arguments cannot
      * overflow */
     const KnnGemmQueries qs = knn_gemm_prepare(s->gemm, qb, (int)nq, D, s->qpack);
-    for (int64_t j0 = 0; j0 < M; j0 += KNN_DB_BLOCK) {
-        const int64_t nb = M - j0 < KNN_DB_BLOCK ? M - j0 : KNN_DB_BLOCK;
-        knn_gemm_tile(&qs, s->ip, row_ptr(db->x, j0, D), (int)nb); /* ip[i][j] = q[i0+i] . x[j0+j] */
+    for (int64_t j0 = r0; j0 < r1; j0 += KNN_DB_BLOCK) {
+        const int64_t nb = r1 - j0 < KNN_DB_BLOCK ? r1 - j0 : KNN_DB_BLOCK;
+        knn_gemm_tile(&qs, s->ip, row_ptr(db->x, j0, D), (int)nb); /* ip[i][j] = qb[i] . x[j0+j] */
         for (int64_t i = 0; i < nq; i++)
             tile_update(s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, metric,
                         s->ip + (size_t)i * (size_t)nb, nb, j0, s->qn[i], xn, db->mask,
                         knn_gemm_resolve(s->gemm) == KNN_GEMM_AVX512);
     }
-    for (int64_t i = 0; i < nq; i++)
-        rescore(out->dist + (size_t)(i0 + i) * (size_t)k, out->ids + (size_t)(i0 + i) * (size_t)k, k,
-                s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, row_ptr(qb, i, D),
-                db, metric, s->bound[i]);
+}
+
+/* Query i of qb (row i0 + i of out) re-scored from s's heaps. */
+static void block_rescore(TopK *out, const float *qb, int64_t i0, int64_t i, const KnnDb *db, int k,
+                          KnnMetric metric, const Scratch *s)
+{
+    const int kc = k + KNN_RESCORE_MARGIN;
+    rescore(out->dist + (size_t)(i0 + i) * (size_t)k, out->ids + (size_t)(i0 + i) * (size_t)k, k,
+            s->cd + (size_t)i * (size_t)kc, s->ci + (size_t)i * (size_t)kc, kc, row_ptr(qb, i, db->D), db,
+            metric, s->bound[i]);
+}
+
+/* k-NN of the nq queries qb = q[i0..i0+nq-1] by GEMM candidates and exact
+ * re-scoring, written to rows i0.. of out.  Runs on one thread. */
+static void knn_block(TopK *out, const float *qb, int64_t i0, int64_t nq, const KnnDb *db,
+                      const float *xn, double xmax2, int k, KnnMetric metric, Scratch *s)
+{
+    block_candidates(qb, nq, 0, db->M, db, xn, xmax2, k, metric, s);
+    for (int64_t i = 0; i < nq; i++) block_rescore(out, qb, i0, i, db, k, metric, s);
+}
+
+/* Few queries (Q <= KNN_QUERY_BLOCK) on nt > 1 threads: one query block,
+ * the shard's rows split into nt ranges of whole tiles; each thread finds
+ * its range's GEMM candidates of every query, the threads' heaps are
+ * merged into slice 0's (the kc best (value, row) pairs, whichever thread
+ * saw them) and the queries re-scored in parallel.  Splitting the queries
+ * instead gave each thread Q / nt of them: every thread streamed and
+ * packed the whole shard for half as many queries, and the 12-row GEMM
+ * tiles ran part empty.  Measured (2026-12-05, Zen 5, bench_knn N =
+ * 1,000,000, D = 512, 2 threads, 3 interleaved rounds, queries/s): 100
+ * queries 113-141 -> 167-205, 300 queries 238-247 -> 270-296.  Results are
+ * the same either way (the re-scoring is exact for any candidate set, knn.h
+ * "Exactness"; test_knn compares 1 and 4 threads bit for bit). */
+static void knn_rows_split(TopK *out, const float *q, int64_t Q, const KnnDb *db, const float *xn, double xmax2,
+                           int k, KnnMetric metric, int nt, Scratch *s)
+{
+    const int kc = k + KNN_RESCORE_MARGIN;
+    const int64_t tiles = (db->M + KNN_DB_BLOCK - 1) / KNN_DB_BLOCK;
+    const TopKOrder order = knn_metric_order(metric);
+    KNN_OMP("omp parallel num_threads(nt)")
+    {
+        /* the team OpenMP gave (at most nt): its threads split the rows */
+        const int t = thread_index(), team = team_size();
+        const int64_t r0 = tiles * t / team * KNN_DB_BLOCK, r1e = tiles * (t + 1) / team * KNN_DB_BLOCK;
+        block_candidates(q, Q, r0, r1e < db->M ? r1e : db->M, db, xn, xmax2, k, metric, &s[t]);
+        KNN_OMP("omp barrier")
+        KNN_OMP("omp for schedule(dynamic, 16)")
+        for (int64_t i = 0; i < Q; i++) {
+            float *hd = s[0].cd + (size_t)i * (size_t)kc;
+            int64_t *hi = s[0].ci + (size_t)i * (size_t)kc;
+            for (int u = 1; u < team; u++)
+                for (int c = 0; c < kc; c++) {
+                    const float d = s[u].cd[(size_t)i * (size_t)kc + (size_t)c];
+                    const int64_t id = s[u].ci[(size_t)i * (size_t)kc + (size_t)c];
+                    if (id != TOPK_NO_ID && topk_better(order, d, id, hd[0], hi[0]))
+                        topk_heap_push(hd, hi, kc, order, d, id);
+                }
+            block_rescore(out, q, 0, i, db, k, metric, &s[0]);
+        }
+    }
 }
 
 /* GEMM path (knn.h "Exactness"); requires k + KNN_RESCORE_MARGIN < M.
@@ -883,11 +950,17 @@ static int search_gemm(TopK *out, const float *q, int64_t Q, const KnnDb *db, in
         free(own);
         return rc;
     }
+    double work = (double)Q * (double)M * D;
+    if (Q <= KNN_QUERY_BLOCK && nt > 1 && M >= (int64_t)nt * KNN_DB_BLOCK && work > KNN_OMP_MIN_WORK) {
+        Scratch *s = scratch_alloc(nt, Q, bm, D, k + KNN_RESCORE_MARGIN, gemm);
+        knn_rows_split(out, q, Q, db, xn, xmax2, k, metric, nt, s);
+        scratch_free(s, nt);
+        free(own);
+        return AE_OK;
+    }
     /* one scratch slice per thread of a team of at most nblocks threads */
     const int team = nblocks < nt ? (int)nblocks : nt;
     Scratch *s = scratch_alloc(team, bq, bm, D, k + KNN_RESCORE_MARGIN, gemm);
-    double work = (double)Q * (double)M * D;
-    (void)work;
     /* dynamic: a query that falls back scans the whole shard */
     KNN_OMP("omp parallel for num_threads(team) schedule(dynamic, 1) if(nblocks > 1 && work > KNN_OMP_MIN_WORK)")
     for (int64_t b = 0; b < nblocks; b++) {
