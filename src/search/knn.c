@@ -907,6 +907,7 @@ static void knn_rows_split(TopK *out, const float *q, int64_t Q, const KnnDb *db
     const int kc = k + KNN_RESCORE_MARGIN;
     const int64_t tiles = (db->M + KNN_DB_BLOCK - 1) / KNN_DB_BLOCK;
     const TopKOrder order = knn_metric_order(metric);
+    (void)nt; /* unused without OpenMP */
     KNN_OMP("omp parallel num_threads(nt)")
     {
         /* the team OpenMP gave (at most nt): its threads split the rows */
