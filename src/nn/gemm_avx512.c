@@ -62,9 +62,7 @@
  * A 512 k block keeps the C tile in registers for the whole D = 512 (no
  * re-read of the 1 MiB C tile per k block); its panel (64 KiB) streams from
  * L2, two loads per 24 FMAs. */
-#ifndef GEMM_AVX512_KC_NTP
 #define GEMM_AVX512_KC_NTP 512
-#endif
 #define PMR 12
 /* nt register block: DMR rows of A x DNR rows of B (24 accumulators). */
 #define DMR 8

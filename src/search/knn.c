@@ -15,9 +15,10 @@
  * block's heaps and re-scores its block's queries, in its own scratch slice
  * (owner-writes, no atomics).  At most one block of queries: the threads
  * split the database tiles instead (knn_rows_split), so that every thread
- * multiplies all the queries and the shard is streamed once.  So BLAS must run single-threaded when
- * nthreads > 1: that is the program's default (threads.h sets OpenBLAS to 1
- * thread and gives the cores to OpenMP, as for the conv kernels), and it is
+ * multiplies all the queries and the shard is streamed once.  So BLAS must
+ * run single-threaded when nthreads > 1: that is the program's default
+ * (threads.h sets OpenBLAS to 1 thread and gives the cores to OpenMP, as
+ * for the conv kernels), and it is
  * what makes the search use all cores.  With OMP=0 everything is serial and
  * BLAS may thread each tile.  The pre-scan (few queries) instead hands
  * chunks of rows to the threads (dynamic schedule), each thread with its own
