@@ -773,11 +773,12 @@ static void test_overflow_refused(void **state)
                 assert_null(r.lims);
                 assert_non_null(strstr(err.msg, "row 1234"));
             }
-            /* small shard (direct path: 15 rows <= k + margin), its row 7
-             * too large */
-            KnnDb small = { x + 1227 * D, 15, D, 0, NULL, NULL, NULL, 0 };
+            /* small shard (direct path: 15 rows <= k + margin) whose first
+             * global id is 5000, its row 7 too large: named by both */
+            KnnDb small = { x + 1227 * D, 15, D, 5000, NULL, NULL, NULL, 0 };
             assert_int_equal(knn_search_local(&out, q, 2, &small, 3, (KnnMetric)metric, 0, &err), AE_ENUMERIC);
-            assert_non_null(strstr(err.msg, "row 7"));
+            assert_non_null(strstr(err.msg, "database vector with id 5007 "));
+            assert_non_null(strstr(err.msg, "row 7 of its shard"));
             /* masked out: searched as if absent */
             mask[1234] = mask[2000] = 0;
             KnnDb dbm = { x, M, D, 0, NULL, mask, NULL, 0 };
@@ -793,7 +794,7 @@ static void test_overflow_refused(void **state)
         /* a NaN row in the pre-scan path is named too (the lowest bad row) */
         x[1234 * D + 3] = NAN;
         assert_int_equal(knn_search_local(&out, q, 1, &db, 3, KNN_L2, 0, &err), AE_ENUMERIC);
-        assert_non_null(strstr(err.msg, "row 1234 component 3"));
+        assert_non_null(strstr(err.msg, "id 1234 component 3"));
         for (int d = 0; d < D; d++) x[1234 * D + d] = x[2000 * D + d] = 0.5f;
     }
     /* just below the limit: accepted, and the result is exact */

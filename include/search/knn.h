@@ -201,7 +201,8 @@ int knn_check_vectors(const float *v, int64_t n, int D, const char *what, Err *e
  *   AE_ESHAPE    D <= 0;
  *   AE_ENUMERIC  a NaN or infinite component, or a squared norm above
  *                KNN_MAX_NORM2, in a query or an eligible database row
- *                (names the query or row and the problem; masked-out rows
+ *                (names the query, or the row by its global id and its row
+ *                in this shard, and the problem; masked-out rows
  *                are not read).
  * Out of memory aborts the job (check.h).
  * Cost: Q < KNN_SCAN_MAX_QUERIES streams the shard once (float pre-scan, at

@@ -30,6 +30,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -257,13 +258,19 @@ int knn_check_vectors(const float *v, int64_t n, int D, const char *what, Err *e
 }
 
 /* Checks every eligible database row with check_vector, in row order (the
- * first bad row is named).  Returns AE_OK or AE_ENUMERIC. */
+ * first bad row is named by its global id, which names its shard in a
+ * database, and by its row in this shard).  Returns AE_OK or AE_ENUMERIC. */
 static int check_rows(const char *fn, const KnnDb *db, Err *err)
 {
     for (int64_t j = 0; j < db->M; j++) {
         if (db->mask && !db->mask[j]) continue;
-        int rc = check_vector(fn, "database row", j, row_ptr(db->x, j, db->D), db->D,
-                              "check the embeddings file (vectors must be finite and of moderate scale)", err);
+        const int64_t id = db->ids ? db->ids[j] : db->id_offset + j;
+        char hint[160];
+        snprintf(hint, sizeof hint,
+                 "it is row %lld of its shard; check the embeddings that made it (vectors must be finite and of "
+                 "moderate scale)",
+                 (long long)j);
+        int rc = check_vector(fn, "database vector with id", id, row_ptr(db->x, j, db->D), db->D, hint, err);
         if (rc != AE_OK) return rc;
     }
     return AE_OK;
