@@ -271,6 +271,15 @@ class Search(unittest.TestCase):
         for i, (ids, dist) in enumerate(got):
             self.assertTrue(np.all(self.dblabels[ids] == 3))
             self.check_ranking(ids, dist, d[i], 7, 1e-6)
+        # the log counts the eligible rows over every rank's shards (numpy's count)
+        p = search(3, "query", "--json", "--db", self.db, "--queries", self.qfile, "--k", "7", "--label", "3,8")
+        want = int(np.isin(self.dblabels, [3, 8]).sum())
+        self.assertIn(f"the filter leaves {want} of {N_DB} vectors eligible", p.stderr)
+        # a label absent from the database: empty lists, exit 0, and a warning saying so
+        absent = int(self.dblabels.max()) + 1
+        p = search(2, "query", "--json", "--db", self.db, "--queries", self.qfile, "--k", "7", "--label", str(absent))
+        self.assertTrue(all(q["results"] == [] for q in json.loads(p.stdout)["queries"]))
+        self.assertIn(f"warning: the filter (--label) matches none of the {N_DB} vectors", p.stderr)
 
     def test_ids_from_filter(self):
         rng = np.random.default_rng(9)

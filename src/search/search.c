@@ -842,6 +842,21 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     par_err0(ctx, "query: %lld quer%s | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s\n",
              (long long)qs.Q, qs.Q == 1 ? "y" : "ies", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
              vecdb_metric_name(metric));
+    if (cfg->n_labels > 0 || cfg->ids_from[0]) {
+        /* the filter's eligible rows, summed over the ranks' shards */
+        int64_t eligible = 0;
+        for (int i = 0; i < ls.n; i++)
+            for (int64_t j = 0; j < ls.dbs[i].M; j++) eligible += ls.masks[i] ? ls.masks[i][j] != 0 : 1;
+        par_allreduce_sum_i64(ctx, &eligible, 1);
+        if (eligible == 0)
+            par_err0(ctx, "query: warning: the filter (%s) matches none of the %lld vectors: every result list "
+                          "is empty\n",
+                     cfg->n_labels > 0 && cfg->ids_from[0] ? "--label and --ids-from" : cfg->n_labels > 0 ? "--label" : "--ids-from",
+                     (long long)db.count);
+        else
+            par_err0(ctx, "query: the filter leaves %lld of %lld vectors eligible\n", (long long)eligible,
+                     (long long)db.count);
+    }
     if (si.nprobe > 0)
         par_err0(ctx, "query: IVF index, %d lists, scanning the %d nearest per query (--exact: full scan)\n",
                  db.ivf_nlist, si.nprobe);
