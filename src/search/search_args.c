@@ -261,11 +261,13 @@ void search_args_usage(FILE *out)
 "vs Fashion-MNIST's black).\n"
 "\n"
 "Output of query (TSV with a header line; --json gives the same fields):\n"
-"  query  rank  id  distance  label  source\n"
+"  query  rank  id  distance  label  source  class\n"
 "  query = 0-based query number, rank = 1 for the nearest, id = global database id,\n"
 "  label = the database image's label (-1 none), source = the file and row it was encoded\n"
 "  from, FILE#ROW (train_data_batch_7.npz#1, even for a wildcard or a folder of batches),\n"
 "  or FOLDER/NAME for images with their own names (photos/cat/x.png).\n"
+"  class = the label's name where it is known (image folders, aesim-pack stores,\n"
+"  Fashion-MNIST, --class-names FILE), else empty (JSON null).\n"
 "Exit status: 0 success, 1 runtime error, 2 bad usage.\n",
             SEARCH_RECIPE_TTA, SEARCH_RECIPE_QE_N, SEARCH_DEFAULT_LISTEN, SEARCH_DEFAULT_MAX_BATCH, SEARCH_DEFAULT_MAX_K,
             SEARCH_DEFAULT_MAX_BODY_MIB, SEARCH_DEFAULT_TIMEOUT_S, IVF_DEFAULT_NPROBE, SEARCH_DEFAULT_EVAL_K,
