@@ -738,8 +738,8 @@ static int write_sheet(const SearchConfig *cfg, const KnnRange *r, const Queries
             const char *src = NULL;
             if (search_meta_get(meta, id, &label, &src, err)) break;
             present[t] = 1;
-            snprintf(caps[t].line[0], SHEET_CAPTION_BYTES, "%s=%.3g", metric == KNN_L2 ? "d" : "s",
-                     search_out_dist(metric, r->dist[h]));
+            /* the reported distance, as in the TSV: squared L2, or 1 - cosine similarity */
+            snprintf(caps[t].line[0], SHEET_CAPTION_BYTES, "d=%.3g", search_out_dist(metric, r->dist[h]));
             const char *cls = search_class_name(ln, db, id, label);
             if (label < 0)
                 snprintf(caps[t].line[1], SHEET_CAPTION_BYTES, "no label");
