@@ -265,13 +265,15 @@ static int check_rows(const char *fn, const KnnDb *db, Err *err)
     for (int64_t j = 0; j < db->M; j++) {
         if (db->mask && !db->mask[j]) continue;
         const int64_t id = db->ids ? db->ids[j] : db->id_offset + j;
+        const float *v = row_ptr(db->x, j, db->D);
+        if (check_vector(fn, "", id, v, db->D, "", NULL) == AE_OK) continue;
+        /* the failing row only: its message, with the row in this shard */
         char hint[160];
         snprintf(hint, sizeof hint,
                  "it is row %lld of its shard; check the embeddings that made it (vectors must be finite and of "
                  "moderate scale)",
                  (long long)j);
-        int rc = check_vector(fn, "database vector with id", id, row_ptr(db->x, j, db->D), db->D, hint, err);
-        if (rc != AE_OK) return rc;
+        return check_vector(fn, "database vector with id", id, v, db->D, hint, err);
     }
     return AE_OK;
 }
