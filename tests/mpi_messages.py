@@ -156,7 +156,11 @@ class Version(unittest.TestCase):
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
         with open("/proc/cpuinfo") as f:
-            avx512 = " avx512f" in f.read()
+            flags = f.read()
+        avx512 = " avx512f" in flags
+        # --precision auto picks bf16 exactly where the CPU has AVX512_BF16
+        # (and AVX512BW, which every such CPU has), as /proc/cpuinfo says.
+        auto = "bf16" if " avx512_bf16" in flags and " avx512bw" in flags else "fp32"
         for prog in (TRAIN, SEARCH, PACK):
             p = run(prog, "--version")
             self.assertEqual(p.returncode, 0, p.stderr)
@@ -167,6 +171,7 @@ class Version(unittest.TestCase):
             self.assertIn("CFLAGS -O", p.stdout)
             self.assertIn("conv direct" if avx512 else "conv generic", p.stdout)
             self.assertIn("OpenBLAS", p.stdout)
+            self.assertIn("--precision auto runs %s here" % auto, p.stdout)
             # Under mpirun: printed once.
             p = mpirun(2, prog, "--version")
             self.assertEqual(p.returncode, 0, p.stderr)

@@ -254,6 +254,13 @@ class Checkpoints(unittest.TestCase):
         self.assertIn("refusing checkpoint", p.stderr)
         self.assertIn(newest, p.stderr)
         self.assertIn("resuming from " + os.path.join(out, "ckpt-step00000006.npz"), p.stdout)
+        # The resume line counts epochs done and batches of the next, as
+        # meta.state (version, step, epoch 0-based, batches of it done) says.
+        _, step, epoch, batch = (int(v) for v in members(os.path.join(R8, "ckpt-step00000006.npz"))["meta.state"][:4])
+        done = "%d epoch(s) done" % epoch
+        if batch:
+            done += ", then %d batch(es) of epoch %d" % (batch, epoch + 1)
+        self.assertIn("(step %d: %s)" % (step, done), p.stdout)
         assert_bitwise(self, os.path.join(out, "checkpoint.npz"), os.path.join(R8, "checkpoint.npz"))
         verify_crc(self, newest)   # rewritten whole
 

@@ -13,6 +13,7 @@
 
 #include "build_info.h"
 #include "nn/conv2d.h"
+#include "nn/conv_direct_bf16.h"
 #include "nn/gemm_avx512.h"
 #include "search/knn_scan.h"
 
@@ -58,5 +59,12 @@ int version_print(FILE *out, const char *tool)
             bad ? ": not a kernel name, programs will refuse it" : "",
             gemm_avx512_supported() ? "aesim AVX-512 + OpenBLAS" : "OpenBLAS",
             knn_scan_avx512_supported() ? "AVX-512" : "portable", openblas_get_corename(), openblas_get_config());
+    /* What --precision auto resolves to on one node (train_setup.c and
+     * search_core.c ask every rank; a job on mixed CPUs may get fp32). */
+    const int native = conv_bf16_available(CONV_BF16_NATIVE);
+    fprintf(out, "bf16: %s; --precision auto runs %s here\n",
+            native ? "VDPBF16PS kernels (AVX512_BF16)"
+                   : "emulated, float32 kernels on bf16-rounded operands (this CPU lacks AVX512_BF16)",
+            native ? "bf16" : "fp32");
     return fflush(out) != 0 || ferror(out) ? 1 : 0;
 }

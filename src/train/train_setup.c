@@ -91,9 +91,18 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
 static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, Err *err)
 {
     memset(ck, 0, sizeof *ck);
-    if (ctx->rank == 0 && ckpt_read_latest(ck, path, stderr, err) == AE_OK)
-        par_log0(ctx, "resuming from %s (step %lld, epoch %lld, batch %lld)\n", ck->path, (long long)ck->state.step,
-                 (long long)ck->state.epoch + 1, (long long)ck->state.batch);
+    if (ctx->rank == 0 && ckpt_read_latest(ck, path, stderr, err) == AE_OK) {
+        /* state.epoch is the epoch in progress (0-based), state.batch its
+         * batches done: at an epoch boundary (batch 0) that is "N epochs
+         * done", not "in epoch N + 1" (which read as one epoch too many). */
+        if (ck->state.batch == 0)
+            par_log0(ctx, "resuming from %s (step %lld: %lld epoch(s) done)\n", ck->path,
+                     (long long)ck->state.step, (long long)ck->state.epoch);
+        else
+            par_log0(ctx, "resuming from %s (step %lld: %lld epoch(s) done, then %lld batch(es) of epoch %lld)\n",
+                     ck->path, (long long)ck->state.step, (long long)ck->state.epoch, (long long)ck->state.batch,
+                     (long long)ck->state.epoch + 1);
+    }
     if (par_agree(ctx, err)) return err->code;
     /* Broadcast the scalar part; the arrays stay on rank 0. */
     Checkpoint meta = *ck;
