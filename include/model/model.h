@@ -302,7 +302,12 @@ typedef struct ParamTensor {
     int64_t shape[4];
     size_t offset, numel;   /* slice of m->params / m->grads */
 } ParamTensor;
+
+/* Number of parameter tensors, 2 * (conv layers): weight and bias each. */
 int model_num_tensors(const Model *m);
+
+/* Tensor i, 0 <= i < model_num_tensors(m), in checkpoint order (conv0.weight,
+ * conv0.bias, conv1.weight, ...); weights [OC][C][K][K] (PyTorch's layout). */
 ParamTensor model_tensor(const Model *m, int i);
 
 /* FLOPs of one forward pass of one image, counting 2 per multiply-add of the

@@ -231,10 +231,14 @@ typedef struct SearchMeta {
     int n;                /* shards the arrays cover */
 } SearchMeta;
 
+/* Starts sm over db's shards with nothing loaded (loads happen on demand);
+ * db must outlive sm.  Never fails (allocation failure aborts, as xmalloc). */
 void search_meta_init(SearchMeta *sm, const VecDb *db);
 
 /* Extends sm to shards added to its db since (what is loaded stays). */
 void search_meta_sync(SearchMeta *sm);
+
+/* Unmaps and frees what sm loaded; sm is zeroed (free again is a no-op). */
 void search_meta_free(SearchMeta *sm);
 
 /* Label of id (and its name when name != NULL; the pointer stays valid until

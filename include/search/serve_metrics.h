@@ -43,7 +43,11 @@ typedef struct ServeMetrics {
     int queue_length;
 } ServeMetrics;
 
+/* Zeroes every counter and sets up m for P ranks (the mutex and the [P]
+ * vector counts); allocation failure aborts (xmalloc). */
 void serve_metrics_init(ServeMetrics *m, int P);
+
+/* Frees what serve_metrics_init allocated and destroys the mutex. */
 void serve_metrics_free(ServeMetrics *m);
 
 /* One answered request. */
