@@ -28,7 +28,8 @@ resume=()
 # The encoder of README "Search quality" (the `mnist` preset, D = 392, reaches
 # precision@10 0.848 with the same search recipe; this one 0.856).
 arch=${ARCH:-"c32 p c64 p c16 | c32 u c32 u c1"}
-ckpt_before=$(cksum < "$out/checkpoint.npz" 2>/dev/null || true)
+ckpt_before=
+[ -e "$out/checkpoint.npz" ] && ckpt_before=$(cksum < "$out/checkpoint.npz")
 launch/train.sh 2 --data "$data" --epochs "${EPOCHS:-3}" --arch "$arch" --out "$out" "${resume[@]}" "$@"
 # The database of an earlier run: kept as it is when training changed nothing
 # (it may hold images added since through `serve`, POST /images); set aside,
@@ -37,7 +38,8 @@ keep_db=0
 if [ -e "$out/db/manifest.json" ]; then
   if [ "$(cksum < "$out/checkpoint.npz")" = "$ckpt_before" ]; then
     keep_db=1
-    echo "quickstart: the model did not change: keeping $out/db as it is (delete it to re-encode)"
+    echo "quickstart: the model did not change (EPOCHS=n make run trains to n epochs in all):" \
+         "keeping $out/db as it is (delete it to re-encode)"
   else
     old_db="$out/db.replaced-$(date +%Y%m%d-%H%M%S)"
     mv "$out/db" "$old_db"

@@ -449,13 +449,20 @@ class Serve(unittest.TestCase):
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[i])
         doc = self.post_search(b'{"id": %d}' % ids[0], k=1, label=3)
         self.assertEqual(doc["results"][0]["label"], 3)
+        # /healthz counts the new vectors and shards as the manifest does.
+        st, _, data = request(f"{self.srv.url}/healthz")
+        h = json.loads(data)
+        self.assertEqual((h["vectors"], h["shards"]), (man["count"], len(man["shards"])))
         # The files are plain numpy formats; query in another process sees them.
+        # The manifest names them relative to the database folder.
         added = [s for s in man["sources"] if "added-" in s["spec"]]
         self.assertEqual(sum(s["count"] for s in added), 2)
         for s in added:
-            z = np.load(s["items"][0]["path"])
+            self.assertRegex(s["items"][0]["path"], r"^added-\d{5}\.npz$")
+            z = np.load(os.path.join(self.db, s["items"][0]["path"]))
             self.assertEqual(z["data"].shape[1:], (1, 28, 28))
-        np.testing.assert_array_equal(np.load(added[0]["items"][0]["path"])["data"][0, 0], self.images[5000])
+        np.testing.assert_array_equal(np.load(os.path.join(self.db, added[0]["items"][0]["path"]))["data"][0, 0],
+                                      self.images[5000])
         q = os.path.join(WORK, "added.npy")
         np.save(q, x[ids[0]:ids[0] + 1])
         self.assertEqual(self.query("--queries", q, "--k", "1")[0][0], (ids[0], 0.0))
@@ -510,6 +517,22 @@ class Serve(unittest.TestCase):
         p = mpirun(2, SEARCH, "eval", "--db", self.db, "--model", self.ckpt, "--queries", self.src, "--max-queries",
                    "50", "--baseline", "pixels", "--threads", "1")
         self.assertIn("mean", p.stdout)
+        # A copy of the folder elsewhere keeps its added images: it reads its
+        # own added-*.npz, not the original folder's (then changed).
+        moved = os.path.join(WORK, "db-copy")
+        shutil.copytree(self.db, moved)
+        orig = os.path.join(self.db, added[0]["items"][0]["path"])
+        os.rename(orig, orig + ".away")
+        with open(orig, "wb") as f:
+            f.write(b"not an npz any more")
+        srv = Server(1, moved, self.ckpt, tag="copy")
+        try:
+            st, _, data = request(f"{srv.url}/images/{ids[0]}")
+            self.assertEqual(st, 200, data)
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[5000])
+        finally:
+            srv.kill()
+            os.replace(orig + ".away", orig)
 
     def test_whitened_ivf_server_equals_query(self):
         """A database indexed with --recipe retrieval (whitened codes, cosine) and an

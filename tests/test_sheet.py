@@ -10,7 +10,7 @@ Checks against references outside aesim:
   numpy reads it from the IDX file, scaled by pixel replication;
 - the TSV's labels are those of the labels file read here with gzip, and the
   caption names them with Zalando's class names (the Fashion-MNIST README);
-- the caption pixels are the text "D=<distance, 3 significant digits>" and
+- the caption pixels are the text "d=<distance, 3 significant digits>" and
   the class name drawn with the 5x7 font of src/sheet.c (parsed from the
   source), at the documented place;
 - between the query tile and the first neighbour there is a band of at least
@@ -68,7 +68,7 @@ def render(text, width, glyphs):
     for i, ch in enumerate(text[:most]):
         if i == most - 1 and len(text) > most:
             ch = "+"
-        rows = glyphs.get(ch.upper(), glyphs["?"])
+        rows = glyphs.get(ch, glyphs["?"])
         for r in range(GLYPH_H):
             for b in range(5):
                 if rows[r] & (0x10 >> b):
@@ -116,7 +116,11 @@ def main():
         if im.shape != (height, width):
             return 1
         glyphs = font()
-        check(len(glyphs) >= 40, f"font parsed ({len(glyphs)} glyphs)")
+        check(len(glyphs) >= 66, f"font parsed ({len(glyphs)} glyphs)")
+        # Lower case has its own shapes (class names are drawn as written):
+        # 26 glyphs, none equal to its capital, and d is not D.
+        lower = [c for c in "abcdefghijklmnopqrstuvwxyz" if c in glyphs]
+        check(len(lower) == 26 and all(glyphs[c] != glyphs[c.upper()] for c in lower), "a-z glyphs of their own")
         for r in rows:
             q, rank, idx, dist, label = int(r[0]), int(r[1]), int(r[2]), float(r[3]), int(r[4])
             check(label == labels[idx], f"query {q} rank {rank}: TSV label {label} == labels file {labels[idx]}")
@@ -124,7 +128,7 @@ def main():
             x = PAD + rank * (tile + PAD) + GAP
             want = np.kron(imgs[idx], np.ones((SCALE, SCALE), np.uint8))
             check(np.array_equal(im[y:y + tile, x:x + tile], want), f"query {q} rank {rank}: tile is image {idx}")
-            for line, text in enumerate((f"D={dist:.3g}", NAMES[label])):
+            for line, text in enumerate((f"d={dist:.3g}", NAMES[label])):
                 ty = y + tile + PAD + 1 + line * (GLYPH_H + 2)
                 got = im[ty:ty + GLYPH_H, x:x + tile]
                 check(np.array_equal(got, render(text, tile, glyphs)), f"query {q} rank {rank}: caption {text!r}")

@@ -47,7 +47,8 @@ int sheet_write(const char *path, const float *tiles, const SheetCaption *captio
                 int rows, int cols, int C, int H, int W, int scale, Err *err);
 
 /* Pixel rows of a glyph for character ch: 7 bytes, bit 4 = leftmost column
- * (for tests and for other drawings). */
+ * (for tests and for other drawings).  Digits, A-Z, a-z and . - / = : # + _
+ * ( ) ? and space have their own glyph; any other character gets '?'. */
 const unsigned char *sheet_glyph(char ch);
 
 /* The ten class names of Fashion-MNIST, in label order 0..9 (Zalando's

@@ -197,7 +197,8 @@ void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps)
 int search_polarity_suspect(double q, double d);
 
 /* Local.  Opens the images of the database's source run i (0 <= i <
- * db->n_sources) from the absolute item paths recorded in the manifest.
+ * db->n_sources) from the item paths recorded in the manifest (absolute, or
+ * relative to the database folder: vecdb_item_path).
  * Opened with search_data_options (allow_gaps=1: the index run already
  * warned, and the counts below catch any change).
  * Errors: imgset_open's (a file moved or deleted: AE_EIO), AE_EFORMAT when an

@@ -20,7 +20,8 @@
  *
  * Live additions (POST /images): rank 0 writes the images as
  * DIR/added-SSSSS.npz (data uint8 [n][C][H][W], labels int32 [n]; readable by
- * every source reader, numpy and eval), encodes them from that file, writes
+ * every source reader, numpy and eval; the manifest names it relative to
+ * DIR, so a moved or copied folder keeps it), encodes them from that file, writes
  * shard SSSSS and then the manifest (each atomically, fsync + rename: the
  * manifest is the commit point) before any answer; then the owning rank maps
  * the new shard, and the next search finds it.

@@ -40,6 +40,7 @@ typedef struct ServeMetrics {
     int P;
     int64_t *vectors;          /* [P] per rank */
     int64_t total;             /* vectors in the database */
+    int n_shards;              /* shards in the database */
     int queue_length;
 } ServeMetrics;
 
@@ -56,11 +57,12 @@ void serve_metrics_request(ServeMetrics *m, ServeEndpoint ep, int status, double
 /* One micro-batch of n requests. */
 void serve_metrics_batch(ServeMetrics *m, int n, int queue_length);
 
-/* Vectors per rank (vectors[P]) and in all. */
-void serve_metrics_vectors(ServeMetrics *m, const int64_t *vectors, int64_t total);
+/* Vectors per rank (vectors[P]), in all, and the database's shard count
+ * (both grow with POST /images). */
+void serve_metrics_vectors(ServeMetrics *m, const int64_t *vectors, int64_t total, int n_shards);
 
-/* Vectors in the database now. */
-int64_t serve_metrics_total(ServeMetrics *m);
+/* Vectors in the database now; *n_shards (when not NULL) its shards. */
+int64_t serve_metrics_total(ServeMetrics *m, int *n_shards);
 
 /* The exposition text (NUL-terminated, free()); *len its length. */
 char *serve_metrics_text(ServeMetrics *m, size_t *len);

@@ -24,7 +24,11 @@
  *              "input_shape": [C, H, W], "checkpoint": path used at index time },
  *   "dim": D, "count": total vectors, "metric": "l2" | "cosine" (default of query),
  *   "sources": [ { "spec": source as given, "first_id", "count",
- *                  "items": [ { "path": absolute path, "count" } ... ],
+ *                  "items": [ { "path": absolute path, or a path relative
+ *                               to the database folder for files the folder
+ *                               holds itself (serve's added-SSSSS.npz), so
+ *                               that a moved or copied folder keeps them
+ *                               (vecdb_item_path), "count" } ... ],
  *                  "pixel_mean": mean pixel in [0, 1] (optional: older
  *                  manifests lack it; readers then skip the polarity check) } ... ]
  *              one entry per index / --append run, in id order,
@@ -186,6 +190,11 @@ void vecdb_free(VecDb *db);
  * its first_id is db->count at the time of the call and its count the sum.
  * Does not change db->count (vecdb_add_shard does). */
 void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *const *paths, const int64_t *counts);
+
+/* The file of item path `item` of one of db's sources into out[cap]: item
+ * itself when absolute, else "db->dir/item" (a file inside the database
+ * folder).  Returns AE_OK, or AE_EARG (with err) if it does not fit. */
+int vecdb_item_path(char *out, size_t cap, const VecDb *db, const char *item, Err *err);
 
 /* Records the class names of source s's labels 0..n-1 (copied; replaces
  * any names recorded before; n = 0 records none). */

@@ -22,8 +22,9 @@ int version_requested(int argc, char **argv);
  *   build: COMPILER; CFLAGS ...; MPI=m OMP=o; git COMMIT[-dirty]
  *   kernels on this CPU: conv <name> (AESIM_KERNEL=...), GEMM <...>, kNN scan <...>, OpenBLAS <core>
  *   bf16: <VDPBF16PS kernels | emulated ...>; --precision auto runs <bf16|fp32> here
- * (auto as one node resolves it; a job asks every rank and runs bf16 only
- * when all have AVX512_BF16).
+ * (aesim-train and aesim-search only, which say which precision is their
+ * default; auto as one node resolves it: a job asks every rank and runs
+ * bf16 only when all have AVX512_BF16).
  * Returns 0 (the exit status), or 1 if out cannot be written. */
 int version_print(FILE *out, const char *tool);
 

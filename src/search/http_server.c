@@ -129,7 +129,9 @@ static char *healthz_body(HttpServer *s, size_t *len)
     size_t n = 0;
     FILE *f = open_memstream(&body, &n);
     CHECK(f != NULL);
-    fprintf(f, "{\"status\":\"ok\",\"vectors\":%lld,%s}", (long long)serve_metrics_total(s->m), s->cfg.info);
+    int shards = 0;
+    const int64_t vectors = serve_metrics_total(s->m, &shards);
+    fprintf(f, "{\"status\":\"ok\",\"vectors\":%lld,\"shards\":%d,%s}", (long long)vectors, shards, s->cfg.info);
     CHECK(fclose(f) == 0);
     *len = n;
     return body;

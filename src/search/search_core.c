@@ -546,13 +546,18 @@ int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
 {
     memset(set, 0, sizeof *set);
     const VecDbSource *src = &db->sources[i];
+    char item[VECDB_PATH_BYTES];
     size_t len = 1;
-    for (int j = 0; j < src->n_items; j++) len += strlen(src->items[j].path) + 1;
+    for (int j = 0; j < src->n_items; j++) len += strlen(src->items[j].path) + strlen(db->dir) + 2;
     char *spec = xmalloc(len);
     spec[0] = '\0';
     for (int j = 0; j < src->n_items; j++) {
+        if (vecdb_item_path(item, sizeof item, db, src->items[j].path, err)) {
+            free(spec);
+            return err->code;
+        }
         if (j) strcat(spec, ",");
-        strcat(spec, src->items[j].path);
+        strcat(spec, item);
     }
     DatasetOptions opts;
     search_data_options(&opts, db->C, db->H, db->W, 1);

@@ -23,6 +23,7 @@
 #include "search/search.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,9 +117,15 @@ static int open_queries(ImageSet *qset, EvalState *es, const SearchConfig *cfg, 
     for (int s = 0; s < db->n_sources && es->self_first < 0; s++) {
         const VecDbSource *src = &db->sources[s];
         int same = src->n_items == qset->n_items;
-        for (int j = 0; same && j < src->n_items; j++)
-            same = strcmp(src->items[j].path, qset->paths[j]) == 0 &&
+        for (int j = 0; same && j < src->n_items; j++) {
+            /* Item paths are absolute, or relative to the database folder
+             * (vecdb_item_path); the query set's are real paths. */
+            char item[VECDB_PATH_BYTES], real[PATH_MAX];
+            same = vecdb_item_path(item, sizeof item, db, src->items[j].path, err) == AE_OK &&
+                   strcmp(realpath(item, real) ? real : item, qset->paths[j]) == 0 &&
                    src->items[j].count == qset->first[j + 1] - qset->first[j];
+            if (err->code) return err->code;
+        }
         if (same) es->self_first = src->first_id;
     }
     return AE_OK;

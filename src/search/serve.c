@@ -130,7 +130,7 @@ static void publish_vectors(Server *s)
 {
     int64_t *per = xcalloc((size_t)s->ctx->size, sizeof *per);
     for (int sh = 0; sh < s->db.n_shards; sh++) per[vecdb_shard_owner(sh, s->ctx->size)] += s->db.shards[sh].count;
-    serve_metrics_vectors(&s->mx, per, s->db.count);
+    serve_metrics_vectors(&s->mx, per, s->db.count, s->db.n_shards);
     free(per);
 }
 
@@ -347,8 +347,11 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
         memcpy(pix + (size_t)i * chw, jobs[i]->query.pix, chw);
         labels[i] = jobs[i]->params.n_labels ? jobs[i]->params.labels[0] : -1;
     }
-    char path[VECDB_PATH_BYTES + 32];
-    snprintf(path, sizeof path, "%s/added-%05d.npz", s->db.dir, shard);
+    /* Recorded relative to the database folder (vecdb_item_path), so that
+     * the folder keeps its added images when it is moved or copied. */
+    char rel[32], path[VECDB_PATH_BYTES + 32];
+    snprintf(rel, sizeof rel, "added-%05d.npz", shard);
+    snprintf(path, sizeof path, "%s/%s", s->db.dir, rel);
     NpyArray arrs[2];
     memset(arrs, 0, sizeof arrs);
     snprintf(arrs[0].name, sizeof arrs[0].name, "data");
@@ -402,9 +405,9 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
         free(list);
         if (err->code) goto done;
     }
-    const char *item = set.paths[0];
+    const char *item = rel;
     const int64_t count = n;
-    vecdb_add_source(&s->db, path, 1, &item, &count);
+    vecdb_add_source(&s->db, rel, 1, &item, &count);
     vecdb_add_shard(&s->db, n);
     if (vecdb_write_manifest(&s->db, err)) {
         db_drop_last(&s->db);
@@ -663,9 +666,9 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         have_queue = 1;
         publish_vectors(s);
         char tta[64];
-        snprintf(s->info, sizeof s->info, "\"dim\":%d,\"ranks\":%d,\"shards\":%d,\"metric\":\"%s\",\"model_crc32\":\"%08x\","
+        snprintf(s->info, sizeof s->info, "\"dim\":%d,\"ranks\":%d,\"metric\":\"%s\",\"model_crc32\":\"%08x\","
                  "\"input_shape\":[%d,%d,%d],\"tta\":\"%s\",\"query_expansion\":{\"n\":%d,\"alpha\":%g}", s->db.D,
-                 ctx->size, s->db.n_shards, vecdb_metric_name(s->metric), (unsigned)crc, s->db.C, s->db.H, s->db.W,
+                 ctx->size, vecdb_metric_name(s->metric), (unsigned)crc, s->db.C, s->db.H, s->db.W,
                  vecdb_tta_name(&s->db.tta, tta, sizeof tta), s->qe.n, s->qe.alpha);
         HttpServerConfig hc = { .listen = cfg->listen, .timeout_s = cfg->timeout_s,
                                 .max_body = (size_t)cfg->max_body_mib << 20, .max_k = cfg->max_k, .D = s->db.D,

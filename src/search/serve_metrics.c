@@ -62,18 +62,20 @@ void serve_metrics_batch(ServeMetrics *m, int n, int queue_length)
     pthread_mutex_unlock(&m->mu);
 }
 
-void serve_metrics_vectors(ServeMetrics *m, const int64_t *vectors, int64_t total)
+void serve_metrics_vectors(ServeMetrics *m, const int64_t *vectors, int64_t total, int n_shards)
 {
     pthread_mutex_lock(&m->mu);
     memcpy(m->vectors, vectors, (size_t)m->P * sizeof *vectors);
     m->total = total;
+    m->n_shards = n_shards;
     pthread_mutex_unlock(&m->mu);
 }
 
-int64_t serve_metrics_total(ServeMetrics *m)
+int64_t serve_metrics_total(ServeMetrics *m, int *n_shards)
 {
     pthread_mutex_lock(&m->mu);
     int64_t t = m->total;
+    if (n_shards) *n_shards = m->n_shards;
     pthread_mutex_unlock(&m->mu);
     return t;
 }

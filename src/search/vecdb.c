@@ -145,6 +145,13 @@ void vecdb_add_source(VecDb *db, const char *spec, int n_items, const char *cons
     }
 }
 
+int vecdb_item_path(char *out, size_t cap, const VecDb *db, const char *item, Err *err)
+{
+    int k = item[0] == '/' ? snprintf(out, cap, "%s", item) : snprintf(out, cap, "%s/%s", db->dir, item);
+    if (k < 0 || (size_t)k >= cap) return err_set(err, AE_EARG, "the path of %s in %s is too long", item, db->dir);
+    return AE_OK;
+}
+
 void vecdb_set_classes(VecDbSource *s, const char *const *names, int n)
 {
     for (int i = 0; i < s->n_classes; i++) free(s->classes[i]);

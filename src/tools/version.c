@@ -60,11 +60,14 @@ int version_print(FILE *out, const char *tool)
             gemm_avx512_supported() ? "aesim AVX-512 + OpenBLAS" : "OpenBLAS",
             knn_scan_avx512_supported() ? "AVX-512" : "portable", openblas_get_corename(), openblas_get_config());
     /* What --precision auto resolves to on one node (train_setup.c and
-     * search_core.c ask every rank; a job on mixed CPUs may get fp32). */
+     * search_core.c ask every rank; a job on mixed CPUs may get fp32), for
+     * the two programs that take --precision. */
     const int native = conv_bf16_available(CONV_BF16_NATIVE);
-    fprintf(out, "bf16: %s; --precision auto runs %s here\n",
-            native ? "VDPBF16PS kernels (AVX512_BF16)"
-                   : "emulated, float32 kernels on bf16-rounded operands (this CPU lacks AVX512_BF16)",
-            native ? "bf16" : "fp32");
+    const int train = strcmp(tool, "aesim-train") == 0;
+    if (train || strcmp(tool, "aesim-search") == 0)
+        fprintf(out, "bf16: %s; --precision auto%s runs %s here%s\n",
+                native ? "VDPBF16PS kernels (AVX512_BF16)"
+                       : "emulated, float32 kernels on bf16-rounded operands (this CPU lacks AVX512_BF16)",
+                train ? " (the default)" : "", native ? "bf16" : "fp32", train ? "" : " (the default is fp32)");
     return fflush(out) != 0 || ferror(out) ? 1 : 0;
 }

@@ -205,7 +205,8 @@ void train_args_usage(FILE *out)
 "                        to one core when it starts 2 or fewer: --bind-to none lets threads\n"
 "                        spread, --map-by slot:PE=T --bind-to core gives each rank T cores\n"
 "  --help                this text\n"
-"  --version             version, git commit, build flags and the CPU kernels chosen\n", TRAIN_SHUFFLE_BLOCK_DEFAULT,
+"  --version             version, git commit, build flags, the CPU kernels chosen and\n"
+"                        what --precision auto runs on this CPU\n", TRAIN_SHUFFLE_BLOCK_DEFAULT,
             TRAIN_SHUFFLE_WINDOW_DEFAULT, GRAD_SYNC_BUCKET_KIB_DEFAULT);
 }
 
