@@ -180,8 +180,12 @@ def finish(tc, proc):
 
 
 def files_bytes(folder):
+    """{name: bytes} of the run's files; not the folder's lock file, which
+    names whichever job held it last (include/train/train_outdir.h)."""
     out = {}
     for name in sorted(os.listdir(folder)):
+        if name == ".aesim-train.lock":
+            continue
         with open(os.path.join(folder, name), "rb") as f:
             out[name] = f.read()
     return out
@@ -322,6 +326,26 @@ class Preemption(unittest.TestCase):
         assert_bitwise(self, ck, os.path.join(R24, "checkpoint.npz"))
         self.assertEqual(csv_steps(out), list(range(1, 25)))
 
+    def test_second_job_on_a_busy_folder_is_refused(self):
+        """One job per folder: while a run trains, a resume of it and a fresh
+        run into it are refused, naming the holder (rank 0's pid); once it
+        has stopped, the resume goes ahead."""
+        out = os.path.join(TMP, "busy")
+        proc = self.start_long(out)
+        wait_for(lambda: len(rank_pids(proc.pid)) == 2, "rank pids")
+        holder = rank_pids(proc.pid)[0]
+        for args in (("--resume", out), ("--overwrite",)):
+            p = mpirun(2, out, *LONG, *args, check=False, timeout=60)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn(f"{out} is in use by another aesim-train job (pid {holder} on ", p.stderr)
+        self.assertIsNone(proc.poll(), "the first job must go on")
+        os.kill(holder, signal.SIGTERM)
+        rc, stdout, stderr = self.finish(proc)
+        self.assertEqual(rc, 0, stderr)
+        s = step_of(os.path.join(out, "checkpoint.npz"))
+        mpirun(2, out, "--max-steps", str(s + 2), "--resume", out)
+        self.assertEqual(step_of(os.path.join(out, "checkpoint.npz")), s + 2)
+
     def test_sigterm_to_one_rank(self):
         out = os.path.join(TMP, "term_rank")
         proc = self.start_long(out)
@@ -391,6 +415,26 @@ class Preemption(unittest.TestCase):
         self.assertLess(s, 24)
         mpirun(2, out, *LONG, "--max-steps", "24", "--resume", out)
         assert_bitwise(self, ck, os.path.join(R24, "checkpoint.npz"))
+
+
+class MappedInput(unittest.TestCase):
+    def test_data_file_shrinking_under_training_ends_the_job_naming_it(self):
+        """The training data is memory-mapped; truncating it under a running
+        job (reads past the new end raise SIGBUS, POSIX mmap(2)) ends every
+        rank with a line naming the file, not "Bus error"; the checkpoint
+        on disk stays intact."""
+        data = os.path.join(TMP, "shrink-images-idx3-ubyte")
+        shutil.copy(DATA, data)
+        out = os.path.join(TMP, "shrink")
+        proc = mpirun(2, out, *LONG, "--data", data, "--ckpt-every", "4", popen=True)
+        wait_for(lambda: csv_lines(out) >= 6 or proc.poll() is not None, "training to start")
+        self.assertIsNone(proc.poll(), "training ended early:\n" + "".join(read_logs(proc)))
+        os.truncate(data, 16)   # the IDX header alone
+        rc, stdout, stderr = finish(self, proc)
+        self.assertNotEqual(rc, 0)
+        self.assertIn(data + " changed while in use", stderr)
+        self.assertNotIn("Bus error", stderr)
+        verify_crc(self, os.path.join(out, "checkpoint.npz"))
 
 
 class NumericalFault(unittest.TestCase):

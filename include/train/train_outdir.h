@@ -18,6 +18,11 @@
  * given: then the run files found in OUT are deleted first (and counted in a
  * note).  A resume into another folder starts that folder's metrics.csv
  * with a copy of the resumed run's, so the curve stays whole.
+ * One job per folder: rank 0 holds an exclusive flock(2) on
+ * OUT/TRAIN_LOCK_NAME from train_outdir_commit until train_outdir_release
+ * (or the process's end: the kernel drops it, even after SIGKILL), so a
+ * second job on the same folder, started at the same time or later, is
+ * refused instead of mixing its checkpoints with the first's.
  * Collective: rank 0 looks at the disk and decides; every rank gets the
  * folder (other nodes may not see the resumed path).  MPI through par.h.
  */
@@ -34,6 +39,8 @@
 #define TRAIN_METRICS_NAME "metrics.csv"
 /* Reconstruction grids: TRAIN_RECON_PREFIX + epoch (3 digits) + ".png". */
 #define TRAIN_RECON_PREFIX "recon_epoch"
+/* The lock file of a run folder (holds "pid PID on HOST" of its holder). */
+#define TRAIN_LOCK_NAME ".aesim-train.lock"
 
 /* Sets cfg->out as above on every rank and checks the rule above; changes
  * nothing on disk (call it first, so that a refused run leaves nothing).
@@ -42,10 +49,18 @@
  * for a folder that cannot be listed. */
 int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err);
 
-/* Once every other check has passed, just before training: on --overwrite
- * deletes the other run's files (a note counts them), creates the folder,
- * and for a resume into another folder copies the resumed run's metrics.csv
- * there.  Errors (agreed): AE_EIO naming the folder or file. */
-int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, Err *err);
+/* Once every other check has passed, just before training: creates the
+ * folder, locks it (*lock_fd: the lock's descriptor on rank 0, -1
+ * elsewhere and on error), checks again that no other run's files appeared
+ * since train_outdir_prepare, on --overwrite deletes the other run's files
+ * (a note counts them), and for a resume into another folder copies the
+ * resumed run's metrics.csv there.  Errors (agreed): AE_EIO naming the
+ * folder or file; AE_EARG when another job holds the folder's lock (the
+ * message gives its pid and host) or another run's files appeared. */
+int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, int *lock_fd, Err *err);
+
+/* Drops the lock of train_outdir_commit (closes *lock_fd, sets it to -1);
+ * no-op when *lock_fd < 0. */
+void train_outdir_release(int *lock_fd);
 
 #endif

@@ -14,6 +14,7 @@
  */
 #include "data/image_source.h"
 #include "base/fileio.h"
+#include "base/mapguard.h"
 
 #include "base/check.h"
 #include "data/cifar.h"
@@ -112,7 +113,10 @@ static ImageSource *source_new(SourceKind kind, const char *path, const DatasetO
 void image_source_close(ImageSource *s)
 {
     if (!s) return;
-    if (s->map_addr) munmap(s->map_addr, s->map_len);
+    if (s->map_addr) {
+        mapguard_unregister(s->map_addr);
+        munmap(s->map_addr, s->map_len);
+    }
     if (s->access == RAW_ZIP_STREAM) zip_stream_close(&s->zs);
     if (s->access == RAW_IDX_STREAM) idx_stream_close(&s->idx);
     if (s->fd >= 0) close(s->fd);

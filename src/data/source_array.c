@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "base/mapguard.h"
 #include "data/npy.h"
 
 /* Sets the target shape from the raw shape and the options, and decides
@@ -43,6 +44,7 @@ int source_array_finish_shape(ImageSource *s, const char *what, Err *err)
                            strerror(errno));
         s->map_addr = addr;
         s->map_len = (size_t)st.st_size;
+        mapguard_register(addr, s->map_len, s->path); /* a clear end if the file shrinks under us */
         /* Shuffled batches touch a few pages here and there: readahead
          * would read whole windows around each (dataset_prefetch names the
          * pages a step needs instead). */

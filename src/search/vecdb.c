@@ -22,6 +22,7 @@
 
 #include "base/check.h"
 #include "base/fileio.h"
+#include "base/mapguard.h"
 #include "data/npy.h"
 
 /* Hint closing every shard error. */
@@ -650,6 +651,7 @@ static int map_npy(void **base, size_t *bytes, const void **data, const char *pa
     *base = m;
     *bytes = size;
     *data = (const unsigned char *)m + hd.data_offset;
+    mapguard_register(m, size, path); /* a clear end if the file shrinks under us */
     return AE_OK;
 }
 
@@ -696,7 +698,10 @@ void vecdb_shard_unmap(VecShard *s)
 {
     if (!s) return;
     for (int f = 0; f < 3; f++)
-        if (s->map[f]) munmap(s->map[f], s->map_bytes[f]);
+        if (s->map[f]) {
+            mapguard_unregister(s->map[f]);
+            munmap(s->map[f], s->map_bytes[f]);
+        }
     memset(s, 0, sizeof *s);
 }
 

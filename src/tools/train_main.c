@@ -88,8 +88,9 @@ int main(int argc, char **argv)
     Model model;
     Optimizer opt;
     CkptState start;
+    int lock_fd = -1; /* rank 0's lock on the output folder (train_outdir.h) */
     if (train_setup_model(&ctx, &cfg, &ck, &train, plan.omp_threads, &model, &opt, &start, &err) ||
-        train_outdir_commit(&ctx, &cfg, &err)) {
+        train_outdir_commit(&ctx, &cfg, &lock_fd, &err)) {
         ckpt_free(&ck);
         return finish(&ctx, &err, 1);
     }
@@ -128,6 +129,7 @@ int main(int argc, char **argv)
                  (double)res.state.epoch + (double)res.state.batch / (double)steps_per_epoch, res.images_per_s,
                  res.val_loss, res.val_psnr_db, cfg.out, cfg.out, cfg.out);
     if (rc == AE_OK) report_storage(&ctx, "end", t_start);
+    train_outdir_release(&lock_fd);
     optimizer_free(&opt);
     model_free(&model);
     dataset_free(&train);

@@ -1,16 +1,18 @@
 /*
  * train_outdir.c - choice and protection of aesim-train's output folder
  * (see include/train_outdir.h).  Rank 0 alone looks at and changes the disk;
- * the decision and its status are shared through par.h.  Does not: lock the
- * folder against a second job started at the same time (one job per folder,
- * ckpt.h), or touch files other than a run's own names.  Single-threaded.
+ * the decision and its status are shared through par.h; rank 0 locks the
+ * folder (flock(2) on TRAIN_LOCK_NAME) for the job's lifetime.  Does not
+ * touch files other than a run's own names and the lock.  Single-threaded.
  */
 #include "train/train_outdir.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -128,11 +130,72 @@ static int choose(TrainConfig *cfg, char *from)
     return from[0] && same_folder(from, cfg->out);
 }
 
-/* Rank 0's part of train_outdir_prepare: choose and check, change nothing. */
-static int check_rank0(TrainConfig *cfg, Err *err)
+/* Message for a folder whose lock another job holds (fd: the lock file). */
+static int busy_error(int fd, const char *dir, Err *err)
 {
-    char from[FILEIO_PATH_MAX];
-    if (choose(cfg, from)) return AE_OK;
+    char holder[128] = "";
+    ssize_t k = pread(fd, holder, sizeof holder - 1, 0);
+    holder[k > 0 ? k : 0] = '\0';
+    holder[strcspn(holder, "\n")] = '\0';
+    return err_set(err, AE_EARG, "%s is in use by another aesim-train job (%s): two jobs writing one folder would "
+                   "mix their checkpoints and metrics.csv (hint: wait for it to end, or choose another --out)", dir,
+                   holder[0] ? holder : "its lock file names no process");
+}
+
+/* 1 (with err set) if another job holds dir's lock now; creates nothing. */
+static int folder_busy(const char *dir, Err *err)
+{
+    char path[FILEIO_PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, TRAIN_LOCK_NAME) >= (int)sizeof path) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int busy = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    if (busy) busy_error(fd, dir, err);
+    close(fd); /* drops the shared lock if it was granted */
+    return busy;
+}
+
+/* Takes the folder's lock (exclusive, non-blocking flock): the descriptor,
+ * or -1 with err set when another job holds it or the file cannot be made. */
+static int lock_folder(const char *dir, Err *err)
+{
+    char path[FILEIO_PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, TRAIN_LOCK_NAME) >= (int)sizeof path) {
+        err_set(err, AE_EARG, "--out %s: path too long", dir);
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        err_set(err, AE_EIO, "cannot create the lock file %s: %s (hint: is the folder writable?)", path,
+                strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        if (e == EWOULDBLOCK)
+            busy_error(fd, dir, err);
+        else
+            err_set(err, AE_EIO, "cannot lock %s: %s", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    char host[64] = "?", me[160];
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    int n = snprintf(me, sizeof me, "pid %ld on %s\n", (long)getpid(), host);
+    /* The holder's name is informative only (for the message above): a
+     * failed write leaves the lock held all the same. */
+    const int named = ftruncate(fd, 0) == 0 && pwrite(fd, me, (size_t)n, 0) == n;
+    (void)named;
+    return fd;
+}
+
+
+/* The rule of the header for a folder that is not the resumed run's own
+ * (from: the resumed run's folder or ""): no other run's files unless
+ * --overwrite. */
+static int check_files(const TrainConfig *cfg, const char *from, Err *err)
+{
     char first[256] = "";
     int removed = 0;
     int n = scan_run_files(cfg->out, 0, first, sizeof first, &removed, err);
@@ -147,6 +210,15 @@ static int check_rank0(TrainConfig *cfg, Err *err)
                    "recon_epoch*.png first", cfg->out, first, n - 1, cfg->out);
 }
 
+/* Rank 0's part of train_outdir_prepare: choose and check, change nothing. */
+static int check_rank0(TrainConfig *cfg, Err *err)
+{
+    char from[FILEIO_PATH_MAX];
+    const int own = choose(cfg, from);
+    if (folder_busy(cfg->out, err)) return err->code;
+    return own ? AE_OK : check_files(cfg, from, err);
+}
+
 int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err)
 {
     if (ctx->rank == 0) check_rank0(cfg, err);
@@ -154,11 +226,23 @@ int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err)
     return par_agree(ctx, err);
 }
 
+void train_outdir_release(int *lock_fd)
+{
+    if (*lock_fd < 0) return;
+    close(*lock_fd); /* drops the flock */
+    *lock_fd = -1;
+}
+
 /* Rank 0's part of train_outdir_commit. */
-static int commit_rank0(TrainConfig *cfg, Err *err)
+static int commit_rank0(TrainConfig *cfg, int *lock_fd, Err *err)
 {
     char from[FILEIO_PATH_MAX];
     const int own = choose(cfg, from);
+    if (fileio_mkdirs(cfg->out, err)) return err->code;
+    if ((*lock_fd = lock_folder(cfg->out, err)) < 0) return err->code;
+    /* Under the lock, again: a run that wrote here after our first look
+     * (and has ended, or it would hold the lock) is not ours to join. */
+    if (!own && check_files(cfg, from, err)) return err->code;
     if (!own && cfg->overwrite) {
         int removed = 0;
         scan_run_files(cfg->out, 1, NULL, 0, &removed, err);
@@ -168,13 +252,13 @@ static int commit_rank0(TrainConfig *cfg, Err *err)
             fflush(stdout);
         }
     }
-    if (fileio_mkdirs(cfg->out, err)) return err->code;
     if (from[0] && !own) return copy_metrics(from, cfg->out, err);
     return AE_OK;
 }
 
-int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, Err *err)
+int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, int *lock_fd, Err *err)
 {
-    if (ctx->rank == 0) commit_rank0(cfg, err);
+    *lock_fd = -1;
+    if (ctx->rank == 0 && commit_rank0(cfg, lock_fd, err)) train_outdir_release(lock_fd);
     return par_agree(ctx, err);
 }

@@ -1,0 +1,56 @@
+/*
+ * mapguard.h - a clear end, not a crash, when a memory-mapped input file
+ * shrinks under a running program.
+ *
+ * aesim maps uint8 image data (data/source_array.c) and the vector database's
+ * shards (search/vecdb.c) read-only with mmap(2).  When another process
+ * truncates or rewrites such a file in place (cp over it, truncate,
+ * re-running a converter into the same path) while it is mapped, reading a
+ * page past the file's new end raises SIGBUS (POSIX mmap(2): "references
+ * within the address range starting at pa and continuing for len bytes to
+ * whole pages following the end of an object shall result in delivery of a
+ * SIGBUS signal").  The default action kills the process with "Bus error"
+ * and no word of which file.
+ *
+ * What it does: every mapping is registered with its path; the first
+ * registration installs a SIGBUS handler (SA_SIGINFO).  For a fault address
+ * inside a registered mapping the handler writes one line to stderr,
+ *   aesim: fatal: FILE changed while in use (it shrank or was rewritten in
+ *   place while memory-mapped: bus error reading it) (hint: ...)
+ * and ends the process with _exit(1); under mpirun that ends the job
+ * (Open MPI aborts a job whose rank exits without MPI_Finalize).  Outputs
+ * are safe: every file aesim writes is a temporary file renamed when
+ * complete (fileio.h), so a checkpoint or shard on disk is never half
+ * written.  Any other SIGBUS goes to the disposition that was installed
+ * before (Open MPI's backtrace handler, or the default action).
+ *
+ * Handler safety (signal-safety(7)): the handler only reads the table and
+ * calls write(2) and _exit(2).  Each slot's path and length are written
+ * before its address, which is the slot's "in use" mark.
+ * Global state: a fixed table of MAPGUARD_SLOTS mappings and the previous
+ * SIGBUS disposition (a signal handler can reach no other state; see
+ * signals.h).  Register and unregister are serialised by a mutex and may be
+ * called from any thread.
+ */
+#ifndef AESIM_MAPGUARD_H
+#define AESIM_MAPGUARD_H
+
+#include <stddef.h>
+
+/* Mappings watched at once; a mapping beyond them is simply not watched
+ * (SIGBUS then takes the previous disposition).  A training run maps one
+ * file per data source; a database one file per shard and kind. */
+#define MAPGUARD_SLOTS 1024
+
+/* Bytes of a registered path kept for the message (longer ones are cut). */
+#define MAPGUARD_PATH_BYTES 512
+
+/* Watches [addr, addr + len) as a mapping of file `path` (copied).  Installs
+ * the SIGBUS handler on first use.  Never fails; a full table is ignored. */
+void mapguard_register(const void *addr, size_t len, const char *path);
+
+/* Stops watching the mapping that starts at addr (call before munmap); no-op
+ * if it is not watched. */
+void mapguard_unregister(const void *addr);
+
+#endif
