@@ -41,4 +41,24 @@ set -e
 [ $rc -ne 0 ] || { echo "FAIL: a bad file without --skip-bad was accepted"; exit 1; }
 grep -q "07_bad.png" "$TMP/logbad" || { cat "$TMP/logbad"; echo "FAIL: message does not name the file"; exit 1; }
 [ ! -e "$TMP/bad.npz" ] && ! ls "$TMP"/bad.npz.tmp.* >/dev/null 2>&1 || { echo "FAIL: partial store left"; exit 1; }
-echo "mpi_pack: 1/2/3-rank stores identical; bad file refused on all ranks"
+# Two packs racing for one --out (no --overwrite): never both succeed, and
+# the store left is byte-identical to the winner's reference (before, both
+# could pass the existence check and one store silently replaced the other).
+"$BUILD/aesim-pack" --out "$TMP/xref.npz" "$TMP/x.npz" > /dev/null 2>&1
+for round in 1 2 3 4 5; do
+    rm -f "$TMP/race.npz"
+    set +e
+    "$BUILD/aesim-pack" --window 4 --out "$TMP/race.npz" "$SPEC" > "$TMP/race1" 2>&1 &
+    p1=$!
+    "$BUILD/aesim-pack" --out "$TMP/race.npz" "$TMP/x.npz" > "$TMP/race2" 2>&1 &
+    p2=$!
+    wait $p1; r1=$?
+    wait $p2; r2=$?
+    set -e
+    if [ $r1 -eq 0 ] && [ $r2 -ne 0 ]; then ref="$TMP/s1.npz"
+    elif [ $r2 -eq 0 ] && [ $r1 -ne 0 ]; then ref="$TMP/xref.npz"
+    else cat "$TMP/race1" "$TMP/race2"; echo "FAIL: round $round: exit statuses $r1 and $r2 (one must win)"; exit 1; fi
+    cmp "$TMP/race.npz" "$ref" || { echo "FAIL: round $round: the store is not the winner's"; exit 1; }
+    grep -q "race.npz" "$TMP/race1" "$TMP/race2" || { echo "FAIL: the loser does not name the file"; exit 1; }
+done
+echo "mpi_pack: 1/2/3-rank stores identical; bad file refused on all ranks; racing packs: one wins, nothing replaced"

@@ -64,6 +64,13 @@ int fileio_check_input(const char *path, Err *err);
  * (atomic_open reports the reason).  stat() only. */
 int fileio_check_output(const char *path, const char *option, int overwrite, Err *err);
 
+/* Renames `from` to `to` unless `to` exists, atomically: link(2), which
+ * fails with EEXIST on an existing name, then unlink(from).  On a file
+ * system without hard links (EPERM, ENOTSUP, EOPNOTSUPP, EMLINK) it falls
+ * back to a check then rename(2), which leaves a short window.  Returns 0,
+ * or -1 with errno (EEXIST: `to` exists; `from` is then untouched). */
+int fileio_rename_noreplace(const char *from, const char *to);
+
 /* pread / pwrite of exactly n bytes at offset off, retrying on EINTR and
  * partial transfers.  Return 0, or -1 with errno set (errno 0 for a read
  * that hit the end of the file, or for an offset beyond INT64_MAX). */

@@ -36,6 +36,7 @@ typedef struct PackConfig {
     DatasetOptions opts;     /* defaults for every item */
     const char *out;         /* the store to write */
     int64_t window;          /* images per window (>= 1) */
+    int overwrite;           /* 1: replace an existing `out`; 0: never (not even one made while packing) */
 } PackConfig;
 
 typedef struct PackStats {

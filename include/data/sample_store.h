@@ -119,8 +119,11 @@ typedef struct StoreMeta {
     int n_classes;
 } StoreMeta;
 
-/* Finishes tmp_path (see the protocol above) and renames it to path.
- * Errors: AE_EIO (errno text), AE_EARG.  On error tmp_path is removed. */
-int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err *err);
+/* Finishes tmp_path (see the protocol above) and renames it to path; with
+ * replace == 0 never over an existing path (fileio_rename_noreplace: a file
+ * that appeared at path since the caller checked, e.g. another aesim-pack's
+ * store, is kept).  Errors: AE_EIO (errno text); AE_EARG when replace == 0
+ * and path exists.  On error tmp_path is removed. */
+int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, int replace, Err *err);
 
 #endif

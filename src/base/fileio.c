@@ -45,6 +45,18 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
+int fileio_rename_noreplace(const char *from, const char *to)
+{
+    if (link(from, to) == 0) return unlink(from) == 0 || errno == ENOENT ? 0 : -1;
+    if (errno != EPERM && errno != ENOTSUP && errno != EOPNOTSUPP && errno != EMLINK) return -1;
+    struct stat st;
+    if (lstat(to, &st) == 0) {
+        errno = EEXIST;
+        return -1;
+    }
+    return rename(from, to);
+}
+
 int atomic_commit_closed(AtomicFile *af, Err *err)
 {
     int fd = open(af->tmp_path, O_RDONLY);

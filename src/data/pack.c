@@ -168,7 +168,7 @@ static int finish(ImageSource **srcs, int ns, const PackConfig *cfg, const char 
         if (srcs[i]->n_classes) cls = srcs[i];
     StoreMeta m = {kept, srcs[0]->C, srcs[0]->H, srcs[0]->W, crc, block_crc, labels, (const char *const *)names,
                    cfg->spec, n - kept, cls ? (const char *const *)cls->classes : NULL, cls ? cls->n_classes : 0};
-    int rc = store_finish(tmp, cfg->out, &m, err);
+    int rc = store_finish(tmp, cfg->out, &m, cfg->overwrite, err);
     free(block_crc);
     for (int64_t i = 0; names && i < kept; i++) free(names[i]);
     free(names);

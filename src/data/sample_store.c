@@ -241,7 +241,7 @@ static char *meta_json(const StoreMeta *m)
     return text;
 }
 
-int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err *err)
+int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, int replace, Err *err)
 {
     int64_t img = (int64_t)m->C * m->H * m->W;
     int fd = open(tmp_path, O_RDWR | O_CLOEXEC);
@@ -337,7 +337,12 @@ int store_finish(const char *tmp_path, const char *path, const StoreMeta *m, Err
     if (rc == AE_OK && fileio_pwrite_full(fd, cd, (uint64_t)(e - cd), at)) rc = io_fail(err, tmp_path, "write");
     if (rc == AE_OK && fsync(fd) != 0) rc = io_fail(err, tmp_path, "fsync");
     if (close(fd) != 0 && rc == AE_OK) rc = io_fail(err, tmp_path, "close");
-    if (rc == AE_OK && rename(tmp_path, path) != 0) rc = io_fail(err, path, "rename to");
+    if (rc == AE_OK && replace && rename(tmp_path, path) != 0) rc = io_fail(err, path, "rename to");
+    if (rc == AE_OK && !replace && fileio_rename_noreplace(tmp_path, path) != 0)
+        rc = errno == EEXIST ? err_set(err, AE_EARG, "%s appeared while this store was written (another aesim-pack "
+                                                     "with the same --out?): refusing to replace it; nothing was "
+                                                     "written (hint: --overwrite to replace it)", path)
+                             : io_fail(err, path, "rename to");
     if (rc) unlink(tmp_path);
     free(cd);
     free(blob);

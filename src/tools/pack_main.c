@@ -107,6 +107,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.spec = argv[optind];
+    cfg.overwrite = overwrite;
     /* Every rank must pack the same sources into the same store. */
     par_check_same_args(&ctx, argc, argv, &err);
     if (par_agree(&ctx, &err)) {
