@@ -104,6 +104,16 @@ class Errors(unittest.TestCase):
         self.assertEqual(p.stderr.count(missing), 1, p.stderr)
 
 
+    def test_preset_for_other_images_names_the_fitting_one(self):
+        # The data are 28x28x1 (MNIST): imagenet32 is for 32x32x3, mnist fits.
+        p = mpirun(2, TRAIN, *COMMON, "--arch", "imagenet32", "--out", os.path.join(TMP, "o_preset"))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        errs = self.error_lines(p.stderr)
+        self.assertEqual(len(errs), 1, p.stderr)
+        self.assertIn("the preset 'imagenet32' is for 32x32x3 images, these are 28x28x1 (HxWxC): use --arch mnist",
+                      errs[0])
+
+
 class Summary(unittest.TestCase):
     def test_one_rank_has_no_mpi_figures_and_partial_epoch_is_said(self):
         out = os.path.join(TMP, "one")

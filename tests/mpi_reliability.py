@@ -268,6 +268,19 @@ class Checkpoints(unittest.TestCase):
         assert_bitwise(self, os.path.join(out, "checkpoint.npz"), os.path.join(R8, "checkpoint.npz"))
         verify_crc(self, newest)   # rewritten whole
 
+    def test_resuming_an_older_checkpoint_warns_of_the_newer_ones(self):
+        """--resume of an older step file in its own folder branches the run:
+        the log names the newer checkpoints before the first save deletes
+        them, and afterwards only the branch's files remain."""
+        out = os.path.join(TMP, "branch")
+        shutil.copytree(R8, out)
+        p = mpirun(2, out, "--epochs", "2", "--max-steps", "7", "--ckpt-every", "1",
+                   "--resume", os.path.join(out, "ckpt-step00000004.npz"))
+        self.assertIn(f"resume: warning: {out} holds 2 checkpoint(s) newer than the one resumed (steps 6..8 after "
+                      "step 4)", p.stdout)
+        steps = sorted(step_of(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
+        self.assertEqual(steps[-1], 7, "the branch's newest is step 7; the old 8 is gone")
+
     def test_bit_flip_is_refused(self):
         out = os.path.join(TMP, "flip")
         shutil.copytree(R8, out)

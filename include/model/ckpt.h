@@ -146,6 +146,11 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
 int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
                      char *written, Err *err);
 
+/* The steps of the step files (ckpt-stepNNNNNNNN.npz) in dir, newest first:
+ * *steps gets a malloc'd array (free it; NULL when none).  Returns their
+ * number, or -1 if dir cannot be listed. */
+int ckpt_list_steps(const char *dir, int64_t **steps);
+
 /* A checkpoint read into memory, before a model exists. */
 typedef struct Checkpoint {
     char path[4096];      /* file it was read from, for messages */

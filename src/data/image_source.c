@@ -506,8 +506,9 @@ static int npz_labels(ImageSource *s, const ZipEntry *e, Err *err)
         s->labels = alloc_or_null((size_t)s->n * sizeof *s->labels);
         if (!s->labels) rc = err_set(err, AE_ENOMEM, "%s: cannot allocate labels", s->path);
         else if (labels_to_i32(s->labels, data, hd.dtype, hd.big_endian, s->n))
-            rc = err_set(err, AE_EFORMAT, "%s: labels member '%s' (%s) is not an integer array with values in int32 "
-                         "range (hint: save labels as integers)", s->path, e->name, npy_dtype_descr(hd.dtype));
+            rc = err_set(err, AE_EFORMAT, "%s: labels member '%s' (%s%s) is not an integer array with values in int32 "
+                         "range (hint: save labels as integers)", s->path, e->name, hd.big_endian ? ">" : "",
+                         npy_dtype_descr(hd.dtype) + (hd.big_endian ? 1 : 0));
     }
     free(data);
     return rc;
@@ -521,8 +522,9 @@ static int check_dtype(const ImageSource *s, const NpyHeader *hd, const char *wh
         return err_set(err, AE_EFORMAT, "%s: fortran_order=True arrays are not supported (hint: save "
                        "numpy.ascontiguousarray(a))", what);
     if (hd->dtype != NPY_U8 && hd->dtype != NPY_F32 && hd->dtype != NPY_F64)
-        return err_set(err, AE_EFORMAT, "%s: images of dtype %s are not supported (hint: save uint8 (0..255) or "
-                       "float32 (0..1, or 0..255 with ?range=255))", what, npy_dtype_descr(hd->dtype));
+        return err_set(err, AE_EFORMAT, "%s: images of dtype %s%s are not supported (hint: save uint8 (0..255) or "
+                       "float32 (0..1, or 0..255 with ?range=255))", what, hd->big_endian ? ">" : "",
+                       npy_dtype_descr(hd->dtype) + (hd->big_endian ? 1 : 0));
     (void)s;
     return AE_OK;
 }

@@ -330,6 +330,11 @@ static int list_steps(const char *dir, int64_t **steps)
     return n;
 }
 
+int ckpt_list_steps(const char *dir, int64_t **steps)
+{
+    return list_steps(dir, steps);
+}
+
 /* Best effort: fsync the folder so a rename or unlink in it is durable. */
 static void fsync_dir(const char *dir)
 {

@@ -77,10 +77,28 @@ static int parse_conv_token(const char *tok, int *ch, int *k)
     return 1;
 }
 
+static int parse_text(ModelSpec *s, const char *text, int C, int H, int W, Err *err);
+
 int model_parse(ModelSpec *s, const char *spec_or_preset, int C, int H, int W, Err *err)
 {
     const char *text = model_preset_spec(spec_or_preset);
-    if (!text) text = spec_or_preset;
+    if (parse_text(s, text ? text : spec_or_preset, C, H, W, err) == AE_OK || !text) return err->code;
+    /* A preset on images of another shape: say so, and which one fits. */
+    for (size_t i = 0; i < N_PRESETS; i++)
+        if (strcmp(spec_or_preset, PRESETS[i].name) == 0 &&
+            (PRESETS[i].C != C || PRESETS[i].H != H || PRESETS[i].W != W)) {
+            const char *fits = model_default_preset(C, H, W);
+            size_t len = strlen(err->msg);
+            snprintf(err->msg + len, sizeof err->msg - len, " (the preset '%s' is for %dx%dx%d images, these are "
+                     "%dx%dx%d (HxWxC): %s%s%s)", PRESETS[i].name, PRESETS[i].H, PRESETS[i].W, PRESETS[i].C, H, W,
+                     C, fits ? "use --arch " : "give a spec that fits them", fits ? fits : "",
+                     fits ? " or a spec" : "");
+        }
+    return err->code;
+}
+
+static int parse_text(ModelSpec *s, const char *text, int C, int H, int W, Err *err)
+{
     memset(s, 0, sizeof *s);
     s->C = C;
     s->H = H;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/check.h"
@@ -153,8 +154,16 @@ static int save_checkpoint(const ParCtx *ctx, const TrainConfig *cfg, const Mode
             if (last[0])
                 snprintf(e.msg + len, sizeof e.msg - len, "; the previous checkpoint %.300s is intact (make "
                          "room, then --resume %.300s)", last, cfg->out);
-            else
-                snprintf(e.msg + len, sizeof e.msg - len, "; earlier checkpoints in %.300s are intact", cfg->out);
+            else {
+                char latest[FILEIO_PATH_MAX + sizeof CKPT_LATEST_NAME + 1];
+                struct stat sb;
+                snprintf(latest, sizeof latest, "%s/%s", cfg->out, CKPT_LATEST_NAME);
+                if (stat(latest, &sb) == 0)
+                    snprintf(e.msg + len, sizeof e.msg - len, "; the checkpoints in %.300s from before this run are "
+                             "intact", cfg->out);
+                else
+                    snprintf(e.msg + len, sizeof e.msg - len, "; this run has written no checkpoint yet");
+            }
             *err = e;
         }
     }

@@ -248,8 +248,8 @@ static int parse_shuffle(TrainConfig *c, const char *s, Err *err)
         snprintf(tmp, sizeof tmp, "%s", s + 6);
         char *colon = strchr(tmp, ':');
         if (colon) *colon = '\0';
-        if (parse_i64("--shuffle block:B", tmp, 1, INT32_MAX, &b, err)) return err->code;
-        if (colon && parse_i64("--shuffle block:B:W", colon + 1, 1, INT32_MAX, &w, err)) return err->code;
+        if (parse_i64("shuffle block:B", tmp, 1, INT32_MAX, &b, err)) return err->code;
+        if (colon && parse_i64("shuffle block:B:W", colon + 1, 1, INT32_MAX, &w, err)) return err->code;
     }
     c->shuffle_block = b;
     c->shuffle_window = w;

@@ -7,6 +7,7 @@
 #include "train/train_setup.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -118,6 +119,20 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
     memset(ck, 0, sizeof *ck);
     if (!cfg->resume[0]) return AE_OK;
     if (read_checkpoint(ctx, cfg->resume, ck, err)) return err->code;
+    if (ctx->rank == 0) {
+        /* Resuming an older checkpoint in its own folder branches the run:
+         * ckpt_save_rotate then deletes the step files of the abandoned
+         * continuation (else --resume would pick them as the newest). */
+        int64_t *steps = NULL;
+        int n = ckpt_list_steps(cfg->out, &steps), newer = 0;
+        while (newer < n && steps[newer] > ck->state.step) newer++;
+        if (newer)
+            printf("resume: warning: %s holds %d checkpoint(s) newer than the one resumed (steps %lld..%lld after "
+                   "step %lld); this run's first checkpoint deletes them (hint: stop now and add --out NEWDIR to "
+                   "keep them and branch there)\n", cfg->out, newer, (long long)steps[newer - 1],
+                   (long long)steps[0], (long long)ck->state.step);
+        free(steps);
+    }
     train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
     fflush(stdout);
     if (par_agree(ctx, err)) ckpt_free(ck);
