@@ -114,6 +114,19 @@ class Errors(unittest.TestCase):
                       errs[0])
 
 
+    def test_model_beyond_the_address_space_limit_is_refused(self):
+        # ulimit -v 1 GiB; the model needs ~3 GiB: a clear error, not a
+        # failed malloc deep in the build (and an MPI abort box).
+        import resource
+        lim = 1 << 30
+        p = subprocess.run([TRAIN, *COMMON, "--arch", "c1024 p c1024 | c1024 u c1", "--max-steps", "1", "--out",
+                            os.path.join(TMP, "o_big")], env=ENV, capture_output=True, text=True, timeout=120,
+                           cwd=TMP, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (lim, lim)))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("but this process may map 1.0 GiB (ulimit -v)", p.stderr)
+        self.assertNotIn("fatal", p.stderr)
+
+
 class Summary(unittest.TestCase):
     def test_one_rank_has_no_mpi_figures_and_partial_epoch_is_said(self):
         out = os.path.join(TMP, "one")

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -139,6 +140,44 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
     return err->code;
 }
 
+/* The first number in file `path`, or 0 when it cannot be read or holds
+ * none ("max": no limit). */
+static double read_limit(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    unsigned long long v;
+    double limit = fscanf(f, "%llu", &v) == 1 ? (double)v : 0;
+    fclose(f);
+    return limit;
+}
+
+/* The memory limit of this process's cgroup in bytes, or 0 when there is
+ * none or it cannot be read.  cgroup v2: /proc/self/cgroup's "0::PATH",
+ * then /sys/fs/cgroup/PATH/memory.max; v1: "N:memory:PATH", then
+ * /sys/fs/cgroup/memory/PATH/memory.limit_in_bytes (v1 says "no limit" with
+ * a huge number, which the caller's min with the node's memory drops). */
+static double cgroup_memory_max(void)
+{
+    char line[1024], path[1200];
+    double limit = 0;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (!f) return 0;
+    while (!limit && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        const char *v1 = strstr(line, ":memory:");
+        if (strncmp(line, "0::", 3) == 0)
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", line + 3);
+        else if (v1)
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", v1 + 8);
+        else
+            continue;
+        limit = read_limit(path);
+    }
+    fclose(f);
+    return limit;
+}
+
 /* Collective: the arithmetic of --precision `request` (ModelPrecision):
  * auto is bf16 only when every rank's CPU runs the VDPBF16PS kernels
  * (model_precision_resolve), so all ranks train alike. */
@@ -195,14 +234,28 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
     int64_t batch = cfg->batch_size < n_train ? cfg->batch_size : n_train;
     int per_rank = (int)((batch + ctx->size - 1) / ctx->size);
     per_rank = train_views_per_rank(cfg, per_rank); /* two views per image with --contrastive */
-    /* Refuse what cannot fit instead of meeting the OOM killer mid-build. */
+    /* Refuse what cannot fit instead of meeting the OOM killer (or a failed
+     * allocation) mid-build: the node's memory, or its cgroup's limit (a
+     * SLURM job's, a container's), shared by the node's ranks; and this
+     * process's address-space limit (ulimit -v). */
     double need = model_memory_bytes(&spec, per_rank, nthreads);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    const char *where = "the node has";
+    const double cg = cgroup_memory_max();
+    if (cg > 0 && (have <= 0 || cg < have)) {
+        have = cg;
+        where = "this job's cgroup allows (memory.max)";
+    }
+    struct rlimit rl;
     if (have > 0 && need * ctx->local_size > have)
         err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.1f GiB per rank (%d rank(s) on this "
-                "node) but the node has %.1f GiB (hint: a smaller --batch-size, fewer channels or more nodes)",
-                spec.text, per_rank, need / (1 << 30), ctx->local_size, have / (1 << 30));
+                "node) but %s %.1f GiB (hint: a smaller --batch-size, fewer channels or more nodes)",
+                spec.text, per_rank, need / (1 << 30), ctx->local_size, where, have / (1 << 30));
+    else if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && need > (double)rl.rlim_cur)
+        err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.1f GiB but this process may "
+                "map %.1f GiB (ulimit -v) (hint: a smaller --batch-size, or raise the limit)", spec.text, per_rank,
+                need / (1 << 30), (double)rl.rlim_cur / (1 << 30));
     if (par_agree(ctx, err)) {
         ckpt_free(ck);
         return err->code;
