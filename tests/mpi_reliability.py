@@ -308,6 +308,61 @@ class Checkpoints(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn(os.path.join(out, "checkpoint.npz"), p.stderr)
 
+    def test_edited_meta_values_are_refused(self):
+        """Hand-edited meta values with meta.crc32 recomputed (the CRC sees
+        damage, not edits): refused by value, naming the file, the field and
+        the value, with exit status 1 (formerly: a batch size of 2**40 was
+        narrowed to 0 and the job died of SIGFPE; lr -1, beta1 1.5, an unknown
+        optimizer kind or a NUL in meta.arch were trained with)."""
+        src = os.path.join(R8, "ckpt-step00000008.npz")   # 2 epochs done, step 8
+        cases = [
+            ({"meta.state": {5: 2 ** 40}}, "meta.state batch size 1099511627776"),
+            ({"meta.state": {2: 0, 1: 2 ** 62}}, "meta.state step 4611686018427387904"),
+            ({"meta.state": {6: 7}}, "meta.state optimizer kind 7"),
+            ({"meta.hparams": {0: -1.0}}, "meta.hparams lr -1"),
+            ({"meta.hparams": {1: 1.5}}, "meta.hparams beta1 1.5"),
+            ({"meta.arch": bytes(members(src)["meta.arch"]) + b"\0junk"}, "meta.arch holds a NUL byte"),
+        ]
+        for i, (edit, want) in enumerate(cases):
+            with self.subTest(want=want):
+                path = os.path.join(TMP, f"edited{i}.npz")   # not a step name: no fallback
+                forge(src, path, edit)
+                p = serial(os.path.join(TMP, f"edited_out{i}"), "--epochs", "3", "--resume", path, check=False)
+                self.assertEqual(p.returncode, 1, f"{want}:\n{p.stdout}\n{p.stderr}")
+                err = [l for l in p.stderr.splitlines() if "error:" in l]
+                self.assertTrue(err and path in err[0] and want in err[0], p.stderr)
+                self.assertNotIn("resume: keeps", p.stdout)
+
+    def test_edited_newest_falls_back(self):
+        """In a folder an edited newest checkpoint is skipped like a damaged
+        one; the older one, rewritten with the same recomputed CRCs but no
+        edit, resumes to the uninterrupted result bit for bit."""
+        out = os.path.join(TMP, "edited_folder")
+        shutil.copytree(R8, out)
+        newest, older = (os.path.join(out, f"ckpt-step0000000{s}.npz") for s in (8, 6))
+        forge(newest, newest, {"meta.state": {5: 2 ** 40}})
+        forge(older, older, {})
+        p = mpirun(2, out, "--epochs", "2", "--ckpt-every", "2", "--resume", out)
+        self.assertIn("refusing checkpoint: " + newest + ": meta.state batch size 1099511627776", p.stderr)
+        self.assertIn("resuming from " + older, p.stdout)
+        assert_bitwise(self, os.path.join(out, "checkpoint.npz"), os.path.join(R8, "checkpoint.npz"))
+
+
+def forge(src, dst, edit):
+    """Writes checkpoint src as dst with edit ({member: {index: value}} or
+    {member: new uint8 bytes}) and meta.crc32 recomputed as ckpt.h documents."""
+    ck = members(src)
+    del ck["meta.crc32"]
+    for name, change in edit.items():
+        if isinstance(change, bytes):
+            ck[name] = np.frombuffer(change, np.uint8)
+        else:
+            for i, v in change.items():
+                ck[name][i] = v
+    ck["meta.crc32"] = np.array([zlib.crc32(v.tobytes()) for v in ck.values()], np.uint32)
+    np.savez(dst + ".tmp.npz", **ck)
+    os.replace(dst + ".tmp.npz", dst)
+
 
 class Preemption(unittest.TestCase):
     def start_long(self, out, **kw):

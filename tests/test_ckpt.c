@@ -10,6 +10,7 @@
  * (only meta.crc32 can catch that).  Scratch files go under $AESIM_TEST_TMP
  * (or /tmp).  No MPI.
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -406,6 +407,163 @@ static void test_resume_falls_back(void **state)
     assert_null(ck.arrays);
 }
 
+/* ---- edited meta values (meta.crc32 recomputed) ---------------------- */
+
+/* One edit of a checkpoint: member `name`, entry `idx` set to i64 or f64
+ * (by the member's dtype), or, with bytes, the whole uint8 member replaced. */
+typedef struct Forge {
+    const char *name;
+    int idx;
+    int64_t i64;
+    double f64;
+    const char *bytes;
+    size_t len;
+} Forge;
+
+/* Writes src with the edit as dst, meta.crc32 recomputed as ckpt.h says
+ * (zlib crc32 of each other member's raw bytes): what a hand edit that knows
+ * the format makes.  No CRC can catch it; only the values can. */
+static void forge(const char *src, const char *dst, const Forge *e)
+{
+    Err err;
+    err_clear(&err);
+    NpyArray *a;
+    int n;
+    assert_int_equal(npz_read(src, &a, &n, &err), AE_OK);
+    NpyArray *m = (NpyArray *)npz_find(a, n, e->name);
+    assert_non_null(m);
+    void *owned = m->data;
+    int64_t shape0 = m->shape[0];
+    if (e->bytes) {
+        assert_int_equal(m->dtype, NPY_U8);
+        m->data = (void *)e->bytes;
+        m->shape[0] = (int64_t)e->len;
+    } else if (m->dtype == NPY_I64) {
+        ((int64_t *)m->data)[e->idx] = e->i64;
+    } else {
+        assert_int_equal(m->dtype, NPY_F64);
+        ((double *)m->data)[e->idx] = e->f64;
+    }
+    assert_string_equal(a[n - 1].name, "meta.crc32");
+    uint32_t *crc = a[n - 1].data;
+    for (int i = 0; i < n - 1; i++) {
+        size_t bytes = (size_t)npy_numel(&a[i]) * npy_dtype_size(a[i].dtype);
+        crc[i] = (uint32_t)crc32(crc32(0L, Z_NULL, 0), a[i].data, (uInt)bytes);
+    }
+    assert_int_equal(npz_write(dst, a, n, &err), AE_OK);
+    m->data = owned;
+    m->shape[0] = shape0;
+    npz_free(a, n);
+}
+
+/* ckpt_read of src edited by e: refused (AE_EFORMAT, nothing kept) with a
+ * message naming the file and holding each of want[] (field and value), or,
+ * with want NULL, accepted. */
+static void expect_forged(const Fixture *f, const char *src, const Forge *e, const char *const *want)
+{
+    char p[FILEIO_PATH_MAX];
+    path_in(p, f, "forged.npz");
+    forge(src, p, e);
+    Checkpoint ck;
+    Err err;
+    err_clear(&err);
+    int rc = ckpt_read(&ck, p, &err);
+    if (!want) {
+        if (rc != AE_OK) fail_msg("%s[%d] edit refused: %s", e->name, e->idx, err.msg);
+        ckpt_free(&ck);
+        return;
+    }
+    if (rc != AE_EFORMAT) fail_msg("%s[%d] edit: ckpt_read returned %d (%s)", e->name, e->idx, rc, err.msg);
+    assert_null(ck.arrays);
+    assert_non_null(strstr(err.msg, p));
+    assert_non_null(strstr(err.msg, "hint: the checkpoint was edited"));
+    for (; *want; want++)
+        if (!strstr(err.msg, *want)) fail_msg("'%s' not in: %s", *want, err.msg);
+}
+
+#define WANT(...) ((const char *const[]){ __VA_ARGS__, NULL })
+
+static void test_forged_meta_is_refused(void **state)
+{
+    Fixture *f = *state;
+    Err err;
+    err_clear(&err);
+    /* mid: epoch 2 (0-based), batch 5 of 20 (600 images / 30), step 25;
+     * first: batch 5 of the first epoch, step 5 (150 images done). */
+    char mid[FILEIO_PATH_MAX], first[FILEIO_PATH_MAX];
+    path_in(mid, f, "mid.npz");
+    path_in(first, f, "first.npz");
+    CkptState st = state_at(25);
+    st.epoch = 2;
+    assert_int_equal(ckpt_save(mid, &f->m, &f->opt, &st, &err), AE_OK);
+    st = state_at(5);
+    assert_int_equal(ckpt_save(first, &f->m, &f->opt, &st, &err), AE_OK);
+    const int64_t big = (int64_t)1 << 40;
+    static const char arch_nul[] = "c2 p | u c1\0junk", arch_c3[] = "c2 p | u c3", data_nul[] = "a\0b";
+
+    /* Refused: out of the command line's ranges, or a position no run reaches. */
+    expect_forged(f, mid, &(Forge){ "meta.state", 5, .i64 = big }, WANT("meta.state batch size 1099511627776", "1..1048576"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 5, .i64 = 0 }, WANT("meta.state batch size 0"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 1, .i64 = -1 }, WANT("meta.state step -1"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 2, .i64 = big }, WANT("meta.state epoch 1099511627776"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 2, .i64 = 30 }, WANT("meta.state step 25", "epoch 30"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 3, .i64 = 20 }, WANT("meta.state batch 20", "0..19"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 3, .i64 = -2 }, WANT("meta.state batch -2"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 4, .i64 = -5 }, WANT("meta.state seed -5"));
+    expect_forged(f, mid, &(Forge){ "meta.state", 6, .i64 = 7 }, WANT("meta.state optimizer kind 7"));
+    expect_forged(f, first, &(Forge){ "meta.state", 1, .i64 = (int64_t)1 << 62 },
+                  WANT("meta.state step 4611686018427387904", "first epoch"));
+    expect_forged(f, first, &(Forge){ "meta.state", 1, .i64 = 151 }, WANT("meta.state step 151"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 0, .f64 = -1 }, WANT("meta.hparams lr -1"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 1, .f64 = 1.5 }, WANT("meta.hparams beta1 1.5"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = 1.0000001 }, WANT("meta.hparams beta2 1.0000001"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 3, .f64 = 0 }, WANT("meta.hparams eps 0"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 4, .f64 = NAN }, WANT("meta.hparams momentum nan"));
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 0, .f64 = INFINITY }, WANT("meta.hparams lr inf"));
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 2, .i64 = big }, WANT("meta.schedule epochs 1099511627776"));
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 1, .i64 = (int64_t)1 << 32 }, WANT("meta.schedule data_crc"));
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 0, .i64 = -1 }, WANT("meta.schedule n_train -1"));
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 0, .i64 = 100 }, WANT("meta.state batch 5", "0..3"));
+    expect_forged(f, mid, &(Forge){ "meta.shuffle", 0, .i64 = (int64_t)1 << 31 }, WANT("meta.shuffle block 2147483648"));
+    expect_forged(f, mid, &(Forge){ "meta.shuffle", 1, .i64 = 0 }, WANT("meta.shuffle = 256, 0"));
+    expect_forged(f, mid, &(Forge){ "meta.arch", .bytes = arch_nul, .len = sizeof arch_nul - 1 },
+                  WANT("meta.arch holds a NUL byte at offset 11"));
+    expect_forged(f, mid, &(Forge){ "meta.arch", .bytes = arch_c3, .len = sizeof arch_c3 - 1 },
+                  WANT("meta.arch does not fit"));
+    expect_forged(f, mid, &(Forge){ "meta.data", .bytes = data_nul, .len = sizeof data_nul - 1 },
+                  WANT("meta.data holds a NUL byte"));
+
+    /* Accepted: the edges of what runs write (--lr 0; --beta2 0.999999999 is
+     * the float 1.0; the largest --batch-size and --epochs; the last batch of
+     * an epoch; a first epoch of full batches of one image each). */
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 0, .f64 = 0 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = (double)(float)0.999999999 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 3, .f64 = (double)(float)1e-30 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.state", 3, .i64 = 19 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.state", 2, .i64 = 24 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.state", 4, .i64 = INT64_MAX }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 2, .i64 = CKPT_EPOCHS_MAX }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.schedule", 0, .i64 = 0 }, NULL); /* not recorded */
+    expect_forged(f, first, &(Forge){ "meta.state", 1, .i64 = 150 }, NULL);
+    expect_forged(f, first, &(Forge){ "meta.schedule", 0, .i64 = 1 << 21 }, NULL);
+
+    /* In a folder the newest refused one is skipped with the reason, as a
+     * damaged one: the next older is used. */
+    for (int64_t s = 10; s <= 20; s += 10) {
+        st = state_at(s);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, &err), AE_OK);
+    }
+    char p[FILEIO_PATH_MAX], notes[8192];
+    step_file(p, f, 20);
+    forge(p, p, &(Forge){ "meta.state", 5, .i64 = big });
+    Checkpoint ck;
+    assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_OK);
+    assert_int_equal(ck.state.step, 10);
+    assert_non_null(strstr(notes, p));
+    assert_non_null(strstr(notes, "meta.state batch size 1099511627776"));
+    ckpt_free(&ck);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damage_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forged_meta_is_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -118,6 +118,7 @@ int main(int argc, char **argv)
         optimizer_step(&opt, m.params, m.grads);
     }
     st.step = steps;
+    st.batch = steps; /* batches of N images done in the first epoch: a position ckpt_read accepts */
     snprintf(path, sizeof path, "%s/final.npz", out);
     if (ckpt_save(path, &m, &opt, &st, &err)) die(&err);
 

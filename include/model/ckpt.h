@@ -50,7 +50,32 @@
  * the size of every member against its header (npy.h), the meta.crc32 of every
  * member, the meta fields, and that every float32 member is finite.  A
  * truncated, bit-flipped or edited file is refused with a message naming the
- * file and the member.
+ * file and the member.  meta.crc32 catches damage, not an edit that
+ * recomputes it, so every meta value is also checked against what
+ * aesim-train can write (before any is narrowed to int):
+ *   meta.state    step >= 0, 0 <= epoch <= CKPT_EPOCHS_MAX, seed >= 0,
+ *                 1 <= batch_size <= CKPT_BATCH_SIZE_MAX, optimizer kind
+ *                 OPT_ADAM, OPT_SGD or CKPT_OPT_NONE; the position possible:
+ *                 0 <= batch < the batches of an epoch of n_train images
+ *                 (batch * batch_size < INT64_MAX when n_train is not
+ *                 recorded), step >= epoch (+ 1 if batch > 0: every epoch and
+ *                 batch started takes a step), and in the first epoch step <=
+ *                 batch * batch_size (a step takes >= 1 image).  Later epochs
+ *                 bound no step count: a resume of a version 1-2 file may
+ *                 have changed the data.
+ *   meta.hparams  finite and within the ranges of --lr, --beta1, --beta2,
+ *                 --eps and --momentum (OPTIMIZER_* of optimizer.h, compared
+ *                 as float: a run with --beta2 0.999999999 stores 1.0); all 0
+ *                 for CKPT_OPT_NONE.
+ *   meta.schedule n_train >= 0, data_crc a uint32, 0 <= epochs <=
+ *                 CKPT_EPOCHS_MAX (0: not recorded), max_steps >= 0.
+ *   meta.shuffle  0, 0 or a block and window in 1..CKPT_SHUFFLE_MAX.
+ *   meta.arch     no NUL byte, and it parses (model_parse) for the
+ *                 meta.input_shape; meta.data holds no NUL byte.
+ * Such a file is refused like a damaged one (ckpt_read_latest then tries the
+ * next older), naming the file, the field and the value, e.g.
+ * "ckpt.npz: meta.state batch size 1099511627776 is out of range (1..1048576)
+ * (hint: the checkpoint was edited or is from another program)".
  *
  * Files in an output folder OUT (ckpt_save_rotate / ckpt_read_latest):
  *   OUT/ckpt-step00001234.npz   the checkpoint after optimizer step 1234
@@ -101,6 +126,17 @@
 #define CKPT_STEP_DIGITS 8
 /* How many step checkpoints ckpt_save_rotate keeps by default (--keep). */
 #define CKPT_KEEP_DEFAULT 3
+
+/* Limits of a run's schedule: what aesim-train accepts (--batch-size,
+ * --epochs, --shuffle block:B:W; train_args.c) and what ckpt_read accepts in
+ * meta.state, meta.schedule and meta.shuffle.  Hyper-parameters:
+ * OPTIMIZER_* (optimizer.h). */
+#define CKPT_BATCH_SIZE_MAX (1 << 20)
+#define CKPT_EPOCHS_MAX 1000000
+#define CKPT_SHUFFLE_MAX INT32_MAX
+/* meta.state's optimizer kind of a checkpoint saved without optimizer state
+ * (ckpt_save with opt NULL; its meta.hparams are all 0). */
+#define CKPT_OPT_NONE (-1)
 
 /* Where training stands. */
 typedef struct CkptState {
@@ -166,7 +202,11 @@ typedef struct Checkpoint {
 /* Reads and verifies a checkpoint file (see "Verification on load").
  * Errors: AE_EIO (missing or unreadable file), AE_EFORMAT (not an npz,
  * truncated, a CRC that does not match, missing or malformed meta.*, unknown
- * version, non-finite values) with a message naming the file and member.
+ * version, non-finite values) with a message naming the file and member;
+ * AE_EFORMAT also for a meta value aesim-train cannot have written (out of
+ * its option's range, an impossible step/epoch/batch, an unknown optimizer
+ * kind, a NUL byte in meta.arch or meta.data, a meta.arch that does not
+ * parse for meta.input_shape), naming the file, the field and the value.
  * Free with ckpt_free (also after an error: it is then empty). */
 int ckpt_read(Checkpoint *ck, const char *path, Err *err);
 
@@ -176,6 +216,8 @@ int ckpt_read(Checkpoint *ck, const char *path, Err *err);
  *   ARG a file: that file; if it cannot be read or verified and its name is
  *     checkpoint.npz or ckpt-stepN.npz, the ckpt-step files of its folder
  *     (older than N), newest first.
+ * A candidate is refused for any error of ckpt_read, a value out of range
+ * as much as a CRC mismatch.
  * When more than one candidate is tried, each refused one is reported as one
  * line on `notes` (may be NULL), with the reason; a single refused candidate
  * is only the error (so the caller prints its reason once).  ck->path names

@@ -87,7 +87,7 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
     for (int i = 0; i < st->n_extra; i++) a[n++] = st->extra[i];
     int64_t in_shape[3] = { m->spec.C, m->spec.H, m->spec.W };
     int64_t state[CKPT_STATE_LEN] = { CKPT_VERSION, st->step, st->epoch, st->batch, (int64_t)st->seed,
-                                      st->batch_size, opt ? (int64_t)opt->kind : -1 };
+                                      st->batch_size, opt ? (int64_t)opt->kind : CKPT_OPT_NONE };
     double hp[CKPT_HPARAMS_LEN] = { 0 };
     if (opt) {
         hp[0] = opt->adam.lr;
@@ -171,6 +171,105 @@ static int verify_finite(const Checkpoint *ck, const char *path, Err *err)
     return AE_OK;
 }
 
+/* The end of every refusal of a value that aesim-train cannot have written. */
+#define CKPT_EDITED_HINT "(hint: the checkpoint was edited or is from another program)"
+
+/* One int64 meta field and the values aesim-train can write into it. */
+typedef struct MetaInt {
+    const char *field; /* "meta.state batch size" */
+    int64_t v, lo, hi;
+} MetaInt;
+
+static int check_ints(const MetaInt *f, int n, const char *path, Err *err)
+{
+    for (int i = 0; i < n; i++)
+        if (f[i].v < f[i].lo || f[i].v > f[i].hi)
+            return err_set(err, AE_EFORMAT, "%s: %s %lld is out of range (%lld..%lld) " CKPT_EDITED_HINT, path,
+                           f[i].field, (long long)f[i].v, (long long)f[i].lo, (long long)f[i].hi);
+    return AE_OK;
+}
+
+/* meta.state s, meta.schedule sc (NULL before version 3) and meta.shuffle sh
+ * (NULL before version 4), as stored (before anything is narrowed): each
+ * value in the range of its aesim-train option, and the position possible.
+ * What a training run guarantees: every epoch takes at least one step (the
+ * training set is never empty), every step at least one image, and a saved
+ * position is inside its epoch (batch * batch_size < n_train, the images of
+ * the run that saved it).  Steps of earlier epochs are not bounded: a resume
+ * from a version 1-2 checkpoint may have changed the data. */
+static int check_state(const char *path, const int64_t *s, const int64_t *sc, const int64_t *sh, Err *err)
+{
+    const int64_t bs = s[5], n_train = sc ? sc[0] : 0;
+    const MetaInt first[] = {
+        { "meta.state step", s[1], 0, INT64_MAX },
+        { "meta.state epoch", s[2], 0, CKPT_EPOCHS_MAX },
+        { "meta.state seed", s[4], 0, INT64_MAX },
+        { "meta.state batch size", bs, 1, CKPT_BATCH_SIZE_MAX },
+        { "meta.schedule n_train", n_train, 0, INT64_MAX },
+        { "meta.schedule data_crc", sc ? sc[1] : 0, 0, UINT32_MAX },
+        { "meta.schedule epochs", sc ? sc[2] : 0, 0, CKPT_EPOCHS_MAX },
+        { "meta.schedule max_steps", sc ? sc[3] : 0, 0, INT64_MAX },
+        { "meta.shuffle block", sh ? sh[0] : 0, 0, CKPT_SHUFFLE_MAX },
+        { "meta.shuffle window", sh ? sh[1] : 0, 0, CKPT_SHUFFLE_MAX },
+    };
+    int rc = check_ints(first, (int)(sizeof first / sizeof *first), path, err);
+    if (rc) return rc;
+    /* The images done of the epoch, batch * batch_size, are fewer than its
+     * images (than INT64_MAX when n_train is not recorded). */
+    const MetaInt pos = { "meta.state batch", s[3], 0, n_train > 0 ? (n_train - 1) / bs : (INT64_MAX - 1) / bs };
+    if ((rc = check_ints(&pos, 1, path, err))) return rc;
+    if (s[6] != CKPT_OPT_NONE && s[6] != OPT_ADAM && s[6] != OPT_SGD)
+        return err_set(err, AE_EFORMAT, "%s: meta.state optimizer kind %lld is not %d (%s), %d (%s) or %d (none) "
+                       CKPT_EDITED_HINT, path, (long long)s[6], OPT_ADAM, optimizer_name(OPT_ADAM), OPT_SGD,
+                       optimizer_name(OPT_SGD), CKPT_OPT_NONE);
+    if (sh && (sh[0] == 0) != (sh[1] == 0))
+        return err_set(err, AE_EFORMAT, "%s: meta.shuffle = %lld, %lld is neither 0, 0 nor a block and window "
+                       CKPT_EDITED_HINT, path, (long long)sh[0], (long long)sh[1]);
+    const int64_t step = s[1], epoch = s[2], batch = s[3];
+    if (step < epoch + (batch > 0))
+        return err_set(err, AE_EFORMAT, "%s: meta.state step %lld is fewer than its position needs (epoch %lld, batch "
+                       "%lld: every epoch and every batch started takes a step) " CKPT_EDITED_HINT, path,
+                       (long long)step, (long long)epoch, (long long)batch);
+    if (epoch == 0 && step > batch * bs)
+        return err_set(err, AE_EFORMAT, "%s: meta.state step %lld is more than the %lld image(s) done in the first "
+                       "epoch (batch %lld of %lld; every step takes at least one image) " CKPT_EDITED_HINT, path,
+                       (long long)step, (long long)(batch * bs), (long long)batch, (long long)bs);
+    return AE_OK;
+}
+
+/* meta.hparams of optimizer kind `kind`: in the ranges of the command line
+ * (compared as the floats the run used), or all 0 without optimizer state. */
+static int check_hparams(const char *path, const double *hp, int64_t kind, Err *err)
+{
+    static const char *const names[CKPT_HPARAMS_LEN] = { "lr", "beta1", "beta2", "eps", "momentum" };
+    static const double lo[CKPT_HPARAMS_LEN] = { OPTIMIZER_LR_MIN, 0, 0, OPTIMIZER_EPS_MIN, 0 };
+    static const double hi[CKPT_HPARAMS_LEN] = { OPTIMIZER_LR_MAX, OPTIMIZER_BETA1_MAX, OPTIMIZER_BETA2_MAX,
+                                                 OPTIMIZER_EPS_MAX, OPTIMIZER_MOMENTUM_MAX };
+    for (int i = 0; i < CKPT_HPARAMS_LEN; i++) {
+        double l = kind == CKPT_OPT_NONE ? 0 : (float)lo[i], h = kind == CKPT_OPT_NONE ? 0 : (float)hi[i];
+        if (!(hp[i] >= l && hp[i] <= h)) /* also NaN */
+            return err_set(err, AE_EFORMAT, "%s: meta.hparams %s %.9g is out of range [%g, %g]%s " CKPT_EDITED_HINT,
+                           path, names[i], hp[i], l, h, kind == CKPT_OPT_NONE ? " (no optimizer state)" : "");
+    }
+    return AE_OK;
+}
+
+/* meta.arch: text without NUL bytes that parses as a model for C x H x W. */
+static int check_arch(const char *path, const NpyArray *arch, const char *text, int C, int H, int W, Err *err)
+{
+    const char *nul = memchr(arch->data, '\0', (size_t)npy_numel(arch));
+    if (nul)
+        return err_set(err, AE_EFORMAT, "%s: meta.arch holds a NUL byte at offset %lld " CKPT_EDITED_HINT, path,
+                       (long long)(nul - (const char *)arch->data));
+    ModelSpec spec;
+    Err why;
+    err_clear(&why);
+    if (model_parse(&spec, text, C, H, W, &why) == AE_OK) return AE_OK;
+    const char *msg = strncmp(why.msg, "--arch ", 7) == 0 ? why.msg + 7 : why.msg;
+    return err_set(err, AE_EFORMAT, "%.300s: meta.arch does not fit its %dx%dx%d images (HxWxC): %.500s "
+                   CKPT_EDITED_HINT, path, H, W, C, msg);
+}
+
 static int read_impl(Checkpoint *ck, const char *path, Err *err)
 {
     snprintf(ck->path, sizeof ck->path, "%s", path);
@@ -197,11 +296,24 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     for (int i = 0; i < 3; i++)
         if (sh[i] < 1 || sh[i] > CKPT_MAX_SIDE)
             return err_set(err, AE_EFORMAT, "%s: meta.input_shape is not a valid C,H,W", path);
-    if (s[1] < 0 || s[2] < 0 || s[3] < 0 || s[5] < 1)
-        return err_set(err, AE_EFORMAT, "%s: meta.state holds a negative step/epoch/batch or batch size < 1", path);
     ck->C = (int)sh[0];
     ck->H = (int)sh[1];
     ck->W = (int)sh[2];
+    if ((rc = check_arch(path, arch, ck->arch, ck->C, ck->H, ck->W, err))) return rc;
+    const NpyArray *sc = NULL, *data = NULL, *shuf = NULL;
+    if (s[0] >= CKPT_VERSION_SCHEDULE) {
+        sc = member(ck, path, "meta.schedule", NPY_I64, CKPT_SCHEDULE_LEN, err);
+        data = sc ? member(ck, path, "meta.data", NPY_U8, -1, err) : NULL;
+        if (!data) return AE_EFORMAT;
+        if (memchr(data->data, '\0', (size_t)npy_numel(data)))
+            return err_set(err, AE_EFORMAT, "%s: meta.data holds a NUL byte " CKPT_EDITED_HINT, path);
+    }
+    if (s[0] >= CKPT_VERSION_SHUFFLE && !(shuf = member(ck, path, "meta.shuffle", NPY_I64, 2, err)))
+        return AE_EFORMAT;
+    if ((rc = check_state(path, s, sc ? sc->data : NULL, shuf ? shuf->data : NULL, err)) ||
+        (rc = check_hparams(path, hp->data, s[6], err)))
+        return rc;
+    /* Every value is in range: narrow. */
     ck->state.step = s[1];
     ck->state.epoch = s[2];
     ck->state.batch = s[3];
@@ -209,13 +321,8 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     ck->state.batch_size = s[5];
     ck->opt_kind = s[6] == OPT_SGD ? OPT_SGD : OPT_ADAM;
     memcpy(ck->hparams, hp->data, sizeof ck->hparams);
-    if (s[0] >= CKPT_VERSION_SCHEDULE) {
-        const NpyArray *sc = member(ck, path, "meta.schedule", NPY_I64, CKPT_SCHEDULE_LEN, err);
-        const NpyArray *data = sc ? member(ck, path, "meta.data", NPY_U8, -1, err) : NULL;
-        if (!data) return AE_EFORMAT;
+    if (sc) {
         const int64_t *v = sc->data;
-        if (v[0] < 0 || v[1] < 0 || v[1] > (int64_t)UINT32_MAX || v[2] < 0 || v[3] < 0)
-            return err_set(err, AE_EFORMAT, "%s: meta.schedule holds a negative count or a bad CRC", path);
         ck->state.n_train = v[0];
         ck->state.data_crc = v[1];
         ck->state.epochs = v[2];
@@ -225,13 +332,8 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
         ck->state.data[dl] = '\0';
         if (strcmp(ck->state.data, CKPT_DATA_UNKNOWN) == 0) ck->state.data[0] = '\0';
     }
-    if (s[0] >= CKPT_VERSION_SHUFFLE) {
-        const NpyArray *sh2 = member(ck, path, "meta.shuffle", NPY_I64, 2, err);
-        if (!sh2) return AE_EFORMAT;
-        const int64_t *v = sh2->data;
-        if (v[0] < 0 || v[1] < 0 || (v[0] == 0) != (v[1] == 0))
-            return err_set(err, AE_EFORMAT, "%s: meta.shuffle = %lld, %lld is neither 0, 0 nor a block and window",
-                           path, (long long)v[0], (long long)v[1]);
+    if (shuf) {
+        const int64_t *v = shuf->data;
         ck->state.shuffle_block = v[0];
         ck->state.shuffle_window = v[1];
     }

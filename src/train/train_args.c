@@ -167,9 +167,10 @@ void train_args_usage(FILE *out)
 "                        ranks and --threads reproduces an uninterrupted run bit for bit) in\n"
 "                        its folder (new checkpoints there, rows appended to its metrics.csv)\n"
 "                        unless --out names another.  DIR: its newest intact checkpoint.  A\n"
-"                        damaged (truncated, bit-flipped) checkpoint is refused with the reason\n"
-"                        and the next older one is used.  The training data must be the data\n"
-"                        the checkpoint was trained on (count and a CRC of sampled images).\n"
+"                        damaged (truncated, bit-flipped) or edited (a value these options\n"
+"                        refuse) checkpoint is refused with the reason and the next older one\n"
+"                        is used.  The training data must be the data the checkpoint was\n"
+"                        trained on (count and a CRC of sampled images).\n"
 "  --progress MODE       bar (live, for terminals), lines (for logs) or auto (default: bar on a\n"
 "                        terminal outside mpirun; launch/train.sh picks bar on a terminal)\n"
 "  --log-every S         seconds between progress lines when stdout is not a terminal (default 10)\n"
@@ -248,8 +249,8 @@ static int parse_shuffle(TrainConfig *c, const char *s, Err *err)
         snprintf(tmp, sizeof tmp, "%s", s + 6);
         char *colon = strchr(tmp, ':');
         if (colon) *colon = '\0';
-        if (parse_i64("shuffle block:B", tmp, 1, INT32_MAX, &b, err)) return err->code;
-        if (colon && parse_i64("shuffle block:B:W", colon + 1, 1, INT32_MAX, &w, err)) return err->code;
+        if (parse_i64("shuffle block:B", tmp, 1, CKPT_SHUFFLE_MAX, &b, err)) return err->code;
+        if (colon && parse_i64("shuffle block:B:W", colon + 1, 1, CKPT_SHUFFLE_MAX, &w, err)) return err->code;
     }
     c->shuffle_block = b;
     c->shuffle_window = w;
@@ -330,13 +331,13 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             break;
         case OPT_ARCH: rc = copy_str(c->arch, sizeof c->arch, name, optarg, err); break;
         case OPT_EPOCHS:
-            if (!(rc = parse_i64(name, optarg, 1, 1000000, &i, err))) c->epochs = (int)i;
+            if (!(rc = parse_i64(name, optarg, 1, CKPT_EPOCHS_MAX, &i, err))) c->epochs = (int)i;
             break;
         case OPT_MAX_STEPS:
             if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->max_steps = i;
             break;
         case OPT_BATCH:
-            if (!(rc = parse_i64(name, optarg, 1, 1 << 20, &i, err))) c->batch_size = (int)i;
+            if (!(rc = parse_i64(name, optarg, 1, CKPT_BATCH_SIZE_MAX, &i, err))) c->batch_size = (int)i;
             break;
         case OPT_PRECISION: {
             ModelPrecision p;
@@ -349,19 +350,19 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             else rc = err_set(err, AE_EARG, "--optimizer: '%s' is not adam or sgd", optarg);
             break;
         case OPT_LR:
-            if (!(rc = parse_f64(name, optarg, 0, 1e3, &f, err))) c->adam.lr = (float)f;
+            if (!(rc = parse_f64(name, optarg, OPTIMIZER_LR_MIN, OPTIMIZER_LR_MAX, &f, err))) c->adam.lr = (float)f;
             break;
         case OPT_BETA1:
-            if (!(rc = parse_f64(name, optarg, 0, 0.999999, &f, err))) c->adam.beta1 = (float)f;
+            if (!(rc = parse_f64(name, optarg, 0, OPTIMIZER_BETA1_MAX, &f, err))) c->adam.beta1 = (float)f;
             break;
         case OPT_BETA2:
-            if (!(rc = parse_f64(name, optarg, 0, 0.999999999, &f, err))) c->adam.beta2 = (float)f;
+            if (!(rc = parse_f64(name, optarg, 0, OPTIMIZER_BETA2_MAX, &f, err))) c->adam.beta2 = (float)f;
             break;
         case OPT_EPS:
-            if (!(rc = parse_f64(name, optarg, 1e-30, 1, &f, err))) c->adam.eps = (float)f;
+            if (!(rc = parse_f64(name, optarg, OPTIMIZER_EPS_MIN, OPTIMIZER_EPS_MAX, &f, err))) c->adam.eps = (float)f;
             break;
         case OPT_MOMENTUM:
-            if (!(rc = parse_f64(name, optarg, 0, 0.999999, &f, err))) c->momentum = (float)f;
+            if (!(rc = parse_f64(name, optarg, 0, OPTIMIZER_MOMENTUM_MAX, &f, err))) c->momentum = (float)f;
             break;
         case OPT_SEED:
             if (!(rc = parse_i64(name, optarg, 0, INT64_MAX, &i, err))) c->seed = (uint64_t)i;
