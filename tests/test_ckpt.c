@@ -533,11 +533,15 @@ static void test_forged_meta_is_refused(void **state)
     expect_forged(f, mid, &(Forge){ "meta.data", .bytes = data_nul, .len = sizeof data_nul - 1 },
                   WANT("meta.data holds a NUL byte"));
 
-    /* Accepted: the edges of what runs write (--lr 0; --beta2 0.999999999 is
-     * the float 1.0; the largest --batch-size and --epochs; the last batch of
-     * an epoch; a first epoch of full batches of one image each). */
+    /* beta2 = 1 (the float of --beta2 0.999999999, which the command line
+     * now refuses): Adam's bias correction 1 - beta2^t would be zero. */
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = 1.0 }, WANT("meta.hparams beta2 1"));
+
+    /* Accepted: the edges of what runs write (--lr 0; the largest --beta2,
+     * 0.9999999 as a float; the largest --batch-size and --epochs; the last
+     * batch of an epoch; a first epoch of full batches of one image each). */
     expect_forged(f, mid, &(Forge){ "meta.hparams", 0, .f64 = 0 }, NULL);
-    expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = (double)(float)0.999999999 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = (double)(float)OPTIMIZER_BETA2_MAX }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.hparams", 3, .f64 = (double)(float)1e-30 }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.state", 3, .i64 = 19 }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.state", 2, .i64 = 24 }, NULL);

@@ -19,12 +19,13 @@ typedef enum { OPT_ADAM = 0, OPT_SGD = 1 } OptKind;
 
 /* The hyper-parameter ranges aesim-train accepts (--lr, --beta1, --beta2,
  * --eps, --momentum; train_args.c) and that a checkpoint's meta.hparams must
- * hold (ckpt.h), inclusive.  The values are used as float: a bound may round
- * (--beta2 0.999999999 is the float 1.0). */
+ * hold (ckpt.h), inclusive.  The values are used as float: the beta bounds
+ * stay below 1 after rounding to float (beta2 = 1 would make Adam's bias
+ * correction 1 - beta2^t zero: a division by zero at the first step). */
 #define OPTIMIZER_LR_MIN 0.0
 #define OPTIMIZER_LR_MAX 1e3
 #define OPTIMIZER_BETA1_MAX 0.999999
-#define OPTIMIZER_BETA2_MAX 0.999999999
+#define OPTIMIZER_BETA2_MAX 0.9999999 /* float 0.99999988 */
 #define OPTIMIZER_EPS_MIN 1e-30
 #define OPTIMIZER_EPS_MAX 1.0
 #define OPTIMIZER_MOMENTUM_MAX 0.999999

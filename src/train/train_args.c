@@ -275,7 +275,7 @@ static int parse_f64(const char *opt, const char *s, double lo, double hi, doubl
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi)
-        return err_set(err, AE_EARG, "--%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+        return err_set(err, AE_EARG, "--%s: '%s' is not a number in [%.10g, %.10g]", opt, s, lo, hi);
     *out = v;
     return AE_OK;
 }
