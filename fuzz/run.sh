@@ -12,7 +12,7 @@ CC=${1:-clang}; OUT=${2:-build-fuzz}; SECS=${3:-20}; PKG=${4:-}; LIBS=${5:-}
 PY=${PYTHON:-/usr/bin/python3}
 mkdir -p "$OUT/obj" "$OUT/corpus" "$OUT/crashes"
 # The library modules the parsers need (serial build, no MPI).
-SRC="base/err base/check par/par_serial base/fileio data/npy data/idx data/zip_read data/image_decode data/image_convert
+SRC="base/err base/check par/par_serial base/fileio base/mapguard data/npy data/idx data/zip_read data/image_decode data/image_convert
      data/dataset_opts data/verify data/image_source data/numbered_set data/source_array data/image_folder data/cifar data/dataset data/sample_store
      base/rng search/http_api search/search_input search/vecdb search/knn search/knn_gemm search/knn_scan search/topk base/threads
      nn/gemm nn/gemm_avx512 base/timer"
