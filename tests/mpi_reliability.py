@@ -405,7 +405,7 @@ class Preemption(unittest.TestCase):
         for args in (("--resume", out), ("--overwrite",)):
             p = mpirun(2, out, *LONG, *args, check=False, timeout=60)
             self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-            self.assertIn(f"{out} is in use by another aesim-train job (pid {holder} on ", p.stderr)
+            self.assertIn(f"{out} is in use by aesim-train, pid {holder} on ", p.stderr)
         self.assertIsNone(proc.poll(), "the first job must go on")
         os.kill(holder, signal.SIGTERM)
         rc, stdout, stderr = self.finish(proc)

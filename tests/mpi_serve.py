@@ -284,6 +284,62 @@ class Serve(unittest.TestCase):
         self.assertEqual(results(doc), self.query("--queries", ref_q, "--k", "20", "--radius", repr(radius))[0])
         self.assertEqual(len(doc["results"]), 6)
 
+    def test_serve_adds_only_to_the_database_it_holds(self):
+        """One writer at a time: a server refuses POST /images (409) once
+        another program changed its database on disk (here index --append,
+        which used to lose its shards when the server added next); the
+        appended vectors stay.  A train-ivf beside a running index is
+        refused, naming the lock's holder."""
+        db = os.path.join(WORK, "db-writers")
+        shutil.copytree(self.db, db)
+        srv = Server(1, db, self.ckpt, tag="writers")
+        try:
+            count = load_db(db)[0]["count"]
+            mpirun(1, SEARCH, "index", "--append", "--db", db, "--model", self.ckpt, "--data", self.src,
+                   "--threads", "1")
+            self.assertEqual(load_db(db)[0]["count"], 2 * count)
+            st, _, data = request(f"{srv.url}/images?label=1", "POST", png_bytes(self.images[7]))
+            self.assertEqual(st, 409, data)
+            self.assertIn("changed on disk since this server read it", json.loads(data)["error"])
+            self.assertEqual(load_db(db)[0]["count"], 2 * count, "the appended vectors stay")
+            st, _, data = request(f"{srv.url}/healthz")
+            self.assertEqual(st, 200)
+        finally:
+            srv.kill()
+        # A writer holding the lock (a long index --append, started in the
+        # background) makes train-ivf fail at once with its pid.
+        big = os.path.join(WORK, "big-src.npy")
+        np.save(big, np.repeat(self.images[:N_DB], 60, axis=0)[:, None])
+        log = open(os.path.join(WORK, "append-big.log"), "w+")
+        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1", SEARCH, "index",
+                                 "--append", "--db", db, "--model", self.ckpt, "--data", big, "--threads", "1"],
+                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # Wait until index holds the lock: an exclusive FLOCK on the lock
+            # file's inode in /proc/locks (read-only: no probe that could
+            # itself make index's non-blocking flock fail).
+            lock, held = os.path.join(db, ".aesim-db.lock"), False
+            deadline = time.time() + TIMEOUT
+            while not held and proc.poll() is None and time.time() < deadline:
+                try:
+                    ino = os.stat(lock).st_ino
+                    with open("/proc/locks") as f:
+                        held = any(l.split()[1] == "FLOCK" and l.split()[3] == "WRITE" and
+                                   l.split()[5].endswith(f":{ino}") for l in f if len(l.split()) > 5)
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)
+            log.seek(0)
+            self.assertTrue(held, "index --append never held the lock: " + log.read())
+            p = mpirun(1, SEARCH, "train-ivf", "--db", db, "--nlist", "4", check=False)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(f"{db} is in use by aesim-search index --append, pid ", p.stderr)
+            self.assertEqual(proc.wait(timeout=TIMEOUT), 0, "the index --append goes on")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+
     def test_get_image(self):
         from PIL import Image
         for i in (0, 7, 1999):

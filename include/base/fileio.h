@@ -71,6 +71,23 @@ int fileio_check_output(const char *path, const char *option, int overwrite, Err
  * or -1 with errno (EEXIST: `to` exists; `from` is then untouched). */
 int fileio_rename_noreplace(const char *from, const char *to);
 
+/* One writer per folder: an exclusive, non-blocking flock(2) on dir/name
+ * (created if missing), which the kernel drops when the descriptor is
+ * closed or the process ends, however it ends.  On success *fd holds the
+ * lock and the file is rewritten to "HOLDER, pid PID on HOST" (`holder`
+ * names the program, e.g. "aesim-search serve").  Errors: AE_EARG when
+ * another process holds it: the message is "DIR is in use by WHO" (WHO from
+ * the file), for the caller to extend with a hint; AE_EIO (file cannot be
+ * created, errno text).  *fd is -1 on error. */
+int fileio_lock_dir(const char *dir, const char *name, const char *holder, int *fd, Err *err);
+
+/* 1 (err as fileio_lock_dir's AE_EARG) if another process holds dir/name's
+ * lock now, else 0; creates nothing, takes nothing. */
+int fileio_dir_busy(const char *dir, const char *name, Err *err);
+
+/* Drops a fileio_lock_dir lock (closes *fd, sets it to -1); no-op if < 0. */
+void fileio_unlock_dir(int *fd);
+
 /* pread / pwrite of exactly n bytes at offset off, retrying on EINTR and
  * partial transfers.  Return 0, or -1 with errno set (errno 0 for a read
  * that hit the end of the file, or for an offset beyond INT64_MAX). */

@@ -39,8 +39,10 @@
 
 /* Mappings watched at once; a mapping beyond them is simply not watched
  * (SIGBUS then takes the previous disposition).  A training run maps one
- * file per data source; a database one file per shard and kind. */
-#define MAPGUARD_SLOTS 1024
+ * file per data source; a database up to three per shard (vectors, ids,
+ * labels), and serve adds a shard per batch of POST /images: 65,536 slots
+ * (24 bytes each) cover 21,845 shards on one rank. */
+#define MAPGUARD_SLOTS 65536
 
 /* Bytes of a registered path kept for the message (longer ones are cut). */
 #define MAPGUARD_PATH_BYTES 512

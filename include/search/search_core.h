@@ -196,6 +196,17 @@ void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps)
  * images of mean d (see SEARCH_POLARITY_DIFF), else 0. */
 int search_polarity_suspect(double q, double d);
 
+/* Collective: one writer per database.  Rank 0 takes the exclusive lock of
+ * folder dir (fileio_lock_dir on VECDB_LOCK_NAME, holder `who`, e.g.
+ * "aesim-search serve") when the folder exists (a new database's folder
+ * does not yet: *fd stays -1); the other ranks get *fd = -1.  Release with
+ * fileio_unlock_dir.  Writers are index (new and --append) and train-ivf,
+ * for their whole run, and serve while it adds a batch of POST /images
+ * (serve.c takes the lock itself); query and eval only read.
+ * Errors (agreed): AE_EARG when another process holds it (the message names
+ * it: pid and host), AE_EIO as fileio_lock_dir. */
+int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err);
+
 /* Local.  Opens the images of the database's source run i (0 <= i <
  * db->n_sources) from the item paths recorded in the manifest (absolute, or
  * relative to the database folder: vecdb_item_path).

@@ -76,6 +76,8 @@
 /* Version of a database with an IVF index (the "ivf" key). */
 #define VECDB_VERSION_IVF 2
 #define VECDB_MANIFEST "manifest.json"
+/* The writer's lock file of a database folder (fileio_lock_dir). */
+#define VECDB_LOCK_NAME ".aesim-db.lock"
 /* Longest path handled (folder + file name), bytes including the NUL. */
 #define VECDB_PATH_BYTES 4096
 /* Longest name line in a names.txt file, bytes including the NUL. */

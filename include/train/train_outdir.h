@@ -39,7 +39,7 @@
 #define TRAIN_METRICS_NAME "metrics.csv"
 /* Reconstruction grids: TRAIN_RECON_PREFIX + epoch (3 digits) + ".png". */
 #define TRAIN_RECON_PREFIX "recon_epoch"
-/* The lock file of a run folder (holds "pid PID on HOST" of its holder). */
+/* The lock file of a run folder (holds "aesim-train, pid PID on HOST" of its holder: fileio_lock_dir). */
 #define TRAIN_LOCK_NAME ".aesim-train.lock"
 
 /* Sets cfg->out as above on every rank and checks the rule above; changes

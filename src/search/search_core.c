@@ -9,8 +9,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/check.h"
+#include "base/fileio.h"
 #include "model/ckpt.h"
 #include "nn/conv_direct_bf16.h"
 #include "data/image_convert.h"
@@ -540,6 +542,19 @@ void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps)
     o->H = H;
     o->W = W;
     o->allow_gaps = allow_gaps;
+}
+
+int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err)
+{
+    *fd = -1;
+    struct stat st;
+    if (ctx->rank == 0 && stat(dir, &st) == 0 && S_ISDIR(st.st_mode) &&
+        fileio_lock_dir(dir, VECDB_LOCK_NAME, who, fd, err) == AE_EARG) {
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof err->msg - len, ": one program at a time may change a database (hint: wait "
+                 "for it to end)");
+    }
+    return par_agree(ctx, err);
 }
 
 int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)

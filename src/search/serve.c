@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "base/check.h"
+#include "base/fileio.h"
 #include "search/http_server.h"
 #include "data/imgset.h"
 #include "data/npy.h"
@@ -202,7 +203,11 @@ static int vector_of(Server *s, int64_t id, float *out, Err *err)
         s->n_vmaps = s->db.n_shards;
     }
     VecShard *v = &s->vmaps[sh];
-    if (!v->map[VECDB_VECTORS] && vecdb_shard_map(v, &s->db, sh, VECDB_MAP_VECTORS, err)) return 500;
+    if (!v->map[VECDB_VECTORS] && vecdb_shard_map(v, &s->db, sh, VECDB_MAP_VECTORS, err)) {
+        /* The HTTP status (500: the database is damaged, not the request). */
+        err->code = 500;
+        return 500;
+    }
     memcpy(out, v->x + (size_t)(id - v->first_id) * (size_t)s->db.D, (size_t)s->db.D * sizeof *out);
     return AE_OK;
 }
@@ -435,15 +440,46 @@ static int apply_addition(Server *s, const ServeCmd *c, Err *err)
     return par_agree(s->ctx, err);
 }
 
+/* Rank 0, holding the database's lock: 1 (with err) if the manifest on
+ * disk no longer describes what this server holds (another writer, index
+ * --append, train-ivf or another serve, changed it since we read it). */
+static int db_changed_on_disk(const Server *s, Err *err)
+{
+    VecDb now;
+    if (vecdb_read(&now, s->db.dir, err)) return 1;
+    const int same = now.count == s->db.count && now.n_shards == s->db.n_shards && now.ivf_nlist == s->db.ivf_nlist &&
+                     now.ivf_crc == s->db.ivf_crc;
+    vecdb_free(&now);
+    if (!same)
+        err_set(err, AE_EARG, "the database %s changed on disk since this server read it (another program added "
+                "to it or retrained its index): refusing to add, which would overwrite its changes (hint: restart "
+                "the server to serve and extend the new contents)", s->db.dir);
+    return !same;
+}
+
 static int serve_additions(Server *s, ServeJob **jobs, int n, Err *err)
 {
     Err e;
     err_clear(&e);
     int64_t first = 0;
-    if (write_addition(s, jobs, n, &first, &e)) {
-        for (int i = 0; i < n; i++) serve_job_fail(&s->q, jobs[i], 500, e.msg);
+    /* One writer at a time (search_core.h): the lock for this batch, and a
+     * manifest still as we read it, or the batch is refused (503 while
+     * another writer runs, 409 when one has changed the database). */
+    int lock = -1, status = 500;
+    if (fileio_lock_dir(s->db.dir, VECDB_LOCK_NAME, "aesim-search serve", &lock, &e) == AE_EARG) {
+        size_t len = strlen(e.msg);
+        snprintf(e.msg + len, sizeof e.msg - len, ": another program is changing the database (hint: retry when "
+                 "it has ended; then restart this server to see its changes)");
+        status = 503;
+    } else if (!e.code && db_changed_on_disk(s, &e)) {
+        status = e.code == AE_EARG ? 409 : 500;
+    }
+    if (e.code || write_addition(s, jobs, n, &first, &e)) {
+        fileio_unlock_dir(&lock);
+        for (int i = 0; i < n; i++) serve_job_fail(&s->q, jobs[i], status, e.msg);
         return AE_OK;
     }
+    fileio_unlock_dir(&lock); /* the manifest is committed */
     ServeCmd c = { .op = CMD_ADD, .shard = s->db.n_shards - 1, .n = n };
     cmd_bcast(s->ctx, &c);
     if (apply_addition(s, &c, err)) {

@@ -11,9 +11,11 @@
 #include <string.h>
 
 #include "build_info.h"
+#include "base/fileio.h"
 #include "par/par.h"
 #include "search/search.h"
 #include "search/search_args.h"
+#include "search/search_core.h"
 #include "search/search_ivf.h"
 #include "base/threads.h"
 #include "tools/version.h"
@@ -46,6 +48,13 @@ int main(int argc, char **argv)
     const ParCpus cpus = par_cpus(&ctx);
     ThreadPlan plan = threads_setup(cfg.threads, cpus.cpus, cpus.sharing, ctx.local_size);
     if (ctx.rank == 0) threads_print(&plan, stderr); /* stdout carries only results */
+    /* One writer per database at a time (search_core.h): index and
+     * train-ivf for their run; serve for each POST /images (serve.c). */
+    const char *writer = cfg.cmd == SEARCH_TRAIN_IVF ? "aesim-search train-ivf"
+                         : cfg.cmd == SEARCH_INDEX   ? (cfg.append ? "aesim-search index --append" : "aesim-search index")
+                                                     : NULL;
+    int lock = -1;
+    if (writer && search_lock_db(&ctx, cfg.db, writer, &lock, &err)) return finish(&ctx, &err, 1);
     int rc;
     switch (cfg.cmd) {
     case SEARCH_INDEX: rc = search_index(&ctx, &cfg, plan.omp_threads, &err); break;
@@ -60,5 +69,6 @@ int main(int argc, char **argv)
         err_set(&err, AE_EIO, "cannot write the results to standard output: %s (hint: use --out FILE)",
                 strerror(errno));
     rc = par_agree(&ctx, &err);
+    fileio_unlock_dir(&lock);
     return finish(&ctx, &err, rc ? 1 : 0);
 }

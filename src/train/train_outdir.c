@@ -9,10 +9,8 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -130,66 +128,14 @@ static int choose(TrainConfig *cfg, char *from)
     return from[0] && same_folder(from, cfg->out);
 }
 
-/* Message for a folder whose lock another job holds (fd: the lock file). */
-static int busy_error(int fd, const char *dir, Err *err)
+/* Completes fileio_lock_dir's "OUT is in use by ..." message. */
+static int busy_hint(Err *err)
 {
-    char holder[128] = "";
-    ssize_t k = pread(fd, holder, sizeof holder - 1, 0);
-    holder[k > 0 ? k : 0] = '\0';
-    holder[strcspn(holder, "\n")] = '\0';
-    return err_set(err, AE_EARG, "%s is in use by another aesim-train job (%s): two jobs writing one folder would "
-                   "mix their checkpoints and metrics.csv (hint: wait for it to end, or choose another --out)", dir,
-                   holder[0] ? holder : "its lock file names no process");
+    size_t len = strlen(err->msg);
+    snprintf(err->msg + len, sizeof err->msg - len, ": two jobs writing one folder would mix their checkpoints and "
+             "metrics.csv (hint: wait for it to end, or choose another --out)");
+    return err->code;
 }
-
-/* 1 (with err set) if another job holds dir's lock now; creates nothing. */
-static int folder_busy(const char *dir, Err *err)
-{
-    char path[FILEIO_PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%s", dir, TRAIN_LOCK_NAME) >= (int)sizeof path) return 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    int busy = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-    if (busy) busy_error(fd, dir, err);
-    close(fd); /* drops the shared lock if it was granted */
-    return busy;
-}
-
-/* Takes the folder's lock (exclusive, non-blocking flock): the descriptor,
- * or -1 with err set when another job holds it or the file cannot be made. */
-static int lock_folder(const char *dir, Err *err)
-{
-    char path[FILEIO_PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%s", dir, TRAIN_LOCK_NAME) >= (int)sizeof path) {
-        err_set(err, AE_EARG, "--out %s: path too long", dir);
-        return -1;
-    }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        err_set(err, AE_EIO, "cannot create the lock file %s: %s (hint: is the folder writable?)", path,
-                strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        const int e = errno;
-        if (e == EWOULDBLOCK)
-            busy_error(fd, dir, err);
-        else
-            err_set(err, AE_EIO, "cannot lock %s: %s", path, strerror(e));
-        close(fd);
-        return -1;
-    }
-    char host[64] = "?", me[160];
-    gethostname(host, sizeof host - 1);
-    host[sizeof host - 1] = '\0';
-    int n = snprintf(me, sizeof me, "pid %ld on %s\n", (long)getpid(), host);
-    /* The holder's name is informative only (for the message above): a
-     * failed write leaves the lock held all the same. */
-    const int named = ftruncate(fd, 0) == 0 && pwrite(fd, me, (size_t)n, 0) == n;
-    (void)named;
-    return fd;
-}
-
 
 /* The rule of the header for a folder that is not the resumed run's own
  * (from: the resumed run's folder or ""): no other run's files unless
@@ -215,7 +161,7 @@ static int check_rank0(TrainConfig *cfg, Err *err)
 {
     char from[FILEIO_PATH_MAX];
     const int own = choose(cfg, from);
-    if (folder_busy(cfg->out, err)) return err->code;
+    if (fileio_dir_busy(cfg->out, TRAIN_LOCK_NAME, err)) return busy_hint(err);
     return own ? AE_OK : check_files(cfg, from, err);
 }
 
@@ -228,9 +174,7 @@ int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err)
 
 void train_outdir_release(int *lock_fd)
 {
-    if (*lock_fd < 0) return;
-    close(*lock_fd); /* drops the flock */
-    *lock_fd = -1;
+    fileio_unlock_dir(lock_fd);
 }
 
 /* Rank 0's part of train_outdir_commit. */
@@ -239,7 +183,8 @@ static int commit_rank0(TrainConfig *cfg, int *lock_fd, Err *err)
     char from[FILEIO_PATH_MAX];
     const int own = choose(cfg, from);
     if (fileio_mkdirs(cfg->out, err)) return err->code;
-    if ((*lock_fd = lock_folder(cfg->out, err)) < 0) return err->code;
+    if (fileio_lock_dir(cfg->out, TRAIN_LOCK_NAME, "aesim-train", lock_fd, err))
+        return err->code == AE_EARG ? busy_hint(err) : err->code;
     /* Under the lock, again: a run that wrote here after our first look
      * (and has ended, or it would hold the lock) is not ours to join. */
     if (!own && check_files(cfg, from, err)) return err->code;
