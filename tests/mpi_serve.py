@@ -284,6 +284,25 @@ class Serve(unittest.TestCase):
         self.assertEqual(results(doc), self.query("--queries", ref_q, "--k", "20", "--radius", repr(radius))[0])
         self.assertEqual(len(doc["results"]), 6)
 
+    def test_folder_name_with_source_syntax_characters(self):
+        """A database folder whose name holds what the source syntax parses
+        (a comma, a '?', a KIND: prefix) keeps its added images reachable:
+        POST /images then GET /images/ID gives the pixels back."""
+        from PIL import Image
+        for name in ("my,db?x=1", "npz:odd"):
+            db = os.path.join(WORK, name)
+            shutil.copytree(self.db, db)
+            srv = Server(1, db, self.ckpt, tag="odd")
+            try:
+                st, _, data = request(f"{srv.url}/images?label=2", "POST", png_bytes(self.images[9]))
+                self.assertEqual(st, 200, data)
+                nid = json.loads(data)["id"]
+                st, _, data = request(f"{srv.url}/images/{nid}")
+                self.assertEqual(st, 200, data)
+                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[9])
+            finally:
+                srv.kill()
+
     def test_serve_adds_only_to_the_database_it_holds(self):
         """One writer at a time: a server refuses POST /images (409) once
         another program changed its database on disk (here index --append,

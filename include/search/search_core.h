@@ -207,6 +207,12 @@ int search_polarity_suspect(double q, double d);
  * it: pid and host), AE_EIO as fileio_lock_dir. */
 int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err);
 
+/* Local.  Opens file `rel` (a name inside the database folder, e.g. serve's
+ * added-SSSSS.npz) with imgset_open; a folder whose path holds what the
+ * source syntax parses (',', '?', a "KIND:" prefix) is reached through a
+ * descriptor of it.  Errors: imgset_open's; AE_EARG for a too long path. */
+int search_open_db_file(ImageSet *set, const VecDb *db, const char *rel, Err *err);
+
 /* Local.  Opens the images of the database's source run i (0 <= i <
  * db->n_sources) from the item paths recorded in the manifest (absolute, or
  * relative to the database folder: vecdb_item_path).

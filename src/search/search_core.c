@@ -9,7 +9,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/check.h"
 #include "base/fileio.h"
@@ -557,18 +559,50 @@ int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd,
     return par_agree(ctx, err);
 }
 
+/* Items inside the database folder are joined to its path, which the
+ * source syntax would split or parse when it holds a comma, a '?' or a
+ * "KIND:" prefix (a folder named "my,db"): then they are reached through a
+ * descriptor of the folder instead (/proc/self/fd/N/ITEM).  Returns that
+ * descriptor (close it once the items are open), or -1 when the plain path
+ * is safe (or the folder cannot be opened: the plain path then fails with
+ * the reason). */
+static int db_dir_fd(const VecDb *db)
+{
+    const char *slash = strchr(db->dir, '/'), *colon = strchr(db->dir, ':');
+    if (strpbrk(db->dir, ",?") || (colon && (!slash || colon < slash)))
+        return open(db->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return -1;
+}
+
+int search_open_db_file(ImageSet *set, const VecDb *db, const char *rel, Err *err)
+{
+    char path[VECDB_PATH_BYTES];
+    int dirfd = db_dir_fd(db);
+    if (dirfd >= 0) snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, rel);
+    else if (snprintf(path, sizeof path, "%s/%s", db->dir, rel) >= (int)sizeof path)
+        return err_set(err, AE_EARG, "the path of %s in %s is too long", rel, db->dir);
+    int rc = imgset_open(set, path, err);
+    if (dirfd >= 0) close(dirfd);
+    return rc;
+}
+
 int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
 {
     memset(set, 0, sizeof *set);
     const VecDbSource *src = &db->sources[i];
     char item[VECDB_PATH_BYTES];
+    int dirfd = db_dir_fd(db);
     size_t len = 1;
-    for (int j = 0; j < src->n_items; j++) len += strlen(src->items[j].path) + strlen(db->dir) + 2;
+    for (int j = 0; j < src->n_items; j++) len += strlen(src->items[j].path) + strlen(db->dir) + 32;
     char *spec = xmalloc(len);
     spec[0] = '\0';
     for (int j = 0; j < src->n_items; j++) {
-        if (vecdb_item_path(item, sizeof item, db, src->items[j].path, err)) {
+        const char *rel = src->items[j].path;
+        if (dirfd >= 0 && rel[0] != '/')
+            snprintf(item, sizeof item, "/proc/self/fd/%d/%s", dirfd, rel);
+        else if (vecdb_item_path(item, sizeof item, db, rel, err)) {
             free(spec);
+            if (dirfd >= 0) close(dirfd);
             return err->code;
         }
         if (j) strcat(spec, ",");
@@ -578,6 +612,7 @@ int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
     search_data_options(&opts, db->C, db->H, db->W, 1);
     int rc = imgset_open_opts(set, spec, &opts, err);
     free(spec);
+    if (dirfd >= 0) close(dirfd); /* the items are open */
     if (rc) return rc;
     if (set->n_items != src->n_items)
         rc = err_set(err, AE_EFORMAT, "the source of %s cannot be split back into its %d files (a path holds a "

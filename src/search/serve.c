@@ -377,7 +377,7 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
     float *vec = NULL;
     char *names = NULL;
     const char **name_ptrs = NULL;
-    if (npz_write(path, arrs, 2, err) || imgset_open(&set, path, err)) goto done;
+    if (npz_write(path, arrs, 2, err) || search_open_db_file(&set, &s->db, rel, err)) goto done;
     if (set.n != n || set.C != C || set.H != H || set.W != W) {
         err_set(err, AE_EFORMAT, "%s reads back as %lld images of %dx%dx%d", path, (long long)set.n, set.C, set.H,
                 set.W);
