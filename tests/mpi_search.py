@@ -702,6 +702,17 @@ class Search(unittest.TestCase):
         self.fails(2, ["query", "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "0", "--k", "3"],
                    "D = 392", "D = 100")
 
+    def test_manifest_input_shape_differs_from_model(self):
+        # A hand-edited input_shape is refused before any image is converted
+        # to it (a huge one used to end serve in a failed malloc).
+        db = self.damaged_copy("db_shape")
+        man = read_json(os.path.join(db, "manifest.json"))
+        man["model"]["input_shape"] = [3, 100000, 100000]
+        with open(os.path.join(db, "manifest.json"), "w") as f:
+            json.dump(man, f)
+        self.fails(2, ["query", "--db", db, "--model", self.ckpt, "--data", self.src, "--ids", "0", "--k", "3"],
+                   "records input images of 3x100000x100000", "takes 1x28x28")
+
     def test_other_model(self):
         self.fails(0, ["query", "--db", self.db, "--model", self.other_ckpt(), "--data", self.src, "--ids", "0",
                        "--k", "3"], "not the one that built the database")

@@ -405,6 +405,9 @@ class Serve(unittest.TestCase):
             ("POST", "/search?k=5&radius=" + "9" * 80, b'{"id": 1}', 400, "radius"),  # found by fuzz_http
             ("POST", "/search?k=5&color=red", b'{"id": 1}', 400, "unknown query argument"),
             ("POST", "/images?label=1,2", good, 400, "one label"),
+            ("POST", "/images?label=-5", good, 400, "labels are 0 or more"),
+            ("POST", "/search?k=5&k=6", b'{"id": 1}', 400, "k given twice"),
+            ("POST", "/search?radius=1&radius=2", b'{"id": 1}', 400, "radius given twice"),
             ("POST", "/images", b"not an image", 400, "PNG"),
             ("GET", "/images/abc", None, 404, "no such image"),
             ("GET", "/images/99999999", None, 404, "not in the database"),

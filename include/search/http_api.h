@@ -39,6 +39,7 @@ enum { API_OK = 0, API_BAD_REQUEST = 400, API_NOT_FOUND = 404, API_METHOD = 405,
 /* Query-string arguments of POST /search and POST /images. */
 typedef struct ApiParams {
     int k;                          /* ?k= (API_DEFAULT_K if absent) */
+    int has_k;                      /* 1 once ?k= was given */
     int n_labels;
     int32_t labels[API_MAX_LABELS]; /* ?label= filters (search) or the label (add: n_labels <= 1) */
     int has_radius;
@@ -51,7 +52,8 @@ void api_params_init(ApiParams *p);
 /* One query-string argument key=value (value may be NULL: "?k").  Known
  * keys: k (1..max_k), label (integers, comma-separated or repeated),
  * radius (finite, >= 0).  Returns API_OK or API_BAD_REQUEST (unknown key,
- * bad number, k out of range, too many labels) with err set. */
+ * bad number, k out of range, too many labels, k or radius given twice)
+ * with err set. */
 int api_params_add(ApiParams *p, const char *key, const char *value, int max_k, Err *err);
 
 /* What a POST /search body asks for. */

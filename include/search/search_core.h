@@ -55,7 +55,9 @@ int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthr
 
 /* Local.  AE_ESHAPE if the model's D differs from the database's (checked
  * first: "manifest D mismatch"), AE_EARG if its CRC-32 differs (another model
- * or other weights).  ckpt names the checkpoint in the message. */
+ * or other weights), AE_ESHAPE if the manifest's model.input_shape is not
+ * the model's C, H, W (an edited manifest).  ckpt names the checkpoint in
+ * the message. */
 int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char *ckpt, Err *err);
 
 /* Local.  Encodes n images into out[n][D]: images [lo, lo+n) of `set` when

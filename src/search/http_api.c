@@ -42,6 +42,8 @@ int api_params_add(ApiParams *p, const char *key, const char *value, int max_k, 
 {
     long long v;
     if (strcmp(key, "k") == 0) {
+        if (p->has_k) return err_set(err, API_BAD_REQUEST, "k given twice");
+        p->has_k = 1;
         if (whole_ll(value, &v) || v < 1 || v > max_k)
             return err_set(err, API_BAD_REQUEST, "k must be an integer in 1..%d (the server's --max-k), got '%.64s'",
                            max_k, value ? value : "");
@@ -71,6 +73,7 @@ int api_params_add(ApiParams *p, const char *key, const char *value, int max_k, 
         return API_OK;
     }
     if (strcmp(key, "radius") == 0) {
+        if (p->has_radius) return err_set(err, API_BAD_REQUEST, "radius given twice");
         int ok = value && *value && strlen(value) <= API_NUMBER_CHARS;
         double r = NAN;
         if (ok) {

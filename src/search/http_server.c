@@ -119,6 +119,9 @@ static int parse_args(struct MHD_Connection *c, ApiParams *p, int max_k, int sea
     MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, on_arg, &a);
     if (!search && p->n_labels > 1)
         err_set(&a.err, API_BAD_REQUEST, "POST /images takes one label, got %d", p->n_labels);
+    else if (!search && p->n_labels == 1 && p->labels[0] < 0)
+        err_set(&a.err, API_BAD_REQUEST, "POST /images: label %d: labels are 0 or more (omit label for an image "
+                "without one)", (int)p->labels[0]);
     *err = a.err;
     return err->code;
 }

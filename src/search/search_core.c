@@ -74,6 +74,11 @@ int search_check_model(const VecDb *db, const Model *m, uint32_t crc, const char
                        "the model %s (weights crc32 %08x) is not the one that built the database %s (crc32 %08x) "
                        "(hint: query with that checkpoint, or rebuild the database with this one)",
                        ckpt, (unsigned)crc, db->dir, (unsigned)db->model_crc);
+    if (db->C != m->spec.C || db->H != m->spec.H || db->W != m->spec.W)
+        return err_set(err, AE_ESHAPE,
+                       "the database %s records input images of %dx%dx%d (CxHxW, manifest model.input_shape) but the "
+                       "model %s takes %dx%dx%d (hint: the manifest was edited; it must say [%d, %d, %d])", db->dir,
+                       db->C, db->H, db->W, ckpt, m->spec.C, m->spec.H, m->spec.W, m->spec.C, m->spec.H, m->spec.W);
     return AE_OK;
 }
 
