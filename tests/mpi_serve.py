@@ -451,6 +451,38 @@ class Serve(unittest.TestCase):
         self.assertEqual(got, b"")
         self.assertLess(took, 10)
 
+    def test_one_address_cannot_take_every_connection(self):
+        """200 connections from 127.0.0.2 trickling their headers (never idle
+        for --timeout, so never cut): the server keeps at most 128 of them
+        (include/search/http_server.h) and still answers 127.0.0.1."""
+        host, port = self.srv.url[7:].split(":")
+        socks = []
+        try:
+            for _ in range(200):
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.settimeout(5)
+                s.connect((host, int(port)))
+                s.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+                socks.append(s)
+            time.sleep(1.0)
+            alive = 0
+            for s in socks:   # the refused ones were closed by the server
+                s.setblocking(False)
+                try:
+                    alive += s.recv(1) != b""
+                except BlockingIOError:
+                    alive += 1
+                except OSError:
+                    pass
+            self.assertLessEqual(alive, 128)
+            self.assertGreaterEqual(alive, 100, "most slow connections are held (the test would show nothing)")
+            st, _, data = request(f"{self.srv.url}/healthz")
+            self.assertEqual(st, 200, data)
+        finally:
+            for s in socks:
+                s.close()
+
     def test_metrics_prometheus_text(self):
         before = self.metrics()
         for _ in range(3):

@@ -34,6 +34,10 @@
 
 /* Most connections open at once (one thread each). */
 #define HTTP_MAX_CONNECTIONS 512
+/* Most connections from one client address: one client (a slow one
+ * trickling its headers, which the inactivity --timeout does not cut) can
+ * take a quarter of the server, not all of it. */
+#define HTTP_MAX_CONNECTIONS_PER_IP 128
 /* Most uploads decoded at once: a decoded image may take up to
  * API_MAX_IMAGE_PIXELS x 4 bytes, so 64 clients uploading large photos must
  * not all hold one (the rest wait their turn; small images decode in ~1 ms). */

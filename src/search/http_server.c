@@ -353,7 +353,8 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
                                 MHD_USE_POLL | (v6 ? MHD_USE_IPv6 : 0),
                             0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)HTTP_MAX_CONNECTIONS, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            (unsigned)HTTP_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                            (unsigned)HTTP_MAX_CONNECTIONS_PER_IP, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
     if (!s->d) {
         pthread_mutex_destroy(&s->mu);
