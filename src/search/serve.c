@@ -519,7 +519,9 @@ static void serve_image(Server *s, ServeJob *job)
         s->n_sets = s->db.n_sources;
     }
     if (!s->sets[src].n && search_open_source(&s->sets[src], &s->db, src, &e)) {
-        serve_job_fail(&s->q, job, 500, e.msg);
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "image %lld: its source cannot be read: %.900s", (long long)job->id, e.msg);
+        serve_job_fail(&s->q, job, 500, msg);
         return;
     }
     const ImageSet *set = &s->sets[src];
