@@ -78,7 +78,9 @@ int fileio_rename_noreplace(const char *from, const char *to);
  * names the program, e.g. "aesim-search serve").  Errors: AE_EARG when
  * another process holds it: the message is "DIR is in use by WHO" (WHO from
  * the file), for the caller to extend with a hint; AE_EIO (file cannot be
- * created, errno text).  *fd is -1 on error. */
+ * created, errno text).  *fd is -1 on error, and also on success on a file
+ * system without flock (Lustre mounted noflock: ENOSYS; ENOLCK; ENOTSUP):
+ * the job then runs unlocked rather than not at all. */
 int fileio_lock_dir(const char *dir, const char *name, const char *holder, int *fd, Err *err);
 
 /* 1 (err as fileio_lock_dir's AE_EARG) if another process holds dir/name's

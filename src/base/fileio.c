@@ -80,10 +80,13 @@ int fileio_lock_dir(const char *dir, const char *name, const char *holder, int *
                        strerror(errno));
     if (flock(f, LOCK_EX | LOCK_NB) != 0) {
         const int e = errno;
-        if (e == EWOULDBLOCK) busy_error(f, dir, err);
-        else err_set(err, AE_EIO, "cannot lock %s: %s", path, strerror(e));
+        if (e == EWOULDBLOCK) busy_error(f, dir, err); /* reads the holder from f */
         close(f);
-        return err->code;
+        if (e == EWOULDBLOCK) return err->code;
+        /* A file system without flock (Lustre mounted noflock: ENOSYS;
+         * some NFS setups: ENOLCK) must not stop the job: no lock then. */
+        if (e == ENOSYS || e == ENOLCK || e == EOPNOTSUPP || e == ENOTSUP) return AE_OK;
+        return err_set(err, AE_EIO, "cannot lock %s: %s", path, strerror(e));
     }
     char host[64] = "?", me[256];
     gethostname(host, sizeof host - 1);
