@@ -66,12 +66,16 @@ def read_idx(path):
 
 
 def tree(path):
-    """Every file and folder under path (relative), with file sizes."""
+    """Every file and folder under path (relative), with file sizes; not the
+    writers' lock files (.aesim-db.lock, .aesim-train.lock: empty of data,
+    they name the last holder and stay, as flock(2) locks must)."""
     out = {}
     for base, dirs, files in os.walk(path):
         for d in dirs:
             out[os.path.relpath(os.path.join(base, d), path)] = "dir"
         for f in files:
+            if f in (".aesim-db.lock", ".aesim-train.lock"):
+                continue
             p = os.path.join(base, f)
             out[os.path.relpath(p, path)] = os.path.getsize(p)
     return out
