@@ -180,11 +180,12 @@ def finish(tc, proc):
 
 
 def files_bytes(folder):
-    """{name: bytes} of the run's files; not the folder's lock file, which
-    names whichever job held it last (include/train/train_outdir.h)."""
+    """{name: bytes} of the run's or database's files; not the writers' lock
+    files, which name whichever job held them last (include/base/fileio.h
+    fileio_lock_dir) and hold no data."""
     out = {}
     for name in sorted(os.listdir(folder)):
-        if name == ".aesim-train.lock":
+        if name in (".aesim-train.lock", ".aesim-db.lock"):
             continue
         with open(os.path.join(folder, name), "rb") as f:
             out[name] = f.read()
