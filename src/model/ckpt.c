@@ -407,7 +407,7 @@ static int cmp_desc(const void *a, const void *b)
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
-static int list_steps(const char *dir, int64_t **steps)
+int ckpt_list_steps(const char *dir, int64_t **steps)
 {
     *steps = NULL;
     DIR *d = opendir(dir);
@@ -430,11 +430,6 @@ static int list_steps(const char *dir, int64_t **steps)
     closedir(d);
     if (n) qsort(*steps, (size_t)n, sizeof **steps, cmp_desc);
     return n;
-}
-
-int ckpt_list_steps(const char *dir, int64_t **steps)
-{
-    return list_steps(dir, steps);
 }
 
 /* Best effort: fsync the folder so a rename or unlink in it is durable. */
@@ -499,7 +494,7 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
     if (rc) return rc;
     if (written) snprintf(written, FILEIO_PATH_MAX, "%s", path);
     int64_t *steps;
-    int n = list_steps(dir, &steps), kept = 0;
+    int n = ckpt_list_steps(dir, &steps), kept = 0;
     for (int i = 0; i < n; i++) {
         if (steps[i] <= st->step && kept < (keep > 0 ? keep : 1)) {
             kept++;
@@ -573,7 +568,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         have_tried_file = stat(arg, &tried_file) == 0;
     }
     int64_t *steps;
-    int n = list_steps(dir, &steps);
+    int n = ckpt_list_steps(dir, &steps);
     if (n < 0 && is_dir) return err_set(err, AE_EIO, "--resume %s: cannot list the folder: %s", arg, strerror(errno));
     char path[FILEIO_PATH_MAX];
     int found = 0;

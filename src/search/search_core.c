@@ -579,16 +579,24 @@ static int db_dir_fd(const VecDb *db)
     return -1;
 }
 
+/* The path that opens item `item` of db into out[cap]: a relative item
+ * through dirfd when db_dir_fd gave one, else vecdb_item_path's. */
+static int item_open_path(char *out, size_t cap, const VecDb *db, int dirfd, const char *item, Err *err)
+{
+    if (dirfd >= 0 && item[0] != '/') {
+        snprintf(out, cap, "/proc/self/fd/%d/%s", dirfd, item);
+        return AE_OK;
+    }
+    return vecdb_item_path(out, cap, db, item, err);
+}
+
 int search_open_db_file(ImageSet *set, const VecDb *db, const char *rel, Err *err)
 {
     char path[VECDB_PATH_BYTES];
     int dirfd = db_dir_fd(db);
-    if (dirfd >= 0) snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, rel);
-    else if (snprintf(path, sizeof path, "%s/%s", db->dir, rel) >= (int)sizeof path)
-        return err_set(err, AE_EARG, "the path of %s in %s is too long", rel, db->dir);
-    int rc = imgset_open(set, path, err);
+    if (!item_open_path(path, sizeof path, db, dirfd, rel, err)) imgset_open(set, path, err);
     if (dirfd >= 0) close(dirfd);
-    return rc;
+    return err->code;
 }
 
 int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
@@ -602,10 +610,7 @@ int search_open_source(ImageSet *set, const VecDb *db, int i, Err *err)
     char *spec = xmalloc(len);
     spec[0] = '\0';
     for (int j = 0; j < src->n_items; j++) {
-        const char *rel = src->items[j].path;
-        if (dirfd >= 0 && rel[0] != '/')
-            snprintf(item, sizeof item, "/proc/self/fd/%d/%s", dirfd, rel);
-        else if (vecdb_item_path(item, sizeof item, db, rel, err)) {
+        if (item_open_path(item, sizeof item, db, dirfd, src->items[j].path, err)) {
             free(spec);
             if (dirfd >= 0) close(dirfd);
             return err->code;
