@@ -426,6 +426,22 @@ class Serve(unittest.TestCase):
                 doc = json.loads(data)
                 self.assertEqual(doc["status"], status)
                 self.assertIn(needle, doc["error"])
+        # HEAD is GET without the body (RFC 9110): same status and headers, no body; 405 names both.
+        for path in ("/healthz", "/labels", "/images/3", "/"):
+            with self.subTest(head=path):
+                c = http.client.HTTPConnection(u[7:], timeout=HTTP_TIMEOUT)
+                c.request("HEAD", path)
+                r = c.getresponse()
+                self.assertEqual(r.status, 200)
+                self.assertGreater(int(r.getheader("Content-Length")), 0)
+                self.assertEqual(r.read(), b"")
+                c.close()
+        st, _, _ = request(u + "/images/99999999", "HEAD", None)
+        self.assertEqual(st, 404)
+        c = http.client.HTTPConnection(u[7:], timeout=HTTP_TIMEOUT)
+        c.request("PUT", "/healthz", body=b"x")
+        self.assertEqual(c.getresponse().getheader("Allow"), "GET, HEAD")
+        c.close()
         # Chunked upload over the limit (no Content-Length): 413 too.
         c = http.client.HTTPConnection(u[7:], timeout=HTTP_TIMEOUT)
         c.request("POST", "/search?k=5", body=iter([b"y" * 65536] * 20), encode_chunked=True)

@@ -143,7 +143,9 @@ static char *healthz_body(HttpServer *s, size_t *len)
 /* The whole request is in: route it. */
 static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r, const char *url, const char *method)
 {
-    const int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0, post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    /* HEAD is GET without the body (RFC 9110, 9.3.2); libmicrohttpd drops the body of a HEAD reply itself. */
+    const int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    const int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
     Err err;
     err_clear(&err);
     int64_t id = 0;
@@ -177,7 +179,7 @@ static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r,
         if (api_parse_image_path(&id, url))
             return respond_error(s, c, r, EP_IMAGE_GET, API_NOT_FOUND, "no such image: use /images/ID with a "
                                                                         "database id", NULL);
-        if (!get) return respond_error(s, c, r, EP_IMAGE_GET, API_METHOD, "use GET /images/ID", "GET");
+        if (!get) return respond_error(s, c, r, EP_IMAGE_GET, API_METHOD, "use GET /images/ID", "GET, HEAD");
         ServeJob job;
         memset(&job, 0, sizeof job);
         job.kind = JOB_IMAGE;
@@ -185,26 +187,26 @@ static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r,
         return run_job(s, c, r, EP_IMAGE_GET, &job);
     }
     if (strcmp(url, "/labels") == 0) {
-        if (!get) return respond_error(s, c, r, EP_LABELS, API_METHOD, "use GET /labels", "GET");
+        if (!get) return respond_error(s, c, r, EP_LABELS, API_METHOD, "use GET /labels", "GET, HEAD");
         ServeJob job;
         memset(&job, 0, sizeof job);
         job.kind = JOB_LABELS;
         return run_job(s, c, r, EP_LABELS, &job);
     }
     if (strcmp(url, "/healthz") == 0) {
-        if (!get) return respond_error(s, c, r, EP_HEALTHZ, API_METHOD, "use GET /healthz", "GET");
+        if (!get) return respond_error(s, c, r, EP_HEALTHZ, API_METHOD, "use GET /healthz", "GET, HEAD");
         size_t n;
         char *body = healthz_body(s, &n);
         return respond(s, c, r, EP_HEALTHZ, 200, body, n, JSON_TYPE, NULL);
     }
     if (strcmp(url, "/metrics") == 0) {
-        if (!get) return respond_error(s, c, r, EP_METRICS, API_METHOD, "use GET /metrics", "GET");
+        if (!get) return respond_error(s, c, r, EP_METRICS, API_METHOD, "use GET /metrics", "GET, HEAD");
         size_t n;
         char *body = serve_metrics_text(s->m, &n);
         return respond(s, c, r, EP_METRICS, 200, body, n, "text/plain; version=0.0.4", NULL);
     }
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
-        if (!get) return respond_error(s, c, r, EP_PAGE, API_METHOD, "use GET /", "GET");
+        if (!get) return respond_error(s, c, r, EP_PAGE, API_METHOD, "use GET /", "GET, HEAD");
         size_t n = web_page_len();
         char *body = xmalloc(n);
         memcpy(body, web_page_html(), n);
