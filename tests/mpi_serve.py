@@ -163,6 +163,24 @@ def request(url, method="GET", body=None, headers=None):
         return e.code, e.headers.get("Content-Type"), e.read()
 
 
+def wait_for_db_lock(db, proc):
+    """True once a process holds db's writer lock: an exclusive FLOCK on the
+    lock file's inode in /proc/locks (read-only: no probe that could itself
+    make the writer's non-blocking flock fail); False if proc ends first."""
+    lock, deadline = os.path.join(db, ".aesim-db.lock"), time.time() + TIMEOUT
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            ino = os.stat(lock).st_ino
+            with open("/proc/locks") as f:
+                if any(l.split()[1] == "FLOCK" and l.split()[3] == "WRITE" and l.split()[5].endswith(f":{ino}")
+                       for l in f if len(l.split()) > 5):
+                    return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    return False
+
+
 def png_bytes(arr, fmt="PNG", **kw):
     from PIL import Image
     b = io.BytesIO()
@@ -334,20 +352,7 @@ class Serve(unittest.TestCase):
                                  "--append", "--db", db, "--model", self.ckpt, "--data", big, "--threads", "1"],
                                 env=ENV, stdout=log, stderr=subprocess.STDOUT)
         try:
-            # Wait until index holds the lock: an exclusive FLOCK on the lock
-            # file's inode in /proc/locks (read-only: no probe that could
-            # itself make index's non-blocking flock fail).
-            lock, held = os.path.join(db, ".aesim-db.lock"), False
-            deadline = time.time() + TIMEOUT
-            while not held and proc.poll() is None and time.time() < deadline:
-                try:
-                    ino = os.stat(lock).st_ino
-                    with open("/proc/locks") as f:
-                        held = any(l.split()[1] == "FLOCK" and l.split()[3] == "WRITE" and
-                                   l.split()[5].endswith(f":{ino}") for l in f if len(l.split()) > 5)
-                except FileNotFoundError:
-                    pass
-                time.sleep(0.01)
+            held = wait_for_db_lock(db, proc)
             log.seek(0)
             self.assertTrue(held, "index --append never held the lock: " + log.read())
             p = mpirun(1, SEARCH, "train-ivf", "--db", db, "--nlist", "4", check=False)
@@ -358,6 +363,33 @@ class Serve(unittest.TestCase):
             if proc.poll() is None:
                 proc.kill()
             log.close()
+        # Two runs creating one new database: the first locks the folder it
+        # creates, the second is refused and removes nothing of the first's.
+        new = os.path.join(WORK, "db-created-twice", "db")
+        log = open(os.path.join(WORK, "index-new-big.log"), "w+")
+        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1", SEARCH, "index",
+                                 "--db", new, "--model", self.ckpt, "--data", big, "--threads", "1"],
+                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            held = wait_for_db_lock(new, proc)
+            log.seek(0)
+            self.assertTrue(held, "a new index never held the lock: " + log.read())
+            p = mpirun(1, SEARCH, "index", "--db", new, "--model", self.ckpt, "--data", self.src, "--threads", "1",
+                       check=False)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(f"{new} is in use by aesim-search index, pid ", p.stderr)
+            self.assertEqual(proc.wait(timeout=TIMEOUT), 0, "the first index goes on")
+            self.assertEqual(load_db(new)[0]["count"], 60 * N_DB)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        # A failed new index leaves no folder behind, lock file included.
+        gone = os.path.join(WORK, "db-never", "db")
+        p = mpirun(1, SEARCH, "index", "--db", gone, "--model", self.ckpt, "--data", "/nonexistent.npy",
+                   "--threads", "1", check=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertFalse(os.path.exists(os.path.dirname(gone)), os.listdir(WORK))
 
     def test_get_image(self):
         from PIL import Image

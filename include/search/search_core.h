@@ -200,11 +200,13 @@ int search_polarity_suspect(double q, double d);
 
 /* Collective: one writer per database.  Rank 0 takes the exclusive lock of
  * folder dir (fileio_lock_dir on VECDB_LOCK_NAME, holder `who`, e.g.
- * "aesim-search serve") when the folder exists (a new database's folder
- * does not yet: *fd stays -1); the other ranks get *fd = -1.  Release with
- * fileio_unlock_dir.  Writers are index (new and --append) and train-ivf,
- * for their whole run, and serve while it adds a batch of POST /images
- * (serve.c takes the lock itself); query and eval only read.
+ * "aesim-search serve") when the folder exists (*fd stays -1 otherwise);
+ * the other ranks get *fd = -1.  Release with fileio_unlock_dir.  Writers
+ * are index --append and train-ivf, for their whole run, a new index from
+ * the moment it has created the folder (search.c takes that lock itself,
+ * before it checks that no manifest is there), and serve while it adds a
+ * batch of POST /images (serve.c takes the lock itself); query and eval
+ * only read.
  * Errors (agreed): AE_EARG when another process holds it (the message names
  * it: pid and host), AE_EIO as fileio_lock_dir. */
 int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err);

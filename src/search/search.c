@@ -67,14 +67,16 @@ static void first_missing_dir(char *out, size_t cap, const char *dir)
 
 /* Rank 0 after a failed index: removes the shard files of this run (shards
  * first..first+P-1; the manifest does not list them) and the folders it
- * created, from dir up to `created` (rmdir: only if empty). */
-static void index_undo(const char *dir, int first, int P, const char *created)
+ * created, from dir up to `created` (rmdir: only if empty), with the lock
+ * file when this run created the folder and holds the lock (lock >= 0). */
+static void index_undo(const char *dir, int first, int P, const char *created, int lock)
 {
     char path[VECDB_PATH_BYTES + 64];
     for (int sh = first; sh < first + P; sh++)
         for (int f = VECDB_VECTORS; f <= VECDB_NAMES; f++)
             if (vecdb_shard_path(path, sizeof path, dir, sh, (VecDbFile)f, NULL) == AE_OK) unlink(path);
     if (!created[0]) return;
+    if (lock >= 0 && snprintf(path, sizeof path, "%s/%s", dir, VECDB_LOCK_NAME) < (int)sizeof path) unlink(path);
     snprintf(path, sizeof path, "%s", dir);
     for (;;) {
         size_t n = strlen(path);
@@ -87,9 +89,11 @@ static void index_undo(const char *dir, int first, int P, const char *created)
 }
 
 /* All ranks: an empty description for a new database, or the existing one
- * (--append) after checking the model. */
+ * (--append) after checking the model.  For a new database rank 0 creates
+ * the folder and takes its writer lock into *lock (an --append run holds it
+ * already: search_lock_db). */
 static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cfg, const Model *m, uint32_t crc,
-                            char *created, Err *err)
+                            char *created, int *lock, Err *err)
 {
     memset(db, 0, sizeof *db);
     const int D = model_embedding_dim(m);
@@ -127,16 +131,21 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
         }
     } else {
         if (ctx->rank == 0) {
+            /* Folder first, then its writer lock, then the manifest check:
+             * of two runs creating one database, the second is refused (it
+             * sees the lock, or the manifest the first has committed). */
             char path[VECDB_PATH_BYTES + 32];
             snprintf(path, sizeof path, "%s/%s", cfg->db, VECDB_MANIFEST);
             struct stat st;
-            if (stat(path, &st) == 0)
+            first_missing_dir(created, VECDB_PATH_BYTES, cfg->db);
+            if (!fileio_mkdirs(cfg->db, err) &&
+                fileio_lock_dir(cfg->db, VECDB_LOCK_NAME, "aesim-search index", lock, err) == AE_EARG) {
+                size_t len = strlen(err->msg);
+                snprintf(err->msg + len, sizeof err->msg - len, ": one program at a time may change a database "
+                         "(hint: wait for it to end, or choose another --db)");
+            } else if (!err->code && stat(path, &st) == 0)
                 err_set(err, AE_EARG, "%s already holds a database (%s) (hint: add images with --append, or choose "
                                       "another --db)", cfg->db, VECDB_MANIFEST);
-            else {
-                first_missing_dir(created, VECDB_PATH_BYTES, cfg->db);
-                fileio_mkdirs(cfg->db, err);
-            }
         }
         char real[PATH_MAX];
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;
@@ -252,8 +261,10 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const char **name_ptrs = NULL;
     int64_t *counts = NULL;
     char created[VECDB_PATH_BYTES] = ""; /* rank 0: the outermost folder this run created */
-    if (index_prepare_db(ctx, &db, cfg, &m, crc, created, err)) {
-        if (ctx->rank == 0) index_undo(cfg->db, 0, 0, created);
+    int lock = -1; /* rank 0, a new database: its writer lock (index_prepare_db) */
+    if (index_prepare_db(ctx, &db, cfg, &m, crc, created, &lock, err)) {
+        if (ctx->rank == 0) index_undo(cfg->db, 0, 0, created, lock);
+        fileio_unlock_dir(&lock);
         model_free(&m);
         return err->code;
     }
@@ -346,7 +357,8 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
 done:
     /* Every rank is here after the same agreed error: nothing more is
      * written, so rank 0 can remove what this run left. */
-    if (err->code && ctx->rank == 0) index_undo(cfg->db, db.n_shards, P, created);
+    if (err->code && ctx->rank == 0) index_undo(cfg->db, db.n_shards, P, created, lock);
+    fileio_unlock_dir(&lock);
     free(vec);
     free(labels);
     free(names);

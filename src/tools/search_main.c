@@ -48,11 +48,12 @@ int main(int argc, char **argv)
     const ParCpus cpus = par_cpus(&ctx);
     ThreadPlan plan = threads_setup(cfg.threads, cpus.cpus, cpus.sharing, ctx.local_size);
     if (ctx.rank == 0) threads_print(&plan, stderr); /* stdout carries only results */
-    /* One writer per database at a time (search_core.h): index and
-     * train-ivf for their run; serve for each POST /images (serve.c). */
-    const char *writer = cfg.cmd == SEARCH_TRAIN_IVF ? "aesim-search train-ivf"
-                         : cfg.cmd == SEARCH_INDEX   ? (cfg.append ? "aesim-search index --append" : "aesim-search index")
-                                                     : NULL;
+    /* One writer per database at a time (search_core.h): index --append
+     * and train-ivf for their run; a new index once it has created the
+     * folder (search.c); serve for each POST /images (serve.c). */
+    const char *writer = cfg.cmd == SEARCH_TRAIN_IVF           ? "aesim-search train-ivf"
+                         : cfg.cmd == SEARCH_INDEX && cfg.append ? "aesim-search index --append"
+                                                                 : NULL; /* a new index locks what it creates */
     int lock = -1;
     if (writer && search_lock_db(&ctx, cfg.db, writer, &lock, &err)) return finish(&ctx, &err, 1);
     int rc;
