@@ -323,7 +323,21 @@ class ImageSourceTest(unittest.TestCase):
         # Decompression bomb guard: more pixels than max_pixels.
         big = self.path("big", "b.png")
         Image.new("L", (300, 200)).save(big)
-        self.refused("folder:%s?max_pixels=50000" % os.path.dirname(big), AE_EFORMAT, big, "max_pixels")
+        err = self.refused("folder:%s?max_pixels=50000" % os.path.dirname(big), AE_EFORMAT, big, "max_pixels")
+        self.assertIn("PNG too large: 300x200 pixels", err)
+        self.assertIn("decompression bombs", err)
+        self.assertNotIn("damaged", err)
+        bigj = self.path("bigj", "b.jpg")
+        Image.new("RGB", (300, 200)).save(bigj, "JPEG")
+        err = self.refused("folder:%s?max_pixels=50000" % os.path.dirname(bigj), AE_EFORMAT, bigj)
+        self.assertIn("JPEG too large: 300x200 pixels", err)
+        self.assertNotIn("damaged", err)
+        # A side over libpng's limit (65,535), declared by the IHDR alone.
+        ihdr = struct.pack(">IIBBBBB", 70000, 1, 8, 0, 0, 0, 0)
+        wide = self.path("wide", "w.png")
+        write_bytes(wide, b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b""))
+        err = self.refused("folder:" + os.path.dirname(wide), AE_EFORMAT, wide, "PNG too large")
+        self.assertNotIn("damaged", err)
         # Bad options.
         self.refused("folder:%s?size=0x4" % d, AE_EARG, "size")
         self.refused("folder:%s?bogus=1" % d, AE_EARG, "bogus")

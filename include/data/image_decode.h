@@ -48,9 +48,10 @@ int image_sniff(const uint8_t *buf, size_t len);
 /* Decodes a PNG or JPEG held in buf[len] (kind sniffed from the first
  * bytes).  `what` names the file in messages.  Images of more than
  * max_pixels pixels are refused before their pixels are allocated.
- * Errors: AE_EFORMAT (not PNG/JPEG, or the decoder's message: bad
- * signature, CRC error, bad IHDR, truncated, corrupt data, too large),
- * AE_ENOMEM.  On error *im holds nothing. */
+ * Errors: AE_EFORMAT (not PNG/JPEG; "bad PNG/JPEG: " and the decoder's
+ * message: bad signature, CRC error, bad IHDR, truncated, corrupt data; or
+ * "PNG/JPEG too large: " over max_pixels or a side over 65,535), AE_ENOMEM.
+ * On error *im holds nothing. */
 int image_decode(DecodedImage *im, const uint8_t *buf, size_t len, const char *what, int64_t max_pixels, Err *err);
 
 /* Reads path (at most IMAGE_MAX_FILE_BYTES) and decodes it as above.

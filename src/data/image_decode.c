@@ -31,6 +31,10 @@
 /* Largest PNG side accepted by libpng here (its own default is 1e6); the
  * pixel-count limit is checked separately. */
 #define PNG_MAX_SIDE 65535
+/* The hint for an image refused for its size (a guard against decompression
+ * bombs: a few KiB of PNG can declare gigapixels). */
+#define TOO_LARGE_HINT "the limit guards against decompression bombs: downscale the image (a data source takes " \
+                       "?max_pixels=N to raise it)"
 /* Alignment of pixel buffers (as xmalloc). */
 #define PIXEL_ALIGN 64
 /* Room for a decoder's message. */
@@ -66,6 +70,7 @@ typedef struct PngCtx {
     const uint8_t *buf;
     size_t len, pos;
     char msg[DECODE_MSG_BYTES];
+    int too_large; /* refused for its size (max_pixels, libpng's side limit), not damaged */
     uint8_t *px;
     png_bytep *rows;
 } PngCtx;
@@ -73,16 +78,21 @@ typedef struct PngCtx {
 static void png_err_fn(png_structp png, png_const_charp msg)
 {
     PngCtx *c = png_get_error_ptr(png);
-    snprintf(c->msg, sizeof c->msg, "%s", msg);
+    if (!c->too_large) snprintf(c->msg, sizeof c->msg, "%s", msg); /* else keep the warning that says why */
     png_longjmp(png, 1);
 }
 
 static void png_warn_fn(png_structp png, png_const_charp msg)
 {
     /* Warnings concern ancillary information (gamma, text, profiles) that is
-     * not used; CRC errors are made fatal with png_set_crc_action. */
-    (void)png;
-    (void)msg;
+     * not used; CRC errors are made fatal with png_set_crc_action.  One is
+     * kept: a side over png_set_user_limits is warned about ("Image width
+     * exceeds user limit in IHDR") before the error "Invalid IHDR data". */
+    if (strstr(msg, "exceeds user limit")) {
+        PngCtx *c = png_get_error_ptr(png);
+        snprintf(c->msg, sizeof c->msg, "%s (%d)", msg, PNG_MAX_SIDE);
+        c->too_large = 1;
+    }
 }
 
 static void png_read_fn(png_structp png, png_bytep out, size_t n)
@@ -107,8 +117,11 @@ static int decode_png(DecodedImage *im, const uint8_t *buf, size_t len, const ch
     }
     int rc = AE_OK;
     if (setjmp(png_jmpbuf(png))) {
-        rc = err_set(err, AE_EFORMAT, "%s: bad PNG: %s (hint: the file is damaged or truncated; re-create it, or skip bad files "
-                "with skip_bad=1)", what, c->msg);
+        if (c->too_large)
+            rc = err_set(err, AE_EFORMAT, "%s: PNG too large: %s (hint: " TOO_LARGE_HINT ")", what, c->msg);
+        else
+            rc = err_set(err, AE_EFORMAT, "%s: bad PNG: %s (hint: the file is damaged or truncated; re-create it, or "
+                         "skip bad files with skip_bad=1)", what, c->msg);
         goto done;
     }
     png_set_read_fn(png, c, png_read_fn);
@@ -121,6 +134,7 @@ static int decode_png(DecodedImage *im, const uint8_t *buf, size_t len, const ch
     if ((int64_t)w * (int64_t)h > max_pixels) {
         snprintf(c->msg, sizeof c->msg, "%" PRIu32 "x%" PRIu32 " pixels is more than max_pixels=%" PRId64, w, h,
                  max_pixels);
+        c->too_large = 1;
         png_longjmp(png, 1);
     }
     int ct = png_get_color_type(png, info);
@@ -158,6 +172,7 @@ typedef struct JpegCtx {
     struct jpeg_error_mgr pub; /* first: libjpeg casts cinfo->err to this */
     jmp_buf jb;
     char msg[DECODE_MSG_BYTES];
+    int too_large; /* refused for its size (max_pixels), not damaged */
     uint8_t *px;
 } JpegCtx;
 
@@ -187,8 +202,11 @@ static int decode_jpeg(DecodedImage *im, const uint8_t *buf, size_t len, const c
     c->pub.emit_message = jpeg_emit_fn;
     int rc = AE_OK;
     if (setjmp(c->jb)) {
-        rc = err_set(err, AE_EFORMAT, "%s: bad JPEG: %s (hint: the file is damaged or truncated; re-create it, or skip "
-                     "bad files with skip_bad=1)", what, c->msg);
+        if (c->too_large)
+            rc = err_set(err, AE_EFORMAT, "%s: JPEG too large: %s (hint: " TOO_LARGE_HINT ")", what, c->msg);
+        else
+            rc = err_set(err, AE_EFORMAT, "%s: bad JPEG: %s (hint: the file is damaged or truncated; re-create it, "
+                         "or skip bad files with skip_bad=1)", what, c->msg);
         goto done;
     }
     jpeg_create_decompress(ci);
@@ -206,6 +224,7 @@ static int decode_jpeg(DecodedImage *im, const uint8_t *buf, size_t len, const c
     if ((int64_t)ci->output_width * (int64_t)ci->output_height > max_pixels) {
         snprintf(c->msg, sizeof c->msg, "%ux%u pixels is more than max_pixels=%" PRId64, (unsigned)ci->output_width,
                  (unsigned)ci->output_height, max_pixels);
+        c->too_large = 1;
         longjmp(c->jb, 1);
     }
     jpeg_start_decompress(ci);
