@@ -398,6 +398,45 @@ class Serve(unittest.TestCase):
             self.assertEqual((st, ctype), (200, "image/png"))
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[i])
 
+    def test_source_rewritten_under_the_server_fails_one_request(self):
+        """The source images are a user's files, memory-mapped: one truncated
+        in place under the server fails GET /images/ID with a 500 naming it
+        (it used to end the server: bus error); the server goes on, and
+        serves the image again once the file is back."""
+        from PIL import Image
+        src = write_idx(os.path.join(WORK, "m-shrinks"), self.images[:N_DB], self.labels[:N_DB])
+        db = os.path.join(WORK, "db-shrinks")
+        shutil.rmtree(db, ignore_errors=True)
+        mpirun(1, SEARCH, "index", "--model", self.ckpt, "--data", src, "--db", db, "--threads", "1")
+        srv = Server(2, db, self.ckpt, tag="shrinks")
+        try:
+            last = N_DB - 1  # its pixels lie pages past the header
+            st, _, data = request(f"{srv.url}/images/{last}")
+            self.assertEqual(st, 200, data)
+            with open(src, "rb") as f:
+                whole = f.read()
+            os.truncate(src, 16)  # the IDX header alone: the mapped pages past it are gone
+            st, ctype, data = request(f"{srv.url}/images/{last}")
+            self.assertEqual((st, ctype), (500, "application/json"), data)
+            self.assertIn(f"{src} changed while in use", json.loads(data)["error"])
+            st, _, data = request(f"{srv.url}/healthz")
+            self.assertEqual(st, 200, data)
+            self.assertEqual(results(self.post_search_at(srv.url, b'{"id": 7}', k=1))[0][0], 7)
+            with open(src, "r+b") as f:  # back in place
+                f.write(whole)
+            st, _, data = request(f"{srv.url}/images/{last}")
+            self.assertEqual(st, 200, data)
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[last])
+            self.assertIsNone(srv.proc.poll(), srv.stderr())
+        finally:
+            srv.kill()
+
+    def post_search_at(self, url, body, **args):
+        q = "&".join(f"{k}={v}" for k, v in args.items())
+        st, _, data = request(f"{url}/search?{q}", "POST", body)
+        self.assertEqual(st, 200, data)
+        return json.loads(data)
+
     def test_healthz_labels_page(self):
         st, _, data = request(f"{self.srv.url}/healthz")
         h = json.loads(data)

@@ -25,8 +25,10 @@
  * before (Open MPI's backtrace handler, or the default action).
  *
  * Handler safety (signal-safety(7)): the handler only reads the table and
- * calls write(2) and _exit(2).  Each slot's path and length are written
- * before its address, which is the slot's "in use" mark.
+ * calls write(2) and _exit(2), or siglongjmp(3) back into mapguard_try of
+ * the faulting thread (a synchronous fault: the interrupted code is fn's own
+ * read).  Each slot's path and length are written before its address, which
+ * is the slot's "in use" mark.
  * Global state: a fixed table of MAPGUARD_SLOTS mappings and the previous
  * SIGBUS disposition (a signal handler can reach no other state; see
  * signals.h).  Register and unregister are serialised by a mutex and may be
@@ -54,5 +56,18 @@ void mapguard_register(const void *addr, size_t len, const char *path);
 /* Stops watching the mapping that starts at addr (call before munmap); no-op
  * if it is not watched. */
 void mapguard_unregister(const void *addr);
+
+/* Runs fn(arg) in the calling thread so that a bus error reading a watched
+ * mapping ends fn, not the process: for a service that must answer one
+ * request with an error and go on (serve's GET /images/ID reads the
+ * database's source images, user files that may be rewritten under it).
+ * Returns 0 when fn returned; -1 after such a fault, with the mapping's path
+ * in path[cap] (cut to fit; path may be NULL when cap is 0).  fn is
+ * abandoned where it faulted (siglongjmp out of the handler, which restores
+ * the signal mask): while it reads mapped memory it must not hold a lock,
+ * allocate, or leave a shared structure half updated.  Faults in other
+ * threads, and outside watched mappings, are handled as before.  Calls may
+ * nest; the innermost catches. */
+int mapguard_try(void (*fn)(void *), void *arg, char *path, size_t cap);
 
 #endif

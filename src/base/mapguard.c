@@ -5,6 +5,7 @@
 #include "base/mapguard.h"
 
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -30,6 +31,12 @@ static struct {
     Slot slot[MAPGUARD_SLOTS];
 } G = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
+/* mapguard_try's landing point in this thread while it runs fn, and the
+ * slot of the mapping that faulted (static TLS of the executable: plain
+ * loads, safe in the handler). */
+static __thread sigjmp_buf *T_jump;
+static __thread volatile int T_slot;
+
 /* Appends s to buf[*n] (cap bytes in all, always NUL-terminated).
  * Async-signal-safe. */
 static void append(char *buf, size_t cap, size_t *n, const char *s)
@@ -44,6 +51,10 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
     for (int i = 0; i < MAPGUARD_SLOTS; i++) {
         const uintptr_t b = G.slot[i].addr;
         if (b && a >= b && a - b < G.slot[i].len) {
+            if (T_jump) { /* inside mapguard_try: fn ends, the process goes on */
+                T_slot = i;
+                siglongjmp(*T_jump, 1);
+            }
             /* One write(2) of the whole line, so that ranks sharing a
              * terminal do not interleave; the first faulting thread says it. */
             if (__atomic_exchange_n(&G.reported, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -85,13 +96,20 @@ void mapguard_register(const void *addr, size_t len, const char *path)
 {
     if (!addr || !len) return;
     CHECK(pthread_mutex_lock(&G.mu) == 0);
-    if (!G.installed) {
+    /* Installed on first use, and again if something replaced it since (a
+     * library's own crash handler, a test harness): the replacement becomes
+     * the disposition that other SIGBUS go to. */
+    struct sigaction cur;
+    CHECK(sigaction(SIGBUS, NULL, &cur) == 0);
+    if (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigbus) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_sigbus;
         sa.sa_flags = SA_SIGINFO;
         sigemptyset(&sa.sa_mask);
         CHECK(sigaction(SIGBUS, &sa, &G.old) == 0);
+    }
+    if (!G.installed) {
         G.installed = 1;
         const char *vars[] = { "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK" };
         for (size_t v = 0; v < sizeof vars / sizeof *vars && !G.prefix[0]; v++) {
@@ -122,4 +140,25 @@ void mapguard_unregister(const void *addr)
             break;
         }
     CHECK(pthread_mutex_unlock(&G.mu) == 0);
+}
+
+int mapguard_try(void (*fn)(void *), void *arg, char *path, size_t cap)
+{
+    sigjmp_buf here, *const outer = T_jump;
+    /* savemask 1: the handler runs with SIGBUS blocked, and the jump back
+     * must unblock it for the next fault. */
+    if (sigsetjmp(here, 1) == 0) {
+        T_jump = &here;
+        fn(arg);
+        T_jump = outer;
+        return 0;
+    }
+    T_jump = outer;
+    if (cap) {
+        CHECK(pthread_mutex_lock(&G.mu) == 0);
+        const char *p = G.slot[T_slot].path;
+        snprintf(path, cap, "%s", p ? p : "a memory-mapped file");
+        CHECK(pthread_mutex_unlock(&G.mu) == 0);
+    }
+    return -1;
 }

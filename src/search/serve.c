@@ -17,6 +17,7 @@
 
 #include "base/check.h"
 #include "base/fileio.h"
+#include "base/mapguard.h"
 #include "search/http_server.h"
 #include "data/imgset.h"
 #include "data/npy.h"
@@ -499,6 +500,19 @@ static int serve_additions(Server *s, ServeJob **jobs, int n, Err *err)
 /* ------------------------------------------------------------ rank-0 jobs */
 
 /* GET /images/ID: the database image as PNG, from its recorded source. */
+typedef struct GetImage {
+    float *out;
+    const ImageSet *set;
+    int64_t i;
+} GetImage;
+
+/* mapguard_try's fn: reads image i of set as floats (no lock, no malloc). */
+static void get_image_f32(void *arg)
+{
+    const GetImage *g = arg;
+    imgset_get_f32(g->out, g->set, g->i);
+}
+
 static void serve_image(Server *s, ServeJob *job)
 {
     Err e;
@@ -528,7 +542,23 @@ static void serve_image(Server *s, ServeJob *job)
     const size_t chw = (size_t)set->C * (size_t)set->H * (size_t)set->W;
     float *f = xmalloc(chw * sizeof *f);
     uint8_t *pix = xmalloc(chw);
-    imgset_get_f32(f, set, job->id - s->db.sources[src].first_id);
+    /* The source is a user's file, mapped: one rewritten in place under the
+     * server fails this request, not the server (mapguard_try); the set is
+     * opened again by the next request, which checks its image counts. */
+    GetImage get = { f, set, job->id - s->db.sources[src].first_id };
+    char path[MAPGUARD_PATH_BYTES];
+    if (mapguard_try(get_image_f32, &get, path, sizeof path)) {
+        char msg[ERR_MSG_BYTES];
+        snprintf(msg, sizeof msg, "image %lld: its source %.600s changed while in use: it shrank or was rewritten in "
+                 "place (hint: put the original file back, or index the new one into a new database; the server goes "
+                 "on)", (long long)job->id, path);
+        serve_job_fail(&s->q, job, 500, msg);
+        imgset_free(&s->sets[src]);
+        memset(&s->sets[src], 0, sizeof s->sets[src]);
+        free(f);
+        free(pix);
+        return;
+    }
     for (size_t j = 0; j < chw; j++) pix[j] = png_float_to_u8(f[j]);
     uint8_t *png = NULL;
     size_t len = 0;
