@@ -431,6 +431,36 @@ class Serve(unittest.TestCase):
         finally:
             srv.kill()
 
+    def test_many_added_sources_keep_descriptors_bounded(self):
+        """Each POST /images batch is a source of its own; GET /images/ID of
+        each used to keep its files open for good (2 descriptors a source),
+        until every request failed with "Too many open files".  At most 32
+        stay open (SERVE_OPEN_SOURCES), least recently read closed first."""
+        from PIL import Image
+        db = os.path.join(WORK, "db-many-sources")
+        shutil.rmtree(db, ignore_errors=True)
+        shutil.copytree(self.db, db)
+        srv = Server(1, db, self.ckpt, tag="many-sources")
+        try:
+            pid = rank_pids(srv.proc.pid)[0]
+            fds = lambda: len(os.listdir(f"/proc/{pid}/fd"))
+            added = []
+            for i in range(90):  # one at a time: 90 sources
+                st, _, data = request(f"{srv.url}/images?label=1", "POST", png_bytes(self.images[3000 + i]))
+                self.assertEqual(st, 200, data)
+                added.append(json.loads(data)["id"])
+            before = fds()
+            for rnd in range(2):
+                for i, nid in enumerate(added):
+                    st, _, data = request(f"{srv.url}/images/{nid}")
+                    self.assertEqual(st, 200, data)
+                    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), self.images[3000 + i])
+                self.assertLessEqual(fds() - before, 2 * 32 + 4, f"round {rnd}")
+            st, _, data = request(f"{srv.url}/images/0")  # the indexed data, opened again
+            self.assertEqual(st, 200, data)
+        finally:
+            srv.kill()
+
     def post_search_at(self, url, body, **args):
         q = "&".join(f"{k}={v}" for k, v in args.items())
         st, _, data = request(f"{url}/search?{q}", "POST", body)

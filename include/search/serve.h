@@ -45,6 +45,10 @@
 #define SERVE_PING_MS 500
 /* Requests waiting for the MPI thread at most, per --max-batch (then 503). */
 #define SERVE_QUEUE_BATCHES 16
+/* Image sources (the indexed data, each batch of POST /images) rank 0 keeps
+ * open for GET /images/ID at most; the least recently read is closed first.
+ * Each holds a file descriptor or two. */
+#define SERVE_OPEN_SOURCES 32
 /* After a signal stop, a rank still alive this many seconds later (its
  * MPI_Finalize blocked by mpirun's own shutdown) exits 0 (signals.h). */
 #define SERVE_EXIT_GRACE_S 5

@@ -58,8 +58,10 @@ typedef struct Server {
     ClassNames names;    /* --class-names FILE; n = 0 when not given (search_class_name) */
     VecShard *vmaps;     /* [n_vmaps] vectors of any shard, mapped for {"id"} queries */
     int n_vmaps;
-    ImageSet *sets;      /* [n_sets] sources opened for GET /images */
-    int n_sets;
+    ImageSet *sets;      /* [n_sets] sources for GET /images: open when .n > 0 */
+    int64_t *set_used;   /* [n_sets] when each was last read (a counter): the least recent is closed first */
+    int n_sets, n_open;  /* n_open <= SERVE_OPEN_SOURCES */
+    int64_t reads;
     int32_t *labels;     /* [n_labels] distinct labels of the database, sorted */
     int n_labels;
     ServeQueue q;
@@ -513,6 +515,21 @@ static void get_image_f32(void *arg)
     imgset_get_f32(g->out, g->set, g->i);
 }
 
+static void close_source(Server *s, int i)
+{
+    imgset_free(&s->sets[i]);
+    memset(&s->sets[i], 0, sizeof s->sets[i]);
+    s->n_open--;
+}
+
+static void close_least_recent_source(Server *s)
+{
+    int oldest = -1;
+    for (int i = 0; i < s->n_sets; i++)
+        if (s->sets[i].n && (oldest < 0 || s->set_used[i] < s->set_used[oldest])) oldest = i;
+    if (oldest >= 0) close_source(s, oldest);
+}
+
 static void serve_image(Server *s, ServeJob *job)
 {
     Err e;
@@ -527,17 +544,31 @@ static void serve_image(Server *s, ServeJob *job)
     }
     if (src >= s->n_sets) {
         ImageSet *grown = xcalloc((size_t)s->db.n_sources, sizeof *grown);
-        if (s->n_sets) memcpy(grown, s->sets, (size_t)s->n_sets * sizeof *grown);
+        int64_t *used = xcalloc((size_t)s->db.n_sources, sizeof *used);
+        if (s->n_sets) {
+            memcpy(grown, s->sets, (size_t)s->n_sets * sizeof *grown);
+            memcpy(used, s->set_used, (size_t)s->n_sets * sizeof *used);
+        }
         free(s->sets);
+        free(s->set_used);
         s->sets = grown;
+        s->set_used = used;
         s->n_sets = s->db.n_sources;
     }
-    if (!s->sets[src].n && search_open_source(&s->sets[src], &s->db, src, &e)) {
-        char msg[ERR_MSG_BYTES];
-        snprintf(msg, sizeof msg, "image %lld: its source cannot be read: %.900s", (long long)job->id, e.msg);
-        serve_job_fail(&s->q, job, 500, msg);
-        return;
+    if (!s->sets[src].n) {
+        /* Each open source holds file descriptors (and each added batch is a
+         * source): at most SERVE_OPEN_SOURCES stay open, so browsing many
+         * additions never exhausts the process's descriptors. */
+        if (s->n_open >= SERVE_OPEN_SOURCES) close_least_recent_source(s);
+        if (search_open_source(&s->sets[src], &s->db, src, &e)) {
+            char msg[ERR_MSG_BYTES];
+            snprintf(msg, sizeof msg, "image %lld: its source cannot be read: %.900s", (long long)job->id, e.msg);
+            serve_job_fail(&s->q, job, 500, msg);
+            return;
+        }
+        s->n_open++;
     }
+    s->set_used[src] = ++s->reads;
     const ImageSet *set = &s->sets[src];
     const size_t chw = (size_t)set->C * (size_t)set->H * (size_t)set->W;
     float *f = xmalloc(chw * sizeof *f);
@@ -553,8 +584,7 @@ static void serve_image(Server *s, ServeJob *job)
                  "place (hint: put the original file back, or index the new one into a new database; the server goes "
                  "on)", (long long)job->id, path);
         serve_job_fail(&s->q, job, 500, msg);
-        imgset_free(&s->sets[src]);
-        memset(&s->sets[src], 0, sizeof s->sets[src]);
+        close_source(s, src);
         free(f);
         free(pix);
         return;
@@ -768,6 +798,7 @@ done:
     free(s->vmaps);
     for (int i = 0; i < s->n_sets; i++) imgset_free(&s->sets[i]);
     free(s->sets);
+    free(s->set_used);
     free(s->labels);
     search_ivf_close(&s->si);
     if (s->w.D) whiten_free(&s->w);
