@@ -51,8 +51,9 @@ typedef struct Whiten {
 int whiten_fit(Whiten *w, const PcaStats *s, int keep, Err *err);
 void whiten_free(Whiten *w);
 
-/* x[n][D] <- whitened x, in place.  A row's result does not depend on n or on
- * the other rows (fixed-shape GEMM blocks), so batches of any size agree. */
+/* x[n][D] <- (x - mean) mat^T, in place.  A row's result does not depend on
+ * n, on the other rows or on its place among them (one fixed-order loop per
+ * row, not a GEMM), so index, query and serve's batches agree to the bit. */
 void whiten_apply(const Whiten *w, float *x, int64_t n);
 
 /* dir/WHITEN_FILE (npz_write: temp file, fsync, rename). */
