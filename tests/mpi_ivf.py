@@ -277,6 +277,21 @@ class IvfEncoderTest(unittest.TestCase):
         dd = sqdist(x, cent)
         np.testing.assert_allclose(dd[np.arange(len(x)), assign], dd.min(1), rtol=1e-6)
 
+    def test_index_ivf_more_lists_than_images_refused_before_any_work(self):
+        """index --ivf N with N above the vectors to come is refused before
+        encoding: no database is left (it used to commit the database, then
+        fail in train-ivf, so the same command was refused as 'already holds
+        a database')."""
+        db = os.path.join(WORK, "too-many-lists", "db")
+        p = run(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--ivf", "501", check=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("--ivf 501:", p.stderr)
+        self.assertIn("would hold 500 vectors; nlist must be in 1..500", p.stderr)
+        self.assertNotIn("index: done", p.stderr)
+        self.assertFalse(os.path.exists(os.path.dirname(db)))
+        run(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--ivf", "4")
+        self.assertEqual(load_json(os.path.join(db, "manifest.json"))["ivf"]["nlist"], 4)
+
     def test_query_encoded_images(self):
         _, cent, _ = read_ivf(self.db)
         x = self.vectors()

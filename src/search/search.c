@@ -22,6 +22,7 @@
 #include "base/check.h"
 #include "base/fileio.h"
 #include "data/imgset.h"
+#include "search/kmeans.h"
 #include "search/knn.h"
 #include "data/npy.h"
 #include "data/png_io.h"
@@ -278,6 +279,14 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         err_set(err, AE_ESHAPE, "%s has %dx%dx%d images (CxHxW) but the model %s takes %dx%dx%d (hint: drop the "
                                 "source's own ?size= / ?channels=, or index with a model trained on such images)",
                 cfg->data, src.C, src.H, src.W, cfg->model, m.spec.C, m.spec.H, m.spec.W);
+    /* index --ivf N: the list count is checked against the count to come
+     * before any work (train-ivf's own check would come after the commit). */
+    const int64_t will_hold = db.count + (err->code ? 0 : src.n);
+    if (!err->code && cfg->nlist > 0 && (int64_t)cfg->nlist > will_hold)
+        err_set(err, AE_EARG, "--ivf %d: %s would hold %lld vectors; nlist must be in 1..%lld (hint: about "
+                              "sqrt(count) to 16 sqrt(count) lists; k-means wants %d+ vectors per list); nothing was "
+                              "written", cfg->nlist, cfg->db, (long long)will_hold, (long long)will_hold,
+                KMEANS_MIN_PER_CENTROID);
     if (par_agree(ctx, err)) goto done;
     VerifyStats vs = { 0 };
     for (int i = 0; i < src.n_items; i++)
