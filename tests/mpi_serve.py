@@ -527,6 +527,37 @@ class Serve(unittest.TestCase):
                 doc = json.loads(data)
                 self.assertEqual(doc["status"], status)
                 self.assertIn(needle, doc["error"])
+        # Upload errors carry a hint for an HTTP client, not the file/source hints.
+        st, _, data = request(u + "/search?k=5", "POST", good[:len(good) // 2])
+        self.assertEqual(st, 400)
+        self.assertIn("send the whole PNG or JPEG file", json.loads(data)["error"])
+        self.assertNotIn("skip_bad", json.loads(data)["error"])
+        # %00 is not decoded into a NUL that cuts the path or the argument.
+        st, _, _ = request(u + "/images/1%00")
+        self.assertEqual(st, 404)
+        st, _, data = request(u + "/search?k=5%00", "POST", b'{"id": 1}')
+        self.assertEqual(st, 400, data)
+        # The absolute form of the request target (RFC 9112, 3.2.2).
+        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
+        s.sendall(b"GET http://%s/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % u[7:].encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        s.close()
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
+        self.assertIn(b'"status":"ok"', reply)
+        # Two Content-Length headers: 400 and the connection closed, so the
+        # bytes after the first length are never read as another request.
+        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
+        s.sendall(b"POST /search?k=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 8\r\n\r\n"
+                  b'{"id":1}GET /labels HTTP/1.1\r\nHost: x\r\n\r\n')
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        s.close()
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400"), reply[:200])
+        self.assertIn(b"more than one Content-Length", reply)
+        self.assertEqual(reply.count(b"HTTP/1.1 "), 1, reply)
         # HEAD is GET without the body (RFC 9110): same status and headers, no body; 405 names both.
         for path in ("/healthz", "/labels", "/images/3", "/"):
             with self.subTest(head=path):

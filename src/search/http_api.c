@@ -107,8 +107,15 @@ int api_parse_image(ApiQuery *q, const uint8_t *body, size_t len, int C, int H, 
     DecodedImage im;
     Err e;
     err_clear(&e);
-    if (image_decode(&im, body, len, "the uploaded image", API_MAX_IMAGE_PIXELS, &e))
-        return err_set(err, API_BAD_REQUEST, "%s", e.msg);
+    if (image_decode(&im, body, len, "the uploaded image", API_MAX_IMAGE_PIXELS, &e)) {
+        /* The decoder's hint speaks of files and data sources (skip_bad=1,
+         * ?max_pixels=): one for an HTTP client instead. */
+        char *hint = strstr(e.msg, " (hint: ");
+        if (hint) *hint = '\0';
+        return err_set(err, API_BAD_REQUEST, "%s (hint: %s)", e.msg,
+                       strstr(e.msg, "too large") ? "downscale the image before sending it"
+                                                  : "send the whole PNG or JPEG file as the request body");
+    }
     const size_t chw = (size_t)C * (size_t)H * (size_t)W;
     q->kind = API_QUERY_IMAGE;
     q->pix = xmalloc(chw);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -217,12 +218,59 @@ static enum MHD_Result route(HttpServer *s, struct MHD_Connection *c, ReqCtx *r,
     return respond_error(s, c, r, EP_OTHER, API_NOT_FOUND, msg, NULL);
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* libmicrohttpd's unescape callback: percent-decoding (RFC 3986, 2.1) in
+ * place, as its own MHD_http_unescape, except that %00 stays as written: a
+ * NUL would cut the string ("/images/1%00" read as image 1, "k=5%00" as 5). */
+static size_t unescape_no_nul(void *cls, struct MHD_Connection *c, char *str)
+{
+    (void)cls;
+    (void)c;
+    char *w = str;
+    for (const char *p = str; *p;) {
+        const int hi = p[0] == '%' ? hex_digit(p[1]) : -1, lo = hi >= 0 ? hex_digit(p[2]) : -1;
+        if (lo >= 0 && (hi | lo) != 0) {
+            *w++ = (char)(hi * 16 + lo);
+            p += 3;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - str);
+}
+
+/* The path of an absolute-form request target ("GET http://host/healthz",
+ * which HTTP/1.1 servers must accept: RFC 9112, 3.2.2), else url itself. */
+static const char *origin_path(const char *url)
+{
+    const char *rest = strncasecmp(url, "http://", 7) == 0 ? url + 7 : strncasecmp(url, "https://", 8) == 0 ? url + 8
+                                                                                                          : NULL;
+    if (!rest) return url;
+    const char *slash = strchr(rest, '/');
+    return slash ? slash : "/";
+}
+
+/* Header iterator: counts the Content-Length headers into *(int *)cls. */
+static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) ++*(int *)cls;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
     (void)version;
     HttpServer *s = cls;
     ReqCtx *r = *con_cls;
+    url = origin_path(url);
     if (!r) {
         r = xcalloc(1, sizeof *r);
         r->t0 = timer_now();
@@ -234,6 +282,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         /* A declared body over the limit is read and dropped, then refused
          * (so that the client, still sending, can read the 413); one far
          * over it is refused at once and the connection closed. */
+        /* Two Content-Length headers (libmicrohttpd takes the first) could
+         * make a proxy in front and this server split a stream into other
+         * requests (request smuggling): 400 and the connection is closed
+         * (RFC 9112, 6.3). */
+        int n_cl = 0;
+        MHD_get_connection_values(c, MHD_HEADER_KIND, count_content_length, &n_cl);
+        if (n_cl > 1)
+            return respond_error(s, c, r, r->ep, API_BAD_REQUEST, "more than one Content-Length header", NULL);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > s->cfg.max_body) r->too_big = 1;
@@ -357,7 +413,8 @@ int http_server_start(HttpServer **out, const HttpServerConfig *cfg, ServeQueue 
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)HTTP_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                             (unsigned)HTTP_MAX_CONNECTIONS_PER_IP, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_UNESCAPE_CALLBACK, unescape_no_nul,
+                            NULL, MHD_OPTION_END);
     if (!s->d) {
         pthread_mutex_destroy(&s->mu);
         sem_destroy(&s->decodes);
