@@ -181,6 +181,17 @@ def wait_for_db_lock(db, proc):
     return False
 
 
+def raw_exchange(url, data):
+    """Sends data as is on a new connection to url; every byte until the server closes it."""
+    s = socket.create_connection(tuple(url[7:].split(":")), timeout=HTTP_TIMEOUT)
+    s.sendall(data)
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+    s.close()
+    return reply
+
+
 def png_bytes(arr, fmt="PNG", **kw):
     from PIL import Image
     b = io.BytesIO()
@@ -538,23 +549,14 @@ class Serve(unittest.TestCase):
         st, _, data = request(u + "/search?k=5%00", "POST", b'{"id": 1}')
         self.assertEqual(st, 400, data)
         # The absolute form of the request target (RFC 9112, 3.2.2).
-        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
-        s.sendall(b"GET http://%s/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % u[7:].encode())
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-        s.close()
+        reply = raw_exchange(u, b"GET http://%s/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                             % u[7:].encode())
         self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
         self.assertIn(b'"status":"ok"', reply)
         # Two Content-Length headers: 400 and the connection closed, so the
         # bytes after the first length are never read as another request.
-        s = socket.create_connection(tuple(u[7:].split(":")), timeout=HTTP_TIMEOUT)
-        s.sendall(b"POST /search?k=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 8\r\n\r\n"
-                  b'{"id":1}GET /labels HTTP/1.1\r\nHost: x\r\n\r\n')
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-        s.close()
+        reply = raw_exchange(u, b"POST /search?k=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                             b'Content-Length: 8\r\n\r\n{"id":1}GET /labels HTTP/1.1\r\nHost: x\r\n\r\n')
         self.assertTrue(reply.startswith(b"HTTP/1.1 400"), reply[:200])
         self.assertIn(b"more than one Content-Length", reply)
         self.assertEqual(reply.count(b"HTTP/1.1 "), 1, reply)
