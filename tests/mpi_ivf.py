@@ -164,6 +164,16 @@ class IvfMpiTest(unittest.TestCase):
                                     eligible=np.isin(self.y, [2, 7]))
         np.testing.assert_array_equal(ids, rids)
         np.testing.assert_allclose(dist, rdist, rtol=1e-5)
+        # One label at nprobe 1: queries whose probed list holds fewer than K
+        # such vectors get fewer results, and the log counts them.
+        p = run(2, "query", "--db", self.db1, "--queries", self.qpath, "--k", str(K), "--nprobe", "1",
+                "--label", "2")
+        rids, _ = ivf_reference(self.x, self.q, self.cent, self.assign, 1, K, eligible=self.y == 2)
+        short = int(((rids >= 0).sum(1) < K).sum())
+        self.assertGreater(short, 0)
+        self.assertIn(f"warning: {short} of {NQ} queries got fewer than {K} results", p.stderr)
+        p = run(2, "query", "--db", self.db1, "--queries", self.qpath, "--k", str(K), "--exact", "--label", "2")
+        self.assertNotIn("fewer than", p.stderr)
         # radius: every probed row within R, R = the 5th exact distance of query 0
         _, rd = ivf_reference(self.x, self.q, self.cent, self.assign, nprobe, 50)
         radius = float(rd[0, 20])

@@ -863,9 +863,9 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     par_err0(ctx, "query: %lld quer%s | %s: %lld vectors, D = %d, %d shard(s) over %d rank(s) | metric %s\n",
              (long long)qs.Q, qs.Q == 1 ? "y" : "ies", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size,
              vecdb_metric_name(metric));
+    int64_t eligible = -1; /* with a filter: its eligible rows, summed over the ranks' shards */
     if (cfg->n_labels > 0 || cfg->ids_from[0]) {
-        /* the filter's eligible rows, summed over the ranks' shards */
-        int64_t eligible = 0;
+        eligible = 0;
         for (int i = 0; i < ls.n; i++)
             for (int64_t j = 0; j < ls.dbs[i].M; j++) eligible += ls.masks[i] ? ls.masks[i][j] != 0 : 1;
         par_allreduce_sum_i64(ctx, &eligible, 1);
@@ -909,6 +909,18 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         if (!err->code && cfg->sheet[0]) write_sheet(cfg, &res, &qs, &db, &ln, metric, &meta, err);
     }
     if (par_agree(ctx, err)) goto done;
+    if (ctx->rank == 0 && si.nprobe > 0 && eligible > 0 && cfg->k > 0 && !cfg->has_radius) {
+        /* A filter applies inside the probed lists: they may hold fewer
+         * than k eligible vectors although the database holds more. */
+        const int64_t want = eligible < cfg->k ? eligible : cfg->k;
+        int64_t short_q = 0;
+        for (int64_t i = 0; i < res.Q; i++) short_q += res.lims[i + 1] - res.lims[i] < want;
+        if (short_q)
+            par_err0(ctx, "query: warning: %lld of %lld quer%s got fewer than %lld results: with an IVF index the "
+                          "filter applies inside the %d probed lists, which held fewer eligible vectors (hint: "
+                          "--exact, or a larger --nprobe)\n", (long long)short_q, (long long)res.Q,
+                     res.Q == 1 ? "y" : "ies", (long long)want, si.nprobe);
+    }
     if (ctx->rank == 0)
         par_err0(ctx, "query: %lld result(s) in %.2f s%s%s\n", (long long)res.lims[res.Q], timer_now() - t0,
                  cfg->sheet[0] ? " | sheet " : "", cfg->sheet);
