@@ -213,11 +213,12 @@ class Bf16VsTorch(unittest.TestCase):
             imgs = np.random.default_rng(7).integers(0, 256, size=(N, C, H, W), dtype=np.uint8)
             np.save(os.path.join(d, "imgs.npy"), imgs)
             ckpt = os.path.join(d, "init.npz")
-            vec = {}
+            vec, log = {}, {}
             for prec in ("fp32", "bf16", "auto"):
                 db = os.path.join(d, f"db_{prec}")
-                subprocess.run([SEARCH, "index", "--model", ckpt, "--data", os.path.join(d, "imgs.npy"), "--db", db,
-                                "--precision", prec], check=True, env=env, stdout=subprocess.DEVNULL)
+                log[prec] = subprocess.run([SEARCH, "index", "--model", ckpt, "--data", os.path.join(d, "imgs.npy"),
+                                            "--db", db, "--precision", prec], check=True, env=env,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
                 vec[prec] = np.load(os.path.join(db, "shard-00000.vectors.npy"))
             init = np.load(ckpt)
             arch = bytes(init["meta.arch"]).decode()
@@ -232,6 +233,10 @@ class Bf16VsTorch(unittest.TestCase):
             # --precision auto: bf16 where the CPU has AVX512_BF16 (same kernels, same bits), else fp32
             want = "bf16" if _cpu_has("avx512_bf16") else "fp32"
             np.testing.assert_array_equal(vec["auto"], vec[want], err_msg=f"--precision auto is not {want} here")
+            # The index log says which arithmetic encoded the images.
+            self.assertIn("| encoder fp32\n", log["fp32"])
+            self.assertIn("| encoder bf16 (", log["bf16"])
+            self.assertIn(f"| encoder {want}", log["auto"])
 
     def test_cases(self):
         for kernel in KERNELS:

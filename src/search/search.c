@@ -295,8 +295,12 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
         par_err0(ctx, "index: CRC-32 of %lld stored member(s) checked, each rank reading 1/%d of it\n",
                  (long long)vs.members, P);
     if (src.warning[0]) par_err0(ctx, "index: warning: %s\n", src.warning);
-    par_err0(ctx, "index: %lld images of %s, %d rank(s) -> shards %d..%d of %s | model %s crc32 %08x | D = %d\n",
-             (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D);
+    par_err0(ctx, "index: %lld images of %s, %d rank(s) -> shards %d..%d of %s | model %s crc32 %08x | D = %d | "
+                  "encoder %s%s\n",
+             (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D,
+             model_precision_name(m.precision),
+             m.precision != MODEL_BF16 ? "" : m.bf16_kernels ? " (VDPBF16PS)" : " (rounded operands, float32 kernels: no "
+                                                                                 "AVX512_BF16)");
     if (src.n_resized || src.n_skipped)
         par_err0(ctx, "index: %lld of %lld images resized to %dx%d (box filter after a centre crop, or the whole "
                  "image with ?fit=squash); %lld bad file(s) skipped\n", (long long)src.n_resized,
