@@ -116,4 +116,9 @@ int64_t fileio_disk_read_bytes(void);
  * is unavailable. */
 int fileio_rss_kib(int64_t *anon, int64_t *file);
 
+/* Address space this process has mapped, in KiB: the VmSize line of
+ * /proc/self/status (what ulimit -v, RLIMIT_AS, counts), or -1 where that
+ * file is unavailable. */
+int64_t fileio_vm_size_kib(void);
+
 #endif

@@ -270,6 +270,18 @@ int fileio_rss_kib(int64_t *anon, int64_t *file)
     return *anon >= 0 && *file >= 0 ? 0 : -1;
 }
 
+int64_t fileio_vm_size_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[128];
+    long long v, kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %lld", &v) == 1) kib = v;
+    fclose(f);
+    return kib;
+}
+
 char *fileio_read_text(const char *path, size_t max, size_t *len, Err *err)
 {
     FILE *f = fopen(path, "rb");
