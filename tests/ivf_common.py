@@ -55,8 +55,9 @@ def clustered(n, d, n_clusters, seed, spread=1.0, centre_seed=0):
     return (centres[which] + spread * rng.standard_normal((n, d))).astype(np.float32)
 
 
-def write_db(d, x, labels=None, shards=1):
-    """A version-1 database of vectors x[n][D] in `shards` shards (vecdb.h layout)."""
+def write_db(d, x, labels=None, shards=1, metric="l2"):
+    """A version-1 database of vectors x[n][D] in `shards` shards (vecdb.h layout),
+    searched by `metric` ("l2" or "cosine") unless a command says otherwise."""
     os.makedirs(d, exist_ok=True)
     n, dim = x.shape
     if labels is None:
@@ -73,7 +74,7 @@ def write_db(d, x, labels=None, shards=1):
         sh.append({"shard": s, "count": hi - lo, "first_id": lo, "last_id": hi - 1})
     man = {"format": "aesim-vecdb", "version": 1,
            "model": {"crc32": "00000000", "arch": "none", "input_shape": [1, 1, dim], "checkpoint": "none"},
-           "dim": dim, "count": n, "metric": "l2",
+           "dim": dim, "count": n, "metric": metric,
            "sources": [{"spec": "vectors", "first_id": 0, "count": n,
                         "items": [{"path": "/vectors", "count": n}]}],
            "shards": sh}
@@ -103,6 +104,12 @@ def list_of_rows(d):
         for li in range(len(lims) - 1):
             out[s["first_id"] + rows[lims[li]:lims[li + 1]]] = li
     return out
+
+
+def unit(a):
+    """Rows of a scaled to unit L2 norm (float64 norms), as float64."""
+    a = a.astype(np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
 def sqdist(a, b):

@@ -17,6 +17,14 @@ eval --recall, --append), on Fashion-MNIST training images as pixel vectors
   (numpy); queries of encoded images equal the numpy IVF search;
 - eval --recall: recall@10 at each nprobe equals numpy's recall of the IVF
   ids against exact ids, and is 1 at nprobe = NLIST;
+- cosine databases (IvfCosineTest, and index --metric cosine --ivf / --append
+  in IvfEncoderTest): unit centroids, every vector in the list of the largest
+  inner product of its normalised self (numpy), the same files for P = 2 and
+  3, recall@10 at nprobe NLIST/2 >= 0.9 and within 0.05 of the l2 index's,
+  every stored vector found by itself at nprobe 1, --nprobe answers equal to
+  a numpy search of the normalised space (for --metric cosine and l2), and a
+  cosine manifest without ivf.normalized (an index from before the fix)
+  refused with the train-ivf --overwrite hint, which repairs it;
 - bad input: --nprobe on a database without IVF, a damaged centroids file
   (CRC), a truncated or altered lists file, a missing lists file, a manifest
   whose ivf.nlist disagrees with the files: every rank ends with a message
@@ -37,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ivf_common import (ENV, FASHION as FASHION_DIR, ROOT, BUILD, fashion, ivf_reference, list_of_rows, parse_tsv, read_ivf, run, sqdist,  # noqa: E402
-                        write_db)
+                        unit, write_db)
 
 TRAIN = os.path.join(ROOT, BUILD, "aesim-train")
 TMP = os.environ.get("AESIM_TEST_TMP") or tempfile.mkdtemp()
@@ -233,6 +241,143 @@ class IvfMpiTest(unittest.TestCase):
         self.assertIn(f"shard-{s:05d}.ivf-", p.stderr)
 
 
+def cosine_reference(x, q, cent, assign, nprobe, k, metric="cosine"):
+    """numpy IVF search of a cosine index (faiss IndexIVFFlat, METRIC_INNER_PRODUCT,
+    on normalised vectors): the nprobe lists whose centroids have the largest inner
+    product with the normalised query (ties: smaller list), then the exact k best of
+    their rows by `metric` (cosine: 1 - cosine similarity; l2: squared distance of
+    the raw vectors), float64, ties to the smaller id."""
+    xu, qu = unit(x), unit(q)
+    probe = np.argsort(-(qu @ cent.astype(np.float64).T), axis=1, kind="stable")[:, :nprobe]
+    ids = np.full((len(q), k), -1, np.int64)
+    dist = np.full((len(q), k), np.inf)
+    for i in range(len(q)):
+        cand = np.nonzero(np.isin(assign, probe[i]))[0]
+        if metric == "cosine":
+            dd = 1 - xu[cand] @ qu[i]
+        else:
+            dd = ((x[cand].astype(np.float64) - q[i].astype(np.float64)) ** 2).sum(1)
+        o = np.lexsort((cand, dd))[:k]
+        ids[i, :len(o)] = cand[o]
+        dist[i, :len(o)] = dd[o]
+    return ids, dist
+
+
+def recall_rows(out):
+    """eval --recall's TSV -> {nprobe: recall}."""
+    return {int(r.split("\t")[0]): float(r.split("\t")[1]) for r in out.splitlines()[2:]}
+
+
+class IvfCosineTest(unittest.TestCase):
+    """A cosine database's IVF index lives in the space of the normalised vectors,
+    as faiss's IndexIVFFlat with METRIC_INNER_PRODUCT on normalised vectors:
+    spherical k-means, every vector in the list of its largest inner product,
+    queries probing by the largest inner product of the normalised query.  Before,
+    the centroids and lists were of the raw vectors (norms 5-20 here) but the
+    normalised query probed them: recall@10 0.03 at nprobe 1 and 0.50 at nprobe
+    12 of 24 (l2: 0.81 and 1.00)."""
+
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(WORK, exist_ok=True)
+        x, _ = fashion("train")
+        cls.x = (x[:N] / 255).astype(np.float32)
+        q, _ = fashion("t10k")
+        cls.q = (q[:200] / 255).astype(np.float32)
+        cls.qpath = os.path.join(WORK, "cos_q.npy")
+        np.save(cls.qpath, cls.q)
+        cls.db = os.path.join(WORK, "cosdb")
+        cls.db3 = os.path.join(WORK, "cosdb3")
+        cls.l2 = os.path.join(WORK, "cosdb_l2")
+        for d, metric in ((cls.db, "cosine"), (cls.db3, "cosine"), (cls.l2, "l2")):
+            shutil.rmtree(d, ignore_errors=True)
+            write_db(d, cls.x, shards=4, metric=metric)
+        run(2, "train-ivf", "--db", cls.db, "--nlist", str(NLIST))
+        run(3, "train-ivf", "--db", cls.db3, "--nlist", str(NLIST))
+        run(2, "train-ivf", "--db", cls.l2, "--nlist", str(NLIST))
+        cls.man, cls.cent, _ = read_ivf(cls.db)
+        cls.assign = list_of_rows(cls.db)
+
+    def test_index_of_normalised_vectors(self):
+        self.assertIs(self.man["ivf"]["normalized"], True)
+        self.assertNotIn("normalized", load_json(os.path.join(self.l2, "manifest.json"))["ivf"])
+        # spherical k-means: unit centroids
+        np.testing.assert_allclose(np.linalg.norm(self.cent.astype(np.float64), axis=1), 1, atol=1e-6)
+        # every vector in the list of the largest inner product with its normalised self
+        ip = unit(self.x) @ self.cent.astype(np.float64).T
+        np.testing.assert_allclose(ip[np.arange(N), self.assign], ip.max(1), atol=1e-6)
+        self.assertGreater(len(np.unique(self.assign)), NLIST // 2)
+        # each centroid is the direction of the mean of its list's normalised vectors
+        for li in range(NLIST):
+            members = unit(self.x[self.assign == li])
+            if len(members) > 20:
+                m = members.mean(0)
+                self.assertGreater(float(m @ self.cent[li]) / np.linalg.norm(m), 0.99, f"list {li}")
+        # the same files for P = 2 and P = 3
+        names = sorted(f for f in os.listdir(self.db) if "ivf" in f)
+        self.assertEqual(names, sorted(f for f in os.listdir(self.db3) if "ivf" in f))
+        for f in names:
+            with open(os.path.join(self.db, f), "rb") as a, open(os.path.join(self.db3, f), "rb") as b:
+                self.assertEqual(a.read(), b.read(), f)
+
+    def test_recall_close_to_l2(self):
+        half = NLIST // 2
+        cos = recall_rows(run(2, "eval", "--recall", "--db", self.db, "--queries", self.qpath, "-k", str(K),
+                              "--nprobe", str(half)).stdout)
+        l2 = recall_rows(run(2, "eval", "--recall", "--db", self.l2, "--queries", self.qpath, "-k", str(K),
+                             "--nprobe", str(half)).stdout)
+        print(f"\nrecall@{K} cosine {cos}\nrecall@{K} l2     {l2}", file=sys.stderr)
+        self.assertGreaterEqual(cos[half], 0.9)
+        self.assertGreaterEqual(cos[half], l2[half] - 0.05)
+        self.assertGreaterEqual(cos[1], l2[1] - 0.15)
+        self.assertEqual(cos[NLIST], 1.0)
+
+    def test_vector_finds_itself_at_nprobe_1(self):
+        allq = os.path.join(WORK, "cos_all.npy")
+        np.save(allq, self.x)
+        ids, dist = parse_tsv(run(2, "query", "--db", self.db, "--queries", allq, "--k", "1", "--nprobe",
+                                  "1").stdout, N, 1)
+        eids, _ = parse_tsv(run(2, "query", "--db", self.db, "--queries", allq, "--k", "1", "--exact").stdout, N, 1)
+        np.testing.assert_array_equal(ids, eids)
+        self.assertLess(float(dist.max()), 1e-6)
+        self.assertGreater(int((ids[:, 0] == np.arange(N)).sum()), N - 50)  # else an identical earlier image
+
+    def test_probes_match_numpy(self):
+        nprobe = 3
+        out = run(3, "query", "--db", self.db, "--queries", self.qpath, "--k", str(K), "--nprobe", str(nprobe)).stdout
+        self.assertEqual(out, run(1, "query", "--db", self.db, "--queries", self.qpath, "--k", str(K), "--nprobe",
+                                  str(nprobe), threads=2).stdout)
+        ids, dist = parse_tsv(out, len(self.q), K)
+        rids, rdist = cosine_reference(self.x, self.q, self.cent, self.assign, nprobe, K)
+        np.testing.assert_array_equal(ids, rids)
+        np.testing.assert_allclose(dist, rdist, atol=1e-5)
+        # --metric l2 on the cosine index: the same lists (normalised query), scored by L2
+        ids, dist = parse_tsv(run(2, "query", "--db", self.db, "--queries", self.qpath, "--k", str(K), "--nprobe",
+                                  str(nprobe), "--metric", "l2").stdout, len(self.q), K)
+        rids, rdist = cosine_reference(self.x, self.q, self.cent, self.assign, nprobe, K, metric="l2")
+        np.testing.assert_array_equal(ids, rids)
+        np.testing.assert_allclose(dist, rdist, rtol=1e-5)
+
+    def test_index_from_before_the_fix_refused(self):
+        # a cosine manifest without ivf.normalized: an index of the raw vectors
+        d = os.path.join(WORK, "cos_old")
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(self.db, d)
+        man = load_json(os.path.join(d, "manifest.json"))
+        del man["ivf"]["normalized"]
+        with open(os.path.join(d, "manifest.json"), "w") as f:
+            json.dump(man, f)
+        p = run(2, "query", "--db", d, "--queries", self.qpath, "--k", "3", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        for w in ("older aesim-search", f"train-ivf --db {d} --nlist {NLIST} --overwrite", "--exact"):
+            self.assertIn(w, p.stderr)
+        run(2, "query", "--db", d, "--queries", self.qpath, "--k", "3", "--exact")
+        run(2, "train-ivf", "--db", d, "--nlist", str(NLIST), "--overwrite")
+        self.assertIs(load_json(os.path.join(d, "manifest.json"))["ivf"]["normalized"], True)
+        self.assertEqual(run(2, "query", "--db", d, "--queries", self.qpath, "--k", "3").stdout,
+                         run(2, "query", "--db", self.db, "--queries", self.qpath, "--k", "3").stdout)
+
+
 def load_json(path):
     with open(path) as f:
         return json.load(f)
@@ -270,6 +415,11 @@ class IvfEncoderTest(unittest.TestCase):
         cls.man1 = load_json(os.path.join(cls.db, "manifest.json"))
         run(3, "index", "--model", cls.ckpt, "--data", cls.src_app, "--db", cls.db, "--append")
         cls.man2 = load_json(os.path.join(cls.db, "manifest.json"))
+        # the same with --metric cosine: index --ivf and --append in the normalised space
+        cls.cosdb = os.path.join(WORK, "encdb_cos")
+        shutil.rmtree(cls.cosdb, ignore_errors=True)
+        run(2, "index", "--model", cls.ckpt, "--data", cls.src, "--db", cls.cosdb, "--ivf", "16", "--metric", "cosine")
+        run(3, "index", "--model", cls.ckpt, "--data", cls.src_app, "--db", cls.cosdb, "--append")
 
     def vectors(self):
         return np.concatenate([np.load(f"{self.db}/shard-{s['shard']:05d}.vectors.npy") for s in self.man2["shards"]])
@@ -301,6 +451,25 @@ class IvfEncoderTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.dirname(db)))
         run(2, "index", "--model", self.ckpt, "--data", self.src_app, "--db", db, "--ivf", "4")
         self.assertEqual(load_json(os.path.join(db, "manifest.json"))["ivf"]["nlist"], 4)
+
+    def test_cosine_index_ivf_and_append(self):
+        man, cent, _ = read_ivf(self.cosdb)
+        self.assertEqual((man["metric"], man["count"], man["ivf"]["nlist"], man["ivf"]["normalized"]),
+                         ("cosine", 3500, 16, True))
+        x = np.concatenate([np.load(f"{self.cosdb}/shard-{s['shard']:05d}.vectors.npy") for s in man["shards"]])
+        np.testing.assert_array_equal(x, self.vectors())  # stored as indexed, not normalised
+        assign = list_of_rows(self.cosdb)
+        ip = unit(x) @ cent.astype(np.float64).T
+        np.testing.assert_allclose(ip[np.arange(len(x)), assign], ip.max(1), atol=1e-6)
+        # old and appended vectors searched with themselves: found at nprobe 1
+        qpath = os.path.join(WORK, "enc_cos_q.npy")
+        np.save(qpath, x[2800:3200])
+        ids, dist = parse_tsv(run(2, "query", "--db", self.cosdb, "--queries", qpath, "--k", "1", "--nprobe",
+                                  "1").stdout, 400, 1)
+        eids, _ = parse_tsv(run(2, "query", "--db", self.cosdb, "--queries", qpath, "--k", "1", "--exact").stdout,
+                            400, 1)
+        np.testing.assert_array_equal(ids, eids)
+        self.assertLess(float(dist.max()), 1e-6)
 
     def test_query_encoded_images(self):
         _, cent, _ = read_ivf(self.db)

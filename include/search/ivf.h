@@ -20,7 +20,7 @@
  *
  * Search (ivf_search_knn): the nprobe lists of a query are its nprobe
  * nearest centroids (exact L2, ties to the smaller list number: the same on
- * every rank).  Each rank scans the eligible rows (filters: KnnDb masks) of
+ * every rank; cosine databases: largest inner product, below).  Each rank scans the eligible rows (filters: KnnDb masks) of
  * those lists of its shards in place, as knn.c's pre-scan scans a shard:
  * float32 distances (knn_scan_rows, AVX-512 when present) keep the best
  * k + KNN_RESCORE_MARGIN rows, these are re-scored exactly, and the
@@ -31,9 +31,27 @@
  * as search_knn does (search_merge_topk).  With nprobe = NLIST every row is
  * probed and the result is bit for bit search_knn's.  The result does not
  * depend on the number of ranks or threads.  Range search: rows the bound
- * cannot exclude are re-scored and compared with the radius.  Metric
- * cosine: lists are probed by L2 distance from the (normalised) query to
- * the centroids of the stored vectors; candidates are scored by cosine.
+ * cannot exclude are re-scored and compared with the radius.
+ *
+ * Cosine databases (VecDb.metric KNN_IP; faiss's convention: IndexIVFFlat
+ * with METRIC_INNER_PRODUCT over L2-normalised vectors): the whole index
+ * lives in the space of the normalised vectors, VecDb.ivf_normalized = 1,
+ * manifest "ivf": {"normalized": true}.  Training normalises the sample and
+ * runs spherical k-means (kmeans.h: unit centroids, as faiss's IndexIVF
+ * with METRIC_INNER_PRODUCT trains); every vector (train-ivf, index --ivf,
+ * index --append, serve's POST /images) joins the list of the centroid
+ * with the largest inner product with the normalised vector (knn.h's exact
+ * score, ties to the smaller list: faiss's IndexFlatIP quantizer); a query
+ * probes its nprobe lists by the largest inner product of the normalised
+ * query with the centroids, whatever the search metric, so a stored vector
+ * searched with itself probes its own list first.  Candidates are scored
+ * by the search metric (cosine: on normalised copies, search_core.h).
+ * The stored vectors stay as indexed.  Otherwise (l2) everything is by L2
+ * on the stored vectors.  A cosine database whose manifest lacks
+ * "normalized" was indexed by an older aesim-search that clustered the raw
+ * vectors but probed with the normalised query (recall@10 0.06 at nprobe 1
+ * where l2 reached 0.79): ivf_read_centroids refuses it with a hint to
+ * retrain (train-ivf --overwrite); --exact still searches it.
  *
  * Many queries (16 or more in one call, as eval, query --queries and the
  * server's micro-batches give) are scanned list by list: the rows of a
@@ -91,7 +109,9 @@ int ivf_lists_path(char *out, size_t cap, const VecDb *db, int shard, Err *err);
 /* Local.  Reads db's centroids into *c (float [nlist][D], free with free()).
  * Errors (naming the file and the reason, hint: retrain with train-ivf):
  * AE_EIO missing file; AE_EFORMAT not float32 [nlist][D] as the manifest
- * says, or CRC-32 different from the manifest's (damaged). */
+ * says, or CRC-32 different from the manifest's (damaged), or a cosine
+ * database whose index is not normalised (built before the cosine fix,
+ * above; hint: train-ivf --overwrite). */
 int ivf_read_centroids(float **c, const VecDb *db, Err *err);
 
 /* Local.  Reads and checks shard `shard`'s lists (layout above: size,
@@ -100,11 +120,14 @@ int ivf_read_centroids(float **c, const VecDb *db, Err *err);
 int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err);
 void ivf_lists_free(IvfLists *l);
 
-/* Local.  list[i] = number of the centroid nearest to x[i] (exact L2, ties
- * to the smaller number: kmeans_assign), x[n][D], centroids[nlist][D].
+/* Local.  list[i] = the list of x[i], x[n][D] as stored, centroids[nlist][D]:
+ * normalized = 0: the centroid nearest to x[i] (exact L2, ties to the
+ * smaller number: kmeans_assign); normalized = 1 (db->ivf_normalized): the
+ * centroid with the largest inner product with x[i] / ||x[i]|| (knn_normalize,
+ * then knn.h's exact score, ties to the smaller number).
  * Errors: AE_ENUMERIC for a NaN/Inf or too large vector (knn_check_vectors). */
-int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int nthreads,
-               Err *err);
+int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int normalized,
+               int nthreads, Err *err);
 
 /* Local.  Writes shard `shard`'s lists file (atomically) from the
  * assignment list[n] (values in 0..nlist-1).  Errors: AE_EIO naming the file. */
@@ -115,7 +138,9 @@ int ivf_write_lists(const VecDb *db, int shard, const int32_t *list, int64_t n, 
  * shards), writes them (rank 0), and the lists of every shard (its owner),
  * then sets db->ivf_nlist and db->ivf_crc on every rank.  Does not write the
  * manifest: the caller commits with vecdb_write_manifest on rank 0.  Cosine
- * databases are clustered on the stored vectors.  Errors (agreed): AE_EARG
+ * databases (db->metric KNN_IP) are clustered on the normalised vectors by
+ * spherical k-means and get db->ivf_normalized = 1 (above); l2 ones on the
+ * stored vectors (ivf_normalized = 0).  Errors (agreed): AE_EARG
  * for nlist outside 1..min(count, IVF_MAX_NLIST); shard errors
  * (vecdb_shard_map); AE_EIO writing. */
 int ivf_train_db(const ParCtx *ctx, VecDb *db, int nlist, int iters, int nthreads, KmeansStats *stats, Err *err);
@@ -127,6 +152,7 @@ int ivf_add_shards(const ParCtx *ctx, const VecDb *db, int first_shard, int nthr
 /* This rank's IVF data for searching the shards of a LocalShards. */
 typedef struct IvfLocal {
     int nlist, D;
+    int normalized;     /* db->ivf_normalized: probe by inner product of the normalised query */
     float *centroids;   /* [nlist][D] */
     int n;              /* = LocalShards.n */
     IvfLists *lists;    /* [n], lists[i] belongs to LocalShards.maps[i] */

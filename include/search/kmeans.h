@@ -14,7 +14,14 @@
  *     centroid copied and both copies moved by a relative +-1/1024 in
  *     alternate dimensions, and its count shared (faiss split_clusters);
  *   - a fixed number of iterations (faiss niter: 25 for a plain Clustering,
- *     10 for the coarse quantizer of an IVF index, faiss Level1Quantizer).
+ *     10 for the coarse quantizer of an IVF index, faiss Level1Quantizer);
+ *   - spherical (faiss ClusteringParameters.spherical, which faiss's IndexIVF
+ *     sets for METRIC_INNER_PRODUCT): after each update and split every
+ *     centroid is L2-normalised (faiss fvec_renorm_L2), for points that are
+ *     themselves unit vectors (the cosine IVF, ivf.c).  The assignment stays
+ *     the nearest centroid by L2, which for unit points and unit centroids
+ *     is the largest inner product (||x - c||^2 = 2 - 2 x.c): faiss's
+ *     IndexFlatIP assignment, up to the rounding of near ties.
  *
  * Across ranks: every rank holds its own part of the sample (any split).
  * Assignment: kmeans_assign (the kNN GEMM, then exact re-scoring of the
@@ -88,9 +95,12 @@ void kmeans_assign(int64_t *assign, float *dist, const float *x, int64_t n, cons
  *              the points at positions 0..k-1 are the initial centroids
  *   n_total    sample size over all ranks (= sum of n), >= k
  *   iters      iterations (>= 1), seed: seed of the splits
+ *   spherical  1: centroids renormalised to unit length every iteration
+ *              (above); 0: plain means
  * Errors (agreed over ranks): AE_EARG for k < 1 or n_total < k (hint: fewer
  * lists), AE_ENUMERIC for a NaN/Inf or too large point (knn.h). */
 int kmeans_train(const ParCtx *ctx, float *centroids, const float *x, const int64_t *pos, int64_t n, int64_t n_total,
-                 int D, int k, int iters, uint64_t seed, int nthreads, KmeansStats *stats, Err *err);
+                 int D, int k, int iters, uint64_t seed, int spherical, int nthreads, KmeansStats *stats,
+                 Err *err);
 
 #endif

@@ -49,7 +49,13 @@
  *
  * Version 2 (written when the database has an IVF index, ivf.h) adds
  *   "ivf": { "nlist": NLIST, "crc32": "8 hex digits" (zlib CRC-32 of the
- *            centroids' data bytes), "centroids": "ivf-<crc32>.centroids.npy" }
+ *            centroids' data bytes), "centroids": "ivf-<crc32>.centroids.npy",
+ *            "normalized": true (only for a cosine database: the centroids
+ *            are the spherical k-means of the L2-normalised vectors and the
+ *            lists hold them by inner product, ivf.h; absent = built on the
+ *            stored vectors, as every l2 index and the cosine indexes of
+ *            aesim-search before this key existed, which probed the wrong
+ *            lists and are refused until retrained) }
  * and, per shard, DIR/shard-SSSSS.ivf-<crc32>.lists.npy (ivf.h).  Version-1
  * databases still open (no IVF: searches stay exact).
  *
@@ -168,6 +174,9 @@ typedef struct VecDb {
     VecDbShard *shards;          /* [n_shards]; shard s has number s */
     int ivf_nlist;               /* IVF lists (version 2), 0 = no IVF index */
     uint32_t ivf_crc;            /* CRC-32 of the IVF centroids (names their files) */
+    int ivf_normalized;          /* 1: the IVF index was built on L2-normalised vectors (cosine databases,
+                                    ivf.h; manifest "ivf": {"normalized": true}); 0: on the stored vectors
+                                    (l2, and cosine indexes written before the fix, which ivf.c refuses) */
 } VecDb;
 
 /* A new, empty database description for folder dir (no file is written). */

@@ -69,6 +69,12 @@ int ivf_read_centroids(float **c, const VecDb *db, Err *err)
     *c = NULL;
     char path[VECDB_PATH_BYTES];
     if (ivf_centroids_path(path, sizeof path, db, err)) return err->code;
+    if (db->metric == KNN_IP && !db->ivf_normalized)
+        return err_set(err, AE_EFORMAT, "%s: the IVF index of this cosine database was built by an older aesim-search "
+                                        "on the unnormalised vectors, so its lists do not match the normalised "
+                                        "queries (most neighbours would be missed) (hint: retrain it: aesim-search "
+                                        "train-ivf --db %s --nlist %d --overwrite; or search with --exact)",
+                       path, db->dir, db->ivf_nlist);
     NpyArray a;
     if (npy_read(path, &a, err)) {
         char msg[ERR_MSG_BYTES];
@@ -161,15 +167,37 @@ int ivf_read_lists(IvfLists *l, const VecDb *db, int shard, Err *err)
     return AE_OK;
 }
 
-int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int nthreads,
-               Err *err)
+/* Vectors normalised at a time by ivf_assign (a copy of this many rows). */
+#define IVF_ASSIGN_BLOCK ((int64_t)1 << 14)
+
+int ivf_assign(int32_t *list, const float *x, int64_t n, const float *centroids, int nlist, int D, int normalized,
+               int nthreads, Err *err)
 {
     if (knn_check_vectors(x, n, D, "vector to assign to an IVF list", err)) return err->code;
-    int64_t *a = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *a);
-    kmeans_assign(a, NULL, x, n, centroids, nlist, D, nthreads);
-    for (int64_t i = 0; i < n; i++) list[i] = (int32_t)a[i];
-    free(a);
-    return AE_OK;
+    if (!normalized) {
+        int64_t *a = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+        kmeans_assign(a, NULL, x, n, centroids, nlist, D, nthreads);
+        for (int64_t i = 0; i < n; i++) list[i] = (int32_t)a[i];
+        free(a);
+        return AE_OK;
+    }
+    /* Cosine: the largest inner product of the normalised vector with the
+     * (unit) centroids, knn_search_local's exact score and tie rule, the
+     * same call that probe_lists makes for a query. */
+    const KnnDb cdb = { .x = centroids, .M = nlist, .D = D, .id_offset = 0, .ids = NULL, .mask = NULL };
+    const int64_t bn = n < IVF_ASSIGN_BLOCK ? n : IVF_ASSIGN_BLOCK;
+    float *u = xmalloc((size_t)(bn > 0 ? bn : 1) * (size_t)D * sizeof *u);
+    for (int64_t i0 = 0; i0 < n; i0 += bn) {
+        const int64_t m = n - i0 < bn ? n - i0 : bn;
+        memcpy(u, x + (size_t)i0 * (size_t)D, (size_t)m * (size_t)D * sizeof *u);
+        knn_normalize(u, m, D);
+        TopK t;
+        if (knn_search_local(&t, u, m, &cdb, 1, KNN_IP, nthreads, err)) break;
+        for (int64_t i = 0; i < m; i++) list[i0 + i] = (int32_t)t.ids[i];
+        topk_free(&t);
+    }
+    free(u);
+    return err->code;
 }
 
 int ivf_write_lists(const VecDb *db, int shard, const int32_t *list, int64_t n, Err *err)
@@ -201,7 +229,7 @@ static int write_owned_lists(const ParCtx *ctx, const VecDb *db, const float *ce
         VecShard m;
         if (vecdb_shard_map(&m, db, s, VECDB_MAP_VECTORS, err)) return err->code;
         int32_t *list = xmalloc((size_t)(m.count > 0 ? m.count : 1) * sizeof *list);
-        int rc = ivf_assign(list, m.x, m.count, centroids, db->ivf_nlist, db->D, nthreads, err);
+        int rc = ivf_assign(list, m.x, m.count, centroids, db->ivf_nlist, db->D, db->ivf_normalized, nthreads, err);
         if (rc == AE_OK) rc = ivf_write_lists(db, s, list, m.count, err);
         free(list);
         vecdb_shard_unmap(&m);
@@ -263,10 +291,15 @@ int ivf_train_db(const ParCtx *ctx, VecDb *db, int nlist, int iters, int nthread
     }
     vecdb_shard_unmap(&m);
     free(pairs);
+    /* Cosine: the index is built on the normalised vectors (ivf.h), checked
+     * first so that a bad stored vector is named as in l2 training. */
+    const int normalized = db->metric == KNN_IP;
+    if (normalized && !err->code && !knn_check_vectors(x, n, D, "k-means training vector", err)) knn_normalize(x, n, D);
     float *cent = xmalloc((size_t)nlist * (size_t)D * sizeof *cent);
-    if (par_agree(ctx, err) == AE_OK &&
-        kmeans_train(ctx, cent, x, pos, n, ns, D, nlist, iters, KMEANS_DEFAULT_SEED, nthreads, stats, err) == AE_OK) {
+    if (par_agree(ctx, err) == AE_OK && kmeans_train(ctx, cent, x, pos, n, ns, D, nlist, iters, KMEANS_DEFAULT_SEED,
+                                                     normalized, nthreads, stats, err) == AE_OK) {
         db->ivf_nlist = nlist;
+        db->ivf_normalized = normalized;
         db->ivf_crc = crc_bytes(cent, (size_t)nlist * (size_t)D * sizeof *cent);
         if (ctx->rank == 0) {
             char path[VECDB_PATH_BYTES];
@@ -299,6 +332,7 @@ int ivf_local_open(const ParCtx *ctx, IvfLocal *il, const VecDb *db, const Local
     memset(il, 0, sizeof *il);
     il->nlist = db->ivf_nlist;
     il->D = db->D;
+    il->normalized = db->ivf_normalized;
     il->lists = xcalloc((size_t)(ls->n > 0 ? ls->n : 1), sizeof *il->lists);
     if (!ivf_read_centroids(&il->centroids, db, err))
         for (int i = 0; i < ls->n; i++) {
@@ -531,14 +565,28 @@ static int shard_finish(Scratch *sc, const KnnDb *db, const IvfLists *l, const P
 }
 
 /* The nprobe nearest lists of each query: probe[Q][nprobe] (exact L2, ties
- * to the smaller list number). */
-static int probe_lists(int64_t **probe, const float *q, int64_t Q, const IvfLocal *il, int nprobe, int nthreads,
-                       Err *err)
+ * to the smaller list number).  A normalised (cosine) index: the largest
+ * inner products of the normalised query with the centroids, as ivf_assign
+ * placed the vectors; queries of metric KNN_IP arrive normalised (callers
+ * normalise them with knn_normalize, as ivf_assign does the vectors, so a
+ * stored vector searched with itself probes its own list first), others
+ * are normalised here on a copy. */
+static int probe_lists(int64_t **probe, const float *q, int64_t Q, const IvfLocal *il, int nprobe, KnnMetric metric,
+                       int nthreads, Err *err)
 {
     *probe = xmalloc((size_t)(Q > 0 ? Q : 1) * (size_t)nprobe * sizeof **probe);
     KnnDb cdb = { .x = il->centroids, .M = il->nlist, .D = il->D, .id_offset = 0, .ids = NULL, .mask = NULL };
+    float *qn = NULL;
+    if (il->normalized && metric != KNN_IP && Q > 0) {
+        qn = xmalloc((size_t)Q * (size_t)il->D * sizeof *qn);
+        memcpy(qn, q, (size_t)Q * (size_t)il->D * sizeof *qn);
+        knn_normalize(qn, Q, il->D);
+        q = qn;
+    }
     TopK t;
-    if (knn_search_local(&t, q, Q, &cdb, nprobe, KNN_L2, nthreads, err)) return err->code;
+    int rc = knn_search_local(&t, q, Q, &cdb, nprobe, il->normalized ? KNN_IP : KNN_L2, nthreads, err);
+    free(qn);
+    if (rc) return rc;
     memcpy(*probe, t.ids, (size_t)Q * (size_t)nprobe * sizeof **probe);
     topk_free(&t);
     return AE_OK;
@@ -753,7 +801,7 @@ static int ivf_local_knn(TopK *out, const float *q, int64_t Q, const KnnDb *dbs,
     topk_alloc(out, Q, k, order);
     int64_t *probe = NULL;
     if (Q == 0 || il->n == 0) return AE_OK;
-    if (probe_lists(&probe, q, Q, il, nprobe, nthreads, err)) {
+    if (probe_lists(&probe, q, Q, il, nprobe, metric, nthreads, err)) {
         free(probe);
         return err->code;
     }
@@ -874,7 +922,7 @@ int ivf_search_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q
     Hits *hits = xcalloc((size_t)(Q > 0 ? Q : 1), sizeof *hits);
     int64_t *probe = NULL;
     if (!isfinite(radius)) err_set(err, AE_EARG, "range search: radius %g is not finite", (double)radius);
-    else if (Q > 0 && il->n > 0 && !probe_lists(&probe, q, Q, il, nprobe, nthreads, err)) {
+    else if (Q > 0 && il->n > 0 && !probe_lists(&probe, q, Q, il, nprobe, metric, nthreads, err)) {
         KnnScanBound bound;
         knn_scan_bound_init(&bound, il->D);
         int64_t bad = -1;

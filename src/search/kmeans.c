@@ -263,7 +263,8 @@ static void fixed_sums(int64_t *acc, int64_t *part, int T, const float *x, const
 }
 
 int kmeans_train(const ParCtx *ctx, float *centroids, const float *x, const int64_t *pos, int64_t n, int64_t n_total,
-                 int D, int k, int iters, uint64_t seed, int nthreads, KmeansStats *stats, Err *err)
+                 int D, int k, int iters, uint64_t seed, int spherical, int nthreads, KmeansStats *stats,
+                 Err *err)
 {
     memset(stats, 0, sizeof *stats);
     if (k < 1 || n_total < k || iters < 1)
@@ -310,6 +311,7 @@ int kmeans_train(const ParCtx *ctx, float *centroids, const float *x, const int6
                     (float)((double)acc[(size_t)c * (size_t)D + (size_t)d] * unscale / counts[c]);
         }
         stats->splits += split_empty(centroids, counts, k, D, n_total, &r);
+        if (spherical) knn_normalize(centroids, k, D); /* faiss post_process_centroids */
         stats->iters = it + 1;
     }
     free(acc);

@@ -223,13 +223,15 @@ static double index_pixel_sum(const ImageSet *src, int64_t lo, int64_t n)
 }
 
 /* --append to a database with an IVF index: this rank's new shard gets its
- * lists (nearest centroid of each vector) before the manifest lists it. */
+ * lists (ivf_assign: nearest centroid, or for a cosine index the largest inner
+ * product of the normalised vector) before the manifest lists it. */
 static int search_index_ivf_lists(const ParCtx *ctx, const VecDb *db, const float *vec, int64_t n, int nthreads,
                                   Err *err)
 {
     float *cent = NULL;
     int32_t *list = xmalloc((size_t)(n > 0 ? n : 1) * sizeof *list);
-    if (!ivf_read_centroids(&cent, db, err) && !ivf_assign(list, vec, n, cent, db->ivf_nlist, db->D, nthreads, err))
+    if (!ivf_read_centroids(&cent, db, err) &&
+        !ivf_assign(list, vec, n, cent, db->ivf_nlist, db->D, db->ivf_normalized, nthreads, err))
         ivf_write_lists(db, db->n_shards + ctx->rank, list, n, err);
     free(cent);
     free(list);

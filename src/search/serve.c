@@ -407,7 +407,7 @@ static int write_addition(Server *s, ServeJob **jobs, int n, int64_t *first_id, 
         float *cent = NULL;
         int32_t *list = xmalloc((size_t)n * sizeof *list);
         if (!ivf_read_centroids(&cent, &s->db, err) &&
-            !ivf_assign(list, vec, n, cent, s->db.ivf_nlist, D, s->nthreads, err))
+            !ivf_assign(list, vec, n, cent, s->db.ivf_nlist, D, s->db.ivf_normalized, s->nthreads, err))
             ivf_write_lists(&s->db, shard, list, n, err);
         free(cent);
         free(list);

@@ -251,8 +251,10 @@ int vecdb_write_manifest(const VecDb *db, Err *err)
         snprintf(icrc, sizeof icrc, "%08" PRIx32, db->ivf_crc);
         snprintf(file, sizeof file, "ivf-%s.centroids.npy", icrc);
         CHECK(json_object_set_new(root, "version", json_integer(VECDB_VERSION_IVF)) == 0);
-        CHECK(json_object_set_new(root, "ivf", json_pack("{s:i, s:s, s:s}", "nlist", db->ivf_nlist, "crc32", icrc,
-                                                         "centroids", file)) == 0);
+        json_t *ivf = json_pack("{s:i, s:s, s:s}", "nlist", db->ivf_nlist, "crc32", icrc, "centroids", file);
+        CHECK(ivf != NULL);
+        if (db->ivf_normalized) CHECK(json_object_set_new(ivf, "normalized", json_true()) == 0);
+        CHECK(json_object_set_new(root, "ivf", ivf) == 0);
     }
     char path[VECDB_PATH_BYTES + 32];
     snprintf(path, sizeof path, "%s/%s", db->dir, VECDB_MANIFEST);
@@ -411,8 +413,13 @@ static int read_ivf(VecDb *db, json_t *root, const char *path, Err *err)
         strcmp(want, json_string_value(file)) != 0)
         return err_set(err, AE_EFORMAT, "%s: bad ivf.crc32, ivf.nlist or ivf.centroids (hint: the manifest is "
                                         "damaged; rebuild the index with aesim-search train-ivf)", path);
+    json_t *norm = json_object_get(ivf, "normalized");
+    if (norm && !json_is_boolean(norm))
+        return err_set(err, AE_EFORMAT, "%s: ivf.normalized must be true or false (hint: the manifest is damaged; "
+                                        "rebuild the index with aesim-search train-ivf --overwrite)", path);
     db->ivf_nlist = (int)nlist;
     db->ivf_crc = (uint32_t)c;
+    db->ivf_normalized = norm && json_is_true(norm);
     return AE_OK;
 }
 
