@@ -25,6 +25,9 @@ eval --recall, --append), on Fashion-MNIST training images as pixel vectors
   a numpy search of the normalised space (for --metric cosine and l2), and a
   cosine manifest without ivf.normalized (an index from before the fix)
   refused with the train-ivf --overwrite hint, which repairs it;
+- eval --recall --model on a whitened cosine database: its recall@10 equals
+  that of query's --nprobe ids against query's --exact ids (its queries are
+  whitened as query's);
 - bad input: --nprobe on a database without IVF, a damaged centroids file
   (CRC), a truncated or altered lists file, a missing lists file, a manifest
   whose ivf.nlist disagrees with the files: every rank ends with a message
@@ -470,6 +473,23 @@ class IvfEncoderTest(unittest.TestCase):
                             400, 1)
         np.testing.assert_array_equal(ids, eids)
         self.assertLess(float(dist.max()), 1e-6)
+
+    def test_recall_of_whitened_cosine_index(self):
+        # eval --recall --model whitens the encoded queries as query does: its
+        # recall@10 is that of query's IVF ids against query's exact ids (before,
+        # its queries stayed unwhitened, in another space than the database's)
+        db = os.path.join(WORK, "encdb_wcos")
+        shutil.rmtree(db, ignore_errors=True)
+        run(2, "index", "--model", self.ckpt, "--data", self.src, "--db", db, "--whiten", "--metric", "cosine",
+            "--ivf", "16")
+        rec = recall_rows(run(2, "eval", "--recall", "--db", db, "--model", self.ckpt, "--queries", self.src_app,
+                              "-k", "10", "--nprobe", "2").stdout)
+        base = ("query", "--db", db, "--model", self.ckpt, "--data", self.src_app, "--ids", "0-499", "--k", "10")
+        ids, _ = parse_tsv(run(2, *base, "--nprobe", "2").stdout, 500, 10)
+        eids, _ = parse_tsv(run(2, *base, "--exact").stdout, 500, 10)
+        want = np.mean([len(set(ids[i]) & set(eids[i])) / 10 for i in range(500)])
+        self.assertAlmostEqual(rec[2], want, places=4)
+        self.assertLess(rec[1], 1.0)
 
     def test_query_encoded_images(self):
         _, cent, _ = read_ivf(self.db)

@@ -71,7 +71,8 @@ int search_knn_qe(const ParCtx *ctx, TopK *out, const float *q, int64_t Q, int D
 
 /* aesim-search eval --recall: the queries (--queries: a float32 .npy of
  * vectors [Q][D], or with --model an image source encoded by the model;
- * --max-queries caps them) are searched exactly once, then with the IVF for
+ * --max-queries caps them; whitened as query's when the database is) are
+ * searched exactly once, then with the IVF for
  * nprobe = 1, 2, 4, ... up to nlist (and --nprobe if given); prints per
  * nprobe recall@k (share of the exact k nearest ids found) and queries/s,
  * the exact row first (TSV, or --json).  Errors: AE_EARG when the database

@@ -164,9 +164,10 @@ int search_ivf_range(const ParCtx *ctx, KnnRange *out, const float *q, int64_t Q
 
 /* ---------------------------------------------------------------- recall */
 
-/* Rank 0: the query vectors of eval --recall into *qv[*Q][D]. */
-static int recall_queries(float **qv, int64_t *Q, const ParCtx *ctx, const SearchConfig *cfg, const VecDb *db,
-                          int nthreads, Err *err)
+/* Rank 0: the query vectors of eval --recall as given (.npy) or encoded
+ * (--model) into *qv[*Q][D]. */
+static int recall_queries_raw(float **qv, int64_t *Q, const ParCtx *ctx, const SearchConfig *cfg, const VecDb *db,
+                              int nthreads, Err *err)
 {
     *qv = NULL;
     *Q = 0;
@@ -210,6 +211,16 @@ static int recall_queries(float **qv, int64_t *Q, const ParCtx *ctx, const Searc
     }
     model_free(&m);
     return err->code;
+}
+
+/* Rank 0: those queries whitened when the database is, as query whitens its
+ * queries (before the metric's normalisation), so that they are in the space
+ * of the stored vectors and of the IVF index. */
+static int recall_queries(float **qv, int64_t *Q, const ParCtx *ctx, const SearchConfig *cfg, const VecDb *db,
+                          int nthreads, Err *err)
+{
+    if (recall_queries_raw(qv, Q, ctx, cfg, db, nthreads, err) || ctx->rank != 0) return err->code;
+    return search_whiten_queries(db, *qv, *Q, err);
 }
 
 int search_ivf_recall(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *err)
