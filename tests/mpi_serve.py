@@ -402,6 +402,32 @@ class Serve(unittest.TestCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertFalse(os.path.exists(os.path.dirname(gone)), os.listdir(WORK))
 
+    def test_sigterm_to_mpirun_during_index_leaves_nothing(self):
+        """SIGTERM to mpirun while a new index encodes: every rank stops
+        between chunks with one line naming the signal, and the folder the
+        run created is removed (it used to die silently, leaving it)."""
+        big = os.path.join(WORK, "big-src-term.npy")
+        np.save(big, np.repeat(self.images[:N_DB], 100, axis=0)[:, None])
+        db = os.path.join(WORK, "db-term", "db")
+        log = open(os.path.join(WORK, "index-term.log"), "w+")
+        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", SEARCH, "index",
+                                 "--db", db, "--model", self.ckpt, "--data", big, "--threads", "1"],
+                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.assertTrue(wait_for_db_lock(db, proc), "index never started")
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=TIMEOUT)
+            log.seek(0)
+            out = log.read()
+            self.assertNotEqual(proc.returncode, 0, out)
+            self.assertIn("stopped by SIGTERM while encoding; nothing was written", out)
+            self.assertFalse(os.path.exists(os.path.dirname(db)), out)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+
     def test_get_image(self):
         from PIL import Image
         for i in (0, 7, 1999):

@@ -23,7 +23,8 @@ enum {
     AE_ESHAPE = 3,   /* shapes do not fit (image size vs. architecture, dims) */
     AE_EARG = 4,     /* a bad command-line option or value */
     AE_ENUMERIC = 5, /* NaN/Inf or divergence detected */
-    AE_ENOMEM = 6    /* an allocation that depends on user input failed */
+    AE_ENOMEM = 6,   /* an allocation that depends on user input failed */
+    AE_ESTOPPED = 7  /* a signal (SIGTERM, SIGINT, SIGUSR1) stopped the work before it was done */
 };
 
 /* Size of Err.msg in bytes: room for two file paths and a hint. */

@@ -35,6 +35,7 @@ const char *err_name(int code)
     case AE_EARG: return "bad argument";
     case AE_ENUMERIC: return "numerical error";
     case AE_ENOMEM: return "out of memory";
+    case AE_ESTOPPED: return "stopped";
     default: return "unknown error";
     }
 }

@@ -21,6 +21,7 @@
 
 #include "base/check.h"
 #include "base/fileio.h"
+#include "base/signals.h"
 #include "data/imgset.h"
 #include "search/kmeans.h"
 #include "search/knn.h"
@@ -45,6 +46,8 @@
 #define SHEET_MAX_NEIGHBOURS 32
 #define SHEET_MAX_ROWS 256
 #define SHEET_TILE_PX 64
+/* index: images encoded between two looks for a stop signal. */
+#define INDEX_ENCODE_CHUNK 512
 
 /* ================================================================ index */
 
@@ -264,10 +267,13 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const char **name_ptrs = NULL;
     int64_t *counts = NULL;
     char created[VECDB_PATH_BYTES] = ""; /* rank 0: the outermost folder this run created */
+    SignalGuard guard = { 0 };
+    signals_install(&guard); /* a stop before encoding is acted on when encoding starts */
     int lock = -1; /* rank 0, a new database: its writer lock (index_prepare_db) */
     if (index_prepare_db(ctx, &db, cfg, &m, crc, created, &lock, err)) {
         if (ctx->rank == 0) index_undo(cfg->db, 0, 0, created, lock);
         fileio_unlock_dir(&lock);
+        signals_restore(&guard);
         model_free(&m);
         return err->code;
     }
@@ -312,7 +318,22 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const int64_t N = src.n, lo = N * ctx->rank / P, hi = N * (ctx->rank + 1) / P, n = hi - lo;
     const int64_t first_id = db.count + par_exscan_sum_i64(ctx, n);
     vec = xmalloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof *vec);
-    int64_t bad = search_encode(vec, &m, &src, NULL, lo, n, &db.tta);
+    /* Encoding is the long part: a stop signal (SIGTERM from mpirun or
+     * SLURM, Ctrl-C) is checked between chunks and ends the run before
+     * anything is written, the folder it created removed.  Once writing
+     * starts it is finished (atomic files, manifest last). */
+    int64_t bad = -1;
+    for (int64_t c0 = 0; c0 < n && bad < 0 && !signals_pending(); c0 += INDEX_ENCODE_CHUNK) {
+        const int64_t cn = n - c0 < INDEX_ENCODE_CHUNK ? n - c0 : INDEX_ENCODE_CHUNK;
+        const int64_t b = search_encode(vec + (size_t)c0 * (size_t)D, &m, &src, NULL, lo + c0, cn, &db.tta);
+        if (b >= 0) bad = c0 + b;
+    }
+    const int stop = par_allreduce_max_int(ctx, signals_pending());
+    if (stop) {
+        err_set(err, AE_ESTOPPED, "stopped by %s while encoding; nothing was written to %s (hint: run the same "
+                                  "command again)", signals_name(stop), cfg->db);
+        goto done;
+    }
     /* a damaged store block (imgset_read_error) is agreed below: nothing written */
     if (imgset_read_error(&src, err) == AE_OK && bad >= 0) {
         char name[IMGSET_NAME_BYTES];
@@ -374,6 +395,7 @@ done:
      * written, so rank 0 can remove what this run left. */
     if (err->code && ctx->rank == 0) index_undo(cfg->db, db.n_shards, P, created, lock);
     fileio_unlock_dir(&lock);
+    signals_restore(&guard);
     free(vec);
     free(labels);
     free(names);
