@@ -181,6 +181,15 @@ def wait_for_db_lock(db, proc):
     return False
 
 
+def start_index(np_, db, ckpt, data, log_name, *extra):
+    """aesim-search index in the background: (Popen, its log file opened w+)."""
+    log = open(os.path.join(WORK, log_name), "w+")
+    proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np_), SEARCH, "index",
+                             *extra, "--db", db, "--model", ckpt, "--data", data, "--threads", "1"],
+                            env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
 def raw_exchange(url, data):
     """Sends data as is on a new connection to url; every byte until the server closes it."""
     s = socket.create_connection(tuple(url[7:].split(":")), timeout=HTTP_TIMEOUT)
@@ -358,10 +367,7 @@ class Serve(unittest.TestCase):
         # background) makes train-ivf fail at once with its pid.
         big = os.path.join(WORK, "big-src.npy")
         np.save(big, np.repeat(self.images[:N_DB], 60, axis=0)[:, None])
-        log = open(os.path.join(WORK, "append-big.log"), "w+")
-        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1", SEARCH, "index",
-                                 "--append", "--db", db, "--model", self.ckpt, "--data", big, "--threads", "1"],
-                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        proc, log = start_index(1, db, self.ckpt, big, "append-big.log", "--append")
         try:
             held = wait_for_db_lock(db, proc)
             log.seek(0)
@@ -377,10 +383,7 @@ class Serve(unittest.TestCase):
         # Two runs creating one new database: the first locks the folder it
         # creates, the second is refused and removes nothing of the first's.
         new = os.path.join(WORK, "db-created-twice", "db")
-        log = open(os.path.join(WORK, "index-new-big.log"), "w+")
-        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1", SEARCH, "index",
-                                 "--db", new, "--model", self.ckpt, "--data", big, "--threads", "1"],
-                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        proc, log = start_index(1, new, self.ckpt, big, "index-new-big.log")
         try:
             held = wait_for_db_lock(new, proc)
             log.seek(0)
@@ -409,10 +412,7 @@ class Serve(unittest.TestCase):
         big = os.path.join(WORK, "big-src-term.npy")
         np.save(big, np.repeat(self.images[:N_DB], 100, axis=0)[:, None])
         db = os.path.join(WORK, "db-term", "db")
-        log = open(os.path.join(WORK, "index-term.log"), "w+")
-        proc = subprocess.Popen(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", SEARCH, "index",
-                                 "--db", db, "--model", self.ckpt, "--data", big, "--threads", "1"],
-                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        proc, log = start_index(2, db, self.ckpt, big, "index-term.log")
         try:
             self.assertTrue(wait_for_db_lock(db, proc), "index never started")
             time.sleep(0.5)
