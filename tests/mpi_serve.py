@@ -692,6 +692,33 @@ class Serve(unittest.TestCase):
 
     # ------------------------------------------------------------ additions, stop, restart
 
+    def test_added_image_takes_the_class_name_of_its_label(self):
+        """An image added with ?label=L has no source names of its own: it
+        gets the name the indexed folder gives L (it answered "class": null
+        beside neighbours of the same label named "dog")."""
+        from PIL import Image
+        folder = os.path.join(WORK, "pets")
+        shutil.rmtree(folder, ignore_errors=True)
+        for c, name in enumerate(("cat", "dog")):
+            os.makedirs(os.path.join(folder, name))
+            for i in range(6):
+                Image.fromarray(self.images[20 * c + i]).save(os.path.join(folder, name, f"{i}.png"))
+        db = os.path.join(WORK, "db-pets")
+        shutil.rmtree(db, ignore_errors=True)
+        mpirun(1, SEARCH, "index", "--model", self.ckpt, "--data", folder, "--db", db, "--threads", "1")
+        srv = Server(1, db, self.ckpt, tag="pets")
+        try:
+            st, _, data = request(f"{srv.url}/images?label=1", "POST", png_bytes(self.images[99]))
+            self.assertEqual(st, 200, data)
+            nid = json.loads(data)["id"]
+            st, _, data = request(f"{srv.url}/search?k=12", "POST", b'{"id": %d}' % nid)
+            self.assertEqual(st, 200, data)
+            named = {r["id"]: (r["label"], r["class"]) for r in json.loads(data)["results"]}
+            self.assertEqual(named[nid], (1, "dog"))
+            self.assertEqual({v for k, v in named.items() if k != nid}, {(0, "cat"), (1, "dog")})
+        finally:
+            srv.kill()
+
     def test_ipv6_listen_and_class_names(self):
         # the suite's server: MNIST IDX files name no classes -> "class": null
         doc = self.post_search(b'{"id": 3}', k=3)

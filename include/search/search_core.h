@@ -238,8 +238,9 @@ int search_source_of(const VecDb *db, int64_t id);
  * (image folders' class sub-folders, aesim-pack stores' meta.json), else
  * Fashion-MNIST's ten (sheet.h) when the source's path names it (Debian's
  * dataset-fashion-mnist holds IDX files like MNIST's: the path is the only
- * sign).  NULL when unknown or label < 0.  The string belongs to given or
- * db. */
+ * sign); for a source with no names of its own (serve's additions), the
+ * name the other sources give the label when they all agree.  NULL when
+ * unknown or label < 0.  The string belongs to given or db. */
 const char *search_class_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label);
 
 /* Labels and names of database ids, read on demand one shard at a time

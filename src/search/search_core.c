@@ -660,16 +660,32 @@ static int is_fashion_mnist(const char *spec)
     return strstr(spec, "fashion-mnist") || strstr(spec, "fashion_mnist") || strstr(spec, "Fashion-MNIST");
 }
 
+/* The name source src gives label (folder names, or Fashion-MNIST's), or NULL. */
+static const char *source_class_name(const VecDbSource *src, int32_t label)
+{
+    if (src->n_classes > 0) return label < src->n_classes && src->classes[label][0] ? src->classes[label] : NULL;
+    if (is_fashion_mnist(src->spec) && label < 10) return SHEET_FASHION_MNIST_CLASSES[label];
+    return NULL;
+}
+
 const char *search_class_name(const ClassNames *given, const VecDb *db, int64_t id, int32_t label)
 {
     if (label < 0) return NULL;
     if (given && given->n > 0) return class_names_get(given, label);
     int s = search_source_of(db, id);
     if (s < 0) return NULL;
-    const VecDbSource *src = &db->sources[s];
-    if (src->n_classes > 0) return label < src->n_classes && src->classes[label][0] ? src->classes[label] : NULL;
-    if (is_fashion_mnist(src->spec) && label < 10) return SHEET_FASHION_MNIST_CLASSES[label];
-    return NULL;
+    const char *own = source_class_name(&db->sources[s], label);
+    if (own || db->sources[s].n_classes > 0 || is_fashion_mnist(db->sources[s].spec)) return own;
+    /* A source without names of its own (images added through serve's POST
+     * /images?label=L): the name the other sources give L, if they agree. */
+    const char *agreed = NULL;
+    for (int i = 0; i < db->n_sources; i++) {
+        const char *n = i == s ? NULL : source_class_name(&db->sources[i], label);
+        if (!n) continue;
+        if (agreed && strcmp(agreed, n) != 0) return NULL;
+        agreed = n;
+    }
+    return agreed;
 }
 
 /* ------------------------------------------------------------ metadata */
