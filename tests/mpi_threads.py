@@ -115,6 +115,10 @@ class Plan(unittest.TestCase):
     def test_all_ranks_on_one_cpu_warns(self):
         cpus, sharing, threads = self.check(2, ["--bind-to", "none"], ["taskset", "-c", "0"])
         self.assertEqual((cpus, sharing, threads), (1, 2, 1))
+        # the advice fits the cause: more ranks than CPUs, not the binding
+        _, out = plan(2, ["--bind-to", "none"], ["taskset", "-c", "0"])
+        self.assertIn("more ranks than the CPUs they share", out)
+        self.assertNotIn("--bind-to none", out)
 
     def test_each_rank_on_its_own_cpu(self):
         if NCPU < 2:
@@ -132,6 +136,12 @@ class Plan(unittest.TestCase):
         self.assertEqual((m.group(2), m.group(3)), (str(threads), "OMP_NUM_THREADS"), out)
         self.assertIn(f"OMP_NUM_THREADS=64 capped to {threads}", out)
         self.assertNotIn("oversubscribed", out)
+
+    def test_omp_num_threads_list_gives_the_outer_level(self):
+        # OpenMP's nested list "1,2": 1 thread at the outer level, the one
+        # aesim's loops use (it was read as junk: "default")
+        m, out = plan(0, [], [], env={"OMP_NUM_THREADS": "1,2"})
+        self.assertEqual((m.group(2), m.group(3)), ("1", "OMP_NUM_THREADS"), out)
 
     def test_threads_option_honoured_with_warning(self):
         m, out = plan(2, ["--bind-to", "core"], [], "--threads", "2")

@@ -14,13 +14,15 @@
  * is repeated here in case a cblas.h from another BLAS is picked up. */
 void openblas_set_num_threads(int num_threads);
 
-/* A positive integer from s, or 0 (NULL, empty, junk, <= 0). */
+/* A positive integer from s, or 0 (NULL, empty, junk, <= 0).  A list
+ * ("4,2": OpenMP's threads per nesting level) gives its first value, the
+ * outermost level, which is the one aesim's parallel loops use. */
 static int positive_int(const char *s)
 {
     if (!s || !*s) return 0;
     char *end;
     long v = strtol(s, &end, 10);
-    return *end == '\0' && v > 0 && v < 1 << 20 ? (int)v : 0;
+    return (*end == '\0' || *end == ',') && v > 0 && v < 1 << 20 ? (int)v : 0;
 }
 
 ThreadPlan threads_plan(int requested, const char *omp_env, int cpus, int sharing, int local_ranks)
@@ -70,10 +72,15 @@ void threads_print(const ThreadPlan *p, FILE *out)
     if (p->capped_from)
         fprintf(out, "warning: OMP_NUM_THREADS=%d capped to %d: %d rank(s) share the %d CPU(s) this rank may run on "
                 "(--threads N forces a count)\n", p->capped_from, p->omp_threads, p->sharing, p->cpus);
-    if (p->oversubscribed)
+    if (p->oversubscribed && p->sharing > p->cpus)
         fprintf(out, "warning: oversubscribed: %d rank(s) x %d thread(s) on the %d CPU(s) this rank may run on; "
-                "expect a large slowdown (Open MPI binds each rank to one core when it starts 2 or fewer: use "
-                "mpirun --bind-to none, or --map-by slot:PE=T --bind-to core for T threads per rank; see README)\n",
+                "expect a large slowdown (more ranks than the CPUs they share: fewer ranks per node, or more "
+                "nodes)\n", p->sharing, p->omp_threads * p->blas_threads, p->cpus);
+    else if (p->oversubscribed)
+        fprintf(out, "warning: oversubscribed: %d rank(s) x %d thread(s) on the %d CPU(s) this rank may run on; "
+                "expect a large slowdown (a smaller --threads; or more CPUs per rank: Open MPI binds each rank to one "
+                "core when it starts 2 or fewer: mpirun --bind-to none, or --map-by slot:PE=T --bind-to core for T "
+                "threads per rank; see README)\n",
                 p->sharing, p->omp_threads * p->blas_threads, p->cpus);
     fflush(out);
 }
