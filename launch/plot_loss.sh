@@ -11,7 +11,8 @@
 # Draws train loss (the step rows: mean over each row's steps) and val loss
 # (the epoch rows) against step on a log y axis, val PSNR (dB) on a second y
 # axis, and a dashed vertical line labelled "epoch N" at each epoch end (an
-# epoch row: val_loss filled).  The title gives the steps and epochs the CSV
+# epoch row: val_loss filled at a whole epoch; the validation row of a run
+# stopped mid-epoch is drawn as a point only).  The title gives the steps and epochs the CSV
 # covers.  Empty fields (values not measured at that step), non-positive
 # losses (no logarithm) and infinite PSNR are left out.
 # PLOT_LOSS_SCRIPT=FILE also saves the gnuplot script there (to restyle the
@@ -60,8 +61,10 @@ trap 'rm -rf "$work"; rm -f "$tmp_out"' EXIT
 # (empty = not measured); losses must be > 0 for the log axis.
 num='^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$'
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $3 ~ re && $3 + 0 > 0 && $4 == "" { print $1, $3 }' "$csv" >"$work/train.dat"
-# Epoch ends: "step epoch" of the rows with a validation loss.
-awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re && $4 ~ re { print $1, $2 }' "$csv" >"$work/epochs.dat"
+# Epoch ends: "step epoch" of the rows with a validation loss at a whole
+# epoch (a run stopped mid-epoch by --max-steps or a signal also writes a
+# validation row, at a fractional epoch: its point is drawn, not a line).
+awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re && $4 ~ re && $2 + 0 > 0 && ($2 - int($2 + 0.5)) ^ 2 < 1e-12 { print $1, int($2 + 0.5) }' "$csv" >"$work/epochs.dat"
 # What the CSV covers: the last step and epoch.
 span=$(awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $2 ~ re { s = $1; e = $2 } END { printf "%d steps, %.3g epoch(s)", s, e }' "$csv")
 awk -F, -v re="$num" 'NR > 1 && $1 ~ re && $4 ~ re && $4 + 0 > 0 { print $1, $4 }' "$csv" >"$work/val.dat"

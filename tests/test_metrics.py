@@ -231,7 +231,9 @@ def test_plot_epochs(tmp, rng):
     epoch end (a row with val_loss) gets a labelled dashed line at its step."""
     rows = rng_rows(rng, range(1, 91), 1000)   # step rows, no val
     ends = {30: 1.0, 60: 2.0, 90: 3.0}
-    for s, e in ends.items():                  # an epoch row after the step row of its step
+    # a run stopped at step 25 (--max-steps) and resumed also wrote a
+    # validation row at epoch 0.8333: a point, not an "epoch end" line
+    for s, e in list(ends.items()) + [(25, 25 / 30)]:  # an epoch row after the step row of its step
         i = [r[0] for r in rows].index(s)
         rows.insert(i + 1, (s, e, 0.5, 0.01, 20.0, 1000.0, s * 0.1, 1.0, 2.0, 0.5))
     path = os.path.join(tmp, "epochs.csv")
