@@ -40,9 +40,16 @@ void err_clear(Err *err);
 
 /* Sets err->code = code and formats the message printf-style.  Returns code,
  * so a caller can write `return err_set(err, AE_EIO, "...")`.  err may be NULL
- * (the message is dropped).  Never fails. */
+ * (the message is dropped).  A message longer than ERR_MSG_BYTES - 1 keeps
+ * its first third and its end (the reason and hint) around " [...] "
+ * (err_fit).  The arguments may point into err->msg.  Never fails. */
 int err_set(Err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Copies src[0..len) into dst[cap] as a NUL-terminated string; when it does
+ * not fit, keeps its first third and its end around " [...] ".  src and dst
+ * may overlap.  cap 0: nothing written. */
+void err_fit(char *dst, size_t cap, const char *src, size_t len);
 
 /* Short name of a status code ("I/O error", "format error", ...).  The
  * returned string is static. */

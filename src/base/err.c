@@ -6,6 +6,8 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 void err_clear(Err *err)
 {
@@ -14,14 +16,46 @@ void err_clear(Err *err)
     err->msg[0] = '\0';
 }
 
+void err_fit(char *dst, size_t cap, const char *src, size_t len)
+{
+    if (cap == 0) return;
+    if (len < cap) {
+        memmove(dst, src, len);
+        dst[len] = '\0';
+        return;
+    }
+    static const char cut[] = " [...] ";
+    const size_t keep = cap - 1 - (sizeof cut - 1), head = keep / 3, tail = keep - head;
+    memmove(dst, src, head);
+    memcpy(dst + head, cut, sizeof cut - 1);
+    memmove(dst + head + sizeof cut - 1, src + len - tail, tail);
+    dst[cap - 1] = '\0';
+}
+
 int err_set(Err *err, int code, const char *fmt, ...)
 {
     if (!err) return code;
-    err->code = code;
-    va_list ap;
+    /* Formatted apart first (an argument may be err->msg itself), then cut
+     * in the middle when too long: a long path must not push the reason and
+     * the hint, which come last, out of the message. */
+    char small[ERR_MSG_BYTES];
+    va_list ap, again;
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_copy(again, ap);
+    const int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
+    if (n < 0) {
+        err->msg[0] = '\0';
+    } else if ((size_t)n < sizeof small) {
+        memcpy(err->msg, small, (size_t)n + 1);
+    } else {
+        char *full = malloc((size_t)n + 1);
+        if (full && vsnprintf(full, (size_t)n + 1, fmt, again) == n) err_fit(err->msg, sizeof err->msg, full, (size_t)n);
+        else memcpy(err->msg, small, sizeof small); /* out of memory: the head */
+        free(full);
+    }
+    va_end(again);
+    err->code = code;
     return code;
 }
 

@@ -265,10 +265,13 @@ int par_agree(const ParCtx *ctx, Err *err)
         sent.code = err->code;
         /* An error already agreed (passed up through a second par_agree)
          * carries its prefix: add it once. */
-        if (ctx->size > 1 && strncmp(err->msg, PAR_RANK_PREFIX, strlen(PAR_RANK_PREFIX)) != 0)
-            snprintf(sent.msg, sizeof sent.msg, PAR_RANK_PREFIX "%d] %.1000s", first, err->msg);
-        else
+        if (ctx->size > 1 && strncmp(err->msg, PAR_RANK_PREFIX, strlen(PAR_RANK_PREFIX)) != 0) {
+            char line[sizeof sent.msg + 32]; /* cut in the middle, not at the end (err_fit) */
+            const int n = snprintf(line, sizeof line, PAR_RANK_PREFIX "%d] %s", first, err->msg);
+            err_fit(sent.msg, sizeof sent.msg, line, n < (int)sizeof line ? (size_t)n : sizeof line - 1);
+        } else {
             memcpy(sent.msg, err->msg, sizeof sent.msg);
+        }
     }
     par_bcast(ctx, &sent, sizeof sent, first);
     *err = sent;
