@@ -211,6 +211,11 @@ int search_polarity_suspect(double q, double d);
  * it: pid and host), AE_EIO as fileio_lock_dir. */
 int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err);
 
+/* Local, rank 0, holding dir's writer lock: vecdb_remove_stale_temps, with a
+ * note on stderr naming how many files it removed (none: silent).
+ * search_lock_db calls it once it holds the lock. */
+void search_note_stale_temps(const char *dir);
+
 /* Local.  Opens file `rel` (a name inside the database folder, e.g. serve's
  * added-SSSSS.npz) with imgset_open; a folder whose path holds what the
  * source syntax parses (',', '?', a "KIND:" prefix) is reached through a

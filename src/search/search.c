@@ -147,9 +147,12 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
                 size_t len = strlen(err->msg);
                 snprintf(err->msg + len, sizeof err->msg - len, ": one program at a time may change a database "
                          "(hint: wait for it to end, or choose another --db)");
-            } else if (!err->code && stat(path, &st) == 0)
+            } else if (!err->code && stat(path, &st) == 0) {
                 err_set(err, AE_EARG, "%s already holds a database (%s) (hint: add images with --append, or choose "
                                       "another --db)", cfg->db, VECDB_MANIFEST);
+            } else if (!err->code && *lock >= 0) {
+                search_note_stale_temps(cfg->db);
+            }
         }
         char real[PATH_MAX];
         const char *ckpt = realpath(cfg->model, real) ? real : cfg->model;

@@ -551,6 +551,12 @@ void search_data_options(DatasetOptions *o, int C, int H, int W, int allow_gaps)
     o->allow_gaps = allow_gaps;
 }
 
+void search_note_stale_temps(const char *dir)
+{
+    const int n = vecdb_remove_stale_temps(dir);
+    if (n) fprintf(stderr, "note: removed %d temporary file(s) an interrupted writer left in %s\n", n, dir);
+}
+
 int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd, Err *err)
 {
     *fd = -1;
@@ -560,6 +566,8 @@ int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd,
         size_t len = strlen(err->msg);
         snprintf(err->msg + len, sizeof err->msg - len, ": one program at a time may change a database (hint: wait "
                  "for it to end)");
+    } else if (ctx->rank == 0 && !err->code && *fd >= 0) {
+        search_note_stale_temps(dir);
     }
     return par_agree(ctx, err);
 }

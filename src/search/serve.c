@@ -62,6 +62,7 @@ typedef struct Server {
     int64_t *set_used;   /* [n_sets] when each was last read (a counter): the least recent is closed first */
     int n_sets, n_open;  /* n_open <= SERVE_OPEN_SOURCES */
     int64_t reads;
+    int temps_checked;   /* stale temporary files removed (at the first addition) */
     int32_t *labels;     /* [n_labels] distinct labels of the database, sorted */
     int n_labels;
     ServeQueue q;
@@ -476,6 +477,9 @@ static int serve_additions(Server *s, ServeJob **jobs, int n, Err *err)
         status = 503;
     } else if (!e.code && db_changed_on_disk(s, &e)) {
         status = e.code == AE_EARG ? 409 : 500;
+    } else if (!e.code && lock >= 0 && !s->temps_checked) {
+        search_note_stale_temps(s->db.dir); /* once: a killed writer's leftovers */
+        s->temps_checked = 1;
     }
     if (e.code || write_addition(s, jobs, n, &first, &e)) {
         fileio_unlock_dir(&lock);

@@ -9,6 +9,7 @@
  */
 #include "search/vecdb.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -797,4 +798,32 @@ int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int
     *text = out;
     *offsets = offs;
     return AE_OK;
+}
+
+/* 1 if name ends in ".tmp.DIGITS" (fileio.h's temporary-file names). */
+static int is_temp_name(const char *name)
+{
+    const char *t = strstr(name, ".tmp.");
+    if (!t) return 0;
+    const char *d = t + 5;
+    while (strstr(d, ".tmp.")) d = strstr(d, ".tmp.") + 5; /* the last one */
+    if (!*d) return 0;
+    for (; *d; d++)
+        if (*d < '0' || *d > '9') return 0;
+    return 1;
+}
+
+int vecdb_remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    char path[VECDB_PATH_BYTES + 256];
+    while ((e = readdir(d)) != NULL)
+        if (is_temp_name(e->d_name) && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path &&
+            unlink(path) == 0)
+            removed++;
+    closedir(d);
+    return removed;
 }
