@@ -567,6 +567,8 @@ class Serve(unittest.TestCase):
             ("POST", "/search?k=5&radius=-1", b'{"id": 1}', 400, "radius"),
             ("POST", "/search?k=5&radius=" + "9" * 80, b'{"id": 1}', 400, "radius"),  # found by fuzz_http
             ("POST", "/search?k=5&color=red", b'{"id": 1}', 400, "unknown query argument"),
+            ("POST", "/search?k=5&radius=0x10", b'{"id": 1}', 400, "decimal number"),
+            ("POST", "/search?k=5&radius=nan", b'{"id": 1}', 400, "decimal number"),
             ("POST", "/images?label=1,2", good, 400, "one label"),
             ("POST", "/images?label=-5", good, 400, "labels are 0 or more"),
             ("POST", "/search?k=5&k=6", b'{"id": 1}', 400, "k given twice"),
@@ -589,6 +591,9 @@ class Serve(unittest.TestCase):
                 doc = json.loads(data)
                 self.assertEqual(doc["status"], status)
                 self.assertIn(needle, doc["error"])
+        # A radius below the smallest double is 0: only exact matches (id 1 itself).
+        self.assertEqual([i for i, d in results(self.post_search(b'{"id": 1}', k=5, radius="1e-400"))
+                          if i == 1], [1])
         # Upload errors carry a hint for an HTTP client, not the file/source hints.
         st, _, data = request(u + "/search?k=5", "POST", good[:len(good) // 2])
         self.assertEqual(st, 400)

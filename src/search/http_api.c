@@ -7,6 +7,7 @@
 #include "search/http_api.h"
 
 #include <errno.h>
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -74,16 +75,19 @@ int api_params_add(ApiParams *p, const char *key, const char *value, int max_k, 
     }
     if (strcmp(key, "radius") == 0) {
         if (p->has_radius) return err_set(err, API_BAD_REQUEST, "radius given twice");
-        int ok = value && *value && strlen(value) <= API_NUMBER_CHARS;
+        /* A decimal number (strtod would also take hex "0x10", "inf",
+         * "nan"); one too small for a double (1e-400) is 0. */
+        int ok = value && *value && strlen(value) <= API_NUMBER_CHARS &&
+                 strspn(value, "0123456789+-.eE") == strlen(value);
         double r = NAN;
         if (ok) {
             char *end;
             errno = 0;
             r = strtod(value, &end);
-            ok = !errno && !*end;
+            ok = !*end && end != value && (!errno || (errno == ERANGE && fabs(r) <= DBL_MIN));
         }
         if (!ok || !isfinite(r) || r < 0)
-            return err_set(err, API_BAD_REQUEST, "radius must be a finite number >= 0, got '%.64s'",
+            return err_set(err, API_BAD_REQUEST, "radius must be a decimal number >= 0, got '%.64s'",
                            value ? value : "");
         p->radius = r;
         p->has_radius = 1;
