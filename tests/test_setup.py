@@ -207,6 +207,26 @@ class FlagsRebuild(unittest.TestCase):
             self.assertIn("-O1", opt[0])
 
 
+class SlurmExample(unittest.TestCase):
+    """launch/slurm.sbatch does what the README's "Checkpoints, stopping and
+    faults" says (no SLURM here: its directives and srun line, read)."""
+
+    def test_signal_reaches_the_ranks(self):
+        text = read(os.path.join(ROOT, "launch", "slurm.sbatch"))
+        sig = re.findall(r"^#SBATCH\s+--signal=(\S+)", text, re.M)
+        self.assertEqual(len(sig), 1, "slurm.sbatch: one #SBATCH --signal line expected")
+        # "B:" signals only the batch shell: without a trap there it dies and
+        # the ranks under srun never see the signal.
+        self.assertFalse(sig[0].startswith("B:") and "trap" not in text,
+                         f"--signal={sig[0]} signals only the batch shell, which has no trap")
+        self.assertRegex(sig[0], r"^(R:)?(USR1|SIGUSR1|10)@\d+$")
+        srun = re.search(r"^srun\b.*", text, re.M)
+        self.assertIsNotNone(srun, "slurm.sbatch starts no srun step")
+        self.assertIn("--kill-on-bad-exit=1", srun.group(0))
+        # An mpirun (ORTE) setting would be a promise srun does not keep.
+        self.assertNotIn("odls_base", re.sub(r"#.*", "", text))
+
+
 class DebianPython(unittest.TestCase):
     def python_files(self):
         for d in ("tests", "bench", "datasets", "launch", "fuzz"):
