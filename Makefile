@@ -4,6 +4,7 @@
 #   make test       build and run the whole test suite (ends with "N passed, N failed")
 #   make asan       serial (MPI=0) build with AddressSanitizer+UBSan, runs the unit tests
 #   make bench      benchmarks against PyTorch/FAISS (not part of the tests)
+#   make bench-programs  only build the benchmark programs (build/bench/bench_*)
 #   make run        the README main job (Fashion-MNIST, 2 ranks)
 #   make clean
 # Switches: MPI=0 (serial stubs instead of Open MPI), OMP=0 (no OpenMP),
@@ -59,7 +60,7 @@ PROGS := $(MAINS:src/tools/%_main.c=$(BUILD)/aesim-%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: bench-data all test asan bench run clean deps-check check-layers
+.PHONY: bench-data all test asan bench bench-programs run clean deps-check check-layers
 # Keep intermediate objects (no 'rm build/obj/x_main.o' after linking).
 .SECONDARY:
 all: deps-check $(PROGS) $(BUILD)/libaesim.a
@@ -132,6 +133,16 @@ asan:
 
 bench: all
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) bash launch/bench.sh
+
+# make bench-programs: only builds the benchmark programs bench/bench_*.c into
+# $(BUILD)/bench/ (e.g. build/bench/bench_ivf), to run one on its own;
+# launch/bench.sh (make bench) builds them this way too.
+BENCH_PROGS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(filter-out bench/bench_common.c,$(wildcard bench/bench_*.c)))
+bench-programs: all $(BENCH_PROGS)
+$(BUILD)/bench:
+	@mkdir -p $@
+$(BUILD)/bench/%: bench/%.c bench/bench_common.c bench/bench_common.h $(BUILD)/libaesim.a $(BUILD)/flags.txt | $(BUILD)/bench
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Ibench $< bench/bench_common.c $(BUILD)/libaesim.a $(LDFLAGS) $(LDLIBS) -o $@
 
 # make bench-data: the full-size downsampled ImageNet on disk (issue 18):
 # generates 15.7 GB outside the repo (BENCH_DATA_DIR, default

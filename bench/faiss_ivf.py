@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 """FAISS peer of bench/bench_ivf.c (issue 15): faiss.IndexIVFFlat with the
 same nlist on the same vectors (DIR/db/shard-00000.vectors.npy and DIR/q.npy
 written by bench_ivf), the same thread count, k and nprobe sweep: the time of

@@ -6,8 +6,8 @@
 #   launch/bench.sh                 full suite (~25 min on 2 cores with 3 rounds; measured 2026-12-04)
 #   BENCH_QUICK=1 launch/bench.sh   every workload, tiny sizes (~2-4 min): a smoke test
 #
-# Steps: builds bench/*.c into $BUILD/bench/ (linked with $BUILD/libaesim.a,
-# made first by `make BUILD=$BUILD`), runs every workload (each program prints
+# Steps: builds bench/bench_*.c into $BUILD/bench/ (`make BUILD=$BUILD
+# bench-programs`: linked with $BUILD/libaesim.a, made first), runs every workload (each program prints
 # JSON result lines, collected in $BUILD/bench/results.jsonl; the full output
 # goes to $BUILD/bench/log.txt; quick mode: results-quick.jsonl, log-quick.txt),
 # then bench/report.py writes the tables to bench/results/latest.md (quick
@@ -94,14 +94,8 @@ else
 fi
 
 # --- build -------------------------------------------------------------------
-make -s BUILD="$BUILD" all >"$out_dir/make.log" 2>&1 || { cat "$out_dir/make.log"; exit 1; }
-cflags=(-O2 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Iinclude -Ibench -fopenmp
-        -DAESIM_MPI=1 -DAESIM_OMP=1)
-read -r -a pkg <<<"$(pkg-config --cflags --libs openblas libpng zlib libzip jansson libjpeg)"
-for prog in bench_limits bench_train bench_knn bench_allreduce bench_knn_mpi bench_ivf; do
-    "$MPICC" "${cflags[@]}" "bench/$prog.c" bench/bench_common.c "$BUILD/libaesim.a" "${pkg[@]}" -lm \
-        -o "$out_dir/$prog"
-done
+# aesim and bench/bench_*.c into $BUILD/bench/ (make bench-programs)
+MPICC="$MPICC" make -s BUILD="$BUILD" bench-programs >"$out_dir/make.log" 2>&1 || { cat "$out_dir/make.log"; exit 1; }
 
 # --- scratch space for the data shared with PyTorch / FAISS --------------------
 if [ -n "${BENCH_TMP:-}" ]; then tmp=$(mktemp -d "$BENCH_TMP/aesim-bench.XXXXXX")

@@ -227,6 +227,40 @@ class SlurmExample(unittest.TestCase):
         self.assertNotIn("odls_base", re.sub(r"#.*", "", text))
 
 
+class ReadmeCommands(unittest.TestCase):
+    """Scripts and benchmark programs the README runs by path work as
+    written: executable, with a shebang, and built by a make target."""
+
+    def readme(self):
+        # A path broken over two lines ("`bench/\n  serve_bench.py") joined.
+        return re.sub(r"/\n\s*", "/", read(os.path.join(ROOT, "README.md")))
+
+    def test_scripts_run_by_path_are_executable(self):
+        run = set(re.findall(r"(?:^|`)\s*((?:bench|launch)/[\w.]+)\s+[-\w]", self.readme(), re.M))
+        self.assertIn("bench/serve_load.py", run)
+        bad = []
+        for rel in sorted(run):
+            p = os.path.join(ROOT, rel)
+            with open(p, "rb") as f:
+                first = f.readline()
+            if not os.access(p, os.X_OK) or not first.startswith(b"#!"):
+                bad.append(rel)
+            mode = sh("git", "ls-files", "-s", rel).stdout.split()[:1]
+            if mode and mode[0] != "100755":
+                bad.append(f"{rel} (git mode {mode[0]})")
+        self.assertEqual(bad, [], "README runs these by path, but they are not executable scripts")
+
+    def test_bench_programs_are_built_by_make(self):
+        named = set(re.findall(r"build/bench/(\w+)", self.readme()))
+        self.assertIn("bench_ivf", named)
+        with tempfile.TemporaryDirectory() as d:
+            r = subprocess.run(["make", "-n", "--no-print-directory", "BUILD=" + d, "bench-programs"], cwd=ROOT,
+                               env=clean_make_env(), capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for prog in sorted(named):
+            self.assertIn(f"-o {d}/bench/{prog}", r.stdout, f"make bench-programs does not build build/bench/{prog}")
+
+
 class DebianPython(unittest.TestCase):
     def python_files(self):
         for d in ("tests", "bench", "datasets", "launch", "fuzz"):
