@@ -9,7 +9,9 @@ CPUs.  Layouts: mpirun's default binding (one core per rank for 2 ranks),
 --bind-to none, every rank confined to CPU 0 by taskset, each rank confined
 to its own CPU by taskset, and a single process under taskset.
 OMP_NUM_THREADS above the share is capped with a warning; --threads is
-honoured with a warning when it oversubscribes.
+honoured with a warning when it oversubscribes.  launch/multinode.sh on a
+hostfile naming this machine binds each rank to T cores and passes only the
+thread variables that are set.
 """
 import itertools
 import os
@@ -147,6 +149,47 @@ class Plan(unittest.TestCase):
         m, out = plan(2, ["--bind-to", "core"], [], "--threads", "2")
         self.assertEqual((m.group(2), m.group(3)), ("2", "--threads"), out)
         self.assertIn("oversubscribed: 1 rank(s) x 2 thread(s) on the 1 CPU(s)", out)
+
+
+
+class Multinode(unittest.TestCase):
+    """launch/multinode.sh on a hostfile naming this machine: ranks bound to
+    T cores each (T = --threads, else 1), and OMP_NUM_THREADS /
+    OPENBLAS_NUM_THREADS passed only when set (mpirun -x of an unset variable
+    warns 'could not find environment variable')."""
+
+    def run_script(self, slots, np_, *args, env=None):
+        hostfile = os.path.join(TMP, "hostfile%d" % slots)
+        with open(hostfile, "w") as f:
+            f.write("localhost slots=%d\n" % slots)
+        e = dict(ENV, **(env or {}))
+        e.pop("OPENBLAS_NUM_THREADS", None)
+        if env is None or "OMP_NUM_THREADS" not in env:
+            e.pop("OMP_NUM_THREADS", None)
+        out = os.path.join(TMP, "out%d" % next(RUNS))
+        p = subprocess.run(["bash", os.path.join(ROOT, "launch", "multinode.sh"), hostfile, str(np_), "--data", DATA,
+                            "--val", DATA, "--batch-size", "20", "--max-steps", "1", "--grid", "0", "--out", out,
+                            *args], env=e, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertNotIn("could not find environment variable", p.stdout + p.stderr)
+        m = PLAN.search(p.stdout)
+        self.assertIsNotNone(m, p.stdout)
+        return m, p.stdout + p.stderr
+
+    def test_one_core_per_rank_without_thread_variables(self):
+        if NCPU < 2:
+            self.skipTest("needs 2 CPUs")
+        m, out = self.run_script(2, 2)
+        self.assertEqual((m.group(2), m.group(4), m.group(5)), ("1", "1", "1"), out)
+
+    def test_threads_option_binds_that_many_cores(self):
+        if NCPU < 2:
+            self.skipTest("needs 2 CPUs")
+        m, out = self.run_script(1, 1, "--threads", "2")
+        self.assertEqual((m.group(2), m.group(3), m.group(4), m.group(5)), ("2", "--threads", "2", "1"), out)
+        self.assertNotIn("oversubscribed", out)
+        m, out = self.run_script(1, 1, env={"OMP_NUM_THREADS": "2"})
+        self.assertEqual((m.group(2), m.group(3), m.group(4)), ("2", "OMP_NUM_THREADS", "2"), out)
 
 
 if __name__ == "__main__":
