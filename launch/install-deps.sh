@@ -7,6 +7,7 @@
 # list is this one.
 #   launch/install-deps.sh          install what is missing
 #   launch/install-deps.sh --list   print the package names, one per line
+#   launch/install-deps.sh --help   usage; any other argument is an error (exit 2)
 set -euo pipefail
 PKGS=(
   build-essential pkg-config            # compiler, make, pkg-config
@@ -26,10 +27,19 @@ PKGS=(
   chromium curl                         # serve's web page test (headless), README curl examples
   python3 python3-numpy python3-torch python3-faiss python3-pil   # reference implementations for tests
 )
-if [ "${1:-}" = "--list" ]; then
-  printf '%s\n' "${PKGS[@]}"
-  exit 0
-fi
+usage="usage: launch/install-deps.sh [--list | --help]
+  (no option)  install the missing Debian packages (apt-get; sudo when not root)
+  --list       print the package names, one per line
+  --help       this text"
+case $# in
+  0) ;;
+  1) case $1 in
+       --list) printf '%s\n' "${PKGS[@]}"; exit 0;;
+       --help|-h) echo "$usage"; exit 0;;
+       *) echo "install-deps: unknown argument '$1'" >&2; echo "$usage" >&2; exit 2;;
+     esac;;
+  *) echo "install-deps: one option at most, got $#: $*" >&2; echo "$usage" >&2; exit 2;;
+esac
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

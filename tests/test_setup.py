@@ -172,6 +172,41 @@ class Packages(unittest.TestCase):
         self.assertEqual(bad, [], "\n".join(bad))
 
 
+class InstallDepsArguments(unittest.TestCase):
+    """--help prints the usage, an unknown argument is an error (exit 2):
+    neither installs anything (apt-get, sudo and dpkg-query are fakes here
+    that record a call; every package looks missing)."""
+
+    def run_script(self, *args):
+        with tempfile.TemporaryDirectory() as d:
+            marker = os.path.join(d, "installed")
+            for tool, body in (("dpkg-query", "exit 1"), ("apt-get", f"touch {marker}"), ("sudo", f"touch {marker}")):
+                with open(os.path.join(d, tool), "w") as f:
+                    f.write(f"#!/bin/sh\n{body}\n")
+                os.chmod(os.path.join(d, tool), 0o755)
+            env = dict(os.environ, PATH=d + os.pathsep + os.environ.get("PATH", ""))
+            r = subprocess.run(["bash", "launch/install-deps.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=60)
+            return r, os.path.exists(marker)
+
+    def test_help(self):
+        r, installed = self.run_script("--help")
+        self.assertEqual((r.returncode, installed), (0, False), r.stdout + r.stderr)
+        self.assertIn("usage: launch/install-deps.sh", r.stdout)
+        self.assertIn("--list", r.stdout)
+
+    def test_unknown_arguments_are_errors(self):
+        for args in (["--bogus"], ["extra"], ["--list", "--bogus"]):
+            r, installed = self.run_script(*args)
+            self.assertEqual((r.returncode, installed), (2, False), f"{args}: {r.stdout}{r.stderr}")
+            self.assertIn("usage:", r.stderr)
+
+    def test_list_still_lists(self):
+        r, installed = self.run_script("--list")
+        self.assertEqual((r.returncode, installed), (0, False), r.stderr)
+        self.assertIn("libopenblas-dev", r.stdout.split())
+
+
 class CiDescription(unittest.TestCase):
     def test_readme_names_every_ci_step(self):
         ci = read(os.path.join(ROOT, ".ci", "run"))
