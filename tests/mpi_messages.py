@@ -4,6 +4,8 @@ items 5, 12-15, 17).
 - An error is one line: no doubled "[rank 0] [rank 0]" prefix (aesim-search,
   whose subcommands pass an agreed error up through a second agreement), and
   under launch/mpi.sh no Open MPI box after it.
+- A usage error is "NAME: error: ..." on one line with exit status 2, on
+  every program, and every --help says so.
 - A missing --resume file is reported once.
 - A 1-rank run reports no MPI figures (no overlap, no allreduce, empty
   communication columns in metrics.csv); a run stopped by --max-steps
@@ -113,6 +115,23 @@ class Errors(unittest.TestCase):
         self.assertIn("the preset 'imagenet32' is for 32x32x3 images, these are 28x28x1 (HxWxC): use --arch mnist",
                       errs[0])
 
+
+    def test_usage_errors_exit_2_in_the_error_form(self):
+        # Every program: "NAME: error: ..." on one line, exit status 2, as
+        # the README and each --help say.
+        cases = [(TRAIN, ["--bogus"]), (TRAIN, ["--epochs", "0"]), (TRAIN, ["--epochs"]),
+                 (SEARCH, ["query", "--bogus"]), (SEARCH, ["index", "--k"]),
+                 (PACK, []), (PACK, ["--bogus"]), (PACK, ["--out"]), (PACK, ["--window", "0", "--out", "x", DATA])]
+        for prog, args in cases:
+            name = os.path.basename(prog)
+            p = run(prog, *args)
+            lines = [l for l in p.stderr.splitlines() if l.strip()]
+            self.assertEqual(p.returncode, 2, f"{name} {args}: {p.stderr}")
+            self.assertEqual(len(lines), 1, f"{name} {args}: {p.stderr}")
+            self.assertTrue(lines[0].startswith(f"{name}: error: "), f"{name} {args}: {p.stderr}")
+        for prog in (TRAIN, SEARCH, PACK):
+            self.assertIn("1 runtime error", run(prog, "--help").stdout)
+            self.assertRegex(run(prog, "--help").stdout, r"Exit status: 0 success.*\n?.*2 bad usage")
 
     def test_model_beyond_the_address_space_limit_is_refused(self):
         # ulimit -v 1 GiB; the model needs ~3 GiB: a clear error, not a

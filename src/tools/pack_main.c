@@ -69,8 +69,13 @@ int main(int argc, char **argv)
     Err err;
     err_clear(&err);
     int c, idx, bad = 0, overwrite = 0;
-    while (!bad && (c = getopt_long(argc, argv, "", longs, &idx)) != -1) {
-        if (c == OPT_OUT) cfg.out = optarg;
+    opterr = 0; /* getopt's own messages lack the "aesim-pack: error:" form */
+    while (!bad && (c = getopt_long(argc, argv, ":", longs, &idx)) != -1) {
+        if (c == ':') bad = err_set(&err, AE_EARG, "option %s needs a value", argv[optind - 1]);
+        else if (c == '?')
+            bad = optopt > 0 && optopt < 256 ? err_set(&err, AE_EARG, "unknown option '-%c'", optopt)
+                                             : err_set(&err, AE_EARG, "unknown option '%s'", argv[optind - 1]);
+        else if (c == OPT_OUT) cfg.out = optarg;
         else if (c == OPT_OVERWRITE) overwrite = 1;
         else if (c == OPT_WINDOW) {
             char *end;
@@ -101,8 +106,8 @@ int main(int argc, char **argv)
         bad = 1;
     }
     if (bad) {
-        if (err.code) par_err0(&ctx, "aesim-pack: %s (see aesim-pack --help)\n", err.msg);
-        else par_err0(&ctx, "aesim-pack: bad usage (see aesim-pack --help)\n");
+        if (err.code) par_err0(&ctx, "aesim-pack: error: %s (see aesim-pack --help)\n", err.msg);
+        else par_err0(&ctx, "aesim-pack: error: bad usage (see aesim-pack --help)\n");
         par_finalize(&ctx);
         return 2;
     }
@@ -111,7 +116,7 @@ int main(int argc, char **argv)
     /* Every rank must pack the same sources into the same store. */
     par_check_same_args(&ctx, argc, argv, &err);
     if (par_agree(&ctx, &err)) {
-        par_err0(&ctx, "aesim-pack: %s\n", err.msg);
+        par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
         par_finalize(&ctx);
         return 2;
     }

@@ -207,7 +207,11 @@ void train_args_usage(FILE *out)
 "                        spread, --map-by slot:PE=T --bind-to core gives each rank T cores\n"
 "  --help                this text\n"
 "  --version             version, git commit, build flags, the CPU kernels chosen and\n"
-"                        what --precision auto runs on this CPU\n", TRAIN_SHUFFLE_BLOCK_DEFAULT,
+"                        what --precision auto runs on this CPU\n"
+"\n"
+"Exit status: 0 success (also after a SIGTERM/SIGINT/SIGUSR1 stop), 1 runtime error\n"
+"(\"aesim-train: error: ...\" on stderr, every rank), 2 bad usage (a bad option or value).\n",
+            TRAIN_SHUFFLE_BLOCK_DEFAULT,
             TRAIN_SHUFFLE_WINDOW_DEFAULT, GRAD_SYNC_BUCKET_KIB_DEFAULT);
 }
 
