@@ -7,6 +7,7 @@ items 5, 12-15, 17).
 - A usage error is "NAME: error: ..." on one line with exit status 2, on
   every program, and every --help says so.
 - A missing --resume file is reported once.
+- Every option a program's --help lists is named in the README.
 - A 1-rank run reports no MPI figures (no overlap, no allreduce, empty
   communication columns in metrics.csv); a run stopped by --max-steps
   mid-epoch says the epoch is partial and reports epochs as a fraction.
@@ -215,6 +216,20 @@ class Summary(unittest.TestCase):
                    check=True)
         self.assertIn("global batch (2 images) is smaller than the 3 ranks", p.stderr)
         self.assertEqual(p.stderr.count("idle"), 1, p.stderr)
+
+
+class HelpOptions(unittest.TestCase):
+    def test_every_option_of_help_is_in_the_readme(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        # "--beta1/2" names --beta1 and --beta2.
+        readme = re.sub(r"(--[a-z-]+)(\d)/(\d)", r"\1\2 \1\3", readme)
+        missing = []
+        for prog in (TRAIN, SEARCH, PACK):
+            opts = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", run(prog, "--help").stdout))
+            missing += [f"{os.path.basename(prog)} {o}" for o in sorted(opts)
+                        if not re.search(re.escape(o) + r"(?![\w-])", readme)]
+        self.assertEqual(missing, [], "options of --help the README never names")
 
 
 class Version(unittest.TestCase):
