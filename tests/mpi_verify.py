@@ -8,7 +8,8 @@ damaged member's bytes gives the CRC a correct check must compute, os.stat
 gives the size and mtime the cache must record.
 - P = 1 and P = 3: the log says the member was checked with each rank
   reading 1/P of it (rank 0's share in MB = its range's size);
-- the cache file holds the archive's CRC, the file's size and mtime in ns;
+- the cache file holds the archive's CRC, the file's size, mtime in ns and
+  inode, and its real path; the log of a job that skips the check names them;
 - the next job does not read it again; after the file's mtime changes it
   does; AESIM_VERIFY_CACHE=off always checks;
 - a damaged copy (one bit flipped) is refused by P = 1 and P = 3 alike, the
@@ -93,7 +94,8 @@ class Verify(unittest.TestCase):
                                  (st.st_size, st.st_mtime_ns, st.st_ino))
                 self.assertEqual(fields[5], os.path.realpath(self.npz))
             else:
-                self.assertIn("1 stored member(s) verified by an earlier job", r.stdout + r.stderr)
+                self.assertIn("1 stored member(s) verified by an earlier job, unchanged since (same path, size, "
+                              "mtime in ns and inode)", r.stdout + r.stderr)
         os.utime(self.npz, ns=(os.stat(self.npz).st_atime_ns, os.stat(self.npz).st_mtime_ns + 10 ** 9))
         r = self.train(3, self.npz)
         self.assertEqual(r.returncode, 0, r.stderr)

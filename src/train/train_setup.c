@@ -74,8 +74,8 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
         par_log0(ctx, "data: CRC-32 of %lld stored member(s) checked in %.2f s, each rank reading 1/%d of it (%.1f MB "
                  "here)\n", (long long)vs.members, timer_now() - tv, ctx->size, vs.bytes_read / 1e6);
     if (vs.cached)
-        par_log0(ctx, "data: %lld stored member(s) verified by an earlier job, unchanged since (size and mtime): not "
-                 "read again (%s=off checks every time)\n", (long long)vs.cached, VERIFY_CACHE_ENV);
+        par_log0(ctx, "data: %lld stored member(s) verified by an earlier job, unchanged since (same path, size, "
+                 "mtime in ns and inode): not read again (%s=off checks every time)\n", (long long)vs.cached, VERIFY_CACHE_ENV);
     if (train->warning[0]) par_err0(ctx, "aesim-train: warning: --data %s\n", train->warning);
     if (val->warning[0] && strcmp(val->warning, train->warning) != 0)
         par_err0(ctx, "aesim-train: warning: --val %s\n", val->warning);
