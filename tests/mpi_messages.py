@@ -18,7 +18,9 @@ items 5, 12-15, 17).
 - A global batch smaller than the number of ranks is warned about.
 - --version on every program: exit 0, the version, the commit that
   `git rev-parse --short HEAD` reports, the build flags, and a conv kernel
-  consistent with the CPU flags in /proc/cpuinfo (direct needs avx512f).
+  consistent with the CPU flags in /proc/cpuinfo (direct needs avx512f),
+  whatever AESIM_KERNEL says (read by the benchmarks only: reported as
+  ignored).
 """
 import os
 import re
@@ -258,6 +260,15 @@ class Version(unittest.TestCase):
                 self.assertIn("--precision auto runs %s here (the default is fp32)\n" % auto, p.stdout)
             else:
                 self.assertNotIn("precision", p.stdout)
+            # AESIM_KERNEL is read by the benchmarks only: --version names
+            # the kernel the program runs and says the variable is ignored.
+            for value, tail in (("generic", "only the benchmarks read it)"),
+                                ("bogus", "only the benchmarks read it, and refuse that name)")):
+                q = subprocess.run([prog, "--version"], env=dict(ENV, AESIM_KERNEL=value), capture_output=True,
+                                   text=True, timeout=60)
+                self.assertEqual(q.returncode, 0, q.stderr)
+                self.assertIn(("conv direct" if avx512 else "conv generic") + f" (AESIM_KERNEL={value} ignored: "
+                              + tail, q.stdout)
             # Under mpirun: printed once.
             p = mpirun(2, prog, "--version")
             self.assertEqual(p.returncode, 0, p.stderr)

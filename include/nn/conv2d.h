@@ -36,9 +36,11 @@
  * registers (conv_direct.h; measured fastest, bench/results/latest.md);
  * CONV_KERNEL_AUTO (0, what a zeroed Conv2d holds) = DIRECT when the running
  * CPU has AVX-512F, else GENERIC.  All kernels give the same results up to
- * float rounding (other summation orders).  A program reads the user's
- * choice ONCE at start-up (conv2d_kernel_parse of the AESIM_KERNEL
- * environment variable, CONV2D_KERNEL_ENV) and stores it in each Conv2d.
+ * float rounding (other summation orders).  The benchmarks and test tools
+ * (bench/bench_train.c, tests/tool_model_ref.c) read a forced choice ONCE
+ * at start-up (conv2d_kernel_parse of the AESIM_KERNEL environment
+ * variable, CONV2D_KERNEL_ENV) and store it in each Conv2d; aesim-train and
+ * aesim-search do not read it and run CONV_KERNEL_AUTO.
  * The direct kernels split the batch's pixel vectors (not whole images)
  * between threads, so they also use every thread when N < nthreads; the
  * variants fused with pooling or upsampling take whole images, so they use
@@ -53,7 +55,8 @@
 
 #include "base/err.h"
 
-/* Environment variable a program may read once at start-up to force a kernel. */
+/* Environment variable a benchmark or test tool may read once at start-up to
+ * force a kernel (the aesim programs ignore it). */
 #define CONV2D_KERNEL_ENV "AESIM_KERNEL"
 
 typedef enum ConvKernel {

@@ -20,7 +20,8 @@ int version_requested(int argc, char **argv);
 /* Prints, for program `tool`:
  *   TOOL AESIM_VERSION
  *   build: COMPILER; CFLAGS ...; MPI=m OMP=o; git COMMIT[-dirty]
- *   kernels on this CPU: conv <name> (AESIM_KERNEL=...), GEMM <...>, kNN scan <...>, OpenBLAS <core>
+ *   kernels on this CPU: conv <name>[ (AESIM_KERNEL=... ignored: only the benchmarks read it)],
+ *     GEMM <...>, kNN scan <...>, OpenBLAS <core>
  *   bf16: <VDPBF16PS kernels | emulated ...>; --precision auto runs <bf16|fp32> here
  * (aesim-train and aesim-search only, which say which precision is their
  * default; auto as one node resolves it: a job asks every rank and runs

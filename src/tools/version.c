@@ -46,17 +46,21 @@ static int not_rank0(void)
 int version_print(FILE *out, const char *tool)
 {
     if (not_rank0()) return 0;
+    /* The programs always run the automatic choice; AESIM_KERNEL is read by
+     * the benchmarks (bench/bench_train.c) and test tools only, so a value
+     * set here is reported as ignored, not as the kernel in use. */
     const char *env = getenv(CONV2D_KERNEL_ENV);
     ConvKernel asked = CONV_KERNEL_AUTO;
     Err err;
     err_clear(&err);
-    int bad = conv2d_kernel_parse(&asked, env, &err) != AE_OK;
-    ConvKernel run = conv2d_kernel_resolve(asked, VERSION_PRESET_K);
+    char note[160] = "";
+    if (env && *env)
+        snprintf(note, sizeof note, " (%s=%.64s ignored: only the benchmarks read it%s)", CONV2D_KERNEL_ENV, env,
+                 conv2d_kernel_parse(&asked, env, &err) != AE_OK ? ", and refuse that name" : "");
     fprintf(out, "%s %s\n", tool, AESIM_VERSION);
     fprintf(out, "build: %s\n", AESIM_BUILD_INFO);
-    fprintf(out, "kernels on this CPU: conv %s (%s=%s%s), GEMM %s, kNN scan %s; OpenBLAS %s (%s)\n",
-            conv2d_kernel_name(run), CONV2D_KERNEL_ENV, env && *env ? env : "auto",
-            bad ? ": not a kernel name, programs will refuse it" : "",
+    fprintf(out, "kernels on this CPU: conv %s%s, GEMM %s, kNN scan %s; OpenBLAS %s (%s)\n",
+            conv2d_kernel_name(conv2d_kernel_resolve(CONV_KERNEL_AUTO, VERSION_PRESET_K)), note,
             gemm_avx512_supported() ? "aesim AVX-512 + OpenBLAS" : "OpenBLAS",
             knn_scan_avx512_supported() ? "AVX-512" : "portable", openblas_get_corename(), openblas_get_config());
     /* What --precision auto resolves to on one node (train_setup.c and
