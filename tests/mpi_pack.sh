@@ -2,7 +2,8 @@
 # mpi_pack.sh - aesim-pack with 1, 2 and 3 ranks writes byte-identical sample
 # stores (folder decoding split across ranks, a bad file skipped, a deflated
 # npz streamed by rank 0), and a failure (a bad file without --skip-bad)
-# makes every rank exit non-zero with the file named.  Inputs are written by
+# makes every rank exit non-zero with the file named and a hint naming
+# --skip-bad (the summary of a run that skipped has no hint).  Inputs are written by
 # Pillow/numpy; the reference is the 1-rank store, itself checked against
 # numpy in test_array_sources.py.
 set -euo pipefail
@@ -34,12 +35,19 @@ for np in 1 2 3; do
     grep -q "54 images" "$TMP/log$np" || { cat "$TMP/log$np"; echo "FAIL: expected 54 images"; exit 1; }
 done
 cmp "$TMP/s1.npz" "$TMP/s2.npz" && cmp "$TMP/s1.npz" "$TMP/s3.npz" || { echo "FAIL: stores differ across rank counts"; exit 1; }
+# Skipping was asked for: the summary names the first bad file and why, with
+# no hint to skip bad files.
+grep -q "skipped 1 bad file(s); first: .*07_bad.png" "$TMP/log1" || { cat "$TMP/log1"; echo "FAIL: no skip summary"; exit 1; }
+! grep -q "hint" "$TMP/log1" || { cat "$TMP/log1"; echo "FAIL: the skip summary repeats the hint"; exit 1; }
 set +e
 mpirun -np 2 --oversubscribe "$BUILD/aesim-pack" --out "$TMP/bad.npz" "folder:$TMP/imgs?size=8x8" > "$TMP/logbad" 2>&1
 rc=$?
 set -e
 [ $rc -ne 0 ] || { echo "FAIL: a bad file without --skip-bad was accepted"; exit 1; }
 grep -q "07_bad.png" "$TMP/logbad" || { cat "$TMP/logbad"; echo "FAIL: message does not name the file"; exit 1; }
+# aesim-pack's hint names its own option, not the source key.
+grep -q "skip bad files with --skip-bad)" "$TMP/logbad" && ! grep -q "skip_bad=1" "$TMP/logbad" \
+    || { cat "$TMP/logbad"; echo "FAIL: the hint does not name --skip-bad"; exit 1; }
 [ ! -e "$TMP/bad.npz" ] && ! ls "$TMP"/bad.npz.tmp.* >/dev/null 2>&1 || { echo "FAIL: partial store left"; exit 1; }
 # Two packs racing for one --out (no --overwrite): never both succeed, and
 # the store left is byte-identical to the winner's reference (before, both

@@ -50,6 +50,24 @@ static void usage(FILE *f)
             PACK_DEFAULT_WINDOW);
 }
 
+/* The image decoders' hints end "skip bad files with skip_bad=1)", the
+ * source key; aesim-pack's users have the option --skip-bad, which the same
+ * hint names here (the same length: replaced in place). */
+static void hint_the_option(char *msg)
+{
+    static const char key[] = "skip_bad=1)", opt[] = "--skip-bad)";
+    _Static_assert(sizeof key == sizeof opt, "replaced in place");
+    for (char *p = msg; (p = strstr(p, key)) != NULL; p += sizeof key - 1) memcpy(p, opt, sizeof opt - 1);
+}
+
+/* Length of a skipped file's reason without its " (hint: ...)": the files
+ * were skipped as asked, so the way out is no longer news. */
+static int without_hint(const char *note)
+{
+    const char *h = strstr(note, " (hint: ");
+    return (int)(h ? (size_t)(h - note) : strlen(note));
+}
+
 int main(int argc, char **argv)
 {
     if (version_requested(argc, argv)) return version_print(stdout, "aesim-pack");
@@ -130,7 +148,10 @@ int main(int argc, char **argv)
     }
     PackStats st;
     int rc = pack_run(&ctx, &cfg, &st, &err);
-    if (rc) par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
+    if (rc) {
+        hint_the_option(err.msg);
+        par_err0(&ctx, "aesim-pack: error: %s\n", err.msg);
+    }
     else {
         if (st.warning[0]) par_err0(&ctx, "aesim-pack: warning: %s\n", st.warning);
         par_log0(&ctx, "aesim-pack: %s: %lld images %dx%dx%d (CxHxW) from %lld in %s | %d rank(s) | decode %.2f s "
@@ -138,7 +159,8 @@ int main(int argc, char **argv)
                  (long long)st.n_in, cfg.spec, ctx.size, st.decode_s, st.decode_s > 0 ? st.n_in / st.decode_s : 0.0,
                  st.finish_s);
         if (st.skipped)
-            par_log0(&ctx, "aesim-pack: skipped %lld bad file(s); first: %s\n", (long long)st.skipped, st.skip_note);
+            par_log0(&ctx, "aesim-pack: skipped %lld bad file(s); first: %.*s\n", (long long)st.skipped,
+                     without_hint(st.skip_note), st.skip_note);
     }
     par_finalize(&ctx);
     return rc ? 1 : 0;
