@@ -12,6 +12,9 @@ is checked with Python's zlib.crc32 against meta.crc32 (include/model/ckpt.h).
 - --keep N rotation, checkpoint.npz == newest step file, CRCs valid.
 - damaged newest checkpoint (truncated / bit flipped): refused with the
   reason, --resume falls back to the previous one, result still bitwise equal.
+  A named checkpoint that does not exist is an error, not a fallback; a
+  damaged older one does not count toward --keep; a resume from an older
+  step leaves one history in the folder after its first save.
 - SIGTERM to one rank, SIGTERM / SIGINT / SIGUSR1 to mpirun: every rank
   finishes the step and exits 0 (recorded per rank), the checkpoint is at the
   last step in metrics.csv; resuming gives the uninterrupted result (checked
@@ -281,6 +284,52 @@ class Checkpoints(unittest.TestCase):
                       "step 4)", p.stdout)
         steps = sorted(step_of(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
         self.assertEqual(steps[-1], 7, "the branch's newest is step 7; the old 8 is gone")
+
+    def test_branch_keeps_one_history(self):
+        """Resumed from step 4 of a folder holding 4, 6 and 8, with a
+        checkpoint only at the epoch end (step 8): the first save removes
+        the abandoned step 6 too, not only the steps above the new one, so
+        a later --resume cannot pick up the old branch."""
+        out = os.path.join(TMP, "branch_once")
+        shutil.copytree(R8, out)
+        p = mpirun(2, out, "--epochs", "2", "--ckpt-every", "100", "--resume", os.path.join(out, "ckpt-step00000004.npz"))
+        self.assertIn("this run's first checkpoint deletes them", p.stdout)
+        steps = sorted(step_of(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
+        self.assertEqual(steps, [4, 8])
+        assert_bitwise(self, os.path.join(out, "ckpt-step00000008.npz"), os.path.join(R8, "checkpoint.npz"))
+
+    def test_missing_named_checkpoint_is_an_error(self):
+        """--resume FILE naming a step that does not exist (a typo) stops
+        with status 1, naming it and the steps there are; it neither falls
+        back to an older one nor changes the folder."""
+        out = os.path.join(TMP, "typo")
+        shutil.copytree(R8, out)
+        before = files_bytes(out)
+        typo = os.path.join(out, "ckpt-step00000005.npz")
+        p = mpirun(2, out, "--epochs", "3", "--resume", typo, check=False, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        err = [l for l in p.stderr.splitlines() if "error:" in l]
+        self.assertTrue(err and typo in err[0] and "No such file" in err[0] and "step(s) 8 6 4" in err[0], p.stderr)
+        self.assertNotIn("resuming from", p.stdout)
+        self.assertEqual(files_bytes(out), before)
+
+    def test_damaged_older_checkpoint_does_not_count_toward_keep(self):
+        """Steps 4, 6, 8 with 6 truncated: the resume takes 8 and its save
+        at step 10 (--keep 3) keeps the intact 4 instead of counting the
+        damaged 6 (which stays, reported, until 3 newer intact ones exist)."""
+        out = os.path.join(TMP, "damaged_keep")
+        shutil.copytree(R8, out)
+        damaged = os.path.join(out, "ckpt-step00000006.npz")
+        os.truncate(damaged, 1000)
+        p = mpirun(2, out, "--epochs", "3", "--max-steps", "10", "--ckpt-every", "100", "--resume", out)
+        self.assertIn("resuming from " + os.path.join(out, "ckpt-step00000008.npz"), p.stdout)
+        names = sorted(os.path.basename(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
+        self.assertEqual(names, ["ckpt-step%08d.npz" % s for s in (4, 6, 8, 10)])
+        verify_crc(self, os.path.join(out, "ckpt-step00000004.npz"))
+        self.assertEqual(os.path.getsize(damaged), 1000)
+        warn = [l for l in p.stderr.splitlines() if "not counted toward --keep" in l]
+        self.assertEqual(len(warn), 1, p.stderr)
+        self.assertIn(damaged, warn[0])
 
     def test_bit_flip_is_refused(self):
         out = os.path.join(TMP, "flip")

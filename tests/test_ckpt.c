@@ -286,7 +286,7 @@ static void test_rotation(void **state)
     for (int64_t s = 1; s <= 5; s++) {
         CkptState st = state_at(s);
         char written[FILEIO_PATH_MAX];
-        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, written, &err), AE_OK);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, written, &err), AE_OK);
         step_file(p, f, s);
         assert_string_equal(written, p);
     }
@@ -310,7 +310,7 @@ static void test_rotation(void **state)
     /* Saving an older step (a run resumed from step 2 into this folder)
      * removes the abandoned newer steps, keeps at most `keep` older ones. */
     CkptState st = state_at(2);
-    assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 1, NULL, &err), AE_OK);
+    assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 1, NULL, NULL, &err), AE_OK);
     for (int64_t s = 1; s <= 5; s++) {
         step_file(p, f, s);
         assert_int_equal(exists(p), s == 2);
@@ -318,6 +318,52 @@ static void test_rotation(void **state)
     assert_int_equal(ckpt_read(&ck, latest, &err), AE_OK);
     assert_int_equal(ck.state.step, 2);
     ckpt_free(&ck);
+}
+
+/* A run resumed from step 3 of a folder holding steps 1..5 (step 2
+ * damaged): its first save removes the abandoned 4 and 5, and the damaged 2
+ * does not displace the intact 1 (with --keep 3: 6, 3 and 1 count, 2 stays
+ * uncounted, reported once); the next save drops both older ones. */
+static void test_rotation_branch_and_damage(void **state)
+{
+    Fixture *f = *state;
+    Err err;
+    err_clear(&err);
+    char p[FILEIO_PATH_MAX], damaged[FILEIO_PATH_MAX];
+    for (int64_t s = 1; s <= 5; s++) {
+        CkptState st = state_at(s);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 5, NULL, NULL, &err), AE_OK);
+    }
+    step_file(damaged, f, 2);
+    truncate_half(damaged);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *notes = open_memstream(&buf, &len);
+    assert_non_null(notes);
+    CkptRotation rot;
+    ckpt_rotation_init(&rot, 3, notes);
+    CkptState st = state_at(6);
+    assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, &rot, NULL, &err), AE_OK);
+    for (int64_t s = 1; s <= 6; s++) {
+        step_file(p, f, s);
+        assert_int_equal(exists(p), s == 1 || s == 2 || s == 3 || s == 6);
+    }
+    st = state_at(7);
+    assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, &rot, NULL, &err), AE_OK);
+    for (int64_t s = 1; s <= 7; s++) {
+        step_file(p, f, s);
+        assert_int_equal(exists(p), s == 3 || s == 6 || s == 7);
+    }
+    ckpt_rotation_free(&rot);
+    fclose(notes);
+    /* One line, naming the damaged file; nothing about the intact ones. */
+    const char *hit = strstr(buf, damaged);
+    assert_non_null(hit);
+    assert_null(strstr(hit + 1, damaged));
+    assert_non_null(strstr(buf, "not counted toward --keep"));
+    step_file(p, f, 1);
+    assert_null(strstr(buf, p));
+    free(buf);
 }
 
 /* Runs ckpt_read_latest, capturing the notes; returns the status. */
@@ -348,7 +394,7 @@ static void test_resume_falls_back(void **state)
     for (int64_t s = 10; s <= 30; s += 10) {
         fill_model(f, (uint64_t)s);
         CkptState st = state_at(s);
-        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, &err), AE_OK);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, NULL, &err), AE_OK);
     }
     assert_int_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_OK);
     assert_int_equal(ck.state.step, 30);
@@ -389,6 +435,17 @@ static void test_resume_falls_back(void **state)
     assert_int_equal(read_latest(&ck, p, notes, sizeof notes, &err), AE_OK);
     assert_int_equal(ck.state.step, 10);
     ckpt_free(&ck);
+
+    /* A step file that does not exist (a typo: no step 25) is an error
+     * naming it, never a fallback to an older step; the hint lists the
+     * steps there are. */
+    step_file(p, f, 25);
+    assert_int_equal(read_latest(&ck, p, notes, sizeof notes, &err), AE_EIO);
+    assert_non_null(strstr(err.msg, p));
+    assert_non_null(strstr(err.msg, "No such file"));
+    assert_non_null(strstr(err.msg, "holds the step(s) 30 20 10"));
+    assert_string_equal(notes, "");
+    assert_null(ck.arrays);
 
     /* A damaged file of another name: refused, no guessing. */
     char own[FILEIO_PATH_MAX];
@@ -555,7 +612,7 @@ static void test_forged_meta_is_refused(void **state)
      * damaged one: the next older is used. */
     for (int64_t s = 10; s <= 20; s += 10) {
         st = state_at(s);
-        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, &err), AE_OK);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, NULL, &err), AE_OK);
     }
     char p[FILEIO_PATH_MAX], notes[8192];
     step_file(p, f, 20);
@@ -574,6 +631,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roundtrip_and_crc_format, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damage_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_branch_and_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_meta_is_refused, setup, teardown),
     };

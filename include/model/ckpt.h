@@ -89,10 +89,12 @@
  * OUT: fileio.h), the step file first, then checkpoint.npz is replaced; only
  * then are older step files removed.  A crash or a full disk at any point
  * leaves the previous checkpoints complete.  ckpt-step files with a step
- * LARGER than the one being saved belong to an abandoned run (the run was
- * resumed from an older checkpoint into the same folder) and are removed, as
+ * LARGER than the one being saved, and at a run's first save those after
+ * the step it resumed from, belong to an abandoned run (the run was resumed
+ * from an older checkpoint into the same folder) and are removed, as
  * metrics.csv drops rows after the resume step; so are temporary files left
- * by a crashed writer.  One job per OUT at a time.
+ * by a crashed writer.  A damaged older step file does not count toward
+ * `keep` (CkptRotation).  One job per OUT at a time.
  *
  * Written by one rank; no MPI here (the trainer decides which rank writes and
  * broadcasts what rank 0 read).  Not thread-safe for the same folder.
@@ -172,15 +174,43 @@ typedef struct CkptState {
  * at path, if any, is untouched. */
 int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const CkptState *st, Err *err);
 
+/* What ckpt_save_rotate remembers of an output folder between the saves of
+ * one run (one job per folder: the trainer's lock).  Fill with
+ * ckpt_rotation_init; free with ckpt_rotation_free. */
+typedef struct CkptRotation {
+    int64_t start;          /* the step the run started from: its resume step, 0 for a fresh run */
+    int saved;              /* checkpoints the run has written so far */
+    FILE *notes;            /* receives one line per damaged older checkpoint (NULL: none) */
+    int64_t *checked;       /* [n_checked] steps <= start read back once (malloc'd) */
+    unsigned char *intact;  /* [n_checked] 1 if that one read and verified (ckpt_read) */
+    int n_checked, cap;
+} CkptRotation;
+
+/* A rotation for a run that starts at step `start` (0: fresh); notes may be
+ * NULL.  Owns nothing until the first save. */
+void ckpt_rotation_init(CkptRotation *r, int64_t start, FILE *notes);
+void ckpt_rotation_free(CkptRotation *r);
+
 /* Writes dir/ckpt-stepNNNNNNNN.npz for st->step, makes dir/checkpoint.npz
- * that checkpoint, then removes step files beyond the newest `keep` (>= 1),
- * step files newer than st->step and stale temporary files (see the file
- * comment).  written: [FILEIO_PATH_MAX] or NULL; receives the step file's
+ * that checkpoint, then removes step files:
+ *   - newer than st->step (another history: see the file comment);
+ *   - with rot, at the run's first save (rot->saved == 0): every one newer
+ *     than rot->start except the new one, the continuation abandoned when
+ *     the run resumed from step rot->start (so the folder holds one history);
+ *   - beyond the newest `keep` (>= 1), the new one first.  With rot, a step
+ *     file from before the run (step <= rot->start) counts only if it reads
+ *     and verifies (ckpt_read, once per run; a refusal is one line on
+ *     rot->notes): a damaged one is left in place, not counted, and removed
+ *     once `keep` newer intact ones exist, so it never displaces an intact
+ *     one.  Without rot (NULL) every step file counts;
+ * and stale temporary files (see the file comment).  rot is updated (may be
+ * NULL).  written: [FILEIO_PATH_MAX] or NULL; receives the step file's
  * path.  Errors: AE_EIO naming the file that could not be written (earlier
- * checkpoints and the previous checkpoint.npz are intact), AE_EARG if the
- * path is too long.  Failing to remove an old file is not an error. */
+ * checkpoints and the previous checkpoint.npz are intact, nothing is
+ * removed), AE_EARG if the path is too long.  Failing to remove an old file
+ * is not an error. */
 int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
-                     char *written, Err *err);
+                     CkptRotation *rot, char *written, Err *err);
 
 /* The steps of the step files (ckpt-stepNNNNNNNN.npz) in dir, newest first:
  * *steps gets a malloc'd array (free it; NULL when none).  Returns their
@@ -210,12 +240,17 @@ typedef struct Checkpoint {
  * Free with ckpt_free (also after an error: it is then empty). */
 int ckpt_read(Checkpoint *ck, const char *path, Err *err);
 
+/* The folder of --resume ARG into out[cap]: ARG itself when it is a
+ * folder, else its dirname ("." for a bare name, "/" for "/name"). */
+void ckpt_resume_folder(char *out, size_t cap, const char *arg);
+
 /* Reads the newest intact checkpoint for --resume ARG:
  *   ARG a folder: its ckpt-step*.npz files, newest step first, then its
  *     checkpoint.npz (unless it is the same file as one already tried);
- *   ARG a file: that file; if it cannot be read or verified and its name is
- *     checkpoint.npz or ckpt-stepN.npz, the ckpt-step files of its folder
- *     (older than N), newest first.
+ *   ARG a file: that file; if it exists but cannot be read or verified and
+ *     its name is checkpoint.npz or ckpt-stepN.npz, the ckpt-step files of
+ *     its folder (older than N), newest first.  A file that does not exist
+ *     is an error, never a fallback (the user named that one).
  * A candidate is refused for any error of ckpt_read, a value out of range
  * as much as a CRC mismatch.
  * When more than one candidate is tried, each refused one is reported as one
@@ -224,7 +259,8 @@ int ckpt_read(Checkpoint *ck, const char *path, Err *err);
  * the file actually used.  Errors: the code of ckpt_read for the first
  * candidate when none is intact (its message, or with several candidates
  * "none of the N checkpoints tried is intact"), AE_EIO when ARG does not
- * exist or a folder holds no checkpoint. */
+ * exist (naming it, with the steps its folder holds) or a folder holds no
+ * checkpoint. */
 int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err);
 
 /* Copies parameters (and, if opt is not NULL, the optimizer state: opt must

@@ -484,8 +484,56 @@ static void remove_stale_temps(const char *dir)
     closedir(d);
 }
 
+void ckpt_rotation_init(CkptRotation *r, int64_t start, FILE *notes)
+{
+    memset(r, 0, sizeof *r);
+    r->start = start;
+    r->notes = notes;
+}
+
+void ckpt_rotation_free(CkptRotation *r)
+{
+    free(r->checked);
+    free(r->intact);
+    r->checked = NULL;
+    r->intact = NULL;
+    r->n_checked = r->cap = 0;
+}
+
+/* 1 if the step file `path` of step s (from before the run) reads and
+ * verifies; each is read once per run, a refusal reported once on notes. */
+static int older_intact(CkptRotation *r, const char *path, int64_t s)
+{
+    for (int i = 0; i < r->n_checked; i++)
+        if (r->checked[i] == s) return r->intact[i];
+    if (r->n_checked == r->cap) {
+        int ncap = r->cap ? 2 * r->cap : 8;
+        int64_t *c = xmalloc((size_t)ncap * sizeof *c);
+        unsigned char *ok = xmalloc((size_t)ncap);
+        if (r->n_checked) {
+            memcpy(c, r->checked, (size_t)r->n_checked * sizeof *c);
+            memcpy(ok, r->intact, (size_t)r->n_checked);
+        }
+        free(r->checked);
+        free(r->intact);
+        r->checked = c;
+        r->intact = ok;
+        r->cap = ncap;
+    }
+    Checkpoint ck;
+    Err e;
+    err_clear(&e);
+    const int good = ckpt_read(&ck, path, &e) == AE_OK;
+    ckpt_free(&ck);
+    if (!good && r->notes)
+        fprintf(r->notes, "aesim-train: warning: left in place but not counted toward --keep: %s\n", e.msg);
+    r->checked[r->n_checked] = s;
+    r->intact[r->n_checked++] = (unsigned char)good;
+    return good;
+}
+
 int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
-                     char *written, Err *err)
+                     CkptRotation *rot, char *written, Err *err)
 {
     char path[FILEIO_PATH_MAX];
     if (!step_path(path, sizeof path, dir, st->step)) return err_set(err, AE_EARG, "%s: path too long", dir);
@@ -493,17 +541,25 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
     if (!rc) rc = update_latest(dir, path, m, opt, st, err);
     if (rc) return rc;
     if (written) snprintf(written, FILEIO_PATH_MAX, "%s", path);
+    /* Newest first: the new file counts; newer ones, and at a run's first
+     * save those after its start, are another history; the rest count
+     * while fewer than `keep` do, except older files that fail to read. */
+    const int first = rot && rot->saved == 0;
     int64_t *steps;
     int n = ckpt_list_steps(dir, &steps), kept = 0;
     for (int i = 0; i < n; i++) {
-        if (steps[i] <= st->step && kept < (keep > 0 ? keep : 1)) {
-            kept++;
-            continue;
-        }
         char old[FILEIO_PATH_MAX];
-        if (step_path(old, sizeof old, dir, steps[i])) unlink(old);
+        if (!step_path(old, sizeof old, dir, steps[i])) continue;
+        const int64_t s = steps[i];
+        const int drop = s > st->step || (first && s > rot->start && s != st->step) ||
+                         (s != st->step && kept >= (keep > 0 ? keep : 1));
+        if (drop)
+            unlink(old);
+        else if (s == st->step || !rot || s > rot->start || older_intact(rot, old, s))
+            kept++;
     }
     free(steps);
+    if (rot) rot->saved++;
     remove_stale_temps(dir);
     fsync_dir(dir);
     return AE_OK;
@@ -532,13 +588,48 @@ static int same_file(const struct stat *a, const char *path)
     return stat(path, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
 }
 
+void ckpt_resume_folder(char *out, size_t cap, const char *arg)
+{
+    struct stat st;
+    const char *slash = strrchr(arg, '/');
+    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(out, cap, "%s", arg);
+    else if (!slash)
+        snprintf(out, cap, ".");
+    else if (slash == arg)
+        snprintf(out, cap, "/");
+    else
+        snprintf(out, cap, "%.*s", (int)(slash - arg), arg);
+}
+
+/* The error of a --resume ARG that cannot be stat'ed (errno e): a named
+ * file is that file, never another one; the hint lists the steps its folder
+ * holds, if any. */
+static int missing_arg(const char *arg, int e, Err *err)
+{
+    char dir[FILEIO_PATH_MAX], hint[256] = "";
+    ckpt_resume_folder(dir, sizeof dir, arg);
+    int64_t *steps;
+    int n = ckpt_list_steps(dir, &steps);
+    if (n > 0) {
+        size_t len = (size_t)snprintf(hint, sizeof hint, "; %.100s holds the step(s)", dir);
+        for (int i = 0; i < n && i < 5 && len < sizeof hint; i++)
+            len += (size_t)snprintf(hint + len, sizeof hint - len, " %lld", (long long)steps[i]);
+        if (n > 5 && len < sizeof hint) len += (size_t)snprintf(hint + len, sizeof hint - len, " ...");
+    }
+    free(steps);
+    return err_set(err, AE_EIO, "--resume %.900s: %s%s (hint: name an existing checkpoint, or the folder: "
+                   "--resume FOLDER takes its newest intact one)", arg, strerror(e), hint);
+}
+
 int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
 {
     memset(ck, 0, sizeof *ck);
     char dir[FILEIO_PATH_MAX];
     if (strlen(arg) >= sizeof dir) return err_set(err, AE_EARG, "--resume %s: path too long", arg);
     struct stat st;
-    int is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
+    if (stat(arg, &st) != 0) return missing_arg(arg, errno, err);
+    int is_dir = S_ISDIR(st.st_mode);
     int64_t below = INT64_MAX; /* fall back only to steps older than this */
     Err first, pending;
     err_clear(&first);
@@ -560,11 +651,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
             *err = first;
             return err->code;
         }
-        if (slash)
-            snprintf(dir, sizeof dir, "%.*s", (int)(slash - arg), arg);
-        else
-            snprintf(dir, sizeof dir, ".");
-        if (slash == arg) snprintf(dir, sizeof dir, "/");
+        ckpt_resume_folder(dir, sizeof dir, arg);
         have_tried_file = stat(arg, &tried_file) == 0;
     }
     int64_t *steps;

@@ -138,16 +138,16 @@ static int write_grid(const TrainConfig *cfg, Model *m, const Dataset *val, int6
 
 /* Rank 0 writes OUT/ckpt-stepN.npz and makes it OUT/checkpoint.npz (ckpt.h);
  * `last` [FILEIO_PATH_MAX] names the newest checkpoint written so far ("" =
- * none by this run).  On failure the message says what is still intact.
+ * none by this run); rot is the run's rotation (rank 0's is used).  On failure the message says what is still intact.
  * Collective: the status is agreed. */
 static int save_checkpoint(const ParCtx *ctx, const TrainConfig *cfg, const Model *m, const Optimizer *opt,
-                           const CkptState *st, char *last, Err *err)
+                           const CkptState *st, CkptRotation *rot, char *last, Err *err)
 {
     if (ctx->rank == 0) {
         char written[FILEIO_PATH_MAX];
         Err e;
         err_clear(&e);
-        if (ckpt_save_rotate(cfg->out, m, opt, st, cfg->keep, written, &e) == AE_OK) {
+        if (ckpt_save_rotate(cfg->out, m, opt, st, cfg->keep, rot, written, &e) == AE_OK) {
             snprintf(last, FILEIO_PATH_MAX, "%s", written);
         } else {
             size_t len = strlen(e.msg);
@@ -337,6 +337,10 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     signals_install(&sig);
     const int64_t nan_step = fault_nan_step();
     char last_ckpt[FILEIO_PATH_MAX] = "";
+    /* the first save removes the newer checkpoints of a branch resumed from
+     * an older one; damaged older ones do not count toward --keep */
+    CkptRotation rot;
+    ckpt_rotation_init(&rot, st.step, ctx->rank == 0 ? stderr : NULL);
     int signalled = 0, warned_collapse = 0;
     double prev_ratio = NAN, prev_psnr = NAN; /* the last epoch end's, for the collapse warning */
     int64_t total = (int64_t)cfg->epochs * nb;
@@ -478,7 +482,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
                     next.epoch++;
                     next.batch = 0;
                 }
-                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, &rot, last_ckpt, err);
                 signalled = 1;
                 stop = 1;
                 st.batch++;
@@ -487,7 +491,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             if (cfg->ckpt_every > 0 && st.step % cfg->ckpt_every == 0 && !last && st.batch + 1 < nb) {
                 CkptState next = st;
                 next.batch++;
-                rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err);
+                rc = save_checkpoint(ctx, cfg, m, opt, &next, &rot, last_ckpt, err);
             } else {
                 rc = par_agree(ctx, err); /* a failed CSV write on rank 0 stops every rank */
             }
@@ -548,7 +552,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
             next.epoch++;
             next.batch = 0;
         }
-        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, last_ckpt, err))) break;
+        if ((rc = save_checkpoint(ctx, cfg, m, opt, &next, &rot, last_ckpt, err))) break;
         if (stop) break;
     }
     if (st.batch >= nb) {
@@ -577,6 +581,7 @@ int train_run(const ParCtx *ctx, const TrainConfig *cfg, Model *m, Optimizer *op
     }
     if (rc == AE_OK) report_phases(ctx, phase, steps_done, &comm, &sync, cfg->bucket_kib);
     if (ctx->rank == 0) metrics_close(&log);
+    ckpt_rotation_free(&rot);
     if (use_views) train_views_free(&tv);
     free(perm);
     return rc;

@@ -60,24 +60,6 @@ static int scan_run_files(const char *dir, int remove, char *first, size_t cap, 
     return n;
 }
 
-/* The folder of a --resume argument: itself when a folder, else its
- * dirname ("." for a bare name). */
-static void resume_folder(char *out, size_t cap, const char *arg)
-{
-    struct stat st;
-    if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) {
-        snprintf(out, cap, "%s", arg);
-        return;
-    }
-    const char *slash = strrchr(arg, '/');
-    if (!slash)
-        snprintf(out, cap, ".");
-    else if (slash == arg)
-        snprintf(out, cap, "/");
-    else
-        snprintf(out, cap, "%.*s", (int)(slash - arg), arg);
-}
-
 static int same_folder(const char *a, const char *b)
 {
     struct stat x, y;
@@ -122,7 +104,7 @@ static int choose(TrainConfig *cfg, char *from)
 {
     from[0] = '\0';
     if (cfg->resume[0]) {
-        resume_folder(from, FILEIO_PATH_MAX, cfg->resume);
+        ckpt_resume_folder(from, FILEIO_PATH_MAX, cfg->resume);
         if (!(cfg->given & TRAIN_GIVEN_OUT)) snprintf(cfg->out, sizeof cfg->out, "%s", from);
     }
     return from[0] && same_folder(from, cfg->out);
