@@ -24,7 +24,8 @@ is checked with Python's zlib.crc32 against meta.crc32 (include/model/ckpt.h).
   step, the last good checkpoint is not overwritten.
 - full disk (200 KiB tmpfs) for the checkpoint, the PNG and the CSV, and a
   read-only folder: error with the file and errno text, previous files
-  byte-identical, no temporary files left.  Skipped (with the reason) if
+  byte-identical, no temporary files left; a killed writer's temp filling
+  the disk is removed before the resumed run writes.  Skipped (with the reason) if
   tmpfs cannot be mounted.
 - two "hosts": two network namespaces joined by a veth pair, mpirun with a
   hostfile and an ip-netns launch agent instead of ssh, TCP only: same bits
@@ -613,6 +614,26 @@ class DiskFaults(unittest.TestCase):
         out2 = os.path.join(TMP, "after_full")
         serial(out2, "--epochs", "2", "--resume", out)
         self.assertEqual(step_of(os.path.join(out2, "checkpoint.npz")), 8)
+
+    def test_stale_temp_is_removed_before_the_first_save(self):
+        """A temp left by a checkpoint write that was killed fills the disk:
+        the resume removes it when it takes the folder (saying so, with its
+        size), so its first save has room (it used to be removed only after a
+        successful save: every resume failed with "No space left")."""
+        out = os.path.join(self.mnt, "run")
+        serial(out, "--epochs", "2", "--max-steps", "2", "--keep", "1")
+        stale = os.path.join(out, "ckpt-step00000003.npz.tmp.99999")
+        st = os.statvfs(self.mnt)
+        with open(stale, "wb") as f:   # all but 8 KiB: less than a checkpoint (~77 KB) is left
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - 8192))
+        size = os.path.getsize(stale)
+        self.assertGreater(size, 77000)
+        p = serial(out, "--epochs", "2", "--max-steps", "3", "--keep", "1", "--resume", out, check=False)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("note: removed 1 temporary file(s) (%.1f MB) left in %s" % (size / 1e6, out), p.stdout)
+        self.assertEqual(temps(out), [])
+        self.assertEqual(step_of(os.path.join(out, "checkpoint.npz")), 3)
+        verify_crc(self, os.path.join(out, "ckpt-step00000003.npz"))
 
     def test_full_disk_png_and_csv_leave_old_files(self):
         out = os.path.join(self.mnt, "run")

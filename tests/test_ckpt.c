@@ -366,6 +366,40 @@ static void test_rotation_branch_and_damage(void **state)
     free(buf);
 }
 
+static void write_bytes(const char *path, size_t n)
+{
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    for (size_t i = 0; i < n; i++) fputc('x', fp);
+    fclose(fp);
+}
+
+/* The temps of a killed writer go, with their size; other files stay. */
+static void test_stale_temps(void **state)
+{
+    Fixture *f = *state;
+    char a[FILEIO_PATH_MAX], b[FILEIO_PATH_MAX], csv[FILEIO_PATH_MAX], other[FILEIO_PATH_MAX], step[FILEIO_PATH_MAX];
+    path_in(a, f, "ckpt-step00000005.npz.tmp.99999");
+    path_in(b, f, "checkpoint.npz.tmp.4242.Ab12Cd");
+    path_in(csv, f, "metrics.csv.tmp.99999");
+    path_in(other, f, "notes.tmp.txt");
+    step_file(step, f, 5);
+    write_bytes(a, 1000);
+    write_bytes(b, 24);
+    write_bytes(csv, 10);
+    write_bytes(other, 10);
+    write_bytes(step, 10);
+    int64_t bytes = -1;
+    assert_int_equal(ckpt_remove_stale_temps(f->dir, &bytes), 2);
+    assert_int_equal(bytes, 1024);
+    assert_false(exists(a));
+    assert_false(exists(b));
+    assert_true(exists(csv));
+    assert_true(exists(other));
+    assert_true(exists(step));
+    assert_int_equal(ckpt_remove_stale_temps(f->dir, NULL), 0);
+}
+
 /* Runs ckpt_read_latest, capturing the notes; returns the status. */
 static int read_latest(Checkpoint *ck, const char *arg, char *notes, size_t cap, Err *err)
 {
@@ -632,6 +666,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damage_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_branch_and_damage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_meta_is_refused, setup, teardown),
     };

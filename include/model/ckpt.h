@@ -92,8 +92,9 @@
  * LARGER than the one being saved, and at a run's first save those after
  * the step it resumed from, belong to an abandoned run (the run was resumed
  * from an older checkpoint into the same folder) and are removed, as
- * metrics.csv drops rows after the resume step; so are temporary files left
- * by a crashed writer.  A damaged older step file does not count toward
+ * metrics.csv drops rows after the resume step.  Temporary files left by a
+ * killed writer are removed before each save (and by the trainer when it
+ * takes the folder's lock).  A damaged older step file does not count toward
  * `keep` (CkptRotation).  One job per OUT at a time.
  *
  * Written by one rank; no MPI here (the trainer decides which rank writes and
@@ -202,15 +203,23 @@ void ckpt_rotation_free(CkptRotation *r);
  *     and verifies (ckpt_read, once per run; a refusal is one line on
  *     rot->notes): a damaged one is left in place, not counted, and removed
  *     once `keep` newer intact ones exist, so it never displaces an intact
- *     one.  Without rot (NULL) every step file counts;
- * and stale temporary files (see the file comment).  rot is updated (may be
- * NULL).  written: [FILEIO_PATH_MAX] or NULL; receives the step file's
- * path.  Errors: AE_EIO naming the file that could not be written (earlier
+ *     one.  Without rot (NULL) every step file counts.
+ * Stale temporary files (ckpt_remove_stale_temps) are removed first, before
+ * the write, as the room it may need.  rot is updated (may be NULL).
+ * written: [FILEIO_PATH_MAX] or NULL; receives the step file's path.  Errors: AE_EIO naming the file that could not be written (earlier
  * checkpoints and the previous checkpoint.npz are intact, nothing is
  * removed), AE_EARG if the path is too long.  Failing to remove an old file
  * is not an error. */
 int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
                      CkptRotation *rot, char *written, Err *err);
+
+/* Removes the temporary files of checkpoint names in dir
+ * (ckpt-step*.tmp.*, checkpoint.npz.tmp.*) left by a writer that was killed
+ * mid-way.  Only for a folder no live writer uses (the trainer holds its
+ * lock, train_outdir.h): a live writer's temp would go too.  *bytes (may be
+ * NULL) gets their total size.  Returns how many were removed; a folder that
+ * cannot be listed, or a file that cannot be removed, is skipped. */
+int ckpt_remove_stale_temps(const char *dir, int64_t *bytes);
 
 /* The steps of the step files (ckpt-stepNNNNNNNN.npz) in dir, newest first:
  * *steps gets a malloc'd array (free it; NULL when none).  Returns their

@@ -53,8 +53,10 @@ int train_outdir_prepare(const ParCtx *ctx, TrainConfig *cfg, Err *err);
  * folder, locks it (*lock_fd: the lock's descriptor on rank 0, -1
  * elsewhere and on error), checks again that no other run's files appeared
  * since train_outdir_prepare, on --overwrite deletes the other run's files
- * (a note counts them), and for a resume into another folder copies the
- * resumed run's metrics.csv there.  Errors (agreed): AE_EIO naming the
+ * (a note counts them), removes the checkpoint temps of killed writers
+ * (ckpt_remove_stale_temps: under the lock no live writer has one; a note
+ * counts them and their size), and for a resume into another folder copies
+ * the resumed run's metrics.csv there.  Errors (agreed): AE_EIO naming the
  * folder or file; AE_EARG when another job holds the folder's lock (the
  * message gives its pid and host) or another run's files appeared. */
 int train_outdir_commit(const ParCtx *ctx, TrainConfig *cfg, int *lock_fd, Err *err);

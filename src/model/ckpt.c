@@ -466,22 +466,29 @@ static int update_latest(const char *dir, const char *step_file, const Model *m,
     return AE_OK;
 }
 
-/* Removes temporary files of our checkpoint names left by a crashed writer
- * (the current writer has renamed or removed its own by now). */
-static void remove_stale_temps(const char *dir)
+int ckpt_remove_stale_temps(const char *dir, int64_t *bytes)
 {
+    if (bytes) *bytes = 0;
     DIR *d = opendir(dir);
-    if (!d) return;
+    if (!d) return 0;
     struct dirent *e;
     char path[FILEIO_PATH_MAX];
+    int removed = 0;
     while ((e = readdir(d)) != NULL) {
         const char *n = e->d_name;
         int ours = strncmp(n, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 ||
                    strncmp(n, CKPT_LATEST_NAME, strlen(CKPT_LATEST_NAME)) == 0;
-        if (ours && strstr(n, CKPT_TMP_MARK) && snprintf(path, sizeof path, "%s/%s", dir, n) < (int)sizeof path)
-            unlink(path);
+        if (!ours || !strstr(n, CKPT_TMP_MARK) || snprintf(path, sizeof path, "%s/%s", dir, n) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        const int64_t size = lstat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+        if (unlink(path) == 0) {
+            removed++;
+            if (bytes) *bytes += size;
+        }
     }
     closedir(d);
+    return removed;
 }
 
 void ckpt_rotation_init(CkptRotation *r, int64_t start, FILE *notes)
@@ -537,6 +544,8 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
 {
     char path[FILEIO_PATH_MAX];
     if (!step_path(path, sizeof path, dir, st->step)) return err_set(err, AE_EARG, "%s: path too long", dir);
+    /* first: on a nearly full disk a dead writer's temp may be the room this save needs */
+    ckpt_remove_stale_temps(dir, NULL);
     int rc = ckpt_save(path, m, opt, st, err);
     if (!rc) rc = update_latest(dir, path, m, opt, st, err);
     if (rc) return rc;
@@ -560,7 +569,6 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
     }
     free(steps);
     if (rot) rot->saved++;
-    remove_stale_temps(dir);
     fsync_dir(dir);
     return AE_OK;
 }

@@ -179,6 +179,15 @@ static int commit_rank0(TrainConfig *cfg, int *lock_fd, Err *err)
             fflush(stdout);
         }
     }
+    /* Under the lock every checkpoint temp here is a dead writer's: its
+     * room may be what this run's first save needs. */
+    int64_t bytes;
+    const int temps = ckpt_remove_stale_temps(cfg->out, &bytes);
+    if (temps) {
+        printf("note: removed %d temporary file(s) (%.1f MB) left in %s by a checkpoint write that was killed\n",
+               temps, bytes / 1e6, cfg->out);
+        fflush(stdout);
+    }
     if (from[0] && !own) return copy_metrics(from, cfg->out, err);
     return AE_OK;
 }
