@@ -332,6 +332,40 @@ class Checkpoints(unittest.TestCase):
         self.assertEqual(len(warn), 1, p.stderr)
         self.assertIn(damaged, warn[0])
 
+    def test_resume_without_data_trains_on_the_recorded_data(self):
+        """The checkpoint records --data, absolute though given relative: a
+        resume without --data, started in another folder, trains on it, says
+        so, and ends as the uninterrupted run bit for bit (before, it took the
+        default Fashion-MNIST and blamed a --data never given).  A recorded
+        path that is gone is an error naming it and suggesting --data."""
+        rest = COMMON[COMMON.index("--val-limit"):]   # no --data, no --val: a seeded split
+        data = os.path.realpath(os.path.join(TMP, "nodata-images-idx3-ubyte"))
+        shutil.copy(DATA, data)
+
+        def run(cwd, *args, check=True):
+            cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", "-x", "OMP_NUM_THREADS",
+                   "-x", "OPENBLAS_NUM_THREADS", BIN, *rest, "--epochs", "2", *args]
+            p = subprocess.run(cmd, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=120)
+            if check and p.returncode != 0:
+                raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+            return p
+        ref, out = os.path.join(TMP, "nodata_ref"), os.path.join(TMP, "nodata")
+        run(TMP, "--data", data, "--out", ref, "--max-steps", "6")
+        run(TMP, "--data", os.path.basename(data), "--out", out, "--max-steps", "4")
+        ck = os.path.join(out, "checkpoint.npz")
+        self.assertEqual(bytes(members(ck)["meta.data_arg"]).decode(), data)
+        p = run(HERE, "--resume", out, "--max-steps", "6")
+        used = os.path.join(out, "ckpt-step00000004.npz")   # the newest step file, same as checkpoint.npz
+        self.assertIn(f"resume: trains on --data {data}, recorded in {used} (no --data given)", p.stdout)
+        self.assertIn("(the --data recorded in the checkpoint)", p.stdout)
+        assert_bitwise(self, ck, os.path.join(ref, "checkpoint.npz"))
+        os.rename(data, data + ".moved")
+        p = run(HERE, "--resume", out, "--max-steps", "8", check=False)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        err = [l for l in p.stderr.splitlines() if "error:" in l]
+        self.assertTrue(err and f"was trained on --data {data}, which no longer exists" in err[0]
+                        and "give --data" in err[0], p.stderr)
+
     def test_bit_flip_is_refused(self):
         out = os.path.join(TMP, "flip")
         shutil.copytree(R8, out)

@@ -92,6 +92,7 @@ static CkptState state_at(int64_t step)
                      .n_train = 600, .data_crc = 0xfedcba98, .epochs = 3, .max_steps = 40,
                      .shuffle_block = 256, .shuffle_window = 64 };
     snprintf(st.data, sizeof st.data, "train.npz (600 images 3x8x8)");
+    snprintf(st.data_arg, sizeof st.data_arg, "/data/train.npz");
     return st;
 }
 
@@ -183,6 +184,8 @@ static void test_roundtrip_and_crc_format(void **state)
     /* Version 4: the epoch order. */
     assert_int_equal(ck.state.shuffle_block, 256);
     assert_int_equal(ck.state.shuffle_window, 64);
+    /* Version 5: the --data argument. */
+    assert_string_equal(ck.state.data_arg, "/data/train.npz");
     assert_string_equal(ck.arch, f->m.spec.text);
     Fixture g;
     model_build(&g.m, &f->m.spec, 1, 1);
@@ -255,6 +258,7 @@ static void test_damage_is_refused(void **state)
     assert_int_equal(ck.state.n_train, 0);
     assert_int_equal(ck.state.epochs, 0);
     assert_string_equal(ck.state.data, "");
+    assert_string_equal(ck.state.data_arg, "");
     assert_int_equal(ck.state.shuffle_block, 0); /* the global shuffle */
     ckpt_free(&ck);
     npz_free(a, n);
@@ -623,6 +627,8 @@ static void test_forged_meta_is_refused(void **state)
                   WANT("meta.arch does not fit"));
     expect_forged(f, mid, &(Forge){ "meta.data", .bytes = data_nul, .len = sizeof data_nul - 1 },
                   WANT("meta.data holds a NUL byte"));
+    expect_forged(f, mid, &(Forge){ "meta.data_arg", .bytes = data_nul, .len = sizeof data_nul - 1 },
+                  WANT("meta.data_arg holds a NUL byte"));
 
     /* beta2 = 1 (the float of --beta2 0.999999999, which the command line
      * now refuses): Adam's bias correction 1 - beta2^t would be zero. */

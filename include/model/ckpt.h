@@ -26,6 +26,10 @@
  *   meta.shuffle     int64 [2]     (version >= 4) the epoch order: block and
  *                                  window of sampler_block_permutation, or
  *                                  0, 0 for the global shuffle
+ *   meta.data_arg    uint8 [len]   (version >= 5) the run's --data argument
+ *                                  (ASCII; absolute when it named an existing
+ *                                  file or folder), which a resume without
+ *                                  --data trains on; "unknown" = not recorded
  *   meta.crc32       uint32 [n]    (version >= 2) always the LAST member;
  *                                  entry i = zlib crc32 of the raw data bytes
  *                                  (C order, little-endian, no .npy header)
@@ -41,7 +45,7 @@
  *
  * Versions: 1 (no meta.crc32), 2 (meta.crc32), 3 (meta.schedule, meta.data),
  * 4 (meta.shuffle; older files read as the global shuffle, which is all they
- * could use).
+ * could use), 5 (meta.data_arg; older files read as not recorded).
  * Every older version is still read; a version 1-2 file reads with the
  * version-3 fields of CkptState zero (not recorded), and the trainer then says
  * that it cannot check the data.
@@ -71,7 +75,8 @@
  *                 CKPT_EPOCHS_MAX (0: not recorded), max_steps >= 0.
  *   meta.shuffle  0, 0 or a block and window in 1..CKPT_SHUFFLE_MAX.
  *   meta.arch     no NUL byte, and it parses (model_parse) for the
- *                 meta.input_shape; meta.data holds no NUL byte.
+ *                 meta.input_shape; meta.data and meta.data_arg hold no NUL
+ *                 byte, meta.data_arg fewer than CKPT_DATA_ARG_BYTES.
  * Such a file is refused like a damaged one (ckpt_read_latest then tries the
  * next older), naming the file, the field and the value, e.g.
  * "ckpt.npz: meta.state batch size 1099511627776 is out of range (1..1048576)
@@ -112,14 +117,17 @@
 #include "model/optimizer.h"
 
 /* Format version stored first in meta.state; bump on incompatible change.
- * 2 added meta.crc32, 3 meta.schedule and meta.data.  Versions 1 and 2 are
- * still read. */
-#define CKPT_VERSION 4
+ * 2 added meta.crc32, 3 meta.schedule and meta.data, 4 meta.shuffle, 5
+ * meta.data_arg.  Every older version is still read. */
+#define CKPT_VERSION 5
 
 /* Length of meta.schedule: n_train, data_crc, epochs, max_steps. */
 #define CKPT_SCHEDULE_LEN 4
 /* Bytes of CkptState.data, the training source's description, NUL included. */
 #define CKPT_DATA_BYTES 512
+/* Bytes of CkptState.data_arg, the --data argument, NUL included (the
+ * trainer's path options hold as much). */
+#define CKPT_DATA_ARG_BYTES 4096
 
 /* The stable name of the newest checkpoint in an output folder. */
 #define CKPT_LATEST_NAME "checkpoint.npz"
@@ -157,6 +165,8 @@ typedef struct CkptState {
     int64_t shuffle_block;   /* --shuffle block:B:W, 0 = global shuffle */
     int64_t shuffle_window;
     char data[CKPT_DATA_BYTES]; /* the training source as loaded ("" = not recorded) */
+    /* Version >= 5 ("" when read from an older file: not recorded): */
+    char data_arg[CKPT_DATA_ARG_BYTES]; /* the run's --data argument (absolute when a path) */
     /* Members ckpt_save writes beside the model's, before meta.* (the
      * trainer's projection head and its optimizer state, train_views.h);
      * NULL / 0 = none.  Not owned: they point at live buffers.  Covered by

@@ -70,6 +70,7 @@ typedef struct TrainConfig {
     int version;               /* --version was given */
     unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are
                                   defaults, which a resumed run takes from its checkpoint instead) */
+    int data_from_ckpt;        /* 1: data is the --data recorded in the resumed checkpoint (no --data given) */
 } TrainConfig;
 
 /* TrainConfig.contrastive_pool. */
@@ -88,7 +89,8 @@ enum {
     TRAIN_GIVEN_BETA2 = 1u << 8,
     TRAIN_GIVEN_EPS = 1u << 9,
     TRAIN_GIVEN_MOMENTUM = 1u << 10,
-    TRAIN_GIVEN_SHUFFLE = 1u << 11
+    TRAIN_GIVEN_SHUFFLE = 1u << 11,
+    TRAIN_GIVEN_DATA = 1u << 12
 };
 
 /* Parses argv into cfg (defaults first).  Errors: AE_EARG with a message

@@ -40,7 +40,9 @@
 uint32_t train_schedule_fingerprint(const Dataset *ds);
 
 /* Fills the schedule fields of st from this run: n_train, data_crc
- * (train_schedule_fingerprint), epochs, max_steps and the data source text.
+ * (train_schedule_fingerprint), epochs, max_steps, the data source text and
+ * cfg->data as data_arg (realpath(3) of it when it names an existing file or
+ * folder, else as given: a list or a KIND:PATH source).
  * Leaves step/epoch/batch/seed/batch_size alone. */
 void train_schedule_identity(CkptState *st, const Dataset *train, const TrainConfig *cfg);
 

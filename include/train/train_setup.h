@@ -29,7 +29,9 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
  * rank 0 only, the meta fields on every rank), and the options the user did
  * not give are taken from it (train_schedule_adopt: seed, batch, epochs,
  * optimizer and its hyper-parameters; a different --seed or --optimizer is
- * refused).  Call before train_setup_data (the validation split depends on
+ * refused; and --data when it is recorded, cfg->data_from_ckpt = 1, with a
+ * line on stdout; AE_EIO naming the checkpoint and the path when that
+ * --data is a path that no longer exists).  Call before train_setup_data (the validation split depends on
  * the seed).  Without --resume, *ck is empty.  Errors (agreed):
  * AE_EIO/AE_EFORMAT for the checkpoint, AE_EARG for a conflicting option;
  * *ck is then empty. */

@@ -24,14 +24,17 @@
 /* Length of a member name such as "opt.m.conv12.weight". */
 #define CKPT_NAME_MAX 64
 /* Members after the tensors: meta.arch, meta.input_shape, meta.state,
- * meta.hparams, meta.schedule, meta.data, meta.shuffle, meta.crc32. */
-#define CKPT_META_MEMBERS 8
+ * meta.hparams, meta.schedule, meta.data, meta.shuffle, meta.data_arg,
+ * meta.crc32. */
+#define CKPT_META_MEMBERS 9
 /* meta.data of a state that records no source (a member needs >= 1 byte). */
 #define CKPT_DATA_UNKNOWN "unknown"
 /* Oldest format version with meta.schedule and meta.data. */
 #define CKPT_VERSION_SCHEDULE 3
 /* Oldest format version with meta.shuffle. */
 #define CKPT_VERSION_SHUFFLE 4
+/* Oldest format version with meta.data_arg. */
+#define CKPT_VERSION_DATA_ARG 5
 /* Entries of meta.hparams: lr, beta1, beta2, eps, momentum. */
 #define CKPT_HPARAMS_LEN 5
 /* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
@@ -106,6 +109,8 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
     meta_1d(&a[n++], "meta.data", NPY_U8, (int64_t)strnlen(data, CKPT_DATA_BYTES - 1), (void *)data);
     int64_t shuf[2] = { st->shuffle_block, st->shuffle_window };
     meta_1d(&a[n++], "meta.shuffle", NPY_I64, 2, shuf);
+    const char *data_arg = st->data_arg[0] ? st->data_arg : CKPT_DATA_UNKNOWN;
+    meta_1d(&a[n++], "meta.data_arg", NPY_U8, (int64_t)strnlen(data_arg, CKPT_DATA_ARG_BYTES - 1), (void *)data_arg);
     /* meta.crc32 last: one CRC per member written before it. */
     uint32_t *crcs = xmalloc((size_t)n * sizeof *crcs);
     for (int i = 0; i < n; i++) crcs[i] = crc32_bytes(a[i].data, array_bytes(&a[i]));
@@ -310,6 +315,16 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     }
     if (s[0] >= CKPT_VERSION_SHUFFLE && !(shuf = member(ck, path, "meta.shuffle", NPY_I64, 2, err)))
         return AE_EFORMAT;
+    const NpyArray *data_arg = NULL;
+    if (s[0] >= CKPT_VERSION_DATA_ARG) {
+        if (!(data_arg = member(ck, path, "meta.data_arg", NPY_U8, -1, err))) return AE_EFORMAT;
+        const int64_t dl = npy_numel(data_arg);
+        if (dl < 1 || dl >= CKPT_DATA_ARG_BYTES)
+            return err_set(err, AE_EFORMAT, "%s: meta.data_arg has %lld bytes (1..%d) " CKPT_EDITED_HINT, path,
+                           (long long)dl, CKPT_DATA_ARG_BYTES - 1);
+        if (memchr(data_arg->data, '\0', (size_t)dl))
+            return err_set(err, AE_EFORMAT, "%s: meta.data_arg holds a NUL byte " CKPT_EDITED_HINT, path);
+    }
     if ((rc = check_state(path, s, sc ? sc->data : NULL, shuf ? shuf->data : NULL, err)) ||
         (rc = check_hparams(path, hp->data, s[6], err)))
         return rc;
@@ -336,6 +351,11 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
         const int64_t *v = shuf->data;
         ck->state.shuffle_block = v[0];
         ck->state.shuffle_window = v[1];
+    }
+    if (data_arg) {
+        memcpy(ck->state.data_arg, data_arg->data, (size_t)npy_numel(data_arg));
+        ck->state.data_arg[npy_numel(data_arg)] = '\0';
+        if (strcmp(ck->state.data_arg, CKPT_DATA_UNKNOWN) == 0) ck->state.data_arg[0] = '\0';
     }
     return AE_OK;
 }

@@ -82,7 +82,8 @@ int main(int argc, char **argv)
         ckpt_free(&ck);
         return finish(&ctx, &err, 1);
     }
-    par_log0(&ctx, "data: train %s\n      val   %s\n", train.source, val.source);
+    par_log0(&ctx, "data: train %s%s\n      val   %s\n", train.source,
+             cfg.data_from_ckpt ? " (the --data recorded in the checkpoint)" : "", val.source);
     report_storage(&ctx, "open", t_start);
 
     Model model;

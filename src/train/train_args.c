@@ -79,7 +79,8 @@ void train_args_usage(FILE *out)
 "so every rank applies the gradient of the mean over the global batch.\n"
 "\n"
 "Data\n"
-"  --data SRC[,SRC...]   training images (default " DEFAULT_DATA ").\n"
+"  --data SRC[,SRC...]   training images (default " DEFAULT_DATA "; with --resume: the\n"
+"                        --data recorded in the checkpoint).\n"
 "                        SRC: downsampled-ImageNet .npz (train_data_batch_N.npz, val_data.npz;\n"
 "                        several files form one set), an IDX images file (.gz or plain;\n"
 "                        labels read from the matching *labels-idx1* file), or a folder\n"
@@ -234,6 +235,7 @@ static unsigned given_bit(int o)
     case OPT_EPS: return TRAIN_GIVEN_EPS;
     case OPT_MOMENTUM: return TRAIN_GIVEN_MOMENTUM;
     case OPT_SHUFFLE: return TRAIN_GIVEN_SHUFFLE;
+    case OPT_DATA: return TRAIN_GIVEN_DATA;
     default: return 0;
     }
 }

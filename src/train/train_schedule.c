@@ -6,6 +6,7 @@
  */
 #include "train/train_schedule.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -58,6 +59,10 @@ void train_schedule_identity(CkptState *st, const Dataset *train, const TrainCon
     st->epochs = cfg->epochs;
     st->max_steps = cfg->max_steps;
     snprintf(st->data, sizeof st->data, "%.*s", (int)sizeof st->data - 1, train->source);
+    /* a path is recorded absolute, so a resume from another folder finds it */
+    char real[PATH_MAX];
+    const char *arg = realpath(cfg->data, real) ? real : cfg->data;
+    snprintf(st->data_arg, sizeof st->data_arg, "%.*s", (int)sizeof st->data_arg - 1, arg);
 }
 
 /* Takes ck's float hyper-parameter `ckv` into *v unless given; notes a

@@ -6,6 +6,7 @@
  */
 #include "train/train_setup.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,24 @@ static int read_checkpoint(const ParCtx *ctx, const char *path, Checkpoint *ck, 
     return AE_OK;
 }
 
+/* Without --data, the --data recorded in ck (version >= 5) into cfg->data.
+ * A recorded single path that no longer exists is an error naming it (a
+ * list or a KIND:PATH source is left to dataset_open, which names the
+ * missing part).  Rank 0 looks at the disk; the caller agrees. */
+static int adopt_data(const ParCtx *ctx, TrainConfig *cfg, const Checkpoint *ck, Err *err)
+{
+    const char *rec = ck->state.data_arg;
+    if ((cfg->given & TRAIN_GIVEN_DATA) || !rec[0]) return AE_OK;
+    struct stat st;
+    if (ctx->rank == 0 && !strpbrk(rec, ",:") && stat(rec, &st) != 0)
+        return err_set(err, AE_EIO, "%.300s was trained on --data %.600s, which no longer exists (%s) (hint: give "
+                       "--data with the same images, e.g. their new place)", ck->path, rec, strerror(errno));
+    snprintf(cfg->data, sizeof cfg->data, "%s", rec);
+    cfg->data_from_ckpt = 1;
+    if (ctx->rank == 0) printf("resume: trains on --data %s, recorded in %s (no --data given)\n", rec, ck->path);
+    return AE_OK;
+}
+
 int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err)
 {
     memset(ck, 0, sizeof *ck);
@@ -135,7 +154,7 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
                    (long long)steps[0], (long long)ck->state.step);
         free(steps);
     }
-    train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
+    if (!adopt_data(ctx, cfg, ck, err)) train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
     fflush(stdout);
     if (par_agree(ctx, err)) ckpt_free(ck);
     return err->code;
@@ -201,8 +220,10 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
     const char *arch = cfg->arch[0] ? cfg->arch : model_default_preset(C, H, W);
     if (cfg->resume[0]) {
         if (ck->C != C || ck->H != H || ck->W != W)
-            err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but --data has %dx%dx%d (HxWxC)",
-                    ck->path, ck->H, ck->W, ck->C, H, W, C);
+            err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but %s has %dx%dx%d (HxWxC)%s", ck->path,
+                    ck->H, ck->W, ck->C, (cfg->given & TRAIN_GIVEN_DATA) ? "--data" : "the default --data", H, W, C,
+                    (cfg->given & TRAIN_GIVEN_DATA) ? "" : " (hint: the checkpoint does not record its --data: "
+                    "give it)");
         else
             train_schedule_start(start, ck, cfg, train, ctx->rank == 0 ? stderr : NULL, err);
         if (par_agree(ctx, err)) {
