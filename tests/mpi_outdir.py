@@ -199,7 +199,7 @@ class FreshRun(unittest.TestCase):
 class Schedule(unittest.TestCase):
     def test_checkpoint_records_the_schedule(self):
         ck = members(os.path.join(REF, "checkpoint.npz"))
-        self.assertEqual(int(ck["meta.state"][0]), 5, "format version")
+        self.assertEqual(int(ck["meta.state"][0]), 6, "format version")
         self.assertEqual([int(v) for v in ck["meta.schedule"]], [N_IMAGES, fingerprint(DATA), 2, 0])
         self.assertIn(os.path.basename(DATA), bytes(ck["meta.data"]).decode())
         self.assertEqual(bytes(ck["meta.data_arg"]).decode(), os.path.realpath(DATA))
@@ -229,7 +229,7 @@ class Schedule(unittest.TestCase):
         train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
         ck = members(os.path.join(run, "checkpoint.npz"))
         old = {k: v for k, v in ck.items()
-               if k not in ("meta.schedule", "meta.data", "meta.shuffle", "meta.data_arg", "meta.crc32")}
+               if k not in ("meta.schedule", "meta.data", "meta.shuffle", "meta.data_arg", "meta.views", "meta.crc32")}
         old["meta.state"] = old["meta.state"].copy()
         old["meta.state"][0] = 2
         old["meta.crc32"] = np.array([zlib.crc32(v.tobytes()) for v in old.values()], dtype=np.uint32)
@@ -250,7 +250,7 @@ class Schedule(unittest.TestCase):
         train(2, ref, *DATA_ARGS, *FIRST, "--epochs", "2", "--shuffle", "block:8:3")
         ck = members(os.path.join(ref, "checkpoint.npz"))
         self.assertEqual([int(v) for v in ck["meta.shuffle"]], [8, 3])
-        self.assertEqual(int(ck["meta.state"][0]), 5)
+        self.assertEqual(int(ck["meta.state"][0]), 6)
         self.assertFalse(np.array_equal(ck["conv0.weight"], members(os.path.join(REF, "checkpoint.npz"))["conv0.weight"]))
         run = os.path.join(TMP, "block_run")
         train(2, run, *DATA_ARGS, *FIRST, "--epochs", "2", "--shuffle", "block:8:3", "--max-steps", "3")

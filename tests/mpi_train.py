@@ -240,11 +240,58 @@ class MpiEmbeddings(unittest.TestCase):
         train(1, plain, *first[:first.index("--contrastive-head")])
         p = train(1, os.path.join(TMP, "emb_head_new"), *head, "--resume", os.path.join(plain, "checkpoint.npz"))
         self.assertIn("has no projection head", p.stdout + p.stderr)
-        # another head width: refused with the member and both sizes
+        # another head width: refused with both widths (the checkpoint
+        # records its head, meta.views)
         p = train(1, os.path.join(TMP, "emb_head_bad"), *head[:-1], "8", "--resume",
                   os.path.join(part, "checkpoint.npz"), check=False, timeout=120)
         self.assertNotEqual(p.returncode, 0)
-        self.assertIn("projection head member 'head.0.weight' has 128 values", p.stdout + p.stderr)
+        self.assertIn("--contrastive-head 8 differs from the projection head of", p.stderr)
+        self.assertIn("(16 units)", p.stderr)
+
+    def test_resume_keeps_the_objective(self):
+        # the checkpoint records --noise, --augment, --contrastive, --tau,
+        # --contrastive-pool and --contrastive-head (meta.views): a resume
+        # that repeats none of them trains the same objective (the straight
+        # run's losses and head) and keeps the head in its checkpoints; a
+        # change is reported, one that would drop or resize the trained
+        # head is refused (before, the resume silently trained the plain
+        # autoencoder and wrote checkpoints without the head)
+        head = [*EMB_ARGS, "--contrastive-pool", "avg", "--contrastive-head", "16"]
+        straight = os.path.join(TMP, "obj_straight")
+        train(1, straight, *head)
+        first = [*head]
+        first[first.index("--max-steps") + 1] = "4"
+        part = os.path.join(TMP, "obj_part")
+        train(1, part, *first)
+        ck = os.path.join(part, "checkpoint.npz")
+        self.assertEqual([float(v) for v in np.load(ck)["meta.views"]], [1, 0.5, 1, 16, 1, 0.1, 0.5, 1, 2])
+        plain = [*EMB_ARGS[:EMB_ARGS.index("--augment")], "--precision", "fp32"]
+        resumed = os.path.join(TMP, "obj_resumed")
+        p = train(1, resumed, *plain, "--resume", ck)
+        self.assertIn("adam lr 0.001, --contrastive 1 --tau 0.5 --contrastive-pool avg --contrastive-head 16, "
+                      "--noise gauss:0.1, --augment crop:0.5,flip,shift:2 (", p.stdout)
+        ref, got = losses(straight), losses(resumed)
+        self.assertEqual(sorted(got), [1, 2, 3, 4, 5, 6, 7, 8])
+        for s in got:
+            self.assertLessEqual(abs(got[s] - ref[s]), RTOL * abs(ref[s]), f"step {s}: {got[s]} vs {ref[s]}")
+        w, w0 = (np.load(os.path.join(o, "checkpoint.npz")) for o in (resumed, straight))
+        self.assertEqual(sorted(k for k in w.files if "head." in k), sorted(k for k in w0.files if "head." in k))
+        for k in w0.files:
+            if k.startswith(("conv", "head.", "opt.m.head.")):
+                np.testing.assert_allclose(w[k], w0[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        for i, (args, needle) in enumerate(((["--contrastive", "0"], "holds a projection head (16 units)"),
+                                            (["--contrastive-pool", "none"], "holds a projection head (16 units)"),
+                                            (["--contrastive-head", "0"], "--contrastive-head 0 differs"))):
+            p = train(1, os.path.join(TMP, f"obj_refused{i}"), *plain, *args, "--resume", ck, check=False, timeout=120)
+            self.assertEqual(p.returncode, 1, f"{args}: {p.stdout}{p.stderr}")
+            self.assertIn(needle, p.stderr, args)
+            self.assertFalse(os.path.exists(os.path.join(TMP, f"obj_refused{i}")), args)
+        # allowed changes are reported, as --lr's (max-steps 4: nothing to train)
+        p = train(1, os.path.join(TMP, "obj_changed"), *plain, "--max-steps", "4", "--tau", "0.2", "--augment", "none",
+                  "--noise", "mask:0.25", "--resume", ck)
+        for line in (f"resume: --tau 0.2 replaces 0.5 of {ck}", f"resume: --augment none replaces crop:0.5,flip,shift:2 "
+                     f"of {ck}", f"resume: --noise mask:0.25 replaces gauss:0.1 of {ck}"):
+            self.assertIn(line, p.stdout)
 
     def test_options_change_the_run(self):
         # the plain run of the same seed and batches has another (smaller) loss

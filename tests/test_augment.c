@@ -217,6 +217,24 @@ static void test_parse_errors(void **state)
     assert_int_equal(augment_parse_noise(&a, "mask:1", &err), AE_EARG);
     assert_int_equal(augment_parse_noise(&a, "salt", &err), AE_EARG);
     assert_int_equal(augment_parse(&a, "crop:0.3,flip,shift:2", &err), AE_OK);
+    /* The text forms read back to the same settings; none turns them off. */
+    char text[64];
+    AugmentConfig b = { 0 };
+    augment_views_text(text, sizeof text, &a);
+    assert_string_equal(text, "crop:0.3,flip,shift:2");
+    assert_int_equal(augment_parse(&b, text, &err), AE_OK);
+    assert_true(b.crop_min == a.crop_min && b.flip == a.flip && b.shift == a.shift);
+    assert_int_equal(augment_parse(&b, "none", &err), AE_OK);
+    assert_false(augment_has_views(&b));
+    augment_views_text(text, sizeof text, &b);
+    assert_string_equal(text, "none");
+    assert_int_equal(augment_parse_noise(&b, "mask:0.25", &err), AE_OK);
+    augment_noise_text(text, sizeof text, &b);
+    assert_string_equal(text, "mask:0.25");
+    assert_int_equal(augment_parse_noise(&b, "none", &err), AE_OK);
+    assert_int_equal(b.noise, NOISE_NONE);
+    augment_noise_text(text, sizeof text, &b);
+    assert_string_equal(text, "none");
     assert_true(a.crop_min == 0.3 && a.flip == 1 && a.shift == 2);
 }
 

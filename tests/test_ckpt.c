@@ -93,6 +93,11 @@ static CkptState state_at(int64_t step)
                      .shuffle_block = 256, .shuffle_window = 64 };
     snprintf(st.data, sizeof st.data, "train.npz (600 images 3x8x8)");
     snprintf(st.data_arg, sizeof st.data_arg, "/data/train.npz");
+    st.contrastive = 1.5;
+    st.tau = 0.25;
+    st.contrastive_pool = 1;
+    st.contrastive_head = 16;
+    st.aug = (AugmentConfig){ .crop_min = 0.5, .flip = 1, .shift = 2, .noise = NOISE_GAUSS, .noise_level = 0.1 };
     return st;
 }
 
@@ -186,6 +191,15 @@ static void test_roundtrip_and_crc_format(void **state)
     assert_int_equal(ck.state.shuffle_window, 64);
     /* Version 5: the --data argument. */
     assert_string_equal(ck.state.data_arg, "/data/train.npz");
+    /* Version 6: the training objective's options. */
+    assert_int_equal(ck.version, CKPT_VERSION);
+    assert_true(ck.state.contrastive == 1.5 && ck.state.tau == 0.25);
+    assert_int_equal(ck.state.contrastive_pool, 1);
+    assert_int_equal(ck.state.contrastive_head, 16);
+    assert_int_equal(ck.state.aug.noise, NOISE_GAUSS);
+    assert_true(ck.state.aug.noise_level == 0.1 && ck.state.aug.crop_min == 0.5);
+    assert_int_equal(ck.state.aug.flip, 1);
+    assert_int_equal(ck.state.aug.shift, 2);
     assert_string_equal(ck.arch, f->m.spec.text);
     Fixture g;
     model_build(&g.m, &f->m.spec, 1, 1);
@@ -260,6 +274,12 @@ static void test_damage_is_refused(void **state)
     assert_string_equal(ck.state.data, "");
     assert_string_equal(ck.state.data_arg, "");
     assert_int_equal(ck.state.shuffle_block, 0); /* the global shuffle */
+    /* ... nor an objective: read as the plain autoencoder. */
+    assert_int_equal(ck.version, 1);
+    assert_true(ck.state.contrastive == 0 && ck.state.tau == 0);
+    assert_int_equal(ck.state.contrastive_head, 0);
+    assert_int_equal(ck.state.aug.noise, NOISE_NONE);
+    assert_int_equal(ck.state.aug.shift, 0);
     ckpt_free(&ck);
     npz_free(a, n);
 
@@ -629,6 +649,21 @@ static void test_forged_meta_is_refused(void **state)
                   WANT("meta.data holds a NUL byte"));
     expect_forged(f, mid, &(Forge){ "meta.data_arg", .bytes = data_nul, .len = sizeof data_nul - 1 },
                   WANT("meta.data_arg holds a NUL byte"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 0, .f64 = -1 }, WANT("meta.views contrastive -1"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 0, .f64 = 2e6 }, WANT("meta.views contrastive 2000000"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 1, .f64 = 0 }, WANT("meta.views tau 0"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 2, .f64 = 2 }, WANT("meta.views contrastive-pool 2"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 2, .f64 = 0 }, WANT("projection head of 16 units", "pool 0"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 0, .f64 = 0 }, WANT("projection head of 16 units"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 3, .f64 = 16.5 }, WANT("meta.views contrastive-head 16.5",
+                                                                           "an integer"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 3, .f64 = 4097 }, WANT("meta.views contrastive-head 4097"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 4, .f64 = 3 }, WANT("meta.views noise kind 3"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 4, .f64 = NOISE_NONE }, WANT("noise level 0.1", "kind 0"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 5, .f64 = NAN }, WANT("meta.views noise level nan"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 6, .f64 = 1.5 }, WANT("meta.views augment crop 1.5"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 7, .f64 = 0.5 }, WANT("meta.views augment flip 0.5"));
+    expect_forged(f, mid, &(Forge){ "meta.views", 8, .f64 = AUGMENT_MAX_SHIFT + 1 }, WANT("meta.views augment shift 65"));
 
     /* beta2 = 1 (the float of --beta2 0.999999999, which the command line
      * now refuses): Adam's bias correction 1 - beta2^t would be zero. */
@@ -638,6 +673,9 @@ static void test_forged_meta_is_refused(void **state)
      * 0.9999999 as a float; the largest --batch-size and --epochs; the last
      * batch of an epoch; a first epoch of full batches of one image each). */
     expect_forged(f, mid, &(Forge){ "meta.hparams", 0, .f64 = 0 }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.views", 3, .f64 = 0 }, NULL);           /* no head */
+    expect_forged(f, mid, &(Forge){ "meta.views", 3, .f64 = CKPT_HEAD_MAX }, NULL);
+    expect_forged(f, mid, &(Forge){ "meta.views", 5, .f64 = AUGMENT_GAUSS_SIGMA_MAX }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.hparams", 2, .f64 = (double)(float)OPTIMIZER_BETA2_MAX }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.hparams", 3, .f64 = (double)(float)1e-30 }, NULL);
     expect_forged(f, mid, &(Forge){ "meta.state", 3, .i64 = 19 }, NULL);

@@ -21,12 +21,19 @@
 #ifndef AESIM_AUGMENT_H
 #define AESIM_AUGMENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "base/err.h"
 #include "base/rng.h"
 
 typedef enum { NOISE_NONE = 0, NOISE_GAUSS = 1, NOISE_MASK = 2 } NoiseKind;
+
+/* Limits of --augment shift:PX (pixels) and --noise gauss:SIGMA, also what
+ * a checkpoint may record (ckpt.h); mask:RATIO is in (0, 1), crop:MIN in
+ * (0, 1]. */
+#define AUGMENT_MAX_SHIFT 64
+#define AUGMENT_GAUSS_SIGMA_MAX 1.0
 
 typedef struct AugmentConfig {
     double crop_min;   /* random resized crop: smallest area fraction (0 = no crop) */
@@ -37,14 +44,23 @@ typedef struct AugmentConfig {
 } AugmentConfig;
 
 /* Parses --augment's value, a comma-separated list of crop:MIN (0 < MIN
- * <= 1), flip, shift:PX (1..64), or "default" (= crop:0.5,flip,shift:2),
+ * <= 1), flip, shift:PX (0..AUGMENT_MAX_SHIFT), "default" (=
+ * crop:0.5,flip,shift:2) or "none" (no views: crop, flip and shift off),
  * into a (other fields untouched).  AE_EARG with a message naming the bad
  * item. */
 int augment_parse(AugmentConfig *a, const char *spec, Err *err);
 
-/* Parses --noise's value gauss:SIGMA (0 < SIGMA <= 1) or mask:RATIO
- * (0 < RATIO < 1) into a->noise / a->noise_level.  AE_EARG on error. */
+/* Parses --noise's value gauss:SIGMA (0 < SIGMA <= AUGMENT_GAUSS_SIGMA_MAX),
+ * mask:RATIO (0 < RATIO < 1) or none into a->noise / a->noise_level.
+ * AE_EARG on error. */
 int augment_parse_noise(AugmentConfig *a, const char *spec, Err *err);
+
+/* The views of a as an --augment value into out[cap]: e.g.
+ * "crop:0.5,flip,shift:2", or "none".  The noise of a as a --noise value:
+ * "gauss:0.1", "mask:0.25" or "none".  augment_parse / augment_parse_noise
+ * read them back to the same settings (%g: 6 significant digits). */
+void augment_views_text(char *out, size_t cap, const AugmentConfig *a);
+void augment_noise_text(char *out, size_t cap, const AugmentConfig *a);
 
 /* 1 if a makes views (crop, flip or shift), 0 otherwise. */
 int augment_has_views(const AugmentConfig *a);

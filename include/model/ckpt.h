@@ -30,6 +30,13 @@
  *                                  (ASCII; absolute when it named an existing
  *                                  file or folder), which a resume without
  *                                  --data trains on; "unknown" = not recorded
+ *   meta.views       float64 [CKPT_VIEWS_LEN]  (version >= 6) the training
+ *                                  objective's options (train_views.h):
+ *                                  --contrastive W, --tau, --contrastive-pool
+ *                                  (0 none, 1 avg), --contrastive-head N,
+ *                                  --noise kind (NoiseKind) and level,
+ *                                  --augment crop MIN, flip (0/1), shift PX;
+ *                                  older files read as all off
  *   meta.crc32       uint32 [n]    (version >= 2) always the LAST member;
  *                                  entry i = zlib crc32 of the raw data bytes
  *                                  (C order, little-endian, no .npy header)
@@ -45,7 +52,9 @@
  *
  * Versions: 1 (no meta.crc32), 2 (meta.crc32), 3 (meta.schedule, meta.data),
  * 4 (meta.shuffle; older files read as the global shuffle, which is all they
- * could use), 5 (meta.data_arg; older files read as not recorded).
+ * could use), 5 (meta.data_arg; older files read as not recorded), 6
+ * (meta.views; older files read as the plain autoencoder, every option off,
+ * tau 0 = not recorded).
  * Every older version is still read; a version 1-2 file reads with the
  * version-3 fields of CkptState zero (not recorded), and the trainer then says
  * that it cannot check the data.
@@ -74,6 +83,13 @@
  *   meta.schedule n_train >= 0, data_crc a uint32, 0 <= epochs <=
  *                 CKPT_EPOCHS_MAX (0: not recorded), max_steps >= 0.
  *   meta.shuffle  0, 0 or a block and window in 1..CKPT_SHUFFLE_MAX.
+ *   meta.views    the ranges of the command line: W in [0,
+ *                 CKPT_CONTRASTIVE_MAX], tau in [CKPT_TAU_MIN, CKPT_TAU_MAX],
+ *                 pool 0 or 1, head an integer in 0..CKPT_HEAD_MAX (> 0 only
+ *                 with W > 0 and pool 1), noise kind 0, 1 or 2 with level 0
+ *                 (none), in (0, AUGMENT_GAUSS_SIGMA_MAX] (gauss) or in (0, 1)
+ *                 (mask), crop in [0, 1], flip 0 or 1, shift an integer in
+ *                 0..AUGMENT_MAX_SHIFT (augment.h).
  *   meta.arch     no NUL byte, and it parses (model_parse) for the
  *                 meta.input_shape; meta.data and meta.data_arg hold no NUL
  *                 byte, meta.data_arg fewer than CKPT_DATA_ARG_BYTES.
@@ -113,13 +129,20 @@
 
 #include "base/err.h"
 #include "model/model.h"
+#include "data/augment.h"
 #include "data/npy.h"
 #include "model/optimizer.h"
 
 /* Format version stored first in meta.state; bump on incompatible change.
  * 2 added meta.crc32, 3 meta.schedule and meta.data, 4 meta.shuffle, 5
- * meta.data_arg.  Every older version is still read. */
-#define CKPT_VERSION 5
+ * meta.data_arg, 6 meta.views.  Every older version is still read. */
+#define CKPT_VERSION 6
+
+/* Oldest format version with meta.views (Checkpoint.version). */
+#define CKPT_VERSION_VIEWS 6
+/* Length of meta.views: contrastive, tau, pool, head, noise kind, noise
+ * level, crop, flip, shift. */
+#define CKPT_VIEWS_LEN 9
 
 /* Length of meta.schedule: n_train, data_crc, epochs, max_steps. */
 #define CKPT_SCHEDULE_LEN 4
@@ -145,6 +168,12 @@
 #define CKPT_BATCH_SIZE_MAX (1 << 20)
 #define CKPT_EPOCHS_MAX 1000000
 #define CKPT_SHUFFLE_MAX INT32_MAX
+/* Limits of --contrastive W, --tau T and --contrastive-head N (train_args.c)
+ * and of their record in meta.views. */
+#define CKPT_CONTRASTIVE_MAX 1e6
+#define CKPT_TAU_MIN 1e-3
+#define CKPT_TAU_MAX 1e3
+#define CKPT_HEAD_MAX 4096
 /* meta.state's optimizer kind of a checkpoint saved without optimizer state
  * (ckpt_save with opt NULL; its meta.hparams are all 0). */
 #define CKPT_OPT_NONE (-1)
@@ -167,6 +196,12 @@ typedef struct CkptState {
     char data[CKPT_DATA_BYTES]; /* the training source as loaded ("" = not recorded) */
     /* Version >= 5 ("" when read from an older file: not recorded): */
     char data_arg[CKPT_DATA_ARG_BYTES]; /* the run's --data argument (absolute when a path) */
+    /* Version >= 6 (zero when read from an older file: all off, tau not recorded): */
+    double contrastive;      /* --contrastive W (0 = off) */
+    double tau;              /* --tau (0 = not recorded) */
+    int64_t contrastive_pool; /* --contrastive-pool: 0 none, 1 avg (CONTRASTIVE_POOL_*, train_args.h) */
+    int64_t contrastive_head; /* --contrastive-head N (0 = none) */
+    AugmentConfig aug;       /* --noise and --augment */
     /* Members ckpt_save writes beside the model's, before meta.* (the
      * trainer's projection head and its optimizer state, train_views.h);
      * NULL / 0 = none.  Not owned: they point at live buffers.  Covered by
@@ -244,6 +279,7 @@ typedef struct Checkpoint {
     char arch[MODEL_SPEC_MAX];
     int C, H, W;
     CkptState state;
+    int version;          /* its format version (1..CKPT_VERSION) */
     OptKind opt_kind;
     double hparams[5];
 } Checkpoint;

@@ -90,11 +90,20 @@ enum {
     TRAIN_GIVEN_EPS = 1u << 9,
     TRAIN_GIVEN_MOMENTUM = 1u << 10,
     TRAIN_GIVEN_SHUFFLE = 1u << 11,
-    TRAIN_GIVEN_DATA = 1u << 12
+    TRAIN_GIVEN_DATA = 1u << 12,
+    TRAIN_GIVEN_CONTRASTIVE = 1u << 13,
+    TRAIN_GIVEN_POOL = 1u << 14,
+    TRAIN_GIVEN_HEAD = 1u << 15,
+    TRAIN_GIVEN_TAU = 1u << 16,
+    TRAIN_GIVEN_NOISE = 1u << 17,
+    TRAIN_GIVEN_AUGMENT = 1u << 18
 };
 
 /* Parses argv into cfg (defaults first).  Errors: AE_EARG with a message
- * naming the option and the accepted values. */
+ * naming the option and the accepted values; without --resume also for
+ * --contrastive-head without --contrastive W > 0 and --contrastive-pool avg
+ * (with --resume the check follows the options taken from the checkpoint:
+ * train_schedule_adopt). */
 int train_args_parse(TrainConfig *cfg, int argc, char **argv, Err *err);
 
 /* Prints the --help text (every option, unit and default). */

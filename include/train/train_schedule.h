@@ -47,11 +47,17 @@ uint32_t train_schedule_fingerprint(const Dataset *ds);
 void train_schedule_identity(CkptState *st, const Dataset *train, const TrainConfig *cfg);
 
 /* Before the data is loaded (the validation split depends on the seed):
- * sets cfg's epochs, batch_size, seed, opt, adam and momentum from ck for
- * every one the user did not give, notes what the run keeps, and notes each
- * given value that differs from ck's.  Errors: AE_EARG when --seed or
+ * sets cfg's epochs, batch_size, seed, opt, adam and momentum, and (ck
+ * version >= CKPT_VERSION_VIEWS) contrastive, tau, contrastive_pool,
+ * contrastive_head and aug (--noise, --augment) from ck for every one the
+ * user did not give, notes what the run keeps, and notes each given value
+ * that differs from ck's.  An older ck records no objective: cfg's stand.
+ * Errors: AE_EARG naming both values and the file when --seed or
  * --optimizer differs from ck's (the weights and the data order came from
- * them), naming both values and the file. */
+ * them), when --contrastive-head differs from ck's head of N > 0 units
+ * (its trained weights), and when the result has a head without
+ * --contrastive W > 0 and --contrastive-pool avg (e.g. --contrastive 0 on a
+ * checkpoint holding a head). */
 int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err);
 
 /* After the data is loaded: the starting state of the resumed run in

@@ -81,7 +81,8 @@ void train_views_free(TrainViews *v);
  * resumed run (ck with arrays, rank 0) restores head.0.weight, head.0.bias,
  * head.2.weight, head.2.bias and their opt.m./opt.v. moments from ck, or,
  * when ck has none (trained without a head), starts a new head (optimizer
- * step count 0) and says so;
+ * step count 0) and says so (AE_EFORMAT instead when ck, version >= 6,
+ * records a head: damaged or edited);
  * rank 0's head is then broadcast.  Sets st->extra/n_extra so that every
  * checkpoint carries the head.  No-op without --contrastive-head.
  * Collective.  Errors (agreed): AE_EFORMAT when ck's head has another

@@ -22,7 +22,6 @@
  * flip, a 2-pixel shift. */
 #define AUGMENT_DEFAULT_CROP 0.5
 #define AUGMENT_DEFAULT_SHIFT 2
-#define AUGMENT_MAX_SHIFT 64
 
 int augment_has_views(const AugmentConfig *a) { return a->crop_min > 0 || a->flip || a->shift > 0; }
 
@@ -34,7 +33,11 @@ int augment_parse(AugmentConfig *a, const char *spec, Err *err)
     int any = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save), any = 1) {
         char *end;
-        if (strcmp(t, "default") == 0) {
+        if (strcmp(t, "none") == 0) {
+            a->crop_min = 0;
+            a->flip = 0;
+            a->shift = 0;
+        } else if (strcmp(t, "default") == 0) {
             a->crop_min = AUGMENT_DEFAULT_CROP;
             a->flip = 1;
             a->shift = AUGMENT_DEFAULT_SHIFT;
@@ -51,8 +54,8 @@ int augment_parse(AugmentConfig *a, const char *spec, Err *err)
                 return err_set(err, AE_EARG, "--augment: '%s': shift:PX needs 0 <= PX <= %d", t, AUGMENT_MAX_SHIFT);
             a->shift = (int)v;
         } else {
-            return err_set(err, AE_EARG, "--augment: unknown item '%s' (expected default, crop:MIN, flip, shift:PX)",
-                           t);
+            return err_set(err, AE_EARG, "--augment: unknown item '%s' (expected default, none, crop:MIN, flip, "
+                           "shift:PX)", t);
         }
     }
     if (!any) return err_set(err, AE_EARG, "--augment: empty value (try --augment default)");
@@ -62,9 +65,12 @@ int augment_parse(AugmentConfig *a, const char *spec, Err *err)
 int augment_parse_noise(AugmentConfig *a, const char *spec, Err *err)
 {
     char *end;
-    if (strncmp(spec, "gauss:", 6) == 0) {
+    if (strcmp(spec, "none") == 0) {
+        a->noise = NOISE_NONE;
+        a->noise_level = 0;
+    } else if (strncmp(spec, "gauss:", 6) == 0) {
         double v = strtod(spec + 6, &end);
-        if (end == spec + 6 || *end || !(v > 0 && v <= 1))
+        if (end == spec + 6 || *end || !(v > 0 && v <= AUGMENT_GAUSS_SIGMA_MAX))
             return err_set(err, AE_EARG, "--noise '%s': gauss:SIGMA needs 0 < SIGMA <= 1 (images are in [0,1])",
                            spec);
         a->noise = NOISE_GAUSS;
@@ -76,9 +82,32 @@ int augment_parse_noise(AugmentConfig *a, const char *spec, Err *err)
         a->noise = NOISE_MASK;
         a->noise_level = v;
     } else {
-        return err_set(err, AE_EARG, "--noise '%s': expected gauss:SIGMA or mask:RATIO", spec);
+        return err_set(err, AE_EARG, "--noise '%s': expected gauss:SIGMA, mask:RATIO or none", spec);
     }
     return AE_OK;
+}
+
+void augment_views_text(char *out, size_t cap, const AugmentConfig *a)
+{
+    if (!augment_has_views(a)) {
+        snprintf(out, cap, "none");
+        return;
+    }
+    char crop[32] = "", shift[32] = "";
+    if (a->crop_min > 0) snprintf(crop, sizeof crop, "crop:%g", a->crop_min);
+    if (a->shift > 0) snprintf(shift, sizeof shift, "shift:%d", a->shift);
+    snprintf(out, cap, "%s%s%s%s%s", crop, crop[0] && (a->flip || shift[0]) ? "," : "", a->flip ? "flip" : "",
+             a->flip && shift[0] ? "," : "", shift);
+}
+
+void augment_noise_text(char *out, size_t cap, const AugmentConfig *a)
+{
+    if (a->noise == NOISE_GAUSS)
+        snprintf(out, cap, "gauss:%g", a->noise_level);
+    else if (a->noise == NOISE_MASK)
+        snprintf(out, cap, "mask:%g", a->noise_level);
+    else
+        snprintf(out, cap, "none");
 }
 
 void augment_rng(Rng *r, uint64_t seed, int64_t epoch, int64_t position, int view)

@@ -25,8 +25,8 @@
 #define CKPT_NAME_MAX 64
 /* Members after the tensors: meta.arch, meta.input_shape, meta.state,
  * meta.hparams, meta.schedule, meta.data, meta.shuffle, meta.data_arg,
- * meta.crc32. */
-#define CKPT_META_MEMBERS 9
+ * meta.views, meta.crc32. */
+#define CKPT_META_MEMBERS 10
 /* meta.data of a state that records no source (a member needs >= 1 byte). */
 #define CKPT_DATA_UNKNOWN "unknown"
 /* Oldest format version with meta.schedule and meta.data. */
@@ -111,6 +111,10 @@ int ckpt_save(const char *path, const Model *m, const Optimizer *opt, const Ckpt
     meta_1d(&a[n++], "meta.shuffle", NPY_I64, 2, shuf);
     const char *data_arg = st->data_arg[0] ? st->data_arg : CKPT_DATA_UNKNOWN;
     meta_1d(&a[n++], "meta.data_arg", NPY_U8, (int64_t)strnlen(data_arg, CKPT_DATA_ARG_BYTES - 1), (void *)data_arg);
+    double views[CKPT_VIEWS_LEN] = { st->contrastive, st->tau, (double)st->contrastive_pool,
+                                     (double)st->contrastive_head, (double)st->aug.noise, st->aug.noise_level,
+                                     st->aug.crop_min, (double)st->aug.flip, (double)st->aug.shift };
+    meta_1d(&a[n++], "meta.views", NPY_F64, CKPT_VIEWS_LEN, views);
     /* meta.crc32 last: one CRC per member written before it. */
     uint32_t *crcs = xmalloc((size_t)n * sizeof *crcs);
     for (int i = 0; i < n; i++) crcs[i] = crc32_bytes(a[i].data, array_bytes(&a[i]));
@@ -259,6 +263,34 @@ static int check_hparams(const char *path, const double *hp, int64_t kind, Err *
     return AE_OK;
 }
 
+/* meta.views v: each value in the range of its option (an integer where
+ * the option takes one), a head only with NT-Xent on pooled codes, the
+ * noise level that of its kind. */
+static int check_views(const char *path, const double *v, Err *err)
+{
+    static const char *const names[CKPT_VIEWS_LEN] = { "contrastive", "tau", "contrastive-pool", "contrastive-head",
+                                                       "noise kind", "noise level", "augment crop", "augment flip",
+                                                       "augment shift" };
+    static const double lo[CKPT_VIEWS_LEN] = { 0, CKPT_TAU_MIN, 0, 0, NOISE_NONE, 0, 0, 0, 0 };
+    static const double hi[CKPT_VIEWS_LEN] = { CKPT_CONTRASTIVE_MAX, CKPT_TAU_MAX, 1, CKPT_HEAD_MAX, NOISE_MASK,
+                                               AUGMENT_GAUSS_SIGMA_MAX, 1, 1, AUGMENT_MAX_SHIFT };
+    static const int integer[CKPT_VIEWS_LEN] = { 0, 0, 1, 1, 1, 0, 0, 1, 1 };
+    for (int i = 0; i < CKPT_VIEWS_LEN; i++)
+        if (!(v[i] >= lo[i] && v[i] <= hi[i]) || (integer[i] && v[i] != floor(v[i]))) /* also NaN */
+            return err_set(err, AE_EFORMAT, "%s: meta.views %s %.9g is out of range (%s%g..%g) " CKPT_EDITED_HINT,
+                           path, names[i], v[i], integer[i] ? "an integer in " : "", lo[i], hi[i]);
+    if (v[3] > 0 && !(v[0] > 0 && v[2] == 1))
+        return err_set(err, AE_EFORMAT, "%s: meta.views records a projection head of %g units without NT-Xent on "
+                       "pooled codes (contrastive %g, pool %g) " CKPT_EDITED_HINT, path, v[3], v[0], v[2]);
+    const int kind = (int)v[4];
+    const double level = v[5];
+    const int level_ok = kind == NOISE_NONE ? level == 0 : kind == NOISE_GAUSS ? level > 0 : level > 0 && level < 1;
+    if (!level_ok)
+        return err_set(err, AE_EFORMAT, "%s: meta.views noise level %.9g does not fit noise kind %d (none: 0, gauss: "
+                       "(0, %g], mask: (0, 1)) " CKPT_EDITED_HINT, path, level, kind, AUGMENT_GAUSS_SIGMA_MAX);
+    return AE_OK;
+}
+
 /* meta.arch: text without NUL bytes that parses as a model for C x H x W. */
 static int check_arch(const char *path, const NpyArray *arch, const char *text, int C, int H, int W, Err *err)
 {
@@ -315,6 +347,11 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     }
     if (s[0] >= CKPT_VERSION_SHUFFLE && !(shuf = member(ck, path, "meta.shuffle", NPY_I64, 2, err)))
         return AE_EFORMAT;
+    const NpyArray *views = NULL;
+    if (s[0] >= CKPT_VERSION_VIEWS) {
+        if (!(views = member(ck, path, "meta.views", NPY_F64, CKPT_VIEWS_LEN, err))) return AE_EFORMAT;
+        if ((rc = check_views(path, views->data, err))) return rc;
+    }
     const NpyArray *data_arg = NULL;
     if (s[0] >= CKPT_VERSION_DATA_ARG) {
         if (!(data_arg = member(ck, path, "meta.data_arg", NPY_U8, -1, err))) return AE_EFORMAT;
@@ -329,6 +366,7 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
         (rc = check_hparams(path, hp->data, s[6], err)))
         return rc;
     /* Every value is in range: narrow. */
+    ck->version = (int)s[0];
     ck->state.step = s[1];
     ck->state.epoch = s[2];
     ck->state.batch = s[3];
@@ -351,6 +389,18 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
         const int64_t *v = shuf->data;
         ck->state.shuffle_block = v[0];
         ck->state.shuffle_window = v[1];
+    }
+    if (views) {
+        const double *v = views->data;
+        ck->state.contrastive = v[0];
+        ck->state.tau = v[1];
+        ck->state.contrastive_pool = (int64_t)v[2];
+        ck->state.contrastive_head = (int64_t)v[3];
+        ck->state.aug.noise = (NoiseKind)(int)v[4];
+        ck->state.aug.noise_level = v[5];
+        ck->state.aug.crop_min = v[6];
+        ck->state.aug.flip = (int)v[7];
+        ck->state.aug.shift = (int)v[8];
     }
     if (data_arg) {
         memcpy(ck->state.data_arg, data_arg->data, (size_t)npy_numel(data_arg));

@@ -106,10 +106,10 @@ void train_args_usage(FILE *out)
 "                        Default: the preset matching the image shape.\n"
 "\n"
 "Embeddings for search (no labels; all off by default: the plain MSE autoencoder)\n"
-"  --noise gauss:SIGMA|mask:RATIO  denoising: corrupt the input (Gaussian noise, or zero a\n"
-"                        fraction of pixels); the loss compares with the clean image\n"
+"  --noise gauss:SIGMA|mask:RATIO|none  denoising: corrupt the input (Gaussian noise, or\n"
+"                        zero a fraction of pixels); the loss compares with the clean image\n"
 "  --augment LIST        random views: crop:MIN (random resized crop, area >= MIN), flip,\n"
-"                        shift:PX, or default (= crop:0.5,flip,shift:2)\n"
+"                        shift:PX, default (= crop:0.5,flip,shift:2), or none\n"
 "  --contrastive W       add W x NT-Xent (SimCLR) on the bottleneck: two views of each image,\n"
 "                        the other images of the GLOBAL batch as negatives (default 0 = off)\n"
 "  --contrastive-pool none|avg  what NT-Xent compares: none (default) the flattened bottleneck,\n"
@@ -149,9 +149,11 @@ void train_args_usage(FILE *out)
 "                        (FFCV's quasi-random order: reads W runs of the files at a time, for\n"
 "                        data larger than the page cache; default B %d, W %d). Same for any\n"
 "                        number of ranks; kept by --resume\n"
-"  After --resume, --epochs, --batch-size, --seed, --optimizer, --lr, --beta1/2, --eps and\n"
-"  --momentum default to the resumed run's values (from its checkpoint), so the run continues as\n"
-"  it was started; --seed and --optimizer cannot change, the others may (each change is reported).\n"
+"  After --resume, --epochs, --batch-size, --seed, --optimizer, --lr, --beta1/2, --eps,\n"
+"  --momentum, --noise, --augment, --contrastive, --contrastive-pool, --contrastive-head and --tau\n"
+"  default to the resumed run's values (from its checkpoint), so the run continues as it was\n"
+"  started; --seed and --optimizer cannot change, nor can anything that drops or resizes a\n"
+"  trained projection head; the others may (each change is reported).\n"
 "\n"
 "Output and restart\n"
 "  --out DIR             output folder (default runs/aesim; with --resume: the folder resumed\n"
@@ -236,6 +238,12 @@ static unsigned given_bit(int o)
     case OPT_MOMENTUM: return TRAIN_GIVEN_MOMENTUM;
     case OPT_SHUFFLE: return TRAIN_GIVEN_SHUFFLE;
     case OPT_DATA: return TRAIN_GIVEN_DATA;
+    case OPT_CONTRASTIVE: return TRAIN_GIVEN_CONTRASTIVE;
+    case OPT_CONTRASTIVE_POOL: return TRAIN_GIVEN_POOL;
+    case OPT_CONTRASTIVE_HEAD: return TRAIN_GIVEN_HEAD;
+    case OPT_TAU: return TRAIN_GIVEN_TAU;
+    case OPT_NOISE: return TRAIN_GIVEN_NOISE;
+    case OPT_AUGMENT: return TRAIN_GIVEN_AUGMENT;
     default: return 0;
     }
 }
@@ -412,7 +420,7 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             rc = augment_parse(&c->aug, optarg, err);
             break;
         case OPT_CONTRASTIVE:
-            if (!(rc = parse_f64(name, optarg, 0, 1e6, &f, err))) c->contrastive = f;
+            if (!(rc = parse_f64(name, optarg, 0, CKPT_CONTRASTIVE_MAX, &f, err))) c->contrastive = f;
             break;
         case OPT_CONTRASTIVE_POOL:
             if (strcmp(optarg, "none") == 0) c->contrastive_pool = CONTRASTIVE_POOL_NONE;
@@ -420,10 +428,10 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
             else rc = err_set(err, AE_EARG, "--contrastive-pool: '%s' is not none or avg", optarg);
             break;
         case OPT_CONTRASTIVE_HEAD:
-            if (!(rc = parse_i64(name, optarg, 0, 4096, &i, err))) c->contrastive_head = (int)i;
+            if (!(rc = parse_i64(name, optarg, 0, CKPT_HEAD_MAX, &i, err))) c->contrastive_head = (int)i;
             break;
         case OPT_TAU:
-            if (!(rc = parse_f64(name, optarg, 1e-3, 1e3, &f, err))) c->tau = f;
+            if (!(rc = parse_f64(name, optarg, CKPT_TAU_MIN, CKPT_TAU_MAX, &f, err))) c->tau = f;
             break;
         case OPT_OVERWRITE: c->overwrite = 1; break;
         case 'h':
@@ -443,7 +451,8 @@ int train_args_parse(TrainConfig *c, int argc, char **argv, Err *err)
     }
     if (optind < argc)
         return err_set(err, AE_EARG, "unexpected argument '%s' (options start with --; see --help)", argv[optind]);
-    if (c->contrastive_head > 0 && (c->contrastive <= 0 || c->contrastive_pool != CONTRASTIVE_POOL_AVG))
+    if (!c->resume[0] && c->contrastive_head > 0 &&
+        (c->contrastive <= 0 || c->contrastive_pool != CONTRASTIVE_POOL_AVG))
         return err_set(err, AE_EARG, "--contrastive-head %d needs --contrastive W > 0 and --contrastive-pool avg (the "
                        "head takes the pooled bottleneck, as SimCLR's)", c->contrastive_head);
     return AE_OK;

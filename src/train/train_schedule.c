@@ -63,6 +63,91 @@ void train_schedule_identity(CkptState *st, const Dataset *train, const TrainCon
     char real[PATH_MAX];
     const char *arg = realpath(cfg->data, real) ? real : cfg->data;
     snprintf(st->data_arg, sizeof st->data_arg, "%.*s", (int)sizeof st->data_arg - 1, arg);
+    st->contrastive = cfg->contrastive;
+    st->tau = cfg->tau;
+    st->contrastive_pool = cfg->contrastive_pool;
+    st->contrastive_head = cfg->contrastive_head;
+    st->aug = cfg->aug;
+}
+
+static const char *pool_name(int64_t pool) { return pool == CONTRASTIVE_POOL_AVG ? "avg" : "none"; }
+
+/* The options of the training objective (train_views.h), a version >= 6
+ * checkpoint's record of them taken for every one not given.  A given value
+ * that differs is noted, unless it would drop or resize the trained
+ * projection head (AE_EARG). */
+static int adopt_views(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err)
+{
+    const CkptState *s = &ck->state;
+    const unsigned g = cfg->given;
+    if ((g & TRAIN_GIVEN_HEAD) && s->contrastive_head > 0 && cfg->contrastive_head != s->contrastive_head)
+        return err_set(err, AE_EARG, "--contrastive-head %d differs from the projection head of %s (%lld units), "
+                       "whose trained weights it holds: a resumed run keeps its head (drop --contrastive-head, or "
+                       "start a fresh run)", cfg->contrastive_head, ck->path, (long long)s->contrastive_head);
+    char was[64], now[64];
+    if (!(g & TRAIN_GIVEN_CONTRASTIVE))
+        cfg->contrastive = s->contrastive;
+    else if (cfg->contrastive != s->contrastive && notes)
+        fprintf(notes, "resume: --contrastive %g replaces %g of %s\n", cfg->contrastive, s->contrastive, ck->path);
+    if (!(g & TRAIN_GIVEN_TAU))
+        cfg->tau = s->tau;
+    else if (cfg->tau != s->tau && notes)
+        fprintf(notes, "resume: --tau %g replaces %g of %s\n", cfg->tau, s->tau, ck->path);
+    if (!(g & TRAIN_GIVEN_POOL))
+        cfg->contrastive_pool = (int)s->contrastive_pool;
+    else if (cfg->contrastive_pool != s->contrastive_pool && notes)
+        fprintf(notes, "resume: --contrastive-pool %s replaces %s of %s\n", pool_name(cfg->contrastive_pool),
+                pool_name(s->contrastive_pool), ck->path);
+    if (!(g & TRAIN_GIVEN_HEAD))
+        cfg->contrastive_head = (int)s->contrastive_head;
+    else if (cfg->contrastive_head != s->contrastive_head && notes) /* a head added to a run without one */
+        fprintf(notes, "resume: --contrastive-head %d replaces %lld of %s\n", cfg->contrastive_head,
+                (long long)s->contrastive_head, ck->path);
+    augment_noise_text(was, sizeof was, &s->aug);
+    augment_noise_text(now, sizeof now, &cfg->aug);
+    if (!(g & TRAIN_GIVEN_NOISE)) {
+        cfg->aug.noise = s->aug.noise;
+        cfg->aug.noise_level = s->aug.noise_level;
+    } else if (strcmp(was, now) != 0 && notes) {
+        fprintf(notes, "resume: --noise %s replaces %s of %s\n", now, was, ck->path);
+    }
+    augment_views_text(was, sizeof was, &s->aug);
+    augment_views_text(now, sizeof now, &cfg->aug);
+    if (!(g & TRAIN_GIVEN_AUGMENT)) {
+        cfg->aug.crop_min = s->aug.crop_min;
+        cfg->aug.flip = s->aug.flip;
+        cfg->aug.shift = s->aug.shift;
+    } else if (strcmp(was, now) != 0 && notes) {
+        fprintf(notes, "resume: --augment %s replaces %s of %s\n", now, was, ck->path);
+    }
+    if (cfg->contrastive_head > 0 && (cfg->contrastive <= 0 || cfg->contrastive_pool != CONTRASTIVE_POOL_AVG)) {
+        if (s->contrastive_head > 0)
+            return err_set(err, AE_EARG, "%s holds a projection head (%lld units) trained by NT-Xent on pooled codes: "
+                           "--contrastive %g --contrastive-pool %s would leave it untrained and drop it from the "
+                           "checkpoints (drop those options to keep --contrastive %g --contrastive-pool avg, or "
+                           "start a fresh run)", ck->path, (long long)s->contrastive_head, cfg->contrastive,
+                           pool_name(cfg->contrastive_pool), s->contrastive);
+        return err_set(err, AE_EARG, "--contrastive-head %d needs --contrastive W > 0 and --contrastive-pool avg (the "
+                       "head takes the pooled bottleneck, as SimCLR's); %s has --contrastive %g --contrastive-pool %s",
+                       cfg->contrastive_head, ck->path, s->contrastive, pool_name(s->contrastive_pool));
+    }
+    return AE_OK;
+}
+
+/* One line of the embedding options a resumed run trains with into
+ * out[cap] ("" for the plain autoencoder). */
+static void views_line(char *out, size_t cap, const TrainConfig *cfg)
+{
+    char noise[64], aug[64];
+    augment_noise_text(noise, sizeof noise, &cfg->aug);
+    augment_views_text(aug, sizeof aug, &cfg->aug);
+    out[0] = '\0';
+    if (cfg->contrastive > 0)
+        snprintf(out, cap, ", --contrastive %g --tau %g --contrastive-pool %s --contrastive-head %d", cfg->contrastive,
+                 cfg->tau, pool_name(cfg->contrastive_pool), cfg->contrastive_head);
+    size_t len = strlen(out);
+    if (cfg->aug.noise != NOISE_NONE && len < cap) len += (size_t)snprintf(out + len, cap - len, ", --noise %s", noise);
+    if (augment_has_views(&cfg->aug) && len < cap) snprintf(out + len, cap - len, ", --augment %s", aug);
 }
 
 /* Takes ck's float hyper-parameter `ckv` into *v unless given; notes a
@@ -115,11 +200,24 @@ int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Er
     adopt_float(&cfg->adam.beta2, ck->hparams[2], g & TRAIN_GIVEN_BETA2, "--beta2", ck->path, notes);
     adopt_float(&cfg->adam.eps, ck->hparams[3], g & TRAIN_GIVEN_EPS, "--eps", ck->path, notes);
     adopt_float(&cfg->momentum, ck->hparams[4], g & TRAIN_GIVEN_MOMENTUM, "--momentum", ck->path, notes);
+    int rc = AE_OK;
+    if (ck->version >= CKPT_VERSION_VIEWS) {
+        if ((rc = adopt_views(cfg, ck, notes, err))) return rc;
+    } else if (cfg->contrastive_head > 0 &&
+               (cfg->contrastive <= 0 || cfg->contrastive_pool != CONTRASTIVE_POOL_AVG)) {
+        return err_set(err, AE_EARG, "--contrastive-head %d needs --contrastive W > 0 and --contrastive-pool avg (the "
+                       "head takes the pooled bottleneck, as SimCLR's)", cfg->contrastive_head);
+    }
+    char views[256];
+    views_line(views, sizeof views, cfg);
     if (notes)
-        fprintf(notes, "resume: keeps seed %llu, global batch %d, %d epoch(s), %s lr %g%s (options given on the "
-                "command line override all but the seed and optimizer)\n", (unsigned long long)cfg->seed,
-                cfg->batch_size, cfg->epochs, optimizer_name(cfg->opt), (double)cfg->adam.lr,
-                s->epochs > 0 ? "" : " [epochs not recorded in this older checkpoint: --epochs or its default]");
+        fprintf(notes, "resume: keeps seed %llu, global batch %d, %d epoch(s), %s lr %g%s%s (options given on the "
+                "command line override all but the seed, the optimizer and a trained projection head)%s\n",
+                (unsigned long long)cfg->seed, cfg->batch_size, cfg->epochs, optimizer_name(cfg->opt),
+                (double)cfg->adam.lr, views,
+                s->epochs > 0 ? "" : " [epochs not recorded in this older checkpoint: --epochs or its default]",
+                ck->version >= CKPT_VERSION_VIEWS ? "" : " [--noise, --augment and --contrastive* not "
+                "recorded in this older checkpoint: the command line's]");
     return AE_OK;
 }
 

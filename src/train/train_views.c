@@ -87,7 +87,10 @@ int train_views_head_setup(TrainViews *v, const Optimizer *opt, const Checkpoint
             else
                 memcpy(a->data, c->data, (size_t)npy_numel(a) * sizeof(float));
         }
-        if (!err->code && found == 0) {
+        if (!err->code && found == 0 && ck->version >= CKPT_VERSION_VIEWS && ck->state.contrastive_head > 0) {
+            err_set(err, AE_EFORMAT, "%.300s: records --contrastive-head %lld but holds no projection head (damaged "
+                    "or edited checkpoint)", ck->path, (long long)ck->state.contrastive_head);
+        } else if (!err->code && found == 0) {
             t = 0;
             par_log0(v->ctx, "note: %s has no projection head (trained without --contrastive-head): a new head starts "
                      "at step %lld\n", ck->path, (long long)st->step);
