@@ -24,9 +24,10 @@
  *   SIGINT   Ctrl-C.  A SIGINT after a stop was already requested takes the
  *            default action (ends the process at once), so an impatient user
  *            can still kill it.
- *   SIGUSR1  mpirun forwards it to every rank WITHOUT a SIGKILL afterwards
- *            (as SLURM's `#SBATCH --signal=B:USR1@120` can send it): the safe
- *            way to ask a whole mpirun job to checkpoint and stop.
+ *   SIGUSR1  mpirun forwards it to every rank WITHOUT a SIGKILL afterwards:
+ *            the safe way to ask a whole mpirun job to checkpoint and stop.
+ *            Under srun, SLURM's `#SBATCH --signal=USR1@120` sends it to every
+ *            rank itself (launch/slurm.sbatch).
  * Repeated SIGTERM/SIGUSR1 (SLURM signals both mpirun and the ranks, and
  * mpirun passes it on) are absorbed: the first one is kept.
  *
