@@ -276,7 +276,9 @@ static int check_views(const char *path, const double *v, Err *err)
                                                AUGMENT_GAUSS_SIGMA_MAX, 1, 1, AUGMENT_MAX_SHIFT };
     static const int integer[CKPT_VIEWS_LEN] = { 0, 0, 1, 1, 1, 0, 0, 1, 1 };
     for (int i = 0; i < CKPT_VIEWS_LEN; i++)
-        if (!(v[i] >= lo[i] && v[i] <= hi[i]) || (integer[i] && v[i] != floor(v[i]))) /* also NaN */
+        if (i == 1 && v[1] == 0 && v[0] == 0) /* tau 0: not recorded, allowed without NT-Xent (a writer */
+            continue;                          /* that trains none, e.g. the reference tools, leaves it 0) */
+        else if (!(v[i] >= lo[i] && v[i] <= hi[i]) || (integer[i] && v[i] != floor(v[i]))) /* also NaN */
             return err_set(err, AE_EFORMAT, "%s: meta.views %s %.9g is out of range (%s%g..%g) " CKPT_EDITED_HINT,
                            path, names[i], v[i], integer[i] ? "an integer in " : "", lo[i], hi[i]);
     if (v[3] > 0 && !(v[0] > 0 && v[2] == 1))

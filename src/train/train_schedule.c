@@ -89,9 +89,9 @@ static int adopt_views(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err 
         cfg->contrastive = s->contrastive;
     else if (cfg->contrastive != s->contrastive && notes)
         fprintf(notes, "resume: --contrastive %g replaces %g of %s\n", cfg->contrastive, s->contrastive, ck->path);
-    if (!(g & TRAIN_GIVEN_TAU))
-        cfg->tau = s->tau;
-    else if (cfg->tau != s->tau && notes)
+    if (!(g & TRAIN_GIVEN_TAU)) {
+        if (s->tau > 0) cfg->tau = s->tau; /* 0: not recorded (no NT-Xent), --tau's default stays */
+    } else if (s->tau > 0 && cfg->tau != s->tau && notes)
         fprintf(notes, "resume: --tau %g replaces %g of %s\n", cfg->tau, s->tau, ck->path);
     if (!(g & TRAIN_GIVEN_POOL))
         cfg->contrastive_pool = (int)s->contrastive_pool;
