@@ -390,6 +390,10 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     }
     if (par_agree(ctx, err)) goto done;
     if (cfg->nlist > 0 && search_index_train_ivf(ctx, cfg, nthreads, err)) goto done;
+    const int late = par_allreduce_max_int(ctx, signals_pending());
+    if (late)
+        par_err0(ctx, "index: %s arrived while the database was being written: finished it first (complete, as "
+                      "below)\n", signals_name(late));
     const double secs = timer_now() - t0;
     par_err0(ctx, "index: done in %.1f s (%.0f images/s) | %s now holds %lld vectors in %d shards\n", secs,
              (double)N / (secs > 0 ? secs : 1), cfg->db, (long long)db.count, db.n_shards); /* rank 0's db is updated */
