@@ -703,6 +703,41 @@ static void test_forged_meta_is_refused(void **state)
     ckpt_free(&ck);
 }
 
+/* A resume never falls back past a newer checkpoint of the history that a
+ * run from an older step would delete at its first save: not past an intact
+ * newer step (the named file damaged), not past a file from a newer aesim. */
+static void test_no_fallback_past_newer(void **state)
+{
+    Fixture *f = *state;
+    Err err;
+    err_clear(&err);
+    char notes[8192], p[FILEIO_PATH_MAX];
+    Checkpoint ck;
+    for (int64_t s = 10; s <= 30; s += 10) {
+        fill_model(f, (uint64_t)s);
+        CkptState st = state_at(s);
+        assert_int_equal(ckpt_save_rotate(f->dir, &f->m, &f->opt, &st, 3, NULL, NULL, &err), AE_OK);
+    }
+    /* Step 20 named but damaged, step 30 intact: an error, not step 10. */
+    step_file(p, f, 20);
+    truncate_half(p);
+    assert_int_equal(read_latest(&ck, p, notes, sizeof notes, &err), AE_EFORMAT);
+    assert_non_null(strstr(err.msg, "holds an intact newer one (step 30)"));
+    assert_null(ck.arrays);
+    /* Step 30 from a newer aesim (format version CKPT_VERSION + 1): the
+     * folder is refused, not resumed from step 10. */
+    char newest[FILEIO_PATH_MAX];
+    step_file(newest, f, 30);
+    path_in(p, f, "v-next.npz");
+    forge(newest, p, &(Forge){ "meta.state", 0, .i64 = CKPT_VERSION + 1 });
+    assert_int_equal(rename(p, newest), 0);
+    path_in(p, f, "checkpoint.npz");
+    unlink(p);
+    assert_int_not_equal(read_latest(&ck, f->dir, notes, sizeof notes, &err), AE_OK);
+    assert_non_null(strstr(err.msg, "written by a newer aesim"));
+    assert_null(ck.arrays);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -712,6 +747,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotation_branch_and_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_fallback_past_newer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_meta_is_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

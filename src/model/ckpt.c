@@ -44,6 +44,11 @@
 /* Largest plausible image side in meta.input_shape (sanity bound). */
 #define CKPT_MAX_SIDE 65536
 
+/* The words of the refusal of a checkpoint from a newer aesim: resume does
+ * not fall back past such a file (it is not damaged, and a run on an older
+ * step would delete it). */
+#define NEWER_FORMAT_TEXT "this aesim reads versions"
+
 static uint32_t crc32_bytes(const void *data, size_t len)
 {
     uLong crc = crc32(0L, Z_NULL, 0);
@@ -323,7 +328,7 @@ static int read_impl(Checkpoint *ck, const char *path, Err *err)
     if (!hp) return AE_EFORMAT;
     const int64_t *s = state->data, *sh = shape->data;
     if (s[0] < 1 || s[0] > CKPT_VERSION)
-        return err_set(err, AE_EFORMAT, "%s: checkpoint format version %lld, this aesim reads versions 1..%d", path,
+        return err_set(err, AE_EFORMAT, "%s: checkpoint format version %lld, " NEWER_FORMAT_TEXT " 1..%d", path,
                        (long long)s[0], CKPT_VERSION);
     if (s[0] >= 2 && (rc = verify_crcs(ck, path, err))) return rc;
     if ((rc = verify_finite(ck, path, err))) return rc;
@@ -659,7 +664,17 @@ static int try_candidate(Checkpoint *ck, const char *path, FILE *notes, Err *fir
     if (ckpt_read(ck, path, &e) == AE_OK) return 1;
     if (first->code == AE_OK) *first = e;
     *pending = e;
+    if (strstr(e.msg, NEWER_FORMAT_TEXT)) return -1;
     return 0;
+}
+
+/* The error for a checkpoint written by a newer aesim (e: its refusal). */
+static int newer_format_error(Err *err, const Err *e)
+{
+    char msg[ERR_MSG_BYTES];
+    snprintf(msg, sizeof msg, "%s", e->msg);
+    return err_set(err, e->code, "%.800s: written by a newer aesim; not falling back to older checkpoints, which "
+                   "would delete it (hint: resume with that version of aesim)", msg);
 }
 
 static int same_file(const struct stat *a, const char *path)
@@ -721,7 +736,9 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         snprintf(dir, sizeof dir, "%s", arg);
     } else {
         /* A file: try it, then (for our own names) the older steps beside it. */
-        if (try_candidate(ck, arg, notes, &first, &pending, &tried)) return AE_OK;
+        const int got = try_candidate(ck, arg, notes, &first, &pending, &tried);
+        if (got > 0) return AE_OK;
+        if (got < 0) return newer_format_error(err, &first);
         const char *slash = strrchr(arg, '/');
         const char *base = slash ? slash + 1 : arg;
         int64_t s;
@@ -733,6 +750,28 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         }
         ckpt_resume_folder(dir, sizeof dir, arg);
         have_tried_file = stat(arg, &tried_file) == 0;
+        /* Falling back past a newer step of the same history would let the
+         * run's first save delete it (a branch): refuse instead. */
+        int64_t *all;
+        const int m = ckpt_list_steps(dir, &all);
+        long long newer = 0; /* the newest intact step after the named one */
+        for (int i = 0; i < m && below != INT64_MAX && all[i] > below && !newer; i++) {
+            char sp[FILEIO_PATH_MAX];
+            Checkpoint probe;
+            Err pe;
+            err_clear(&pe);
+            if (step_path(sp, sizeof sp, dir, all[i]) && ckpt_read(&probe, sp, &pe) == AE_OK) newer = all[i];
+            ckpt_free(&probe);
+        }
+        const long long newest = newer;
+        free(all);
+        if (newer) {
+            char msg[ERR_MSG_BYTES];
+            snprintf(msg, sizeof msg, "%s", first.msg);
+            return err_set(err, first.code, "%.700s; not falling back to an older step, since %.200s holds an intact "
+                           "newer one (step %lld) that a run from an older step would delete (hint: --resume %.200s "
+                           "takes the newest intact checkpoint)", msg, dir, newest, dir);
+        }
     }
     int64_t *steps;
     int n = ckpt_list_steps(dir, &steps);
@@ -743,6 +782,10 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         if (steps[i] >= below || !step_path(path, sizeof path, dir, steps[i])) continue;
         if (have_tried_file && same_file(&tried_file, path)) continue;
         found = try_candidate(ck, path, notes, &first, &pending, &tried);
+        if (found < 0) {
+            free(steps);
+            return newer_format_error(err, &pending);
+        }
     }
     /* checkpoint.npz is normally a hard link to the newest step file, tried
      * above; on its own it matters for folders without step files. */
