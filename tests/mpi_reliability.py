@@ -273,28 +273,37 @@ class Checkpoints(unittest.TestCase):
         assert_bitwise(self, os.path.join(out, "checkpoint.npz"), os.path.join(R8, "checkpoint.npz"))
         verify_crc(self, newest)   # rewritten whole
 
-    def test_resuming_an_older_checkpoint_warns_of_the_newer_ones(self):
-        """--resume of an older step file in its own folder branches the run:
-        the log names the newer checkpoints before the first save deletes
-        them, and afterwards only the branch's files remain."""
+    def test_resuming_an_older_checkpoint_with_overwrite_branches(self):
+        """--resume of an older step file in its own folder with --overwrite
+        branches the run: the log names the newer checkpoints it deletes at
+        once, and afterwards only the branch's files remain."""
         out = os.path.join(TMP, "branch")
         shutil.copytree(R8, out)
         p = mpirun(2, out, "--epochs", "2", "--max-steps", "7", "--ckpt-every", "1",
-                   "--resume", os.path.join(out, "ckpt-step00000004.npz"))
-        self.assertIn(f"resume: warning: {out} holds 2 checkpoint(s) newer than the one resumed (steps 6..8 after "
-                      "step 4)", p.stdout)
+                   "--resume", os.path.join(out, "ckpt-step00000004.npz"), "--overwrite")
+        self.assertIn(f"resume: --overwrite: deleted the 2 checkpoint(s) after step 4 (steps 6..8) of {out}",
+                      p.stdout)
         steps = sorted(step_of(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
         self.assertEqual(steps[-1], 7, "the branch's newest is step 7; the old 8 is gone")
 
     def test_branch_keeps_one_history(self):
-        """Resumed from step 4 of a folder holding 4, 6 and 8, with a
-        checkpoint only at the epoch end (step 8): the first save removes
-        the abandoned step 6 too, not only the steps above the new one, so
-        a later --resume cannot pick up the old branch."""
+        """Resuming step 4 of a folder holding 4, 6 and 8 would discard 6
+        and 8: refused without --overwrite, the folder unchanged (it used to
+        warn, then delete them at the first save, or keep them and mix two
+        histories when stopped before it).  With --overwrite they go at
+        once, with their metrics.csv rows, and the run continues one
+        history: step 8 equal bit for bit to the straight run's."""
         out = os.path.join(TMP, "branch_once")
         shutil.copytree(R8, out)
-        p = mpirun(2, out, "--epochs", "2", "--ckpt-every", "100", "--resume", os.path.join(out, "ckpt-step00000004.npz"))
-        self.assertIn("this run's first checkpoint deletes them", p.stdout)
+        before = files_bytes(out)
+        older = os.path.join(out, "ckpt-step00000004.npz")
+        p = mpirun(2, out, "--epochs", "2", "--ckpt-every", "100", "--resume", older, check=False, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("newer than the one resumed (steps 6..8 after step 4): resuming here would discard them",
+                      p.stderr)
+        self.assertEqual(files_bytes(out), before)
+        p = mpirun(2, out, "--epochs", "2", "--ckpt-every", "100", "--resume", older, "--overwrite")
+        self.assertIn("--overwrite: deleted the 2 checkpoint(s) after step 4", p.stdout)
         steps = sorted(step_of(f) for f in glob.glob(os.path.join(out, "ckpt-step*.npz")))
         self.assertEqual(steps, [4, 8])
         assert_bitwise(self, os.path.join(out, "ckpt-step00000008.npz"), os.path.join(R8, "checkpoint.npz"))

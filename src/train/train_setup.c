@@ -135,26 +135,69 @@ static int adopt_data(const ParCtx *ctx, TrainConfig *cfg, const Checkpoint *ck,
     return AE_OK;
 }
 
+/* --resume of an older step with --overwrite, rank 0: deletes the step
+ * files steps[0..newer) (all after `from`) and checkpoint.npz when it is one
+ * of them (a hard link), saying so. */
+static void discard_newer(const char *out, const int64_t *steps, int newer, int64_t from)
+{
+    char latest[FILEIO_PATH_MAX], path[FILEIO_PATH_MAX];
+    struct stat lst, st;
+    const int have_latest = snprintf(latest, sizeof latest, "%s/%s", out, CKPT_LATEST_NAME) < (int)sizeof latest &&
+                            stat(latest, &lst) == 0;
+    int latest_gone = 0;
+    for (int i = 0; i < newer; i++) {
+        if (snprintf(path, sizeof path, "%s/%s%08lld.npz", out, CKPT_STEP_PREFIX, (long long)steps[i]) >=
+            (int)sizeof path)
+            continue;
+        if (have_latest && stat(path, &st) == 0 && st.st_dev == lst.st_dev && st.st_ino == lst.st_ino)
+            latest_gone = 1;
+        unlink(path);
+    }
+    if (latest_gone) unlink(latest);
+    printf("resume: --overwrite: deleted the %d checkpoint(s) after step %lld (steps %lld..%lld) of %s\n", newer,
+           (long long)from, (long long)steps[newer - 1], (long long)steps[0], out);
+}
+
 int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err)
 {
     memset(ck, 0, sizeof *ck);
     if (!cfg->resume[0]) return AE_OK;
     if (read_checkpoint(ctx, cfg->resume, ck, err)) return err->code;
     if (ctx->rank == 0) {
-        /* Resuming an older checkpoint in its own folder branches the run:
-         * ckpt_save_rotate then deletes the step files of the abandoned
-         * continuation (else --resume would pick them as the newest). */
+        /* Resuming an older checkpoint in its own folder branches the run,
+         * discarding the continuation after it: only with --overwrite, and
+         * then at once (its step files and their metrics.csv rows go
+         * together, so a run stopped before its first save leaves one
+         * history); else --out NEWDIR branches elsewhere. */
         int64_t *steps = NULL;
-        int n = ckpt_list_steps(cfg->out, &steps), newer = 0;
+        int n = ckpt_list_steps(cfg->out, &steps), newer = 0, intact = 0;
         while (newer < n && steps[newer] > ck->state.step) newer++;
-        if (newer)
-            printf("resume: warning: %s holds %d checkpoint(s) newer than the one resumed (steps %lld..%lld after "
-                   "step %lld); this run's first checkpoint deletes them (hint: stop now and add --out NEWDIR to "
-                   "keep them and branch there)\n", cfg->out, newer, (long long)steps[newer - 1],
-                   (long long)steps[0], (long long)ck->state.step);
+        /* Damaged newer files (a fallback past them) are no history: the
+         * first save removes them as before. */
+        for (int i = 0; i < newer && !intact && !cfg->overwrite; i++) {
+            char path[FILEIO_PATH_MAX];
+            Checkpoint probe;
+            Err pe;
+            err_clear(&pe);
+            if (snprintf(path, sizeof path, "%s/%s%08lld.npz", cfg->out, CKPT_STEP_PREFIX, (long long)steps[i]) <
+                    (int)sizeof path &&
+                ckpt_read(&probe, path, &pe) == AE_OK)
+                intact = 1;
+            ckpt_free(&probe);
+        }
+        if (newer && !cfg->overwrite && !intact)
+            newer = 0;
+        if (newer && !cfg->overwrite)
+            err_set(err, AE_EARG, "%s holds %d checkpoint(s) newer than the one resumed (steps %lld..%lld after step "
+                    "%lld): resuming here would discard them (hint: add --out NEWDIR to branch there and keep them, "
+                    "or --overwrite to discard them)", cfg->out, newer, (long long)steps[newer - 1],
+                    (long long)steps[0], (long long)ck->state.step);
+        else if (newer)
+            discard_newer(cfg->out, steps, newer, ck->state.step);
         free(steps);
     }
-    if (!adopt_data(ctx, cfg, ck, err)) train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
+    if (!err->code && !adopt_data(ctx, cfg, ck, err))
+        train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
     fflush(stdout);
     if (par_agree(ctx, err)) ckpt_free(ck);
     return err->code;
