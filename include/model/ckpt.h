@@ -266,6 +266,15 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
  * cannot be listed, or a file that cannot be removed, is skipped. */
 int ckpt_remove_stale_temps(const char *dir, int64_t *bytes);
 
+/* dir/ckpt-stepNNNNNNNN.npz of `step` into out[cap]; 1, or 0 when it does
+ * not fit. */
+int ckpt_step_path(char *out, size_t cap, const char *dir, int64_t step);
+
+/* 1 if the step file of `step` in dir reads and verifies (ckpt_read: CRCs,
+ * meta values), else 0 (missing, damaged, from a newer aesim).  Reads the
+ * whole file. */
+int ckpt_step_intact(const char *dir, int64_t step);
+
 /* The steps of the step files (ckpt-stepNNNNNNNN.npz) in dir, newest first:
  * *steps gets a malloc'd array (free it; NULL when none).  Returns their
  * number, or -1 if dir cannot be listed. */

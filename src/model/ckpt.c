@@ -469,10 +469,21 @@ static int parse_step_name(const char *name, int64_t *step)
     return 1;
 }
 
-static int step_path(char *out, size_t cap, const char *dir, int64_t step)
+int ckpt_step_path(char *out, size_t cap, const char *dir, int64_t step)
 {
     int n = snprintf(out, cap, "%s/%s%0*lld.npz", dir, CKPT_STEP_PREFIX, CKPT_STEP_DIGITS, (long long)step);
     return n > 0 && (size_t)n < cap;
+}
+
+int ckpt_step_intact(const char *dir, int64_t step)
+{
+    char path[FILEIO_PATH_MAX];
+    Checkpoint probe;
+    Err e;
+    err_clear(&e);
+    const int ok = ckpt_step_path(path, sizeof path, dir, step) && ckpt_read(&probe, path, &e) == AE_OK;
+    if (ok) ckpt_free(&probe);
+    return ok;
 }
 
 /* Step numbers of the ckpt-step files in dir, sorted newest first.
@@ -620,7 +631,7 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
                      CkptRotation *rot, char *written, Err *err)
 {
     char path[FILEIO_PATH_MAX];
-    if (!step_path(path, sizeof path, dir, st->step)) return err_set(err, AE_EARG, "%s: path too long", dir);
+    if (!ckpt_step_path(path, sizeof path, dir, st->step)) return err_set(err, AE_EARG, "%s: path too long", dir);
     /* first: on a nearly full disk a dead writer's temp may be the room this save needs */
     ckpt_remove_stale_temps(dir, NULL);
     int rc = ckpt_save(path, m, opt, st, err);
@@ -635,7 +646,7 @@ int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, cons
     int n = ckpt_list_steps(dir, &steps), kept = 0;
     for (int i = 0; i < n; i++) {
         char old[FILEIO_PATH_MAX];
-        if (!step_path(old, sizeof old, dir, steps[i])) continue;
+        if (!ckpt_step_path(old, sizeof old, dir, steps[i])) continue;
         const int64_t s = steps[i];
         const int drop = s > st->step || (first && s > rot->start && s != st->step) ||
                          (s != st->step && kept >= (keep > 0 ? keep : 1));
@@ -755,14 +766,8 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         int64_t *all;
         const int m = ckpt_list_steps(dir, &all);
         long long newer = 0; /* the newest intact step after the named one */
-        for (int i = 0; i < m && below != INT64_MAX && all[i] > below && !newer; i++) {
-            char sp[FILEIO_PATH_MAX];
-            Checkpoint probe;
-            Err pe;
-            err_clear(&pe);
-            if (step_path(sp, sizeof sp, dir, all[i]) && ckpt_read(&probe, sp, &pe) == AE_OK) newer = all[i];
-            ckpt_free(&probe);
-        }
+        for (int i = 0; i < m && below != INT64_MAX && all[i] > below && !newer; i++)
+            if (ckpt_step_intact(dir, all[i])) newer = all[i];
         const long long newest = newer;
         free(all);
         if (newer) {
@@ -779,7 +784,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
     char path[FILEIO_PATH_MAX];
     int found = 0;
     for (int i = 0; i < n && !found; i++) {
-        if (steps[i] >= below || !step_path(path, sizeof path, dir, steps[i])) continue;
+        if (steps[i] >= below || !ckpt_step_path(path, sizeof path, dir, steps[i])) continue;
         if (have_tried_file && same_file(&tried_file, path)) continue;
         found = try_candidate(ck, path, notes, &first, &pending, &tried);
         if (found < 0) {
@@ -794,7 +799,7 @@ int ckpt_read_latest(Checkpoint *ck, const char *arg, FILE *notes, Err *err)
         stat(path, &lst) == 0) {
         int dup = 0;
         char sp[FILEIO_PATH_MAX];
-        for (int i = 0; i < n && !dup; i++) dup = step_path(sp, sizeof sp, dir, steps[i]) && same_file(&lst, sp);
+        for (int i = 0; i < n && !dup; i++) dup = ckpt_step_path(sp, sizeof sp, dir, steps[i]) && same_file(&lst, sp);
         if (!dup) found = try_candidate(ck, path, notes, &first, &pending, &tried);
     }
     free(steps);

@@ -146,9 +146,7 @@ static void discard_newer(const char *out, const int64_t *steps, int newer, int6
                             stat(latest, &lst) == 0;
     int latest_gone = 0;
     for (int i = 0; i < newer; i++) {
-        if (snprintf(path, sizeof path, "%s/%s%08lld.npz", out, CKPT_STEP_PREFIX, (long long)steps[i]) >=
-            (int)sizeof path)
-            continue;
+        if (!ckpt_step_path(path, sizeof path, out, steps[i])) continue;
         if (have_latest && stat(path, &st) == 0 && st.st_dev == lst.st_dev && st.st_ino == lst.st_ino)
             latest_gone = 1;
         unlink(path);
@@ -174,19 +172,8 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
         while (newer < n && steps[newer] > ck->state.step) newer++;
         /* Damaged newer files (a fallback past them) are no history: the
          * first save removes them as before. */
-        for (int i = 0; i < newer && !intact && !cfg->overwrite; i++) {
-            char path[FILEIO_PATH_MAX];
-            Checkpoint probe;
-            Err pe;
-            err_clear(&pe);
-            if (snprintf(path, sizeof path, "%s/%s%08lld.npz", cfg->out, CKPT_STEP_PREFIX, (long long)steps[i]) <
-                    (int)sizeof path &&
-                ckpt_read(&probe, path, &pe) == AE_OK)
-                intact = 1;
-            ckpt_free(&probe);
-        }
-        if (newer && !cfg->overwrite && !intact)
-            newer = 0;
+        for (int i = 0; i < newer && !intact && !cfg->overwrite; i++) intact = ckpt_step_intact(cfg->out, steps[i]);
+        if (!cfg->overwrite && !intact) newer = 0;
         if (newer && !cfg->overwrite)
             err_set(err, AE_EARG, "%s holds %d checkpoint(s) newer than the one resumed (steps %lld..%lld after step "
                     "%lld): resuming here would discard them (hint: add --out NEWDIR to branch there and keep them, "
