@@ -190,6 +190,23 @@ class Summary(unittest.TestCase):
         p = mpirun(2, TRAIN, *COMMON, "--batch-size", "30", "--max-steps", "2", "--out", out, check=True)
         self.assertIn("overlap", p.stdout)
         self.assertTrue(all(r["comm_ms"] != "" for r in csv_rows(out)))
+        # The default --precision auto trains what --version says it runs
+        # here; on a CPU with AVX512_BF16 whose VDPBF16PS is too slow to
+        # pay, the log says why it runs fp32.
+        auto = re.search(r"--precision auto \(the default\) runs (bf16|fp32) here", run(TRAIN, "--version").stdout)
+        self.assertIsNotNone(auto)
+        self.assertRegex(p.stdout, r"(?m)^model: .* \| " + ("bf16 \\(VDPBF16PS kernels\\)" if auto.group(1) == "bf16"
+                                                             else "fp32") + "$")
+        with open("/proc/cpuinfo") as f:
+            native = " avx512_bf16" in f.read()
+        note = re.search(r"(?m)^precision: auto runs fp32: VDPBF16PS does (\d+\.\d\d)x the multiply-adds per "
+                         r"second of float32 FMAs on the slowest rank's CPU \(bf16 pays from 1\.4x\); "
+                         r"--precision bf16 runs it anyway$", p.stdout)
+        if native and auto.group(1) == "fp32":
+            self.assertIsNotNone(note, p.stdout)
+            self.assertLess(float(note.group(1)), 1.4)
+        else:
+            self.assertIsNone(note, p.stdout)
 
     def test_epoch_row_is_the_epochs_mean(self):
         out = os.path.join(TMP, "epoch_rows")
@@ -242,8 +259,10 @@ class Version(unittest.TestCase):
             flags = f.read()
         avx512 = " avx512f" in flags
         # --precision auto picks bf16 exactly where the CPU has AVX512_BF16
-        # (and AVX512BW, which every such CPU has), as /proc/cpuinfo says.
-        auto = "bf16" if " avx512_bf16" in flags and " avx512bw" in flags else "fp32"
+        # (and AVX512BW, which every such CPU has), as /proc/cpuinfo says,
+        # and its VDPBF16PS, measured, does at least 1.4x the multiply-adds
+        # per second of float32 FMAs (the measured rate is on the line).
+        native = " avx512_bf16" in flags and " avx512bw" in flags
         for prog in (TRAIN, SEARCH, PACK):
             p = run(prog, "--version")
             self.assertEqual(p.returncode, 0, p.stderr)
@@ -254,6 +273,14 @@ class Version(unittest.TestCase):
             self.assertIn("CFLAGS -O", p.stdout)
             self.assertIn("conv direct" if avx512 else "conv generic", p.stdout)
             self.assertIn("OpenBLAS", p.stdout)
+            auto = "fp32"
+            if name != "aesim-pack" and native:
+                m = re.search(r"^bf16: VDPBF16PS kernels \(AVX512_BF16\) at (\d+\.\d\d)x the multiply-adds per "
+                              r"second of float32 FMAs, measured \(auto needs 1\.4x\); ", p.stdout, re.M)
+                self.assertIsNotNone(m, p.stdout)
+                # Known CPUs: about 0.5 (Intel Xeon) or 2.0 (AMD Zen 4, 5).
+                self.assertTrue(0.2 <= float(m.group(1)) <= 4.0, m.group(0))
+                auto = "bf16" if float(m.group(1)) >= 1.4 else "fp32"
             if name == "aesim-train":
                 self.assertIn("--precision auto (the default) runs %s here\n" % auto, p.stdout)
             elif name == "aesim-search":

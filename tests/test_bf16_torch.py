@@ -41,6 +41,7 @@ kernels on VDPBF16PS; 1 and 2 threads.
 BF16_TABLE=1 prints every error instead of asserting.
 """
 import os
+import re
 import subprocess
 import tempfile
 import unittest
@@ -230,9 +231,22 @@ class Bf16VsTorch(unittest.TestCase):
             msg = f"aesim-search --precision bf16 vectors: error vs the bf16 definition {e_def:.2e}, fp32 vectors {e_fp32:.2e}"
             self.assertLessEqual(e_def, TIGHT, msg)
             self.assertLessEqual(e_def, VISIBLE * e_fp32, msg)
-            # --precision auto: bf16 where the CPU has AVX512_BF16 (same kernels, same bits), else fp32
-            want = "bf16" if _cpu_has("avx512_bf16") else "fp32"
+            # --precision auto: bf16 where the CPU has AVX512_BF16 and its
+            # VDPBF16PS outpaces float32 FMAs, as --version measures (same
+            # kernels, same bits), else fp32; where it has AVX512_BF16 and
+            # still runs fp32, the index says why.
+            version = subprocess.run([SEARCH, "--version"], check=True, capture_output=True, text=True).stdout
+            m = re.search(r"--precision auto runs (bf16|fp32) here", version)
+            self.assertIsNotNone(m, version)
+            want = m.group(1)
+            if not _cpu_has("avx512_bf16"):
+                self.assertEqual(want, "fp32", version)
             np.testing.assert_array_equal(vec["auto"], vec[want], err_msg=f"--precision auto is not {want} here")
+            note = "--precision auto runs fp32: VDPBF16PS does "
+            if _cpu_has("avx512_bf16") and want == "fp32":
+                self.assertIn(note, log["auto"])
+            else:
+                self.assertNotIn(note, log["auto"])
             # The index log says which arithmetic encoded the images.
             self.assertIn("| encoder fp32\n", log["fp32"])
             self.assertIn("| encoder bf16 (", log["bf16"])

@@ -140,12 +140,23 @@ void model_free(Model *m);
 int model_precision_parse(ModelPrecision *out, const char *name, Err *err);
 
 /* The arithmetic a request gives: MODEL_PRECISION_AUTO -> MODEL_BF16 when
- * all_native is nonzero (the caller's agreement, over every rank of the
- * job, that conv_bf16_available(CONV_BF16_NATIVE): the VDPBF16PS kernels
- * run everywhere, so bf16 is faster and still within the quality gate of
- * the README), else MODEL_FP32 (never the slower emulation); MODEL_FP32 and
+ * all_fast is nonzero (the caller's agreement, over every rank of the job,
+ * that conv_bf16_auto_runs_bf16(): the VDPBF16PS kernels run everywhere and
+ * the CPU's VDPBF16PS outpaces its float32 FMA, so bf16 is faster and still
+ * within the quality gate of the README), else MODEL_FP32 (never the
+ * emulation, nor VDPBF16PS where it is slower than float32); MODEL_FP32 and
  * MODEL_BF16 as they are. */
-ModelPrecision model_precision_resolve(ModelPrecision request, int all_native);
+ModelPrecision model_precision_resolve(ModelPrecision request, int all_fast);
+
+/* Why --precision auto runs fp32 on CPUs that have AVX512_BF16, for the log:
+ * writes to note[note_size] (NUL-terminated, cut to fit) "auto runs fp32:
+ * VDPBF16PS does X.XXx the multiply-adds per second of float32 FMAs on this
+ * CPU (bf16 pays from 1.4x); --precision bf16 runs it anyway" ("the slowest
+ * rank's CPU" when nranks > 1) and returns 1, when all_fast is 0 and
+ * slowest_speedup (the smallest conv_bf16_dot_speedup of the job's ranks) is
+ * above 0 (every rank has AVX512_BF16); else writes "" and returns 0 (bf16
+ * runs, or a CPU lacks the instruction, which --version says). */
+int model_precision_auto_note(char *note, size_t note_size, int all_fast, double slowest_speedup, int nranks);
 
 /* "fp32", "bf16" or "auto" (static string; "?" otherwise). */
 const char *model_precision_name(ModelPrecision p);

@@ -62,6 +62,29 @@ enum { CONV_BF16_OFF = 0, CONV_BF16_NATIVE = 1, CONV_BF16_EMULATED = 2 };
  * CONV_BF16_OFF).  Pure CPU query. */
 int conv_bf16_available(int impl);
 
+/* How much faster this core multiplies bfloat16 pairs than float32, measured:
+ * the multiply-adds per second of VDPBF16PS (2 per lane) over those of a
+ * float32 FMA (1 per lane), each timed on 16 independent zmm accumulators
+ * (register-only loops, best of 7 interleaved trials of about 0.1 ms; about
+ * 2 ms in all).  The instruction's rate, not the CPU's flags, decides whether
+ * bf16 pays: AMD Zen 4 and 5 issue VDPBF16PS as fast as an FMA (about 2.0
+ * here), Intel Xeons with AVX512_BF16 on one port only (about 1.0: the bf16
+ * kernels are then slower than float32 for their packing; measured
+ * 2026-12-06, bench/results/HISTORY.md).  The first call measures (call it
+ * from one thread; later calls return the same value); 0 when
+ * !conv_bf16_available(CONV_BF16_NATIVE). */
+double conv_bf16_dot_speedup(void);
+
+/* The speedup conv_bf16_dot_speedup() must reach for --precision auto to
+ * pick bf16: between Intel's 1.0 and AMD's 2.0, far from both. */
+#define CONV_BF16_AUTO_MIN_SPEEDUP 1.4
+
+/* 1 when --precision auto should run bf16 on this CPU:
+ * conv_bf16_available(CONV_BF16_NATIVE) and conv_bf16_dot_speedup() >=
+ * CONV_BF16_AUTO_MIN_SPEEDUP (model_precision_resolve's all_native asks every
+ * rank this).  Measures on the first call, as conv_bf16_dot_speedup. */
+int conv_bf16_auto_runs_bf16(void);
+
 /* 32-bit words of a packed weight block for a pass with CI input and CO
  * output channels and kk taps: ceil(CO/8) * kk * ceil(CI/2) * 8. */
 size_t conv_bf16_weight_words(int CI, int CO, int kk);

@@ -41,8 +41,10 @@
 
 /* Collective.  The encoder arithmetic of --precision value `request`
  * (ModelPrecision): MODEL_PRECISION_AUTO becomes bf16 only when every rank's
- * CPU runs the VDPBF16PS kernels (model_precision_resolve), so all shards
- * are encoded alike; fp32 and bf16 are returned as they are. */
+ * CPU runs the VDPBF16PS kernels faster than float32
+ * (conv_bf16_auto_runs_bf16, model_precision_resolve), so all shards are
+ * encoded alike; where the CPUs have AVX512_BF16 and auto still gives fp32,
+ * rank 0 says why on stderr.  fp32 and bf16 are returned as they are. */
 ModelPrecision search_precision(const ParCtx *ctx, int request);
 
 /* Collective.  Rank 0 reads the checkpoint; every rank builds the same model

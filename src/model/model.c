@@ -317,10 +317,21 @@ int model_precision_parse(ModelPrecision *out, const char *name, Err *err)
     return err_set(err, AE_EARG, "--precision '%s': unknown; use fp32, bf16 or auto", name ? name : "(null)");
 }
 
-ModelPrecision model_precision_resolve(ModelPrecision request, int all_native)
+ModelPrecision model_precision_resolve(ModelPrecision request, int all_fast)
 {
     if (request != MODEL_PRECISION_AUTO) return request;
-    return all_native ? MODEL_BF16 : MODEL_FP32;
+    return all_fast ? MODEL_BF16 : MODEL_FP32;
+}
+
+int model_precision_auto_note(char *note, size_t note_size, int all_fast, double slowest_speedup, int nranks)
+{
+    if (note_size) note[0] = '\0';
+    if (all_fast || slowest_speedup <= 0.0 || !note_size) return 0;
+    snprintf(note, note_size,
+             "auto runs fp32: VDPBF16PS does %.2fx the multiply-adds per second of float32 FMAs on %s (bf16 pays "
+             "from %.1fx); --precision bf16 runs it anyway",
+             slowest_speedup, nranks > 1 ? "the slowest rank's CPU" : "this CPU", CONV_BF16_AUTO_MIN_SPEEDUP);
+    return 1;
 }
 
 const char *model_precision_name(ModelPrecision p)

@@ -15,6 +15,7 @@
  */
 #include "nn/conv_direct_bf16.h"
 
+#include "base/timer.h"
 #include "nn/bf16.h"
 
 #include <assert.h>
@@ -216,6 +217,78 @@ int conv_bf16_available(int impl)
     return 0;
 }
 
+/* The dot-rate probe (conv_bf16_dot_speedup): 14 independent accumulator
+ * chains in zmm2..zmm15 (latency x issue rate of either instruction is at
+ * most 12 on the CPUs we know), the whole loop in inline assembly, so that
+ * every build times the instruction itself and no load or store (at -O1 GCC
+ * keeps intrinsics' vectors in memory: a C loop would time store forwarding). */
+#define PROBE_ITERS 16384
+#define PROBE_TRIALS 7
+#define PROBE_14(INSN)                                                                                                \
+    INSN " %%zmm1, %%zmm0, %%zmm2\n\t" INSN " %%zmm1, %%zmm0, %%zmm3\n\t" INSN " %%zmm1, %%zmm0, %%zmm4\n\t"          \
+    INSN " %%zmm1, %%zmm0, %%zmm5\n\t" INSN " %%zmm1, %%zmm0, %%zmm6\n\t" INSN " %%zmm1, %%zmm0, %%zmm7\n\t"          \
+    INSN " %%zmm1, %%zmm0, %%zmm8\n\t" INSN " %%zmm1, %%zmm0, %%zmm9\n\t" INSN " %%zmm1, %%zmm0, %%zmm10\n\t"         \
+    INSN " %%zmm1, %%zmm0, %%zmm11\n\t" INSN " %%zmm1, %%zmm0, %%zmm12\n\t" INSN " %%zmm1, %%zmm0, %%zmm13\n\t"       \
+    INSN " %%zmm1, %%zmm0, %%zmm14\n\t" INSN " %%zmm1, %%zmm0, %%zmm15\n\t"
+/* Zeroes the accumulators, broadcasts the 32-bit words *a and *b to zmm0 and
+ * zmm1, then runs PROBE_ITERS x 14 instructions INSN. */
+#define PROBE_LOOP(INSN)                                                                                              \
+    __asm__ volatile("vpxord %%zmm2, %%zmm2, %%zmm2\n\t"                                                              \
+                     "vmovdqa64 %%zmm2, %%zmm3\n\tvmovdqa64 %%zmm2, %%zmm4\n\tvmovdqa64 %%zmm2, %%zmm5\n\t"           \
+                     "vmovdqa64 %%zmm2, %%zmm6\n\tvmovdqa64 %%zmm2, %%zmm7\n\tvmovdqa64 %%zmm2, %%zmm8\n\t"           \
+                     "vmovdqa64 %%zmm2, %%zmm9\n\tvmovdqa64 %%zmm2, %%zmm10\n\tvmovdqa64 %%zmm2, %%zmm11\n\t"         \
+                     "vmovdqa64 %%zmm2, %%zmm12\n\tvmovdqa64 %%zmm2, %%zmm13\n\tvmovdqa64 %%zmm2, %%zmm14\n\t"        \
+                     "vmovdqa64 %%zmm2, %%zmm15\n\t"                                                                 \
+                     "vpbroadcastd (%[a]), %%zmm0\n\tvpbroadcastd (%[b]), %%zmm1\n\t"                                \
+                     "1:\n\t" PROBE_14(INSN) "dec %[n]\n\tjnz 1b\n\t"                                                \
+                     : [n] "+r"(n)                                                                                    \
+                     : [a] "r"(a), [b] "r"(b)                                                                         \
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",       \
+                       "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory")
+
+/* Seconds for PROBE_ITERS x 14 instructions of one kind (fma: VFMADD231PS,
+ * else VDPBF16PS) on the 32-bit words *a and *b in every lane. */
+__attribute__((noinline, target("avx512f,avx512bw,avx512bf16"))) static double probe(int fma, const uint32_t *a,
+                                                                                     const uint32_t *b)
+{
+    long n = PROBE_ITERS;
+    const double t0 = timer_now();
+    if (fma)
+        PROBE_LOOP("vfmadd231ps");
+    else
+        PROBE_LOOP("vdpbf16ps");
+    return timer_now() - t0;
+}
+
+double conv_bf16_dot_speedup(void)
+{
+    static double cached = -1.0;
+    if (cached >= 0.0) return cached;
+    if (!conv_bf16_available(CONV_BF16_NATIVE)) return cached = 0.0;
+    /* Small values, so that the sums stay normal and finite: 0.5 and 0.25
+     * as float32, and as bfloat16 pairs (both halves of a word hold one). */
+    const float ab[2] = {0.5f, 0.25f};
+    uint32_t f32[2], pair[2];
+    memcpy(f32, ab, sizeof f32);
+    for (int i = 0; i < 2; i++) pair[i] = bf16_bits(ab[i]) * 0x10001u;
+    double best_fma = 1e30, best_dp = 1e30;
+    probe(1, &f32[0], &f32[1]); /* warm-up: the core's wide-vector power state */
+    probe(0, &pair[0], &pair[1]);
+    for (int t = 0; t < PROBE_TRIALS; t++) {
+        const double f = probe(1, &f32[0], &f32[1]), d = probe(0, &pair[0], &pair[1]);
+        if (f < best_fma) best_fma = f;
+        if (d < best_dp) best_dp = d;
+    }
+    /* VDPBF16PS: 32 multiply-adds per instruction, VFMADD231PS: 16. */
+    cached = best_dp > 0.0 ? 2.0 * best_fma / best_dp : 0.0;
+    return cached;
+}
+
+int conv_bf16_auto_runs_bf16(void)
+{
+    return conv_bf16_available(CONV_BF16_NATIVE) && conv_bf16_dot_speedup() >= CONV_BF16_AUTO_MIN_SPEEDUP;
+}
+
 const ConvBf16Kernels *conv_bf16_kernels(int impl)
 {
     assert(conv_bf16_available(impl));
@@ -227,6 +300,16 @@ const ConvBf16Kernels *conv_bf16_kernels(int impl)
 int conv_bf16_available(int impl)
 {
     (void)impl;
+    return 0;
+}
+
+double conv_bf16_dot_speedup(void)
+{
+    return 0.0;
+}
+
+int conv_bf16_auto_runs_bf16(void)
+{
     return 0;
 }
 

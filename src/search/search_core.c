@@ -24,7 +24,11 @@
 ModelPrecision search_precision(const ParCtx *ctx, int request)
 {
     if ((ModelPrecision)request != MODEL_PRECISION_AUTO) return (ModelPrecision)request;
-    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_available(CONV_BF16_NATIVE));
+    const int slowest = -par_allreduce_max_int(ctx, -(int)(1000.0 * conv_bf16_dot_speedup() + 0.5));
+    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_auto_runs_bf16());
+    char note[256];
+    if (model_precision_auto_note(note, sizeof note, !lacking, slowest / 1000.0, ctx->size))
+        par_err0(ctx, "aesim-search: --precision %s\n", note);
     return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
 }
 

@@ -68,10 +68,15 @@ int version_print(FILE *out, const char *tool)
      * the two programs that take --precision. */
     const int native = conv_bf16_available(CONV_BF16_NATIVE);
     const int train = strcmp(tool, "aesim-train") == 0;
+    char rate[160] = "";
+    if (native)
+        snprintf(rate, sizeof rate, " at %.2fx the multiply-adds per second of float32 FMAs, measured (auto needs "
+                 "%.1fx)", conv_bf16_dot_speedup(), CONV_BF16_AUTO_MIN_SPEEDUP);
     if (train || strcmp(tool, "aesim-search") == 0)
-        fprintf(out, "bf16: %s; --precision auto%s runs %s here%s\n",
+        fprintf(out, "bf16: %s%s; --precision auto%s runs %s here%s\n",
                 native ? "VDPBF16PS kernels (AVX512_BF16)"
                        : "emulated, float32 kernels on bf16-rounded operands (this CPU lacks AVX512_BF16)",
-                train ? " (the default)" : "", native ? "bf16" : "fp32", train ? "" : " (the default is fp32)");
+                rate, train ? " (the default)" : "", conv_bf16_auto_runs_bf16() ? "bf16" : "fp32",
+                train ? "" : " (the default is fp32)");
     return fflush(out) != 0 || ferror(out) ? 1 : 0;
 }

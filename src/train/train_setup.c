@@ -229,12 +229,18 @@ static double cgroup_memory_max(void)
 }
 
 /* Collective: the arithmetic of --precision `request` (ModelPrecision):
- * auto is bf16 only when every rank's CPU runs the VDPBF16PS kernels
- * (model_precision_resolve), so all ranks train alike. */
+ * auto is bf16 only when every rank's CPU runs the VDPBF16PS kernels faster
+ * than float32 (conv_bf16_auto_runs_bf16, model_precision_resolve), so all
+ * ranks train alike.  Where the CPUs have AVX512_BF16 but auto still runs
+ * fp32, rank 0 says why. */
 static ModelPrecision train_precision(const ParCtx *ctx, int request)
 {
     if ((ModelPrecision)request != MODEL_PRECISION_AUTO) return (ModelPrecision)request;
-    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_available(CONV_BF16_NATIVE));
+    const int slowest = -par_allreduce_max_int(ctx, -(int)(1000.0 * conv_bf16_dot_speedup() + 0.5));
+    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_auto_runs_bf16());
+    char note[256];
+    if (model_precision_auto_note(note, sizeof note, !lacking, slowest / 1000.0, ctx->size))
+        par_log0(ctx, "precision: %s\n", note);
     return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
 }
 
