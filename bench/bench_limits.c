@@ -15,7 +15,8 @@
  *             kernel at run time (DYNAMIC_ARCH; OPENBLAS_CORETYPE), which may
  *             use a narrower ISA than the CPU has: the gap between sgemm and
  *             fma_peak shows it.
- * Also prints the OpenBLAS build (openblas_get_config) as an "info" line.
+ * Also prints the OpenBLAS build (openblas_get_config) and the measured
+ * VDPBF16PS rate (conv_bf16_dot_speedup) as an "info" line.
  *
  * Output: JSON lines, see bench_common.h ("limit": name, threads, unit,
  * values[runs]).  Usage (run by launch/bench.sh):
@@ -35,6 +36,7 @@
 #include "base/check.h"
 #include "base/rng.h"
 #include "base/timer.h"
+#include "nn/conv_direct_bf16.h"
 
 /* Declared by OpenBLAS; repeated in case another cblas.h is picked up. */
 void openblas_set_num_threads(int num_threads);
@@ -236,7 +238,9 @@ int main(int argc, char **argv)
 
     printf("{\"kind\": \"info\", \"openblas_config\": ");
     bench_print_json_string(stdout, openblas_get_config());
-    printf(", \"threads\": %d}\n", threads);
+    /* VDPBF16PS's multiply-adds per second over float32 FMAs' (0 without
+     * AVX512_BF16): what --precision auto decides bf16 by. */
+    printf(", \"threads\": %d, \"bf16_dot_speedup\": %.3f}\n", threads, conv_bf16_dot_speedup());
     fflush(stdout);
 
     bench_sgemm(n, threads, runs);
