@@ -415,7 +415,11 @@ class Serve(unittest.TestCase):
         proc, log = start_index(2, db, self.ckpt, big, "index-term.log")
         try:
             self.assertTrue(wait_for_db_lock(db, proc), "index never started")
-            time.sleep(0.5)
+            # At once: the ranks hold their handlers before the lock is
+            # taken, and a stop that comes before encoding is acted on when
+            # it starts; a fixed wait missed encoding on a fast CPU (200,000
+            # images encoded in 1.5 s on an Intel Xeon, the signal came
+            # while the database was written).
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=TIMEOUT)
             log.seek(0)
