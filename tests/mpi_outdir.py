@@ -88,6 +88,20 @@ def step_of(path):
     return int(members(path)["meta.state"][1])
 
 
+def older_checkpoint(run, version, drop, folder):
+    """run's checkpoint.npz as an older format version would have written
+    it (members `drop` left out, meta.state[0] = version, meta.crc32
+    recomputed) into the new folder; returns the folder."""
+    ck = members(os.path.join(run, "checkpoint.npz"))
+    old = {k: v for k, v in ck.items() if k not in (*drop, "meta.crc32")}
+    old["meta.state"] = old["meta.state"].copy()
+    old["meta.state"][0] = version
+    old["meta.crc32"] = np.array([zlib.crc32(v.tobytes()) for v in old.values()], dtype=np.uint32)
+    os.makedirs(folder)
+    np.savez(os.path.join(folder, "checkpoint.npz"), **old)
+    return folder
+
+
 def tree_bytes(folder):
     out = {}
     for dirpath, _, files in os.walk(folder):
@@ -227,19 +241,27 @@ class Schedule(unittest.TestCase):
     def test_version2_checkpoint_still_resumes(self):
         run = os.path.join(TMP, "v2")
         train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
-        ck = members(os.path.join(run, "checkpoint.npz"))
-        old = {k: v for k, v in ck.items()
-               if k not in ("meta.schedule", "meta.data", "meta.shuffle", "meta.data_arg", "meta.views", "meta.crc32")}
-        old["meta.state"] = old["meta.state"].copy()
-        old["meta.state"][0] = 2
-        old["meta.crc32"] = np.array([zlib.crc32(v.tobytes()) for v in old.values()], dtype=np.uint32)
-        v2 = os.path.join(TMP, "v2only")
-        os.makedirs(v2)
-        np.savez(os.path.join(v2, "checkpoint.npz"), **old)
+        v2 = older_checkpoint(run, 2, ("meta.schedule", "meta.data", "meta.shuffle", "meta.data_arg", "meta.views"),
+                              os.path.join(TMP, "v2only"))
         p = train(2, None, *DATA_ARGS, "--threads", "1", "--epochs", "2", "--batch-size", str(BATCH),
                   "--seed", "3", "--resume", v2)
         self.assertIn("does not record its training data", p.stderr)
         assert_bitwise_weights(self, os.path.join(v2, "checkpoint.npz"), os.path.join(REF, "checkpoint.npz"))
+
+    @unittest.skipUnless(os.path.exists("/usr/share/datasets/fashion-mnist"), "no default --data (dataset-fashion-mnist)")
+    def test_version4_checkpoint_without_data_names_the_default_data(self):
+        """A version-4 checkpoint records no --data: a resume without --data
+        reads the default one, and the refusal says so ("the default --data
+        has"), not "--data has" as if the user had given one."""
+        run = os.path.join(TMP, "v4")
+        train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
+        v4 = older_checkpoint(run, 4, ("meta.data_arg", "meta.views"), os.path.join(TMP, "v4only"))
+        p = train(2, None, "--threads", "1", "--resume", v4, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("was trained on 120 images", p.stderr)
+        self.assertIn("but the default --data has ", p.stderr)
+        self.assertIn("(this checkpoint does not record its --data: give it)", p.stderr)
+        self.assertNotIn("but --data has", p.stderr)
 
     def test_block_shuffle_is_recorded_and_resumes_exactly(self):
         """--shuffle block:B:W (issue 18, item 3): the checkpoint records the

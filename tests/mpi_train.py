@@ -285,6 +285,8 @@ class MpiEmbeddings(unittest.TestCase):
             p = train(1, os.path.join(TMP, f"obj_refused{i}"), *plain, *args, "--resume", ck, check=False, timeout=120)
             self.assertEqual(p.returncode, 1, f"{args}: {p.stdout}{p.stderr}")
             self.assertIn(needle, p.stderr, args)
+            # a refused resume says only why: no note reads as if the value was applied
+            self.assertNotIn("replaces", p.stdout + p.stderr, args)
             self.assertFalse(os.path.exists(os.path.join(TMP, f"obj_refused{i}")), args)
         # allowed changes are reported, as --lr's (max-steps 4: nothing to train)
         p = train(1, os.path.join(TMP, "obj_changed"), *plain, "--max-steps", "4", "--tau", "0.2", "--augment", "none",

@@ -161,7 +161,26 @@ static void adopt_float(float *v, double ckv, int given, const char *opt, const 
     }
 }
 
+static int adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err);
+
+/* The notes go to a buffer first and reach `notes` only when the resume is
+ * accepted: a refused one says only why ("--contrastive 0 replaces 0.5" above
+ * the error that refuses --contrastive 0 read as if it had been applied). */
 int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = notes ? open_memstream(&buf, &len) : NULL;
+    const int rc = adopt(cfg, ck, mem ? mem : notes, err);
+    if (mem) {
+        fclose(mem);
+        if (rc == AE_OK && len) fwrite(buf, 1, len, notes);
+        free(buf);
+    }
+    return rc;
+}
+
+static int adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err)
 {
     const CkptState *s = &ck->state;
     unsigned g = cfg->given;
@@ -231,18 +250,26 @@ int train_schedule_start(CkptState *start, const Checkpoint *ck, const TrainConf
         if (notes)
             fprintf(notes, "aesim-train: warning: %s (format version < 3) does not record its training data: "
                     "cannot check that --data is the same; the schedule continues as if it were\n", ck->path);
-    } else if (s->n_train != train->n) {
-        return err_set(err, AE_EARG, "%s was trained on %lld images (%.200s) but --data has %lld (%.200s): its "
+    }
+    /* Without --data the run read the --data ck recorded (version >= 5) or,
+     * an older ck, the default one: say which, not "--data has". */
+    const int given = (cfg->given & TRAIN_GIVEN_DATA) != 0;
+    const char *what = given ? "--data" : cfg->data_from_ckpt ? "the recorded --data (read again now)"
+                                                             : "the default --data";
+    const char *hint = given || cfg->data_from_ckpt ? "" : " (this checkpoint does not record its --data: give it)";
+    if (s->n_train != 0 && s->n_train != train->n) {
+        return err_set(err, AE_EARG, "%s was trained on %lld images (%.200s) but %s has %lld (%.200s): its "
                        "data order and epoch position do not carry over; resume with the same --data and "
-                       "--data-opts (and --val/--val-fraction), or start a fresh run", ck->path,
-                       (long long)s->n_train, s->data[0] ? s->data : "source not recorded", (long long)train->n,
-                       train->source);
-    } else if (s->data_crc != start->data_crc) {
-        return err_set(err, AE_EARG, "%s was trained on other images than --data, though as many (%lld): sampled "
+                       "--data-opts (and --val/--val-fraction), or start a fresh run%s", ck->path,
+                       (long long)s->n_train, s->data[0] ? s->data : "source not recorded", what,
+                       (long long)train->n, train->source, hint);
+    } else if (s->n_train != 0 && s->data_crc != start->data_crc) {
+        return err_set(err, AE_EARG, "%s was trained on other images than %s, though as many (%lld): sampled "
                        "images differ (data CRC %08llx, now %08llx; it used %.200s, now %.200s); resume with "
-                       "the same files, order, --data-opts and validation split, or start a fresh run", ck->path,
-                       (long long)train->n, (unsigned long long)s->data_crc, (unsigned long long)start->data_crc,
-                       s->data[0] ? s->data : "a source not recorded", train->source);
+                       "the same files, order, --data-opts and validation split, or start a fresh run%s", ck->path,
+                       what, (long long)train->n, (unsigned long long)s->data_crc,
+                       (unsigned long long)start->data_crc, s->data[0] ? s->data : "a source not recorded",
+                       train->source, hint);
     }
     if (s->batch_size != cfg->batch_size && s->batch > 0) {
         /* Mid-epoch, the position is a count of old-size batches: it maps
