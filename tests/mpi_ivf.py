@@ -497,6 +497,14 @@ class IvfEncoderTest(unittest.TestCase):
         want = np.mean([len(set(ids[i]) & set(eids[i])) / 10 for i in range(500)])
         self.assertAlmostEqual(rec[2], want, places=4)
         self.assertLess(rec[1], 1.0)
+        # query vectors given with --model read as images, which they are
+        # not: the refusal says to drop --model
+        vec = os.path.join(WORK, "wcos-query-vectors.npy")
+        np.save(vec, np.load(os.path.join(db, "shard-00000.vectors.npy"))[:20])
+        p = run(2, "eval", "--recall", "--db", db, "--model", self.ckpt, "--queries", vec, "-k", "10", check=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(f"(and if {vec} holds query vectors (Q, ", p.stderr)
+        self.assertIn("drop --model: --model encodes images)", p.stderr)
 
     def test_query_encoded_images(self):
         _, cent, _ = read_ivf(self.db)

@@ -223,6 +223,12 @@ static int recall_queries_raw(float **qv, int64_t *Q, const ParCtx *ctx, const S
             }
             imgset_free(&set);
         }
+        /* A vectors file given with --model reads as rows of S*S pixels:
+         * its values fail the image range check.  Say what to do instead. */
+        const size_t len = strlen(cfg->queries);
+        if (err->code == AE_EFORMAT && len > 4 && strcmp(cfg->queries + len - 4, ".npy") == 0)
+            err_set(err, AE_EFORMAT, "%s (and if %s holds query vectors (Q, %d), drop --model: --model encodes "
+                    "images)", err->msg, cfg->queries, db->D);
     }
     model_free(&m);
     return err->code;
