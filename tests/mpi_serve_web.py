@@ -208,6 +208,20 @@ class WebPage(unittest.TestCase):
         self.assertTrue(all(int(labels[c[1]]) in (2, 7) for c in g3), g3)  # MNIST's own labels file
         self.assertEqual([c[:4] for c in g3],
                          [list(r) for r in self.api(json.dumps({"id": target}).encode(), k=6, label="2,7")])
+        # An image added while the page is open (POST /images) with a new
+        # label: after the next search the filter offers that label, in
+        # order, the selection kept, and the count says one more image.
+        before = self.cdp.eval("document.getElementById('info').textContent")
+        st, _, data = ms.request(f"{self.srv.url}/images?label=42", "POST", ms.png_bytes(images[5]))
+        self.assertEqual(st, 200, data)
+        self.cdp.eval("document.querySelectorAll('#grid .result')[1].click()")
+        self.cdp.wait_for("[...document.querySelectorAll('#labels option')].some(o => o.value === '42')")
+        opts = json.loads(self.cdp.eval("JSON.stringify([...document.getElementById('labels').options]"
+                                        ".map(o => [Number(o.value), o.selected]))"))
+        self.assertEqual([v for v, _ in opts], sorted(v for v, _ in opts))
+        self.assertEqual(sorted(v for v, sel in opts if sel), [2, 7])
+        n0 = int(before.split()[0])
+        self.cdp.wait_for(f"document.getElementById('info').textContent.startsWith('{n0 + 1} images')")
         # Nothing outside the server was requested.
         urls = [e["params"]["request"]["url"] for e in self.cdp.events if e.get("method") == "Network.requestWillBeSent"]
         self.assertTrue(urls)
