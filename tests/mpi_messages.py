@@ -169,6 +169,14 @@ class Errors(unittest.TestCase):
             if p.returncode:
                 self.assertEqual(p.returncode, 1, p.stderr)
                 self.assertIn("GiB of it in use already", p.stderr)
+                # the figures it gives add up: need + headroom + in use - limit = short
+                m = re.search(r"needs (\d+\.\d\d) GiB, and (\d+\.\d\d) GiB more .* may map (\d+\.\d\d) GiB "
+                              r"\(ulimit -v\), (\d+\.\d\d) GiB of it in use already .*: (\d+) MiB short",
+                              p.stderr)
+                self.assertIsNotNone(m, p.stderr)
+                need, more, limit, used, short = (float(v) for v in m.groups())
+                self.assertAlmostEqual(need + more + used - limit, short / 1024, delta=0.025)
+                self.assertGreaterEqual(short, 1)
             outcomes.add(p.returncode)
         self.assertEqual(outcomes, {0, 1}, "the sweep should cross the limit")
 

@@ -7,6 +7,7 @@
 #include "train/train_setup.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,11 +319,14 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
          * still failed under a 1.43 GiB limit, 1.46 GiB trained). */
         const int64_t kib = fileio_vm_size_kib();
         const double mapped = kib > 0 ? (double)kib * 1024.0 : 0, limit = (double)rl.rlim_cur;
-        if (need * 1.02 + mapped + (64 << 20) > limit)
-            err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.2f GiB but this process "
-                    "may map %.2f GiB (ulimit -v), %.2f GiB of it in use already (MPI, BLAS, the data) (hint: a smaller "
-                    "--batch-size, or raise the limit)", spec.text, per_rank, need / (1 << 30), limit / (1 << 30),
-                    mapped / (1 << 30));
+        const double slack = need * 0.02 + (64 << 20);
+        if (need + slack + mapped > limit)
+            err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.2f GiB, and %.2f GiB more "
+                    "for what runs after the build (thread stacks, validation, checkpoints), but this process may map "
+                    "%.2f GiB (ulimit -v), %.2f GiB of it in use already (MPI, BLAS, the data): %.0f MiB short (hint: a "
+                    "smaller --batch-size, or raise the limit)", spec.text, per_rank, need / (1 << 30),
+                    slack / (1 << 30), limit / (1 << 30), mapped / (1 << 30),
+                    ceil((need + slack + mapped - limit) / (1 << 20)));
     }
     if (par_agree(ctx, err)) {
         ckpt_free(ck);
