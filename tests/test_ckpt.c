@@ -398,6 +398,19 @@ static void write_bytes(const char *path, size_t n)
     fclose(fp);
 }
 
+/* fileio_is_temp_name: atomic_open's "<final>.tmp.<pid>" and libzip's
+ * "<final>.tmp.<pid>.XXXXXX", nothing else. */
+static void test_temp_names(void **state)
+{
+    (void)state;
+    const char *yes[] = {"checkpoint.npz.tmp.4242", "manifest.json.tmp.17", "a.tmp.b.tmp.9",
+                         "whiten.npz.tmp.4242.Ab12Cd", "x.tmp.1.000000"};
+    const char *no[] = {"notes.tmp.txt", "checkpoint.npz", "a.tmp.", "a.tmp.12x", "a.tmp.12.Ab12C",
+                        "a.tmp.12.Ab12Cde", "a.tmp.12.Ab-2Cd", ".tmp", "a.tmp.9.tmp.x"};
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_int_equal(fileio_is_temp_name(yes[i]), 1);
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_int_equal(fileio_is_temp_name(no[i]), 0);
+}
+
 /* The temps of a killed writer go, with their size; other files stay. */
 static void test_stale_temps(void **state)
 {
@@ -745,6 +758,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damage_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_branch_and_damage, setup, teardown),
+        cmocka_unit_test(test_temp_names),
         cmocka_unit_test_setup_teardown(test_stale_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_fallback_past_newer, setup, teardown),

@@ -48,6 +48,13 @@ int atomic_commit_closed(AtomicFile *af, Err *err);
 /* Closes and removes the temporary file; `path` is untouched. */
 void atomic_abort(AtomicFile *af);
 
+/* 1 if the file name `name` (no folder) is one of atomic_open's temporary
+ * files: "<final>.tmp.<pid>", or libzip's own temporary file made from it
+ * when it writes to tmp_path, "<final>.tmp.<pid>.<6 letters or digits>"
+ * (mkstemp's suffix); else 0.  A writer that holds its folder's lock may
+ * remove such files: they are what a killed writer left.  Pure. */
+int fileio_is_temp_name(const char *name);
+
 /* Call before opening an input file: refuses (AE_EIO, naming the file)
  * anything that exists and is not a regular file once symlinks are followed:
  * a FIFO or a device would block open() or read() forever, a folder is

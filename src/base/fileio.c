@@ -7,6 +7,7 @@
 
 #include "base/check.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -154,6 +155,22 @@ int atomic_commit(AtomicFile *af, Err *err)
         }
     }
     return atomic_commit_closed(af, err);
+}
+
+int fileio_is_temp_name(const char *name)
+{
+    /* the last ".tmp." of the name, then digits, then nothing or "." and 6 alphanumerics */
+    const char *t = NULL;
+    for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp.")) t = p;
+    if (!t) return 0;
+    const char *d = t + 5, *digits = d;
+    while (*d >= '0' && *d <= '9') d++;
+    if (d == digits) return 0;
+    if (!*d) return 1;
+    if (*d != '.' || strlen(d + 1) != 6) return 0;
+    for (const char *c = d + 1; *c; c++)
+        if (!isalnum((unsigned char)*c)) return 0;
+    return 1;
 }
 
 void atomic_abort(AtomicFile *af)

@@ -39,7 +39,7 @@
 #define CKPT_HPARAMS_LEN 5
 /* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
 #define CKPT_CRC_CHUNK ((size_t)1 << 30)
-/* Marks a temporary file of fileio.h / libzip: "<name>.tmp.<pid>[.XXXXXX]". */
+/* Marks a temporary file of fileio.h (fileio_is_temp_name): "<name>.tmp.<pid>". */
 #define CKPT_TMP_MARK ".tmp."
 /* Largest plausible image side in meta.input_shape (sanity bound). */
 #define CKPT_MAX_SIDE 65536
@@ -566,7 +566,7 @@ int ckpt_remove_stale_temps(const char *dir, int64_t *bytes)
         const char *n = e->d_name;
         int ours = strncmp(n, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 ||
                    strncmp(n, CKPT_LATEST_NAME, strlen(CKPT_LATEST_NAME)) == 0;
-        if (!ours || !strstr(n, CKPT_TMP_MARK) || snprintf(path, sizeof path, "%s/%s", dir, n) >= (int)sizeof path)
+        if (!ours || !fileio_is_temp_name(n) || snprintf(path, sizeof path, "%s/%s", dir, n) >= (int)sizeof path)
             continue;
         struct stat st;
         const int64_t size = lstat(path, &st) == 0 ? (int64_t)st.st_size : 0;

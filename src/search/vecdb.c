@@ -800,19 +800,6 @@ int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int
     return AE_OK;
 }
 
-/* 1 if name ends in ".tmp.DIGITS" (fileio.h's temporary-file names). */
-static int is_temp_name(const char *name)
-{
-    const char *t = strstr(name, ".tmp.");
-    if (!t) return 0;
-    const char *d = t + 5;
-    while (strstr(d, ".tmp.")) d = strstr(d, ".tmp.") + 5; /* the last one */
-    if (!*d) return 0;
-    for (; *d; d++)
-        if (*d < '0' || *d > '9') return 0;
-    return 1;
-}
-
 int vecdb_remove_stale_temps(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -821,7 +808,7 @@ int vecdb_remove_stale_temps(const char *dir)
     struct dirent *e;
     char path[VECDB_PATH_BYTES + 256];
     while ((e = readdir(d)) != NULL)
-        if (is_temp_name(e->d_name) && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path &&
+        if (fileio_is_temp_name(e->d_name) && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path &&
             unlink(path) == 0)
             removed++;
     closedir(d);
