@@ -665,16 +665,22 @@ class DiskFaults(unittest.TestCase):
         successful save: every resume failed with "No space left")."""
         out = os.path.join(self.mnt, "run")
         serial(out, "--epochs", "2", "--max-steps", "2", "--keep", "1")
-        stale = os.path.join(out, "ckpt-step00000003.npz.tmp.99999")
+        stale = os.path.join(out, "ckpt-step00000003.npz.tmp.99999999")  # no such pid
         st = os.statvfs(self.mnt)
         with open(stale, "wb") as f:   # all but 8 KiB: less than a checkpoint (~77 KB) is left
             f.write(b"\0" * (st.f_bavail * st.f_frsize - 8192))
         size = os.path.getsize(stale)
         self.assertGreater(size, 77000)
+        # the run's other files' temps go too; a user's look-alike and a
+        # live writer's temp stay
+        keep = ["ckpt-stepnotes.tmp.99999999", "metrics.csv.tmp.%d" % os.getpid()]
+        for name in ["metrics.csv.tmp.99999999", "recon_epoch001.png.tmp.99999999.Ab12Cd", *keep]:
+            open(os.path.join(out, name), "w").close()
         p = serial(out, "--epochs", "2", "--max-steps", "3", "--keep", "1", "--resume", out, check=False)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("note: removed 1 temporary file(s) (%.1f MB) left in %s" % (size / 1e6, out), p.stdout)
-        self.assertEqual(temps(out), [])
+        self.assertIn("note: removed 3 temporary file(s) (%.1f MB) left in %s by a writer that was killed"
+                      % (size / 1e6, out), p.stdout)
+        self.assertEqual(sorted(temps(out)), sorted(keep))
         self.assertEqual(step_of(os.path.join(out, "checkpoint.npz")), 3)
         verify_crc(self, os.path.join(out, "ckpt-step00000003.npz"))
 

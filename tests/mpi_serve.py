@@ -441,21 +441,30 @@ class Serve(unittest.TestCase):
         shutil.rmtree(db, ignore_errors=True)
         shutil.copytree(self.db, db, ignore=shutil.ignore_patterns(".aesim-db.lock"))
         plant = lambda: [open(os.path.join(db, n), "w").close() for n in
-                         ("shard-00199.names.txt.tmp.4242", "manifest.json.tmp.17", "whiten.npz.tmp.4242.Ab12Cd",
-                          "notes.tmp.txt")]
+                         ("shard-00199.names.txt.tmp.99999999", "manifest.json.tmp.99999999",
+                          "whiten.npz.tmp.99999999.Ab12Cd", "notes.tmp.txt", "report.tmp.99999999",
+                          "shard-00007.vectors.npy.tmp." + str(os.getpid()))]
+        KEPT = ["notes.tmp.txt", "report.tmp.99999999", "shard-00007.vectors.npy.tmp." + str(os.getpid())]
         plant()
+        # a refused writer touches nothing, its leftovers included
+        p = mpirun(1, SEARCH, "index", "--append", "--db", db, "--model", self.ckpt, "--data", "/nonexistent.npy",
+                   "--threads", "1", check=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertNotIn("note: removed", p.stderr)
+        self.assertEqual(len([f for f in os.listdir(db) if ".tmp" in f]), 6)
         p = mpirun(1, SEARCH, "index", "--append", "--db", db, "--model", self.ckpt, "--data", self.src,
                    "--threads", "1")
         # whiten.npz.tmp.PID.XXXXXX: libzip's own temporary file (it stayed)
         self.assertIn(f"note: removed 3 temporary file(s) an interrupted writer left in {db}", p.stderr)
-        self.assertEqual(sorted(f for f in os.listdir(db) if ".tmp" in f), ["notes.tmp.txt"])
+        # a user's file (not a database name) and a live writer's temp stay
+        self.assertEqual(sorted(f for f in os.listdir(db) if ".tmp" in f), sorted(KEPT))
         plant()
         srv = Server(1, db, self.ckpt, tag="stale")
         try:
-            self.assertEqual(len([f for f in os.listdir(db) if ".tmp." in f]), 4, "serve only reads until it adds")
+            self.assertEqual(len([f for f in os.listdir(db) if ".tmp." in f]), 6, "serve only reads until it adds")
             st, _, data = request(f"{srv.url}/images?label=1", "POST", png_bytes(self.images[5]))
             self.assertEqual(st, 200, data)
-            self.assertEqual(sorted(f for f in os.listdir(db) if ".tmp" in f), ["notes.tmp.txt"])
+            self.assertEqual(sorted(f for f in os.listdir(db) if ".tmp" in f), sorted(KEPT))
         finally:
             srv.kill()
 

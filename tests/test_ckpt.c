@@ -301,7 +301,7 @@ static void test_rotation(void **state)
     char p[FILEIO_PATH_MAX], latest[FILEIO_PATH_MAX], stale[FILEIO_PATH_MAX], other[FILEIO_PATH_MAX];
     path_in(latest, f, "checkpoint.npz");
     /* Left by a crashed writer, and a file that is not ours. */
-    path_in(stale, f, "ckpt-step00000009.npz.tmp.12345");
+    path_in(stale, f, "ckpt-step00000009.npz.tmp.99999999"); /* no such pid */
     path_in(other, f, "ckpt-notes.txt");
     FILE *fp = fopen(stale, "wb");
     fclose(fp);
@@ -398,17 +398,26 @@ static void write_bytes(const char *path, size_t n)
     fclose(fp);
 }
 
-/* fileio_is_temp_name: atomic_open's "<final>.tmp.<pid>" and libzip's
- * "<final>.tmp.<pid>.XXXXXX", nothing else. */
+/* fileio_temp_name_parse: atomic_open's "<final>.tmp.<pid>" and libzip's
+ * "<final>.tmp.<pid>.XXXXXX", nothing else; ckpt_is_own_name. */
 static void test_temp_names(void **state)
 {
     (void)state;
-    const char *yes[] = {"checkpoint.npz.tmp.4242", "manifest.json.tmp.17", "a.tmp.b.tmp.9",
-                         "whiten.npz.tmp.4242.Ab12Cd", "x.tmp.1.000000"};
-    const char *no[] = {"notes.tmp.txt", "checkpoint.npz", "a.tmp.", "a.tmp.12x", "a.tmp.12.Ab12C",
-                        "a.tmp.12.Ab12Cde", "a.tmp.12.Ab-2Cd", ".tmp", "a.tmp.9.tmp.x"};
-    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_int_equal(fileio_is_temp_name(yes[i]), 1);
-    for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_int_equal(fileio_is_temp_name(no[i]), 0);
+    const struct { const char *name, *final; long pid; } yes[] = {
+        {"checkpoint.npz.tmp.4242", "checkpoint.npz", 4242}, {"manifest.json.tmp.17", "manifest.json", 17},
+        {"a.tmp.b.tmp.9", "a.tmp.b", 9}, {"whiten.npz.tmp.4242.Ab12Cd", "whiten.npz", 4242},
+        {"x.tmp.1.000000", "x", 1}};
+    const char *no[] = {"notes.tmp.txt", "checkpoint.npz", "a.tmp.", "a.tmp.12x", "a.tmp.12.Ab12C", "a.tmp.12.Ab12Cde",
+                        "a.tmp.12.Ab-2Cd", ".tmp", ".tmp.5", "a.tmp.9.tmp.x", "a.tmp.0", "a.tmp.123456789012"};
+    char final[64];
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+        assert_int_equal(fileio_temp_name_parse(yes[i].name, final, sizeof final), yes[i].pid);
+        assert_string_equal(final, yes[i].final);
+    }
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_int_equal(fileio_temp_name_parse(no[i], final, sizeof final), 0);
+    assert_true(ckpt_is_own_name("checkpoint.npz") && ckpt_is_own_name("ckpt-step00000005.npz"));
+    assert_false(ckpt_is_own_name("ckpt-stepnotes") || ckpt_is_own_name("metrics.csv") ||
+                 ckpt_is_own_name("checkpoint.npz.bak"));
 }
 
 /* The temps of a killed writer go, with their size; other files stay. */
@@ -416,15 +425,22 @@ static void test_stale_temps(void **state)
 {
     Fixture *f = *state;
     char a[FILEIO_PATH_MAX], b[FILEIO_PATH_MAX], csv[FILEIO_PATH_MAX], other[FILEIO_PATH_MAX], step[FILEIO_PATH_MAX];
-    path_in(a, f, "ckpt-step00000005.npz.tmp.99999");
-    path_in(b, f, "checkpoint.npz.tmp.4242.Ab12Cd");
-    path_in(csv, f, "metrics.csv.tmp.99999");
+    /* pid 99999999 is above any pid_max (2^22): no such process */
+    path_in(a, f, "ckpt-step00000005.npz.tmp.99999999");
+    path_in(b, f, "checkpoint.npz.tmp.99999999.Ab12Cd");
+    path_in(csv, f, "metrics.csv.tmp.99999999");
     path_in(other, f, "notes.tmp.txt");
+    char user[FILEIO_PATH_MAX], live[FILEIO_PATH_MAX], name[64];
+    path_in(user, f, "ckpt-stepnotes.tmp.99999999"); /* a user's file that looks like a temp */
+    snprintf(name, sizeof name, "checkpoint.npz.tmp.%ld", (long)getpid()); /* a live writer's */
+    path_in(live, f, name);
     step_file(step, f, 5);
     write_bytes(a, 1000);
     write_bytes(b, 24);
     write_bytes(csv, 10);
     write_bytes(other, 10);
+    write_bytes(user, 10);
+    write_bytes(live, 10);
     write_bytes(step, 10);
     int64_t bytes = -1;
     assert_int_equal(ckpt_remove_stale_temps(f->dir, &bytes), 2);
@@ -433,6 +449,8 @@ static void test_stale_temps(void **state)
     assert_false(exists(b));
     assert_true(exists(csv));
     assert_true(exists(other));
+    assert_true(exists(user));
+    assert_true(exists(live));
     assert_true(exists(step));
     assert_int_equal(ckpt_remove_stale_temps(f->dir, NULL), 0);
 }

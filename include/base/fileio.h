@@ -48,12 +48,21 @@ int atomic_commit_closed(AtomicFile *af, Err *err);
 /* Closes and removes the temporary file; `path` is untouched. */
 void atomic_abort(AtomicFile *af);
 
-/* 1 if the file name `name` (no folder) is one of atomic_open's temporary
- * files: "<final>.tmp.<pid>", or libzip's own temporary file made from it
+/* If the file name `name` (no folder) is one of atomic_open's temporary
+ * files, "<final>.tmp.<pid>", or libzip's own temporary file made from it
  * when it writes to tmp_path, "<final>.tmp.<pid>.<6 letters or digits>"
- * (mkstemp's suffix); else 0.  A writer that holds its folder's lock may
- * remove such files: they are what a killed writer left.  Pure. */
-int fileio_is_temp_name(const char *name);
+ * (mkstemp's suffix): returns the writer's pid (> 0) and writes <final>
+ * into final[cap] (cut to fit); else returns 0.  Pure. */
+long fileio_temp_name_parse(const char *name, char *final, size_t cap);
+
+/* Removes, in folder dir, the temporary files (fileio_temp_name_parse) of
+ * the files `own` accepts (own(final) != 0: the caller's own outputs, never
+ * a user's file that looks like a temp) whose writer is dead: no process
+ * with that pid runs on this host (kill(pid, 0) fails with ESRCH).  Call
+ * while holding the folder's lock, so no live writer of these names owns
+ * one.  Returns how many were removed; *bytes (if not NULL) = their size.
+ * A folder that cannot be read removes nothing (0). */
+int fileio_remove_dead_temps(const char *dir, int (*own)(const char *final), int64_t *bytes);
 
 /* Call before opening an input file: refuses (AE_EIO, naming the file)
  * anything that exists and is not a regular file once symlinks are followed:

@@ -258,11 +258,16 @@ void ckpt_rotation_free(CkptRotation *r);
 int ckpt_save_rotate(const char *dir, const Model *m, const Optimizer *opt, const CkptState *st, int keep,
                      CkptRotation *rot, char *written, Err *err);
 
+/* 1 if the file name `name` (no folder) is one of this module's:
+ * CKPT_LATEST_NAME or CKPT_STEP_PREFIX <digits> ".npz"; else 0.  Pure. */
+int ckpt_is_own_name(const char *name);
+
 /* Removes the temporary files of checkpoint names in dir
- * (ckpt-step*.tmp.*, checkpoint.npz.tmp.*) left by a writer that was killed
- * mid-way.  Only for a folder no live writer uses (the trainer holds its
- * lock, train_outdir.h): a live writer's temp would go too.  *bytes (may be
- * NULL) gets their total size.  Returns how many were removed; a folder that
+ * (ckpt-stepNNNNNNNN.npz.tmp.PID[.XXXXXX], checkpoint.npz.tmp.PID[...]) left
+ * by a writer that was killed mid-way (fileio_remove_dead_temps: its pid no
+ * longer runs; other names, a user's included, stay).  Call while holding
+ * the folder's lock (the trainer's, train_outdir.h).  *bytes (may be NULL)
+ * gets their total size.  Returns how many were removed; a folder that
  * cannot be listed, or a file that cannot be removed, is skipped. */
 int ckpt_remove_stale_temps(const char *dir, int64_t *bytes);
 

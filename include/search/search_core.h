@@ -215,7 +215,9 @@ int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd,
 
 /* Local, rank 0, holding dir's writer lock: vecdb_remove_stale_temps, with a
  * note on stderr naming how many files it removed (none: silent).
- * search_lock_db calls it once it holds the lock. */
+ * Writers call it just before their first write (index after encoding,
+ * train-ivf before k-means, serve at its first POST /images), so a refused
+ * command has removed nothing. */
 void search_note_stale_temps(const char *dir);
 
 /* Local.  Opens file `rel` (a name inside the database folder, e.g. serve's

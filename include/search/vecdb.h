@@ -283,8 +283,10 @@ const char *vecdb_metric_name(KnnMetric m);
  * the accepted values; `what` names the option or key in the message). */
 int vecdb_metric_parse(KnnMetric *m, const char *text, const char *what, Err *err);
 
-/* Removes the temporary files (fileio_is_temp_name: NAME.tmp.PID, or
- * libzip's NAME.tmp.PID.XXXXXX for whiten.npz) that a writer killed
+/* Removes the temporary files (fileio_remove_dead_temps: NAME.tmp.PID, or
+ * libzip's NAME.tmp.PID.XXXXXX for whiten.npz, of the database's own names
+ * only: manifest.json, shard-*, ivf-*, whiten.npz, added-*; their writer's
+ * pid no longer runs) that a writer killed
  * mid-write left in database folder dir.  Call only while holding the
  * folder's writer lock (VECDB_LOCK_NAME): then no live writer owns one.
  * Returns how many were removed (0 when dir cannot be read). */

@@ -8,9 +8,12 @@
 #include "base/check.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,20 +160,47 @@ int atomic_commit(AtomicFile *af, Err *err)
     return atomic_commit_closed(af, err);
 }
 
-int fileio_is_temp_name(const char *name)
+long fileio_temp_name_parse(const char *name, char *final, size_t cap)
 {
     /* the last ".tmp." of the name, then digits, then nothing or "." and 6 alphanumerics */
     const char *t = NULL;
     for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp.")) t = p;
-    if (!t) return 0;
+    if (!t || t == name) return 0;
     const char *d = t + 5, *digits = d;
-    while (*d >= '0' && *d <= '9') d++;
-    if (d == digits) return 0;
-    if (!*d) return 1;
-    if (*d != '.' || strlen(d + 1) != 6) return 0;
-    for (const char *c = d + 1; *c; c++)
-        if (!isalnum((unsigned char)*c)) return 0;
-    return 1;
+    long pid = 0;
+    while (*d >= '0' && *d <= '9' && pid < 100000000L) pid = pid * 10 + (*d++ - '0');
+    if (d == digits || pid <= 0 || (*d >= '0' && *d <= '9')) return 0;
+    if (*d) {
+        if (*d != '.' || strlen(d + 1) != 6) return 0;
+        for (const char *c = d + 1; *c; c++)
+            if (!isalnum((unsigned char)*c)) return 0;
+    }
+    if (cap) snprintf(final, cap, "%.*s", (int)(t - name), name);
+    return pid;
+}
+
+int fileio_remove_dead_temps(const char *dir, int (*own)(const char *final), int64_t *bytes)
+{
+    if (bytes) *bytes = 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    char final[NAME_MAX + 1], path[FILEIO_PATH_MAX];
+    while ((e = readdir(d)) != NULL) {
+        const long pid = fileio_temp_name_parse(e->d_name, final, sizeof final);
+        if (!pid || !own(final) || (kill((pid_t)pid, 0) == 0 || errno != ESRCH) ||
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (unlink(path) == 0) {
+            removed++;
+            if (bytes) *bytes += (int64_t)st.st_size;
+        }
+    }
+    closedir(d);
+    return removed;
 }
 
 void atomic_abort(AtomicFile *af)

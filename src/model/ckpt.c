@@ -39,7 +39,7 @@
 #define CKPT_HPARAMS_LEN 5
 /* Largest chunk passed to one zlib crc32 call (its length is a uInt). */
 #define CKPT_CRC_CHUNK ((size_t)1 << 30)
-/* Marks a temporary file of fileio.h (fileio_is_temp_name): "<name>.tmp.<pid>". */
+/* Marks a temporary file of fileio.h (fileio_temp_name_parse): "<name>.tmp.<pid>". */
 #define CKPT_TMP_MARK ".tmp."
 /* Largest plausible image side in meta.input_shape (sanity bound). */
 #define CKPT_MAX_SIDE 65536
@@ -554,29 +554,15 @@ static int update_latest(const char *dir, const char *step_file, const Model *m,
     return AE_OK;
 }
 
+int ckpt_is_own_name(const char *name)
+{
+    int64_t step;
+    return strcmp(name, CKPT_LATEST_NAME) == 0 || parse_step_name(name, &step);
+}
+
 int ckpt_remove_stale_temps(const char *dir, int64_t *bytes)
 {
-    if (bytes) *bytes = 0;
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *e;
-    char path[FILEIO_PATH_MAX];
-    int removed = 0;
-    while ((e = readdir(d)) != NULL) {
-        const char *n = e->d_name;
-        int ours = strncmp(n, CKPT_STEP_PREFIX, strlen(CKPT_STEP_PREFIX)) == 0 ||
-                   strncmp(n, CKPT_LATEST_NAME, strlen(CKPT_LATEST_NAME)) == 0;
-        if (!ours || !fileio_is_temp_name(n) || snprintf(path, sizeof path, "%s/%s", dir, n) >= (int)sizeof path)
-            continue;
-        struct stat st;
-        const int64_t size = lstat(path, &st) == 0 ? (int64_t)st.st_size : 0;
-        if (unlink(path) == 0) {
-            removed++;
-            if (bytes) *bytes += size;
-        }
-    }
-    closedir(d);
-    return removed;
+    return fileio_remove_dead_temps(dir, ckpt_is_own_name, bytes);
 }
 
 void ckpt_rotation_init(CkptRotation *r, int64_t start, FILE *notes)

@@ -150,8 +150,6 @@ static int index_prepare_db(const ParCtx *ctx, VecDb *db, const SearchConfig *cf
             } else if (!err->code && stat(path, &st) == 0) {
                 err_set(err, AE_EARG, "%s already holds a database (%s) (hint: add images with --append, or choose "
                                       "another --db)", cfg->db, VECDB_MANIFEST);
-            } else if (!err->code && *lock >= 0) {
-                search_note_stale_temps(cfg->db);
             }
         }
         char real[PATH_MAX];
@@ -346,6 +344,9 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
                 name, (long long)(lo + bad), cfg->model);
     }
     if (par_agree(ctx, err)) goto done;
+    /* Writing starts: first a killed writer's leftovers (under the lock; a
+     * refused run has touched nothing) */
+    if (ctx->rank == 0) search_note_stale_temps(cfg->db);
     if (db.whiten && index_whiten(ctx, cfg, &db, vec, n, err)) goto done;
     /* Mean pixel of the indexed images (manifest pixel_mean: query warns
      * when its images are far from it, e.g. of the opposite polarity). */

@@ -570,8 +570,6 @@ int search_lock_db(const ParCtx *ctx, const char *dir, const char *who, int *fd,
         size_t len = strlen(err->msg);
         snprintf(err->msg + len, sizeof err->msg - len, ": one program at a time may change a database (hint: wait "
                  "for it to end)");
-    } else if (ctx->rank == 0 && !err->code && *fd >= 0) {
-        search_note_stale_temps(dir);
     }
     return par_agree(ctx, err);
 }

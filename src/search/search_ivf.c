@@ -46,6 +46,7 @@ int search_train_ivf(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, E
                   "iterations\n", cfg->db, (long long)db.count, db.D, db.n_shards, ctx->size, cfg->nlist,
              (long long)kmeans_sample_size(db.count, cfg->nlist), IVF_KMEANS_ITERS);
     KmeansStats st;
+    if (ctx->rank == 0 && !err->code) search_note_stale_temps(cfg->db); /* under the lock, before any write */
     const int old_nlist = db.ivf_nlist;
     const uint32_t old_crc = db.ivf_crc;
     if (ivf_train_db(ctx, &db, cfg->nlist, IVF_KMEANS_ITERS, nthreads, &st, err) == AE_OK) {

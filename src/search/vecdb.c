@@ -800,17 +800,15 @@ int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int
     return AE_OK;
 }
 
+/* 1 for the names a database's writers write: the manifest, shard-*,
+ * ivf-* (centroids), whiten.npz and serve's added-*.npz. */
+static int db_own_name(const char *name)
+{
+    return strcmp(name, VECDB_MANIFEST) == 0 || strcmp(name, "whiten.npz") == 0 || strncmp(name, "shard-", 6) == 0 ||
+           strncmp(name, "ivf-", 4) == 0 || strncmp(name, "added-", 6) == 0;
+}
+
 int vecdb_remove_stale_temps(const char *dir)
 {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int removed = 0;
-    struct dirent *e;
-    char path[VECDB_PATH_BYTES + 256];
-    while ((e = readdir(d)) != NULL)
-        if (fileio_is_temp_name(e->d_name) && snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path &&
-            unlink(path) == 0)
-            removed++;
-    closedir(d);
-    return removed;
+    return fileio_remove_dead_temps(dir, db_own_name, NULL);
 }

@@ -30,7 +30,7 @@ static int named(const char *name, const char *prefix, const char *ext)
 /* 1 if `name` is a file a run writes into its folder (see the header). */
 static int is_run_file(const char *name)
 {
-    if (strstr(name, ".tmp.")) return 0; /* a crashed writer's temporary (fileio.h): ckpt.h cleans those */
+    if (strstr(name, ".tmp.")) return 0; /* a crashed writer's temporary (fileio.h): removed when the run takes the folder */
     if (strcmp(name, CKPT_LATEST_NAME) == 0 || strcmp(name, TRAIN_METRICS_NAME) == 0) return 1;
     return named(name, CKPT_STEP_PREFIX, ".npz") || named(name, TRAIN_RECON_PREFIX, ".png");
 }
@@ -179,12 +179,12 @@ static int commit_rank0(TrainConfig *cfg, int *lock_fd, Err *err)
             fflush(stdout);
         }
     }
-    /* Under the lock every checkpoint temp here is a dead writer's: its
-     * room may be what this run's first save needs. */
+    /* Under the lock a dead writer's temp of the run's files is garbage,
+     * and its room may be what this run's first save needs. */
     int64_t bytes;
-    const int temps = ckpt_remove_stale_temps(cfg->out, &bytes);
+    const int temps = fileio_remove_dead_temps(cfg->out, is_run_file, &bytes);
     if (temps) {
-        printf("note: removed %d temporary file(s) (%.1f MB) left in %s by a checkpoint write that was killed\n",
+        printf("note: removed %d temporary file(s) (%.1f MB) left in %s by a writer that was killed\n",
                temps, bytes / 1e6, cfg->out);
         fflush(stdout);
     }
