@@ -505,6 +505,12 @@ class IvfEncoderTest(unittest.TestCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(f"(and if {vec} holds query vectors (Q, ", p.stderr)
         self.assertIn("drop --model: --model encodes images)", p.stderr)
+        # rows that make square images of another size: the same hint
+        np.save(vec, np.random.default_rng(3).random((20, 100), dtype=np.float32))
+        p = run(2, "eval", "--recall", "--db", db, "--model", self.ckpt, "--queries", vec, "-k", "10", check=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("has 1x10x10 images (CxHxW) but the model takes", p.stderr)
+        self.assertIn(f"(and if {vec} holds query vectors (Q, ", p.stderr)
 
     def test_query_encoded_images(self):
         _, cent, _ = read_ivf(self.db)

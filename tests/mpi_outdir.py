@@ -260,8 +260,19 @@ class Schedule(unittest.TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("was trained on 120 images", p.stderr)
         self.assertIn("but the default --data has ", p.stderr)
-        self.assertIn("(this checkpoint does not record its --data: give it)", p.stderr)
+        self.assertIn("(hint: this checkpoint does not record its --data: give it)", p.stderr)
         self.assertNotIn("but --data has", p.stderr)
+
+    def test_resize_of_the_recorded_data_names_it(self):
+        """Without --data a resume reads the recorded --data: a shape refusal
+        names that one (it said "the default --data" with a hint to give
+        --data, which the checkpoint does record)."""
+        run = os.path.join(TMP, "rec_shape")
+        train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
+        p = train(2, None, "--threads", "1", "--val", DATA, "--data-opts", "size=14", "--resume", run, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("images but the recorded --data (read again now) has 14x14x1 (HxWxC)", p.stderr)
+        self.assertNotIn("does not record", p.stderr)
 
     def test_block_shuffle_is_recorded_and_resumes_exactly(self):
         """--shuffle block:B:W (issue 18, item 3): the checkpoint records the

@@ -305,6 +305,24 @@ class Serve(unittest.TestCase):
         # A database image finds itself first, at distance 0.
         self.assertEqual(results(docs[0])[0], (7, 0.0))
 
+    def test_serve_encodes_in_its_precision(self):
+        """serve --precision bf16 answers as query --precision bf16 does (it
+        used to ignore --precision and encode fp32: a bf16 database's own
+        image came back at distance 2e-4, not 0)."""
+        path = os.path.join(WORK, "q_prec.png")
+        with open(path, "wb") as f:
+            f.write(png_bytes(self.images[11]))
+        srv = Server(1, self.db, self.ckpt, "--precision", "bf16", tag="bf16")
+        try:
+            st, _, data = request(f"{srv.url}/search?k=5", "POST", png_bytes(self.images[11]))
+            self.assertEqual(st, 200, data)
+            got = results(json.loads(data))
+        finally:
+            srv.kill()
+        self.assertEqual(got, self.query("--model", self.ckpt, "--image", path, "--k", "5", "--precision", "bf16")[0])
+        self.assertNotEqual(got, self.query("--model", self.ckpt, "--image", path, "--k", "5")[0],
+                            "bf16 and fp32 encodings give other distances")
+
     def test_more_like_this_label_and_radius(self):
         ref_q = os.path.join(WORK, "row123.npy")
         np.save(ref_q, self.x[123:124])

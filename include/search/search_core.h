@@ -48,12 +48,15 @@
 ModelPrecision search_precision(const ParCtx *ctx, int request);
 
 /* Collective.  Rank 0 reads the checkpoint; every rank builds the same model
- * (max batch `batch`, `nthreads` OpenMP threads) with the broadcast weights;
- * *crc = CRC-32 of the parameter bytes (ckpt_params_crc32).  Errors: those
- * of ckpt_read / ckpt_restore / model_parse (AE_EIO, AE_EFORMAT, AE_EARG,
- * AE_ESHAPE).  On error *m holds nothing to free. */
-int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
-                        Err *err);
+ * (max batch `batch`, `nthreads` OpenMP threads) with the broadcast weights,
+ * in the arithmetic of --precision value `precision` (search_precision; every
+ * command that encodes passes its --precision, so index, query, eval and
+ * serve encode alike); *crc = CRC-32 of the parameter bytes
+ * (ckpt_params_crc32).  Errors: those of ckpt_read / ckpt_restore /
+ * model_parse (AE_EIO, AE_EFORMAT, AE_EARG, AE_ESHAPE).  On error *m holds
+ * nothing to free. */
+int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, int precision, Model *m,
+                        uint32_t *crc, Err *err);
 
 /* Local.  AE_ESHAPE if the model's D differs from the database's (checked
  * first: "manifest D mismatch"), AE_EARG if its CRC-32 differs (another model

@@ -60,6 +60,13 @@ void train_schedule_identity(CkptState *st, const Dataset *train, const TrainCon
  * checkpoint holding a head). */
 int train_schedule_adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err);
 
+/* How a resume's messages name the data it read: "--data" when given, "the
+ * recorded --data (read again now)" when taken from the checkpoint
+ * (cfg->data_from_ckpt), else "the default --data", with *hint = "" or, for
+ * that last case, " (hint: this checkpoint does not record its --data: give
+ * it)" to append.  Static strings. */
+const char *train_schedule_data_name(const TrainConfig *cfg, const char **hint);
+
 /* After the data is loaded: the starting state of the resumed run in
  * *start (ck's step/epoch/batch and seed, the batch position mapped to
  * cfg->batch_size, the schedule fields of this run).  Errors: AE_EARG when

@@ -256,8 +256,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     const double t0 = timer_now();
     Model m;
     uint32_t crc = 0;
-    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) return err->code;
-    model_set_precision(&m, search_precision(ctx, cfg->precision));
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, cfg->precision, &m, &crc, err)) return err->code;
     const int D = model_embedding_dim(&m), P = ctx->size;
     VecDb db;
     ImageSet src;
@@ -881,8 +880,7 @@ int search_query(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     if (par_agree(ctx, err)) goto done;
     if (cfg->model[0]) {
         uint32_t crc = 0;
-        if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
-        model_set_precision(&m, search_precision(ctx, cfg->precision));
+        if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, cfg->precision, &m, &crc, err)) goto done;
         search_check_model(&db, &m, crc, cfg->model, err);
         if (par_agree(ctx, err)) goto done;
     }

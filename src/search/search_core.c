@@ -32,8 +32,8 @@ ModelPrecision search_precision(const ParCtx *ctx, int request)
     return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
 }
 
-int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, Model *m, uint32_t *crc,
-                        Err *err)
+int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthreads, int precision, Model *m,
+                        uint32_t *crc, Err *err)
 {
     memset(m, 0, sizeof *m);
     Checkpoint ck;
@@ -62,6 +62,7 @@ int search_load_encoder(const ParCtx *ctx, const char *path, int batch, int nthr
     }
     par_bcast(ctx, m->params, m->n_params * sizeof(float), 0);
     *crc = ckpt_params_crc32(m);
+    model_set_precision(m, search_precision(ctx, precision));
     return AE_OK;
 }
 

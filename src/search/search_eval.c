@@ -516,8 +516,7 @@ int search_eval(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *e
     memset(&qset, 0, sizeof qset);
     SearchMeta meta;
     search_meta_init(&meta, &db);
-    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) goto done;
-    model_set_precision(&m, search_precision(ctx, cfg->precision));
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, cfg->precision, &m, &crc, err)) goto done;
     search_check_model(&db, &m, crc, cfg->model, err);
     if (par_agree(ctx, err)) goto done;
     if (ctx->rank == 0) open_queries(&qset, &es, cfg, &db, err);

@@ -207,7 +207,7 @@ static int recall_queries_raw(float **qv, int64_t *Q, const ParCtx *ctx, const S
     }
     Model m;
     uint32_t crc = 0;
-    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &m, &crc, err)) return err->code;
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, cfg->precision, &m, &crc, err)) return err->code;
     search_check_model(db, &m, crc, cfg->model, err);
     if (ctx->rank == 0 && !err->code) {
         ImageSet set;
@@ -225,9 +225,11 @@ static int recall_queries_raw(float **qv, int64_t *Q, const ParCtx *ctx, const S
             imgset_free(&set);
         }
         /* A vectors file given with --model reads as rows of S*S pixels:
-         * its values fail the image range check.  Say what to do instead. */
+         * its values fail the image range check, or its rows make images of
+         * another size than the model's.  Say what to do instead. */
         const size_t len = strlen(cfg->queries);
-        if (err->code == AE_EFORMAT && len > 4 && strcmp(cfg->queries + len - 4, ".npy") == 0)
+        if ((err->code == AE_EFORMAT || err->code == AE_ESHAPE) && len > 4 &&
+            strcmp(cfg->queries + len - 4, ".npy") == 0)
             err_set(err, AE_EFORMAT, "%s (and if %s holds query vectors (Q, %d), drop --model: --model encodes "
                     "images)", err->msg, cfg->queries, db->D);
     }

@@ -741,7 +741,7 @@ int search_serve(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
     search_qe_resolve(&s->qe, cfg, &s->db, s->metric, err);
     if (par_agree(ctx, err)) goto done;
     uint32_t crc = 0;
-    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, &s->m, &crc, err)) goto done;
+    if (search_load_encoder(ctx, cfg->model, cfg->batch, nthreads, cfg->precision, &s->m, &crc, err)) goto done;
     have_model = 1;
     search_check_model(&s->db, &s->m, crc, cfg->model, err);
     if (par_agree(ctx, err)) goto done;

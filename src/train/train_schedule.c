@@ -240,6 +240,13 @@ static int adopt(TrainConfig *cfg, const Checkpoint *ck, FILE *notes, Err *err)
     return AE_OK;
 }
 
+const char *train_schedule_data_name(const TrainConfig *cfg, const char **hint)
+{
+    const int given = (cfg->given & TRAIN_GIVEN_DATA) != 0;
+    *hint = given || cfg->data_from_ckpt ? "" : " (hint: this checkpoint does not record its --data: give it)";
+    return given ? "--data" : cfg->data_from_ckpt ? "the recorded --data (read again now)" : "the default --data";
+}
+
 int train_schedule_start(CkptState *start, const Checkpoint *ck, const TrainConfig *cfg, const Dataset *train,
                          FILE *notes, Err *err)
 {
@@ -251,12 +258,8 @@ int train_schedule_start(CkptState *start, const Checkpoint *ck, const TrainConf
             fprintf(notes, "aesim-train: warning: %s (format version < 3) does not record its training data: "
                     "cannot check that --data is the same; the schedule continues as if it were\n", ck->path);
     }
-    /* Without --data the run read the --data ck recorded (version >= 5) or,
-     * an older ck, the default one: say which, not "--data has". */
-    const int given = (cfg->given & TRAIN_GIVEN_DATA) != 0;
-    const char *what = given ? "--data" : cfg->data_from_ckpt ? "the recorded --data (read again now)"
-                                                             : "the default --data";
-    const char *hint = given || cfg->data_from_ckpt ? "" : " (this checkpoint does not record its --data: give it)";
+    const char *hint;
+    const char *what = train_schedule_data_name(cfg, &hint);
     if (s->n_train != 0 && s->n_train != train->n) {
         return err_set(err, AE_EARG, "%s was trained on %lld images (%.200s) but %s has %lld (%.200s): its "
                        "data order and epoch position do not carry over; resume with the same --data and "

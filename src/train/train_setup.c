@@ -256,11 +256,10 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
     train_schedule_identity(start, train, cfg);
     const char *arch = cfg->arch[0] ? cfg->arch : model_default_preset(C, H, W);
     if (cfg->resume[0]) {
+        const char *hint, *what = train_schedule_data_name(cfg, &hint);
         if (ck->C != C || ck->H != H || ck->W != W)
             err_set(err, AE_ESHAPE, "%s was trained on %dx%dx%d images but %s has %dx%dx%d (HxWxC)%s", ck->path,
-                    ck->H, ck->W, ck->C, (cfg->given & TRAIN_GIVEN_DATA) ? "--data" : "the default --data", H, W, C,
-                    (cfg->given & TRAIN_GIVEN_DATA) ? "" : " (hint: the checkpoint does not record its --data: "
-                    "give it)");
+                    ck->H, ck->W, ck->C, what, H, W, C, hint);
         else
             train_schedule_start(start, ck, cfg, train, ctx->rank == 0 ? stderr : NULL, err);
         if (par_agree(ctx, err)) {
@@ -321,12 +320,12 @@ int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck,
         const double mapped = kib > 0 ? (double)kib * 1024.0 : 0, limit = (double)rl.rlim_cur;
         const double slack = need * 0.02 + (64 << 20);
         if (need + slack + mapped > limit)
-            err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.2f GiB, and %.2f GiB more "
+            err_set(err, AE_ENOMEM, "the model (--arch) '%s' with %d images per rank needs %.0f MiB, and %.0f MiB more "
                     "for what runs after the build (thread stacks, validation, checkpoints), but this process may map "
-                    "%.2f GiB (ulimit -v), %.2f GiB of it in use already (MPI, BLAS, the data): %.0f MiB short (hint: a "
-                    "smaller --batch-size, or raise the limit)", spec.text, per_rank, need / (1 << 30),
-                    slack / (1 << 30), limit / (1 << 30), mapped / (1 << 30),
-                    ceil((need + slack + mapped - limit) / (1 << 20)));
+                    "%.0f MiB (ulimit -v), %.0f MiB of it in use already (MPI, BLAS, the data): at least %.0f MiB short "
+                    "(MPI and the BLAS map more when the limit allows it) (hint: a smaller --batch-size, or raise the "
+                    "limit)", spec.text, per_rank, ceil(need / (1 << 20)), ceil(slack / (1 << 20)),
+                    floor(limit / (1 << 20)), ceil(mapped / (1 << 20)), ceil((need + slack + mapped - limit) / (1 << 20)));
     }
     if (par_agree(ctx, err)) {
         ckpt_free(ck);
