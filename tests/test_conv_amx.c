@@ -22,8 +22,9 @@
  * after y must stay untouched (the masked tail stores).
  * Shapes: C = 1, 3, 7 (odd), 16, 32, 33 (two 32-channel chunks); OC = 8,
  * 16, 32, 48 (odd number of 16-blocks), 13; K = 1, 3, 5, 7; planes 1x1, 7x7,
- * 9x13, 64x64 (not multiples of 16 pixels, rows not multiples of 16); N = 1,
- * 2 and 5; with and without bias and ReLU.
+ * 9x13, 5x17 (rows not multiples of 16: pixels on the padded width), 64x64,
+ * 3x16, 1x32 (rows of 16k pixels: blocks inside rows, block counts not
+ * multiples of 4); N = 1, 2 and 5; with and without bias and ReLU.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -54,6 +55,7 @@ static const Shape SHAPES[] = {
     {5, 16, 16, 64, 64, 3, 1, 1}, {1, 32, 32, 64, 64, 3, 1, 0}, {5, 32, 48, 9, 13, 3, 0, 1},
     {2, 33, 32, 6, 10, 3, 1, 1},  {1, 3, 8, 7, 7, 7, 1, 0},    {2, 16, 32, 7, 7, 7, 1, 1},
     {1, 5, 16, 1, 1, 1, 1, 1},    {2, 32, 16, 5, 17, 1, 0, 0}, {5, 1, 32, 1, 1, 7, 1, 1},
+    {2, 5, 48, 3, 16, 5, 1, 1},   {1, 16, 32, 1, 32, 7, 1, 0},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

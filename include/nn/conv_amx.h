@@ -24,12 +24,15 @@
  *      K/2 pixels (conv_direct_bf16.h's pack_pairs layout, plus the border):
  *      pair plane j, a padded plane of Hp = H + K - 1 rows of Wp = W + K - 1
  *      32-bit words (low half channel 2j, high half channel 2j+1, 0 for a
- *      missing channel), then zero words up to a plane stride S.  An output
- *      pixel (y, x) is numbered q = y * Wp + x on the padded width, so the
- *      input under tap (dy, dx) of 16 consecutive q is 16 consecutive words
- *      at q + dy * Wp + dx of every pair plane: a B tile (K = up to 32
- *      channels, N = 16 pixels) is one tile load with row stride S;
- *      pixels with x >= W are computed and dropped (Wp / W of the work);
+ *      missing channel), then zero words up to a plane stride S.  A B tile
+ *      (K = up to 32 channels, N = 16 pixels) is one tile load with row
+ *      stride S of 16 consecutive words: the input under tap (dy, dx) of 16
+ *      output pixels (y, x..x+15) of one row starts at word
+ *      (y + dy) * Wp + x + dx.  When W is a multiple of 16 the pixel blocks
+ *      are the 16-pixel pieces of the rows; otherwise the output pixels are
+ *      numbered q = y * Wp + x on the padded width, a block is 16
+ *      consecutive q (crossing row ends), and the pixels with x >= W are
+ *      computed and dropped (Wp / W of the work);
  *   A  the weights rounded to bfloat16, conv_amx_pack_weights' layout
  *      [ceil(OC/16)][K*K][nch][16 oc][Kc] (Kc = min(ceil(C/2)*2, 32)
  *      channels per tile, nch = ceil(ceil(C/2)*2 / Kc) chunks; output and

@@ -37,13 +37,21 @@ typedef struct Geom {
     int Kc, nch, npp;  /* channels per A/B tile; chunks; pair planes packed (nch * Kc/2) */
     int nob;           /* 16-channel output blocks */
     int Wp, pad;       /* padded row (words); border */
-    int nq;            /* 16-pixel blocks over q = y*Wp + x, a multiple of 4 */
+    int rows16;        /* W % 16 == 0: q = y*W + x (blocks inside one row), else q = y*Wp + x */
+    int nq;            /* 16-pixel blocks over q, a multiple of 4 */
     size_t S;          /* words per pair plane (stride), >= the last tile row read */
 } Geom;
 
 static int ceil_div(int a, int b)
 {
     return (a + b - 1) / b;
+}
+
+/* Word offset in a padded pair plane of the top-left tap of pixel block
+ * q0 (16 pixels q0..q0+15): its first pixel's (y, x) at (y*Wp + x). */
+static inline size_t qbase(const Geom *g, int q0)
+{
+    return g->rows16 ? (size_t)(q0 / g->W) * g->Wp + (size_t)(q0 % g->W) : (size_t)q0;
 }
 
 static Geom geom(int C, int OC, int K, int H, int W)
@@ -57,9 +65,10 @@ static Geom geom(int C, int OC, int K, int H, int W)
     g.nob = ceil_div(OC, 16);
     g.pad = K / 2;
     g.Wp = W + K - 1;
-    g.nq = ceil_div(ceil_div(H * g.Wp, 16), 4) * 4;
-    /* last word a B tile reads: (nq*16 - 1) + (K-1)*Wp + (K-1) */
-    const size_t need = (size_t)g.nq * 16 + (size_t)(K - 1) * g.Wp + (size_t)(K - 1);
+    g.rows16 = W % 16 == 0;
+    g.nq = ceil_div(ceil_div(H * (g.rows16 ? W : g.Wp), 16), 4) * 4;
+    /* last word a B tile reads: block nq-1's 16 words + (K-1)*Wp + (K-1) */
+    const size_t need = qbase(&g, (g.nq - 1) * 16) + 16 + (size_t)(K - 1) * g.Wp + (size_t)(K - 1);
     g.S = (need + 15) / 16 * 16;
     return g;
 }
@@ -121,33 +130,33 @@ __attribute__((target("avx512f"))) static inline __m512i round16(__m512 v)
     return _mm512_cvtepu16_epi32(round16_emulated(v));
 }
 
-/* One image x[C][H][W] float32 -> the interior of P's pair planes (the
- * border and the planes past ceil(C/2) stay as they are: zero). */
-__attribute__((target("avx512f"))) static void pack_image(const Geom *g, uint32_t *P, const float *x)
+/* 16 words (low half bf16(lo[i]), high half bf16(hi[i])): the emulation's
+ * pair packing (the native one: pair16_native). */
+__attribute__((target("avx512f"))) static inline __m512i pair16_emulated(__m512 lo, __m512 hi)
 {
-    const int W = g->W;
-    const size_t hw = (size_t)g->H * W;
-    for (int j = 0; j < ceil_div(g->C, 2); j++) {
-        const float *x0 = x + (size_t)(2 * j) * hw;
-        const float *x1 = 2 * j + 1 < g->C ? x0 + hw : NULL;
-        uint32_t *pj = P + (size_t)j * g->S + (size_t)g->pad * g->Wp + g->pad;
-        for (int y = 0; y < g->H; y++)
-            for (int xx = 0; xx < W; xx += 16) {
-                const __mmask16 m = W - xx >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - xx)) - 1u);
-                const size_t s = (size_t)y * W + xx;
-                __m512i v = round16(_mm512_maskz_loadu_ps(m, x0 + s));
-                if (x1) v = _mm512_or_si512(v, _mm512_slli_epi32(round16(_mm512_maskz_loadu_ps(m, x1 + s)), 16));
-                _mm512_mask_storeu_epi32(pj + (size_t)y * g->Wp + xx, m, v);
-            }
-    }
+    return _mm512_or_si512(round16(lo), _mm512_slli_epi32(round16(hi), 16));
 }
 
 /* A finished accumulator tile buf[16 oc][16 q] (float32) of output channels
- * oc0.. at pixels q0..q0+15 (q = y*Wp + x): + bias, ReLU, stored to the
- * pixels inside the image of the channels < OC. */
+ * oc0.. at pixels q0..q0+15: + bias, ReLU, stored to the pixels inside the
+ * image of the channels < OC. */
 __attribute__((target("avx512f"))) static void finish(const Geom *g, const float *buf, int oc0, int q0, float *y,
                                                       const float *bias, int relu)
 {
+    const size_t hw = (size_t)g->H * g->W;
+    const __m512 zero = _mm512_setzero_ps();
+    const int nr = g->OC - oc0 < 16 ? g->OC - oc0 : 16;
+    if (g->rows16) { /* q = y*W + x: 16 pixels of one row, all inside or all past the last row */
+        if ((size_t)q0 >= hw) return;
+        for (int r = 0; r < nr; r++) {
+            __m512 v = _mm512_load_ps(buf + r * 16);
+            if (bias) v = _mm512_add_ps(v, _mm512_set1_ps(bias[oc0 + r]));
+            if (relu) v = _mm512_max_ps(zero, v); /* MAXPS returns the second operand for NaN */
+            _mm512_storeu_ps(y + (size_t)(oc0 + r) * hw + q0, v);
+        }
+        return;
+    }
+    /* q = y*Wp + x: runs of pixels inside the image, split at row ends */
     int seg_s[16], seg_len[16];
     size_t seg_pos[16];
     int nseg = 0;
@@ -164,10 +173,7 @@ __attribute__((target("avx512f"))) static void finish(const Geom *g, const float
         s += len;
     }
     if (nseg == 0) return;
-    const size_t hw = (size_t)g->H * g->W;
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512 zero = _mm512_setzero_ps();
-    const int nr = g->OC - oc0 < 16 ? g->OC - oc0 : 16;
     for (int r = 0; r < nr; r++) {
         __m512 v = _mm512_load_ps(buf + r * 16);
         if (bias) v = _mm512_add_ps(v, _mm512_set1_ps(bias[oc0 + r]));
@@ -195,10 +201,19 @@ static inline void native_config(const uint8_t *rows, const uint8_t *colsb)
 }
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")
+
+/* VCVTNE2PS2BF16 then the two halves interleaved into words (lo low). */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static inline __m512i pair16_native(__m512 lo, __m512 hi)
+{
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
 
 #define KNAME(x) x##_native
-#define TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+#define TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
+#define PAIR16(lo, hi) pair16_native((lo), (hi))
 #define TSTATE (void)0
 #define TCONFIG(rows, colsb) native_config((rows), (colsb))
 #define TZERO(i) _tile_zero(i)
@@ -268,6 +283,7 @@ __attribute__((target("avx512f"))) static void emu_dp(EmuTiles *e, int c, int a,
 
 #define KNAME(x) x##_emulated
 #define TARGET __attribute__((target("avx512f,avx512bw")))
+#define PAIR16(lo, hi) pair16_emulated((lo), (hi))
 #define TSTATE                                                                                                        \
     EmuTiles emu_tiles_;                                                                                              \
     EmuTiles *const et = &emu_tiles_
