@@ -3,7 +3,8 @@
  * zero padding K/2, bias, optional ReLU) on Intel AMX bfloat16 tiles
  * (TDPBF16PS), a first step toward running MODEL_BF16 (model.h) on AMX.
  * The design is bench/bench_amx_conv.c's spike, generalised to any K (odd),
- * any channel counts and any plane; nothing in src/ calls it yet.
+ * any channel counts and any plane.  model.c runs the forward-only passes
+ * of MODEL_BF16 on it (model_set_amx); training does not use it yet.
  *
  * TDPBF16PS (Intel SDM Vol. 2, "TDPBF16PS - Dot Product of BF16 Tiles
  * Accumulated into Packed Single Precision Tile"): for every row m of the
