@@ -32,6 +32,8 @@
  *            (bf16, border kept zero): no layout conversion at all
  *   amx-core input pre-packed, C tiles stored to a per-thread 1 KB buffer
  *            only (compute + tile loads, no output traffic)
+ *   amx-lib  the library kernel, conv_amx_forward (nn/conv_amx.h), NCHW
+ *            float32 in and out, weights packed in the call (as amx)
  * Weight gradient (wgrad_bench, C = OC = 32 @32x32): dW[OC][C*9] +=
  *   dY[OC][HW] x im2col[C*9][HW]^T with M = OC (A = dY as plain bf16
  *   planes, 16 oc x 32 pixels), N = 16 input channels of one tap, K =
@@ -61,6 +63,8 @@
 #include "base/timer.h"
 #include "nn/bf16.h"
 #include "nn/conv2d.h"
+#include "nn/amx_tile.h"
+#include "nn/conv_amx.h"
 #include "nn/conv_direct_bf16.h"
 
 #if AESIM_OMP
@@ -147,21 +151,6 @@ static int amx_available(void)
 
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")
-
-typedef struct TileCfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileCfg;
-
-/* ldtilecfg with the whole 64-byte block as the memory operand: gcc 12's
- * _tile_loadconfig declares only 8 bytes ("m" (*(const void **)cfg)), so
- * the optimiser drops the stores of the rest and ldtilecfg faults (#GP,
- * SIGSEGV) on the stale stack bytes. */
-static inline void tile_loadconfig(const TileCfg *cfg)
-{
-    __asm__ volatile("ldtilecfg %0" ::"m"(*cfg));
-}
 
 /* Geometry of one layer for the AMX kernel. */
 typedef struct Amx {
@@ -263,7 +252,7 @@ static inline void amx_finish(const Amx *a, const float *buf, int oc0, int y, in
 
 static void amx_config(const Amx *a)
 {
-    TileCfg cfg;
+    AmxTileCfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 4; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }   /* C */
@@ -274,7 +263,7 @@ static void amx_config(const Amx *a)
         for (int t = 4; t < 6; t++) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)(a->Kc * 2); }
         for (int t = 6; t < 8; t++) { cfg.rows[t] = (uint8_t)(a->Kc / 2); cfg.colsb[t] = 64; }
     }
-    tile_loadconfig(&cfg);
+    amx_tile_loadconfig(&cfg);
 }
 
 /* The convolution of one packed image P into out (mode OUT_*).  buf: 4 KB,
@@ -516,11 +505,11 @@ static void wgrad_bench(int N, int T, int runs, int H, int W)
 #else
                     const int me = 0;
 #endif
-                    TileCfg cfg;
+                    AmxTileCfg cfg;
                     memset(&cfg, 0, sizeof cfg);
                     cfg.palette = 1;
                     for (int k = 0; k < 8; k++) { cfg.rows[k] = 16; cfg.colsb[k] = 64; }
-                    tile_loadconfig(&cfg);
+                    amx_tile_loadconfig(&cfg);
                     memset(acc[me], 0, 9 * 1024 * 4);
 #pragma omp for schedule(static)
                     for (int n = 0; n < nn; n++) {
@@ -640,6 +629,10 @@ int main(int argc, char **argv)
         for (int n = 0; n < N; n++) amx_pack_input(&a, pre + (size_t)n * a.img_words, x + (size_t)n * C * H * W);
         const size_t out_words = (size_t)(OC / 2) * a.plane;
         uint32_t *outp = xalloc((size_t)N * out_words * 4 + 256);
+        float *ylib = xalloc(nout * 4);
+        uint16_t *walib = xalloc(conv_amx_weight_bytes(C, OC, 3));
+        void *slib = xalloc(conv_amx_scratch_bytes(C, 3, H, W, T));
+        const int have_lib = conv_amx_available(CONV_AMX_NATIVE);
 
         /* correctness */
         conv2d_forward(y32, x, &l32, N, H, W, scratch, T);
@@ -648,6 +641,12 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < nout; i++) {
             maxabs = fmax(maxabs, fabs((double)yam[i] - y32[i]));
             maxy = fmax(maxy, fabs((double)y32[i]));
+        }
+        double maxlib = 0;
+        if (have_lib) {
+            conv_amx_pack_weights(walib, w, C, OC, 3);
+            conv_amx_forward(ylib, x, walib, b, N, C, OC, 3, H, W, relu, slib, T, CONV_AMX_NATIVE);
+            for (size_t i = 0; i < nout; i++) maxlib = fmax(maxlib, fabs((double)ylib[i] - y32[i]));
         }
         if (have_vdp) {
             conv2d_forward(yvd, x, &lvd, N, H, W, scratch, T);
@@ -668,15 +667,15 @@ int main(int argc, char **argv)
                         maxpre = fmax(maxpre, fabs((double)v - ref));
                     }
         printf("# %s check: amx vs fp32 (bf16-rounded x, w): max abs err %.3g, max |y| %.3g, rel %.3g; "
-               "vdpbf16 vs fp32 max abs %.3g; amx-pre (bf16 out) vs bf16(amx) max abs %.3g\n",
-               s->name, maxabs, maxy, maxabs / maxy, maxvd, maxpre);
+               "vdpbf16 vs fp32 max abs %.3g; amx-pre (bf16 out) vs bf16(amx) max abs %.3g; amx-lib vs fp32 max abs %.3g\n",
+               s->name, maxabs, maxy, maxabs / maxy, maxvd, maxpre, maxlib);
 
-        enum { V_FP32, V_VDP, V_AMX, V_PRE, V_CORE, NV };
-        static const char *vname[NV] = {"fp32", "vdpbf16", "amx", "amx-pre", "amx-core"};
+        enum { V_FP32, V_VDP, V_AMX, V_PRE, V_CORE, V_LIB, NV };
+        static const char *vname[NV] = {"fp32", "vdpbf16", "amx", "amx-pre", "amx-core", "amx-lib"};
         double t[NV][MAX_ROUNDS];
         for (int r = -WARMUP_ROUNDS; r < runs; r++)
             for (int v = 0; v < NV; v++) {
-                if (v == V_VDP && !have_vdp) continue;
+                if ((v == V_VDP && !have_vdp) || (v == V_LIB && !have_lib)) continue;
                 const double t0 = timer_now();
                 switch (v) {
                 case V_FP32: conv2d_forward(y32, x, &l32, N, H, W, scratch, T); break;
@@ -684,12 +683,16 @@ int main(int argc, char **argv)
                 case V_AMX: amx_forward_nchw(&a, yam, x, w, N, th); break;
                 case V_PRE: amx_forward_pre(&a, outp, pre, N, OUT_PAIRS, th); break;
                 case V_CORE: amx_forward_pre(&a, NULL, pre, N, OUT_NONE, th); break;
+                case V_LIB:
+                    conv_amx_pack_weights(walib, w, C, OC, 3);
+                    conv_amx_forward(ylib, x, walib, b, N, C, OC, 3, H, W, relu, slib, T, CONV_AMX_NATIVE);
+                    break;
                 }
                 if (r >= 0) t[v][r] = timer_now() - t0;
             }
         const double flop = 2.0 * N * OC * C * 9.0 * H * W;
         for (int v = 0; v < NV; v++) {
-            if (v == V_VDP && !have_vdp) continue;
+            if ((v == V_VDP && !have_vdp) || (v == V_LIB && !have_lib)) continue;
             double mn = t[v][0];
             for (int r = 1; r < runs; r++) mn = fmin(mn, t[v][r]);
             const double med = bench_median(t[v], runs);
@@ -700,7 +703,7 @@ int main(int argc, char **argv)
             bench_print_result(stdout, wl, "aesim", vname[v], t[v], runs, N, flop / N, 0, NULL);
         }
         free(x); free(y32); free(yvd); free(yam); free(w); free(b); free(scratch); free(a.wa);
-        free(pre); free(outp);
+        free(pre); free(outp); free(ylib); free(walib); free(slib);
         for (int tt = 0; tt < T && tt < 64; tt++) { free(th[tt].P); free(th[tt].buf); }
     }
     if (T <= 64) wgrad_bench(N, T, runs, 32, 32);

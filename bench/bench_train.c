@@ -14,7 +14,9 @@
  * as .npy so bench/torch_train.py times PyTorch on the same data.
  * --precision fp32|bf16 (model.h MODEL_BF16, as aesim-train --precision):
  * bf16 rows are variant "..., bf16" with "precision": "bf16" (issue 16;
- * emulated on every CPU today: rounded operands, float32 kernels).
+ * emulated on every CPU today: rounded operands, float32 kernels);
+ * --amx off|emulated|native: the AMX convolutions of model_encode
+ * (model_set_amx; default: the model's choice, native where the CPU has AMX).
  * Timing: --warmup steps untimed, then --runs runs of --steps steps each,
  * each run timed on rank 0 between barriers.
  * --profile P (train, one rank): P more steps run through the layer steps
@@ -42,6 +44,7 @@
 #include "bench_common.h"
 #include "base/check.h"
 #include "nn/conv2d.h"
+#include "nn/conv_amx.h"
 #include "model/model.h"
 #include "data/npy.h"
 #include "model/optimizer.h"
@@ -318,6 +321,7 @@ int main(int argc, char **argv)
     const char *data_out = bench_opt_str(argc, argv, "--data-out", NULL);
     const char *variant_opt = bench_opt_str(argc, argv, "--variant", NULL);
     const char *precision_opt = bench_opt_str(argc, argv, "--precision", "fp32");
+    const char *amx_opt = bench_opt_str(argc, argv, "--amx", NULL);
     int B = (int)bench_opt_int(argc, argv, "--batch", 128, 1);
     int threads = (int)bench_opt_int(argc, argv, "--threads", 0, 0);
     int steps = (int)bench_opt_int(argc, argv, "--steps", 5, 1);
@@ -368,6 +372,17 @@ int main(int argc, char **argv)
         par_abort(2);
     }
     model_set_precision(&m, precision);
+    if (amx_opt) { /* --amx off|emulated|native: model_set_amx (default: the model's choice) */
+        const int impl = strcmp(amx_opt, "native") == 0 ? CONV_AMX_NATIVE
+                         : strcmp(amx_opt, "emulated") == 0 ? CONV_AMX_EMULATED : CONV_AMX_OFF;
+        if (!model_set_amx(&m, impl)) {
+            par_err0(&ctx, "bench_train: --amx %s: needs --precision bf16 and a CPU that runs it\n", amx_opt);
+            par_abort(2);
+        }
+    }
+    if (ctx.rank == 0 && m.precision == MODEL_BF16)
+        fprintf(stderr, "bench_train: forward-only convolutions on AMX: %s\n",
+                m.amx == CONV_AMX_NATIVE ? "native" : m.amx == CONV_AMX_EMULATED ? "emulated" : "off");
     /* GEMM kernel of every conv, read once here (conv2d.h CONV2D_KERNEL_ENV;
      * unset = auto, as model_build leaves it), so one build times both paths. */
     ConvKernel kernel;

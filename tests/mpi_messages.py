@@ -271,6 +271,9 @@ class Version(unittest.TestCase):
         # and its VDPBF16PS, measured, does at least 1.4x the multiply-adds
         # per second of float32 FMAs (the measured rate is on the line).
         native = " avx512_bf16" in flags and " avx512bw" in flags
+        # aesim-search only encodes: on a CPU with AMX (amx_tile, amx_bf16,
+        # and the kernel grants the tile state) auto encodes bf16 on tiles.
+        amx = " amx_tile" in flags and " amx_bf16" in flags
         for prog in (TRAIN, SEARCH, PACK):
             p = run(prog, "--version")
             self.assertEqual(p.returncode, 0, p.stderr)
@@ -289,6 +292,11 @@ class Version(unittest.TestCase):
                 # Known CPUs: about 0.5 (Intel Xeon) or 2.0 (AMD Zen 4, 5).
                 self.assertTrue(0.2 <= float(m.group(1)) <= 4.0, m.group(0))
                 auto = "bf16" if float(m.group(1)) >= 1.4 else "fp32"
+            if name == "aesim-search" and amx:
+                self.assertIn("; encoding on AMX tiles (AMX-BF16); ", p.stdout)
+                auto = "bf16"
+            elif name != "aesim-search":
+                self.assertNotIn("AMX", p.stdout)
             if name == "aesim-train":
                 self.assertIn("--precision auto (the default) runs %s here\n" % auto, p.stdout)
             elif name == "aesim-search":

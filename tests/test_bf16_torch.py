@@ -37,7 +37,10 @@ Kernels: every convolution kernel this CPU runs (direct fuses pooling and
 upsampling into the convolutions, generic does not) on float32 arithmetic of
 rounded operands, the direct bf16 kernels (conv_direct_bf16.h) with
 VDPBF16PS emulated on AVX-512F/BW, and where the CPU has AVX512_BF16 the same
-kernels on VDPBF16PS; 1 and 2 threads.
+kernels on VDPBF16PS; then the forward-only passes (output, bottleneck) on
+AMX tiles (nn/conv_amx.h, model_set_amx) emulated and, where the CPU has
+AMX-BF16, native (the index of test_search_encode runs the model's choice:
+AMX where the CPU has it); 1 and 2 threads.
 BF16_TABLE=1 prints every error instead of asserting.
 """
 import os
@@ -71,13 +74,18 @@ def _cpu_has(flag):
         return False
 
 
-# (AESIM_KERNEL, AESIM_BF16_KERNELS): the im2col kernel and the direct
-# kernels on float32 arithmetic of rounded operands, the direct bf16 kernels
-# (conv_direct_bf16.h) with VDPBF16PS emulated on AVX-512F/BW, and where the
-# CPU has AVX512_BF16 the same kernels on VDPBF16PS
-KERNELS = [("generic", "float32")] + ([("direct", "float32")] if _cpu_has("avx512f") else []) \
-    + ([("direct", "emulated")] if _cpu_has("avx512bw") else []) \
-    + ([("direct", "native")] if _cpu_has("avx512_bf16") else [])
+# (AESIM_KERNEL, AESIM_BF16_KERNELS, AESIM_AMX): the im2col kernel and the
+# direct kernels on float32 arithmetic of rounded operands, the direct bf16
+# kernels (conv_direct_bf16.h) with VDPBF16PS emulated on AVX-512F/BW, and
+# where the CPU has AVX512_BF16 the same kernels on VDPBF16PS, all with the
+# AMX convolutions off; then the forward-only passes (output y0, bottleneck
+# z0) on AMX tiles (nn/conv_amx.h), emulated on AVX-512F/BW and where the
+# CPU has AMX-BF16 native (the gradients stay on the bf16 kernels)
+KERNELS = [("generic", "float32", "off")] + ([("direct", "float32", "off")] if _cpu_has("avx512f") else []) \
+    + ([("direct", "emulated", "off")] if _cpu_has("avx512bw") else []) \
+    + ([("direct", "native", "off")] if _cpu_has("avx512_bf16") else []) \
+    + ([("direct", "emulated", "emulated")] if _cpu_has("avx512bw") else []) \
+    + ([("direct", "native", "native")] if _cpu_has("avx512_bf16") and _cpu_has("amx_bf16") else [])
 
 CASES = [
     # name, spec, C, H, W, N
@@ -155,16 +163,22 @@ def step0(model, x, autocast=False):
 class Bf16VsTorch(unittest.TestCase):
     def run_case(self, name, spec, C, H, W, N, threads, kernel):
         case = name
-        kernel, how = kernel
+        kernel, how, amx = kernel
         with tempfile.TemporaryDirectory(dir=os.environ.get("AESIM_TEST_TMP")) as d:
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), AESIM_KERNEL=kernel, AESIM_PRECISION="bf16",
-                       AESIM_BF16_KERNELS=how)
+                       AESIM_BF16_KERNELS=how, AESIM_AMX=amx)
             out = subprocess.run([TOOL, spec, str(C), str(H), str(W), str(N), str(STEPS), "adam", d], check=True,
                                  env=env, stdout=subprocess.PIPE, text=True).stdout
             # the tool says which arithmetic ran: the test must not pass on the other one
             self.assertIn({"float32": "(float32 kernels", "emulated": "VDPBF16PS emulated",
                            "native": "(VDPBF16PS kernels"}[how], out)
-            name = f"{name} ({kernel} kernel {how}, {threads} thread{'s' if threads > 1 else ''})"
+            amx_note = {"native": "; forward-only passes on AMX tiles)",
+                        "emulated": "; forward-only passes on AMX emulated)"}
+            if amx in amx_note:
+                self.assertIn(amx_note[amx], out)
+            else:
+                self.assertNotIn("AMX", out)
+            name = f"{name} ({kernel} kernel {how}, AMX {amx}, {threads} thread{'s' if threads > 1 else ''})"
             init = np.load(os.path.join(d, "init.npz"))
             ref = np.load(os.path.join(d, "ref.npz"))
             arch = bytes(init["meta.arch"]).decode()

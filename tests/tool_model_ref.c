@@ -15,7 +15,9 @@
  * others do not).  AESIM_PRECISION=bf16 (when set: fp32 or bf16) runs the
  * model in bf16 mixed precision (model.h MODEL_BF16; tests/test_bf16_torch.py);
  * AESIM_BF16_KERNELS=float32|emulated|native then picks the bf16 arithmetic
- * (model_set_bf16_kernels; unset: the model's own choice).
+ * (model_set_bf16_kernels; unset: the model's own choice), and
+ * AESIM_AMX=off|emulated|native the AMX convolutions of the forward-only
+ * passes, y0 and z0 (model_set_amx; unset: the model's own choice).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@
 #include "base/check.h"
 #include "model/ckpt.h"
 #include "nn/conv2d.h"
+#include "nn/conv_amx.h"
 #include "nn/conv_direct_bf16.h"
 #include "model/model.h"
 #include "data/npy.h"
@@ -32,6 +35,11 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+/* One name per implementation for both AESIM_BF16_KERNELS and AESIM_AMX. */
+_Static_assert((int)CONV_BF16_NATIVE == (int)CONV_AMX_NATIVE && (int)CONV_BF16_EMULATED == (int)CONV_AMX_EMULATED &&
+                   (int)CONV_BF16_OFF == (int)CONV_AMX_OFF,
+               "CONV_BF16_* and CONV_AMX_* values differ");
 
 static void die(const Err *e)
 {
@@ -65,20 +73,25 @@ int main(int argc, char **argv)
         model_set_precision(&m, prec);
         /* AESIM_BF16_KERNELS: float32 = the float32 kernels on rounded operands,
          * emulated = the bf16 kernels with VDPBF16PS emulated, native = on
-         * VDPBF16PS (unset: the model's choice) */
-        const char *bk = getenv("AESIM_BF16_KERNELS");
-        if (bk && prec == MODEL_BF16) {
-            const int impl = strcmp(bk, "native") == 0 ? CONV_BF16_NATIVE
-                             : strcmp(bk, "emulated") == 0 ? CONV_BF16_EMULATED : CONV_BF16_OFF;
-            if (!model_set_bf16_kernels(&m, impl)) {
-                fprintf(stderr, "tool_model_ref: AESIM_BF16_KERNELS=%s: not available on this CPU\n", bk);
+         * VDPBF16PS; AESIM_AMX: off, emulated or native AMX convolutions in
+         * the forward-only passes (unset: the model's choice) */
+        static const struct { const char *var; int (*set)(Model *, int); } PICK[] = {
+            {"AESIM_BF16_KERNELS", model_set_bf16_kernels}, {"AESIM_AMX", model_set_amx}};
+        for (int k = 0; k < 2; k++) {
+            const char *v = getenv(PICK[k].var);
+            if (!v || prec != MODEL_BF16) continue;
+            const int impl = strcmp(v, "native") == 0 ? CONV_BF16_NATIVE : strcmp(v, "emulated") == 0 ? CONV_BF16_EMULATED : 0;
+            if (!PICK[k].set(&m, impl)) {
+                fprintf(stderr, "tool_model_ref: %s=%s: not available on this CPU\n", PICK[k].var, v);
                 return 2;
             }
         }
         static const char *how[] = {"float32 kernels on rounded operands", "VDPBF16PS kernels",
                                     "bf16 kernels, VDPBF16PS emulated"};
-        printf("precision %s%s%s%s\n", model_precision_name(prec), prec == MODEL_BF16 ? " (" : "",
-               prec == MODEL_BF16 ? how[m.bf16_kernels] : "", prec == MODEL_BF16 ? ")" : "");
+        static const char *amx[] = {"", "; forward-only passes on AMX tiles", "; forward-only passes on AMX emulated"};
+        printf("precision %s%s%s%s%s\n", model_precision_name(prec), prec == MODEL_BF16 ? " (" : "",
+               prec == MODEL_BF16 ? how[m.bf16_kernels] : "", prec == MODEL_BF16 ? amx[m.amx] : "",
+               prec == MODEL_BF16 ? ")" : "");
     }
     for (int i = 0; i < spec.n_layers; i++)
         if (m.layers[i].kind == LAYER_CONV) m.layers[i].conv.kernel = kernel;

@@ -106,6 +106,13 @@ typedef struct Model {
     float *xq;               /* MODEL_BF16: [max_batch][C][H][W] the bf16-rounded batch, else NULL */
     int bf16_kernels;        /* MODEL_BF16: CONV_BF16_* of the direct kernels (conv_direct_bf16.h);
                               * CONV_BF16_OFF (0): float32 kernels on rounded operands */
+    int amx;                 /* MODEL_BF16: CONV_AMX_* (nn/conv_amx.h) of the convolutions of the
+                              * forward-only passes (model_forward, model_encode) but those fused
+                              * with an upsample; CONV_AMX_OFF (0): bf16_kernels there too */
+    uint16_t *wamx;          /* amx: every conv's packed AMX weights (conv_amx_pack_weights,
+                              * repacked by each forward), layer i's at amx_woff[i]; else NULL */
+    size_t amx_woff[MODEL_MAX_LAYERS];
+    void *amx_scratch;       /* amx: conv_amx_forward's scratch for the largest layer, else NULL */
 } Model;
 
 /* Parses `spec_or_preset` (a preset name or a spec) for input CxHxW into
@@ -167,7 +174,9 @@ const char *model_precision_name(ModelPrecision p);
 const char *model_precision_describe(const Model *m);
 
 /* Sets the convolutions' arithmetic (ModelPrecision above) after
- * model_build; MODEL_BF16 allocates m->wq and m->xq (freed by model_free).
+ * model_build; MODEL_BF16 allocates m->wq and m->xq (freed by model_free),
+ * and where conv_amx_available(CONV_AMX_NATIVE) also sets m->amx to it and
+ * allocates m->wamx and m->amx_scratch (model_set_amx).
  * Every later forward rounds the weights from m->params again, so the
  * optimizer keeps updating the float32 master weights.  A backward must
  * follow the forward of the same weights (as model_forward_backward does).
@@ -185,6 +194,20 @@ void model_set_precision(Model *m, ModelPrecision p);
  * benchmarks compare them.  Returns 1, or 0 (nothing changed) when the
  * model is not MODEL_BF16 or conv_bf16_available(impl) is 0. */
 int model_set_bf16_kernels(Model *m, int impl);
+
+/* MODEL_BF16 only, after model_set_precision: whether the forward-only
+ * passes (model_forward, model_encode; not model_forward_backward nor
+ * model_layer_forward, so training is unchanged) run their convolutions on
+ * AMX tiles (nn/conv_amx.h; m->amx = impl): CONV_AMX_NATIVE, CONV_AMX_EMULATED
+ * (tests) or CONV_AMX_OFF (the bf16_kernels).  A conv fused with the
+ * upsample before it keeps the bf16_kernels; a conv fused with its max-pool
+ * runs on AMX, then the pooling (maxpool2x2_forward).  The AMX kernel rounds
+ * its input and weights while packing them, so the results are those of
+ * the bf16 definition up to float32 summation order.  (Re)allocates
+ * m->wamx and m->amx_scratch (freed by model_free and when turned off).
+ * Returns 1, or 0 (nothing changed) when the model is not MODEL_BF16 or
+ * impl is not CONV_AMX_OFF and conv_amx_available(impl) is 0. */
+int model_set_amx(Model *m, int impl);
 
 /* Keras defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in + fan_out))
  * with fan_in = C*K*K, fan_out = OC*K*K (Glorot & Bengio 2010), zero biases.

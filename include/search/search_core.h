@@ -39,10 +39,16 @@
 /* Most range-search hits one rank may send to rank 0 (24 bytes each). */
 #define SEARCH_RANGE_MAX_HITS ((int64_t)1 << 26)
 
+/* Local: 1 when --precision auto encodes in bf16 on this CPU: it has AMX
+ * (conv_amx_available(CONV_AMX_NATIVE): the forward convolutions run on
+ * tiles, 2-4x fp32, README Performance) or VDPBF16PS pays
+ * (conv_bf16_auto_runs_bf16).  Measures on the first call. */
+int search_auto_runs_bf16(void);
+
 /* Collective.  The encoder arithmetic of --precision value `request`
  * (ModelPrecision): MODEL_PRECISION_AUTO becomes bf16 only when every rank's
- * CPU runs the VDPBF16PS kernels faster than float32
- * (conv_bf16_auto_runs_bf16, model_precision_resolve), so all shards are
+ * CPU encodes bf16 faster than float32 (search_auto_runs_bf16,
+ * model_precision_resolve), so all shards are
  * encoded alike; where the CPUs have AVX512_BF16 and auto still gives fp32,
  * rank 0 says why on stderr.  fp32 and bf16 are returned as they are. */
 ModelPrecision search_precision(const ParCtx *ctx, int request);

@@ -12,7 +12,9 @@
  * convolution are rounded right before it runs (conv_input, layer_conv,
  * round_grad below); the direct kernels then multiply them with VDPBF16PS
  * where the CPU has AVX512_BF16 (Conv2d.bf16, m->bf16_kernels), the float32
- * kernels elsewhere (the emulation).
+ * kernels elsewhere (the emulation).  Where the CPU has AMX, the forward-only
+ * passes (model_forward, model_encode) of MODEL_BF16 run the convolutions
+ * on AMX tiles instead (m->amx, model_set_amx; amx_layer_forward below).
  * Does not: communicate (the trainer allreduces grads), own an optimizer, or
  * read files.  Threading: the kernels parallelise over images (OpenMP).
  */
@@ -27,6 +29,7 @@
 
 #include "nn/act.h"
 #include "nn/bf16.h"
+#include "nn/conv_amx.h"
 #include "nn/conv_direct_bf16.h"
 #include "base/check.h"
 #include "nn/loss.h"
@@ -297,6 +300,8 @@ void model_free(Model *m)
     free(m->scratch);
     free(m->wq);
     free(m->xq);
+    free(m->wamx);
+    free(m->amx_scratch);
     memset(m, 0, sizeof *m);
 }
 
@@ -355,9 +360,37 @@ void model_set_precision(Model *m, ModelPrecision p)
     m->wq = m->xq = NULL;
     m->precision = p;
     m->bf16_kernels = p == MODEL_BF16 && conv_bf16_available(CONV_BF16_NATIVE) ? CONV_BF16_NATIVE : CONV_BF16_OFF;
+    m->precision = MODEL_BF16; /* model_set_amx(OFF) frees the AMX buffers whatever p is */
+    model_set_amx(m, CONV_AMX_OFF);
+    m->precision = p;
     if (p != MODEL_BF16) return;
     m->wq = xcalloc(m->n_params, sizeof(float));
     m->xq = xcalloc_huge((size_t)m->spec.C * m->spec.H * m->spec.W * (size_t)m->max_batch, sizeof(float));
+    if (conv_amx_available(CONV_AMX_NATIVE)) model_set_amx(m, CONV_AMX_NATIVE);
+}
+
+int model_set_amx(Model *m, int impl)
+{
+    if (m->precision != MODEL_BF16 || (impl != CONV_AMX_OFF && !conv_amx_available(impl))) return 0;
+    free(m->wamx);
+    free(m->amx_scratch);
+    m->wamx = NULL;
+    m->amx_scratch = NULL;
+    memset(m->amx_woff, 0, sizeof m->amx_woff);
+    m->amx = impl;
+    if (impl == CONV_AMX_OFF) return 1;
+    size_t wbytes = 0, sbytes = 64;
+    for (int i = 0; i < m->spec.n_layers; i++) {
+        const Layer *L = &m->layers[i];
+        if (L->kind != LAYER_CONV) continue;
+        m->amx_woff[i] = wbytes / sizeof(uint16_t);
+        wbytes += (conv_amx_weight_bytes(L->C, L->OC, L->conv.K) + 63) / 64 * 64;
+        const size_t s = conv_amx_scratch_bytes(L->C, L->conv.K, L->H, L->W, m->nthreads);
+        if (s > sbytes) sbytes = s;
+    }
+    m->wamx = xmalloc(wbytes ? wbytes : 64);
+    m->amx_scratch = xmalloc(sbytes); /* 64-byte aligned (check.h) */
+    return 1;
 }
 
 /* The Conv2d that layer L's kernels run: L->conv itself (float32), or for
@@ -476,8 +509,26 @@ int model_layer_fused_into(const Model *m, int i)
     return -1;
 }
 
+/* The conv layer i of a forward-only pass on AMX tiles (m->amx): the
+ * weights packed from the master weights (the kernel rounds them and in),
+ * bias and fused ReLU in the kernel, then the fused max-pool if any; the
+ * caller applies an unfused activation.  Returns 1 when it ran, 0 when
+ * layer i stays on the other kernels (AMX off, or fused with an upsample). */
+static int amx_layer_forward(Model *m, int i, const float *in, int N)
+{
+    Layer *L = &m->layers[i];
+    if (m->amx == CONV_AMX_OFF || m->precision != MODEL_BF16 || upsample_fused(m, i - 1)) return 0;
+    uint16_t *wa = m->wamx + m->amx_woff[i];
+    conv_amx_pack_weights(wa, L->conv.w, L->C, L->OC, L->conv.K);
+    conv_amx_forward(L->out, in, wa, L->conv.b, N, L->C, L->OC, L->conv.K, L->H, L->W,
+                     (L->conv.fuse & CONV_FUSE_RELU) != 0, m->amx_scratch, m->nthreads, m->amx);
+    if (maxpool_fused(m, i)) maxpool2x2_forward(m->layers[i + 1].out, L->out, N, L->OC, L->H, L->W);
+    return 1;
+}
+
 /* model_layer_forward; keep = 0 when no backward follows, so a conv fused
- * with its max-pool need not store its own output (conv2d_forward_maxpool). */
+ * with its max-pool need not store its own output (conv2d_forward_maxpool)
+ * and MODEL_BF16 may run the convolution on AMX tiles (amx_layer_forward). */
 static void layer_forward(Model *m, int i, const float *in, int N, int keep)
 {
     assert(i >= 0 && i < m->spec.n_layers && N >= 1 && N <= m->max_batch);
@@ -486,8 +537,11 @@ static void layer_forward(Model *m, int i, const float *in, int N, int keep)
     const size_t in_numel = (size_t)N * L->C * L->H * L->W;
     switch (L->kind) {
     case LAYER_CONV: {
-        const Conv2d cv = layer_conv(m, L, 1);
-        if (upsample_fused(m, i - 1)) { /* in = the upsample's output, never written */
+        const int amx = !keep && amx_layer_forward(m, i, in, N);
+        const Conv2d cv = amx ? L->conv : layer_conv(m, L, 1);
+        if (amx) {
+            if (maxpool_fused(m, i)) break; /* fused ReLU, pooled */
+        } else if (upsample_fused(m, i - 1)) { /* in = the upsample's output, never written */
             const float *up_in = conv_input(m, L, m->layers[i - 2].out, NULL, in_numel / 4);
             conv2d_forward_upsample(L->out, up_in, &cv, N, L->H, L->W, m->scratch, m->nthreads);
         } else if (maxpool_fused(m, i)) {

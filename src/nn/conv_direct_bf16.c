@@ -180,17 +180,7 @@ __attribute__((target("avx512f"))) static inline __m512 dpbf16_emulated(__m512 a
     return _mm512_fmadd_ps(bf16_lo(a), bf16_lo(b), acc);
 }
 
-/* 16 floats rounded to bfloat16 (nearest even, NaN kept quiet), as 16-bit words. */
-__attribute__((target("avx512f"))) static inline __m256i round16_emulated(__m512 x)
-{
-    const __m512i u = _mm512_castps_si512(x);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
-                                                  _mm512_set1_epi32(0x7F800000));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
-                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
+#include "bf16_round16.inc"
 
 __attribute__((target("avx512f"))) static inline __m512i cvtne2ps_emulated(__m512 hi, __m512 lo)
 {

@@ -307,7 +307,7 @@ int search_index(const ParCtx *ctx, const SearchConfig *cfg, int nthreads, Err *
                   "encoder %s%s\n",
              (long long)src.n, cfg->data, P, db.n_shards, db.n_shards + P - 1, cfg->db, m.spec.text, (unsigned)crc, D,
              model_precision_name(m.precision),
-             m.precision != MODEL_BF16 ? "" : m.bf16_kernels ? " (VDPBF16PS)" : " (rounded operands, float32 kernels: no "
+             m.precision != MODEL_BF16 ? "" : m.amx ? " (AMX tiles)" : m.bf16_kernels ? " (VDPBF16PS)" : " (rounded operands, float32 kernels: no "
                                                                                  "AVX512_BF16)");
     if (src.n_resized || src.n_skipped)
         par_err0(ctx, "index: %lld of %lld images resized to %dx%d (box filter after a centre crop, or the whole "

@@ -16,16 +16,23 @@
 #include "base/check.h"
 #include "base/fileio.h"
 #include "model/ckpt.h"
+#include "nn/conv_amx.h"
 #include "nn/conv_direct_bf16.h"
 #include "data/image_convert.h"
 #include "search/whiten.h"
 #include "data/sheet.h"
 
+int search_auto_runs_bf16(void)
+{
+    return conv_bf16_auto_runs_bf16() || conv_amx_available(CONV_AMX_NATIVE);
+}
+
 ModelPrecision search_precision(const ParCtx *ctx, int request)
 {
     if ((ModelPrecision)request != MODEL_PRECISION_AUTO) return (ModelPrecision)request;
     const int slowest = -par_allreduce_max_int(ctx, -(int)(1000.0 * conv_bf16_dot_speedup() + 0.5));
-    const int lacking = par_allreduce_max_int(ctx, !conv_bf16_auto_runs_bf16());
+    /* encoding is forward only: AMX tiles run it (model_set_precision turns them on) */
+    const int lacking = par_allreduce_max_int(ctx, !search_auto_runs_bf16());
     char note[256];
     if (model_precision_auto_note(note, sizeof note, !lacking, slowest / 1000.0, ctx->size))
         par_err0(ctx, "aesim-search: --precision %s\n", note);

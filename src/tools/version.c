@@ -13,9 +13,11 @@
 
 #include "build_info.h"
 #include "nn/conv2d.h"
+#include "nn/conv_amx.h"
 #include "nn/conv_direct_bf16.h"
 #include "nn/gemm_avx512.h"
 #include "search/knn_scan.h"
+#include "search/search_core.h"
 
 /* Declared by OpenBLAS (cblas.h of Debian's libopenblas-dev); repeated in
  * case a cblas.h from another BLAS is picked up (threads.c does the same). */
@@ -72,11 +74,14 @@ int version_print(FILE *out, const char *tool)
     if (native)
         snprintf(rate, sizeof rate, " at %.2fx the multiply-adds per second of float32 FMAs, measured (auto needs "
                  "%.1fx)", conv_bf16_dot_speedup(), CONV_BF16_AUTO_MIN_SPEEDUP);
+    /* aesim-search only encodes (forward): AMX tiles run that where present */
+    const int amx = !train && conv_amx_available(CONV_AMX_NATIVE);
     if (train || strcmp(tool, "aesim-search") == 0)
-        fprintf(out, "bf16: %s%s; --precision auto%s runs %s here%s\n",
+        fprintf(out, "bf16: %s%s%s; --precision auto%s runs %s here%s\n",
                 native ? "VDPBF16PS kernels (AVX512_BF16)"
                        : "emulated, float32 kernels on bf16-rounded operands (this CPU lacks AVX512_BF16)",
-                rate, train ? " (the default)" : "", conv_bf16_auto_runs_bf16() ? "bf16" : "fp32",
+                rate, amx ? "; encoding on AMX tiles (AMX-BF16)" : "", train ? " (the default)" : "",
+                train ? (conv_bf16_auto_runs_bf16() ? "bf16" : "fp32") : (search_auto_runs_bf16() ? "bf16" : "fp32"),
                 train ? "" : " (the default is fp32)");
     return fflush(out) != 0 || ferror(out) ? 1 : 0;
 }
