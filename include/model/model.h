@@ -169,8 +169,9 @@ int model_precision_auto_note(char *note, size_t note_size, int all_fast, double
 const char *model_precision_name(ModelPrecision p);
 
 /* m's arithmetic for logs: "fp32", "bf16 (VDPBF16PS kernels)", "bf16
- * (VDPBF16PS emulated)" or "bf16 (emulated: float32 kernels on rounded
- * operands)" (static string). */
+ * (VDPBF16PS kernels; forward-only passes on AMX tiles)" (m->amx native),
+ * "bf16 (VDPBF16PS emulated)" or "bf16 (emulated: float32 kernels on
+ * rounded operands)" (static string). */
 const char *model_precision_describe(const Model *m);
 
 /* Sets the convolutions' arithmetic (ModelPrecision above) after

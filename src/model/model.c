@@ -347,6 +347,8 @@ const char *model_precision_name(ModelPrecision p)
 const char *model_precision_describe(const Model *m)
 {
     if (m->precision != MODEL_BF16) return model_precision_name(m->precision);
+    if (m->bf16_kernels == CONV_BF16_NATIVE && m->amx == CONV_AMX_NATIVE)
+        return "bf16 (VDPBF16PS kernels; forward-only passes on AMX tiles)";
     if (m->bf16_kernels == CONV_BF16_NATIVE) return "bf16 (VDPBF16PS kernels)";
     if (m->bf16_kernels == CONV_BF16_EMULATED) return "bf16 (VDPBF16PS emulated)";
     return "bf16 (emulated: float32 kernels on rounded operands)";
