@@ -256,8 +256,11 @@ class Schedule(unittest.TestCase):
         run = os.path.join(TMP, "v4")
         train(2, run, *DATA_ARGS, *FIRST, "--epochs", "1")
         v4 = older_checkpoint(run, 4, ("meta.data_arg", "meta.views"), os.path.join(TMP, "v4only"))
-        p = train(2, None, "--threads", "1", "--resume", v4, check=False)
+        p = train(2, None, "--threads", "1", "--lr", "0.01", "--resume", v4, check=False)
         self.assertNotEqual(p.returncode, 0)
+        # refused after the options were adopted: still only why
+        self.assertNotIn("replaces", p.stdout + p.stderr)
+        self.assertNotIn("resume: keeps", p.stdout)
         self.assertIn("was trained on 120 images", p.stderr)
         self.assertIn("but the default --data has ", p.stderr)
         self.assertIn("(hint: this checkpoint does not record its --data: give it)", p.stderr)

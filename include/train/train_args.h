@@ -71,6 +71,9 @@ typedef struct TrainConfig {
     unsigned given;            /* TRAIN_GIVEN_* bits: options set on the command line (the rest are
                                   defaults, which a resumed run takes from its checkpoint instead) */
     int data_from_ckpt;        /* 1: data is the --data recorded in the resumed checkpoint (no --data given) */
+    char *resume_notes;        /* rank 0: train_schedule_adopt's notes ("--lr X replaces Y", "keeps ..."), held
+                                  by train_setup_resume and printed by train_setup_model once every check passed
+                                  (a refused resume prints only why); owned, NULL when none */
 } TrainConfig;
 
 /* TrainConfig.contrastive_pool. */

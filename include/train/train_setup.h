@@ -37,6 +37,10 @@ int train_setup_data(const ParCtx *ctx, const TrainConfig *cfg, Dataset *train, 
  * *ck is then empty. */
 int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err);
 
+/* Frees cfg->resume_notes unprinted (a run refused between
+ * train_setup_resume and train_setup_model, which prints them); NULL after. */
+void train_setup_drop_notes(TrainConfig *cfg);
+
 /* Builds *m (max batch = ceil(min(batch, n_train) / P) images per rank) and *opt for the
  * shape of the training images.  With cfg->resume, ck is the checkpoint of
  * train_setup_resume: the architecture, weights, optimizer state and *start
@@ -46,10 +50,12 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
  * from it) and the caller frees it; on error it is freed.  Otherwise
  * Glorot init from cfg->seed and *start = step 0.
  * Either way *start carries this run's schedule identity (train_schedule.h),
- * which every checkpoint of the run records.  Errors (agreed): AE_EARG/AE_ESHAPE for a bad
- * spec, shape or other data, AE_EFORMAT for the checkpoint. */
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train,
-                      int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err);
+ * which every checkpoint of the run records.  On success rank 0 prints the
+ * resume's notes (cfg->resume_notes) on stdout; either way they are freed.
+ * Errors (agreed): AE_EARG/AE_ESHAPE for a bad spec, shape or other data,
+ * AE_EFORMAT for the checkpoint. */
+int train_setup_model(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, const Dataset *train, int nthreads,
+                      Model *m, Optimizer *opt, CkptState *start, Err *err);
 
 
 #endif

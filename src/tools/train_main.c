@@ -80,6 +80,7 @@ int main(int argc, char **argv)
     Dataset train, val;
     if (train_setup_data(&ctx, &cfg, &train, &val, &err)) {
         ckpt_free(&ck);
+        train_setup_drop_notes(&cfg);
         return finish(&ctx, &err, 1);
     }
     par_log0(&ctx, "data: train %s%s\n      val   %s\n", train.source,

@@ -157,6 +157,12 @@ static void discard_newer(const char *out, const int64_t *steps, int newer, int6
            (long long)from, (long long)steps[newer - 1], (long long)steps[0], out);
 }
 
+void train_setup_drop_notes(TrainConfig *cfg)
+{
+    free(cfg->resume_notes);
+    cfg->resume_notes = NULL;
+}
+
 int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err *err)
 {
     memset(ck, 0, sizeof *ck);
@@ -184,10 +190,17 @@ int train_setup_resume(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, Err 
             discard_newer(cfg->out, steps, newer, ck->state.step);
         free(steps);
     }
-    if (!err->code && !adopt_data(ctx, cfg, ck, err))
-        train_schedule_adopt(cfg, ck, ctx->rank == 0 ? stdout : NULL, err);
+    if (!err->code && !adopt_data(ctx, cfg, ck, err)) {
+        size_t len = 0;
+        FILE *notes = ctx->rank == 0 ? open_memstream(&cfg->resume_notes, &len) : NULL;
+        train_schedule_adopt(cfg, ck, ctx->rank == 0 ? (notes ? notes : stdout) : NULL, err);
+        if (notes) fclose(notes);
+    }
     fflush(stdout);
-    if (par_agree(ctx, err)) ckpt_free(ck);
+    if (par_agree(ctx, err)) {
+        ckpt_free(ck);
+        train_setup_drop_notes(cfg);
+    }
     return err->code;
 }
 
@@ -245,8 +258,23 @@ static ModelPrecision train_precision(const ParCtx *ctx, int request)
     return model_precision_resolve(MODEL_PRECISION_AUTO, !lacking);
 }
 
-int train_setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train,
-                      int nthreads, Model *m, Optimizer *opt, CkptState *start, Err *err)
+static int setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train, int nthreads,
+                       Model *m, Optimizer *opt, CkptState *start, Err *err);
+
+int train_setup_model(const ParCtx *ctx, TrainConfig *cfg, Checkpoint *ck, const Dataset *train, int nthreads,
+                      Model *m, Optimizer *opt, CkptState *start, Err *err)
+{
+    const int rc = setup_model(ctx, cfg, ck, train, nthreads, m, opt, start, err);
+    if (rc == AE_OK && cfg->resume_notes) { /* the resume is accepted: what it keeps and changes */
+        fputs(cfg->resume_notes, stdout);
+        fflush(stdout);
+    }
+    train_setup_drop_notes(cfg);
+    return rc;
+}
+
+static int setup_model(const ParCtx *ctx, const TrainConfig *cfg, Checkpoint *ck, const Dataset *train, int nthreads,
+                       Model *m, Optimizer *opt, CkptState *start, Err *err)
 {
     const int C = train->C, H = train->H, W = train->W;
     const int64_t n_train = train->n;
