@@ -330,17 +330,23 @@ static void amx_conv_image(const Amx *a, const uint32_t *P, void *out, int mode,
 /* Per-thread buffers: a packed image (zero border) and the tile buffer. */
 typedef struct AmxThread { uint32_t *P; float *buf; } AmxThread;
 
+/* The calling OpenMP thread's buffers in th[]. */
+static AmxThread *thread_buffers(AmxThread *th)
+{
+#if AESIM_OMP
+    return &th[omp_get_thread_num()];
+#else
+    return &th[0];
+#endif
+}
+
 /* (c) NCHW float32 x[N][C][H][W] -> y[N][OC][H][W], weights packed here. */
 static void amx_forward_nchw(const Amx *a, float *y, const float *x, const float *w, int N, AmxThread *th)
 {
     amx_pack_weights(a, w);
 #pragma omp parallel
     {
-#if AESIM_OMP
-        AmxThread *me = &th[omp_get_thread_num()];
-#else
-        AmxThread *me = &th[0];
-#endif
+        AmxThread *me = thread_buffers(th);
         amx_config(a);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
@@ -358,11 +364,7 @@ static void amx_forward_pre(const Amx *a, void *out, const uint32_t *in, int N, 
     const size_t out_words = (size_t)(a->OC / 2) * a->plane;
 #pragma omp parallel
     {
-#if AESIM_OMP
-        AmxThread *me = &th[omp_get_thread_num()];
-#else
-        AmxThread *me = &th[0];
-#endif
+        AmxThread *me = thread_buffers(th);
         amx_config(a);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++)

@@ -289,6 +289,17 @@ void model_build(Model *m, const ModelSpec *spec, int max_batch, int nthreads)
     assert(p == m->n_params);
 }
 
+/* Drops the AMX buffers of m (model_set_amx); m->amx = CONV_AMX_OFF. */
+static void amx_free_buffers(Model *m)
+{
+    free(m->wamx);
+    free(m->amx_scratch);
+    m->wamx = NULL;
+    m->amx_scratch = NULL;
+    memset(m->amx_woff, 0, sizeof m->amx_woff);
+    m->amx = CONV_AMX_OFF;
+}
+
 void model_free(Model *m)
 {
     free(m->params);
@@ -300,8 +311,7 @@ void model_free(Model *m)
     free(m->scratch);
     free(m->wq);
     free(m->xq);
-    free(m->wamx);
-    free(m->amx_scratch);
+    amx_free_buffers(m);
     memset(m, 0, sizeof *m);
 }
 
@@ -362,9 +372,7 @@ void model_set_precision(Model *m, ModelPrecision p)
     m->wq = m->xq = NULL;
     m->precision = p;
     m->bf16_kernels = p == MODEL_BF16 && conv_bf16_available(CONV_BF16_NATIVE) ? CONV_BF16_NATIVE : CONV_BF16_OFF;
-    m->precision = MODEL_BF16; /* model_set_amx(OFF) frees the AMX buffers whatever p is */
-    model_set_amx(m, CONV_AMX_OFF);
-    m->precision = p;
+    amx_free_buffers(m);
     if (p != MODEL_BF16) return;
     m->wq = xcalloc(m->n_params, sizeof(float));
     m->xq = xcalloc_huge((size_t)m->spec.C * m->spec.H * m->spec.W * (size_t)m->max_batch, sizeof(float));
@@ -374,11 +382,7 @@ void model_set_precision(Model *m, ModelPrecision p)
 int model_set_amx(Model *m, int impl)
 {
     if (m->precision != MODEL_BF16 || (impl != CONV_AMX_OFF && !conv_amx_available(impl))) return 0;
-    free(m->wamx);
-    free(m->amx_scratch);
-    m->wamx = NULL;
-    m->amx_scratch = NULL;
-    memset(m->amx_woff, 0, sizeof m->amx_woff);
+    amx_free_buffers(m);
     m->amx = impl;
     if (impl == CONV_AMX_OFF) return 1;
     size_t wbytes = 0, sbytes = 64;

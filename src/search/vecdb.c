@@ -9,7 +9,6 @@
  */
 #include "search/vecdb.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -25,6 +24,7 @@
 #include "base/fileio.h"
 #include "base/mapguard.h"
 #include "data/npy.h"
+#include "search/whiten.h"
 
 /* Hint closing every shard error. */
 #define SHARD_HINT "hint: the shard is damaged or from another database; rebuild it with aesim-search index"
@@ -804,7 +804,7 @@ int vecdb_read_names_packed(char **text, int64_t **offsets, const VecDb *db, int
  * ivf-* (centroids), whiten.npz and serve's added-*.npz. */
 static int db_own_name(const char *name)
 {
-    return strcmp(name, VECDB_MANIFEST) == 0 || strcmp(name, "whiten.npz") == 0 || strncmp(name, "shard-", 6) == 0 ||
+    return strcmp(name, VECDB_MANIFEST) == 0 || strcmp(name, WHITEN_FILE) == 0 || strncmp(name, "shard-", 6) == 0 ||
            strncmp(name, "ivf-", 4) == 0 || strncmp(name, "added-", 6) == 0;
 }
 
